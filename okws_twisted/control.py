@@ -1,0 +1,29 @@
+# -*- test-case-name: tests.test_launcher -*-
+"""
+The control protocol between the launcher and each child (OKWS's okld control channel).
+
+Every child inherits one end of a L{okws_twisted.channel} seqpacket pair as
+fd L{CONTROL_FD}.  Message kinds:
+
+``config`` (launcher -> child, always first)
+    C{site}: the site configuration as JSON (children never read the ini
+    file), C{role}, and for services C{service} and C{index}.
+``ready`` (child -> launcher)
+    The child has finished starting and can do its job.
+``peer`` (launcher -> child), with one fd
+    A new handoff channel: for the dispatcher, to the service instance named
+    by C{service}/C{index}/C{pid}; for a service, to the (current) dispatcher.
+    Sent again after either side is relaunched.
+``stop`` (launcher -> child)
+    Stop gracefully: finish in-flight work within C{drain} seconds, then exit.
+
+A child whose control channel closes (the launcher is gone) exits at once.
+"""
+
+CONTROL_FD = 3
+FIRST_LISTEN_FD = 4
+
+CONFIG = "config"
+READY = "ready"
+PEER = "peer"
+STOP = "stop"

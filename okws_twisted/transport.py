@@ -1,0 +1,382 @@
+# -*- test-case-name: tests.test_transport -*-
+"""
+A connected socket that can be handed to another process (OKWS's ahttp fd wrapper).
+
+Twisted's own TCP transport calls C{shutdown(2)} when it closes, which would
+kill a connection that another process now holds, and offers no public way to
+stop using a socket without closing it.  L{SocketTransport} is a small
+transport of our own over an already connected, non-blocking socket: it is the
+reactor's read/write descriptor and the protocol's C{ITransport}, push
+producer and consumer, and it can L{detach <SocketTransport.detach>} the
+socket (stop using it, flush nothing more, shut nothing down) so that the
+socket can be passed on.  The dispatcher reads request heads through it; a
+service process serves HTTP through it and hands kept-alive connections back.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Callable
+
+from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IProtocol,
+    IPushProducer,
+    IReactorFDSet,
+    IReadDescriptor,
+    ITransport,
+    IWriteDescriptor,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+READ_SIZE = 65536
+WRITE_HIGH_WATER = 256 * 1024
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 256 * 1024
+
+_DISCONNECTED = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.ESHUTDOWN)
+
+
+def address_of(sockaddr: object, family: int) -> IAddress:
+    """The Twisted address object for a C{getpeername}-style C{sockaddr}."""
+    if family == socket.AF_INET:
+        host, port = sockaddr  # type: ignore[misc]
+        return IPv4Address("TCP", host, port)
+    if family == socket.AF_INET6:
+        host, port = sockaddr[:2]  # type: ignore[index]
+        return IPv6Address("TCP", host, port)
+    return UNIXAddress(sockaddr if sockaddr else None)  # type: ignore[arg-type]
+
+
+def address_to_wire(addr: IAddress) -> list:
+    """A JSON-able form of a TCP or Unix address for the handoff channel."""
+    if isinstance(addr, (IPv4Address, IPv6Address)):
+        return ["tcp6" if isinstance(addr, IPv6Address) else "tcp", addr.host, addr.port]
+    return ["unix", getattr(addr, "name", None)]
+
+
+def address_from_wire(value: list) -> IAddress:
+    """The inverse of L{address_to_wire}."""
+    if value[0] == "tcp":
+        return IPv4Address("TCP", value[1], int(value[2]))
+    if value[0] == "tcp6":
+        return IPv6Address("TCP", value[1], int(value[2]))
+    return UNIXAddress(value[1])
+
+
+@implementer(ITransport, IConsumer, IPushProducer, IReadDescriptor, IWriteDescriptor)
+class SocketTransport:
+    """A stream transport over a socket it may later give away.
+
+    @ivar disconnecting: C{True} once L{loseConnection} was called (twisted.web
+        reads it).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorFDSet,
+        sock: socket.socket,
+        protocol: IProtocol,
+        peer: IAddress,
+        host: IAddress,
+    ) -> None:
+        sock.setblocking(False)
+        self.reactor = reactor
+        self.socket = sock
+        self._fd = sock.fileno()
+        self.protocol = protocol
+        self._peer = peer
+        self._host = host
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._producer: IPushProducer | None = None
+        self._producer_paused = False
+        self._reading = False
+        self._writing = False
+        self._paused = False
+        self._flushed: list[Callable[[], None]] = []
+        self.connected = True
+        self.disconnecting = False
+        self.detached = False
+        self._lingering: object = None
+        self._discarded = 0
+
+    def start(self, data: bytes = b"") -> None:
+        """Connect the protocol, replay C{data} already read elsewhere, then read."""
+        self.protocol.makeConnection(self)
+        if data and self.connected and not self.detached:
+            self.protocol.dataReceived(data)
+        if self.connected and not self.detached and not self._paused and not self.disconnecting:
+            self._start_reading()
+
+    # -- IReadDescriptor / IWriteDescriptor
+
+    def fileno(self) -> int:
+        return self._fd if self.connected else -1
+
+    def logPrefix(self) -> str:
+        return "SocketTransport"
+
+    def doRead(self) -> object:
+        try:
+            data = self.socket.recv(READ_SIZE)
+        except BlockingIOError:
+            return None
+        except InterruptedError:
+            return None
+        except OSError as e:
+            return error.ConnectionLost(str(e))
+        if not data:
+            return error.ConnectionDone()
+        if self._lingering is not None:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                return error.ConnectionDone()
+            return None
+        self.protocol.dataReceived(data)
+        return None
+
+    def doWrite(self) -> object:
+        while self._buffer:
+            try:
+                sent = self.socket.send(self._buffer[0])
+            except BlockingIOError:
+                return None
+            except InterruptedError:
+                continue
+            except OSError as e:
+                return error.ConnectionLost(str(e))
+            first = self._buffer[0]
+            self._buffered -= sent
+            if sent < len(first):
+                self._buffer[0] = first[sent:]
+                return None
+            del self._buffer[0]
+        self._stop_writing()
+        if self._producer is not None and self._producer_paused:
+            self._producer_paused = False
+            self._producer.resumeProducing()
+        self._on_flushed()
+        if self.disconnecting and not self._buffer:
+            if self._lingering is True:
+                self._begin_linger()
+                return None
+            return self._close_now(error.ConnectionDone())
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Called by the reactor (or by us) when the socket is finished."""
+        if not self.connected:
+            return
+        self.connected = False
+        self._stop_reading()
+        self._stop_writing()
+        self._buffer.clear()
+        self._buffered = 0
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.stopProducing()
+        self._flushed.clear()
+        if self._lingering not in (None, True):
+            if self._lingering.active():  # type: ignore[attr-defined]
+                self._lingering.cancel()  # type: ignore[attr-defined]
+        self.protocol.connectionLost(reason)
+
+    # -- ITransport
+
+    def write(self, data: bytes) -> None:
+        if not data or not self.connected or self.disconnecting or self.detached:
+            return
+        if not self._buffer:
+            try:
+                sent = self.socket.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                if e.errno in _DISCONNECTED:
+                    self.reactor.callLater(0, self._lose_now, error.ConnectionLost(str(e)))  # type: ignore[attr-defined]
+                    return
+                raise
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._buffer.append(bytes(data))
+        self._buffered += len(data)
+        self._start_writing()
+        if (
+            self._buffered > WRITE_HIGH_WATER
+            and self._producer is not None
+            and not self._producer_paused
+        ):
+            self._producer_paused = True
+            self._producer.pauseProducing()
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """Close once everything written so far is sent."""
+        if not self.connected or self.disconnecting or self.detached:
+            return
+        self.disconnecting = True
+        self._stop_reading()
+        if not self._buffer:
+            self.reactor.callLater(0, self._lose_now, error.ConnectionDone())  # type: ignore[attr-defined]
+
+    def close_lingering(self) -> None:
+        """Close after an error answer without destroying that answer.
+
+        A client may still be sending (a body, pipelined requests) when we
+        answer early; closing a socket with unread input sends a reset, which
+        can make the client's kernel discard our answer before it is read.
+        So: flush, half-close, then read and discard for a short while (until
+        the client closes, L{LINGER_SECONDS} pass, or L{LINGER_BYTES} arrive),
+        then close.
+        """
+        if not self.connected or self.disconnecting or self.detached:
+            return
+        self.disconnecting = True
+        self._lingering = True
+        if not self._buffer:
+            self._begin_linger()
+
+    def _begin_linger(self) -> None:
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.reactor.callLater(0, self._lose_now, error.ConnectionDone())  # type: ignore[attr-defined]
+            return
+        self._lingering = self.reactor.callLater(  # type: ignore[attr-defined]
+            LINGER_SECONDS, self._lose_now, error.ConnectionDone()
+        )
+        self._paused = False
+        self._start_reading()
+
+    def abortConnection(self) -> None:
+        """Close at once, dropping unsent data."""
+        if not self.connected or self.detached:
+            return
+        self._buffer.clear()
+        self._buffered = 0
+        self._lose_now(error.ConnectionAborted())
+
+    def _lose_now(self, why: Exception) -> None:
+        if self.connected and not self.detached:
+            self._close_now(why)
+
+    def _close_now(self, why: Exception) -> None:
+        # Only this process holds the socket now; a half-close first lets the
+        # client read the whole response even if it sent bytes we never read.
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.connectionLost(Failure(why))
+        return None
+
+    def getPeer(self) -> IAddress:
+        return self._peer
+
+    def getHost(self) -> IAddress:
+        return self._host
+
+    # -- IConsumer
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError("a producer is already registered")
+        self._producer = producer
+        self._producer_paused = False
+        if self._buffered > WRITE_HIGH_WATER:
+            self._producer_paused = True
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._producer_paused = False
+
+    # -- IPushProducer (the reading side)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._stop_reading()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self.connected and not self.disconnecting and not self.detached:
+            self._start_reading()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # -- handing the socket on
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written but not yet accepted by the kernel."""
+        return self._buffered
+
+    def notify_flushed(self, callback: Callable[[], None]) -> None:
+        """Call C{callback} once the write buffer is empty (now, if it is)."""
+        if not self._buffer:
+            callback()
+        else:
+            self._flushed.append(callback)
+
+    def _on_flushed(self) -> None:
+        callbacks, self._flushed = self._flushed, []
+        for cb in callbacks:
+            cb()
+
+    def detach(self) -> socket.socket:
+        """Stop using the socket without closing or shutting it down.
+
+        The protocol is told nothing; the caller owns the returned socket.
+        Unsent data (there should be none: wait for L{notify_flushed}) is
+        dropped.
+        """
+        if not self.connected or self.detached:
+            raise RuntimeError("not connected")
+        self._stop_reading()
+        self._stop_writing()
+        self.detached = True
+        self.connected = False
+        self._buffer.clear()
+        self._buffered = 0
+        self._producer = None
+        self._flushed.clear()
+        return self.socket
+
+    # -- reactor registration
+
+    def _start_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self.reactor.addReader(self)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+
+    def _start_writing(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self.reactor.addWriter(self)
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self.reactor.removeWriter(self)

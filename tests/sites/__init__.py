@@ -1,0 +1,1 @@
+"""Services used only by the end-to-end tests (imported as ``tests.sites.*``)."""

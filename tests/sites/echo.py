@@ -1,0 +1,23 @@
+"""A service that reports what the service process sees of the request."""
+
+import json
+import os
+
+from okws_twisted import ServiceResource
+
+
+class Echo(ServiceResource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        addr = request.getClientAddress()
+        request.setHeader(b"x-okws-pid", str(os.getpid()).encode())
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(
+            {
+                "client": [addr.host, addr.port],
+                "path": request.path.decode("latin-1"),
+                "secure": request.isSecure(),
+                "pid": os.getpid(),
+            }
+        ).encode()
