@@ -116,6 +116,13 @@ class RoutingTests(SynchronousTestCase):
             r = read_response(s)
             self.assertEqual(json.loads(r.body)["client"], ["127.0.0.1", s.getsockname()[1]])
 
+    def test_resource_is_mounted_at_its_path(self) -> None:
+        info = json.loads(self.site.get("/echo/a/b?q=1").body)
+        self.assertEqual((info["prepath"], info["postpath"]), (["echo"], ["a", "b"]))
+        for path in ("/echo", "/echo/"):
+            info = json.loads(self.site.get(path).body)
+            self.assertEqual((info["prepath"], info["postpath"]), (["echo"], []), path)
+
     def test_prefix_boundary_and_404(self) -> None:
         self.assertEqual(self.site.get("/hi").status, 200)
         self.assertEqual(self.site.get("/hello/").status, 200)

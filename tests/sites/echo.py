@@ -17,6 +17,8 @@ class Echo(ServiceResource):
             {
                 "client": [addr.host, addr.port],
                 "path": request.path.decode("latin-1"),
+                "prepath": [p.decode("latin-1") for p in request.prepath],
+                "postpath": [p.decode("latin-1") for p in request.postpath],
                 "secure": request.isSecure(),
                 "pid": os.getpid(),
             }

@@ -1,0 +1,321 @@
+# -*- test-case-name: tests.test_testing -*-
+"""
+Rendering a service in memory, for authors' trial tests.
+
+L{render} serves one request to a resource through the same code a service
+process runs, with no process and no socket: a real L{Site}, a real
+C{HTTPChannel} parsing the raw request bytes, the real L{Request}, traversal
+and error pages. Only the connection is fake: a C{StringTransport} that
+records what the server writes. The written bytes are then read back by an
+HTTP client parser that is not Twisted's (the standard library's), so a test
+sees what a client on the wire would.
+
+Example::
+
+    from twisted.trial.unittest import SynchronousTestCase
+    from okws_twisted.testing import render
+    from services.hello import Hello
+
+    class HelloTests(SynchronousTestCase):
+        def test_name(self):
+            response = self.successResultOf(render(Hello(), query={"name": "Ada"}))
+            self.assertEqual(response.code, 200)
+            self.assertIn("Hello, Ada!", response.text())
+
+This module belongs to the author's one-process world: it imports nothing from
+the launcher, the dispatcher or the process runtime.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from http.client import HTTPException, HTTPResponse
+from typing import Union
+from urllib.parse import quote, urlencode
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.http_headers import Headers
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+__all__ = ["RenderedResponse", "render"]
+
+_Text = Union[str, bytes]
+_HeaderValues = Union[_Text, Sequence[_Text]]
+
+# RFC 9110 token characters, for methods and header names.
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Anything that could end a request line or a header early.
+_BREAKS_LINE = re.compile(rb"[\x00-\x1f\x7f ]")
+_PATH_SAFE = "!$&'()*+,-./:;=?@[]_~%"
+_BODY_METHODS = {b"POST", b"PUT", b"PATCH"}
+
+
+@dataclass(frozen=True)
+class RenderedResponse:
+    """
+    A complete HTTP response as a client received it.
+
+    @ivar code: the status code.
+    @ivar headers: the response headers as twisted.web L{Headers}
+        (case-insensitive names, several values per name), the type a
+        twisted.web author already reads request headers with. Ask with
+        C{bytes} names for C{bytes} values, C{str} names for C{str} values:
+        C{response.headers.getRawHeaders("content-type")}.
+    @ivar body: the body after transfer decoding (chunks joined); empty for
+        C{HEAD} and for 204/304.
+    """
+
+    code: int
+    headers: Headers
+    body: bytes
+
+    def text(self, encoding: str = "utf-8") -> str:
+        """The body decoded as C{encoding} (strictly: a wrong guess raises)."""
+        return self.body.decode(encoding)
+
+
+def render(
+    resource: IResource,
+    method: _Text = b"GET",
+    path: _Text = b"/",
+    *,
+    query: Mapping[_Text, _HeaderValues] | None = None,
+    headers: Mapping[_Text, _HeaderValues] | None = None,
+    body: bytes = b"",
+    client: tuple[str, int] = ("127.0.0.1", 40000),
+    reactor: IReactorTime | None = None,
+) -> Deferred[RenderedResponse]:
+    """
+    Send one HTTP/1.1 request to C{resource}, the root of a fresh L{Site}.
+
+    @param method: the request method, e.g. C{"POST"}.
+    @param path: the request target, relative to C{resource}; a C{str} is
+        percent-encoded as UTF-8, C{bytes} are sent as they are.
+    @param query: added to the path's query string; a value may be a list.
+    @param headers: request headers; a value may be a list. C{Host} defaults
+        to C{localhost}; C{Content-Length} is added for a body (and for
+        POST, PUT and PATCH) unless given.
+    @param body: the request body.
+    @param client: the client's address, as C{request.getClientAddress()}
+        returns it (an L{IPv6Address} if the host contains C{:}).
+    @param reactor: the clock for the server's own timers (the channel's idle
+        timeout); defaults to the global reactor. It does not drive the
+        resource: give the resource its own clock for that.
+
+    @return: a L{Deferred} that fires with the L{RenderedResponse} once the
+        response is complete, however late the resource finishes it. It fails
+        with L{ResponseNeverReceived} if the server closes the connection
+        before a whole response head, or L{ResponseFailed} if it closes in
+        the middle of the body. Cancelling it closes the connection from the
+        client's side, as a browser does when its user gives up: the
+        resource sees the disconnect.
+
+    @raise ValueError: if the method, path or a header could not be sent as
+        they are (spaces, CR or LF, not a token), so that a test cannot
+        smuggle a second request by accident.
+    """
+    rawMethod = _asBytes(method)
+    if not _TOKEN.fullmatch(rawMethod):
+        raise ValueError(f"not an HTTP method: {method!r}")
+    target = _target(path, query)
+    allHeaders = _headerLines(headers or {}, body, rawMethod)
+    request = b"".join(
+        [rawMethod, b" ", target, b" HTTP/1.1\r\n", *allHeaders, b"\r\n", body]
+    )
+
+    host, port = client
+    if ":" in host:
+        peer: IAddress = IPv6Address("TCP", host, port)
+        local: IAddress = IPv6Address("TCP", "::1", 80)
+    else:
+        peer = IPv4Address("TCP", host, port)
+        local = IPv4Address("TCP", "127.0.0.1", 80)
+
+    exchange = _Exchange(rawMethod)
+    site = Site(resource, requestFactory=exchange.requestFactory, reactor=reactor)
+    exchange.connect(site.buildProtocol(peer), local, peer)
+    exchange.send(request)
+    return exchange.result
+
+
+class _Exchange:
+    """
+    One request and its response over an in-memory connection.
+
+    The response is over when the server finishes the request
+    (C{notifyFinish}) or closes the connection, whichever comes first; then
+    the connection is closed as a real client would (so the channel cancels
+    its timers) and L{result} fires with what the server wrote.
+    """
+
+    def __init__(self, method: bytes) -> None:
+        self._method = method
+        self._over = False
+        self.result: Deferred[RenderedResponse] = Deferred(self._clientGivesUp)
+
+    def requestFactory(self, *args: object, **kwargs: object) -> Request:
+        """Build the site's L{Request}, watching for its end."""
+        request = Request(*args, **kwargs)
+        request.notifyFinish().addBoth(self._requestOver)
+        return request
+
+    def connect(self, protocol: IProtocol, local: IAddress, peer: IAddress) -> None:
+        """Connect the site's C{protocol} to an in-memory transport."""
+        self._protocol = protocol
+        self._transport = _ServerTransport(self._serverClosed, local, peer)
+        protocol.makeConnection(self._transport)
+
+    def send(self, data: bytes) -> None:
+        """Deliver C{data} to the server as if it came from the client."""
+        self._protocol.dataReceived(data)
+
+    def _requestOver(self, outcome: object) -> None:
+        # A failure here means the connection was lost, which _serverClosed or
+        # _clientGivesUp has already dealt with; do not let it go unhandled.
+        if not isinstance(outcome, Failure):
+            self._conclude()
+
+    def _serverClosed(self) -> None:
+        self._conclude()
+
+    def _conclude(self) -> None:
+        if self._over:
+            return
+        self._over = True
+        reason = Failure(ConnectionDone("the server closed the connection"))
+        try:
+            response = _parseResponse(self._transport.value(), self._method, reason)
+        except Exception:
+            outcome: object = Failure()
+        else:
+            outcome = response
+        self._disconnect(ConnectionDone("the client closed the connection"))
+        if isinstance(outcome, Failure):
+            self.result.errback(outcome)
+        else:
+            self.result.callback(outcome)
+
+    def _clientGivesUp(self, result: Deferred[RenderedResponse]) -> None:
+        """
+        The test cancelled L{result}: close the connection as a client that
+        gives up would. L{Deferred.cancel} then fails L{result} with
+        L{CancelledError}.
+        """
+        if not self._over:
+            self._over = True
+            self._disconnect(ConnectionDone("the client closed the connection"))
+
+    def _disconnect(self, why: Exception) -> None:
+        self._transport.disconnecting = True
+        self._protocol.connectionLost(Failure(why))
+
+
+class _ServerTransport(StringTransport):
+    """
+    The service's end of the in-memory connection: it keeps what the server
+    writes and reports the server closing it.
+    """
+
+    def __init__(
+        self,
+        onServerClose: Callable[[], None],
+        hostAddress: IAddress,
+        peerAddress: IAddress,
+    ) -> None:
+        super().__init__(hostAddress=hostAddress, peerAddress=peerAddress)
+        self._onServerClose = onServerClose
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            super().loseConnection()
+            self._onServerClose()
+
+    def unregisterProducer(self) -> None:
+        # Real transports allow this twice (the channel does it on every
+        # loseConnection); StringTransport would raise.
+        if self.producer is not None:
+            super().unregisterProducer()
+
+
+class _Replay:
+    """Just enough of a socket for C{http.client} to read recorded bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self._data)
+
+
+def _parseResponse(data: bytes, method: bytes, reason: Failure) -> RenderedResponse:
+    """
+    Read one complete response from C{data}, or raise the twisted.web client
+    error for the way it is incomplete.
+    """
+    if b"\r\n\r\n" not in data:
+        raise ResponseNeverReceived([reason])
+    parsed = HTTPResponse(_Replay(data), method=method.decode("ascii"))  # type: ignore[arg-type]
+    try:
+        parsed.begin()
+    except (HTTPException, ValueError):
+        raise ResponseNeverReceived([reason, Failure()])
+    try:
+        body = parsed.read()
+    except (HTTPException, ValueError):
+        raise ResponseFailed([reason, Failure()])
+    headers = Headers()
+    for name, value in parsed.getheaders():
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    return RenderedResponse(code=parsed.status, headers=headers, body=body)
+
+
+def _asBytes(value: _Text) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _target(path: _Text, query: Mapping[_Text, _HeaderValues] | None) -> bytes:
+    """The request target: C{path} (percent-encoded if text) plus C{query}."""
+    target = quote(path, safe=_PATH_SAFE).encode("ascii") if isinstance(path, str) else path
+    if _BREAKS_LINE.search(target):
+        raise ValueError(f"path would break the request line: {path!r}")
+    if query:
+        separator = b"&" if b"?" in target else b"?"
+        target += separator + urlencode(query, doseq=True).encode("ascii")
+    return target
+
+
+def _headerLines(
+    headers: Mapping[_Text, _HeaderValues], body: bytes, method: bytes
+) -> list[bytes]:
+    """The raw header lines, with the defaults a client would add."""
+    lines: list[bytes] = []
+    given: set[bytes] = set()
+    for name, values in headers.items():
+        rawName = _asBytes(name)
+        if not _TOKEN.fullmatch(rawName):
+            raise ValueError(f"not a header name: {name!r}")
+        given.add(rawName.lower())
+        if isinstance(values, (str, bytes)):
+            values = [values]
+        for value in values:
+            rawValue = _asBytes(value)
+            if re.search(rb"[\r\n\x00]", rawValue):
+                raise ValueError(f"header {name!r} has a line break in {value!r}")
+            lines.append(rawName + b": " + rawValue + b"\r\n")
+    defaults = []
+    if b"host" not in given:
+        defaults.append(b"Host: localhost\r\n")
+    framed = given & {b"content-length", b"transfer-encoding"}
+    if not framed and (body or method in _BODY_METHODS):
+        lines.append(b"Content-Length: %d\r\n" % (len(body),))
+    return defaults + lines

@@ -1,0 +1,708 @@
+"""Tests for L{okws_twisted.config}: the site's ini file, its defaults and its errors."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from okws_twisted.config import (
+    DEFAULT_LISTEN,
+    ConfigError,
+    Listener,
+    ServiceConfig,
+    SiteConfig,
+    load,
+    normalize_path,
+    parse,
+    parse_listener,
+)
+
+BASE = "/srv/site"
+
+SERVICE = """
+[service:hello]
+resource = services.hello:Hello
+paths = /hello /hi
+"""
+
+
+def site(okws: str = "", services: str = SERVICE) -> SiteConfig:
+    """Parse an [okws] body plus service sections, as the file C{site.ini} in L{BASE}."""
+    return parse("[okws]\n" + textwrap.dedent(okws) + textwrap.dedent(services), "site.ini", BASE)
+
+
+class ConfigErrorTests(SynchronousTestCase):
+    """The error's text is one line naming what it can."""
+
+    def test_allParts(self) -> None:
+        e = ConfigError("site.ini", "service:hello", "paths", "bad")
+        self.assertEqual(str(e), "site.ini: [service:hello] paths: bad")
+        self.assertEqual((e.file, e.section, e.key, e.message),
+                         ("site.ini", "service:hello", "paths", "bad"))
+
+    def test_noSectionNoKey(self) -> None:
+        self.assertEqual(str(ConfigError("a.ini", None, None, "gone")), "a.ini: gone")
+        self.assertEqual(str(ConfigError("a.ini", "okws", None, "x")), "a.ini: [okws] x")
+
+    def test_oneLine(self) -> None:
+        self.assertEqual(str(ConfigError("a.ini", None, "k", "two\nlines")), "a.ini: k: two lines")
+
+
+class ErrorMixin:
+    """Assert that parsing fails with an exact message."""
+
+    def assertConfigError(self, text: str, expected: str) -> ConfigError:
+        case: SynchronousTestCase = self  # type: ignore[assignment]
+        e = case.assertRaises(ConfigError, parse, text, "site.ini", BASE)
+        case.assertEqual(str(e), expected)
+        case.assertNotIn("\n", str(e))
+        return e
+
+
+class DefaultsTests(SynchronousTestCase):
+    """The minimal site gets the documented defaults."""
+
+    def test_minimal(self) -> None:
+        config = site()
+        self.assertEqual(config.file, "site.ini")
+        self.assertEqual(config.base_dir, BASE)
+        self.assertEqual(config.log_dir, "/srv/site/logs")
+        self.assertEqual(config.templates, "/srv/site/templates")
+        self.assertEqual(
+            config.listen,
+            (Listener(kind="tcp", port=8080, interface="127.0.0.1", description=DEFAULT_LISTEN),),
+        )
+        self.assertEqual(config.listen[0].backlog, 2048)
+        expected = {
+            "max_head": 16384, "max_request_line": 8192, "max_headers": 100,
+            "head_timeout": 30.0, "queue_max": 40, "queue_timeout": 30.0, "retry_after": 5,
+            "restart_delay_min": 1.0, "restart_delay_max": 60.0, "stable_after": 30.0,
+            "drain_timeout": 10.0, "kill_timeout": 5.0, "keepalive_timeout": 60.0,
+        }
+        self.assertEqual({key: getattr(config, key) for key in expected}, expected)
+
+    def test_serviceDefaults(self) -> None:
+        (service,) = site().services
+        self.assertEqual(
+            service,
+            ServiceConfig(name="hello", resource="services.hello:Hello", paths=("/hello", "/hi")),
+        )
+        self.assertEqual((service.instances, service.max_body), (1, 2 * 1024 * 1024))
+
+    def test_everyKey(self) -> None:
+        config = site("""\
+            listen = tcp:9000
+            log_dir = /var/log/okws
+            templates = tpl
+            max_head = 32_768
+            max_request_line = 4096
+            max_headers = 50
+            head_timeout = 2.5
+            queue_max = 0
+            queue_timeout = 10
+            retry_after = 1
+            restart_delay_min = 0.5
+            restart_delay_max = 0.5
+            stable_after = 120
+            drain_timeout = 0
+            kill_timeout = 0.
+            keepalive_timeout = .5
+            """, services="""
+            [service:hello]
+            resource = services.hello:Hello
+            paths = /
+            instances = 64
+            max_body = 0
+            """)
+        self.assertEqual(config.log_dir, "/var/log/okws")
+        self.assertEqual(config.templates, "/srv/site/tpl")
+        self.assertEqual(config.max_head, 32768)
+        self.assertEqual(config.head_timeout, 2.5)
+        self.assertIsInstance(config.queue_timeout, float)
+        self.assertEqual(config.queue_max, 0)
+        self.assertEqual(config.drain_timeout, 0.0)
+        self.assertEqual(config.keepalive_timeout, 0.5)
+        self.assertEqual((config.services[0].instances, config.services[0].max_body), (64, 0))
+
+    def test_commentsAndContinuations(self) -> None:
+        config = site("""\
+            # a comment
+            ; another
+            listen = tcp:8001  # the first
+              tcp:8002 ; the second
+              # a comment inside the value
+              unix:okws.sock
+            """, services="""
+            [service:hello]   # trailing comment
+            resource = services.hello:Hello
+            paths =
+              /a
+              /b /c
+            """)
+        self.assertEqual([l.description for l in config.listen],
+                         ["tcp:8001", "tcp:8002", "unix:okws.sock"])
+        self.assertEqual(config.services[0].paths, ("/a", "/b", "/c"))
+
+    def test_keysAreCaseSensitive(self) -> None:
+        e = self.assertRaises(ConfigError, site, "Listen = tcp:1\n")
+        self.assertEqual(str(e), "site.ini: [okws] Listen: unknown key; did you mean listen?")
+
+
+class RelativePathTests(SynchronousTestCase):
+    """Relative paths resolve against the config file's directory."""
+
+    def test_againstBaseDir(self) -> None:
+        config = site("log_dir = ../logs\ntemplates = ./t/\nlisten = unix:run/s.sock\n")
+        self.assertEqual(config.log_dir, "/srv/logs")
+        self.assertEqual(config.templates, "/srv/site/t")
+        self.assertEqual(config.listen[0].path, "/srv/site/run/s.sock")
+
+    def test_absoluteKept(self) -> None:
+        config = site("log_dir = /var/log/x\nlisten = unix:/run/okws.sock\n")
+        self.assertEqual(config.log_dir, "/var/log/x")
+        self.assertEqual(config.listen[0].path, "/run/okws.sock")
+
+    def test_relativeBaseDir(self) -> None:
+        config = parse("[okws]\n" + SERVICE, "site.ini", "conf")
+        self.assertEqual(config.base_dir, os.path.abspath("conf"))
+
+    def test_load(self) -> None:
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "site.ini")
+        with open(path, "w") as f:
+            f.write("[okws]\nlog_dir = l\n" + SERVICE)
+        config = load(path)
+        self.assertEqual(config.file, path)
+        self.assertEqual(config.base_dir, directory)
+        self.assertEqual(config.log_dir, os.path.join(directory, "l"))
+
+    def test_loadRelativeName(self) -> None:
+        """The file is named as given; the base directory is still absolute."""
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "site.ini")
+        with open(path, "w") as f:
+            f.write("[okws]\n" + SERVICE)
+        config = load(path)
+        self.assertEqual(config.file, path)
+        self.assertEqual(config.base_dir, os.path.abspath(directory))
+
+
+class LoadErrorTests(SynchronousTestCase):
+    """Unreadable files are config errors naming the file."""
+
+    def test_missing(self) -> None:
+        e = self.assertRaises(ConfigError, load, "no/such/site.ini")
+        self.assertEqual(str(e), "no/such/site.ini: cannot read: No such file or directory")
+
+    def test_directory(self) -> None:
+        directory = self.mktemp()
+        os.mkdir(directory)
+        e = self.assertRaises(ConfigError, load, directory)
+        self.assertEqual(str(e), f"{directory}: cannot read: Is a directory")
+
+    def test_notUtf8(self) -> None:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[okws]\n\xff\n")
+        e = self.assertRaises(ConfigError, load, path)
+        self.assertEqual(str(e), f"{path}: not UTF-8 text (byte 7)")
+
+
+class ListenerParseTests(SynchronousTestCase):
+    """Each listener form parses to the right L{Listener}."""
+
+    def test_tcp(self) -> None:
+        listener = parse_listener("tcp:80", BASE)
+        self.assertEqual(
+            (listener.kind, listener.port, listener.interface, listener.path, listener.backlog),
+            ("tcp", 80, "0.0.0.0", None, 2048),
+        )
+        self.assertEqual(listener.description, "tcp:80")
+
+    def test_tcpOptions(self) -> None:
+        listener = parse_listener("tcp:8080:interface=127.0.0.1:backlog=10", BASE)
+        self.assertEqual((listener.port, listener.interface, listener.backlog),
+                         (8080, "127.0.0.1", 10))
+
+    def test_keywordForm(self) -> None:
+        self.assertEqual(
+            parse_listener("tcp:port=8080:interface=127.0.0.1", BASE),
+            Listener(kind="tcp", port=8080, interface="127.0.0.1",
+                     description="tcp:port=8080:interface=127.0.0.1"),
+        )
+        listener = parse_listener("unix:address=s.sock", BASE)
+        self.assertEqual(listener.path, "/srv/site/s.sock")
+
+    def test_tcp6(self) -> None:
+        listener = parse_listener("tcp6:443", BASE)
+        self.assertEqual((listener.kind, listener.port, listener.interface), ("tcp6", 443, "::"))
+        listener = parse_listener("tcp6:8080:interface=\\:\\:1:backlog=5", BASE)
+        self.assertEqual((listener.interface, listener.backlog), ("::1", 5))
+
+    def test_interfaceCanonical(self) -> None:
+        listener = parse_listener("tcp6:80:interface=0\\:0\\:0\\:0\\:0\\:0\\:0\\:1", BASE)
+        self.assertEqual(listener.interface, "::1")
+
+    def test_unix(self) -> None:
+        listener = parse_listener("unix:/run/okws.sock", BASE)
+        self.assertEqual((listener.kind, listener.path, listener.mode, listener.port,
+                          listener.interface), ("unix", "/run/okws.sock", 0o666, None, ""))
+        self.assertEqual(parse_listener("unix:/s:mode=0600:backlog=7", BASE).mode, 0o600)
+        self.assertEqual(parse_listener("unix:/s:mode=640", BASE).mode, 0o640)
+
+    def test_unixEscapedColon(self) -> None:
+        self.assertEqual(parse_listener("unix:/run/a\\:b", BASE).path, "/run/a:b")
+
+    def test_canonicalDescription(self) -> None:
+        self.assertEqual(Listener(kind="tcp6", port=1, interface="::1").description,
+                         "tcp6:1:interface=\\:\\:1:backlog=2048")
+        self.assertEqual(Listener(kind="unix", path="/a:b", mode=0o600).description,
+                         "unix:/a\\:b:mode=600:backlog=2048")
+
+    def test_errors(self) -> None:
+        cases = {
+            "ssl:443": "ssl listeners are not supported yet; supported now: tcp, tcp6, unix",
+            "tls:443:/etc/keys": "tls listeners are not supported yet; supported now: "
+                                 "tcp, tcp6, unix",
+            "systemd:domain=INET:index=0": "systemd listeners are not supported yet; "
+                                           "supported now: tcp, tcp6, unix",
+            "8080": "a bare port; write tcp:8080:interface=ADDR",
+            "tcp": "missing the port",
+            "tcp:": "missing the port",
+            "tcp:http": "port must be a whole number, got 'http'",
+            "tcp:-1": "port must be a whole number, got '-1'",
+            "tcp:65536": "port must be a whole number from 0 to 65535, got 65536",
+            "tcp:80:127.0.0.1": "unexpected '127.0.0.1': after the first field give "
+                                "options by name (interface=, backlog=)",
+            "tcp:80:interface=::1": "an IPv6 interface needs tcp6, with each ':' escaped as "
+                                    "'\\:', e.g. tcp6:80:interface=\\:\\:1",
+            "tcp:80:interface=localhost": "interface must be an IPv4 address like 127.0.0.1, "
+                                          "got 'localhost'",
+            "tcp:80:interface=": "interface is empty; leave it out to listen on every address",
+            "tcp6:80:interface=::1": "escape each ':' of an IPv6 interface as '\\:', "
+                                     "e.g. interface=\\:\\:1",
+            "tcp6:80:interface=127.0.0.1": "interface must be an IPv6 address like \\:\\:1 "
+                                           "(escape each ':' as '\\:'), got '127.0.0.1'",
+            "tcp:80:backlog=0": "backlog must be a whole number from 1 to 65535, got 0",
+            "tcp:80:backlog=1:backlog=2": "option 'backlog' is given twice",
+            "tcp:80:port=81": "port is given twice",
+            "tcp:80:mode=600": "unknown option 'mode' for tcp; options are port, interface, "
+                               "backlog",
+            "unix:/s:mode=999": "mode must be octal permissions like 666, got '999'",
+            "unix:/s:mode=7777": "mode must be octal permissions from 0 to 777, got 0o7777",
+            "unix:/s:lockfile=0": "unknown option 'lockfile' for unix; options are address, "
+                                  "mode, backlog",
+            "unix:/" + "a" * 107: f"the socket path '/{'a' * 107}' is longer than 107 bytes, "
+                                  "the limit of a Unix socket address; use a shorter path",
+            "tcp:80\\": "ends with a lone backslash",
+            "": "expected KIND:... with KIND one of tcp, tcp6, unix",
+        }
+        for description, message in cases.items():
+            e = self.assertRaises(ValueError, parse_listener, description, BASE)
+            self.assertEqual(str(e), f"{description!r}: {message}")
+
+
+class ListenerConfigTests(SynchronousTestCase, ErrorMixin):
+    """The listen key: several endpoints, defaults, duplicates."""
+
+    def test_several(self) -> None:
+        config = site("listen = tcp:80\n  tcp6:80\n  unix:/run/s\n")
+        self.assertEqual([l.kind for l in config.listen], ["tcp", "tcp6", "unix"])
+
+    def test_portZeroRepeats(self) -> None:
+        config = site("listen = tcp:0:interface=127.0.0.1\n  tcp:0:interface=127.0.0.1\n")
+        self.assertEqual(len(config.listen), 2)
+
+    def test_unsupportedKind(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = ssl:443:privateKey=k.pem\n" + SERVICE,
+            "site.ini: [okws] listen: 'ssl:443:privateKey=k.pem': ssl listeners are not "
+            "supported yet; supported now: tcp, tcp6, unix",
+        )
+
+    def test_duplicate(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = tcp:80\n  tcp:80:interface=0.0.0.0\n" + SERVICE,
+            "site.ini: [okws] listen: 'tcp:80:interface=0.0.0.0' is listed twice (as 'tcp:80')",
+        )
+
+    def test_duplicateUnix(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = unix:s.sock\n  unix:/srv/site/s.sock\n" + SERVICE,
+            "site.ini: [okws] listen: 'unix:/srv/site/s.sock' is listed twice (as 'unix:s.sock')",
+        )
+
+    def test_wildcardOverlap(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = tcp:80:interface=127.0.0.1\n  tcp:80\n" + SERVICE,
+            "site.ini: [okws] listen: 'tcp:80' overlaps 'tcp:80:interface=127.0.0.1': "
+            "0.0.0.0 already covers every address on port 80",
+        )
+
+    def test_differentInterfacesSamePort(self) -> None:
+        config = site("listen = tcp:80:interface=127.0.0.1\n  tcp:80:interface=127.0.0.2\n")
+        self.assertEqual(len(config.listen), 2)
+
+    def test_empty(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten =\n" + SERVICE,
+            "site.ini: [okws] listen: expected one or more endpoints, one per line, got none",
+        )
+
+
+class PathTests(SynchronousTestCase, ErrorMixin):
+    """Service paths: normalisation, rejection, clashes."""
+
+    def test_normalize(self) -> None:
+        self.assertEqual(normalize_path("/"), "/")
+        self.assertEqual(normalize_path("/a/"), "/a")
+        self.assertEqual(normalize_path("/a/b"), "/a/b")
+        self.assertEqual(normalize_path("/caf%C3%A9"), "/caf%C3%A9")
+
+    def test_rejected(self) -> None:
+        cases = {
+            "a": "'a' must start with '/'",
+            "": "'' must start with '/'",
+            "/a b": "'/a b' may contain only printable ASCII without spaces; "
+                    "percent-encode other characters as clients send them",
+            "/café": "'/café' may contain only printable ASCII without spaces; "
+                     "percent-encode other characters as clients send them",
+            "/a?b": "'/a?b' contains '?'; a path prefix has no query or fragment",
+            "/a#b": "'/a#b' contains '#'; a path prefix has no query or fragment",
+            "//": "'//' contains an empty segment ('//')",
+            "/a//b": "'/a//b' contains an empty segment ('//')",
+            "/a/./b": "'/a/./b' contains a '.' or '..' segment",
+            "/..": "'/..' contains a '.' or '..' segment",
+        }
+        for path, message in cases.items():
+            e = self.assertRaises(ValueError, normalize_path, path)
+            self.assertEqual(str(e), message)
+
+    def test_dotsInNamesAllowed(self) -> None:
+        self.assertEqual(normalize_path("/a.b/..c"), "/a.b/..c")
+
+    def test_claimedTwice(self) -> None:
+        self.assertConfigError(
+            "[okws]\n" + SERVICE + "[service:other]\nresource = a:B\npaths = /x /hi/\n",
+            "site.ini: [service:other] paths: '/hi' is already claimed by [service:hello]",
+        )
+
+    def test_listedTwiceInOneService(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\npaths = /x /x/\n",
+            "site.ini: [service:a] paths: '/x/' is listed twice (as '/x')",
+        )
+
+    def test_badPathInIni(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\npaths = /ok hello\n",
+            "site.ini: [service:a] paths: 'hello' must start with '/'",
+        )
+
+    def test_noPaths(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\npaths =\n",
+            "site.ini: [service:a] paths: expected one or more paths like /hello, got none",
+        )
+
+
+class ErrorTests(SynchronousTestCase, ErrorMixin):
+    """Every mistake is one line naming the file, section and key."""
+
+    def test_noOkwsSection(self) -> None:
+        self.assertConfigError(
+            SERVICE, "site.ini: no [okws] section; it is required (it may be empty)"
+        )
+
+    def test_noService(self) -> None:
+        self.assertConfigError(
+            "[okws]\n", "site.ini: no [service:NAME] section; at least one service is required"
+        )
+
+    def test_unknownSection(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[services:hello]\n",
+            "site.ini: [services:hello] unknown section; did you mean [service:hello]? "
+            "(sections are [okws] and [service:NAME])",
+        )
+        self.assertConfigError(
+            "[okw]\n", "site.ini: [okw] unknown section; did you mean [okws]? "
+            "(sections are [okws] and [service:NAME])",
+        )
+        self.assertConfigError(
+            "[okws]\n[DEFAULT]\nlog_dir = x\n",
+            "site.ini: [DEFAULT] unknown section (sections are [okws] and [service:NAME])",
+        )
+
+    def test_unknownKey(self) -> None:
+        self.assertConfigError(
+            "[okws]\nmax_heads = 1\n" + SERVICE,
+            "site.ini: [okws] max_heads: unknown key; did you mean max_head?",
+        )
+        self.assertConfigError(
+            "[okws]\nwhatever = 1\n" + SERVICE, "site.ini: [okws] whatever: unknown key"
+        )
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\npaths = /\ninstance = 2\n",
+            "site.ini: [service:a] instance: unknown key; did you mean instances?",
+        )
+
+    def test_keyInWrongSection(self) -> None:
+        self.assertConfigError(
+            "[okws]\npaths = /\n" + SERVICE,
+            "site.ini: [okws] paths: unknown key here; paths belongs in a [service:NAME] section",
+        )
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\npaths = /\nmax_head = 1\n",
+            "site.ini: [service:a] max_head: unknown key here; max_head belongs in [okws]",
+        )
+
+    def test_badNumbers(self) -> None:
+        cases = [
+            ("max_head = big", "max_head: expected a whole number of bytes, 1 or more, "
+                               "got 'big'"),
+            ("max_head = 0", "max_head: expected a whole number of bytes, 1 or more, got '0'"),
+            ("max_headers = -3", "max_headers: expected a whole number of headers, 1 or more, "
+                                 "got '-3'"),
+            ("max_request_line = 1.5", "max_request_line: expected a whole number of bytes, "
+                                       "1 or more, got '1.5'"),
+            ("head_timeout = 0", "head_timeout: expected a number of seconds above 0, got '0'"),
+            ("head_timeout = nan", "head_timeout: expected a number of seconds above 0, "
+                                   "got 'nan'"),
+            ("queue_timeout = 1e3", "queue_timeout: expected a number of seconds above 0, "
+                                    "got '1e3'"),
+            ("queue_max = -1", "queue_max: expected a whole number of connections, 0 or more, "
+                               "got '-1'"),
+            ("retry_after = 0", "retry_after: expected a whole number of seconds, 1 or more, "
+                                "got '0'"),
+            ("drain_timeout = -1", "drain_timeout: expected a number of seconds, 0 or more, "
+                                   "got '-1'"),
+            ("kill_timeout =", "kill_timeout: expected a number of seconds, 0 or more, got ''"),
+            ("stable_after = 30s", "stable_after: expected a number of seconds above 0, "
+                                   "got '30s'"),
+            ("keepalive_timeout = 0", "keepalive_timeout: expected a number of seconds above 0, "
+                                      "got '0'"),
+            ("restart_delay_min = 0", "restart_delay_min: expected a number of seconds above 0, "
+                                      "got '0'"),
+        ]
+        for line, message in cases:
+            self.assertConfigError(f"[okws]\n{line}\n" + SERVICE, f"site.ini: [okws] {message}")
+
+    def test_serviceNumbers(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\npaths = /\ninstances = 65\n",
+            "site.ini: [service:a] instances: expected a whole number of instances from 1 to 64, "
+            "got '65'",
+        )
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\npaths = /\nmax_body = -1\n",
+            "site.ini: [service:a] max_body: expected a whole number of bytes, 0 or more, "
+            "got '-1'",
+        )
+
+    def test_restartDelays(self) -> None:
+        self.assertConfigError(
+            "[okws]\nrestart_delay_min = 90\n" + SERVICE,
+            "site.ini: [okws] restart_delay_min: 90 is above restart_delay_max (60)",
+        )
+        self.assertConfigError(
+            "[okws]\nrestart_delay_max = 0.5\n" + SERVICE,
+            "site.ini: [okws] restart_delay_max: 0.5 is below restart_delay_min (1)",
+        )
+        self.assertConfigError(
+            "[okws]\nrestart_delay_min = 9\nrestart_delay_max = 8\n" + SERVICE,
+            "site.ini: [okws] restart_delay_min: 9 is above restart_delay_max (8)",
+        )
+
+    def test_requestLineAboveHead(self) -> None:
+        self.assertConfigError(
+            "[okws]\nmax_head = 4096\n" + SERVICE,
+            "site.ini: [okws] max_head: 4096 is below max_request_line (8192), "
+            "which would answer 431 before 414",
+        )
+
+    def test_emptyDirectory(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlog_dir =\n" + SERVICE,
+            "site.ini: [okws] log_dir: expected a directory, got nothing",
+        )
+
+    def test_directoryOnOneLine(self) -> None:
+        """An indented line after a blank one continues the value; a directory must not."""
+        self.assertConfigError(
+            "[okws]\nlog_dir = logs\n\n  templates = t\n" + SERVICE,
+            "site.ini: [okws] log_dir: expected one directory on one line, "
+            "got 'logs\\n\\ntemplates = t'",
+        )
+
+    def test_serviceName(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[service:Hello]\nresource = a:B\npaths = /\n",
+            "site.ini: [service:Hello] service name 'Hello' must match [a-z][a-z0-9_-]{0,31} "
+            "(lower case, starting with a letter, at most 32 characters)",
+        )
+        for name in ("", "1a", "a" * 33, "a.b", "-a"):
+            e = self.assertRaises(
+                ConfigError, parse,
+                f"[okws]\n[service:{name}]\nresource = a:B\npaths = /\n", "site.ini", BASE,
+            )
+            self.assertEqual((e.section, e.key), (f"service:{name}", None))
+        self.assertEqual(site(services="[service:a" + "b" * 31 + "]\nresource = a:B\n"
+                              "paths = /\n").services[0].name, "a" + "b" * 31)
+
+    def test_resource(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = services.hello.Hello\npaths = /\n",
+            "site.ini: [service:a] resource: expected package.module:Class, "
+            "got 'services.hello.Hello'",
+        )
+        for bad in ("a:b:C", ":C", "a:", "a..b:C", "1a:C", "a:class", "a b:C", "a:B.", ""):
+            e = self.assertRaises(
+                ConfigError, parse,
+                f"[okws]\n[service:a]\nresource = {bad}\npaths = /\n", "site.ini", BASE,
+            )
+            self.assertEqual((e.section, e.key), ("service:a", "resource"))
+        config = site(services="[service:a]\nresource = pkg.sub.mod:Outer.Inner\npaths = /\n")
+        self.assertEqual(config.services[0].resource, "pkg.sub.mod:Outer.Inner")
+
+    def test_missingServiceKeys(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[service:a]\npaths = /\n",
+            "site.ini: [service:a] resource: missing; expected package.module:Class",
+        )
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\n",
+            "site.ini: [service:a] paths: missing; expected /hello /hi",
+        )
+
+    def test_duplicateSection(self) -> None:
+        self.assertConfigError(
+            "[okws]\n" + SERVICE + SERVICE,
+            "site.ini: [service:hello] line 7: this section appears twice",
+        )
+
+    def test_duplicateKey(self) -> None:
+        e = self.assertConfigError(
+            "[okws]\nlog_dir = a\nlog_dir = b\n" + SERVICE,
+            "site.ini: [okws] log_dir: line 3: this key appears twice in the section",
+        )
+        self.assertEqual((e.file, e.section, e.key), ("site.ini", "okws", "log_dir"))
+
+    def test_syntax(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten tcp:80\n" + SERVICE,
+            "site.ini: [okws] line 2: cannot parse 'listen tcp:80'; expected [section], "
+            "key = value, an indented continuation line or a comment",
+        )
+        self.assertConfigError(
+            "[okws]\nlisten: tcp:80\n" + SERVICE,
+            "site.ini: [okws] line 2: cannot parse 'listen: tcp:80'; expected [section], "
+            "key = value, an indented continuation line or a comment",
+        )
+
+    def test_keyBeforeSection(self) -> None:
+        self.assertConfigError(
+            "log_dir = x\n[okws]\n", "site.ini: line 1: 'log_dir = x' comes before any [section]"
+        )
+
+    def test_noInterpolation(self) -> None:
+        config = site(services="[service:a]\nresource = a:B\npaths = /%(x)s /100%25\n")
+        self.assertEqual(config.services[0].paths, ("/%(x)s", "/100%25"))
+
+
+class ValueTests(SynchronousTestCase):
+    """The dataclasses validate themselves, so a bad value cannot travel."""
+
+    def make(self, **overrides: object) -> SiteConfig:
+        kwargs: dict[str, object] = {
+            "file": "site.ini", "base_dir": BASE, "log_dir": "/l", "templates": "/t",
+            "services": (ServiceConfig(name="a", resource="a:B", paths=("/",)),),
+        }
+        kwargs.update(overrides)
+        return SiteConfig(**kwargs)  # type: ignore[arg-type]
+
+    def test_frozen(self) -> None:
+        config = self.make()
+        self.assertRaises(AttributeError, setattr, config, "max_head", 1)
+        self.assertRaises(AttributeError, setattr, config.services[0], "name", "b")
+        self.assertEqual(hash(config), hash(self.make()))
+
+    def test_defaultListen(self) -> None:
+        self.assertEqual(self.make().listen, (parse_listener(DEFAULT_LISTEN, "/"),))
+
+    def test_siteErrors(self) -> None:
+        e = self.assertRaises(ConfigError, self.make, max_head=True)
+        self.assertEqual(str(e), "site.ini: [okws] max_head: expected a whole number of bytes, "
+                                 "1 or more, got True")
+        e = self.assertRaises(ConfigError, self.make, head_timeout=float("inf"))
+        self.assertEqual(e.key, "head_timeout")
+        e = self.assertRaises(ConfigError, self.make, log_dir="logs")
+        self.assertEqual(str(e), "site.ini: [okws] log_dir: expected an absolute directory, "
+                                 "got 'logs'")
+        e = self.assertRaises(ConfigError, self.make, services=())
+        self.assertEqual(str(e), "site.ini: no [service:NAME] section; at least one service "
+                                 "is required")
+        e = self.assertRaises(ConfigError, self.make, restart_delay_min=2.0, restart_delay_max=1.0)
+        self.assertEqual(str(e), "site.ini: [okws] restart_delay_min: 2 is above "
+                                 "restart_delay_max (1)")
+        service = ServiceConfig(name="a", resource="a:B", paths=("/",))
+        e = self.assertRaises(ConfigError, self.make, services=(service, service))
+        self.assertEqual(str(e), "site.ini: [service:a] this service is defined twice")
+        self.assertRaises(ConfigError, self.make, base_dir="relative")
+        self.assertRaises(ConfigError, self.make, listen=())
+
+    def test_intForFloat(self) -> None:
+        config = self.make(head_timeout=3)
+        self.assertEqual(config.head_timeout, 3.0)
+        self.assertIsInstance(config.head_timeout, float)
+
+    def test_serviceErrors(self) -> None:
+        self.assertRaises(ValueError, ServiceConfig, name="a", resource="a:B", paths="/a")
+        self.assertRaises(ValueError, ServiceConfig, name="a", resource="a:B", paths=("/",),
+                          instances=0)
+        self.assertRaises(ValueError, ServiceConfig, name="A", resource="a:B", paths=("/",))
+        service = ServiceConfig(name="a", resource="a:B", paths=["/x/"])  # type: ignore[arg-type]
+        self.assertEqual(service.paths, ("/x",))
+
+    def test_listenerErrors(self) -> None:
+        self.assertRaises(ValueError, Listener, kind="ssl", port=1)
+        self.assertRaises(ValueError, Listener, kind="tcp", port=None)
+        self.assertRaises(ValueError, Listener, kind="tcp", port=1, path="/x")
+        self.assertRaises(ValueError, Listener, kind="tcp", port=1, mode=0o600)
+        self.assertRaises(ValueError, Listener, kind="unix", path="relative")
+        self.assertRaises(ValueError, Listener, kind="unix", path="/x", port=1)
+        self.assertRaises(ValueError, Listener, kind="tcp", port=True)
+
+
+class JsonTests(SynchronousTestCase):
+    """The launcher hands children the config as JSON; it comes back equal."""
+
+    def test_roundTrip(self) -> None:
+        config = site("""\
+            listen = tcp:8080:interface=127.0.0.1
+              tcp6:8443:interface=\\:\\:1:backlog=5
+              unix:run/s.sock:mode=0600
+            head_timeout = 2.5
+            queue_max = 7
+            """, services=SERVICE + "[service:two]\nresource = a.b:C\npaths = / /x/\n"
+                                    "instances = 3\nmax_body = 10\n")
+        text = config.to_json()
+        again = SiteConfig.from_json(text)
+        self.assertEqual(again, config)
+        self.assertEqual(again.to_json(), text)
+        self.assertEqual(again.listen[1].description, "tcp6:8443:interface=\\:\\:1:backlog=5")
+        self.assertIsInstance(again.services, tuple)
+        self.assertIsInstance(again.services[1].paths, tuple)
+
+    def test_rejectsOthers(self) -> None:
+        good = site().to_json()
+        for text in ("", "[]", "{}", good.replace('"format":1', '"format":2'),
+                     good.replace('"max_head":16384', '"max_head":-1'),
+                     good.replace('"max_head":16384', '"max_head":1,"extra":2'),
+                     good.replace('"name":"hello"', '"name":"Hello"')):
+            e = self.assertRaises(ValueError, SiteConfig.from_json, text)
+            self.assertTrue(str(e).startswith("invalid site config JSON: "), str(e))

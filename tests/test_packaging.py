@@ -1,0 +1,57 @@
+"""
+Installing okws gives a twistd that knows ``okws``: normal and editable installs.
+
+Each test builds a fresh virtualenv, installs a copy of this checkout into it,
+and asks that virtualenv's twistd (run from an unrelated directory, so the
+checkout is not on ``sys.path`` by accident) whether it lists the plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e import REPO
+
+INSTALL_TIMEOUT = 600
+
+
+def _copy_checkout(dest: str) -> str:
+    ignore = shutil.ignore_patterns(".venv", ".git", "_trial_temp*", "*.egg-info", "build", "__pycache__", ".hypothesis", "logs")
+    src = os.path.join(dest, "src")
+    shutil.copytree(REPO, src, ignore=ignore, symlinks=True)
+    return src
+
+
+class PluginInstallTests(SynchronousTestCase):
+    def _check(self, *install: str) -> None:
+        d = tempfile.mkdtemp(prefix="okws-install-")
+        self.addCleanup(shutil.rmtree, d, True)
+        src = _copy_checkout(d)
+        venv = os.path.join(d, "venv")
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+        pip = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        p = subprocess.run([*pip, *install, src], capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        elsewhere = tempfile.mkdtemp(prefix="okws-cwd-")
+        self.addCleanup(shutil.rmtree, elsewhere, True)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        help_ = subprocess.run(
+            [os.path.join(venv, "bin", "twistd"), "--help"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120
+        )
+        self.assertIn("okws", help_.stdout, help_.stdout + help_.stderr)
+        okws_help = subprocess.run(
+            [os.path.join(venv, "bin", "twistd"), "okws", "--help"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120
+        )
+        self.assertIn("--config", okws_help.stdout, okws_help.stdout + okws_help.stderr)
+
+    def test_normal_install(self) -> None:
+        self._check()
+
+    def test_editable_install(self) -> None:
+        self._check("-e")

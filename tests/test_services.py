@@ -1,0 +1,189 @@
+"""
+Tests for the example services in L{services}, rendered in memory with
+L{okws_twisted.testing.render}.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlencode
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from okws_twisted import ServiceResource
+from okws_twisted.testing import RenderedResponse, render
+from services.delay import Delay
+from services.form import Guestbook
+from services.hello import Hello
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def pidOf(response: RenderedResponse) -> int:
+    [pid] = response.headers.getRawHeaders(b"x-okws-pid")
+    return int(pid)
+
+
+class ConstructionTests(SynchronousTestCase):
+    def test_noArguments(self) -> None:
+        """The runtime builds each service as C{Class()}."""
+        for cls in (Hello, Guestbook, Delay):
+            self.assertIsInstance(cls(), ServiceResource)
+            self.assertTrue(cls.__doc__)
+
+    def test_anyRoutedPath(self) -> None:
+        """
+        A service answers every path the site routes to it: the service
+        process serves it as its site root and passes the full path.
+        """
+        for path in ("/hello", "/hi/", "/hello/more/parts"):
+            response = self.successResultOf(render(Hello(), path=path))
+            self.assertEqual(response.code, 200, path)
+            self.assertIn("Hello, world!", response.text())
+        response = self.successResultOf(render(Guestbook(), path="/guestbook"))
+        self.assertEqual(response.code, 200)
+
+
+class HelloTests(SynchronousTestCase):
+    def test_default(self) -> None:
+        response = self.successResultOf(render(Hello()))
+        self.assertEqual(response.code, 200)
+        self.assertIn("Hello, world!", response.text())
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"),
+            [b"text/html; charset=utf-8"],
+        )
+
+    def test_pid(self) -> None:
+        response = self.successResultOf(render(Hello()))
+        self.assertEqual(pidOf(response), os.getpid())
+
+    def test_name(self) -> None:
+        response = self.successResultOf(render(Hello(), query={"name": "Ada"}))
+        self.assertIn("Hello, Ada!", response.text())
+
+    def test_emptyName(self) -> None:
+        response = self.successResultOf(render(Hello(), query={"name": ""}))
+        self.assertIn("Hello, world!", response.text())
+
+    def test_unicodeName(self) -> None:
+        response = self.successResultOf(render(Hello(), query={"name": "Zo\u00eb"}))
+        self.assertIn("Hello, Zo\u00eb!", response.text())
+
+    def test_escaped(self) -> None:
+        name = '<b onclick="x()">&amp;</b>'
+        response = self.successResultOf(render(Hello(), query={"name": name}))
+        self.assertIn(
+            "Hello, &lt;b onclick=&quot;x()&quot;&gt;&amp;amp;&lt;/b&gt;!",
+            response.text(),
+        )
+        self.assertNotIn("<b onclick", response.text())
+
+    def test_head(self) -> None:
+        response = self.successResultOf(render(Hello(), "HEAD"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.body, b"")
+        self.assertEqual(pidOf(response), os.getpid())
+
+    def test_postNotAllowed(self) -> None:
+        response = self.successResultOf(render(Hello(), "POST"))
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
+
+
+class GuestbookTests(SynchronousTestCase):
+    def post(self, **fields: str) -> RenderedResponse:
+        return self.successResultOf(
+            render(
+                Guestbook(), "POST", headers=FORM, body=urlencode(fields).encode()
+            )
+        )
+
+    def test_form(self) -> None:
+        response = self.successResultOf(render(Guestbook()))
+        self.assertEqual(response.code, 200)
+        self.assertIn('<form method="post">', response.text())
+        self.assertIn('name="message"', response.text())
+        self.assertEqual(pidOf(response), os.getpid())
+
+    def test_post(self) -> None:
+        response = self.post(message="hello there")
+        self.assertEqual(response.code, 200)
+        self.assertIn("You wrote: hello there", response.text())
+        self.assertEqual(pidOf(response), os.getpid())
+
+    def test_scriptEscaped(self) -> None:
+        """User input is shown as text: a script tag never reaches the page."""
+        response = self.post(message="<script>alert('x')</script>")
+        self.assertIn(
+            "You wrote: &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;",
+            response.text(),
+        )
+        self.assertNotIn("<script", response.text())
+
+    def test_unicode(self) -> None:
+        response = self.post(message="gr\u00fc\u00dfe \u2603")
+        self.assertIn("You wrote: gr\u00fc\u00dfe \u2603", response.text())
+
+    def test_noMessage(self) -> None:
+        response = self.post()
+        self.assertEqual(response.code, 200)
+        self.assertIn("You wrote: </p>", response.text())
+
+
+class DelayTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.delay = Delay(reactor=self.clock)
+
+    def assertAnsweredAfter(self, seconds: float, **query: str) -> RenderedResponse:
+        rendering = render(self.delay, query=query)
+        self.clock.advance(seconds - 0.001)
+        self.assertNoResult(rendering)
+        self.clock.advance(0.001)
+        return self.successResultOf(rendering)
+
+    def test_default(self) -> None:
+        response = self.assertAnsweredAfter(0.1)
+        self.assertEqual(response.code, 200)
+        self.assertIn("Waited 100 ms.", response.text())
+        self.assertEqual(pidOf(response), os.getpid())
+
+    def test_ms(self) -> None:
+        response = self.assertAnsweredAfter(0.25, ms="250")
+        self.assertIn("Waited 250 ms.", response.text())
+
+    def test_capped(self) -> None:
+        response = self.assertAnsweredAfter(10.0, ms="3600000")
+        self.assertIn("Waited 10000 ms.", response.text())
+
+    def test_zeroAndNegative(self) -> None:
+        for ms in ("0", "-5"):
+            rendering = render(self.delay, query={"ms": ms})
+            self.clock.advance(0)
+            self.assertIn("Waited 0 ms.", self.successResultOf(rendering).text())
+
+    def test_notANumber(self) -> None:
+        response = self.successResultOf(render(self.delay, query={"ms": "soon"}))
+        self.assertEqual(response.code, 400)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_clientLeaves(self) -> None:
+        """A client that leaves takes its timer with it."""
+        rendering = render(self.delay, query={"ms": "5000"})
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        rendering.cancel()
+        self.failureResultOf(rendering, CancelledError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_concurrent(self) -> None:
+        """Requests wait side by side, each answered at its own time."""
+        slow = render(self.delay, query={"ms": "300"})
+        fast = render(self.delay, query={"ms": "100"})
+        self.clock.advance(0.1)
+        self.assertNoResult(slow)
+        self.assertIn("Waited 100 ms.", self.successResultOf(fast).text())
+        self.clock.advance(0.2)
+        self.assertIn("Waited 300 ms.", self.successResultOf(slow).text())
