@@ -21,6 +21,13 @@ from typing import Any, NoReturn
 
 CONFIG_TIMEOUT = 30.0
 
+#: Each role's C{start_role}, imported only in a child of that role (the
+#: dispatcher never imports service code, jinja2 or the author API).
+ROLES = {
+    "dispatcher": "okws_twisted.dispatcher:start_role",
+    "service": "okws_twisted.runtime:start_role",
+}
+
 
 def _log_to_stderr() -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -32,6 +39,11 @@ def load_resource(spec: str, base_dir: str) -> Any:
     """Import ``package.module:Class`` with the site directory first on sys.path."""
     if base_dir not in sys.path:
         sys.path.insert(0, base_dir)
+    return import_spec(spec)
+
+
+def import_spec(spec: str) -> Any:
+    """The object named by ``package.module:name``."""
     module_name, _, attr = spec.partition(":")
     module = importlib.import_module(module_name)
     obj: Any = module
@@ -44,6 +56,7 @@ def main(argv: list[str]) -> NoReturn:
     from okws_twisted import control
     from okws_twisted.channel import Message, MessageChannel, read_one_blocking
     from okws_twisted.config import SiteConfig
+    from okws_twisted.interfaces import IChildRole
 
     role = argv[1] if len(argv) > 1 else ""
     ctl_sock = socket.socket(fileno=control.CONTROL_FD)
@@ -70,50 +83,24 @@ def main(argv: list[str]) -> NoReturn:
     def launcher_gone(reason: Failure) -> None:
         stop_reactor()
 
-    if role == "dispatcher":
-        from okws_twisted.dispatcher import Dispatcher
-
-        count = int(first.meta.get("listeners", 0))
-        socks = [socket.socket(fileno=control.FIRST_LISTEN_FD + i) for i in range(count)]
-        dispatcher = Dispatcher(reactor, site, stopped=stop_reactor)
-
-        def dispatcher_control(batch: list[Message]) -> None:
-            for msg in batch:
-                if msg.kind == control.PEER and len(msg.fds) == 1:
-                    dispatcher.add_instance(
-                        str(msg.meta["service"]), int(msg.meta["index"]), int(msg.meta["pid"]), socket.socket(fileno=msg.fds[0])
-                    )
-                elif msg.kind == control.STOP:
-                    dispatcher.stop()
-                else:
-                    for fd in msg.fds:
-                        os.close(fd)
-
-        ctl = MessageChannel(reactor, ctl_sock, dispatcher_control, launcher_gone, name="control")
-        dispatcher.listen(socks)
-    elif role == "service":
-        from okws_twisted.runtime import ServiceRuntime
-
-        name, index = str(first.meta["service"]), int(first.meta["index"])
-        service = next(s for s in site.services if s.name == name)
-        resource = load_resource(service.resource, site.base_dir)()
-        runtime = ServiceRuntime(reactor, site, service, index, resource, exited=stop_reactor)
-
-        def service_control(batch: list[Message]) -> None:
-            for msg in batch:
-                if msg.kind == control.PEER and len(msg.fds) == 1:
-                    runtime.set_dispatcher(socket.socket(fileno=msg.fds[0]))
-                elif msg.kind == control.STOP:
-                    runtime.drain()
-                else:
-                    for fd in msg.fds:
-                        os.close(fd)
-
-        ctl = MessageChannel(reactor, ctl_sock, service_control, launcher_gone, name="control")
-    else:
+    spec = ROLES.get(role)
+    if spec is None:
         print(f"okws child: unknown role {role!r}", file=sys.stderr)
         sys.exit(2)
+    start_role = import_spec(spec)
+    child = IChildRole(start_role(reactor, site, first.meta, stop_reactor))
 
+    def on_control(batch: list[Message]) -> None:
+        for msg in batch:
+            if msg.kind == control.PEER and len(msg.fds) == 1:
+                child.peer(str(msg.meta.get("channel")), msg.meta, socket.socket(fileno=msg.fds[0]))
+                continue
+            for fd in msg.fds:
+                os.close(fd)
+            if msg.kind == control.STOP:
+                child.stop(float(msg.meta.get("drain", 0)))
+
+    ctl = MessageChannel(reactor, ctl_sock, on_control, launcher_gone, name="control")
     ctl.send({"k": control.READY, "pid": os.getpid()})
     reactor.run(installSignalHandlers=False)
     sys.stdout.flush()

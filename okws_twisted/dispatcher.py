@@ -30,6 +30,7 @@ from okws_twisted import handoff
 from okws_twisted.channel import ChannelError, Message, MessageChannel
 from okws_twisted.config import SiteConfig
 from okws_twisted.errorpage import error_response
+from okws_twisted.interfaces import IChildRole
 from okws_twisted.httpframe import HeadReader, HTTPError, Limits, RequestHead
 from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport, address_of
@@ -283,6 +284,7 @@ class ServicePool:
             self.assign(conn)
 
 
+@implementer(IChildRole)
 class Dispatcher:
     """The dispatcher's state: listeners, routes, instance links, queues."""
 
@@ -401,9 +403,16 @@ class Dispatcher:
             pool.assign(conn)
         self._maybe_stopped()
 
+    def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
+        if channel == "handoff":
+            self.add_instance(str(meta["service"]), int(meta["index"]), int(meta["pid"]), sock)
+        else:
+            self.log.error("unexpected {channel} channel from the launcher", channel=channel)
+            sock.close()
+
     # -- stopping
 
-    def stop(self) -> None:
+    def stop(self, drain: float = 0.0) -> None:
         """Stop accepting; answer what is queued; exit once nothing is in transit."""
         if self.stopping:
             return
@@ -431,3 +440,13 @@ class Dispatcher:
             return
         stopped, self._stopped = self._stopped, lambda: None
         stopped()
+
+
+def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None]) -> Dispatcher:
+    """The dispatcher child: listen on the sockets inherited from the launcher."""
+    from okws_twisted.control import FIRST_LISTEN_FD
+
+    count = int(meta.get("listeners", 0))
+    dispatcher = Dispatcher(reactor, site, stopped=stopped)
+    dispatcher.listen([socket.socket(fileno=FIRST_LISTEN_FD + i) for i in range(count)])
+    return dispatcher

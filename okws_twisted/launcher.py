@@ -33,6 +33,14 @@ from okws_twisted.channel import Message, MessageChannel, socketpair
 from okws_twisted.config import Listener, SiteConfig
 
 
+#: Which children get a channel to which: (channel kind, role, role).  When a
+#: child becomes ready it is wired to every ready child of the other role; a
+#: relaunched child is wired again, so both sides always reach each other.
+LINKS: list[tuple[str, str, str]] = [
+    ("handoff", "dispatcher", "service"),
+]
+
+
 class ListenError(Exception):
     """A listening socket could not be opened."""
 
@@ -155,7 +163,15 @@ class ChildSlot:
 
     @property
     def name(self) -> str:
-        return "dispatcher" if self.role == "dispatcher" else f"{self.service}.{self.index}"
+        return f"{self.service}.{self.index}" if self.role == "service" else self.role
+
+    def peer_meta(self, kind: str) -> dict[str, Any]:
+        """The C{peer} message that tells another child about this one."""
+        meta: dict[str, Any] = {"k": control.PEER, "channel": kind, "name": self.name, "role": self.role, "pid": self.pid}
+        if self.role == "service":
+            meta["service"] = self.service
+            meta["index"] = self.index
+        return meta
 
     def spawn(self) -> None:
         self.relaunch_call = None
@@ -280,30 +296,33 @@ class Launcher(Service):
     # -- wiring
 
     def child_ready(self, slot: ChildSlot) -> None:
-        if slot is self.dispatcher:
-            for inst in self.instances:
-                if inst.state == "ready":
-                    self._wire(inst)
-        elif self.dispatcher.state == "ready":
-            self._wire(slot)
+        for kind, left_role, right_role in LINKS:
+            if slot.role == left_role:
+                for other in self.children:
+                    if other.role == right_role and other.state == "ready":
+                        self.wire(kind, slot, other)
+            elif slot.role == right_role:
+                for other in self.children:
+                    if other.role == left_role and other.state == "ready":
+                        self.wire(kind, other, slot)
         if not self._site_ready and all(c.state == "ready" for c in self.children):
             self._site_ready = True
             self.log.info("site ready: {count} processes", count=len(self.children))
 
-    def _wire(self, inst: ChildSlot) -> None:
-        """Give the dispatcher and one instance the two ends of a new handoff channel."""
+    def wire(self, kind: str, left: ChildSlot, right: ChildSlot) -> None:
+        """Give two ready children the two ends of a new channel of C{kind}."""
         if self.stopping:
             return
         a, b = socketpair()
         try:
-            ok = self.dispatcher.send(
-                {"k": control.PEER, "service": inst.service, "index": inst.index, "pid": inst.pid}, [a.fileno()]
-            ) and inst.send({"k": control.PEER}, [b.fileno()])
+            ok = left.send(right.peer_meta(kind), [a.fileno()]) and right.send(left.peer_meta(kind), [b.fileno()])
         finally:
             a.close()
             b.close()
         if ok:
-            self.log.info("wired {child} pid {pid} to the dispatcher", child=inst.name, pid=inst.pid)
+            self.log.info(
+                "wired {right} pid {rpid} to the {left} ({kind})", right=right.name, rpid=right.pid, left=left.name, kind=kind
+            )
 
     # -- stopping
 

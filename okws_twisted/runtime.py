@@ -24,11 +24,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import IResource, NoResource, Resource
+from zope.interface import implementer
 
 from okws_twisted import handoff
 from okws_twisted.channel import ChannelError, Message, MessageChannel
 from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.errorpage import error_response
+from okws_twisted.interfaces import IChildRole
 from okws_twisted.httpframe import Body, End, Head, HTTPError, Limits, RequestFramer
 from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport
@@ -218,6 +220,7 @@ class ServiceConnection:
         self.runtime.connection_ended(self)
 
 
+@implementer(IChildRole)
 class ServiceRuntime:
     """The state of one service instance: its site, connections and dispatcher link."""
 
@@ -355,6 +358,16 @@ class ServiceRuntime:
             self._unacked_backs.pop(back_id, None)
             self._waiting_backs.append((sock, data, peer, host))
 
+    def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
+        if channel == "handoff":
+            self.set_dispatcher(sock)
+        else:
+            self.log.error("unexpected {channel} channel from the launcher", channel=channel)
+            sock.close()
+
+    def stop(self, drain: float = 0.0) -> None:
+        self.drain()
+
     # -- stopping
 
     def drain(self) -> None:
@@ -376,3 +389,13 @@ class ServiceRuntime:
         if self.draining and not self.connections:
             exited, self._exited = self._exited, lambda: None
             exited()
+
+
+def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None]) -> ServiceRuntime:
+    """A service instance child: import and build the service's resource, then serve."""
+    from okws_twisted.bootstrap import load_resource
+
+    name, index = str(meta["service"]), int(meta["index"])
+    service = next(s for s in site.services if s.name == name)
+    resource = load_resource(service.resource, site.base_dir)()
+    return ServiceRuntime(reactor, site, service, index, resource, exited=stopped)

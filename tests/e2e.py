@@ -58,7 +58,6 @@ class Site:
         self.proc: subprocess.Popen[bytes] | None = None
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
-        self._seen = 0
 
     # -- lifecycle
 
@@ -85,15 +84,20 @@ class Site:
             self._new.put(raw.decode("utf-8", "replace").rstrip("\n"))
         self._new.put(None)
 
-    def wait_for(self, pattern: str, timeout: float = EVENT_TIMEOUT) -> re.Match[str]:
-        """Wait for a log line matching C{pattern} that was not matched before."""
+    def mark(self) -> int:
+        """A position in the log; C{wait_for(..., after=mark)} looks only past it."""
+        self.drain_log()
+        return len(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = EVENT_TIMEOUT, after: int = 0) -> re.Match[str]:
+        """Wait for a log line matching C{pattern}, looking at lines from C{after} on."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
+        pos = after
         while True:
-            while self._seen < len(self.lines):
-                line = self.lines[self._seen]
-                self._seen += 1
-                m = rx.search(line)
+            while pos < len(self.lines):
+                m = rx.search(self.lines[pos])
+                pos += 1
                 if m:
                     return m
             left = deadline - time.monotonic()

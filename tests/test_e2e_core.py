@@ -264,14 +264,15 @@ class RelaunchTests(SynchronousTestCase):
 
     def test_kill_9_service_instance(self) -> None:
         old = self.site.pids()["crash.0"]
+        mark = self.site.mark()
         stop, failures, count = threading.Event(), [], [0]
         t = threading.Thread(target=self._hammer, args=("/hello", stop, failures, count))
         t.start()
         try:
             os.kill(old, signal.SIGKILL)
-            m = self.site.wait_for(r"started crash\.0 as pid (\d+)")
+            m = self.site.wait_for(r"started crash\.0 as pid (\d+)", after=mark)
             new = int(m.group(1))
-            self.site.wait_for(rf"wired crash\.0 pid {new}")
+            self.site.wait_for(rf"wired crash\.0 pid {new}", after=mark)
             r = self.site.get("/crash")
             self.assertEqual(r.status, 200)
             self.assertEqual(pid_of(r), new)
@@ -282,23 +283,26 @@ class RelaunchTests(SynchronousTestCase):
         self.assertGreater(count[0], 0)
 
     def test_crash_mid_request_then_relaunch(self) -> None:
+        mark = self.site.mark()
         with self.site.connect() as s:
             s.sendall(request_bytes("GET", "/crash?die=1"))
             self.assertEqual(s.recv(100), b"")
-        self.site.wait_for(r"started crash\.0 as pid (\d+)")
-        self.site.wait_for(r"wired crash\.0")
+        m = self.site.wait_for(r"started crash\.0 as pid (\d+)", after=mark)
+        self.site.wait_for(rf"wired crash\.0 pid {m.group(1)}", after=mark)
         self.assertEqual(self.site.get("/crash").status, 200)
 
     def test_kill_9_dispatcher(self) -> None:
         old = self.site.pids()["dispatcher"]
+        mark = self.site.mark()
         os.kill(old, signal.SIGKILL)
         # The launcher holds the listening socket: a connection made while no
         # dispatcher runs waits in the kernel's queue and is answered later.
         r = self.site.get("/hello", timeout=30)
         self.assertEqual(r.status, 200)
-        m = self.site.wait_for(r"started dispatcher as pid (\d+)")
+        m = self.site.wait_for(r"started dispatcher as pid (\d+)", after=mark)
         self.assertNotEqual(int(m.group(1)), old)
-        self.site.wait_for(r"dispatcher pid \d+ is ready")
+        self.site.wait_for(rf"dispatcher pid {m.group(1)} is ready", after=mark)
+        self.site.wait_for(r"wired crash\.0 pid \d+ to the dispatcher", after=mark)
         for path in ("/hello", "/crash"):
             self.assertEqual(self.site.get(path).status, 200)
 

@@ -1,0 +1,50 @@
+"""
+The import walls of DESIGN.md "Who may import whom", checked in fresh interpreters.
+
+Importing a module in a new process and listing ``sys.modules`` shows what a
+process of that role really loads, not what we believe it does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e import REPO
+
+
+def modules_after_import(module: str) -> set[str]:
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=True)
+    return set(json.loads(out.stdout))
+
+
+class ImportWallTests(SynchronousTestCase):
+    def test_dispatcher_runs_no_site_code(self) -> None:
+        loaded = modules_after_import("okws_twisted.dispatcher")
+        for forbidden in ("okws_twisted.resource", "okws_twisted.testing", "okws_twisted.runtime", "jinja2", "services"):
+            self.assertNotIn(forbidden, loaded)
+
+    def test_launcher_runs_no_site_code(self) -> None:
+        loaded = modules_after_import("okws_twisted.tap")
+        for forbidden in ("okws_twisted.resource", "okws_twisted.runtime", "okws_twisted.dispatcher", "jinja2", "services"):
+            self.assertNotIn(forbidden, loaded)
+
+    def test_author_api_is_one_process(self) -> None:
+        for module in ("okws_twisted.resource", "okws_twisted.testing"):
+            loaded = modules_after_import(module)
+            for forbidden in ("okws_twisted.launcher", "okws_twisted.dispatcher", "okws_twisted.tap"):
+                self.assertNotIn(forbidden, loaded, module)
+
+    def test_public_api(self) -> None:
+        import okws_twisted
+
+        self.assertEqual(sorted(okws_twisted.__all__), ["ServiceResource", "__version__"])
+        from okws_twisted.resource import ServiceResource
+
+        self.assertIs(okws_twisted.ServiceResource, ServiceResource)
+        with self.assertRaises(AttributeError):
+            okws_twisted.NoSuchThing  # noqa: B018
