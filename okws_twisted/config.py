@@ -149,11 +149,16 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "drain_timeout": _SECONDS_OR_ZERO,
     "kill_timeout": _SECONDS_OR_ZERO,
     "keepalive_timeout": _SECONDS_POSITIVE,
+    "body_timeout": _SECONDS_POSITIVE,
+    "max_requests_per_connection": _Number(int, 1, "requests"),
+    "max_connections": _Number(int, 1, "connections"),
+    "resume_connections": _Number(int, 0, "connections"),
 }
 
 _SERVICE_NUMBERS: dict[str, _Number] = {
     "instances": _Number(int, 1, "instances", maximum=64),
     "max_body": _Number(int, 0, "bytes"),
+    "max_connections": _Number(int, 1, "connections"),
 }
 
 _OKWS_KEYS = ("listen", "log_dir", "templates", *_OKWS_NUMBERS)
@@ -456,6 +461,7 @@ class ServiceConfig:
     paths: tuple[str, ...]
     instances: int = 1
     max_body: int = 2 * 1024 * 1024
+    max_connections: int = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SERVICE_NAME.fullmatch(self.name):
@@ -522,6 +528,10 @@ class SiteConfig:
     drain_timeout: float = 10.0
     kill_timeout: float = 5.0
     keepalive_timeout: float = 60.0
+    body_timeout: float = 60.0
+    max_requests_per_connection: int = 1000
+    max_connections: int = 10000
+    resume_connections: int = 9000
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:
@@ -559,6 +569,12 @@ class SiteConfig:
                 "restart_delay_min",
                 f"{self.restart_delay_min:g} is above restart_delay_max "
                 f"({self.restart_delay_max:g})",
+            )
+        if self.resume_connections > self.max_connections:
+            raise fail(
+                "okws",
+                "resume_connections",
+                f"{self.resume_connections} is above max_connections ({self.max_connections})",
             )
         if self.max_request_line > self.max_head:
             raise fail(
@@ -744,6 +760,7 @@ def _check_pairs(site: dict[str, Any], okws: Any, fail: Any) -> None:
     for low, high, why in (
         ("restart_delay_min", "restart_delay_max", ""),
         ("max_request_line", "max_head", ", which would answer 431 before 414"),
+        ("resume_connections", "max_connections", ""),
     ):
         if value(low) > value(high):
             key, other = (high, low) if high in okws and low not in okws else (low, high)

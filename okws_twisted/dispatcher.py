@@ -158,12 +158,14 @@ class HeadConnection:
         self.done = True
         self._cancel_timer()
         self.transport.detach().close()
+        self._dispatcher.closed()
 
     def connectionLost(self, reason: Failure) -> None:
         self._cancel_timer()
         if not self.done:
             self.done = True
             self._dispatcher.lost(self)
+        self._dispatcher.closed()
 
 
 class InstanceLink:
@@ -193,7 +195,7 @@ class InstanceLink:
         self.channel.send(meta, conn.data, [conn.transport.fileno()])
 
     def _received(self, batch: list[Message]) -> None:
-        backacks: list[int] = []
+        backs: list[handoff.Connection] = []
         for msg in batch:
             try:
                 if msg.kind == handoff.ACK:
@@ -204,18 +206,25 @@ class InstanceLink:
                     done = msg.meta.get("done", 0)
                     if isinstance(done, int) and done > 0:
                         self.active = max(0, self.active - done)
+                        pool = self.dispatcher.pools[self.service]
+                        if pool.queue:
+                            pool.flush()
                 elif msg.kind == handoff.BACK:
-                    back = handoff.parse_connection(msg)
-                    backacks.append(back.id)
-                    self.dispatcher.adopt(back.fd, back.peer, back.host, back.data)
+                    backs.append(handoff.parse_connection(msg))
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
                 for fd in msg.fds:
                     os.close(fd)
                 self.log.error("bad message from {link}: {error}", link=self.name, error=e)
-        if backacks and self.channel.connected:
-            self.channel.send({"k": handoff.BACKACK, "ids": backacks})
+        if not backs:
+            return
+        # Acknowledge before routing any of them, as services do for ``conn``:
+        # a handback the service never saw acknowledged was never touched here.
+        if self.channel.connected:
+            self.channel.send({"k": handoff.BACKACK, "ids": [b.id for b in backs]})
+        for back in backs:
+            self.dispatcher.adopt(back.fd, back.peer, back.host, back.data)
 
     def _lost(self, reason: Failure) -> None:
         self.dispatcher.link_lost(self)
@@ -224,16 +233,17 @@ class InstanceLink:
 class ServicePool:
     """The ready instances of one service and the connections waiting for one."""
 
-    def __init__(self, dispatcher: "Dispatcher", name: str, max_body: int):
+    def __init__(self, dispatcher: "Dispatcher", name: str, max_body: int, max_connections: int):
         self.dispatcher = dispatcher
         self.name = name
         self.max_body = max_body
+        self.max_connections = max_connections
         self.links: dict[int, InstanceLink] = {}
         self.queue: deque[HeadConnection] = deque()
         self._turn = itertools.count()
 
     def pick(self) -> InstanceLink | None:
-        """The least busy ready instance, rotating among equals."""
+        """The least busy ready instance below its connection cap, rotating among equals."""
         if not self.links:
             return None
         links = list(self.links.values())
@@ -241,7 +251,7 @@ class ServicePool:
         best: InstanceLink | None = None
         for i in range(len(links)):
             link = links[(start + i) % len(links)]
-            if best is None or link.active < best.active:
+            if link.active < self.max_connections and (best is None or link.active < best.active):
                 best = link
         return best
 
@@ -275,13 +285,16 @@ class ServicePool:
                 pass
 
     def flush(self) -> None:
-        """Hand queued connections to instances that became ready."""
-        while self.queue and self.links:
+        """Hand queued connections to instances that became ready or less busy."""
+        while self.queue:
+            link = self.pick()
+            if link is None:
+                return
             conn = self.queue.popleft()
             if conn.queue_timer is not None:
                 conn.queue_timer.cancel()
                 conn.queue_timer = None
-            self.assign(conn)
+            self.dispatcher.hand(link, conn)
 
 
 @implementer(IChildRole)
@@ -299,13 +312,15 @@ class Dispatcher:
             max_head=config.max_head,
             max_headers=config.max_headers,
         )
-        self.pools = {s.name: ServicePool(self, s.name, s.max_body) for s in config.services}
+        self.pools = {s.name: ServicePool(self, s.name, s.max_body, s.max_connections) for s in config.services}
         self.acceptors: list[Acceptor] = []
         self.reading: set[HeadConnection] = set()
         self._ids = itertools.count(1)
         self._stopped = stopped
         self.stopping = False
         self.handed_off = 0
+        self.open_connections = 0
+        self.accepting_paused = False
 
     # -- listening
 
@@ -329,7 +344,24 @@ class Dispatcher:
     def _start(self, sock: socket.socket, peer: Any, host: Any, data: bytes) -> None:
         conn = HeadConnection(self, self.limits, self.config.head_timeout)
         self.reading.add(conn)
+        self.open_connections += 1
+        if self.open_connections >= self.config.max_connections and not self.accepting_paused:
+            # OKWS's fd high-water mark: leave new connections in the kernel's
+            # queue until enough of ours are gone.
+            self.accepting_paused = True
+            self.log.warn("{n} open connections: not accepting until {low}", n=self.open_connections, low=self.config.resume_connections)
+            for acceptor in self.acceptors:
+                acceptor.stop()
         SocketTransport(self.reactor, sock, conn, peer, host).start(data)
+
+    def closed(self) -> None:
+        """A connection left the dispatcher (answered, handed off, or lost)."""
+        self.open_connections -= 1
+        if self.accepting_paused and self.open_connections <= self.config.resume_connections and not self.stopping:
+            self.accepting_paused = False
+            self.log.info("{n} open connections: accepting again", n=self.open_connections)
+            for acceptor in self.acceptors:
+                acceptor.start()
 
     # -- routing and handing off
 

@@ -31,12 +31,28 @@ from okws_twisted.channel import ChannelError, Message, MessageChannel
 from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.errorpage import error_response
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.httpframe import Body, End, Head, HTTPError, Limits, RequestFramer
+from okws_twisted.httpframe import Body, End, Head, HTTPError, Limits, RequestFramer, RequestHead
 from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport
 
 MAX_WAITING_HANDBACKS = 1024
 DONE_REPORT_DELAY = 0.05
+
+
+def origin_form(head: RequestHead, raw: bytes) -> bytes:
+    """The raw head with an absolute-form target rewritten to origin form.
+
+    The dispatcher routes C{GET http://host/p?q HTTP/1.1} by its path; the
+    framer has already checked that the authority equals C{Host}.  twisted.web
+    would take the whole URL as the path, so it gets C{GET /p?q HTTP/1.1}.
+    """
+    target = head.target
+    if target[:1] == b"/" or target == b"*":
+        return raw
+    origin = head.path + (b"?" + head.query if head.query else b"")
+    line_end = raw.index(b"\r\n", raw.index(target))
+    first = raw[:line_end].replace(b" " + target + b" ", b" " + origin + b" ", 1)
+    return first + raw[line_end:]
 
 
 class ServiceRequest(server.Request):
@@ -102,8 +118,10 @@ class ServiceConnection:
 
     States: serving (feeding owned requests) -> handing back (a foreign
     request is next; waiting for fed requests to finish and flush) -> gone;
-    or serving -> failing (malformed request: answer 400 once the fed
-    requests are done, then close) -> gone.
+    serving -> failing (malformed or stalled request: answer it once the
+    requests before it are done, then close) -> gone; serving -> last request
+    (C{max_requests_per_connection} reached, or the client half-closed):
+    answer what was fed, then close.
     """
 
     log = Logger()
@@ -116,32 +134,50 @@ class ServiceConnection:
         self.owned_next = routed
         self.fed = 0
         self.finished = 0
+        self.in_body = False
         self.handback: bytes | None = None
         self.failure: HTTPError | None = None
-        self._closing_done = False
+        self.client_done = False
+        self._body_timer: IDelayedCall | None = None
         self._flush_wait = False
 
     def makeConnection(self, transport: SocketTransport) -> None:
         self.transport = transport
         self.channel = self.runtime.site.buildProtocol(transport.getPeer())
         self.channel.okws_connection = self
-        self.channel.timeOut = self.runtime.config.keepalive_timeout
+        config = self.runtime.config
+        self.channel.timeOut = config.keepalive_timeout
+        # The framer enforces the site's limits; twisted.web's own must never
+        # refuse a head the framer (and the dispatcher) accepted.
+        self.channel.totalHeadersSize = max(config.max_head, http.HTTPChannel.totalHeadersSize)
+        self.channel.MAX_LENGTH = max(config.max_head, http.HTTPChannel.MAX_LENGTH)
+        self.channel.maxHeaders = max(config.max_headers, http.HTTPChannel.maxHeaders)
         self.channel.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
         self.framer.feed(data)
         self._pump()
 
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what it sent, then close (keep writing)."""
+        self.client_done = True
+        self.framer.eof()
+        self._pump()
+        if self.failure is None and self.handback is None:
+            self._maybe_finish()
+        return True
+
     def _pump(self) -> None:
         framer = self.framer
         transport = self.transport
+        last = self.runtime.config.max_requests_per_connection
         while self.handback is None and self.failure is None and transport.connected:
+            if self.fed >= last and not self.in_body:
+                return
             try:
                 event = framer.next_event()
             except HTTPError as e:
-                self.failure = e
-                transport.pauseProducing()
-                self._maybe_finish()
+                self._fail(e)
                 return
             if event is None:
                 return
@@ -149,15 +185,53 @@ class ServiceConnection:
                 if self.owned_next or self.runtime.owns(event.head.path):
                     self.owned_next = False
                     self.fed += 1
-                    self.channel.dataReceived(event.raw)
+                    self.in_body = True
+                    self.channel.dataReceived(origin_form(event.head, event.raw))
+                    if self.fed >= last and self.channel.requests:
+                        self.channel.persistent = False
+                        self.channel.requests[-1].responseHeaders.setRawHeaders(b"connection", [b"close"])
+                    self._arm_body_timer()
                 else:
-                    self.handback = event.raw + framer.unread()
+                    # Bytes read after this point join the framer's buffer; the
+                    # whole unread tail is taken at the moment of handing back.
+                    self.handback = event.raw
                     transport.pauseProducing()
                     self._maybe_finish()
                     return
             elif isinstance(event, Body):
+                self._arm_body_timer()
                 self.channel.dataReceived(event.data)
-            # End: nothing to do; the next event starts the next request.
+            else:
+                self.in_body = False
+                self._cancel_body_timer()
+
+    def _arm_body_timer(self) -> None:
+        """A body must keep arriving: at most C{body_timeout} seconds between reads."""
+        if self._body_timer is not None and self._body_timer.active():
+            self._body_timer.reset(self.runtime.config.body_timeout)
+        else:
+            self._body_timer = self.runtime.reactor.callLater(self.runtime.config.body_timeout, self._body_stalled)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None and self._body_timer.active():
+            self._body_timer.cancel()
+        self._body_timer = None
+
+    def _body_stalled(self) -> None:
+        self._body_timer = None
+        if self.in_body and self.transport.connected:
+            self._fail(HTTPError(408, "The request body stopped arriving."))
+
+    def _fail(self, e: HTTPError) -> None:
+        """Answer C{e} after the requests before the bad one, then close."""
+        self.failure = e
+        self._cancel_body_timer()
+        if self.in_body:
+            # The bad request was fed but will never be complete: do not wait for it.
+            self.in_body = False
+            self.fed -= 1
+        self.transport.pauseProducing()
+        self._maybe_finish()
 
     # -- request accounting (called by ServiceRequest)
 
@@ -175,9 +249,9 @@ class ServiceConnection:
     @property
     def idle(self) -> bool:
         """No request is in flight or partly received."""
-        return self.finished >= self.fed and not self.framer.unread()
+        return self.finished >= self.fed and not self.in_body and not self.framer.unread().strip(b"\r\n")
 
-    # -- handing back / failing
+    # -- handing back / failing / closing
 
     def _maybe_finish(self) -> None:
         transport = self.transport
@@ -185,7 +259,10 @@ class ServiceConnection:
             return
         if self.handback is not None or self.failure is not None:
             self._flush_wait = True
-            self.transport.notify_flushed(self._flushed)
+            transport.notify_flushed(self._flushed)
+        elif self.client_done and not self.in_body:
+            self.channel.setTimeout(None)
+            transport.loseConnection()
 
     def _flushed(self) -> None:
         if not self.transport.connected or self.transport.disconnecting:
@@ -200,7 +277,8 @@ class ServiceConnection:
         sock = self.transport.detach()
         self.channel.connectionLost(Failure(error.ConnectionDone("handed back to the dispatcher")))
         self.runtime.connection_ended(self)
-        self.runtime.hand_back(sock, self.handback, self.transport.getPeer(), self.transport.getHost())
+        unread = self.handback + self.framer.unread()
+        self.runtime.hand_back(sock, unread, self.transport.getPeer(), self.transport.getHost())
 
     def close_when_idle(self) -> None:
         """Draining: close now if idle, else after the requests in flight."""
@@ -216,6 +294,7 @@ class ServiceConnection:
                 request.responseHeaders.setRawHeaders(b"connection", [b"close"])
 
     def connectionLost(self, reason: Failure) -> None:
+        self._cancel_body_timer()
         self.channel.connectionLost(reason)
         self.runtime.connection_ended(self)
 

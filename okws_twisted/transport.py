@@ -135,6 +135,12 @@ class SocketTransport:
         except OSError as e:
             return error.ConnectionLost(str(e))
         if not data:
+            if self._lingering is None and not self.disconnecting:
+                half_close = getattr(self.protocol, "eof_received", None)
+                if half_close is not None and half_close():
+                    # The peer will send no more, but still reads: keep writing.
+                    self._stop_reading()
+                    return None
             return error.ConnectionDone()
         if self._lingering is not None:
             self._discarded += len(data)
