@@ -36,6 +36,6 @@ setup(
         "jinja2",
     ],
     extras_require={"test": ["treq", "hypothesis"]},
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["okws-ctl = okws_twisted.ctl:main"]},
     cmdclass={"editable_wheel": _CompatEditable},
 )

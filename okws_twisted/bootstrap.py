@@ -97,8 +97,14 @@ def main(argv: list[str]) -> NoReturn:
                 continue
             for fd in msg.fds:
                 os.close(fd)
-            if msg.kind == control.STOP:
-                child.stop(float(msg.meta.get("drain", 0)))
+            if msg.kind == control.PING:
+                ctl.send({"k": control.PONG, "n": msg.meta.get("n"), "stats": child.stats()})
+            elif msg.kind == control.CONFIG_UPDATE:
+                child.update_config(SiteConfig.from_json(msg.payload.decode("utf-8")))
+            elif msg.kind == control.STOP:
+                child.stop(float(msg.meta.get("drain", 0)), bool(msg.meta.get("handback", False)))
+            else:
+                child.control(msg.kind, msg.meta)
 
     ctl = MessageChannel(reactor, ctl_sock, on_control, launcher_gone, name="control")
     ctl.send({"k": control.READY, "pid": os.getpid()})

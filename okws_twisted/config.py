@@ -153,15 +153,21 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "max_requests_per_connection": _Number(int, 1, "requests"),
     "max_connections": _Number(int, 1, "connections"),
     "resume_connections": _Number(int, 0, "connections"),
+    "crash_budget": _Number(int, 0, "crashes"),
+    "crash_window": _SECONDS_POSITIVE,
+    "heartbeat_interval": _SECONDS_POSITIVE,
+    "heartbeat_timeout": _SECONDS_POSITIVE,
 }
 
 _SERVICE_NUMBERS: dict[str, _Number] = {
     "instances": _Number(int, 1, "instances", maximum=64),
     "max_body": _Number(int, 0, "bytes"),
     "max_connections": _Number(int, 1, "connections"),
+    "restart_after_requests": _Number(int, 0, "requests"),
+    "restart_after_seconds": _SECONDS_OR_ZERO,
 }
 
-_OKWS_KEYS = ("listen", "log_dir", "templates", *_OKWS_NUMBERS)
+_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", *_OKWS_NUMBERS)
 _SERVICE_KEYS = ("resource", "paths", *_SERVICE_NUMBERS)
 
 
@@ -462,6 +468,8 @@ class ServiceConfig:
     instances: int = 1
     max_body: int = 2 * 1024 * 1024
     max_connections: int = 1000
+    restart_after_requests: int = 0
+    restart_after_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SERVICE_NAME.fullmatch(self.name):
@@ -532,6 +540,12 @@ class SiteConfig:
     max_requests_per_connection: int = 1000
     max_connections: int = 10000
     resume_connections: int = 9000
+    crash_budget: int = 30
+    crash_window: float = 50.0
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 30.0
+    control_socket: str = ""
+    admin: Listener | None = None
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:
@@ -625,6 +639,8 @@ class SiteConfig:
             if not isinstance(document, dict) or document.pop("format", None) != _JSON_FORMAT:
                 raise ValueError(f"not an okws site config (format {_JSON_FORMAT})")
             document["listen"] = tuple(Listener(**item) for item in document["listen"])
+            if document.get("admin") is not None:
+                document["admin"] = Listener(**document["admin"])
             document["services"] = tuple(
                 ServiceConfig(**{**item, "paths": tuple(item["paths"])})
                 for item in document["services"]
@@ -725,6 +741,29 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
         if "\n" in value:
             raise fail("okws", key, f"expected one directory on one line, got {value!r}")
         site[key] = os.path.normpath(os.path.join(base_dir, value))
+
+    control = okws.get("control_socket", "okws.ctl")
+    if not control or "\n" in control:
+        raise fail("okws", "control_socket", f"expected one path, got {control!r}")
+    control = os.path.normpath(os.path.join(base_dir, control))
+    if len(control.encode()) > 107:
+        raise fail("okws", "control_socket", f"{control!r} is longer than a Unix socket path may be (107 bytes)")
+    site["control_socket"] = control
+
+    if okws.get("admin", "").strip():
+        description = okws["admin"].strip()
+        try:
+            admin = parse_listener(description, base_dir)
+        except ValueError as e:
+            raise fail("okws", "admin", str(e)) from None
+        if admin.kind == "tcp" and "interface=" not in description:
+            # The admin listener serves metrics: loopback unless asked otherwise.
+            admin = dataclasses.replace(admin, interface="127.0.0.1")
+        for listener in listeners:
+            if listener.kind == admin.kind and listener.port == admin.port and listener.path == admin.path:
+                raise fail("okws", "admin", f"{description!r} is also a public listener ({listener.description}); "
+                           "the admin listener must be separate")
+        site["admin"] = admin
 
     for key, number in _OKWS_NUMBERS.items():
         if key not in okws:

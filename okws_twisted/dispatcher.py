@@ -179,6 +179,7 @@ class InstanceLink:
         self.index = index
         self.pid = pid
         self.active = 0
+        self.retiring = False
         self.pending: dict[int, HeadConnection] = {}
         self.channel = MessageChannel(
             dispatcher.reactor, sock, self._received, self._lost, name=f"handoff:{service}.{index}"
@@ -238,7 +239,8 @@ class ServicePool:
         self.name = name
         self.max_body = max_body
         self.max_connections = max_connections
-        self.links: dict[int, InstanceLink] = {}
+        self.links: dict[int, InstanceLink] = {}  # by pid: a retiring and a new process may share an index
+        self.failed = False
         self.queue: deque[HeadConnection] = deque()
         self._turn = itertools.count()
 
@@ -251,7 +253,9 @@ class ServicePool:
         best: InstanceLink | None = None
         for i in range(len(links)):
             link = links[(start + i) % len(links)]
-            if link.active < self.max_connections and (best is None or link.active < best.active):
+            if link.retiring or link.active >= self.max_connections:
+                continue
+            if best is None or link.active < best.active:
                 best = link
         return best
 
@@ -261,6 +265,9 @@ class ServicePool:
             self.dispatcher.hand(link, conn)
             return
         cfg = self.dispatcher.config
+        if self.failed:
+            conn.answer(503, "The service is not available.", retry_after=cfg.retry_after)
+            return
         if len(self.queue) >= cfg.queue_max:
             conn.answer(503, "The service is busy; try again shortly.", retry_after=cfg.retry_after)
             return
@@ -274,6 +281,13 @@ class ServicePool:
         except ValueError:
             return
         conn.answer(503, "The service is not available; try again shortly.", retry_after=self.dispatcher.config.retry_after)
+
+    def unqueue_first_and_answer(self) -> None:
+        conn = self.queue.popleft()
+        if conn.queue_timer is not None:
+            conn.queue_timer.cancel()
+            conn.queue_timer = None
+        conn.answer(503, "The service is not available.", retry_after=self.dispatcher.config.retry_after)
 
     def unqueue(self, conn: HeadConnection) -> None:
         if conn.queue_timer is not None:
@@ -416,24 +430,68 @@ class Dispatcher:
             self.log.error("launcher sent a channel for unknown service {service}", service=service)
             sock.close()
             return
-        old = pool.links.pop(index, None)
+        old = pool.links.pop(pid, None)
         link = InstanceLink(self, service, index, pid, sock)
-        pool.links[index] = link
+        pool.links[pid] = link
+        pool.failed = False
         if old is not None:
             old.channel.close()
         self.log.info("instance {link} (pid {pid}) is ready", link=link.name, pid=pid)
         pool.flush()
 
+    def retire(self, pid: int) -> None:
+        """Give no new connections to instance C{pid}; it still hands connections back."""
+        for pool in self.pools.values():
+            link = pool.links.get(pid)
+            if link is not None:
+                link.retiring = True
+                self.log.info("instance {link} (pid {pid}) is retiring", link=link.name, pid=pid)
+
     def link_lost(self, link: InstanceLink) -> None:
         pool = self.pools[link.service]
-        if pool.links.get(link.index) is link:
-            del pool.links[link.index]
+        if pool.links.get(link.pid) is link:
+            del pool.links[link.pid]
             self.log.info("instance {link} (pid {pid}) is gone", link=link.name, pid=link.pid)
         pending, link.pending = link.pending, {}
         for conn in pending.values():
             # Never acknowledged, so never touched: another instance may take it.
             pool.assign(conn)
         self._maybe_stopped()
+
+    def update_config(self, site: SiteConfig) -> None:
+        """Reloaded: new routes, limits and pools; existing instance links stay."""
+        self.config = site
+        self.routes = RouteTable.from_config(site)
+        self.limits = Limits(max_request_line=site.max_request_line, max_head=site.max_head, max_headers=site.max_headers)
+        for s in site.services:
+            pool = self.pools.get(s.name)
+            if pool is None:
+                self.pools[s.name] = ServicePool(self, s.name, s.max_body, s.max_connections)
+            else:
+                pool.max_body, pool.max_connections = s.max_body, s.max_connections
+        # Pools of removed services stay until their instances are gone (they
+        # still hand connections back); no route leads to them any more.
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "handed_off": self.handed_off,
+            "open_connections": self.open_connections,
+            "queued": {name: len(pool.queue) for name, pool in self.pools.items()},
+        }
+
+    def control(self, kind: str, meta: dict[str, Any]) -> None:
+        if kind == "retire":
+            self.retire(int(meta["pid"]))
+        elif kind == "status":
+            for name, info in dict(meta.get("services", {})).items():
+                pool = self.pools.get(name)
+                if pool is not None and isinstance(info, dict):
+                    pool.failed = bool(info.get("failed")) and not pool.links
+                    if pool.failed:
+                        while pool.queue:
+                            pool.unqueue_first_and_answer()
+        else:
+            self.log.warn("unexpected control message {kind}", kind=kind)
 
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
         if channel == "handoff":
@@ -444,7 +502,7 @@ class Dispatcher:
 
     # -- stopping
 
-    def stop(self, drain: float = 0.0) -> None:
+    def stop(self, drain: float = 0.0, handback: bool = False) -> None:
         """Stop accepting; answer what is queued; exit once nothing is in transit."""
         if self.stopping:
             return

@@ -27,6 +27,18 @@ class IChildRole(Interface):
         for a service instance).  Replaces any earlier channel to that peer.
         The role owns C{sock}."""
 
-    def stop(drain: float) -> None:
+    def stop(drain: float, handback: bool) -> None:
         """Stop gracefully: finish work in flight within C{drain} seconds, then
-        call C{stopped}."""
+        call C{stopped}.  With C{handback}, a service hands its kept-alive
+        connections back to the dispatcher instead of closing them (a
+        successor is taking over)."""
+
+    def stats() -> dict[str, Any]:
+        """Counters for the launcher's heartbeat answer (JSON-able)."""
+
+    def update_config(site: Any) -> None:
+        """The site was reloaded: use this L{SiteConfig} from now on (new
+        connections get the new routes and limits)."""
+
+    def control(kind: str, meta: dict[str, Any]) -> None:
+        """A role-specific control message from the launcher (e.g. ``retire``)."""

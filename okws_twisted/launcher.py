@@ -12,17 +12,18 @@ before it stops the children, killing those that overstay.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import stat
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,7 +31,8 @@ from twisted.python.failure import Failure
 import okws_twisted
 from okws_twisted import control
 from okws_twisted.channel import Message, MessageChannel, socketpair
-from okws_twisted.config import Listener, SiteConfig
+from okws_twisted.config import Listener, ServiceConfig, SiteConfig
+from okws_twisted.supervision import Backoff, CrashBudget, Heartbeat
 
 
 #: Which children get a channel to which: (channel kind, role, role).  When a
@@ -71,24 +73,6 @@ def open_listener(listener: Listener) -> socket.socket:
     return sock
 
 
-@dataclass
-class Backoff:
-    """Relaunch delays: doubling from C{floor} to C{ceiling}, reset after a stable run."""
-
-    floor: float
-    ceiling: float
-    stable_after: float
-    current: float = 0.0
-
-    def delay(self, ran_for: float) -> float:
-        """The delay before the next launch of a child that ran C{ran_for} seconds."""
-        if ran_for >= self.stable_after or self.current == 0.0:
-            self.current = self.floor
-        else:
-            self.current = min(self.ceiling, self.current * 2)
-        return self.current
-
-
 def child_environment(extra_paths: list[str]) -> dict[str, str]:
     """The whole environment of a child: only what Python needs (never the launcher's)."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(okws_twisted.__file__)))
@@ -102,14 +86,30 @@ def child_environment(extra_paths: list[str]) -> dict[str, str]:
     return env
 
 
-class ChildOutput(ProcessProtocol):
-    """Relays a child's stdout/stderr lines to the launcher's log, tagged, and reports its end."""
+class ChildProcess(ProcessProtocol):
+    """One spawned process (one pid) of a L{ChildSlot}.
+
+    States: starting (spawned, no ``ready`` yet) -> ready -> retiring (told
+    to drain because a successor took over, or the site is stopping) ->
+    exited.  Its stdout/stderr lines go to the launcher's log, tagged.
+    """
 
     log = Logger(namespace="okws")
 
-    def __init__(self, slot: "ChildSlot") -> None:
+    def __init__(self, slot: "ChildSlot", now: float, heartbeat_timeout: float) -> None:
         self.slot = slot
+        self.name = slot.name
+        self.state = "starting"
+        self.pid: int | None = None
+        self.ctl: MessageChannel | None = None
+        self.started_at = now
+        self.heartbeat = Heartbeat(heartbeat_timeout, now)
+        self.stats: dict[str, Any] = {}
+        self.exited: defer.Deferred[None] = defer.Deferred()
+        self.killed_by_watchdog = False
         self._partial = {1: b"", 2: b""}
+
+    # -- ProcessProtocol
 
     def connectionMade(self) -> None:
         self.transport.closeStdin()
@@ -122,25 +122,78 @@ class ChildOutput(ProcessProtocol):
 
     def _emit(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
-        self.log.info("[{child} pid {pid}] {line}", child=self.slot.name, pid=self.pid, line=text)
-
-    @property
-    def pid(self) -> int | None:
-        return self.slot.pid
+        self.log.info("[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=text)
 
     def processEnded(self, reason: Failure) -> None:
         for fd in (1, 2):
             if self._partial.get(fd):
                 self._emit(self._partial[fd])
                 self._partial[fd] = b""
-        self.slot.ended(reason)
+        self.state = "exited"
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        self.slot.process_ended(self, reason)
+        self.exited.callback(None)
+
+    # -- the control channel
+
+    def control_received(self, batch: list[Message]) -> None:
+        now = self.slot.launcher.reactor.seconds()
+        for msg in batch:
+            for fd in msg.fds:
+                os.close(fd)
+            if msg.kind == control.READY and self.state == "starting":
+                self.state = "ready"
+                self.heartbeat.last_answer = now
+                self.log.info("{child} pid {pid} is ready", child=self.name, pid=self.pid)
+                self.slot.process_ready(self)
+            elif msg.kind == control.PONG:
+                seq = msg.meta.get("n")
+                if isinstance(seq, int):
+                    self.heartbeat.pong(seq, now)
+                stats = msg.meta.get("stats")
+                if isinstance(stats, dict):
+                    self.stats = stats
+            elif msg.kind == control.WANT:
+                self.slot.launcher.want(msg.meta)
+
+    def send(self, meta: dict[str, Any], fds: tuple[int, ...] | list[int] = (), payload: bytes = b"") -> bool:
+        if self.ctl is None or not self.ctl.connected:
+            return False
+        try:
+            self.ctl.send(meta, payload, fds)
+        except error.ConnectionDone:
+            return False
+        return True
+
+    def signal(self, signum: int) -> None:
+        """Signal exactly this process (never a name, never a group)."""
+        if self.state != "exited" and self.transport is not None:
+            try:
+                self.transport.signalProcess(signum)
+            except (error.ProcessExitedAlready, OSError):
+                pass
+
+    def retire(self, drain: float, handback: bool) -> None:
+        """Drain and exit: finish work in flight; hand idle connections back if asked."""
+        if self.state == "exited":
+            return
+        self.state = "retiring"
+        if not self.send({"k": control.STOP, "drain": drain, "handback": handback}):
+            self.signal(signal.SIGTERM)
+
+    def uptime(self, now: float) -> float:
+        return now - self.started_at
 
 
 class ChildSlot:
     """One child the launcher keeps running: the dispatcher or one service instance.
 
-    States: waiting (not running; maybe a relaunch is scheduled) -> starting
-    (spawned, no ``ready`` yet) -> ready -> waiting again when it exits.
+    A slot has at most one current process; during a graceful relaunch the
+    old one keeps serving until its successor is ready, then retires.  A slot
+    that crashes more than C{crash_budget} times within C{crash_window}
+    seconds is marked failed and not relaunched until an operator asks.
     """
 
     log = Logger(namespace="okws")
@@ -152,28 +205,51 @@ class ChildSlot:
         self.index = index
         cfg = launcher.config
         self.backoff = Backoff(cfg.restart_delay_min, cfg.restart_delay_max, cfg.stable_after)
-        self.state = "waiting"
-        self.process: Any = None
-        self.pid: int | None = None
-        self.ctl: MessageChannel | None = None
-        self.started_at = 0.0
-        self.launches = 0
+        self.budget = CrashBudget(cfg.crash_budget, cfg.crash_window)
+        self.current: ChildProcess | None = None
+        self.replacing: ChildProcess | None = None
+        self.retiring: list[ChildProcess] = []
         self.relaunch_call: IDelayedCall | None = None
-        self.exited: defer.Deferred[None] | None = None
+        self.failed = False
+        self.removed = False
+        self.launches = 0
+        self.crashes = 0
 
     @property
     def name(self) -> str:
         return f"{self.service}.{self.index}" if self.role == "service" else self.role
 
-    def peer_meta(self, kind: str) -> dict[str, Any]:
-        """The C{peer} message that tells another child about this one."""
-        meta: dict[str, Any] = {"k": control.PEER, "channel": kind, "name": self.name, "role": self.role, "pid": self.pid}
+    @property
+    def state(self) -> str:
+        if self.failed:
+            return "failed"
+        if self.current is None:
+            return "waiting"
+        return self.current.state
+
+    @property
+    def pid(self) -> int | None:
+        return self.current.pid if self.current is not None else None
+
+    def processes(self) -> list[ChildProcess]:
+        out = [p for p in (self.current, self.replacing) if p is not None]
+        return out + self.retiring
+
+    def service_config(self) -> ServiceConfig | None:
+        return next((s for s in self.launcher.config.services if s.name == self.service), None)
+
+    def peer_meta(self, proc: ChildProcess, kind: str) -> dict[str, Any]:
+        """The C{peer} message that tells another child about C{proc}."""
+        meta: dict[str, Any] = {"k": control.PEER, "channel": kind, "name": self.name, "role": self.role, "pid": proc.pid}
         if self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
         return meta
 
-    def spawn(self) -> None:
+    # -- launching
+
+    def spawn(self) -> ChildProcess:
+        """Start a new process for this slot; it becomes current once it is ready."""
         self.relaunch_call = None
         launcher = self.launcher
         reactor = launcher.reactor
@@ -185,77 +261,155 @@ class ChildSlot:
             for i, sock in enumerate(launcher.listen_sockets):
                 child_fds[control.FIRST_LISTEN_FD + i] = sock.fileno()
             meta["listeners"] = len(launcher.listen_sockets)
-            args = [sys.executable, "-m", "okws_twisted.bootstrap", "dispatcher"]
-        else:
+            meta["admin"] = launcher.admin_socket is not None
+            if launcher.admin_socket is not None:
+                child_fds[control.FIRST_LISTEN_FD + len(launcher.listen_sockets)] = launcher.admin_socket.fileno()
+        elif self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
             extra_paths.append(launcher.config.base_dir)
-            args = [sys.executable, "-m", "okws_twisted.bootstrap", "service", f"{self.service}.{self.index}"]
-        protocol = ChildOutput(self)
+        args = [sys.executable, "-m", "okws_twisted.bootstrap", self.role, self.name]
+        proc = ChildProcess(self, reactor.seconds(), launcher.config.heartbeat_timeout)
         try:
-            self.process = reactor.spawnProcess(
-                protocol, sys.executable, args, env=child_environment(extra_paths), path=launcher.config.base_dir, childFDs=child_fds
+            reactor.spawnProcess(
+                proc, sys.executable, args, env=child_environment(extra_paths), path=launcher.config.base_dir, childFDs=child_fds
             )
         finally:
             child.close()
-        self.pid = self.process.pid
-        self.state = "starting"
-        self.started_at = reactor.seconds()
+        proc.pid = proc.transport.pid
+        proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}")
+        proc.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
         self.launches += 1
-        self.exited = defer.Deferred()
-        self.ctl = MessageChannel(reactor, parent, self._control, self._control_lost, name=f"control:{self.name}")
-        self.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
-        self.log.info("started {child} as pid {pid}", child=self.name, pid=self.pid)
+        if self.current is None:
+            self.current = proc
+        else:
+            self.replacing = proc
+        self.log.info("started {child} as pid {pid}", child=self.name, pid=proc.pid)
+        return proc
 
-    def _control(self, batch: list[Message]) -> None:
-        for msg in batch:
-            for fd in msg.fds:
-                os.close(fd)
-            if msg.kind == control.READY and self.state == "starting":
-                self.state = "ready"
-                self.log.info("{child} pid {pid} is ready", child=self.name, pid=self.pid)
-                self.launcher.child_ready(self)
+    def relaunch(self, reason: str) -> bool:
+        """Graceful relaunch: a successor starts; the current process retires once it is ready.
 
-    def _control_lost(self, reason: Failure) -> None:
-        pass
-
-    def send(self, meta: dict[str, Any], fds: tuple[int, ...] | list[int] = ()) -> bool:
-        if self.ctl is None or not self.ctl.connected:
+        Also revives a failed slot.  C{False} if a relaunch is already under way.
+        """
+        if self.launcher.stopping or self.removed or self.replacing is not None:
             return False
-        try:
-            self.ctl.send(meta, b"", fds)
-        except error.ConnectionDone:
-            return False
+        self.failed = False
+        self.budget.reset()
+        if self.relaunch_call is not None and self.relaunch_call.active():
+            self.relaunch_call.cancel()
+        self.log.info("relaunching {child} ({reason})", child=self.name, reason=reason)
+        self.spawn()
         return True
 
-    def signal(self, signum: int) -> None:
-        if self.process is not None and self.pid is not None:
-            try:
-                self.process.signalProcess(signum)
-            except (error.ProcessExitedAlready, OSError):
-                pass
-
-    def ended(self, reason: Failure) -> None:
+    def process_ready(self, proc: ChildProcess) -> None:
         launcher = self.launcher
-        ran_for = launcher.reactor.seconds() - self.started_at
-        pid, self.pid, self.process = self.pid, None, None
-        self.state = "waiting"
-        if self.ctl is not None:
-            self.ctl.close()
-            self.ctl = None
-        exited, self.exited = self.exited, None
+        if proc is self.replacing:
+            old, self.current, self.replacing = self.current, proc, None
+            launcher.child_ready(self, proc)
+            if old is not None:
+                self.retire(old, handback=True)
+        elif proc is self.current:
+            launcher.child_ready(self, proc)
+
+    def retire(self, proc: ChildProcess, handback: bool) -> None:
+        """Take C{proc} out of service and let it drain."""
+        if proc is self.current:
+            self.current = None
+        if proc not in self.retiring:
+            self.retiring.append(proc)
+        self.launcher.retired(self, proc)
+        proc.retire(self.launcher.config.drain_timeout, handback)
+        kill = self.launcher.reactor.callLater(
+            self.launcher.config.drain_timeout + self.launcher.config.kill_timeout, proc.signal, signal.SIGKILL
+        )
+        proc.exited.addBoth(lambda _: kill.cancel() if kill.active() else None)
+
+    def process_ended(self, proc: ChildProcess, reason: Failure) -> None:
+        launcher = self.launcher
+        now = launcher.reactor.seconds()
         status = reason.value
-        if launcher.stopping:
-            self.log.info("{child} pid {pid} exited: {status}", child=self.name, pid=pid, status=status)
-        else:
-            delay = self.backoff.delay(ran_for)
-            self.log.warn(
-                "{child} pid {pid} exited unexpectedly ({status}) after {ran:.1f}s; relaunching in {delay:.1f}s",
-                child=self.name, pid=pid, status=status, ran=ran_for, delay=delay,
-            )
-            self.relaunch_call = launcher.reactor.callLater(delay, self.spawn)
-        if exited is not None:
-            exited.callback(None)
+        if proc in self.retiring:
+            self.retiring.remove(proc)
+            self.log.info("{child} pid {pid} exited after retiring: {status}", child=self.name, pid=proc.pid, status=status)
+            return
+        was_current = proc is self.current
+        if proc is self.replacing:
+            self.replacing = None
+        if was_current:
+            self.current = None
+        launcher.process_gone(self, proc)
+        if launcher.stopping or self.removed:
+            self.log.info("{child} pid {pid} exited: {status}", child=self.name, pid=proc.pid, status=status)
+            return
+        if not was_current:
+            # A successor died before it was ready; the old process still serves.
+            self.log.warn("{child} pid {pid} died while starting ({status})", child=self.name, pid=proc.pid, status=status)
+        ran_for = proc.uptime(now)
+        clean = isinstance(status, error.ProcessDone) and not proc.killed_by_watchdog
+        if not clean:
+            self.crashes += 1
+            if self.budget.crashed(now):
+                self.failed = True
+                self.log.error(
+                    "{child} crashed {n} times within {window:g}s; not relaunching it "
+                    "(okws-ctl relaunch {service} revives it)",
+                    child=self.name, n=len(self.budget.crashes), window=self.budget.window, service=self.service or self.role,
+                )
+                launcher.slot_failed(self)
+                return
+        if self.current is not None or self.replacing is not None:
+            return
+        delay = 0.0 if clean else self.backoff.delay(ran_for)
+        self.log.warn(
+            "{child} pid {pid} exited unexpectedly ({status}) after {ran:.1f}s; relaunching in {delay:.1f}s",
+            child=self.name, pid=proc.pid, status=status, ran=ran_for, delay=delay,
+        )
+        self.relaunch_call = launcher.reactor.callLater(delay, self.spawn)
+
+    # -- the watchdog
+
+    def tick(self, now: float) -> None:
+        """Ping every live process; kill one that stopped answering; restart on schedule."""
+        for proc in self.processes():
+            if proc.state not in ("ready", "retiring"):
+                continue
+            if proc.heartbeat.overdue(now):
+                if not proc.killed_by_watchdog:
+                    proc.killed_by_watchdog = True
+                    self.log.error(
+                        "{child} pid {pid} answered no heartbeat for {t:.0f}s; killing that pid",
+                        child=self.name, pid=proc.pid, t=now - proc.heartbeat.last_answer,
+                    )
+                    proc.signal(signal.SIGKILL)
+                continue
+            proc.send({"k": control.PING, "n": proc.heartbeat.ping()})
+        cfg = self.service_config()
+        proc = self.current
+        if cfg is None or proc is None or proc.state != "ready" or self.replacing is not None:
+            return
+        served = proc.stats.get("served", 0)
+        if cfg.restart_after_requests and isinstance(served, int) and served >= cfg.restart_after_requests:
+            self.relaunch(f"served {served} requests")
+        elif cfg.restart_after_seconds and proc.uptime(now) >= cfg.restart_after_seconds:
+            self.relaunch(f"up for {proc.uptime(now):.0f}s")
+
+    def status(self, now: float) -> dict[str, Any]:
+        proc = self.current
+        return {
+            "name": self.name,
+            "role": self.role,
+            "service": self.service,
+            "index": self.index,
+            "state": self.state,
+            "pid": proc.pid if proc else None,
+            "uptime": round(proc.uptime(now), 1) if proc else None,
+            "launches": self.launches,
+            "restarts": max(0, self.launches - 1),
+            "crashes": self.crashes,
+            "stats": proc.stats if proc else {},
+            "retiring": [p.pid for p in self.retiring],
+        }
 
 
 class Launcher(Service):
@@ -263,7 +417,13 @@ class Launcher(Service):
 
     log = Logger(namespace="okws")
 
-    def __init__(self, config: SiteConfig, listen_sockets: list[socket.socket], reactor: Any = None):
+    def __init__(
+        self,
+        config: SiteConfig,
+        listen_sockets: list[socket.socket],
+        reactor: Any = None,
+        admin_socket: socket.socket | None = None,
+    ):
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -271,12 +431,14 @@ class Launcher(Service):
         self.reactor = reactor
         self.config = config
         self.listen_sockets = listen_sockets
+        self.admin_socket = admin_socket
         self.dispatcher = ChildSlot(self, "dispatcher")
-        self.instances = [
-            ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)
-        ]
+        self.instances = [ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)]
         self.stopping = False
         self._site_ready = False
+        self._watchdog = LoopingCall(self._tick)
+        self._watchdog.clock = reactor
+        self.control_port: Any = None
 
     @property
     def children(self) -> list[ChildSlot]:
@@ -292,37 +454,171 @@ class Launcher(Service):
         for slot in self.instances:
             slot.spawn()
         self.dispatcher.spawn()
+        self._watchdog.start(self.config.heartbeat_interval, now=False)
+        from okws_twisted.controlsocket import listen_control
+
+        self.control_port = listen_control(self)
+
+    def _tick(self) -> None:
+        now = self.reactor.seconds()
+        for slot in self.children:
+            slot.tick(now)
+        self._push_status()
 
     # -- wiring
 
-    def child_ready(self, slot: ChildSlot) -> None:
+    def ready_processes(self, role: str) -> list[tuple[ChildSlot, ChildProcess]]:
+        return [
+            (slot, slot.current)
+            for slot in self.children
+            if slot.role == role and slot.current is not None and slot.current.state == "ready"
+        ]
+
+    def child_ready(self, slot: ChildSlot, proc: ChildProcess) -> None:
         for kind, left_role, right_role in LINKS:
             if slot.role == left_role:
-                for other in self.children:
-                    if other.role == right_role and other.state == "ready":
-                        self.wire(kind, slot, other)
+                for other, other_proc in self.ready_processes(right_role):
+                    self.wire(kind, slot, proc, other, other_proc)
             elif slot.role == right_role:
-                for other in self.children:
-                    if other.role == left_role and other.state == "ready":
-                        self.wire(kind, other, slot)
+                for other, other_proc in self.ready_processes(left_role):
+                    self.wire(kind, other, other_proc, slot, proc)
         if not self._site_ready and all(c.state == "ready" for c in self.children):
             self._site_ready = True
             self.log.info("site ready: {count} processes", count=len(self.children))
+        self._push_status()
 
-    def wire(self, kind: str, left: ChildSlot, right: ChildSlot) -> None:
-        """Give two ready children the two ends of a new channel of C{kind}."""
+    def wire(self, kind: str, left: ChildSlot, lproc: ChildProcess, right: ChildSlot, rproc: ChildProcess) -> None:
+        """Give two ready processes the two ends of a new channel of C{kind}."""
         if self.stopping:
             return
         a, b = socketpair()
         try:
-            ok = left.send(right.peer_meta(kind), [a.fileno()]) and right.send(left.peer_meta(kind), [b.fileno()])
+            ok = lproc.send(right.peer_meta(rproc, kind), [a.fileno()]) and rproc.send(left.peer_meta(lproc, kind), [b.fileno()])
         finally:
             a.close()
             b.close()
         if ok:
             self.log.info(
-                "wired {right} pid {rpid} to the {left} ({kind})", right=right.name, rpid=right.pid, left=left.name, kind=kind
+                "wired {right} pid {rpid} to the {left} ({kind})", right=right.name, rpid=rproc.pid, left=left.name, kind=kind
             )
+
+    def retired(self, slot: ChildSlot, proc: ChildProcess) -> None:
+        """Tell the dispatcher to give C{proc} no new connections."""
+        if slot.role == "service" and self.dispatcher.current is not None:
+            self.dispatcher.current.send({"k": control.RETIRE, "pid": proc.pid})
+
+    def process_gone(self, slot: ChildSlot, proc: ChildProcess) -> None:
+        self._push_status()
+
+    def slot_failed(self, slot: ChildSlot) -> None:
+        self._push_status()
+
+    def want(self, meta: dict[str, Any]) -> None:
+        """A child asks for something of the launcher (reserved for lazy start)."""
+
+    def _push_status(self) -> None:
+        """Give the dispatcher the launcher's view: failed services, restarts (for 503s and metrics)."""
+        proc = self.dispatcher.current
+        if proc is None or proc.state != "ready":
+            return
+        services: dict[str, dict[str, Any]] = {}
+        for slot in self.instances:
+            entry = services.setdefault(slot.service or "", {"failed": True, "restarts": 0, "crashes": 0})
+            entry["failed"] = entry["failed"] and slot.failed
+            entry["restarts"] += max(0, slot.launches - 1)
+            entry["crashes"] += slot.crashes
+        proc.send({"k": control.STATUS, "services": services})
+
+    # -- operator commands (okws-ctl)
+
+    def status(self) -> dict[str, Any]:
+        now = self.reactor.seconds()
+        return {
+            "pid": os.getpid(),
+            "config": self.config.file,
+            "stopping": self.stopping,
+            "children": [slot.status(now) for slot in self.children],
+        }
+
+    def relaunch(self, service: str | None) -> list[str]:
+        """Gracefully relaunch every instance of C{service} (C{None}: all services)."""
+        slots = [s for s in self.instances if service is None or s.service == service]
+        if service is not None and not slots:
+            raise KeyError(f"no service named {service!r}")
+        return [slot.name for slot in slots if slot.relaunch("operator request")]
+
+    def rotate_logs(self) -> dict[str, Any]:
+        raise ValueError("this okws has no log daemon yet; nothing to rotate")
+
+    @defer.inlineCallbacks
+    def reload(self) -> Any:
+        """Re-read the site file; apply it without touching unchanged services.
+
+        A broken file (or a resource that does not import) is refused with its
+        error and the running site keeps going.  Listener changes need a
+        restart and are refused.
+        """
+        from okws_twisted.config import ConfigError, load
+        from okws_twisted.tap import check_resources_async
+
+        if self.stopping:
+            raise ValueError("the site is stopping")
+        try:
+            new = load(self.config.file)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        if new.listen != self.config.listen or new.admin != self.config.admin:
+            raise ValueError(f"{new.file}: [okws] listen/admin: changing listeners needs a restart")
+        if new.control_socket != self.config.control_socket:
+            raise ValueError(f"{new.file}: [okws] control_socket: changing it needs a restart")
+        problems = yield check_resources_async(new, self.reactor)
+        if problems:
+            raise ValueError("; ".join(problems))
+        result = self.apply(new)
+        self.log.info("reloaded {file}: {result}", file=new.file, result=result)
+        return result
+
+    def apply(self, new: SiteConfig) -> dict[str, list[str]]:
+        old = self.config
+        old_services = {s.name: s for s in old.services}
+        new_services = {s.name: s for s in new.services}
+        added = [n for n in new_services if n not in old_services]
+        removed = [n for n in old_services if n not in new_services]
+        site_changed = dataclasses.replace(old, services=()) != dataclasses.replace(new, services=())
+        changed = [n for n in new_services if n in old_services and new_services[n] != old_services[n]]
+        self.config = new
+        # Every surviving process learns the new routes and limits first, so
+        # the dispatcher already routes removed paths away (404) when their
+        # services hand their connections back.
+        payload = new.to_json().encode("utf-8")
+        for slot in self.children:
+            for proc in slot.processes():
+                if proc.state in ("starting", "ready"):
+                    proc.send({"k": control.CONFIG_UPDATE}, payload=payload)
+        for slot in list(self.instances):
+            cfg = new_services.get(slot.service or "")
+            if cfg is None or slot.index >= cfg.instances:
+                self._remove(slot)
+            elif slot.service in changed:
+                if not slot.relaunch("its configuration changed"):
+                    slot.spawn() if slot.current is None and slot.relaunch_call is None else None
+        for name, cfg in new_services.items():
+            have = {s.index for s in self.instances if s.service == name}
+            for index in range(cfg.instances):
+                if index not in have:
+                    slot = ChildSlot(self, "service", name, index)
+                    self.instances.append(slot)
+                    slot.spawn()
+        self._push_status()
+        return {"added": added, "removed": removed, "changed": changed, "site_changed": [new.file] if site_changed else []}
+
+    def _remove(self, slot: ChildSlot) -> None:
+        slot.removed = True
+        if slot.relaunch_call is not None and slot.relaunch_call.active():
+            slot.relaunch_call.cancel()
+        for proc in slot.processes():
+            slot.retire(proc, handback=True)
+        self.instances.remove(slot)
 
     # -- stopping
 
@@ -330,17 +626,23 @@ class Launcher(Service):
         super().stopService()
         self.stopping = True
         self.log.info("stopping: draining for up to {drain}s", drain=self.config.drain_timeout)
+        if self._watchdog.running:
+            self._watchdog.stop()
+        if self.control_port is not None:
+            self.control_port.stopListening()
         for sock in self.listen_sockets:
             sock.close()
+        if self.admin_socket is not None:
+            self.admin_socket.close()
         waits = []
         for slot in self.children:
             if slot.relaunch_call is not None and slot.relaunch_call.active():
                 slot.relaunch_call.cancel()
                 slot.relaunch_call = None
-            if slot.exited is not None:
-                waits.append(slot.exited)
-                if not slot.send({"k": control.STOP, "drain": self.config.drain_timeout}):
-                    slot.signal(signal.SIGTERM)
+            for proc in slot.processes():
+                waits.append(proc.exited)
+                if proc.state != "retiring":
+                    proc.retire(self.config.drain_timeout, handback=False)
         done = defer.DeferredList(waits)
         term = self.reactor.callLater(self.config.drain_timeout, self._signal_all, signal.SIGTERM)
         kill = self.reactor.callLater(
@@ -358,8 +660,9 @@ class Launcher(Service):
 
     def _signal_all(self, signum: int) -> None:
         for slot in self.children:
-            if slot.pid is not None:
-                self.log.warn(
-                    "{child} pid {pid} overstayed; sending signal {sig}", child=slot.name, pid=slot.pid, sig=signum
-                )
-                slot.signal(signum)
+            for proc in slot.processes():
+                if proc.state != "exited":
+                    self.log.warn(
+                        "{child} pid {pid} overstayed; sending signal {sig}", child=slot.name, pid=proc.pid, sig=signum
+                    )
+                    proc.signal(signum)

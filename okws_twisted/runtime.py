@@ -280,6 +280,17 @@ class ServiceConnection:
         unread = self.handback + self.framer.unread()
         self.runtime.hand_back(sock, unread, self.transport.getPeer(), self.transport.getHost())
 
+    def hand_back_when_idle(self) -> None:
+        """Draining for a successor: hand the connection back at its next request boundary."""
+        if not self.transport.connected or self.handback is not None or self.failure is not None:
+            return
+        if self.in_body:
+            return  # called again when this request finishes
+        # Everything not yet fed (possibly nothing) goes back to the dispatcher.
+        self.handback = b""
+        self.transport.pauseProducing()
+        self._maybe_finish()
+
     def close_when_idle(self) -> None:
         """Draining: close now if idle, else after the requests in flight."""
         if not self.transport.connected:
@@ -336,6 +347,7 @@ class ServiceRuntime:
         self._done_timer: IDelayedCall | None = None
         self._exited = exited
         self.draining = False
+        self.handing_back = False
         self.in_flight = 0
         self.served = 0
 
@@ -376,6 +388,8 @@ class ServiceRuntime:
                         held = self._unacked_backs.pop(back_id, None)
                         if held is not None:
                             held[0].close()
+                    if self.draining:
+                        self._maybe_exit()
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
@@ -403,8 +417,18 @@ class ServiceRuntime:
         """Serve a connection the dispatcher handed over."""
         sock = socket.socket(fileno=conn.fd)
         if self.draining:
-            # Should not happen (the dispatcher stops first); never drop it silently.
-            sock.sendall(error_response(503, "The service is restarting.", retry_after=self.config.retry_after))
+            if self.handing_back:
+                # The dispatcher sent it before it learnt we are retiring: our
+                # successor will take it.
+                self.hand_back(sock, conn.data, conn.peer, conn.host)
+                return
+            # The site is stopping (the dispatcher stops first); never drop it silently.
+            sock.setblocking(True)
+            sock.settimeout(1.0)
+            try:
+                sock.sendall(error_response(503, "The service is restarting.", retry_after=self.config.retry_after))
+            except OSError:
+                pass
             sock.close()
             return
         protocol = ServiceConnection(self, routed=True)
@@ -444,28 +468,61 @@ class ServiceRuntime:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()
 
-    def stop(self, drain: float = 0.0) -> None:
-        self.drain()
+    def stop(self, drain: float = 0.0, handback: bool = False) -> None:
+        self.drain(handback)
+
+    def update_config(self, site: SiteConfig) -> None:
+        """Reloaded: new routes (what this service owns) and limits for new connections."""
+        self.config = site
+        self.routes = RouteTable.from_config(site)
+        self.service = next((s for s in site.services if s.name == self.service.name), self.service)
+        self.limits = Limits(
+            max_request_line=site.max_request_line,
+            max_head=site.max_head,
+            max_headers=site.max_headers,
+            max_body=self.service.max_body,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "served": self.served,
+            "in_flight": self.in_flight,
+            "connections": len(self.connections),
+            "draining": self.draining,
+        }
+
+    def control(self, kind: str, meta: dict[str, Any]) -> None:
+        self.log.warn("unexpected control message {kind}", kind=kind)
 
     # -- stopping
 
-    def drain(self) -> None:
-        """Finish the requests in flight, close idle connections, then exit."""
+    def drain(self, handback: bool = False) -> None:
+        """Finish the requests in flight, then exit.
+
+        Kept-alive connections are handed back to the dispatcher (with
+        C{handback}: a successor serves their next requests, so a client never
+        races a closing server) or closed once idle (the site is stopping).
+        """
         if self.draining:
             return
         self.draining = True
+        self.handing_back = handback and self.link is not None
         for conn in list(self.connections):
-            conn.close_when_idle()
-        for sock, _data, _peer, _host in self._waiting_backs:
-            sock.close()
-        self._waiting_backs = []
+            self.drain_connection(conn)
+        if not self.handing_back:
+            for sock, _data, _peer, _host in self._waiting_backs:
+                sock.close()
+            self._waiting_backs = []
         self._maybe_exit()
 
     def drain_connection(self, conn: ServiceConnection) -> None:
-        conn.close_when_idle()
+        if self.handing_back:
+            conn.hand_back_when_idle()
+        else:
+            conn.close_when_idle()
 
     def _maybe_exit(self) -> None:
-        if self.draining and not self.connections:
+        if self.draining and not self.connections and not self._unacked_backs and not self._waiting_backs:
             exited, self._exited = self._exited, lambda: None
             exited()
 

@@ -43,12 +43,30 @@ def check_resources(site: SiteConfig) -> list[str]:
         )
     except subprocess.TimeoutExpired:
         return [f"{site.file}: importing the service resources took over {CHECK_TIMEOUT}s"]
-    if result.returncode == 0:
+    return _problems_from(site, result.returncode, result.stdout, result.stderr)
+
+
+def _problems_from(site: SiteConfig, code: int, out: str, err: str) -> list[str]:
+    if code == 0:
         return []
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    if not lines:
-        lines = [f"{site.file}: checking the service resources failed: {result.stderr.strip()[-500:]}"]
-    return lines
+    lines = [line for line in out.splitlines() if line.strip()]
+    return lines or [f"{site.file}: checking the service resources failed: {err.strip()[-500:]}"]
+
+
+def check_resources_async(site: SiteConfig, reactor: Any) -> Any:
+    """L{check_resources} without blocking the reactor (for reloads)."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    d = getProcessOutputAndValue(
+        sys.executable,
+        ["-m", "okws_twisted.resourcecheck"],
+        env=child_environment([site.base_dir]),
+        path=site.base_dir,
+        reactor=reactor,
+        stdinBytes=site.to_json().encode("utf-8"),
+    )
+    d.addCallback(lambda r: _problems_from(site, r[2], r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace")))
+    return d
 
 
 class Options(usage.Options):
@@ -77,8 +95,23 @@ class Options(usage.Options):
             _fail(found[-1])
 
 
+def _refuse_if_running(site: SiteConfig) -> None:
+    """Another launcher answering on our control socket means this site already runs."""
+    import socket as _socket
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        probe.connect(site.control_socket)
+    except OSError:
+        return
+    finally:
+        probe.close()
+    _fail(f"{site.file}: [okws] control_socket: another okws is already running on {site.control_socket}")
+
+
 def makeService(options: Options) -> Launcher:
     site = options.site
+    _refuse_if_running(site)
     sockets = []
     try:
         for listener in site.listen:
@@ -87,4 +120,12 @@ def makeService(options: Options) -> Launcher:
         for sock in sockets:
             sock.close()
         _fail(f"{site.file}: [okws] listen: {e}")
-    return Launcher(site, sockets)
+    admin = None
+    if site.admin is not None:
+        try:
+            admin = open_listener(site.admin)
+        except ListenError as e:
+            for sock in sockets:
+                sock.close()
+            _fail(f"{site.file}: [okws] admin: {e}")
+    return Launcher(site, sockets, admin_socket=admin)
