@@ -46,6 +46,8 @@ CHUNK = 60 * 1024
 MAX_FDS = 16
 _HEADER = struct.Struct("!BH")
 _RECV_SIZE = CHUNK + 4096
+# The largest metadata whose datagram still fits the reader's buffer.
+_MAX_META = _RECV_SIZE - _HEADER.size - CHUNK
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 _MAX_MESSAGES_PER_WAKEUP = 256
 _CONT = b'{"k":"+"}'
@@ -76,7 +78,7 @@ def encode(meta: dict[str, Any], payload: bytes = b"") -> list[bytes]:
     else:
         first, rest = payload, b""
     head = json.dumps(meta, separators=(",", ":")).encode("utf-8")
-    if len(head) > 0xFFFF:
+    if len(head) > _MAX_META:
         raise ValueError("message metadata too large")
     out = [_HEADER.pack(VERSION, len(head)) + head + first]
     cont = _HEADER.pack(VERSION, len(_CONT)) + _CONT
@@ -276,6 +278,9 @@ class MessageChannel:
                 batch.append(msg)
         if batch:
             self._receive(batch)
+        if result is not None and not isinstance(result, error.ConnectionDone):
+            # The reactor replaces this reason with a generic one: say it here.
+            self.log.warn("{name}: {reason}", name=self._name, reason=result)
         return result
 
     # -- lifecycle
@@ -323,6 +328,13 @@ def read_one_blocking(sock: socket.socket, timeout: float | None = None) -> Mess
         fds = _fds_from(anc)
         if not data and not fds:
             raise ChannelError("channel closed before the first message")
-        msg = assembler.add(data, fds)
+        try:
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise ChannelError("truncated message")
+            msg = assembler.add(data, fds)
+        except ChannelError:
+            _close_fds(fds)
+            assembler.discard()
+            raise
         if msg is not None:
             return msg

@@ -15,6 +15,7 @@ It never imports service code, templates or the author API.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import socket
@@ -36,6 +37,7 @@ from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport, address_of
 
 ACCEPTS_PER_WAKEUP = 64
+ACCEPT_PAUSE = 0.1
 
 
 @implementer(IReadDescriptor)
@@ -53,6 +55,7 @@ class Acceptor:
         self._host = address_of(sock.getsockname(), sock.family)
         self._accepted = accepted
         self.accepting = False
+        self._closed = False
 
     def start(self) -> None:
         if not self.accepting:
@@ -65,6 +68,7 @@ class Acceptor:
             self._reactor.removeReader(self)
 
     def close(self) -> None:
+        self._closed = True
         self.stop()
         self._sock.close()
 
@@ -81,12 +85,20 @@ class Acceptor:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                # EMFILE/ENFILE/ECONNABORTED: leave the rest queued in the kernel.
-                self.log.warn("accept failed: {error}", error=e)
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: the socket stays readable, so pause
+                    # instead of spinning; the rest waits in the kernel's queue.
+                    self.log.warn("accept failed ({error}); pausing accepts for {t}s", error=e, t=ACCEPT_PAUSE)
+                    self.stop()
+                    self._reactor.callLater(ACCEPT_PAUSE, self._resume)
                 return
             if self._family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._accepted(conn, address_of(addr, self._family), self._host)
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self.start()
 
     def connectionLost(self, reason: Failure) -> None:
         self.accepting = False
@@ -218,6 +230,8 @@ class InstanceLink:
                 for fd in msg.fds:
                     os.close(fd)
                 self.log.error("bad message from {link}: {error}", link=self.name, error=e)
+        # An ack may be the last thing a stopping dispatcher waits for.
+        self.dispatcher._maybe_stopped()
         if not backs:
             return
         # Acknowledge before routing any of them, as services do for ``conn``:
@@ -265,6 +279,9 @@ class ServicePool:
             self.dispatcher.hand(link, conn)
             return
         cfg = self.dispatcher.config
+        if self.dispatcher.stopping:
+            conn.answer(503, "The server is shutting down.", retry_after=cfg.retry_after)
+            return
         if self.failed:
             conn.answer(503, "The service is not available.", retry_after=cfg.retry_after)
             return
@@ -349,7 +366,12 @@ class Dispatcher:
 
     def adopt(self, fd: int, peer: Any, host: Any, data: bytes) -> None:
         """Take back a connection a service handed back; route its next request."""
-        sock = socket.socket(fileno=fd)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            os.close(fd)
+            self.log.error("a handed-back fd is not a socket: {error}", error=e)
+            return
         if self.stopping:
             sock.close()
             return
@@ -401,12 +423,14 @@ class Dispatcher:
         conn_id = next(self._ids)
         try:
             link.hand(conn_id, conn)
-        except Exception as e:
-            # The channel just failed; link_lost re-queues what it held.
-            self.log.warn("handoff to {link} failed: {error}", link=link.name, error=e)
-            if conn_id in link.pending:
-                link.pending.pop(conn_id)
-                self.pools[link.service].assign(conn)
+        except Exception:
+            # A lost channel does not raise (link_lost re-queues what the link
+            # held): this message cannot be sent at all, and trying again, here
+            # or on another instance, would fail the same way.
+            self.log.failure("handoff to {link} failed", link=link.name)
+            if link.pending.pop(conn_id, None) is not None:
+                link.active = max(0, link.active - 1)
+                conn.answer(500, "The connection could not be passed on.")
             return
         self.handed_off += 1
 

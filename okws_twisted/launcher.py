@@ -458,6 +458,12 @@ class Launcher(Service):
         from okws_twisted.controlsocket import listen_control
 
         self.control_port = listen_control(self)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self._reload_on_signal))
+
+    def _reload_on_signal(self) -> None:
+        self.log.info("SIGHUP: reloading {file}", file=self.config.file)
+        d = self.reload()
+        d.addErrback(lambda f: self.log.error("reload refused: {error}", error=f.getErrorMessage()))
 
     def _tick(self) -> None:
         now = self.reactor.seconds()
@@ -584,7 +590,9 @@ class Launcher(Service):
         new_services = {s.name: s for s in new.services}
         added = [n for n in new_services if n not in old_services]
         removed = [n for n in old_services if n not in new_services]
-        site_changed = dataclasses.replace(old, services=()) != dataclasses.replace(new, services=())
+        site_changed = {k: v for k, v in dataclasses.asdict(old).items() if k != "services"} != {
+            k: v for k, v in dataclasses.asdict(new).items() if k != "services"
+        }
         changed = [n for n in new_services if n in old_services and new_services[n] != old_services[n]]
         self.config = new
         # Every surviving process learns the new routes and limits first, so

@@ -78,6 +78,10 @@ class MountRoot(Resource):
     def __init__(self, resource: IResource, paths: tuple[str, ...]) -> None:
         super().__init__()
         self.resource = resource
+        self.mount_at(paths)
+
+    def mount_at(self, paths: tuple[str, ...]) -> None:
+        """Serve the resource at these paths (again, after a reload)."""
         self.mounts = sorted(
             ([seg.encode("ascii") for seg in p.strip("/").split("/")] if p != "/" else [] for p in paths),
             key=len,
@@ -336,7 +340,8 @@ class ServiceRuntime:
             max_headers=site_config.max_headers,
             max_body=service.max_body,
         )
-        self.site = ServiceSite(MountRoot(resource, service.paths))
+        self.root = MountRoot(resource, service.paths)
+        self.site = ServiceSite(self.root)
         self.site.doStart()
         self.connections: set[ServiceConnection] = set()
         self.link: MessageChannel | None = None
@@ -476,6 +481,7 @@ class ServiceRuntime:
         self.config = site
         self.routes = RouteTable.from_config(site)
         self.service = next((s for s in site.services if s.name == self.service.name), self.service)
+        self.root.mount_at(self.service.paths)
         self.limits = Limits(
             max_request_line=site.max_request_line,
             max_head=site.max_head,

@@ -16,6 +16,7 @@ service process serves HTTP through it and hands kept-alive connections back.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Callable
 
@@ -58,7 +59,11 @@ def address_to_wire(addr: IAddress) -> list:
     """A JSON-able form of a TCP or Unix address for the handoff channel."""
     if isinstance(addr, (IPv4Address, IPv6Address)):
         return ["tcp6" if isinstance(addr, IPv6Address) else "tcp", addr.host, addr.port]
-    return ["unix", getattr(addr, "name", None)]
+    name = getattr(addr, "name", None)
+    if isinstance(name, bytes):
+        # UNIXAddress keeps its name as bytes; JSON carries text.
+        name = os.fsdecode(name)
+    return ["unix", name]
 
 
 def address_from_wire(value: list) -> IAddress:
@@ -106,6 +111,7 @@ class SocketTransport:
         self.connected = True
         self.disconnecting = False
         self.detached = False
+        self._read_done = False  # the peer half-closed; the protocol keeps writing
         self._lingering: object = None
         self._discarded = 0
 
@@ -139,6 +145,7 @@ class SocketTransport:
                 half_close = getattr(self.protocol, "eof_received", None)
                 if half_close is not None and half_close():
                     # The peer will send no more, but still reads: keep writing.
+                    self._read_done = True
                     self._stop_reading()
                     return None
             return error.ConnectionDone()
@@ -170,6 +177,9 @@ class SocketTransport:
         if self._producer is not None and self._producer_paused:
             self._producer_paused = False
             self._producer.resumeProducing()
+            if self._buffer:
+                # The producer wrote more as it resumed: not flushed yet.
+                return None
         self._on_flushed()
         if self.disconnecting and not self._buffer:
             if self._lingering is True:
@@ -262,6 +272,10 @@ class SocketTransport:
         try:
             self.socket.shutdown(socket.SHUT_WR)
         except OSError:
+            self.reactor.callLater(0, self._lose_now, error.ConnectionDone())  # type: ignore[attr-defined]
+            return
+        if self._read_done:
+            # The peer already finished sending: nothing to read and discard.
             self.reactor.callLater(0, self._lose_now, error.ConnectionDone())  # type: ignore[attr-defined]
             return
         self._lingering = self.reactor.callLater(  # type: ignore[attr-defined]
@@ -368,7 +382,7 @@ class SocketTransport:
     # -- reactor registration
 
     def _start_reading(self) -> None:
-        if not self._reading:
+        if not self._reading and not self._read_done:
             self._reading = True
             self.reactor.addReader(self)
 

@@ -5,6 +5,7 @@ Tests for L{okws_twisted.testing}: the in-memory request helper itself.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
 
 from twisted.internet import reactor
@@ -234,9 +235,14 @@ class ResponseTests(SynchronousTestCase):
         launcher, dispatcher or process runtime comes with it.
         """
         source = open(testing.__file__).read()
+        # A fresh interpreter: this one may hold modules other test modules imported.
+        code = "import sys, okws_twisted.testing; print(' '.join(sys.modules))"
+        loaded = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
         for word in ("launcher", "dispatcher", "runtime", "handoff"):
             self.assertNotIn(f"okws_twisted.{word}", source)
-            self.assertNotIn(f"okws_twisted.{word}", " ".join(sys.modules))
+            self.assertNotIn(f"okws_twisted.{word}", loaded)
 
 
 class CompletionTests(SynchronousTestCase):

@@ -1,0 +1,341 @@
+"""
+End-to-end tests of operating okws: okws-ctl, graceful relaunch, reload,
+crash budget, watchdog, dispatcher relaunch under load.
+
+Real processes and real HTTP over loopback (see L{tests.e2e}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.e2e import Site, process_exists, read_response, request_bytes
+
+FAST = """
+restart_delay_min = 0.2
+restart_delay_max = 1
+drain_timeout = 10
+heartbeat_interval = 0.5
+heartbeat_timeout = 3
+"""
+
+HELLO = """
+[service:hello]
+resource = services.hello:Hello
+paths = /hello
+instances = 2
+
+[service:delay]
+resource = services.delay:Delay
+paths = /delay
+"""
+
+
+def ctl(site: Site, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "okws_twisted.ctl", "--config", site.ini, *args],
+        capture_output=True, text=True, timeout=timeout, cwd=site.dir,
+    )
+
+
+class Load:
+    """Client threads doing keep-alive and new-connection requests until stopped; every failure kept."""
+
+    def __init__(self, site: Site, paths: list[str], threads: int = 4) -> None:
+        self.site = site
+        self.paths = paths
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.count = 0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def __enter__(self) -> "Load":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def _run(self, n: int) -> None:
+        keepalive = n % 2 == 0
+        sock: socket.socket | None = None
+        i = 0
+        while not self.stop.is_set():
+            path = self.paths[i % len(self.paths)]
+            i += 1
+            try:
+                if keepalive:
+                    if sock is None:
+                        sock = self.site.connect(timeout=30)
+                    sock.sendall(request_bytes("GET", path))
+                    r = read_response(sock)
+                    if r.header("connection") == "close":
+                        sock.close()
+                        sock = None
+                else:
+                    r = self.site.get(path, timeout=30)
+                if r.status != 200:
+                    self.failures.append(f"{path}: {r.status}")
+            except OSError as e:
+                self.failures.append(f"{path}: {e!r}")
+                if sock is not None:
+                    sock.close()
+                    sock = None
+            with self._lock:
+                self.count += 1
+        if sock is not None:
+            sock.close()
+
+
+class CtlTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.site = Site(HELLO, FAST).start()
+        self.addCleanup(self.site.kill)
+
+    def test_control_socket_is_private(self) -> None:
+        path = os.path.join(self.site.dir, "okws.ctl")
+        st = os.stat(path)
+        self.assertTrue(stat.S_ISSOCK(st.st_mode))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        self.assertEqual(st.st_uid, os.getuid())
+
+    def test_status_table(self) -> None:
+        self.site.get("/hello")
+        p = ctl(self.site, "status")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        pids = self.site.pids()
+        for name in ("dispatcher", "hello.0", "hello.1", "delay.0"):
+            self.assertRegex(p.stdout, rf"\n{name}\s+{pids[name]}\s+ready\s")
+        self.assertIn("RESTARTS", p.stdout)
+        j = json.loads(ctl(self.site, "--json", "status").stdout)
+        self.assertTrue(j["ok"])
+        served = sum(c["stats"].get("served", 0) for c in j["result"]["children"] if c["role"] == "service")
+        self.assertGreaterEqual(served, 0)
+
+    def test_unknown_service(self) -> None:
+        p = ctl(self.site, "relaunch", "nosuch")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("nosuch", p.stderr)
+
+    def test_ctl_stop(self) -> None:
+        pids = self.site.all_pids()
+        p = ctl(self.site, "stop")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        assert self.site.proc is not None
+        self.site.proc.wait(60)
+        for pid in pids:
+            self.assertFalse(process_exists(pid))
+
+    def test_second_launcher_refused(self) -> None:
+        p = subprocess.run(
+            [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0]='twistd'; run()",
+             "-n", "--pidfile=", "okws", "--config", self.site.ini],
+            capture_output=True, text=True, timeout=120, cwd=self.site.dir,
+        )
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("already running", p.stderr)
+
+
+class RelaunchTests(SynchronousTestCase):
+    def test_graceful_relaunch_under_load_fails_nothing(self) -> None:
+        site = Site(HELLO, FAST).start()
+        self.addCleanup(site.kill)
+        old = {site.pids()["hello.0"], site.pids()["hello.1"]}
+        mark = site.mark()
+        with Load(site, ["/hello", "/delay?ms=200", "/hello?x=1"]) as load:
+            while load.count < 50:
+                time.sleep(0.05)
+            p = ctl(site, "relaunch", "--all")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            for name in ("hello.0", "hello.1", "delay.0"):
+                site.wait_for(rf"{name} pid \d+ exited after retiring", after=mark, timeout=60)
+            before = load.count
+            deadline = time.monotonic() + 30
+            while load.count < before + 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.assertEqual(load.failures, [])
+        new = {site.pids()["hello.0"], site.pids()["hello.1"]}
+        self.assertFalse(old & new)
+        self.assertGreater(load.count, 100)
+
+    def test_restart_after_requests(self) -> None:
+        site = Site(
+            """
+            [service:hello]
+            resource = services.hello:Hello
+            paths = /hello
+            restart_after_requests = 20
+            """,
+            FAST,
+        ).start()
+        self.addCleanup(site.kill)
+        first = site.pids()["hello.0"]
+        mark = site.mark()
+        for _ in range(25):
+            self.assertEqual(site.get("/hello").status, 200)
+        site.wait_for(r"relaunching hello\.0 \(served \d+ requests\)", after=mark)
+        site.wait_for(rf"hello\.0 pid {first} exited after retiring", after=mark)
+        self.assertNotEqual(site.pids()["hello.0"], first)
+        self.assertEqual(site.get("/hello").status, 200)
+
+
+class CrashPolicyTests(SynchronousTestCase):
+    def test_crash_budget_then_revive(self) -> None:
+        site = Site(
+            """
+            [service:hello]
+            resource = services.hello:Hello
+            paths = /hello
+
+            [service:doomed]
+            resource = tests.sites.crashing:CrashOnStart
+            paths = /doomed
+            """,
+            FAST + "crash_budget = 3\ncrash_window = 60\nqueue_timeout = 20\n",
+        ).start(wait=False)
+        self.addCleanup(site.kill)
+        site.wait_for(r"doomed\.0 crashed 4 times within 60s; not relaunching", timeout=60)
+        started = time.monotonic()
+        r = site.get("/doomed")
+        self.assertEqual(r.status, 503)
+        self.assertIsNotNone(r.header("retry-after"))
+        self.assertLess(time.monotonic() - started, 5, "a failed service answers 503 at once, not after queueing")
+        self.assertEqual(site.get("/hello").status, 200)
+        mark = site.mark()
+        p = ctl(site, "relaunch", "doomed")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        site.wait_for(r"relaunching doomed\.0 \(operator request\)", after=mark)
+        site.wait_for(r"started doomed\.0 as pid", after=mark)
+
+    def test_watchdog_kills_only_the_hung_instance(self) -> None:
+        site = Site(
+            """
+            [service:hang]
+            resource = tests.sites.crashing:Hang
+            paths = /hang
+
+            [service:hello]
+            resource = services.hello:Hello
+            paths = /hello
+            """,
+            FAST,
+        ).start()
+        self.addCleanup(site.kill)
+        pids = site.pids()
+        hung = pids["hang.0"]
+        mark = site.mark()
+        s = site.connect(timeout=60)
+        self.addCleanup(s.close)
+        s.sendall(request_bytes("GET", "/hang?hang=1"))
+        site.wait_for(rf"hang\.0 pid {hung} answered no heartbeat for \d+s; killing that pid", after=mark)
+        m = site.wait_for(r"started hang\.0 as pid (\d+)", after=mark)
+        self.assertNotEqual(int(m.group(1)), hung)
+        site.wait_for(rf"wired hang\.0 pid {m.group(1)}", after=mark)
+        self.assertEqual(site.get("/hang").status, 200)
+        for name in ("dispatcher", "hello.0"):
+            self.assertTrue(process_exists(pids[name]), name)
+        self.assertEqual(site.pids()["hello.0"], pids["hello.0"])
+
+
+class ReloadTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.site = Site(HELLO, FAST).start()
+        self.addCleanup(self.site.kill)
+
+    def rewrite(self, services: str) -> None:
+        with open(self.site.ini) as f:
+            okws = f.read().split("[service:")[0]
+        with open(self.site.ini, "w") as f:
+            f.write(okws + services)
+
+    def test_reload_adds_and_removes(self) -> None:
+        hello_pids = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        self.rewrite(
+            """
+[service:hello]
+resource = services.hello:Hello
+paths = /hello
+instances = 2
+
+[service:form]
+resource = services.form:Guestbook
+paths = /form
+"""
+        )
+        mark = self.site.mark()
+        p = ctl(self.site, "reload")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        result = json.loads(p.stdout)
+        self.assertEqual((result["added"], result["removed"], result["changed"]), (["form"], ["delay"], []))
+        self.site.wait_for(r"wired form\.0 pid \d+", after=mark)
+        self.assertEqual(self.site.get("/form").status, 200)
+        self.assertEqual(self.site.get("/delay?ms=1").status, 404)
+        self.site.wait_for(r"delay\.0 pid \d+ exited after retiring", after=mark)
+        # The unchanged service was not touched.
+        self.assertEqual({self.site.pids()["hello.0"], self.site.pids()["hello.1"]}, hello_pids)
+        for pid in hello_pids:
+            self.assertTrue(process_exists(pid))
+
+    def test_broken_reload_is_refused(self) -> None:
+        pids = self.site.pids()
+        self.rewrite("[service:hello]\nresource = services.hello:Hello\npaths = /hello\ninstances = lots\n")
+        p = ctl(self.site, "reload")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("[service:hello] instances", p.stderr)
+        self.rewrite("[service:hello]\nresource = tests.sites.broken:X\npaths = /hello\n")
+        p = ctl(self.site, "reload")
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("broken on purpose", p.stderr)
+        self.assertEqual(self.site.get("/hello").status, 200)
+        self.assertEqual(self.site.get("/delay?ms=1").status, 200)
+        self.assertEqual(self.site.pids(), pids)
+
+    def test_sighup_reloads(self) -> None:
+        self.rewrite("[service:hello]\nresource = services.hello:Hello\npaths = /hello /hi\ninstances = 2\n")
+        mark = self.site.mark()
+        assert self.site.proc is not None
+        self.site.proc.send_signal(signal.SIGHUP)
+        self.site.wait_for(r"reloaded .*site\.ini", after=mark)
+        self.assertEqual(self.site.get("/hi").status, 200)
+
+
+class DispatcherRelaunchTests(SynchronousTestCase):
+    def test_kill_9_dispatcher_refuses_no_connection(self) -> None:
+        site = Site(HELLO, FAST).start()
+        self.addCleanup(site.kill)
+        old = site.pids()["dispatcher"]
+        mark = site.mark()
+        results: list[object] = []
+
+        def client() -> None:
+            for i in range(60):
+                try:
+                    results.append(site.get(f"/hello?i={i}", timeout=30).status)
+                except OSError as e:
+                    results.append(repr(e))
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        while len(results) < 20:
+            time.sleep(0.01)
+        os.kill(old, signal.SIGKILL)
+        for t in threads:
+            t.join(120)
+        site.wait_for(r"started dispatcher as pid", after=mark)
+        self.assertEqual(len(results), 180)
+        self.assertEqual([r for r in results if r != 200], [])
