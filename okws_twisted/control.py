@@ -16,6 +16,21 @@ fd L{CONTROL_FD}.  Message kinds:
     Sent again after either side is relaunched.
 ``stop`` (launcher -> child)
     Stop gracefully: finish in-flight work within C{drain} seconds, then exit.
+    C{handback}: a service hands its kept-alive connections back to the
+    dispatcher instead of closing them (a successor takes over).
+``drain`` (launcher -> dispatcher)
+    The site is stopping: accept nothing more, answer what is queued; the
+    admin listener's health check says "draining".  ``stop`` follows once
+    every service has exited.
+``ping`` / ``pong``
+    The launcher's heartbeat (C{n}); the answer carries the child's C{stats}.
+    A child that stops answering is killed (that pid only) and relaunched.
+``retire`` (launcher -> dispatcher)
+    Give instance C{pid} no new connections (it is being replaced).
+``status`` (launcher -> dispatcher)
+    Per service: C{failed} (crash budget exhausted), C{restarts}, C{crashes}.
+``config-update`` (launcher -> child)
+    The site was reloaded: the new site configuration as JSON payload.
 
 A child whose control channel closes (the launcher is gone) exits at once.
 """
@@ -33,3 +48,4 @@ RETIRE = "retire"
 STATUS = "status"
 WANT = "want"
 CONFIG_UPDATE = "config-update"
+DRAIN = "drain"

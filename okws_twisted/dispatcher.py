@@ -30,8 +30,9 @@ from zope.interface import implementer
 from okws_twisted import handoff
 from okws_twisted.channel import ChannelError, Message, MessageChannel
 from okws_twisted.config import SiteConfig
-from okws_twisted.errorpage import error_response
+from okws_twisted.errorpage import error_response, phrase
 from okws_twisted.interfaces import IChildRole
+from okws_twisted.metrics import RequestCounts, ServiceTotals, render
 from okws_twisted.httpframe import HeadReader, HTTPError, Limits, RequestHead
 from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport, address_of
@@ -180,6 +181,10 @@ class HeadConnection:
         self._dispatcher.closed()
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
 class InstanceLink:
     """The dispatcher's handoff channel to one service instance."""
 
@@ -191,6 +196,8 @@ class InstanceLink:
         self.index = index
         self.pid = pid
         self.active = 0
+        self.in_flight = 0
+        self.connections = 0
         self.retiring = False
         self.pending: dict[int, HeadConnection] = {}
         self.channel = MessageChannel(
@@ -224,6 +231,10 @@ class InstanceLink:
                             pool.flush()
                 elif msg.kind == handoff.BACK:
                     backs.append(handoff.parse_connection(msg))
+                elif msg.kind == handoff.STATS:
+                    self.in_flight = _count(msg.meta.get("in_flight"))
+                    self.connections = _count(msg.meta.get("connections"))
+                    self.dispatcher.totals(self.service).report(self.pid, RequestCounts.from_json(msg.meta.get("counts")))
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
@@ -255,6 +266,7 @@ class ServicePool:
         self.max_connections = max_connections
         self.links: dict[int, InstanceLink] = {}  # by pid: a retiring and a new process may share an index
         self.failed = False
+        self.handed_off = 0
         self.queue: deque[HeadConnection] = deque()
         self._turn = itertools.count()
 
@@ -279,7 +291,7 @@ class ServicePool:
             self.dispatcher.hand(link, conn)
             return
         cfg = self.dispatcher.config
-        if self.dispatcher.stopping:
+        if self.dispatcher.draining:
             conn.answer(503, "The server is shutting down.", retry_after=cfg.retry_after)
             return
         if self.failed:
@@ -299,12 +311,12 @@ class ServicePool:
             return
         conn.answer(503, "The service is not available; try again shortly.", retry_after=self.dispatcher.config.retry_after)
 
-    def unqueue_first_and_answer(self) -> None:
+    def unqueue_first_and_answer(self, message: str = "The service is not available.") -> None:
         conn = self.queue.popleft()
         if conn.queue_timer is not None:
             conn.queue_timer.cancel()
             conn.queue_timer = None
-        conn.answer(503, "The service is not available.", retry_after=self.dispatcher.config.retry_after)
+        conn.answer(503, message, retry_after=self.dispatcher.config.retry_after)
 
     def unqueue(self, conn: HeadConnection) -> None:
         if conn.queue_timer is not None:
@@ -328,6 +340,70 @@ class ServicePool:
             self.dispatcher.hand(link, conn)
 
 
+class AdminConnection:
+    """One request to the admin listener: C{GET /metrics} or C{GET /health}, then close."""
+
+    transport: SocketTransport
+
+    def __init__(self, dispatcher: "Dispatcher") -> None:
+        self._dispatcher = dispatcher
+        self._reader = HeadReader(dispatcher.limits)
+        self._timer: IDelayedCall | None = dispatcher.reactor.callLater(dispatcher.config.head_timeout, self._timed_out)
+        self._done = False
+
+    def makeConnection(self, transport: SocketTransport) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        try:
+            head = self._reader.feed(data)
+        except HTTPError as e:
+            self._error(e.status, e.reason)
+            return
+        if head is None:
+            return
+        if head.method not in (b"GET", b"HEAD"):
+            self._error(405, "Only GET and HEAD.")
+        elif head.path == b"/metrics":
+            self._send(200, self._dispatcher.metrics(), "text/plain; version=0.0.4; charset=utf-8", head.method == b"HEAD")
+        elif head.path == b"/health":
+            status, text = self._dispatcher.health()
+            self._send(status, text + "\n", "text/plain; charset=utf-8", head.method == b"HEAD")
+        else:
+            self._error(404, "The admin listener serves /metrics and /health.")
+
+    def _send(self, status: int, body: str, content_type: str, head_only: bool) -> None:
+        self._finish()
+        data = body.encode("utf-8")
+        headers = (
+            f"HTTP/1.1 {status} {phrase(status)}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+        self.transport.write(headers if head_only else headers + data)
+        self.transport.close_lingering()
+
+    def _error(self, status: int, message: str) -> None:
+        self._finish()
+        self.transport.write(error_response(status, message))
+        self.transport.close_lingering()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self._done:
+            self._error(408, "The request head did not arrive in time.")
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._finish()
+
+
 @implementer(IChildRole)
 class Dispatcher:
     """The dispatcher's state: listeners, routes, instance links, queues."""
@@ -349,9 +425,15 @@ class Dispatcher:
         self._ids = itertools.count(1)
         self._stopped = stopped
         self.stopping = False
+        self.draining = False
         self.handed_off = 0
         self.open_connections = 0
         self.accepting_paused = False
+        self.handoff_failures = 0
+        self.own_counts: dict[str, RequestCounts] = {}
+        self.service_totals: dict[str, ServiceTotals] = {}
+        self.launcher_view: dict[str, dict[str, Any]] = {}
+        self.admin: Acceptor | None = None
 
     # -- listening
 
@@ -372,7 +454,7 @@ class Dispatcher:
             os.close(fd)
             self.log.error("a handed-back fd is not a socket: {error}", error=e)
             return
-        if self.stopping:
+        if self.draining:
             sock.close()
             return
         self._start(sock, peer, host, data)
@@ -393,7 +475,7 @@ class Dispatcher:
     def closed(self) -> None:
         """A connection left the dispatcher (answered, handed off, or lost)."""
         self.open_connections -= 1
-        if self.accepting_paused and self.open_connections <= self.config.resume_connections and not self.stopping:
+        if self.accepting_paused and self.open_connections <= self.config.resume_connections and not self.draining:
             self.accepting_paused = False
             self.log.info("{n} open connections: accepting again", n=self.open_connections)
             for acceptor in self.acceptors:
@@ -412,7 +494,7 @@ class Dispatcher:
         if head.content_length is not None and head.content_length > pool.max_body:
             conn.answer(413, "The request body is too large.")
             return
-        if self.stopping:
+        if self.draining:
             conn.answer(503, "The server is shutting down.", retry_after=self.config.retry_after)
             return
         conn.service = name
@@ -427,14 +509,18 @@ class Dispatcher:
             # A lost channel does not raise (link_lost re-queues what the link
             # held): this message cannot be sent at all, and trying again, here
             # or on another instance, would fail the same way.
+            self.handoff_failures += 1
             self.log.failure("handoff to {link} failed", link=link.name)
             if link.pending.pop(conn_id, None) is not None:
                 link.active = max(0, link.active - 1)
                 conn.answer(500, "The connection could not be passed on.")
             return
         self.handed_off += 1
+        self.pools[link.service].handed_off += 1
 
     def answered(self, conn: HeadConnection, status: int) -> None:
+        counts = self.own_counts.setdefault(conn.service or "-", RequestCounts())
+        counts.record(status, None)
         self.reading.discard(conn)
         if conn.service is not None:
             self.pools[conn.service].unqueue(conn)
@@ -476,6 +562,7 @@ class Dispatcher:
         if pool.links.get(link.pid) is link:
             del pool.links[link.pid]
             self.log.info("instance {link} (pid {pid}) is gone", link=link.name, pid=link.pid)
+        self.totals(link.service).instance_gone(link.pid)
         pending, link.pending = link.pending, {}
         for conn in pending.values():
             # Never acknowledged, so never touched: another instance may take it.
@@ -504,9 +591,12 @@ class Dispatcher:
         }
 
     def control(self, kind: str, meta: dict[str, Any]) -> None:
-        if kind == "retire":
+        if kind == "drain":
+            self.drain()
+        elif kind == "retire":
             self.retire(int(meta["pid"]))
         elif kind == "status":
+            self.launcher_view = {k: v for k, v in dict(meta.get("services", {})).items() if isinstance(v, dict)}
             for name, info in dict(meta.get("services", {})).items():
                 pool = self.pools.get(name)
                 if pool is not None and isinstance(info, dict):
@@ -524,25 +614,82 @@ class Dispatcher:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()
 
+    # -- the admin listener: metrics and health
+
+    def totals(self, service: str) -> ServiceTotals:
+        return self.service_totals.setdefault(service, ServiceTotals())
+
+    def listen_admin(self, sock: socket.socket) -> None:
+        def accepted(conn: socket.socket, peer: Any, host: Any) -> None:
+            SocketTransport(self.reactor, conn, AdminConnection(self), peer, host).start()
+
+        self.admin = Acceptor(self.reactor, sock, accepted)
+        self.admin.start()
+
+    def health(self) -> tuple[int, str]:
+        """For load balancers: 503 while stopping or before every service has an instance."""
+        if self.draining:
+            return 503, "draining"
+        waiting = [name for name, pool in self.pools.items() if not pool.links and not pool.failed and self.routes_to(name)]
+        if waiting:
+            return 503, "starting: no ready instance of " + ", ".join(sorted(waiting))
+        return 200, "ok"
+
+    def routes_to(self, service: str) -> bool:
+        return any(s.name == service for s in self.config.services)
+
+    def metrics(self) -> str:
+        names = {s.name for s in self.config.services}
+        requests: dict[str, RequestCounts] = {}
+        for name in names | set(self.own_counts):
+            total = RequestCounts()
+            if name in self.service_totals:
+                total.add(self.service_totals[name].total())
+            if name in self.own_counts:
+                total.add(self.own_counts[name])
+            requests[name] = total
+        live = {name: [l for l in pool.links.values()] for name, pool in self.pools.items() if name in names}
+        gauges = {
+            "in_flight_requests": {n: sum(l.in_flight for l in ls) for n, ls in live.items()},
+            "connections": {n: sum(l.connections for l in ls) for n, ls in live.items()},
+            "queue_depth": {n: len(self.pools[n].queue) for n in live},
+            "ready_instances": {n: sum(1 for l in ls if not l.retiring) for n, ls in live.items()},
+            "failed": {n: int(self.pools[n].failed) for n in live},
+        }
+        counters = {
+            "restarts_total": {n: _count(self.launcher_view.get(n, {}).get("restarts")) for n in names},
+            "handoffs_total": {n: self.pools[n].handed_off for n in live},
+        }
+        site = {
+            "up": 1,
+            "dispatcher_open_connections": self.open_connections,
+            "dispatcher_accepting": int(not self.accepting_paused and not self.draining),
+            "handoff_failures_total": self.handoff_failures,
+        }
+        return render(sorted(names | set(self.own_counts)), requests, gauges, counters, site)
+
     # -- stopping
 
-    def stop(self, drain: float = 0.0, handback: bool = False) -> None:
-        """Stop accepting; answer what is queued; exit once nothing is in transit."""
-        if self.stopping:
+    def drain(self) -> None:
+        """Stop accepting and answer what is queued; keep answering health checks."""
+        if self.draining:
             return
-        self.stopping = True
+        self.draining = True
         for acceptor in self.acceptors:
             acceptor.close()
         for pool in self.pools.values():
             while pool.queue:
-                conn = pool.queue.popleft()
-                if conn.queue_timer is not None:
-                    conn.queue_timer.cancel()
-                    conn.queue_timer = None
-                conn.answer(503, "The server is shutting down.", retry_after=self.config.retry_after)
+                pool.unqueue_first_and_answer("The server is shutting down.")
         for conn in list(self.reading):
             if conn.head is None:
                 conn.transport.abortConnection()
+
+    def stop(self, drain: float = 0.0, handback: bool = False) -> None:
+        """Drain, then exit once nothing is in transit."""
+        self.drain()
+        self.stopping = True
+        if self.admin is not None:
+            self.admin.close()
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
@@ -563,4 +710,6 @@ def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Ca
     count = int(meta.get("listeners", 0))
     dispatcher = Dispatcher(reactor, site, stopped=stopped)
     dispatcher.listen([socket.socket(fileno=FIRST_LISTEN_FD + i) for i in range(count)])
+    if meta.get("admin"):
+        dispatcher.listen_admin(socket.socket(fileno=FIRST_LISTEN_FD + count))
     return dispatcher

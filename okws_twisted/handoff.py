@@ -22,6 +22,10 @@ L{okws_twisted.channel.MessageChannel}.  Message kinds:
     request.
 ``backack`` (dispatcher -> service)
     C{ids}: handed-back connections the dispatcher now holds.
+``stats`` (service -> dispatcher)
+    Cumulative counters for the admin listener's metrics: C{counts} (see
+    L{okws_twisted.metrics.RequestCounts}), C{in_flight}, C{connections}.
+    Sent at most once a second, and only when something changed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ CONN = "conn"
 ACK = "ack"
 BACK = "back"
 BACKACK = "backack"
+STATS = "stats"
 
 
 @dataclass(frozen=True)

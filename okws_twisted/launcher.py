@@ -642,15 +642,30 @@ class Launcher(Service):
             sock.close()
         if self.admin_socket is not None:
             self.admin_socket.close()
+        # Services drain first; the dispatcher only stops taking connections
+        # (its admin listener keeps saying "draining" to load balancers) and
+        # exits once every service has.
         waits = []
+        service_waits = []
         for slot in self.children:
             if slot.relaunch_call is not None and slot.relaunch_call.active():
                 slot.relaunch_call.cancel()
                 slot.relaunch_call = None
             for proc in slot.processes():
                 waits.append(proc.exited)
+                if slot.role == "dispatcher":
+                    if not proc.send({"k": control.DRAIN}):
+                        proc.signal(signal.SIGTERM)
+                    continue
+                service_waits.append(proc.exited)
                 if proc.state != "retiring":
                     proc.retire(self.config.drain_timeout, handback=False)
+
+        def services_gone(_: object) -> None:
+            for proc in self.dispatcher.processes():
+                proc.retire(self.config.kill_timeout, handback=False)
+
+        defer.DeferredList(service_waits).addCallback(services_gone)
         done = defer.DeferredList(waits)
         term = self.reactor.callLater(self.config.drain_timeout, self._signal_all, signal.SIGTERM)
         kill = self.reactor.callLater(

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from twisted.internet import error
 from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -31,11 +32,13 @@ from okws_twisted.channel import ChannelError, Message, MessageChannel
 from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.errorpage import error_response
 from okws_twisted.interfaces import IChildRole
+from okws_twisted.metrics import RequestCounts
 from okws_twisted.httpframe import Body, End, Head, HTTPError, Limits, RequestFramer, RequestHead
 from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport
 
 MAX_WAITING_HANDBACKS = 1024
+STATS_INTERVAL = 1.0
 DONE_REPORT_DELAY = 0.05
 
 
@@ -62,7 +65,7 @@ class ServiceRequest(server.Request):
         conn = getattr(self.channel, "okws_connection", None)
         if conn is not None:
             conn.request_started()
-            self.notifyFinish().addBoth(conn.request_finished)
+            self.notifyFinish().addBoth(conn.request_finished, self, conn.runtime.reactor.seconds())
         super().process()
 
 
@@ -242,10 +245,14 @@ class ServiceConnection:
     def request_started(self) -> None:
         self.runtime.in_flight += 1
 
-    def request_finished(self, result: object) -> None:
+    def request_finished(self, result: object, request: server.Request, started: float) -> None:
         self.finished += 1
-        self.runtime.in_flight -= 1
-        self.runtime.served += 1
+        runtime = self.runtime
+        runtime.in_flight -= 1
+        runtime.served += 1
+        # 499 (nginx's convention): the client left before the response was complete.
+        status = 499 if isinstance(result, Failure) else request.code
+        runtime.counts.record(status, runtime.reactor.seconds() - started)
         self._maybe_finish()
         if self.runtime.draining:
             self.runtime.drain_connection(self)
@@ -353,6 +360,11 @@ class ServiceRuntime:
         self._exited = exited
         self.draining = False
         self.handing_back = False
+        self.counts = RequestCounts()
+        self._stats_sent: object = None
+        self._stats_loop = LoopingCall(self._send_stats)
+        self._stats_loop.clock = reactor
+        self._stats_loop.start(STATS_INTERVAL, now=False)
         self.in_flight = 0
         self.served = 0
 
@@ -369,6 +381,7 @@ class ServiceRuntime:
         """A (new) handoff channel to the dispatcher."""
         old = self.link
         self.link = MessageChannel(self.reactor, sock, self._received, self._link_lost, name="handoff:dispatcher")
+        self._stats_sent = None
         if old is not None:
             old.close()
         resend = list(self._unacked_backs.values()) + self._waiting_backs
@@ -408,6 +421,18 @@ class ServiceRuntime:
         self._send_ack([c.id for c in incoming])
         for conn in incoming:
             self.adopt(conn)
+
+    def _send_stats(self) -> None:
+        """Report cumulative counters to the dispatcher, if they changed."""
+        if self.link is None or not self.link.connected:
+            return
+        snapshot = (self.served, self.in_flight, len(self.connections))
+        if snapshot == self._stats_sent:
+            return
+        self._stats_sent = snapshot
+        self.link.send(
+            {"k": handoff.STATS, "counts": self.counts.to_json(), "in_flight": self.in_flight, "connections": len(self.connections)}
+        )
 
     def _send_ack(self, ids: list[int]) -> None:
         if self.link is None or not self.link.connected:
@@ -529,6 +554,9 @@ class ServiceRuntime:
 
     def _maybe_exit(self) -> None:
         if self.draining and not self.connections and not self._unacked_backs and not self._waiting_backs:
+            self._send_stats()
+            if self._stats_loop.running:
+                self._stats_loop.stop()
             exited, self._exited = self._exited, lambda: None
             exited()
 

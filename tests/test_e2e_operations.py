@@ -315,18 +315,34 @@ paths = /form
 
 class DispatcherRelaunchTests(SynchronousTestCase):
     def test_kill_9_dispatcher_refuses_no_connection(self) -> None:
+        """No connection is refused and every request is answered.
+
+        The launcher holds the listening socket, so connections made while no
+        dispatcher runs wait in the kernel's queue.  The few connections the
+        killed dispatcher had accepted but not yet handed off die with it (no
+        byte of a response was sent on them); a client retries such a GET, as
+        browsers do, and at most one per client thread can be caught so.
+        """
         site = Site(HELLO, FAST).start()
         self.addCleanup(site.kill)
         old = site.pids()["dispatcher"]
         mark = site.mark()
         results: list[object] = []
+        retried: list[str] = []
 
         def client() -> None:
             for i in range(60):
-                try:
-                    results.append(site.get(f"/hello?i={i}", timeout=30).status)
-                except OSError as e:
-                    results.append(repr(e))
+                for attempt in range(3):
+                    try:
+                        results.append(site.get(f"/hello?i={i}", timeout=30).status)
+                        break
+                    except ConnectionRefusedError as e:
+                        results.append(repr(e))
+                        break
+                    except (ConnectionResetError, ConnectionError) as e:
+                        retried.append(repr(e))
+                else:
+                    results.append("gave up")
 
         threads = [threading.Thread(target=client) for _ in range(3)]
         for t in threads:
@@ -339,3 +355,90 @@ class DispatcherRelaunchTests(SynchronousTestCase):
         site.wait_for(r"started dispatcher as pid", after=mark)
         self.assertEqual(len(results), 180)
         self.assertEqual([r for r in results if r != 200], [])
+        self.assertLessEqual(len(retried), 3, retried)
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if key == (f"{name}{{{want}}}" if want else name):
+            return float(value)
+    return None
+
+
+class MetricsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from tests.e2e import free_port
+
+        self.admin_port = free_port()
+        self.site = Site(HELLO, FAST + f"admin = tcp:{self.admin_port}\n").start()
+        self.addCleanup(self.site.kill)
+
+    def admin_get(self, path: str):
+        with socket.create_connection(("127.0.0.1", self.admin_port), timeout=10) as s:
+            s.sendall(request_bytes("GET", path, {"Connection": "close"}))
+            return read_response(s)
+
+    def wait_metric(self, name: str, at_least: float, **labels: str) -> str:
+        deadline = time.monotonic() + 20
+        while True:
+            text = self.admin_get("/metrics").body.decode()
+            value = _metric(text, name, **labels)
+            if value is not None and value >= at_least:
+                return text
+            if time.monotonic() > deadline:
+                self.fail(f"{name}{labels} stayed at {value} (< {at_least}):\n{text}")
+            time.sleep(0.2)  # polling an external counter; reports arrive once a second
+
+    def test_metrics(self) -> None:
+        for _ in range(7):
+            self.assertEqual(self.site.get("/hello").status, 200)
+        self.assertEqual(self.site.get("/nowhere").status, 404)
+        r = self.admin_get("/metrics")
+        self.assertEqual(r.status, 200)
+        self.assertTrue(r.header("content-type").startswith("text/plain; version=0.0.4"))
+        text = self.wait_metric("okws_requests_total", 7, service="hello", code="200")
+        self.assertEqual(_metric(text, "okws_requests_total", service="-", code="404"), 1)
+        self.assertGreaterEqual(_metric(text, "okws_request_duration_seconds_count", service="hello"), 7)
+        self.assertEqual(_metric(text, "okws_request_duration_seconds_bucket", service="hello", le="+Inf"),
+                         _metric(text, "okws_request_duration_seconds_count", service="hello"))
+        self.assertEqual(_metric(text, "okws_ready_instances", service="hello"), 2)
+        self.assertEqual(_metric(text, "okws_queue_depth", service="hello"), 0)
+        self.assertGreaterEqual(_metric(text, "okws_handoffs_total", service="hello"), 7)
+        self.assertEqual(_metric(text, "okws_up"), 1)
+        for family in ("okws_in_flight_requests", "okws_restarts_total", "okws_handoff_failures_total", "okws_failed"):
+            self.assertIn(f"# TYPE {family} ", text)
+
+    def test_restarts_counted(self) -> None:
+        os.kill(self.site.pids()["delay.0"], signal.SIGKILL)
+        self.wait_metric("okws_restarts_total", 1, service="delay")
+
+    def test_admin_is_not_on_the_public_port(self) -> None:
+        self.assertEqual(self.site.get("/metrics").status, 404)
+        self.assertEqual(self.admin_get("/nope").status, 404)
+
+    def test_health_reports_draining(self) -> None:
+        self.assertEqual(self.admin_get("/health").status, 200)
+        slow = self.site.connect(timeout=30)
+        self.addCleanup(slow.close)
+        slow.sendall(request_bytes("GET", "/delay?ms=3000"))
+        self.site.get("/delay?ms=1")
+        mark = self.site.mark()
+        assert self.site.proc is not None
+        self.site.proc.send_signal(signal.SIGTERM)
+        self.site.wait_for("stopping: draining", after=mark)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r = self.admin_get("/health")
+            except OSError:
+                r = None
+            if r is not None and r.status == 503:
+                self.assertIn(b"draining", r.body)
+                break
+            self.assertLess(time.monotonic(), deadline, "health never reported draining")
+            time.sleep(0.05)
+        self.assertEqual(read_response(slow).status, 200)

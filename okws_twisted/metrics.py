@@ -1,0 +1,212 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Counters and the Prometheus text format for the admin listener (no I/O).
+
+Service instances count their requests (by status) and time them into a
+L{Histogram}; they send cumulative snapshots to the dispatcher, which adds its
+own counters and the launcher's restart counts and renders them all with
+L{render}.  Snapshots are cumulative, so a lost or late report loses nothing,
+and an instance that exits leaves its last totals behind (L{ServiceTotals})
+so counters never go down.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+#: Prometheus's default buckets, in seconds.
+BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Histogram:
+    """Request durations: a count per bucket (not cumulative), their sum and count."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "sum": self.total}
+
+    @classmethod
+    def from_json(cls, value: Any) -> "Histogram":
+        """A histogram from an instance's report; anything malformed reads as empty."""
+        h = cls()
+        if isinstance(value, dict):
+            counts = value.get("counts")
+            if isinstance(counts, list) and len(counts) == len(h.counts) and all(isinstance(c, int) and c >= 0 for c in counts):
+                h.counts = list(counts)
+                total = value.get("sum")
+                h.total = float(total) if isinstance(total, (int, float)) else 0.0
+        return h
+
+    def add(self, other: "Histogram") -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts)]
+        self.total += other.total
+
+
+@dataclass
+class RequestCounts:
+    """What one process answered: requests by status and their durations."""
+
+    by_status: dict[int, int] = field(default_factory=dict)
+    latency: Histogram = field(default_factory=Histogram)
+
+    def record(self, status: int, seconds: float | None) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        if seconds is not None:
+            self.latency.observe(seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": {str(k): v for k, v in self.by_status.items()}, "latency": self.latency.to_json()}
+
+    @classmethod
+    def from_json(cls, value: Any) -> "RequestCounts":
+        out = cls()
+        if isinstance(value, dict):
+            status = value.get("status")
+            if isinstance(status, dict):
+                for k, v in status.items():
+                    if isinstance(k, str) and k.isdigit() and isinstance(v, int) and v >= 0:
+                        out.by_status[int(k)] = v
+            out.latency = Histogram.from_json(value.get("latency"))
+        return out
+
+    def add(self, other: "RequestCounts") -> None:
+        for k, v in other.by_status.items():
+            self.by_status[k] = self.by_status.get(k, 0) + v
+        self.latency.add(other.latency)
+
+
+@dataclass
+class ServiceTotals:
+    """Per service: totals left by instances that are gone, plus each live one's latest report."""
+
+    gone: RequestCounts = field(default_factory=RequestCounts)
+    live: dict[int, RequestCounts] = field(default_factory=dict)
+
+    def report(self, pid: int, counts: RequestCounts) -> None:
+        self.live[pid] = counts
+
+    def instance_gone(self, pid: int) -> None:
+        last = self.live.pop(pid, None)
+        if last is not None:
+            self.gone.add(last)
+
+    def total(self) -> RequestCounts:
+        out = RequestCounts()
+        out.add(self.gone)
+        for counts in self.live.values():
+            out.add(counts)
+        return out
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(
+        f'{k}="' + v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"') + '"' for k, v in labels.items()
+    )
+    return "{" + inner + "}"
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+class Exposition:
+    """Builds one Prometheus text-format page, metric family by family."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._declared: set[str] = set()
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        if name not in self._declared:
+            self._declared.add(name)
+            self._lines.append(f"# HELP {name} {help_text}")
+            self._lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+        self._lines.append(f"{name}{_labels(labels or {})} {_number(value)}")
+
+    def histogram(self, name: str, hist: Histogram, labels: dict[str, str]) -> None:
+        running = 0
+        for bound, count in zip(BUCKETS, hist.counts):
+            running += count
+            self.sample(f"{name}_bucket", running, {**labels, "le": _number(bound) if bound >= 1 else repr(bound)})
+        self.sample(f"{name}_bucket", hist.count, {**labels, "le": "+Inf"})
+        self.sample(f"{name}_sum", round(hist.total, 6), labels)
+        self.sample(f"{name}_count", hist.count, labels)
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n"
+
+
+def render(
+    services: Iterable[str],
+    requests: dict[str, RequestCounts],
+    gauges: dict[str, dict[str, float]],
+    counters: dict[str, dict[str, float]],
+    site: dict[str, float],
+) -> str:
+    """The Prometheus page.
+
+    @param requests: per service, requests by status and latency (services'
+        own answers plus the dispatcher's answers for that service).
+    @param gauges: per metric name (without the ``okws_`` prefix), a value per service.
+    @param counters: likewise, for counters (names end in ``_total``).
+    @param site: site-wide gauges and counters (name -> value).
+    """
+    page = Exposition()
+    names = sorted(services)
+    page.family("okws_requests_total", "counter", "Responses sent, by service and status code.")
+    for service in names:
+        counts = requests.get(service, RequestCounts())
+        for status in sorted(counts.by_status):
+            page.sample("okws_requests_total", counts.by_status[status], {"service": service, "code": str(status)})
+    page.family("okws_request_duration_seconds", "histogram", "Time from a complete request to its response's last byte, in the service.")
+    for service in names:
+        page.histogram("okws_request_duration_seconds", requests.get(service, RequestCounts()).latency, {"service": service})
+    for metric, per_service in sorted(gauges.items()):
+        page.family(f"okws_{metric}", "gauge", _HELP.get(metric, metric.replace("_", " ")))
+        for service in names:
+            page.sample(f"okws_{metric}", per_service.get(service, 0), {"service": service})
+    for metric, per_service in sorted(counters.items()):
+        page.family(f"okws_{metric}", "counter", _HELP.get(metric, metric.replace("_", " ")))
+        for service in names:
+            page.sample(f"okws_{metric}", per_service.get(service, 0), {"service": service})
+    for metric, value in sorted(site.items()):
+        kind = "counter" if metric.endswith("_total") else "gauge"
+        page.family(f"okws_{metric}", kind, _HELP.get(metric, metric.replace("_", " ")))
+        page.sample(f"okws_{metric}", value)
+    return page.text()
+
+
+_HELP = {
+    "in_flight_requests": "Requests being answered now.",
+    "connections": "Client connections held by the service's instances.",
+    "queue_depth": "Connections waiting in the dispatcher for a ready instance.",
+    "ready_instances": "Instances ready to take connections.",
+    "failed": "1 if the service exhausted its crash budget and is not relaunched.",
+    "restarts_total": "Relaunches of the service's instances (crashes and graceful relaunches).",
+    "handoffs_total": "Connections handed to the service's instances.",
+    "handoff_failures_total": "Connections that could not be handed to an instance.",
+    "dispatcher_open_connections": "Connections the dispatcher holds (reading heads, queued, in transit).",
+    "dispatcher_accepting": "1 while the dispatcher accepts new connections.",
+    "log_records_buffered": "Log records waiting in senders for the log daemon.",
+    "log_records_dropped_total": "Log records senders dropped because their buffer was full.",
+    "up": "1: the dispatcher answers.",
+}
