@@ -1,0 +1,81 @@
+"""Unit tests for counters and the Prometheus page (okws_twisted.metrics)."""
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from okws_twisted.metrics import BUCKETS, Histogram, RequestCounts, ServiceTotals, render
+
+
+class HistogramTests(SynchronousTestCase):
+    def test_buckets(self) -> None:
+        h = Histogram()
+        for s in (0.001, 0.005, 0.2, 30):
+            h.observe(s)
+        self.assertEqual(h.count, 4)
+        self.assertEqual(h.counts[0], 2)  # le 0.005 is inclusive
+        self.assertEqual(h.counts[BUCKETS.index(0.25)], 1)
+        self.assertEqual(h.counts[-1], 1)  # +Inf
+        self.assertAlmostEqual(h.total, 30.206)
+
+    def test_round_trip_and_garbage(self) -> None:
+        h = Histogram()
+        h.observe(0.3)
+        self.assertEqual(Histogram.from_json(h.to_json()), h)
+        self.assertEqual(Histogram.from_json({"counts": [1, 2]}).count, 0)
+        self.assertEqual(Histogram.from_json("junk").count, 0)
+
+
+class TotalsTests(SynchronousTestCase):
+    def test_counters_survive_an_instance(self) -> None:
+        totals = ServiceTotals()
+        a = RequestCounts()
+        a.record(200, 0.01)
+        a.record(200, 0.02)
+        totals.report(11, a)
+        b = RequestCounts()
+        b.record(500, 0.1)
+        totals.report(12, b)
+        totals.instance_gone(11)
+        total = totals.total()
+        self.assertEqual(total.by_status, {200: 2, 500: 1})
+        self.assertEqual(total.latency.count, 3)
+
+    def test_reports_are_cumulative(self) -> None:
+        totals = ServiceTotals()
+        for n in (1, 2, 3):
+            c = RequestCounts(by_status={200: n})
+            totals.report(5, c)
+        self.assertEqual(totals.total().by_status, {200: 3})
+
+    def test_from_json_ignores_malformed(self) -> None:
+        c = RequestCounts.from_json({"status": {"200": 3, "x": 1, "404": -1}, "latency": None})
+        self.assertEqual(c.by_status, {200: 3})
+
+
+class RenderTests(SynchronousTestCase):
+    def test_page(self) -> None:
+        counts = RequestCounts()
+        counts.record(200, 0.02)
+        counts.record(404, None)
+        page = render(
+            ["hello"],
+            {"hello": counts},
+            {"queue_depth": {"hello": 2}},
+            {"restarts_total": {"hello": 1}},
+            {"up": 1, "handoff_failures_total": 0},
+        )
+        lines = page.splitlines()
+        self.assertIn("# TYPE okws_requests_total counter", lines)
+        self.assertIn('okws_requests_total{service="hello",code="200"} 1', lines)
+        self.assertIn('okws_requests_total{service="hello",code="404"} 1', lines)
+        self.assertIn('okws_request_duration_seconds_bucket{service="hello",le="0.025"} 1', lines)
+        self.assertIn('okws_request_duration_seconds_bucket{service="hello",le="+Inf"} 1', lines)
+        self.assertIn('okws_request_duration_seconds_count{service="hello"} 1', lines)
+        self.assertIn('okws_queue_depth{service="hello"} 2', lines)
+        self.assertIn("# TYPE okws_restarts_total counter", lines)
+        self.assertIn("# TYPE okws_handoff_failures_total counter", lines)
+        self.assertIn("okws_up 1", lines)
+        self.assertTrue(page.endswith("\n"))
+
+    def test_label_escaping(self) -> None:
+        page = render(['we"ird\\'], {}, {}, {}, {})
+        self.assertIn('service="we\\"ird\\\\"', page)
