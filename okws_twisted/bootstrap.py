@@ -65,6 +65,14 @@ def main(argv: list[str]) -> NoReturn:
         print(f"okws child: expected a {role} config, got {first.kind}", file=sys.stderr)
         sys.exit(2)
     site = SiteConfig.from_json(first.payload.decode("utf-8"))
+    if "jail" in first.meta:
+        from okws_twisted.jail import JailError, JailSpec, enter
+
+        try:
+            enter(JailSpec.from_json(first.meta["jail"]))
+        except (JailError, OSError, KeyError, ValueError) as e:
+            print(f"okws child {role}: cannot enter its jail: {e}", file=sys.stderr)
+            os._exit(3)
     _log_to_stderr()
 
     # The launcher decides when children stop; a terminal's Ctrl-C reaches the

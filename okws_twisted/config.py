@@ -165,10 +165,14 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
     "max_connections": _Number(int, 1, "connections"),
     "restart_after_requests": _Number(int, 0, "requests"),
     "restart_after_seconds": _SECONDS_OR_ZERO,
+    "uid": _Number(int, 0, "uid", maximum=2**31 - 2),
+    "gid": _Number(int, 0, "gid", maximum=2**31 - 2),
 }
 
-_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", *_OKWS_NUMBERS)
-_SERVICE_KEYS = ("resource", "paths", *_SERVICE_NUMBERS)
+_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", *_OKWS_NUMBERS)
+_SERVICE_KEYS = ("resource", "paths", "network", "scratch", *_SERVICE_NUMBERS)
+_NETWORK_CHOICES = ("none", "host")
+_BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +474,10 @@ class ServiceConfig:
     max_connections: int = 1000
     restart_after_requests: int = 0
     restart_after_seconds: float = 0.0
+    uid: int = 0
+    gid: int = 0
+    network: str = "none"
+    scratch: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SERVICE_NAME.fullmatch(self.name):
@@ -480,6 +488,10 @@ class ServiceConfig:
             )
         _check_resource(self.resource)
         object.__setattr__(self, "paths", _normalize_paths(self.paths))
+        if self.network not in _NETWORK_CHOICES:
+            raise _FieldError("network", f"expected one of {', '.join(_NETWORK_CHOICES)}, got {self.network!r}")
+        if not isinstance(self.scratch, bool):
+            raise _FieldError("scratch", f"expected yes or no, got {self.scratch!r}")
         for key, number in _SERVICE_NUMBERS.items():
             problem = number.check(getattr(self, key))
             if problem:
@@ -546,6 +558,8 @@ class SiteConfig:
     heartbeat_timeout: float = 30.0
     control_socket: str = ""
     admin: Listener | None = None
+    jail_root: str = "/var/lib/okws/jails"
+    uid_range: tuple[int, int] = (51000, 52000)
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:
@@ -639,6 +653,7 @@ class SiteConfig:
             if not isinstance(document, dict) or document.pop("format", None) != _JSON_FORMAT:
                 raise ValueError(f"not an okws site config (format {_JSON_FORMAT})")
             document["listen"] = tuple(Listener(**item) for item in document["listen"])
+            document["uid_range"] = tuple(document.get("uid_range", (51000, 52000)))
             if document.get("admin") is not None:
                 document["admin"] = Listener(**document["admin"])
             document["services"] = tuple(
@@ -742,6 +757,16 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             raise fail("okws", key, f"expected one directory on one line, got {value!r}")
         site[key] = os.path.normpath(os.path.join(base_dir, value))
 
+    jail_root = okws.get("jail_root", "/var/lib/okws/jails").strip()
+    if not jail_root or "\n" in jail_root:
+        raise fail("okws", "jail_root", f"expected one directory, got {jail_root!r}")
+    site["jail_root"] = os.path.normpath(os.path.join(base_dir, jail_root))
+    if "uid_range" in okws:
+        m = re.fullmatch(r"\s*([0-9]+)\s*-\s*([0-9]+)\s*", okws["uid_range"])
+        if not m or not (0 < int(m.group(1)) < int(m.group(2)) < 2**31 - 1):
+            raise fail("okws", "uid_range", f"expected FIRST-LAST with 0 < FIRST < LAST, got {okws['uid_range']!r}")
+        site["uid_range"] = (int(m.group(1)), int(m.group(2)))
+
     control = okws.get("control_socket", "okws.ctl")
     if not control or "\n" in control:
         raise fail("okws", "control_socket", f"expected one path, got {control!r}")
@@ -816,6 +841,13 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
             raise fail(name, key, f"missing; expected {example}")
     kwargs["resource"] = section["resource"]
     kwargs["paths"] = tuple(section["paths"].split())
+    if "network" in section:
+        kwargs["network"] = section["network"].strip()
+    if "scratch" in section:
+        word = section["scratch"].strip().lower()
+        if word not in _BOOL_WORDS:
+            raise fail(name, "scratch", f"expected yes or no, got {section['scratch']!r}")
+        kwargs["scratch"] = _BOOL_WORDS[word]
     for key, number in _SERVICE_NUMBERS.items():
         if key in section:
             try:

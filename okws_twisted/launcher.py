@@ -268,6 +268,8 @@ class ChildSlot:
             meta["service"] = self.service
             meta["index"] = self.index
             extra_paths.append(launcher.config.base_dir)
+        if launcher.jailed:
+            meta["jail"] = launcher.jail_spec(self).to_json()
         args = [sys.executable, "-m", "okws_twisted.bootstrap", self.role, self.name]
         proc = ChildProcess(self, reactor.seconds(), launcher.config.heartbeat_timeout)
         try:
@@ -436,6 +438,8 @@ class Launcher(Service):
         self.instances = [ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)]
         self.stopping = False
         self._site_ready = False
+        self.jailed = os.geteuid() == 0
+        self._uids: Any = None
         self._watchdog = LoopingCall(self._tick)
         self._watchdog.clock = reactor
         self.control_port: Any = None
@@ -446,11 +450,13 @@ class Launcher(Service):
 
     def startService(self) -> None:
         super().startService()
-        if os.geteuid() != 0:
+        if not self.jailed:
             self.log.info(
                 "okws is not running as root: every process runs as uid {uid} without jails",
                 uid=os.geteuid(),
             )
+        else:
+            self.log.info("running as root: each child gets its own uid and a jail under {root}", root=self.config.jail_root)
         for slot in self.instances:
             slot.spawn()
         self.dispatcher.spawn()
@@ -464,6 +470,29 @@ class Launcher(Service):
         self.log.info("SIGHUP: reloading {file}", file=self.config.file)
         d = self.reload()
         d.addErrback(lambda f: self.log.error("reload refused: {error}", error=f.getErrorMessage()))
+
+    def jail_spec(self, slot: ChildSlot) -> Any:
+        """The jail of one child (root only): its own ids, and only the paths its job needs."""
+        from okws_twisted import jailplan
+
+        site = self.config
+        if self._uids is None:
+            jailplan.prepare_jail_root(site)
+            self._uids = jailplan.UidPlan(site, jailplan.uids_in_use())
+        if slot.role == "service":
+            service = slot.service_config()
+            assert service is not None
+            uid, gid = self._uids.ids_for(f"service:{service.name}", service)
+            binds = jailplan.service_binds(site, service)
+            if service.scratch:
+                path = jailplan.prepare_scratch(site, service, uid, gid)
+                binds.append(jailplan.Bind(path, writable=True, target="/scratch"))
+            return jailplan.jail_for(
+                site, slot.name, uid, gid, binds, new_net=service.network == "none", nofile=service.max_connections + 256
+            )
+        uid, gid = self._uids.ids_for(slot.role)
+        nofile = site.max_connections + 1024 if slot.role == "dispatcher" else jailplan.ROLE_NOFILE
+        return jailplan.jail_for(site, slot.name, uid, gid, jailplan.role_binds(site, slot.role, uid, gid), nofile=nofile)
 
     def _tick(self) -> None:
         now = self.reactor.seconds()

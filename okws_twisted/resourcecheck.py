@@ -8,11 +8,14 @@ the start-up before anything is spawned.  So the launcher runs
 ``python -m okws_twisted.resourcecheck`` once, feeding it the site
 configuration as JSON on stdin; this process imports each resource, checks
 that it is a L{ServiceResource} subclass that can be built with no arguments,
-prints one line per problem, and exits 1 if there was any.
+prints one line per problem, and exits 1 if there was any.  Started by root,
+it first enters a jail like a service's (see L{okws_twisted.jail}) as the
+unprivileged uid given as its argument (``UID:GID``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -38,10 +41,24 @@ def problems(site: "object") -> list[str]:
     return out
 
 
+def enter_check_jail(site: "object", uid: int, gid: int) -> None:
+    """Import site code as a service will: unprivileged, in a jail that shows only
+    Python and the services' packages, with no network."""
+    from okws_twisted import jailplan
+    from okws_twisted.jail import enter
+
+    binds = [b for service in site.services for b in jailplan.service_binds(site, service)]  # type: ignore[attr-defined]
+    jailplan.prepare_jail_root(site)  # type: ignore[arg-type]
+    enter(jailplan.jail_for(site, "resourcecheck", uid, gid, binds, new_net=True))  # type: ignore[arg-type]
+
+
 def main() -> int:
     from okws_twisted.config import SiteConfig
 
     site = SiteConfig.from_json(sys.stdin.read())
+    if len(sys.argv) > 1 and os.geteuid() == 0:
+        uid, _, gid = sys.argv[1].partition(":")
+        enter_check_jail(site, int(uid), int(gid))
     found = problems(site)
     for line in found:
         print(line)

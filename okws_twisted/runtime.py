@@ -15,6 +15,8 @@ where a request ends.
 
 from __future__ import annotations
 
+import io
+import os
 import socket
 from typing import Any, Callable
 
@@ -59,7 +61,18 @@ def origin_form(head: RequestHead, raw: bytes) -> bytes:
 
 
 class ServiceRequest(server.Request):
-    """A twisted.web request that tells its connection when it is answered."""
+    """A twisted.web request that tells its connection when it is answered.
+
+    Request bodies live in memory (an anonymous C{memfd} above 100 KB), never
+    in a temporary file: a jailed service has no writable directory.  The
+    framer has already bounded the body by the service's C{max_body}.
+    """
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length < 100_000:
+            self.content = io.BytesIO()
+        else:
+            self.content = os.fdopen(os.memfd_create("okws-request-body", os.MFD_CLOEXEC), "w+b")
 
     def process(self) -> None:
         conn = getattr(self.channel, "okws_connection", None)

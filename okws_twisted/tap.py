@@ -29,11 +29,21 @@ def _fail(message: str) -> None:
     raise SystemExit(1)
 
 
+def _checker_args(site: SiteConfig) -> list[str]:
+    """The checker's arguments: as root, an unused uid to import site code as."""
+    if os.geteuid() != 0:
+        return ["-m", "okws_twisted.resourcecheck"]
+    from okws_twisted.jailplan import UidPlan, uids_in_use
+
+    uid, gid = UidPlan(site, uids_in_use()).ids_for("resourcecheck")
+    return ["-m", "okws_twisted.resourcecheck", f"{uid}:{gid}"]
+
+
 def check_resources(site: SiteConfig) -> list[str]:
     """Import each service's resource in a separate process; return the problems."""
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "okws_twisted.resourcecheck"],
+            [sys.executable, *_checker_args(site)],
             input=site.to_json(),
             capture_output=True,
             text=True,
@@ -50,7 +60,8 @@ def _problems_from(site: SiteConfig, code: int, out: str, err: str) -> list[str]
     if code == 0:
         return []
     lines = [line for line in out.splitlines() if line.strip()]
-    return lines or [f"{site.file}: checking the service resources failed: {err.strip()[-500:]}"]
+    last = err.strip().splitlines()[-1:] or ["no output"]
+    return lines or [f"{site.file}: checking the service resources failed: {last[0]}"]
 
 
 def check_resources_async(site: SiteConfig, reactor: Any) -> Any:
@@ -59,7 +70,7 @@ def check_resources_async(site: SiteConfig, reactor: Any) -> Any:
 
     d = getProcessOutputAndValue(
         sys.executable,
-        ["-m", "okws_twisted.resourcecheck"],
+        _checker_args(site),
         env=child_environment([site.base_dir]),
         path=site.base_dir,
         reactor=reactor,

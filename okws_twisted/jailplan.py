@@ -1,0 +1,152 @@
+# -*- test-case-name: tests.test_jailplan -*-
+"""
+The launcher's side of privilege separation (OKWS okld's uid assignment and jail set-up).
+
+When started as root, the launcher gives every child its own uid and gid
+(per service; instances of one service share them), taken from the
+configured ``uid_range`` unless a service names its own, skipping ids that
+exist in ``/etc/passwd`` or ``/etc/group`` or own a running process; and it
+plans each child's jail (L{okws_twisted.jail.JailSpec}): which host paths the
+child sees, read-only unless its job is to write them.  The launcher never
+imports site code to do so: a service's package is located with
+``importlib.util.find_spec`` on its top-level name, which reads no module.
+"""
+
+from __future__ import annotations
+
+import grp
+import importlib.machinery
+import os
+import pwd
+import sys
+from typing import Iterable
+
+from okws_twisted.config import ServiceConfig, SiteConfig
+from okws_twisted.jail import Bind, JailSpec
+
+__all__ = ["Bind", "JailSpec", "UidPlan", "jail_for", "service_binds", "role_binds", "python_binds"]
+
+#: Host paths every jailed Python process needs, read-only: the dynamic
+#: loader's libraries (twisted.web imports zlib, which links libz) and cache.
+SYSTEM_BINDS = ("/usr/lib", "/lib", "/lib64", "/usr/lib64", "/etc/ld.so.cache")
+ROLE_NOFILE = 4096
+
+
+def uids_in_use() -> set[int]:
+    """Every uid and gid the system already knows of or runs processes as."""
+    used = {p.pw_uid for p in pwd.getpwall()} | {p.pw_gid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith(("Uid:", "Gid:")):
+                        used.update(int(x) for x in line.split()[1:])
+        except OSError:
+            continue
+    return used
+
+
+class UidPlan:
+    """Assigns ids from the site's range, each once, skipping those in use."""
+
+    def __init__(self, site: SiteConfig, used: set[int]) -> None:
+        self._next = site.uid_range[0]
+        self._last = site.uid_range[1]
+        self._used = set(used) | {s.uid for s in site.services if s.uid} | {s.gid for s in site.services if s.gid}
+        self._given: dict[str, tuple[int, int]] = {}
+
+    def ids_for(self, key: str, service: ServiceConfig | None = None) -> tuple[int, int]:
+        """The (uid, gid) of C{key} (``"dispatcher"``, ``"service:hello"``, ...)."""
+        if key in self._given:
+            return self._given[key]
+        if service is not None and service.uid:
+            ids = (service.uid, service.gid or service.uid)
+        else:
+            ids = (self._take(),) * 2
+        self._given[key] = ids
+        return ids
+
+    def _take(self) -> int:
+        while self._next <= self._last:
+            candidate = self._next
+            self._next += 1
+            if candidate not in self._used:
+                self._used.add(candidate)
+                return candidate
+        raise RuntimeError("uid_range is exhausted: widen it")
+
+
+def python_binds() -> list[Bind]:
+    """The interpreter, its virtualenv and the okws package, read-only."""
+    import okws_twisted
+
+    paths = [sys.base_prefix, sys.prefix, os.path.dirname(os.path.abspath(okws_twisted.__file__))]
+    paths += [p for p in SYSTEM_BINDS if os.path.exists(p)]
+    return [Bind(p) for p in _dedupe(paths)]
+
+
+def package_of(module: str, search: list[str]) -> str | None:
+    """The directory (or file) of C{module}'s top-level package, found without importing it."""
+    top = module.split(".", 1)[0]
+    spec = importlib.machinery.PathFinder.find_spec(top, search)
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return spec.origin
+
+
+def service_binds(site: SiteConfig, service: ServiceConfig) -> list[Bind]:
+    """What one service may import from besides Python itself: its own package."""
+    module = service.resource.partition(":")[0]
+    found = package_of(module, [site.base_dir, *sys.path])
+    return [Bind(found)] if found else []
+
+
+def scratch_dir(site: SiteConfig, service: ServiceConfig) -> str:
+    return os.path.join(site.jail_root, "scratch", service.name)
+
+
+def jail_for(
+    site: SiteConfig, name: str, uid: int, gid: int, binds: Iterable[Bind] = (), new_net: bool = False, nofile: int = ROLE_NOFILE
+) -> JailSpec:
+    return JailSpec(
+        root=os.path.join(site.jail_root, name),
+        uid=uid,
+        gid=gid,
+        binds=tuple(python_binds()) + tuple(binds),
+        nofile=nofile,
+        new_net=new_net,
+    )
+
+
+def role_binds(site: SiteConfig, role: str, uid: int, gid: int) -> list[Bind]:
+    """The directories a helper process's job needs (none for the dispatcher)."""
+    return []
+
+
+def prepare_jail_root(site: SiteConfig) -> None:
+    """The jail root: owned by root, not writable by anyone else."""
+    os.makedirs(site.jail_root, mode=0o755, exist_ok=True)
+    os.chown(site.jail_root, 0, 0)
+    os.chmod(site.jail_root, 0o755)
+
+
+def prepare_scratch(site: SiteConfig, service: ServiceConfig, uid: int, gid: int) -> str:
+    """A service's opt-in writable directory, owned by it alone."""
+    path = scratch_dir(site, service)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _dedupe(paths: list[str]) -> list[str]:
+    seen: list[str] = []
+    for p in paths:
+        if p and p not in seen:
+            seen.append(p)
+    return seen
