@@ -24,6 +24,10 @@ other order fails with EPERM or leaves a way out):
 4. ``setgroups([])``, ``setresgid``, ``setresuid`` to the child's own ids.
 5. ``PR_SET_NO_NEW_PRIVS``, ``PR_SET_DUMPABLE = 0``, ``RLIMIT_CORE = 0``, a
    bounded ``RLIMIT_NOFILE``, and the capability bounding set emptied.
+6. For ``network = none``: a seccomp filter refusing every new non-Unix
+   socket and every ``connect``, ``bind`` and ``listen`` (the empty network
+   namespace already leaves nothing to reach; this also stops a process from
+   listening on its own unreachable ports).
 
 Every call's result is checked; a failure aborts the child before it runs
 any role code.
@@ -154,10 +158,6 @@ def enter(spec: JailSpec) -> None:
     flags = CLONE_NEWNS | (CLONE_NEWNET if spec.new_net else 0)
     _check(libc.unshare(ctypes.c_int(flags)), "unshare")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    if spec.new_net:
-        # Loopback stays down: the process can neither connect nor listen
-        # anywhere, yet serves the connections handed to it.
-        pass
 
     os.makedirs(spec.root, mode=0o755, exist_ok=True)
     _mount("okws-jail", spec.root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,uid=0,gid=0")
@@ -192,12 +192,71 @@ def enter(spec: JailSpec) -> None:
     _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
+    if spec.new_net:
+        deny_network_sockets()
     try:
         os.setuid(0)
     except PermissionError:
         pass
     else:
         raise JailError("could become root again")
+
+
+# seccomp: for network = none, no new network sockets at all (defence in depth:
+# the empty network namespace already leaves nothing to connect to, but it
+# would still let a process bind and listen on its own unreachable ports).
+_SECCOMP_MODE_FILTER = 2
+_PR_SET_SECCOMP = 22
+_RET_ALLOW = 0x7FFF0000
+_RET_ERRNO = 0x00050000
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+#: (socket, connect, bind, listen) system call numbers.
+_NET_CALLS = {"x86_64": (41, 42, 49, 50), "aarch64": (198, 203, 200, 201)}
+_AF_UNIX = 1
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def deny_network_sockets() -> None:
+    """Install a seccomp filter: no non-Unix socket, no connect, bind or listen (EPERM).
+
+    Sockets the process already holds, and those passed to it, keep working.
+    """
+    machine = os.uname().machine
+    if machine not in _AUDIT_ARCH:
+        raise JailError(f"network = none needs a seccomp filter for {machine}, which okws does not have")
+    nr_socket, nr_connect, nr_bind, nr_listen = _NET_CALLS[machine]
+    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
+    deny = _RET_ERRNO | errno.EPERM
+    prog = [
+        (ld_w_abs, 0, 0, 4),                                  # 0: arch
+        (jeq_k, 1, 0, _AUDIT_ARCH[machine]),                  # 1: our arch? skip the kill
+        (ret_k, 0, 0, 0),                                     # 2: another ABI: kill
+        (ld_w_abs, 0, 0, 0),                                  # 3: syscall number
+        (jge_k, 0, 1, 0x40000000),                            # 4: x32 ABI numbers: kill
+        (ret_k, 0, 0, 0),                                     # 5
+        (jeq_k, 4, 0, nr_connect),                            # 6 -> 11 deny
+        (jeq_k, 3, 0, nr_bind),                               # 7 -> 11
+        (jeq_k, 2, 0, nr_listen),                             # 8 -> 11
+        (jeq_k, 3, 0, nr_socket),                             # 9 -> 13
+        (ret_k, 0, 0, _RET_ALLOW),                            # 10
+        (ret_k, 0, 0, deny),                                  # 11
+        (ret_k, 0, 0, _RET_ALLOW),                            # 12 (unused)
+        (ld_w_abs, 0, 0, 16),                                 # 13: socket's family (args[0], low word)
+        (jeq_k, 0, 1, _AF_UNIX),                              # 14
+        (ret_k, 0, 0, _RET_ALLOW),                            # 15
+        (ret_k, 0, 0, deny),                                  # 16
+    ]
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+    fprog = _SockFprog(len(prog), filters)
+    libc = _c()
+    _check(libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
 
 
 def drop_bounding_set() -> None:

@@ -56,6 +56,8 @@ class Site:
                 + "\n"
             )
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Words before the command (e.g. setpriv to start as another user).
+        self.prefix: list[str] = []
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
 
@@ -65,7 +67,7 @@ class Site:
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "okws", "--config", self.ini],
+            [*self.prefix, *TWISTD, "-n", "--pidfile=", "okws", "--config", self.ini],
             cwd=self.dir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
