@@ -52,6 +52,16 @@ def import_spec(spec: str) -> Any:
     return obj
 
 
+def _needs_tls(role: str, meta: dict[str, Any], site: Any) -> bool:
+    """Only the TLS front and services that may reach the network load pyOpenSSL."""
+    if role == "tls":
+        return True
+    if role == "service":
+        service = next((s for s in site.services if s.name == meta.get("service")), None)
+        return service is not None and service.network == "host"
+    return False
+
+
 def main(argv: list[str]) -> NoReturn:
     from okws_twisted import control
     from okws_twisted.channel import Message, MessageChannel, read_one_blocking
@@ -73,6 +83,11 @@ def main(argv: list[str]) -> NoReturn:
         except (JailError, OSError, KeyError, ValueError) as e:
             print(f"okws child {role}: cannot enter its jail: {e}", file=sys.stderr)
             os._exit(3)
+    if not _needs_tls(role, first.meta, site):
+        # Twisted's reactor imports pyOpenSSL (about 12 MiB per process) if it
+        # can.  A process that neither terminates TLS nor can reach the
+        # network has no use for it: leave it out.
+        sys.modules["OpenSSL"] = None  # type: ignore[assignment]
     _log_to_stderr()
 
     # The launcher decides when children stop; a terminal's Ctrl-C reaches the

@@ -60,6 +60,16 @@ def origin_form(head: RequestHead, raw: bytes) -> bytes:
     return first + raw[line_end:]
 
 
+def with_connection_close(raw: bytes) -> bytes:
+    """The raw head with C{Connection: close} as its first field.
+
+    twisted.web decides persistence from the first C{Connection} field, so the
+    one put first wins over any the client sent.
+    """
+    line_end = raw.index(b"\r\n", raw.index(b"HTTP/"))
+    return raw[: line_end + 2] + b"Connection: close\r\n" + raw[line_end + 2 :]
+
+
 class ServiceRequest(server.Request):
     """A twisted.web request that tells its connection when it is answered.
 
@@ -206,10 +216,12 @@ class ServiceConnection:
                     self.owned_next = False
                     self.fed += 1
                     self.in_body = True
-                    self.channel.dataReceived(origin_form(event.head, event.raw))
-                    if self.fed >= last and self.channel.requests:
-                        self.channel.persistent = False
-                        self.channel.requests[-1].responseHeaders.setRawHeaders(b"connection", [b"close"])
+                    raw = origin_form(event.head, event.raw)
+                    if self.fed >= last:
+                        # The last request this connection may carry: twisted.web
+                        # answers it with "Connection: close" and then closes.
+                        raw = with_connection_close(raw)
+                    self.channel.dataReceived(raw)
                     self._arm_body_timer()
                 else:
                     # Bytes read after this point join the framer's buffer; the

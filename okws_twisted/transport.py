@@ -114,12 +114,13 @@ class SocketTransport:
         self._read_done = False  # the peer half-closed; the protocol keeps writing
         self._lingering: object = None
         self._discarded = 0
+        self._batch: list[bytes] | None = None
 
     def start(self, data: bytes = b"") -> None:
         """Connect the protocol, replay C{data} already read elsewhere, then read."""
         self.protocol.makeConnection(self)
         if data and self.connected and not self.detached:
-            self.protocol.dataReceived(data)
+            self._deliver(data)
         if self.connected and not self.detached and not self._paused and not self.disconnecting:
             self._start_reading()
 
@@ -154,8 +155,28 @@ class SocketTransport:
             if self._discarded > LINGER_BYTES:
                 return error.ConnectionDone()
             return None
-        self.protocol.dataReceived(data)
+        self._deliver(data)
         return None
+
+    def _deliver(self, data: bytes) -> None:
+        """Give C{data} to the protocol; what it writes meanwhile leaves in one C{send}.
+
+        twisted.web writes a response's head and body separately; sending each
+        at once would cost a system call and a TCP segment apiece.
+        """
+        self._batch = []
+        try:
+            self.protocol.dataReceived(data)
+        finally:
+            self._flush_batch()
+            self._batch = None
+
+    def _flush_batch(self) -> None:
+        """Send what was written during this read (before closing or handing off)."""
+        if self._batch:
+            data = b"".join(self._batch)
+            self._batch = []
+            self._send(data)
 
     def doWrite(self) -> object:
         while self._buffer:
@@ -215,6 +236,14 @@ class SocketTransport:
     def write(self, data: bytes) -> None:
         if not data or not self.connected or self.disconnecting or self.detached:
             return
+        if self._batch is not None:
+            self._batch.append(data)
+            return
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if not self.connected or self.detached:
+            return
         if not self._buffer:
             try:
                 sent = self.socket.send(data)
@@ -246,6 +275,7 @@ class SocketTransport:
         """Close once everything written so far is sent."""
         if not self.connected or self.disconnecting or self.detached:
             return
+        self._flush_batch()
         self.disconnecting = True
         self._stop_reading()
         if not self._buffer:
@@ -263,6 +293,7 @@ class SocketTransport:
         """
         if not self.connected or self.disconnecting or self.detached:
             return
+        self._flush_batch()
         self.disconnecting = True
         self._lingering = True
         if not self._buffer:
@@ -288,13 +319,18 @@ class SocketTransport:
         """Close at once, dropping unsent data."""
         if not self.connected or self.detached:
             return
+        if self._batch:
+            self._batch = []
         self._buffer.clear()
         self._buffered = 0
         self._lose_now(error.ConnectionAborted())
 
     def _lose_now(self, why: Exception) -> None:
-        if self.connected and not self.detached:
-            self._close_now(why)
+        if not self.connected or self.detached:
+            return
+        if self._buffer and isinstance(why, error.ConnectionDone):
+            return  # doWrite closes once the rest is sent
+        self._close_now(why)
 
     def _close_now(self, why: Exception) -> None:
         # Only this process holds the socket now; a half-close first lets the
@@ -346,10 +382,11 @@ class SocketTransport:
     @property
     def write_buffer_size(self) -> int:
         """Bytes written but not yet accepted by the kernel."""
-        return self._buffered
+        return self._buffered + sum(map(len, self._batch or ()))
 
     def notify_flushed(self, callback: Callable[[], None]) -> None:
         """Call C{callback} once the write buffer is empty (now, if it is)."""
+        self._flush_batch()
         if not self._buffer:
             callback()
         else:
@@ -369,6 +406,7 @@ class SocketTransport:
         """
         if not self.connected or self.detached:
             raise RuntimeError("not connected")
+        self._flush_batch()
         self._stop_reading()
         self._stop_writing()
         self.detached = True
