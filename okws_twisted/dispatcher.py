@@ -455,6 +455,7 @@ class Dispatcher:
             self.log.error("a handed-back fd is not a socket: {error}", error=e)
             return
         if self.draining:
+            self.log.info("closing a handed-back connection: the server is stopping")
             sock.close()
             return
         self._start(sock, peer, host, data)

@@ -503,6 +503,7 @@ class ServiceRuntime:
         """Give a connection (and its unread bytes) back to the dispatcher."""
         if self.link is None or not self.link.connected:
             if self.draining or len(self._waiting_backs) >= MAX_WAITING_HANDBACKS:
+                self.log.warn("closing a kept-alive connection: no dispatcher to hand it back to")
                 sock.close()
                 return
             self._waiting_backs.append((sock, data, peer, host))
