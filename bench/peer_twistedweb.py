@@ -1,0 +1,74 @@
+"""
+The benchmark's peer: one plain twisted.web process serving the same resource as okws.
+
+    python bench/peer_twistedweb.py [--port 0] [--resource services.hello:Hello]
+                                    [--access-log PATH] [--backlog 2048]
+
+It builds ``twisted.web.server.Site(Hello())`` and listens on 127.0.0.1 only.
+With ``--port 0`` (the default) the kernel picks a free port; the process
+prints ``listening on 127.0.0.1:PORT`` on stdout once it accepts connections,
+which is what ``bench/run.py`` waits for.
+
+By default it writes no access log (okws's service processes write none either
+yet).  ``--access-log PATH`` makes it write twisted.web's default combined
+access log to PATH, line-buffered, exactly as ``twistd web --logfile PATH``
+does (``Site(root, logPath=PATH)``), for a later comparison of logging costs.
+
+Note that a stock ``Site`` without ``logPath`` is not log-free: it formats a
+combined-log line for every request and sends it to twisted's global legacy log
+(buffered in memory when nothing observes it).  "No access log" here therefore
+overrides ``Site.log`` with a no-op, as okws's ``ServiceSite`` does.
+
+It stops on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(spec: str) -> type:
+    """C{module:Class} -> the class."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SystemExit(f"--resource must look like module:Class, got {spec!r}")
+    module = __import__(module_name, fromlist=[attr])
+    return getattr(module, attr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--resource", default="services.hello:Hello", help="module:Class of the resource")
+    parser.add_argument("--access-log", metavar="PATH", help="write twisted.web's combined access log here")
+    parser.add_argument(
+        "--backlog", type=int, default=2048, help="listen backlog (default 2048, okws's default; twisted's is 50)"
+    )
+    args = parser.parse_args(argv)
+
+    if REPO not in sys.path:
+        # Last, so that a PYTHONPATH naming another source tree (bench/run.py --source) wins.
+        sys.path.append(REPO)
+
+    from twisted.internet import reactor
+    from twisted.web import server
+
+    resource_class = load(args.resource)
+
+    if args.access_log:
+        site = server.Site(resource_class(), logPath=args.access_log)
+    else:
+        site = server.Site(resource_class())
+        site.log = lambda request: None  # type: ignore[method-assign]
+
+    port = reactor.listenTCP(args.port, site, backlog=args.backlog, interface="127.0.0.1")
+    print(f"listening on 127.0.0.1:{port.getHost().port} pid {os.getpid()}", flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

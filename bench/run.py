@@ -1,0 +1,1193 @@
+#!/usr/bin/env python3
+"""
+okws-twisted benchmark harness: okws against one plain twisted.web process.
+
+    .venv/bin/python bench/run.py [--quick] [--duration S] [--connections 50]
+        [--threads 1] [--instances 1] [--repeat N] [--only keepalive|newconn]
+        [--handoff-growth N] [--json PATH] [--peer-access-log PATH]
+
+In one invocation it starts (a) an okws site (``twistd -n okws``) serving the
+hello service (``services.hello:Hello``) on a free loopback port, and (b) one
+plain twisted.web process serving the same resource class
+(``bench/peer_twistedweb.py``), then runs the same wrk workloads against each,
+one server at a time, and reports okws/twisted.web ratios:
+
+  keepalive   wrk -t1 -c50 -d10s --latency URL
+  newconn     the same with -H "Connection: close" (a new connection per request)
+
+Each measured run follows a short warm-up; with --repeat >= 2 the order of
+the two servers alternates between repeats.  It also reports the resident
+memory of every okws process, and, in a separate phase, drives N
+new-connection requests through okws to measure how the dispatcher's memory
+grows.  It reports PASS/MISS against the project's targets; it never fails
+on a miss (exit status 0), only on a harness error (1) or a broken server.
+
+Everything is bounded in time and every process it starts is killed (by
+process group) on exit, on an error and on Ctrl-C.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import http.client
+import json
+import math
+import os
+import platform
+import queue
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+#: Where the okws code, services/ and the hello resource come from (--source; default: this checkout).
+SOURCE = REPO
+PYTHON = sys.executable
+#: twistd, run by this interpreter (no PATH lookup), as tests/e2e.py does.
+TWISTD = [PYTHON, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+PEER = [PYTHON, os.path.join(HERE, "peer_twistedweb.py")]
+REPORT_LUA = os.path.join(HERE, "wrk_report.lua")
+LIMIT_LUA = os.path.join(HERE, "wrk_limit.lua")
+
+RESOURCE = "services.hello:Hello"
+PATH = "/hello"
+OKWS, PEER_NAME = "okws", "twisted.web"
+SERVERS = (OKWS, PEER_NAME)
+WORKLOADS = ("keepalive", "newconn")
+
+START_TIMEOUT = 60.0  # okws "site ready" / peer "listening on"
+STOP_TIMEOUT = 15.0  # SIGTERM -> exit, before SIGKILL
+WRK_GRACE = 30.0  # beyond wrk's own -d before wrk is killed
+SETTLE = 1.0  # idle seconds before a memory reading
+STALL_FRACTION = 0.8  # warn when fewer connections than this were busy on average
+
+TARGETS = {
+    "keepalive": 1.0,  # okws/twisted.web req/s
+    "newconn": 0.8,
+    "idle_instance_rss_mib": 40.0,
+    "dispatcher_growth_mib": 10.0,  # over 100k connections
+}
+GROWTH_TARGET_CONNECTIONS = 100_000
+MIB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class HarnessError(Exception):
+    """The harness could not do its job (not a performance miss)."""
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr; the report goes to stdout."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes: every one in its own session, every one killed at the end
+
+
+try:
+    import ctypes
+
+    _LIBC: Any = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    _LIBC = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_harness() -> None:
+    """In the forked child: SIGKILL it if the harness dies without cleaning up (SIGKILL, OOM)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Reaper:
+    """Every process the harness started; kills them all (process groups first)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.extra: list[tuple[int, str]] = []  # (pid, cmdline marker) of grandchildren
+        self._lock = threading.Lock()
+
+    def popen(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            # Own session: Ctrl-C reaches only the harness, which then stops everything in order.
+            proc = subprocess.Popen(
+                argv, start_new_session=True, stdin=subprocess.DEVNULL, preexec_fn=_die_with_harness, **kw
+            )
+            self.procs.append(proc)
+            return proc
+
+    def watch(self, pid: int, marker: str) -> None:
+        """Also kill C{pid} at the end if its command line still contains C{marker}."""
+        if (pid, marker) not in self.extra:
+            self.extra.append((pid, marker))
+
+    def kill_all(self) -> None:
+        with self._lock:
+            procs, self.procs = self.procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                log(f"pid {proc.pid} did not die after SIGKILL")
+        for pid, marker in self.extra:
+            if marker in cmdline(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.extra = []
+
+
+REAPER = Reaper()
+atexit.register(REAPER.kill_all)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Lines:
+    """Reads a child's stdout lines in a thread; keeps them and copies them to a file."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], copy_to: str | None = None) -> None:
+        self.lines: list[str] = []
+        self._q: queue.Queue[str | None] = queue.Queue()
+        self._seen = 0
+        self._copy = open(copy_to, "w") if copy_to else None
+        self._proc = proc
+        self.closed = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if self._copy:
+                self._copy.write(line + "\n")
+                self._copy.flush()
+            self._q.put(line)
+        self._q.put(None)
+        self.closed.set()
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                line = self._q.get_nowait()
+            except queue.Empty:
+                return self.lines
+            if line is None:
+                self._q.put(None)
+                return self.lines
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float, what: str) -> re.Match[str]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._seen < len(self.lines):
+                m = rx.search(self.lines[self._seen])
+                self._seen += 1
+                if m:
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise HarnessError(f"{what}: no line matching {pattern!r} within {timeout:.0f}s:\n" + self.tail())
+            try:
+                line = self._q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                self._q.put(None)
+                raise HarnessError(f"{what} exited before {pattern!r}:\n" + self.tail())
+            self.lines.append(line)
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.drain()[-n:])
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readings
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of C{pid}, in KiB; {} if it is gone."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of C{pid} so far (0.0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+# ---------------------------------------------------------------------------------------------
+# The two servers
+
+
+class Server:
+    name: str
+    url: str
+
+    def processes(self) -> dict[str, int]:
+        """name -> pid of every process serving, for memory and CPU readings."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """One GET: the hello page, or a HarnessError."""
+        host, port = self.url.split("//")[1].split("/")[0].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("GET", PATH + "?name=bench")
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError as e:
+            raise HarnessError(f"{self.name}: GET {PATH} failed: {e}") from None
+        finally:
+            conn.close()
+        if resp.status != 200 or b"Hello, bench!" not in body:
+            raise HarnessError(f"{self.name}: GET {PATH} answered {resp.status}: {body[:200]!r}")
+
+
+class OkwsSite(Server):
+    """An okws site with only the hello service, in a scratch directory."""
+
+    name = OKWS
+
+    def __init__(self, workdir: str, instances: int, settings: list[tuple[str, str]] = []) -> None:
+        self.dir = workdir
+        self.instances = instances
+        os.symlink(os.path.join(SOURCE, "services"), os.path.join(workdir, "services"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}{PATH}"
+        self.ini = os.path.join(workdir, "site.ini")
+        self.log_path = os.path.join(workdir, "okws.log")
+        extra = "".join(f"{key} = {value}\n" for key, value in settings)
+        with open(self.ini, "w") as f:
+            f.write(
+                f"[okws]\nlisten = tcp:{self.port}:interface=127.0.0.1\n{extra}\n"
+                + textwrap.dedent(
+                    f"""\
+                    [service:hello]
+                    resource = {RESOURCE}
+                    paths = {PATH}
+                    instances = {instances}
+                    """
+                )
+            )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.out: Lines | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = SOURCE + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = REAPER.popen(
+            [*TWISTD, "-n", "--pidfile=", "okws", "--config", self.ini],
+            cwd=self.dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.out = Lines(self.proc, self.log_path)
+        self.out.wait_for(r"site ready", START_TIMEOUT, "okws")
+        for name, pid in self.children().items():
+            REAPER.watch(pid, "okws_twisted")
+        want = {"dispatcher"} | {f"hello.{i}" for i in range(self.instances)}
+        missing = want - set(self.children())
+        if missing:
+            raise HarnessError(f"okws: site ready but no pid seen for {sorted(missing)}:\n" + self.out.tail())
+
+    def children(self) -> dict[str, int]:
+        """The current pid of each child, from the launcher's "started NAME as pid N" lines."""
+        assert self.out is not None
+        pids: dict[str, int] = {}
+        for line in self.out.drain():
+            m = re.search(r"started (\S+) as pid (\d+)", line)
+            if m:
+                pids[m.group(1)] = int(m.group(2))
+        return pids
+
+    def processes(self) -> dict[str, int]:
+        assert self.proc is not None
+        return {"launcher": self.proc.pid, **dict(sorted(self.children().items()))}
+
+    def incidents(self) -> list[str]:
+        """Log lines that suggest trouble: child exits, tracebacks, errors."""
+        assert self.out is not None
+        rx = re.compile(r"exited|Traceback|#error\]|#critical\]|Unhandled|#warn\]")
+        return [line for line in self.out.drain() if rx.search(line)]
+
+    def stop(self) -> int | None:
+        """SIGTERM the launcher and wait (bounded); then kill whatever is left."""
+        if self.proc is None:
+            return None
+        status = self.proc.poll()
+        if status is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                status = self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log(f"okws launcher did not stop within {STOP_TIMEOUT:.0f}s of SIGTERM; killing it")
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return status
+
+
+class Peer(Server):
+    """bench/peer_twistedweb.py: Site(Hello()) in one process."""
+
+    name = PEER_NAME
+
+    def __init__(self, workdir: str, access_log: str | None) -> None:
+        self.dir = workdir
+        self.access_log = access_log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        argv = [*PEER, "--port", "0", "--resource", RESOURCE]
+        if self.access_log:
+            argv += ["--access-log", os.path.abspath(self.access_log)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = SOURCE + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = REAPER.popen(argv, cwd=SOURCE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        self.out = Lines(self.proc, os.path.join(self.dir, "peer.log"))
+        m = self.out.wait_for(r"listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT, "twisted.web peer")
+        self.url = f"http://127.0.0.1:{m.group(1)}{PATH}"
+
+    def processes(self) -> dict[str, int]:
+        assert self.proc is not None
+        return {"twisted.web": self.proc.pid}
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        status = self.proc.poll()
+        if status is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                status = self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return status
+
+
+# ---------------------------------------------------------------------------------------------
+# wrk
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    errors: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    text: str = ""
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "rps": round(self.rps, 1),
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "max_ms": self.max_ms,
+            "mean_ms": self.mean_ms,
+            "errors": dict(self.errors),
+            "error_count": self.error_count,
+        }
+
+
+def wrk_argv(url: str, seconds: int, connections: int, threads: int, close: bool, latency: bool, script: str) -> list[str]:
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s", "-s", script]
+    if latency:
+        argv.append("--latency")
+    if close:
+        argv += ["-H", "Connection: close"]
+    return [*argv, url]
+
+
+def parse_bench(text: str, argv: list[str]) -> WrkResult:
+    m = re.search(r"^BENCH((?: -?\d+){11})\s*$", text, re.M)
+    if not m:
+        raise HarnessError(f"no summary from {' '.join(argv)}:\n{text[-2000:]}")
+    v = [int(x) for x in m.group(1).split()]
+    errors = dict(zip(("connect", "read", "write", "status", "timeout"), v[2:7]))
+    return WrkResult(
+        requests=v[1],
+        seconds=v[0] / 1e6,
+        errors=errors,
+        p50_ms=v[7] / 1000,
+        p99_ms=v[8] / 1000,
+        max_ms=v[9] / 1000,
+        mean_ms=v[10] / 1000,
+        text=text,
+    )
+
+
+def run_wrk(url: str, seconds: int, connections: int, threads: int, close: bool, latency: bool = True) -> WrkResult:
+    """One timed wrk run; its summary from wrk_report.lua."""
+    argv = wrk_argv(url, seconds, connections, threads, close, latency, REPORT_LUA)
+    proc = REAPER.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=seconds + WRK_GRACE)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise HarnessError(f"wrk did not finish within {seconds + WRK_GRACE:.0f}s: {' '.join(argv)}") from None
+    text = out.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise HarnessError(f"wrk exited {proc.returncode}: {' '.join(argv)}\n{text[-2000:]}")
+    return parse_bench(text, argv)
+
+
+def run_wrk_count(url: str, count: int, connections: int, threads: int, bound: int) -> tuple[WrkResult, float, bool]:
+    """Drive about C{count} new-connection requests (wrk_limit.lua), at most C{bound} seconds.
+
+    Returns the wrk summary (its request count is what actually completed), the
+    wall-clock seconds until every thread reached its limit, and whether they did.
+    """
+    threads = max(1, min(threads, connections))
+    per_thread = max(1, math.ceil(count / threads))
+    argv = wrk_argv(url, bound, connections, threads, True, False, LIMIT_LUA) + ["--", str(per_thread)]
+    t0 = time.monotonic()
+    proc = REAPER.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = Lines(proc)
+    reached = 0
+    elapsed = None
+    try:
+        deadline = t0 + bound + WRK_GRACE
+        while reached < threads:
+            try:
+                out.wait_for(r"^LIMIT-REACHED$", max(0.1, deadline - time.monotonic()), "wrk")
+            except HarnessError:
+                break  # wrk's -d ran out first (or it died): use what completed
+            reached += 1
+        if reached == threads:
+            elapsed = time.monotonic() - t0
+            proc.send_signal(signal.SIGINT)
+        proc.wait(max(1.0, deadline - time.monotonic()) + 10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise HarnessError(f"wrk did not finish: {' '.join(argv)}") from None
+    out.closed.wait(10)  # wrk has exited; its last lines are on their way
+    text = "\n".join(out.drain())
+    result = parse_bench(text, argv)
+    if elapsed is None:
+        elapsed = result.seconds
+    return result, elapsed, reached == threads
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+@dataclass
+class Options:
+    duration: int
+    warmup: int
+    connections: int
+    threads: int
+    instances: int
+    repeat: int
+    workloads: tuple[str, ...]
+    handoff: int
+    json_path: str | None
+    peer_access_log: str | None
+    quick: bool
+    okws_settings: list[tuple[str, str]]
+
+
+@dataclass
+class Bench:
+    opts: Options
+    okws: OkwsSite
+    peer: Peer
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    handoff: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def server(self, name: str) -> Server:
+        return self.okws if name == OKWS else self.peer
+
+    def read_memory(self, label: str) -> None:
+        for server in (self.okws, self.peer):
+            for proc_name, pid in server.processes().items():
+                key = "twisted.web peer" if server is self.peer else proc_name
+                self.memory.setdefault(key, {})[label] = rss_kib(pid)
+
+    def measure(self, workload: str, server_name: str, repeat: int) -> dict[str, Any]:
+        server = self.server(server_name)
+        o = self.opts
+        close = workload == "newconn"
+        log(f"{workload} / {server_name} (repeat {repeat + 1}/{o.repeat}): warm-up {o.warmup}s, run {o.duration}s")
+        warm = run_wrk(server.url, o.warmup, o.connections, o.threads, close, latency=False)
+        procs = server.processes()
+        cpu0 = {n: cpu_seconds(p) for n, p in procs.items()}
+        busy0, _ = machine_cpu()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        result = run_wrk(server.url, o.duration, o.connections, o.threads, close, latency=True)
+        wall = time.monotonic() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy1, _ = machine_cpu()
+        cpu = {n: round(cpu_seconds(p) - cpu0[n], 3) for n, p in procs.items()}
+        cpu_total = sum(cpu.values())
+        # CPU used by wrk (the only child reaped during the run), and by everything else on the
+        # machine: other tenants' load is what makes absolute numbers unreliable here.
+        wrk_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        machine_cores = (busy1 - busy0) / CLK_TCK / wall
+        other_cores = max(0.0, machine_cores - (cpu_total + wrk_cpu) / wall)
+        run = {
+            "workload": workload,
+            "server": server_name,
+            "repeat": repeat,
+            "warmup": warm.as_dict(),
+            **result.as_dict(),
+            # Little's law: requests in flight on average. Well below the connection count means
+            # requests waited outside wrk's latency clock (stalled connections, reconnects) or
+            # the client was the bottleneck.
+            "busy_connections": round(result.rps * result.mean_ms / 1000, 1),
+            "cpu_seconds": cpu,
+            "cpu_us_per_request": round(cpu_total / result.requests * 1e6, 1) if result.requests else None,
+            "cpu_cores_used": {n: round(c / wall, 2) for n, c in cpu.items()},
+            "wrk_cores_used": round(wrk_cpu / wall, 2),
+            "machine_cores_busy": round(machine_cores, 2),
+            "other_cores_busy": round(other_cores, 2),
+        }
+        log(
+            f"  {result.rps:.0f} req/s, p99 {result.p99_ms:.1f} ms, errors {result.error_count}, "
+            f"busy connections {run['busy_connections']:.0f}/{o.connections}"
+            + (f" (warm-up errors {warm.error_count})" if warm.error_count else "")
+            + ", cores used: "
+            + " ".join(f"{n} {c:.2f}" for n, c in run["cpu_cores_used"].items())
+            + f", wrk {run['wrk_cores_used']:.2f}, others on the machine {other_cores:.2f}"
+        )
+        self.runs.append(run)
+        return run
+
+    def workloads(self) -> None:
+        o = self.opts
+        for w_index, workload in enumerate(o.workloads):
+            for r in range(o.repeat):
+                order = SERVERS if (r + w_index) % 2 == 0 else tuple(reversed(SERVERS))
+                for name in order:
+                    self.measure(workload, name, r)
+
+    def handoff_growth(self) -> None:
+        """N new-connection requests through okws, in chunks; the dispatcher's RSS after each."""
+        o = self.opts
+        n = o.handoff
+        chunks = 5 if n >= 5 else 1
+        sizes = [n // chunks + (1 if i < n % chunks else 0) for i in range(chunks)]
+        procs = self.okws.processes()
+        log(f"handoff growth: {n} new-connection requests through okws in {chunks} chunks")
+        time.sleep(SETTLE)
+        before = {name: rss_kib(pid) for name, pid in procs.items()}
+        checkpoints: list[dict[str, Any]] = []
+        done = 0
+        errors: dict[str, int] = {}
+        seconds = 0.0
+        complete = True
+        for size in sizes:
+            bound = int(max(30, size / 200))  # at least 200 conn/s, or the phase stops short
+            result, elapsed, reached = run_wrk_count(self.okws.url, size, o.connections, o.threads, bound)
+            done += result.requests
+            seconds += elapsed
+            for k, v in result.errors.items():
+                errors[k] = errors.get(k, 0) + v
+            checkpoints.append(
+                {"connections": done, "dispatcher_rss_kib": rss_kib(procs["dispatcher"]).get("VmRSS")}
+            )
+            log(f"  {done} done ({result.requests / elapsed:.0f}/s), dispatcher RSS {checkpoints[-1]['dispatcher_rss_kib']} KiB")
+            if not reached:
+                complete = False
+                log(f"  wrk's {bound}s bound ran out before {size} requests; stopping the phase")
+                break
+        time.sleep(SETTLE)
+        after = {name: rss_kib(pid) for name, pid in procs.items()}
+        d0 = before["dispatcher"].get("VmRSS", 0)
+        d1 = after["dispatcher"].get("VmRSS", 0)
+        # Growth per 1k connections, fitted over the checkpoints after the first chunk (the
+        # first chunk may include one-off growth: allocator arenas, lazily built caches).
+        slope = None
+        pts = [(c["connections"], c["dispatcher_rss_kib"]) for c in checkpoints[1:] if c["dispatcher_rss_kib"]]
+        if len(pts) >= 2:
+            mx = sum(x for x, _ in pts) / len(pts)
+            my = sum(y for _, y in pts) / len(pts)
+            den = sum((x - mx) ** 2 for x, _ in pts)
+            if den:
+                slope = sum((x - mx) * (y - my) for x, y in pts) / den * 1000
+        self.handoff = {
+            "requested": n,
+            "completed": done,
+            "complete": complete,
+            "seconds": round(seconds, 2),
+            "rate_per_s": round(done / seconds, 1) if seconds else None,
+            "errors": errors,
+            "error_count": sum(errors.values()),
+            "rss_kib_before": before,
+            "rss_kib_after": after,
+            "checkpoints": checkpoints,
+            "dispatcher_growth_kib": d1 - d0,
+            "dispatcher_growth_mib": round((d1 - d0) / 1024, 2),
+            "dispatcher_kib_per_1k_connections": round(slope, 2) if slope is not None else None,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and the report
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def summarize(bench: Bench) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for workload in bench.opts.workloads:
+        entry: dict[str, Any] = {}
+        for name in SERVERS:
+            runs = [r for r in bench.runs if r["workload"] == workload and r["server"] == name]
+            errs: dict[str, int] = {}
+            for r in runs:
+                for k, v in r["errors"].items():
+                    errs[k] = errs.get(k, 0) + v
+            cpu = [r["cpu_us_per_request"] for r in runs if r["cpu_us_per_request"]]
+            entry[name] = {
+                "rps": round(mean([r["rps"] for r in runs]), 1),
+                "p99_ms": round(mean([r["p99_ms"] for r in runs]), 3),
+                "errors": sum(errs.values()),
+                "error_kinds": errs,
+                "cpu_us_per_request": round(mean(cpu), 1) if cpu else None,
+                "busy_connections": round(mean([r["busy_connections"] for r in runs]), 1),
+                "runs": len(runs),
+            }
+        pairs = []
+        for r in range(bench.opts.repeat):
+            a = [x for x in bench.runs if x["workload"] == workload and x["repeat"] == r and x["server"] == OKWS]
+            b = [x for x in bench.runs if x["workload"] == workload and x["repeat"] == r and x["server"] == PEER_NAME]
+            if a and b and b[0]["rps"]:
+                pairs.append(round(a[0]["rps"] / b[0]["rps"], 3))
+        peer_rps = entry[PEER_NAME]["rps"]
+        ratio = entry[OKWS]["rps"] / peer_rps if peer_rps else 0.0
+        entry["ratio"] = round(ratio, 3)
+        a, b = entry[OKWS]["cpu_us_per_request"], entry[PEER_NAME]["cpu_us_per_request"]
+        entry["cpu_per_request_ratio"] = round(a / b, 3) if a and b else None
+        entry["ratio_per_repeat"] = pairs
+        entry["target"] = TARGETS[workload]
+        # A ratio over failing responses means nothing: any error makes the target a MISS.
+        entry["errors_invalidate"] = bool(entry[OKWS]["errors"] or entry[PEER_NAME]["errors"])
+        entry["pass"] = ratio >= TARGETS[workload] and not entry["errors_invalidate"]
+        results[workload] = entry
+    return results
+
+
+def targets(bench: Bench, results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    labels = {"keepalive": "keep-alive req/s okws/twisted.web", "newconn": "new-connection req/s okws/twisted.web"}
+    for workload in bench.opts.workloads:
+        r = results[workload]
+        out.append(
+            {
+                "name": labels[workload],
+                "value": r["ratio"],
+                "shown": f"{r['ratio']:.2f}x" + (" (errors)" if r["errors_invalidate"] else ""),
+                "target": f">= {TARGETS[workload]:.1f}x",
+                "pass": r["pass"],
+            }
+        )
+    instance_rss = {
+        name: max(v.get("VmRSS", 0) for label, v in readings.items() if label in ("start", "after runs"))
+        for name, readings in bench.memory.items()
+        if re.fullmatch(r"hello\.\d+", name)
+    }
+    if instance_rss:
+        worst = max(instance_rss.values()) / 1024
+        out.append(
+            {
+                "name": "idle instance RSS (largest, at start and after the runs)",
+                "value": round(worst, 1),
+                "shown": f"{worst:.1f} MiB",
+                "target": f"< {TARGETS['idle_instance_rss_mib']:.0f} MiB",
+                "pass": worst < TARGETS["idle_instance_rss_mib"],
+            }
+        )
+    h = bench.handoff
+    if h is not None:
+        growth = h["dispatcher_growth_mib"]
+        name = f"dispatcher RSS growth over {GROWTH_TARGET_CONNECTIONS // 1000}k connections"
+        if h["completed"] < GROWTH_TARGET_CONNECTIONS:
+            name = f"dispatcher RSS growth over {h['completed']} conns (indicative)"
+        out.append(
+            {
+                "name": name,
+                "value": growth,
+                "shown": f"{growth:+.2f} MiB",
+                "target": f"< {TARGETS['dispatcher_growth_mib']:.0f} MiB",
+                "pass": growth < TARGETS["dispatcher_growth_mib"],
+            }
+        )
+    return out
+
+
+def code_state() -> str:
+    """The commit being measured, and whether the working tree differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", SOURCE, "log", "-1", "--format=%h %ci %s"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", SOURCE, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    env = dict(os.environ, PYTHONPATH=SOURCE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        package = subprocess.run(
+            [PYTHON, "-c", "import okws_twisted; print(okws_twisted.__file__)"],
+            capture_output=True, text=True, timeout=30, cwd=SOURCE, env=env,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        package = "?"
+    package = os.path.dirname(package) if package.endswith("__init__.py") else package
+    if not head or not os.path.isdir(os.path.join(SOURCE, ".git")) and SOURCE != REPO:
+        return f"{SOURCE} (not a git checkout); okws_twisted from {package}"
+    return (
+        head[:90]
+        + (f"  (+ uncommitted changes in {len(dirty)} tracked files)" if dirty else "")
+        + (f"; okws_twisted from {package}" if not package.startswith(SOURCE) else "")
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    import twisted
+
+    try:
+        wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        wrk_v = "?"
+    cpu_model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "okws_code": code_state(),
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_executable": PYTHON,
+        "twisted": twisted.__version__,
+        "wrk": wrk_v.split(" [")[0].replace("wrk ", ""),
+        "loadavg_at_start": loadavg(),
+    }
+
+
+def fmt_ms(v: float) -> str:
+    return f"{v:.1f}ms" if v < 100 else f"{v:.0f}ms"
+
+
+def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: list[dict[str, Any]]) -> str:
+    o = bench.opts
+    lines = []
+    add = lines.append
+    add("okws-twisted benchmark: okws vs one plain twisted.web process (bench/run.py)")
+    add(
+        f"machine: nproc {info['nproc']} ({info['cpu']}), Linux {info['kernel']}, "
+        f"Python {info['python']}, Twisted {info['twisted']}, wrk {info['wrk']}"
+    )
+    add(f"load average at start: {info['loadavg_at_start']}")
+    add(
+        "NOTE: absolute numbers on a shared machine mean little; the ratios matter "
+        "(both servers measured back to back, same client, same resource)."
+    )
+    add(
+        f"settings: {o.duration}s runs after a {o.warmup}s warm-up, {o.repeat} repeat(s) with alternating order, "
+        f"wrk -t{o.threads} -c{o.connections}, okws hello instances {o.instances}, resource {RESOURCE}"
+        + ("".join(f", okws {k} = {v}" for k, v in o.okws_settings))
+        + (f", peer access log {o.peer_access_log}" if o.peer_access_log else "")
+    )
+    add(f"okws code: {info['okws_code']}")
+    add("")
+    add(f"{'workload':<12} {'server':<13} {'req/s':>8}  {'p99':>8}  {'errors':>6}  {'cpu/req':>8}")
+    for workload in o.workloads:
+        r = results[workload]
+        for name in SERVERS:
+            s = r[name]
+            errs = str(s["errors"])
+            if s["errors"]:
+                errs += " (" + ", ".join(f"{k} {v}" for k, v in s["error_kinds"].items() if v) + ")"
+            cpu = f"{s['cpu_us_per_request']:.0f}us" if s["cpu_us_per_request"] else "-"
+            add(f"{workload:<12} {name:<13} {s['rps']:>8.0f}  {fmt_ms(s['p99_ms']):>8}  {errs:>6}  {cpu:>8}")
+        per = ""
+        if len(r["ratio_per_repeat"]) > 1:
+            per = "   (per repeat: " + " ".join(f"{x:.2f}x" for x in r["ratio_per_repeat"]) + ")"
+        add(
+            f"{'':<12} ratio okws/twisted.web = {r['ratio']:.2f}x   "
+            f"(target >= {r['target']:.1f}x: {'PASS' if r['pass'] else 'MISS'}"
+            f"{', because of errors' if r['errors_invalidate'] else ''}){per}"
+        )
+        if r["cpu_per_request_ratio"]:
+            add(f"{'':<12} CPU per request okws/twisted.web = {r['cpu_per_request_ratio']:.2f}x")
+    for workload in o.workloads:
+        for name in SERVERS:
+            busy = results[workload][name]["busy_connections"]
+            if busy < STALL_FRACTION * o.connections:
+                add(
+                    f"WARNING {workload}/{name}: on average only {busy:.0f} of {o.connections} connections had a request "
+                    "in flight (req/s x mean latency): requests waited outside wrk's latency clock, i.e. "
+                    "connections stalled (a request left unanswered) or were reconnecting, or wrk was the bottleneck."
+                )
+    add("")
+    add("req/s and p99 are means over the repeats; errors are non-2xx/3xx responses plus socket errors;")
+    add("cpu/req is the CPU time of all the server's processes (okws: launcher + dispatcher + instances) per request.")
+    other = mean([r["other_cores_busy"] for r in bench.runs])
+    add(
+        f"other processes on this machine used {other:.2f} of {info['nproc']} cores on average during the measured runs"
+        + ("  (BUSY MACHINE: treat the numbers with extra care)" if other > 0.25 else "")
+    )
+    # Where the okws CPU went, per workload: cores used by each process (mean over repeats).
+    for workload in o.workloads:
+        runs = [r for r in bench.runs if r["workload"] == workload and r["server"] == OKWS]
+        if runs:
+            names = list(runs[0]["cpu_cores_used"])
+            used = {n: mean([r["cpu_cores_used"].get(n, 0.0) for r in runs]) for n in names}
+            peer_runs = [r for r in bench.runs if r["workload"] == workload and r["server"] == PEER_NAME]
+            peer_used = mean([sum(r["cpu_cores_used"].values()) for r in peer_runs])
+            add(
+                f"cores used during {workload}: okws "
+                + ", ".join(f"{n} {c:.2f}" for n, c in used.items())
+                + f"; twisted.web {peer_used:.2f}"
+            )
+    add("")
+    add("memory (VmRSS, MiB)")
+    labels = ["start", "after runs"] + (["after handoff"] if bench.handoff else [])
+    add(f"  {'process':<24}" + "".join(f"{lab:>15}" for lab in labels) + f"{'peak (VmHWM)':>15}")
+    for proc_name, readings in bench.memory.items():
+        cells = []
+        for lab in labels:
+            v = readings.get(lab, {}).get("VmRSS")
+            cells.append(f"{v / 1024:>15.1f}" if v else f"{'-':>15}")
+        hwm = max((r.get("VmHWM", 0) for r in readings.values()), default=0)
+        add(f"  {proc_name:<24}" + "".join(cells) + (f"{hwm / 1024:>15.1f}" if hwm else f"{'-':>15}"))
+    h = bench.handoff
+    if h is not None:
+        add("")
+        add(
+            f"handoff growth: {h['requested']} new-connection requests requested, {h['completed']} completed "
+            f"in {h['seconds']:.1f}s ({h['rate_per_s'] or 0:.0f}/s), errors {h['error_count']}"
+            + ("" if h["complete"] else "  (STOPPED SHORT: time bound)")
+        )
+        d0 = h["rss_kib_before"]["dispatcher"].get("VmRSS", 0) / 1024
+        d1 = h["rss_kib_after"]["dispatcher"].get("VmRSS", 0) / 1024
+        add(f"  dispatcher RSS {d0:.1f} -> {d1:.1f} MiB (growth {d1 - d0:+.2f} MiB)")
+        add(
+            "  checkpoints (connections: dispatcher RSS MiB): "
+            + ", ".join(f"{c['connections']}: {(c['dispatcher_rss_kib'] or 0) / 1024:.1f}" for c in h["checkpoints"])
+        )
+        if h["dispatcher_kib_per_1k_connections"] is not None:
+            add(
+                f"  slope after the first chunk: {h['dispatcher_kib_per_1k_connections']:+.1f} KiB per 1k connections "
+                f"(= {h['dispatcher_kib_per_1k_connections'] * 100 / 1024:+.1f} MiB per 100k)"
+            )
+        for name in h["rss_kib_before"]:
+            if name.startswith("hello."):
+                a = h["rss_kib_before"][name].get("VmRSS", 0) / 1024
+                b = h["rss_kib_after"][name].get("VmRSS", 0) / 1024
+                add(f"  {name} RSS {a:.1f} -> {b:.1f} MiB (growth {b - a:+.2f} MiB)")
+    add("")
+    add("targets (reported, not enforced)")
+    for g in goals:
+        add(f"  {g['name']:<58} {g['shown']:<12} target {g['target']:<9} {'PASS' if g['pass'] else 'MISS'}")
+    for problem in bench.problems:
+        add("")
+        add(f"PROBLEM: {problem}")
+    incidents = bench.okws.incidents() if bench.okws.out else []
+    if incidents:
+        add("")
+        add(f"okws log lines worth a look ({len(incidents)}; full log: {bench.okws.log_path}):")
+        for line in incidents[:10]:
+            add("  " + line[:200])
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark okws (hello service) against one plain twisted.web process; report ratios.",
+    )
+    p.add_argument("--duration", type=int, help="seconds per measured run (default 10; 2 with --quick)")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--instances", type=int, default=1, help="okws hello instances (default 1)")
+    p.add_argument("--repeat", type=int, help="measured runs per server and workload, order alternating (default 2; 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 s runs, 1 s warm-up, 1 repeat, handoff 5000")
+    p.add_argument("--only", choices=WORKLOADS, help="run one workload only")
+    p.add_argument(
+        "--handoff-growth",
+        type=int,
+        metavar="N",
+        help="new-connection requests for the dispatcher memory phase (default 100000; 5000 with --quick; 0 skips)",
+    )
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument(
+        "--peer-access-log",
+        metavar="PATH",
+        help="make the twisted.web peer write its combined access log to PATH (default: no access log)",
+    )
+    p.add_argument(
+        "--okws-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra [okws] setting for the benchmarked site (repeatable), e.g. max_requests_per_connection=100000",
+    )
+    p.add_argument(
+        "--source",
+        metavar="DIR",
+        help="benchmark the okws code and services in DIR (e.g. a `git archive` snapshot of a commit) "
+        "instead of this checkout",
+    )
+    a = p.parse_args(argv)
+    if a.source:
+        if not os.path.isfile(os.path.join(a.source, "okws_twisted", "__init__.py")) or not os.path.isdir(
+            os.path.join(a.source, "services")
+        ):
+            p.error(f"--source {a.source}: no okws_twisted/ and services/ there")
+        global SOURCE
+        SOURCE = os.path.abspath(a.source)
+    okws_settings = []
+    for item in a.okws_set:
+        key, eq, value = item.partition("=")
+        if not eq or not re.fullmatch(r"[a-z_]+", key.strip()) or not value.strip() or "\n" in value:
+            p.error(f"--okws-set wants KEY=VALUE, got {item!r}")
+        okws_settings.append((key.strip(), value.strip()))
+    duration = a.duration if a.duration is not None else (2 if a.quick else 10)
+    for name, value, low in (
+        ("--duration", duration, 1),
+        ("--connections", a.connections, 1),
+        ("--threads", a.threads, 1),
+        ("--instances", a.instances, 1),
+    ):
+        if value < low:
+            p.error(f"{name} must be at least {low}")
+    if a.threads > a.connections:
+        p.error("--threads must not exceed --connections")
+    repeat = a.repeat if a.repeat is not None else (1 if a.quick else 2)
+    if repeat < 1:
+        p.error("--repeat must be at least 1")
+    handoff = a.handoff_growth if a.handoff_growth is not None else (5000 if a.quick else 100_000)
+    if handoff < 0:
+        p.error("--handoff-growth must not be negative")
+    return Options(
+        duration=duration,
+        warmup=1 if a.quick else 2,
+        connections=a.connections,
+        threads=a.threads,
+        instances=a.instances,
+        repeat=repeat,
+        workloads=(a.only,) if a.only else WORKLOADS,
+        handoff=handoff,
+        json_path=a.json,
+        peer_access_log=a.peer_access_log,
+        quick=a.quick,
+        okws_settings=okws_settings,
+    )
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench/run.py: wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 1
+    try:
+        import twisted  # noqa: F401
+    except ImportError:
+        print(f"bench/run.py: {PYTHON} has no twisted; run it with the project's venv: .venv/bin/python bench/run.py", file=sys.stderr)
+        return 1
+    # Ctrl-C must always stop the run and clean up, even when started from a context
+    # that ignores SIGINT (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+
+    info = machine_info()
+    workdir = tempfile.mkdtemp(prefix="okws-bench-")
+    okws = OkwsSite(workdir, opts.instances, opts.okws_settings)
+    peer = Peer(workdir, opts.peer_access_log)
+    bench = Bench(opts, okws, peer)
+    keep_workdir = False
+    try:
+        log(f"starting okws ({opts.instances} hello instance(s)) and the twisted.web peer; scratch dir {workdir}")
+        okws.start()
+        peer.start()
+        okws.check()
+        peer.check()
+        log(f"okws at {okws.url} (processes {okws.processes()}); twisted.web at {peer.url}")
+        time.sleep(SETTLE)
+        bench.read_memory("start")
+        bench.workloads()
+        time.sleep(SETTLE)
+        bench.read_memory("after runs")
+        if opts.handoff:
+            bench.handoff_growth()
+            bench.read_memory("after handoff")
+        for server in (okws, peer):
+            try:
+                server.check()  # still serving after all that?
+            except HarnessError as e:
+                bench.problems.append(f"after the runs: {e}")
+        before = {n: p for n, p in okws.processes().items()}
+        results = summarize(bench)
+        goals = targets(bench, results)
+        report = render(bench, info, results, goals)
+        if okws.incidents():
+            keep_workdir = True
+        if opts.json_path:
+            doc = {
+                "machine": info,
+                "settings": {
+                    "duration_s": opts.duration,
+                    "warmup_s": opts.warmup,
+                    "connections": opts.connections,
+                    "threads": opts.threads,
+                    "instances": opts.instances,
+                    "repeat": opts.repeat,
+                    "workloads": list(opts.workloads),
+                    "handoff_growth": opts.handoff,
+                    "quick": opts.quick,
+                    "resource": RESOURCE,
+                    "peer_access_log": opts.peer_access_log,
+                    "okws_settings": dict(opts.okws_settings),
+                },
+                "urls": {OKWS: okws.url, PEER_NAME: peer.url},
+                "processes": {OKWS: before, PEER_NAME: peer.processes()},
+                "results": results,
+                "runs": bench.runs,
+                "memory_kib": bench.memory,
+                "handoff_growth": bench.handoff,
+                "targets": goals,
+                "okws_incidents": okws.incidents(),
+                "problems": bench.problems,
+            }
+            with open(opts.json_path, "w") as f:
+                json.dump(doc, f, indent=2)
+                f.write("\n")
+        print(report, flush=True)
+        if keep_workdir:
+            print(f"\n(okws log kept in {okws.log_path})", flush=True)
+        return 1 if bench.problems else 0
+    except HarnessError as e:
+        keep_workdir = True
+        print(f"bench/run.py: {e}", file=sys.stderr)
+        print(f"(scratch dir with the okws log kept: {workdir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench/run.py: interrupted; stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            okws.stop()
+            peer.stop()
+        finally:
+            REAPER.kill_all()
+            if not keep_workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""
+Smoke test of the benchmark harness (bench/run.py): it runs, measures both
+servers on both workloads, and writes its JSON.
+
+This is not a performance assertion: only that every run served requests
+(nonzero throughput) without errors, and that the memory phases reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(REPO, "bench", "run.py")
+TIMEOUT = 300
+
+
+class BenchHarnessTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if shutil.which("wrk") is None:
+            raise self.skipTest("wrk is not installed (apt-get install -y wrk); bench/run.py drives its load with wrk")
+
+    def test_quick_run(self) -> None:
+        """C{bench/run.py --quick} measures okws and twisted.web on both workloads and writes JSON."""
+        out = os.path.abspath(self.mktemp())
+        argv = [sys.executable, RUN, "--quick", "--duration", "1", "--handoff-growth", "2000", "--json", out]
+        proc = subprocess.Popen(
+            argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # SIGTERM lets the harness stop what it started (its finally/atexit), then make sure.
+            proc.terminate()
+            try:
+                stdout, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                stdout, stderr = proc.communicate()
+            self.fail(f"bench/run.py took longer than {TIMEOUT}s\n{stdout.decode()}\n{stderr.decode()}")
+        detail = f"\nstdout:\n{stdout.decode()}\nstderr:\n{stderr.decode()}"
+        self.assertEqual(proc.returncode, 0, detail)
+        with open(out) as f:
+            doc = json.load(f)
+
+        for workload in ("keepalive", "newconn"):
+            self.assertIn(workload, doc["results"], detail)
+            for server in ("okws", "twisted.web"):
+                result = doc["results"][workload][server]
+                self.assertGreater(result["rps"], 0, f"{workload}/{server}{detail}")
+                self.assertEqual(result["errors"], 0, f"{workload}/{server}: {result['error_kinds']}{detail}")
+            self.assertGreater(doc["results"][workload]["ratio"], 0, detail)
+        runs = {(r["workload"], r["server"]) for r in doc["runs"]}
+        self.assertEqual(runs, {(w, s) for w in ("keepalive", "newconn") for s in ("okws", "twisted.web")})
+
+        memory = doc["memory_kib"]
+        for process in ("launcher", "dispatcher", "hello.0"):
+            self.assertGreater(memory[process]["start"]["VmRSS"], 0, process)
+            self.assertGreater(memory[process]["after runs"]["VmRSS"], 0, process)
+
+        handoff = doc["handoff_growth"]
+        self.assertEqual(handoff["requested"], 2000)
+        self.assertGreaterEqual(handoff["completed"], 2000, detail)
+        self.assertEqual(handoff["error_count"], 0, detail)
+        self.assertGreater(handoff["rss_kib_after"]["dispatcher"]["VmRSS"], 0)
+
+        self.assertIn("ratio okws/twisted.web", stdout.decode())
+        # Nothing it started is left running.
+        for pid in doc["processes"]["okws"].values():
+            self.assertFalse(_alive(pid, b"okws"), f"okws process {pid} outlived the harness")
+        for pid in doc["processes"]["twisted.web"].values():
+            self.assertFalse(_alive(pid, b"peer_twistedweb"), f"twisted.web process {pid} outlived the harness")
+
+
+def _alive(pid: int, marker: bytes) -> bool:
+    """True if C{pid} runs and its command line contains C{marker} (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return marker in f.read()
+    except FileNotFoundError:
+        return False
