@@ -26,6 +26,7 @@ CONFIG_TIMEOUT = 30.0
 ROLES = {
     "dispatcher": "okws_twisted.dispatcher:start_role",
     "service": "okws_twisted.runtime:start_role",
+    "pubd": "okws_twisted.publisher:start_role",
 }
 
 

@@ -149,6 +149,7 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "drain_timeout": _SECONDS_OR_ZERO,
     "kill_timeout": _SECONDS_OR_ZERO,
     "keepalive_timeout": _SECONDS_POSITIVE,
+    "template_timeout": _SECONDS_POSITIVE,
 }
 
 _SERVICE_NUMBERS: dict[str, _Number] = {
@@ -522,6 +523,7 @@ class SiteConfig:
     drain_timeout: float = 10.0
     kill_timeout: float = 5.0
     keepalive_timeout: float = 60.0
+    template_timeout: float = 5.0
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:

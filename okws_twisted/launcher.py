@@ -3,11 +3,13 @@
 The launcher (OKWS's okld): opens the listening sockets, spawns and relaunches every child.
 
 It is twistd's service.  It owns the listening sockets (so a dispatcher
-relaunch loses no queued connection), spawns the dispatcher and every service
-instance with ``spawnProcess``, wires a handoff channel between the dispatcher
-and each instance (again after either is relaunched), relaunches a child that
-dies with a doubling back-off, and on stop lets in-flight requests finish
-before it stops the children, killing those that overstay.
+relaunch loses no queued connection), spawns the template publisher, the
+dispatcher and every service instance with ``spawnProcess``, wires the
+channels of L{LINKS} between them (a handoff channel between the dispatcher
+and each instance, a templates channel from the publisher to each of them;
+again after any of them is relaunched), relaunches a child that dies with a
+doubling back-off, and on stop lets in-flight requests finish before it stops
+the children (the publisher last), killing those that overstay.
 """
 
 from __future__ import annotations
@@ -38,7 +40,14 @@ from okws_twisted.config import Listener, SiteConfig
 #: relaunched child is wired again, so both sides always reach each other.
 LINKS: list[tuple[str, str, str]] = [
     ("handoff", "dispatcher", "service"),
+    ("templates", "pubd", "service"),
+    ("templates", "pubd", "dispatcher"),
 ]
+
+#: Roles that serve the other children (the template publisher): on stop they
+#: are told to stop only once every other child has exited, so requests that
+#: finish during the drain can still get their templates.
+STOP_LAST = frozenset({"pubd"})
 
 
 class ListenError(Exception):
@@ -186,11 +195,13 @@ class ChildSlot:
                 child_fds[control.FIRST_LISTEN_FD + i] = sock.fileno()
             meta["listeners"] = len(launcher.listen_sockets)
             args = [sys.executable, "-m", "okws_twisted.bootstrap", "dispatcher"]
-        else:
+        elif self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
             extra_paths.append(launcher.config.base_dir)
             args = [sys.executable, "-m", "okws_twisted.bootstrap", "service", f"{self.service}.{self.index}"]
+        else:
+            args = [sys.executable, "-m", "okws_twisted.bootstrap", self.role]
         protocol = ChildOutput(self)
         try:
             self.process = reactor.spawnProcess(
@@ -271,6 +282,7 @@ class Launcher(Service):
         self.reactor = reactor
         self.config = config
         self.listen_sockets = listen_sockets
+        self.publisher = ChildSlot(self, "pubd")
         self.dispatcher = ChildSlot(self, "dispatcher")
         self.instances = [
             ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)
@@ -280,7 +292,7 @@ class Launcher(Service):
 
     @property
     def children(self) -> list[ChildSlot]:
-        return [self.dispatcher, *self.instances]
+        return [self.publisher, self.dispatcher, *self.instances]
 
     def startService(self) -> None:
         super().startService()
@@ -289,6 +301,7 @@ class Launcher(Service):
                 "okws is not running as root: every process runs as uid {uid} without jails",
                 uid=os.geteuid(),
             )
+        self.publisher.spawn()
         for slot in self.instances:
             slot.spawn()
         self.dispatcher.spawn()
@@ -333,14 +346,21 @@ class Launcher(Service):
         for sock in self.listen_sockets:
             sock.close()
         waits = []
+        first: list[defer.Deferred[None]] = []
+        last: list[ChildSlot] = []
         for slot in self.children:
             if slot.relaunch_call is not None and slot.relaunch_call.active():
                 slot.relaunch_call.cancel()
                 slot.relaunch_call = None
             if slot.exited is not None:
                 waits.append(slot.exited)
-                if not slot.send({"k": control.STOP, "drain": self.config.drain_timeout}):
-                    slot.signal(signal.SIGTERM)
+                if slot.role in STOP_LAST:
+                    last.append(slot)
+                else:
+                    first.append(slot.exited)
+                    self._stop_child(slot)
+        if last:
+            defer.DeferredList(first).addCallback(lambda _: [self._stop_child(slot) for slot in last])
         done = defer.DeferredList(waits)
         term = self.reactor.callLater(self.config.drain_timeout, self._signal_all, signal.SIGTERM)
         kill = self.reactor.callLater(
@@ -355,6 +375,12 @@ class Launcher(Service):
 
         done.addCallback(finished)
         return done
+
+    def _stop_child(self, slot: ChildSlot) -> None:
+        if slot.exited is None:
+            return
+        if not slot.send({"k": control.STOP, "drain": self.config.drain_timeout}):
+            slot.signal(signal.SIGTERM)
 
     def _signal_all(self, signum: int) -> None:
         for slot in self.children:
