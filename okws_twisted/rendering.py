@@ -362,7 +362,8 @@ def render_error_pages(
             pages[status] = env.get_template(name).render(context)
             continue
         except TemplateNotFound as e:
-            problems.append(TemplateMissing(f"template {e.name!r} not found", template_position(e)[0] or name, template_position(e)[1]))
+            where, lineno = template_position(e)
+            problems.append(TemplateMissing(f"template {e.name!r} not found", where or name, lineno))
         except Exception as e:
             problems.append(broken(e, Failure(), name))
         try:

@@ -35,6 +35,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from twisted.internet import error
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -137,7 +138,7 @@ def scan(root: str, max_files: int = MAX_FILES) -> Snapshot:
 class _Inotify:
     """An inotify descriptor that reports "something happened" and nothing more."""
 
-    def __init__(self, reactor: Any, happened: Callable[[], None]) -> None:
+    def __init__(self, reactor: Any, happened: Callable[[], None], lost: Callable[[Failure], None]) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
         fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
@@ -146,6 +147,7 @@ class _Inotify:
         self._fd = fd
         self._reactor = reactor
         self._happened = happened
+        self._lost = lost
         reactor.addReader(self)
 
     def add(self, path: str, mask: int) -> int:
@@ -158,18 +160,19 @@ class _Inotify:
     def remove(self, wd: int) -> None:
         self._libc.inotify_rm_watch(self._fd, wd)  # EINVAL if the kernel already dropped it
 
-    def doRead(self) -> None:
+    def doRead(self) -> object:
         while True:
             try:
                 if not os.read(self._fd, 65536):
                     break
             except BlockingIOError:
                 break
+            except InterruptedError:
+                continue
             except OSError as e:
-                if e.errno == errno.EINTR:
-                    continue
-                raise
+                return error.ConnectionLost(f"inotify: {e}")
         self._happened()
+        return None
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -181,7 +184,9 @@ class _Inotify:
         return self._fd
 
     def connectionLost(self, reason: Failure) -> None:
-        self.close()
+        if self._fd >= 0:
+            self.close()
+            self._lost(reason)
 
     def logPrefix(self) -> str:
         return "inotify"
@@ -224,7 +229,7 @@ class TemplateWatcher:
         self._files = snap.files
         if self._use_inotify:
             try:
-                self._inotify = _Inotify(self._reactor, self._kick)
+                self._inotify = _Inotify(self._reactor, self._kick, self._inotify_lost)
                 parent = os.path.dirname(os.path.abspath(self.root))
                 self._inotify.add(parent, _PARENT_MASK)
                 self._watch(snap.directories)
@@ -235,11 +240,21 @@ class TemplateWatcher:
                               error=e, interval=self._poll_interval)
                 self._stop_inotify()
         if self._inotify is None:
-            self._poll = LoopingCall(self.rescan)
-            self._poll.clock = self._reactor
-            self._poll.start(self._poll_interval, now=False)
-            self.mode = "polling"
+            self._start_polling()
         return self.mode
+
+    def _start_polling(self) -> None:
+        self._poll = LoopingCall(self.rescan)
+        self._poll.clock = self._reactor
+        self._poll.start(self._poll_interval, now=False)
+        self.mode = "polling"
+
+    def _inotify_lost(self, reason: Failure) -> None:
+        self._inotify = None
+        self._watches.clear()
+        self.log.warn("inotify stopped ({reason}); polling templates every {interval}s instead",
+                      reason=reason.getErrorMessage(), interval=self._poll_interval)
+        self._start_polling()
 
     def stop(self) -> None:
         self._stop_inotify()
@@ -297,10 +312,7 @@ class TemplateWatcher:
                 self.log.warn("cannot watch templates with inotify ({error}); polling every {interval}s instead",
                               error=e, interval=self._poll_interval)
                 self._stop_inotify()
-                self._poll = LoopingCall(self.rescan)
-                self._poll.clock = self._reactor
-                self._poll.start(self._poll_interval, now=False)
-                self.mode = "polling"
+                self._start_polling()
         if names:
             self._changed(names)
         return names

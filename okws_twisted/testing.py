@@ -86,7 +86,7 @@ __all__ = ["RenderedResponse", "render"]
 
 _Text = Union[str, bytes]
 _HeaderValues = Union[_Text, Sequence[_Text]]
-_Templates = Union[Mapping[str, str], str, "os.PathLike[str]", ITemplates]
+_TemplateSources = Union[Mapping[str, str], str, "os.PathLike[str]"]
 
 # RFC 9110 token characters, for methods and header names.
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -130,7 +130,7 @@ def render(
     body: bytes = b"",
     client: tuple[str, int] = ("127.0.0.1", 40000),
     reactor: IReactorTime | None = None,
-    templates: _Templates | None = None,
+    templates: _TemplateSources | ITemplates | None = None,
 ) -> Deferred[RenderedResponse]:
     """
     Send one HTTP/1.1 request to C{resource}, the root of a fresh L{Site}.
@@ -205,14 +205,17 @@ class _LocalTemplates:
 
     log = Logger()
 
-    def __init__(self, templates: _Templates) -> None:
+    def __init__(self, templates: _TemplateSources) -> None:
         loader: BaseLoader
         if isinstance(templates, Mapping):
             sources = dict(templates)
             for name, text in sources.items():
-                check_name(name)
+                try:
+                    check_name(name)
+                except NameRefused as e:
+                    raise ValueError(f"templates: {name!r} is not a template name: {e}") from None
                 if not isinstance(text, str):
-                    raise TypeError(f"template {name!r} must be str, not {type(text).__name__}")
+                    raise TypeError(f"templates: {name!r} must be str, not {type(text).__name__}")
             self._read: Callable[[str], Source] = lambda name: _fromMapping(sources, name)
             loader = MappingLoader(sources)
         else:
