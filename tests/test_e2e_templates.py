@@ -37,8 +37,8 @@ TEMPLATES = {
     "partials/foot.html": "<footer>foot</footer>",
     "macros.html": "{% macro em(v) %}<em>{{ v }}</em>{% endmacro %}",
     "page.html": '{% extends "base.html" %}{% import "macros.html" as m %}{% block c %}{{ m.em(x) }}{% endblock %}',
-    "live.html": "version 1",
-    "live-base.html": "[base 1 {% block c %}{% endblock %}]",
+    "live.html": "version 0",
+    "live-base.html": "[base 0 {% block c %}{% endblock %}]",
     "live-child.html": '{% extends "live-base.html" %}{% block c %}child{% endblock %}',
     "broken.html": "line 1\nline 2\n{% if %}\n",
     "errors/404.html": "site 404 page: {{ message }}",
@@ -58,7 +58,6 @@ def shared_site() -> Site:
         site = Site(SERVICES, FAST, templates=TEMPLATES)
         with open(os.path.join(site.dir, "secret.html"), "w") as f:
             f.write("SECRET-7f3a")
-        os.symlink(os.path.join(site.dir, "secret.html"), os.path.join(site.templates, "out.html"))
         _shared = site.start()
         atexit.register(_shared.kill)
         _shared.wait_for(r"\[dispatcher pid \d+\].*received 9 error pages")
@@ -96,16 +95,19 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(pid_of(r), self.site.pids()["tpl.0"])
 
     def test_names_leaving_the_tree_refused(self) -> None:
+        # A new link each run: a service remembers a refused name and does not ask again.
+        out = f"out-{time.time_ns()}.html"
+        os.symlink(os.path.join(self.site.dir, "secret.html"), os.path.join(self.site.templates, out))
         mark = self.site.mark()
-        for name in ("../secret.html", "/etc/passwd", "out.html", "partials/../../secret.html"):
+        for name in ("../secret.html", "/etc/passwd", out, "partials/../../secret.html"):
             r = page(self.site, name)
             self.assertEqual(r.status, 500, name)
             self.assertNotIn(b"SECRET", r.body, name)
             self.assertNotIn(b"root:", r.body, name)
             self.assertEqual(r.body, b"site 500 page: The server could not answer this request.")
         # The symlink out passes the name rules; the publisher itself refuses it.
-        self.site.wait_for(r"\[pubd pid \d+\].*refused template 'out.html' to tpl\.0: it resolves outside", after=mark)
-        self.site.wait_for(r"\[tpl\.0 pid \d+\].*template error in out\.html", after=mark)
+        self.site.wait_for(rf"\[pubd pid \d+\].*refused template '{out}' to tpl\.0: it resolves outside", after=mark)
+        self.site.wait_for(rf"\[tpl\.0 pid \d+\].*template error in {out}", after=mark)
 
     def test_missing_template_is_500_and_the_service_keeps_serving(self) -> None:
         before = pid_of(page(self.site, "page.html", x="1"))
@@ -129,32 +131,38 @@ class RenderTests(SynchronousTestCase):
 
     def test_live_edit_same_pid(self) -> None:
         first = page(self.site, "live.html")
-        self.assertEqual(first.body, b"version 1")
-        self.site.write_template("live.html", "version 2")
+        self.assertEqual(first.status, 200)
+        version = f"version {time.time_ns()}".encode()  # new on every run against this site
+        self.assertNotEqual(first.body, version)
+        self.site.write_template("live.html", version.decode())
         deadline = time.monotonic() + LIVE
-        r = until(lambda: (r := page(self.site, "live.html")).body == b"version 2" and r, deadline)
+        r = until(lambda: (r := page(self.site, "live.html")).body == version and r, deadline)
         self.assertTrue(r, f"the edit did not show within {LIVE}s")
         self.assertEqual(pid_of(r), pid_of(first))
 
     def test_live_edit_of_an_extended_layout(self) -> None:
         first = page(self.site, "live-child.html")
-        self.assertEqual(first.body, b"[base 1 child]")
-        self.site.write_template("live-base.html", "(base 2 {% block c %}{% endblock %})")
+        self.assertEqual(first.status, 200)
+        self.assertTrue(first.body.endswith(b" child]"), first.body)
+        stamp = time.time_ns()
+        self.site.write_template("live-base.html", f"[base {stamp} {{% block c %}}{{% endblock %}}]")
         deadline = time.monotonic() + LIVE
-        r = until(lambda: (r := page(self.site, "live-child.html")).body == b"(base 2 child)" and r, deadline)
+        want = f"[base {stamp} child]".encode()
+        r = until(lambda: (r := page(self.site, "live-child.html")).body == want and r, deadline)
         self.assertTrue(r, f"the edit did not show within {LIVE}s")
         self.assertEqual(pid_of(r), pid_of(first))
 
     def test_dispatcher_error_page_from_site_template(self) -> None:
         r = self.site.get("/nothing/here")
         self.assertEqual(r.status, 404)
-        self.assertEqual(r.body, b"site 404 page: No service here.")
+        self.assertRegex(r.body, rb"^(site|edited \d+) 404 page: No service here\.$")
         self.assertEqual(r.header("content-length"), str(len(r.body)))
-        self.site.write_template("errors/404.html", "edited 404 page: {{ message }}")
+        stamp = time.time_ns()
+        self.site.write_template("errors/404.html", f"edited {stamp} 404 page: {{{{ message }}}}")
         deadline = time.monotonic() + LIVE
-        r = until(lambda: (r := self.site.get("/nothing")).body.startswith(b"edited") and r, deadline)
+        want = f"edited {stamp} 404 page: No service here.".encode()
+        r = until(lambda: (r := self.site.get("/nothing")).body == want and r, deadline)
         self.assertTrue(r, f"the new 404 page did not show within {LIVE}s")
-        self.assertEqual(r.body, b"edited 404 page: No service here.")
 
     def test_default_error_page_for_other_statuses(self) -> None:
         with self.site.connect() as s:
