@@ -26,6 +26,7 @@ CONFIG_TIMEOUT = 30.0
 ROLES = {
     "dispatcher": "okws_twisted.dispatcher:start_role",
     "service": "okws_twisted.runtime:start_role",
+    "pubd": "okws_twisted.publisher:start_role",
 }
 
 
@@ -95,6 +96,7 @@ def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from twisted.internet import reactor
+    from twisted.logger import Logger
     from twisted.python.failure import Failure
 
     exit_code = [0]
@@ -115,19 +117,27 @@ def main(argv: list[str]) -> NoReturn:
 
     def on_control(batch: list[Message]) -> None:
         for msg in batch:
-            if msg.kind == control.PEER and len(msg.fds) == 1:
-                child.peer(str(msg.meta.get("channel")), msg.meta, socket.socket(fileno=msg.fds[0]))
-                continue
-            for fd in msg.fds:
-                os.close(fd)
-            if msg.kind == control.PING:
-                ctl.send({"k": control.PONG, "n": msg.meta.get("n"), "stats": child.stats()})
-            elif msg.kind == control.CONFIG_UPDATE:
-                child.update_config(SiteConfig.from_json(msg.payload.decode("utf-8")))
-            elif msg.kind == control.STOP:
-                child.stop(float(msg.meta.get("drain", 0)), bool(msg.meta.get("handback", False)))
-            else:
-                child.control(msg.kind, msg.meta)
+            try:
+                handle(msg)
+            except Exception:
+                # One bad message (or a role's bug) must not cut the child off
+                # from the launcher.
+                Logger(namespace="okws.bootstrap").failure("handling {kind} from the launcher failed", kind=msg.kind)
+
+    def handle(msg: Message) -> None:
+        if msg.kind == control.PEER and len(msg.fds) == 1:
+            child.peer(str(msg.meta.get("channel")), msg.meta, socket.socket(fileno=msg.fds[0]))
+            return
+        for fd in msg.fds:
+            os.close(fd)
+        if msg.kind == control.PING:
+            ctl.send({"k": control.PONG, "n": msg.meta.get("n"), "stats": child.stats()})
+        elif msg.kind == control.CONFIG_UPDATE:
+            child.update_config(SiteConfig.from_json(msg.payload.decode("utf-8")))
+        elif msg.kind == control.STOP:
+            child.stop(float(msg.meta.get("drain", 0)), bool(msg.meta.get("handback", False)))
+        else:
+            child.control(msg.kind, msg.meta)
 
     ctl = MessageChannel(reactor, ctl_sock, on_control, launcher_gone, name="control")
     ctl.send({"k": control.READY, "pid": os.getpid()})

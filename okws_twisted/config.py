@@ -157,6 +157,7 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "crash_window": _SECONDS_POSITIVE,
     "heartbeat_interval": _SECONDS_POSITIVE,
     "heartbeat_timeout": _SECONDS_POSITIVE,
+    "template_timeout": _SECONDS_POSITIVE,
 }
 
 _SERVICE_NUMBERS: dict[str, _Number] = {
@@ -560,6 +561,7 @@ class SiteConfig:
     admin: Listener | None = None
     jail_root: str = "/var/lib/okws/jails"
     uid_range: tuple[int, int] = (51000, 52000)
+    template_timeout: float = 5.0
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:

@@ -11,9 +11,11 @@ fd L{CONTROL_FD}.  Message kinds:
 ``ready`` (child -> launcher)
     The child has finished starting and can do its job.
 ``peer`` (launcher -> child), with one fd
-    A new handoff channel: for the dispatcher, to the service instance named
-    by C{service}/C{index}/C{pid}; for a service, to the (current) dispatcher.
-    Sent again after either side is relaunched.
+    A new channel of kind C{channel} to the child described by C{name},
+    C{role}, C{pid} (and C{service}/C{index} for a service instance):
+    ``handoff`` between the dispatcher and each service instance,
+    ``templates`` between the template publisher and each service instance
+    and the dispatcher.  Sent again after either side is relaunched.
 ``stop`` (launcher -> child)
     Stop gracefully: finish in-flight work within C{drain} seconds, then exit.
     C{handback}: a service hands its kept-alive connections back to the

@@ -10,7 +10,10 @@ acknowledges, the dispatcher closes its copy without shutting the socket down
 and forgets the connection: no request or response byte of a handed-off
 connection passes through here.
 
-It never imports service code, templates or the author API.
+It never imports service code, jinja2 or the author API: its error pages
+come from the template publisher already rendered
+(L{okws_twisted.errorpage.ErrorPages}), and it only puts each response's
+message in.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted import handoff
+from okws_twisted import handoff, templatechannel
 from okws_twisted.channel import ChannelError, Message, MessageChannel
 from okws_twisted.config import SiteConfig
-from okws_twisted.errorpage import error_response, phrase
+from okws_twisted.errorpage import NO_PAGES, ErrorPages, error_response, phrase
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.metrics import RequestCounts, ServiceTotals, render
 from okws_twisted.httpframe import HeadReader, HTTPError, Limits, RequestHead
@@ -163,7 +166,11 @@ class HeadConnection:
         self._cancel_timer()
         self._dispatcher.answered(self, status)
         head_only = self.head is not None and self.head.method == b"HEAD"
-        self.transport.write(error_response(status, message, retry_after=retry_after, head_only=head_only))
+        self.transport.write(
+            error_response(
+                status, message, pages=self._dispatcher.pages, retry_after=retry_after, head_only=head_only
+            )
+        )
         self.transport.close_lingering()
 
     def release(self) -> None:
@@ -434,6 +441,8 @@ class Dispatcher:
         self.service_totals: dict[str, ServiceTotals] = {}
         self.launcher_view: dict[str, dict[str, Any]] = {}
         self.admin: Acceptor | None = None
+        self.pages: ErrorPages = NO_PAGES
+        self.publisher: MessageChannel | None = None
 
     # -- listening
 
@@ -608,9 +617,37 @@ class Dispatcher:
         else:
             self.log.warn("unexpected control message {kind}", kind=kind)
 
+    # -- the site's error pages
+
+    def set_publisher(self, sock: socket.socket) -> None:
+        """A (new) templates channel to the publisher, which sends the error pages.
+
+        The pages are kept when the publisher goes away: the dispatcher
+        shows the last ones it got (the built-in ones until the first).
+        """
+        old, self.publisher = self.publisher, MessageChannel(
+            self.reactor, sock, self._from_publisher, name="templates:pubd"
+        )
+        if old is not None:
+            old.close()
+
+    def _from_publisher(self, batch: list[Message]) -> None:
+        for msg in batch:
+            try:
+                if msg.kind != templatechannel.PAGES:
+                    raise ChannelError(f"unexpected {msg.kind!r} message")
+                self.pages = ErrorPages(templatechannel.parse_pages(msg))
+                self.log.info("received {count} error pages from the publisher", count=len(self.pages.pages))
+            except ChannelError as e:
+                for fd in msg.fds:
+                    os.close(fd)
+                self.log.error("bad message from the template publisher: {error}", error=e)
+
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
         if channel == "handoff":
             self.add_instance(str(meta["service"]), int(meta["index"]), int(meta["pid"]), sock)
+        elif channel == "templates":
+            self.set_publisher(sock)
         else:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()

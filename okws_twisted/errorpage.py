@@ -4,15 +4,33 @@ Complete HTTP error responses written by okws itself (OKWS's okd error pages).
 
 The dispatcher answers 400/404/408/413/414/431/503/505 before any service
 sees a request, and a service answers 400 when a later request on its
-connection is malformed.  Both write the same small, fixed responses built
-here, always with ``Connection: close`` (the connection is closed after an
-error).
+connection is malformed, 500 when its render fails and 503 when a template
+cannot be had.  All of them write these responses.
+
+The page itself comes from the site's error templates
+(C{templates/errors/<status>.html}), which the template publisher renders
+and pushes to every process as L{ErrorPages}: each page carries
+L{MESSAGE_MARKER} where the message goes, and the message is put in here,
+HTML-escaped, per response.  A process that has no page for a status (the
+publisher has not spoken yet, or never rendered that status) falls back to
+the small built-in page.  This module never imports jinja2: the dispatcher
+uses it.
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
+from dataclasses import dataclass, field
 from html import escape
+from http import HTTPStatus
+from typing import Mapping
+
+#: Where the message goes in a rendered error page.  It has no letters and
+#: nothing HTML escaping changes, so it survives autoescaping and case
+#: filters, and no real page contains it (NUL is not HTML text).
+MESSAGE_MARKER = "\x00\x1e\x00"
+
+#: The statuses the site's error templates cover.
+STATUSES = (400, 404, 408, 413, 414, 431, 500, 503, 505)
 
 _PAGE = (
     "<!DOCTYPE html>\n<html><head><title>{code} {phrase}</title></head>\n"
@@ -28,10 +46,38 @@ def phrase(status: int) -> str:
         return "Unknown"
 
 
+def builtin_page(status: int, message: str = "") -> str:
+    """The built-in page for C{status}: what is shown when the site has none."""
+    text = phrase(status)
+    return _PAGE.format(code=status, phrase=text, message=escape(message or text))
+
+
+@dataclass(frozen=True)
+class ErrorPages:
+    """The site's rendered error pages, by status, each with a message marker.
+
+    An empty value (the default) means "no site pages": every page is the
+    built-in one.
+    """
+
+    pages: Mapping[int, str] = field(default_factory=dict)
+
+    def body(self, status: int, message: str = "") -> str:
+        """The page for C{status} showing C{message} (escaped here)."""
+        page = self.pages.get(status)
+        if page is None:
+            return builtin_page(status, message)
+        return page.replace(MESSAGE_MARKER, escape(message or phrase(status)))
+
+
+NO_PAGES = ErrorPages()
+
+
 def error_response(
     status: int,
     message: str = "",
     *,
+    pages: ErrorPages = NO_PAGES,
     retry_after: int | None = None,
     head_only: bool = False,
     extra_headers: tuple[tuple[str, str], ...] = (),
@@ -39,10 +85,11 @@ def error_response(
     """The whole HTTP/1.1 response for an error C{status}, closing the connection.
 
     @param message: a short explanation shown on the page (escaped here).
+    @param pages: the site's error pages; the built-in page where it has none.
     @param head_only: leave the body out (the request was HEAD).
     """
     text = phrase(status)
-    body = _PAGE.format(code=status, phrase=text, message=escape(message or text)).encode()
+    body = pages.body(status, message).encode("utf-8")
     headers = [
         f"HTTP/1.1 {status} {text}",
         "Content-Type: text/html; charset=utf-8",

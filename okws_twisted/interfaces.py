@@ -6,9 +6,12 @@ The interfaces between okws's parts, gathered in one place (as Twisted's
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class IChildRole(Interface):
@@ -42,3 +45,22 @@ class IChildRole(Interface):
 
     def control(kind: str, meta: dict[str, Any]) -> None:
         """A role-specific control message from the launcher (e.g. ``retire``)."""
+
+
+class ITemplates(Interface):
+    """The templates a L{okws_twisted.resource.ServiceResource} renders with.
+
+    The twisted.web C{Site} serving a resource carries one as its
+    C{templates} attribute: in a service process, the templates the
+    publisher sends (L{okws_twisted.templateclient.PublisherClient}); under
+    L{okws_twisted.testing.render}, the ones the test gave.
+    """
+
+    def render(name: str, context: Mapping[str, Any]) -> "Deferred[str]":
+        """Render template C{name} with C{context}.  Fails with
+        L{okws_twisted.rendering.TemplateFailure} (its C{status} says 500 or
+        503) when the template is missing, refused, broken or unreachable."""
+
+    def error_page(status: int, message: str) -> str:
+        """The site's HTML page for error C{status}, showing C{message}
+        (escaped); the built-in page when the site has none."""

@@ -124,7 +124,31 @@ def jail_for(
 
 def role_binds(site: SiteConfig, role: str, uid: int, gid: int) -> list[Bind]:
     """The directories a helper process's job needs (none for the dispatcher)."""
+    if role == "pubd":
+        grant_read(site.templates, gid)
+        return [Bind(site.templates)]
     return []
+
+
+def grant_read(root: str, gid: int) -> None:
+    """Let group C{gid} read the tree at C{root} (and what is added to it later).
+
+    Directories get the set-group-id bit, so files created in them later
+    belong to the group too.  Write permission is never given.
+    """
+    if not os.path.isdir(root):
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
+            st = os.lstat(name)
+            if os.path.islink(name):
+                continue
+            os.chown(name, -1, gid)
+            mode = st.st_mode & 0o7777
+            if os.path.isdir(name):
+                os.chmod(name, mode | 0o2050)
+            else:
+                os.chmod(name, mode | 0o040)
 
 
 def prepare_jail_root(site: SiteConfig) -> None:

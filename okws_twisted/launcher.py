@@ -3,11 +3,13 @@
 The launcher (OKWS's okld): opens the listening sockets, spawns and relaunches every child.
 
 It is twistd's service.  It owns the listening sockets (so a dispatcher
-relaunch loses no queued connection), spawns the dispatcher and every service
-instance with ``spawnProcess``, wires a handoff channel between the dispatcher
-and each instance (again after either is relaunched), relaunches a child that
-dies with a doubling back-off, and on stop lets in-flight requests finish
-before it stops the children, killing those that overstay.
+relaunch loses no queued connection), spawns the template publisher, the
+dispatcher and every service instance with ``spawnProcess``, wires the
+channels of L{LINKS} between them (a handoff channel between the dispatcher
+and each instance, a templates channel from the publisher to each of them;
+again after any of them is relaunched), relaunches a child that dies with a
+doubling back-off, and on stop lets in-flight requests finish before it stops
+the children (the publisher last), killing those that overstay.
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ from okws_twisted.supervision import Backoff, CrashBudget, Heartbeat
 #: relaunched child is wired again, so both sides always reach each other.
 LINKS: list[tuple[str, str, str]] = [
     ("handoff", "dispatcher", "service"),
+    ("templates", "pubd", "service"),
+    ("templates", "pubd", "dispatcher"),
 ]
+
+#: Roles that serve the other children (the template publisher): on stop they
+#: are told to stop only once every other child has exited, so requests that
+#: finish during the drain can still get their templates.
+STOP_LAST = frozenset({"pubd"})
 
 
 class ListenError(Exception):
@@ -434,6 +443,7 @@ class Launcher(Service):
         self.config = config
         self.listen_sockets = listen_sockets
         self.admin_socket = admin_socket
+        self.publisher = ChildSlot(self, "pubd")
         self.dispatcher = ChildSlot(self, "dispatcher")
         self.instances = [ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)]
         self.stopping = False
@@ -446,7 +456,7 @@ class Launcher(Service):
 
     @property
     def children(self) -> list[ChildSlot]:
-        return [self.dispatcher, *self.instances]
+        return [self.publisher, self.dispatcher, *self.instances]
 
     def startService(self) -> None:
         super().startService()
@@ -457,6 +467,7 @@ class Launcher(Service):
             )
         else:
             self.log.info("running as root: each child gets its own uid and a jail under {root}", root=self.config.jail_root)
+        self.publisher.spawn()
         for slot in self.instances:
             slot.spawn()
         self.dispatcher.spawn()
@@ -686,15 +697,25 @@ class Launcher(Service):
                     if not proc.send({"k": control.DRAIN}):
                         proc.signal(signal.SIGTERM)
                     continue
+                if slot.role in STOP_LAST:
+                    continue
                 service_waits.append(proc.exited)
                 if proc.state != "retiring":
                     proc.retire(self.config.drain_timeout, handback=False)
 
-        def services_gone(_: object) -> None:
-            for proc in self.dispatcher.processes():
-                proc.retire(self.config.kill_timeout, handback=False)
+        def retire_role(roles: frozenset[str] | set[str], drain: float) -> defer.Deferred[Any]:
+            procs = [p for slot in self.children if slot.role in roles for p in slot.processes()]
+            for proc in procs:
+                if proc.state != "exited":
+                    proc.retire(drain, handback=False)
+            return defer.DeferredList([p.exited for p in procs])
 
-        defer.DeferredList(service_waits).addCallback(services_gone)
+        # Services drain first; then the dispatcher (which only stopped
+        # accepting, and told load balancers "draining") exits; the helpers
+        # that serve the others (STOP_LAST) go last.
+        d = defer.DeferredList(service_waits)
+        d.addCallback(lambda _: retire_role({"dispatcher"}, self.config.kill_timeout))
+        d.addCallback(lambda _: retire_role(STOP_LAST, self.config.kill_timeout))
         done = defer.DeferredList(waits)
         term = self.reactor.callLater(self.config.drain_timeout, self._signal_all, signal.SIGTERM)
         kill = self.reactor.callLater(

@@ -3,18 +3,21 @@
 
 A service is a L{ServiceResource} subclass. The service process serves it with
 an ordinary C{twisted.web} L{Site}; everything here runs inside that one
-process, so this module imports nothing from the launcher, the dispatcher or
-the wire protocols.
+process, so this module imports nothing from the launcher or the dispatcher.
+Its templates come from the site serving it (L{ITemplates}): the template
+publisher's in a service process, the test's under
+L{okws_twisted.testing.render}.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.reflect import prefixedMethodNames
 from twisted.web import pages
@@ -24,14 +27,26 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from okws_twisted.errorpage import builtin_page
+from okws_twisted.interfaces import ITemplates
+from okws_twisted.rendering import PublisherUnavailable, TemplateFailure, TemplateMissing
+
 __all__ = ["ServiceResource"]
 
-# Only upper-case names are HTTP methods. Helpers an author (or this class,
-# later: render_template) names render_<lower-case> can never be reached by a
+# Only upper-case names are HTTP methods. Helpers an author (or this class:
+# render_template) names render_<lower-case> can never be reached by a
 # client that sends a request line like "template / HTTP/1.1".
 _METHOD_NAME = re.compile(r"[A-Z]+")
 
 _STR_CONTENT_TYPE = b"text/html; charset=utf-8"
+
+_FAILED = "The server could not answer this request."
+_UNAVAILABLE = "A part of this page is not available right now; try again shortly."
+
+# The templates of the site serving the request being rendered, for
+# render_template (which takes no request).  It is set around each call of a
+# render_<METHOD>, and a coroutine keeps the value it started with.
+_serving: ContextVar[ITemplates | None] = ContextVar("okws_serving_templates", default=None)
 
 
 class ServiceResource(Resource):
@@ -41,7 +56,6 @@ class ServiceResource(Resource):
 
     Example::
 
-        import html
         from okws_twisted import ServiceResource
 
         class Hello(ServiceResource):
@@ -49,7 +63,7 @@ class ServiceResource(Resource):
 
             async def render_GET(self, request):
                 name = request.args.get(b"name", [b"world"])[0].decode()
-                return f"<p>Hello, {html.escape(name)}!</p>"
+                return await self.render_template("hello.html", name=name)
 
     Contract for C{render_<METHOD>(request)}:
 
@@ -60,9 +74,10 @@ class ServiceResource(Resource):
         C{NOT_DONE_YET} keeps twisted.web's meaning: the method writes and
         finishes the request itself.
       - Any exception, synchronous or asynchronous, and any other return
-        value (C{None} included) give the client a generic 500 page and put
-        the traceback in the log (event fields C{method} and C{path}). No
-        traceback or exception text ever reaches the wire.
+        value (C{None} included) give the client the site's 500 page and put
+        the traceback in the log (event fields C{method} and C{path}; for a
+        template error also C{template} and C{lineno}). No traceback or
+        exception text ever reaches the wire.
       - If the client goes away before an asynchronous answer is ready, the
         Deferred (or coroutine) is cancelled and nothing is written.
       - A method the class has no C{render_<METHOD>} for gets
@@ -79,12 +94,37 @@ class ServiceResource(Resource):
 
     log: ClassVar[Logger] = Logger()
 
-    # -- Templates -----------------------------------------------------------
-    # render_template(name, **context) will live here: jinja2 templates fetched
-    # from the template publisher (pubd), cached and refreshed. It arrives with
-    # the template channel in a later issue and is deliberately not defined
-    # yet, so that no service can come to depend on a stand-in.
-    # -------------------------------------------------------------------------
+    # The templates of the site that last rendered this resource, for a
+    # render_template called later from a plain Deferred callback (outside
+    # the context the render ran in).
+    _okwsTemplates: ITemplates | None = None
+
+    def render_template(self, template: str, /, **context: Any) -> Deferred[str]:
+        """
+        Render the jinja2 template named C{template} with C{context}.
+
+        Returns a L{Deferred} (await it, or return it from a
+        C{render_<METHOD>}) that fires with the page as C{str}. Templates
+        ending in C{.html}, C{.htm} or C{.xml} are autoescaped. In a service
+        process they come from the template publisher, cached, and
+        refreshed when they change on disk; under
+        L{okws_twisted.testing.render}, from the C{templates} given there.
+
+        It fails with L{TemplateFailure} when the template is missing,
+        refused, broken or cannot be had; left unhandled, that answers the
+        client with the site's 500 page (503 with C{Retry-After} when the
+        publisher is unreachable) and logs the template's name and line.
+        """
+        templates = _serving.get() or self._okwsTemplates
+        if templates is None:
+            return fail(
+                TemplateMissing(
+                    "no templates: this resource is not being served by okws"
+                    " (in a test, pass templates= to okws_twisted.testing.render)",
+                    template,
+                )
+            )
+        return templates.render(template, context)
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> Any:
         """
@@ -101,6 +141,16 @@ class ServiceResource(Resource):
         produces, now or when it is ready. Authors override C{render_<METHOD>},
         not this.
         """
+        templates = _templatesOf(request)
+        if templates is not None:
+            self._okwsTemplates = templates
+        token = _serving.set(templates)
+        try:
+            return self._renderMethod(request)
+        finally:
+            _serving.reset(token)
+
+    def _renderMethod(self, request: IRequest) -> Any:
         handler = self._handlerFor(request.method)
         if handler is None:
             allowed = self._allowedMethods()
@@ -225,27 +275,68 @@ class ServiceResource(Resource):
         self, request: IRequest, reason: Failure, clientGone: bool = False
     ) -> None:
         """
-        Log C{reason} with its traceback and answer a generic 500 if the
-        response has not started; if it has, cut the connection so the client
-        sees a truncated response rather than a complete-looking one.
+        Log C{reason} with its traceback and answer the site's 500 page (503
+        if a template could not be had) if the response has not started; if
+        it has, cut the connection so the client sees a truncated response
+        rather than a complete-looking one.
         """
-        self.log.failure(
-            "render {method} {path} failed",
-            failure=reason,
-            method=_text(request.method),
-            path=_text(request.path),
-        )
+        problem = reason.value
+        status, message, retryAfter = INTERNAL_SERVER_ERROR, _FAILED, None
+        if isinstance(problem, PublisherUnavailable):
+            status, message, retryAfter = problem.status, _UNAVAILABLE, problem.retry_after
+            self.log.warn(
+                "template {template} unavailable for {method} {path}: {message}",
+                template=problem.template,
+                message=problem.message,
+                method=_text(request.method),
+                path=_text(request.path),
+            )
+        elif isinstance(problem, TemplateFailure):
+            self.log.failure(
+                "template error in {where} ({method} {path}): {message}",
+                failure=problem.cause or reason,
+                level=LogLevel.error,
+                where=problem.where,
+                template=problem.template,
+                lineno=problem.lineno,
+                message=problem.message,
+                method=_text(request.method),
+                path=_text(request.path),
+            )
+        else:
+            self.log.failure(
+                "render {method} {path} failed",
+                failure=reason,
+                method=_text(request.method),
+                path=_text(request.path),
+            )
         if clientGone or request.finished:
             return
         if request.startedWriting:
             request.loseConnection()
             return
         _discardResponse(request)
-        pages.errorPage(
-            INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-            "The server could not answer this request.",
-        ).render(request)
+        self._errorPage(request, status, message, retryAfter)
+
+    def _errorPage(
+        self, request: IRequest, status: int, message: str, retryAfter: int | None
+    ) -> None:
+        """Answer C{status} with the site's page for it (the built-in one if none)."""
+        templates = _templatesOf(request)
+        if templates is not None:
+            body = templates.error_page(status, message)
+        else:
+            body = builtin_page(status, message)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", _STR_CONTENT_TYPE)
+        if retryAfter is not None:
+            request.setHeader(b"retry-after", b"%d" % (retryAfter,))
+        self._respond(request, body)
+
+
+def _templatesOf(request: IRequest) -> ITemplates | None:
+    """The templates of the site serving C{request}, if it has any."""
+    return ITemplates(getattr(getattr(request, "site", None), "templates", None), None)
 
 
 def _discardResponse(request: IRequest) -> None:

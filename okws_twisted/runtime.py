@@ -4,6 +4,8 @@ The service runtime: one long-lived process serving one web service (OKWS's liba
 
 It adopts each client connection the dispatcher hands over, replays the bytes
 the dispatcher already read, and serves the connection with twisted.web.
+Its resources render templates that the template publisher sends over the
+templates channel (L{okws_twisted.templateclient}).
 The strict framer (L{okws_twisted.httpframe.RequestFramer}) sits in front of
 twisted.web's C{HTTPChannel}: it feeds the channel exactly the requests this
 service owns; at a request boundary whose next request belongs to another
@@ -37,6 +39,7 @@ from okws_twisted.interfaces import IChildRole
 from okws_twisted.metrics import RequestCounts
 from okws_twisted.httpframe import Body, End, Head, HTTPError, Limits, RequestFramer, RequestHead
 from okws_twisted.routing import RouteTable
+from okws_twisted.templateclient import PublisherClient
 from okws_twisted.transport import SocketTransport
 
 MAX_WAITING_HANDBACKS = 1024
@@ -131,11 +134,19 @@ class MountRoot(Resource):
 
 
 class ServiceSite(server.Site):
-    """The twisted.web site of one service instance."""
+    """The twisted.web site of one service instance.
+
+    @ivar templates: what its resources render templates with (the
+        publisher's, through L{PublisherClient}).
+    """
 
     requestFactory = ServiceRequest
     protocol = http.HTTPChannel
     displayTracebacks = False
+
+    def __init__(self, resource: IResource, templates: PublisherClient) -> None:
+        super().__init__(resource)
+        self.templates = templates
 
     def log(self, request: server.Request) -> None:
         # Access records are written by the log daemon, not here: twisted.web's
@@ -305,7 +316,9 @@ class ServiceConnection:
             return
         if self.failure is not None:
             self.channel.setTimeout(None)
-            self.transport.write(error_response(self.failure.status, self.failure.reason))
+            self.transport.write(
+                error_response(self.failure.status, self.failure.reason, pages=self.runtime.templates.pages)
+            )
             self.transport.close_lingering()
             return
         assert self.handback is not None
@@ -372,8 +385,9 @@ class ServiceRuntime:
             max_headers=site_config.max_headers,
             max_body=service.max_body,
         )
+        self.templates = PublisherClient(reactor, site_config.template_timeout, site_config.retry_after)
         self.root = MountRoot(resource, service.paths)
-        self.site = ServiceSite(self.root)
+        self.site = ServiceSite(self.root, self.templates)
         self.site.doStart()
         self.connections: set[ServiceConnection] = set()
         self.link: MessageChannel | None = None
@@ -481,7 +495,9 @@ class ServiceRuntime:
             sock.setblocking(True)
             sock.settimeout(1.0)
             try:
-                sock.sendall(error_response(503, "The service is restarting.", retry_after=self.config.retry_after))
+                sock.sendall(error_response(
+                        503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after
+                    ))
             except OSError:
                 pass
             sock.close()
@@ -520,6 +536,8 @@ class ServiceRuntime:
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
         if channel == "handoff":
             self.set_dispatcher(sock)
+        elif channel == "templates":
+            self.templates.set_channel(sock)
         else:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()

@@ -22,6 +22,17 @@ Example::
             self.assertEqual(response.code, 200)
             self.assertIn("Hello, Ada!", response.text())
 
+A service that renders templates is tested with them: C{templates} is a
+directory (the site's C{templates/}) or a mapping from template name to
+source, rendered exactly as a service process renders what the template
+publisher sends (same names refused, same autoescaping, same error pages)::
+
+    response = self.successResultOf(
+        render(Hello(), query={"name": "<b>"}, templates={
+            "hello.html": "<p>Hello, {{ name }}!</p>",
+        })
+    )
+
 This module belongs to the author's one-process world: it imports nothing from
 the launcher, the dispatcher or the process runtime.
 """
@@ -29,28 +40,53 @@ the launcher, the dispatcher or the process runtime.
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.client import HTTPException, HTTPResponse
-from typing import Union
+from typing import Any, Union
 from urllib.parse import quote, urlencode
 
+from jinja2 import BaseLoader
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
+
+from okws_twisted.errorpage import ErrorPages
+from okws_twisted.interfaces import ITemplates
+from okws_twisted.rendering import (
+    MappingLoader,
+    TemplateRenderer,
+    TreeLoader,
+    default_error_templates,
+    render_error_pages,
+)
+from okws_twisted.templatecache import TemplateCache
+from okws_twisted.templatetree import (
+    Absent,
+    NameRefused,
+    Source,
+    TemplateAbsent,
+    TemplateTree,
+    check_name,
+    etag_of,
+)
 
 __all__ = ["RenderedResponse", "render"]
 
 _Text = Union[str, bytes]
 _HeaderValues = Union[_Text, Sequence[_Text]]
+_TemplateSources = Union[Mapping[str, str], str, "os.PathLike[str]"]
 
 # RFC 9110 token characters, for methods and header names.
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -94,6 +130,7 @@ def render(
     body: bytes = b"",
     client: tuple[str, int] = ("127.0.0.1", 40000),
     reactor: IReactorTime | None = None,
+    templates: _TemplateSources | ITemplates | None = None,
 ) -> Deferred[RenderedResponse]:
     """
     Send one HTTP/1.1 request to C{resource}, the root of a fresh L{Site}.
@@ -111,6 +148,13 @@ def render(
     @param reactor: the clock for the server's own timers (the channel's idle
         timeout); defaults to the global reactor. It does not drive the
         resource: give the resource its own clock for that.
+    @param templates: what C{render_template} renders: a directory of
+        templates (read for this request, with the publisher's rules), or a
+        mapping from template name to source text. Error pages come from
+        their C{errors/<status>.html}, else okws's defaults. Any other
+        L{ITemplates} provider is used as it is. Without it,
+        C{render_template} fails (a 500) and error pages are the built-in
+        ones.
 
     @return: a L{Deferred} that fires with the L{RenderedResponse} once the
         response is complete, however late the resource finishes it. It fails
@@ -143,9 +187,80 @@ def render(
 
     exchange = _Exchange(rawMethod)
     site = Site(resource, requestFactory=exchange.requestFactory, reactor=reactor)
+    if templates is not None:
+        site.templates = (  # type: ignore[attr-defined]
+            templates if ITemplates.providedBy(templates) else _LocalTemplates(templates)
+        )
     exchange.connect(site.buildProtocol(peer), local, peer)
     exchange.send(request)
     return exchange.result
+
+
+@implementer(ITemplates)
+class _LocalTemplates:
+    """
+    Templates for one in-memory request: a directory or a mapping, read
+    synchronously, through the same renderer a service process uses.
+    """
+
+    log = Logger()
+
+    def __init__(self, templates: _TemplateSources) -> None:
+        loader: BaseLoader
+        if isinstance(templates, Mapping):
+            sources = dict(templates)
+            for name, text in sources.items():
+                try:
+                    check_name(name)
+                except NameRefused as e:
+                    raise ValueError(f"templates: {name!r} is not a template name: {e}") from None
+                if not isinstance(text, str):
+                    raise TypeError(f"templates: {name!r} must be str, not {type(text).__name__}")
+            self._read: Callable[[str], Source] = lambda name: _fromMapping(sources, name)
+            loader = MappingLoader(sources)
+        else:
+            tree = TemplateTree(os.fspath(templates))
+            if tree.real_root() is None:
+                raise ValueError(f"templates: {os.fspath(templates)!r} is not a directory")
+            self._read = tree.read
+            loader = TreeLoader(tree)
+        self._loader = loader
+        self._pages: ErrorPages | None = None
+        self._renderer = TemplateRenderer(TemplateCache(), self._fetch)
+
+    def _fetch(self, name: str) -> Deferred[Source | Absent]:
+        try:
+            return succeed(self._read(name))
+        except TemplateAbsent as e:
+            return succeed(e.answer())
+
+    def render(self, name: str, context: Mapping[str, Any]) -> Deferred[str]:
+        return self._renderer.render(name, context)
+
+    def error_page(self, status: int, message: str) -> str:
+        if self._pages is None:
+            pages, problems = render_error_pages(self._loader, default_error_templates())
+            for problem in problems:
+                self.log.error(
+                    "error page template failed, using the default page: {where}: {message}",
+                    where=problem.where,
+                    message=problem.message,
+                    template=problem.template,
+                    lineno=problem.lineno,
+                )
+            self._pages = ErrorPages(pages)
+        return self._pages.body(status, message)
+
+
+def _fromMapping(sources: Mapping[str, str], name: str) -> Source:
+    try:
+        check_name(name)
+    except NameRefused as e:
+        raise TemplateAbsent(name, str(e), refused=True) from None
+    if name not in sources:
+        raise TemplateAbsent(name, "no such template")
+    text = sources[name]
+    return Source(name, text, etag_of(text.encode("utf-8")))
 
 
 class _Exchange:

@@ -41,10 +41,24 @@ def free_port() -> int:
 class Site:
     """One okws site under test."""
 
-    def __init__(self, services: str, okws: str = "", port: int | None = None) -> None:
+    def __init__(
+        self, services: str, okws: str = "", port: int | None = None, templates: dict[str, str] | None = None
+    ) -> None:
+        """
+        @param templates: the site's template tree, as name -> source, written
+            into its own directory (so a test may change it); by default the
+            site's C{templates} is a link to the repository's example templates.
+        """
         self.dir = tempfile.mkdtemp(prefix="okws-e2e-")
         for name in ("services", "tests"):
             os.symlink(os.path.join(REPO, name), os.path.join(self.dir, name))
+        self.templates = os.path.join(self.dir, "templates")
+        if templates is None:
+            os.symlink(os.path.join(REPO, "templates"), self.templates)
+        else:
+            os.mkdir(self.templates)
+            for name, text in templates.items():
+                self.write_template(name, text)
         self.port = port or free_port()
         self.ini = os.path.join(self.dir, "site.ini")
         with open(self.ini, "w") as f:
@@ -60,6 +74,15 @@ class Site:
         self.prefix: list[str] = []
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
+
+    def write_template(self, name: str, text: str) -> None:
+        """Replace template C{name} as an editor saving atomically would."""
+        path = os.path.join(self.templates, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
 
     # -- lifecycle
 

@@ -80,6 +80,7 @@ class DefaultsTests(SynchronousTestCase):
             "head_timeout": 30.0, "queue_max": 40, "queue_timeout": 30.0, "retry_after": 5,
             "restart_delay_min": 1.0, "restart_delay_max": 60.0, "stable_after": 30.0,
             "drain_timeout": 10.0, "kill_timeout": 5.0, "keepalive_timeout": 60.0,
+            "template_timeout": 5.0,
         }
         self.assertEqual({key: getattr(config, key) for key in expected}, expected)
 
@@ -109,6 +110,7 @@ class DefaultsTests(SynchronousTestCase):
             drain_timeout = 0
             kill_timeout = 0.
             keepalive_timeout = .5
+            template_timeout = 1.5
             """, services="""
             [service:hello]
             resource = services.hello:Hello
@@ -124,6 +126,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.queue_max, 0)
         self.assertEqual(config.drain_timeout, 0.0)
         self.assertEqual(config.keepalive_timeout, 0.5)
+        self.assertEqual(config.template_timeout, 1.5)
         self.assertEqual((config.services[0].instances, config.services[0].max_body), (64, 0))
 
     def test_commentsAndContinuations(self) -> None:
@@ -488,6 +491,8 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
                                       "got '0'"),
             ("restart_delay_min = 0", "restart_delay_min: expected a number of seconds above 0, "
                                       "got '0'"),
+            ("template_timeout = 0", "template_timeout: expected a number of seconds above 0, "
+                                     "got '0'"),
         ]
         for line, message in cases:
             self.assertConfigError(f"[okws]\n{line}\n" + SERVICE, f"site.ini: [okws] {message}")

@@ -1,5 +1,6 @@
 """
-Installing okws gives a twistd that knows ``okws``: normal and editable installs.
+Installing okws gives a twistd that knows ``okws`` and the default error page
+templates: normal and editable installs.
 
 Each test builds a fresh virtualenv, installs a copy of this checkout into it,
 and asks that virtualenv's twistd (run from an unrelated directory, so the
@@ -49,6 +50,16 @@ class PluginInstallTests(SynchronousTestCase):
             [os.path.join(venv, "bin", "twistd"), "okws", "--help"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120
         )
         self.assertIn("--config", okws_help.stdout, okws_help.stdout + okws_help.stderr)
+        # The default error page templates are package data: the publisher needs them.
+        pages = subprocess.run(
+            [os.path.join(venv, "bin", "python"), "-c",
+             "from okws_twisted.rendering import default_error_templates as d; print(' '.join(sorted(d())))"],
+            capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120,
+        )
+        self.assertEqual(pages.returncode, 0, pages.stderr)
+        for status in (400, 404, 408, 413, 414, 431, 500, 503, 505):
+            self.assertIn(f"errors/{status}.html", pages.stdout.split())
+        self.assertIn("errors/layout.html", pages.stdout.split())
 
     def test_normal_install(self) -> None:
         self._check()

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import gc
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
 
 import okws_twisted
 from okws_twisted import ServiceResource
+from okws_twisted.interfaces import ITemplates
+from okws_twisted.rendering import PublisherUnavailable
 from okws_twisted.testing import RenderedResponse, render
 
 
@@ -54,11 +57,17 @@ class PackageTests(SynchronousTestCase):
         self.assertIs(okws_twisted.ServiceResource, ServiceResource)
         self.assertEqual(okws_twisted.__version__, "0.1.0")
 
-    def test_noTemplateStandIn(self) -> None:
+    def test_renderTemplateIsNotAMethod(self) -> None:
         """
-        C{render_template} does not exist yet: no stand-in that pretends.
+        C{render_template} is the author's helper, never an HTTP method: a
+        request with method C{template} is refused like any other unknown
+        method.
         """
-        self.assertFalse(hasattr(ServiceResource, "render_template"))
+        self.assertTrue(callable(ServiceResource.render_template))
+        response = self.successResultOf(
+            render(Static(b"page"), "template", templates={"x.html": "x"})
+        )
+        self.assertEqual(response.code, 405)
 
     def test_isAResource(self) -> None:
         """A service is a twisted.web resource, constructible with no arguments."""
@@ -350,7 +359,7 @@ class MethodTests(SynchronousTestCase):
 
     def test_lowerCaseHelpersAreNotMethods(self) -> None:
         """
-        A C{render_<lowercase>} helper (render_template, later) is not an HTTP
+        A C{render_<lowercase>} helper (like render_template) is not an HTTP
         method: a client cannot call it and Allow does not list it.
         """
         called = []
@@ -557,3 +566,60 @@ class DisconnectTests(SynchronousTestCase):
         rendering.cancel()
         self.failureResultOf(rendering, CancelledError)
         self.assertEqual(len(self.flushLoggedErrors(Boom)), 1)
+
+
+@implementer(ITemplates)
+class Unreachable:
+    """Templates whose publisher never answers, with a recognisable error page."""
+
+    def render(self, name, context):
+        return fail(PublisherUnavailable(name, 5.0, 9))
+
+    def error_page(self, status, message):
+        return f"site {status}: {message}"
+
+
+class UsesTemplate(ServiceResource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"x-set-before", b"1")
+        return self.render_template("page.html", who="you")
+
+
+class TemplateAnswerTests(SynchronousTestCase):
+    """How a template failure reaches the client and the log."""
+
+    def test_publisherUnavailableIs503(self) -> None:
+        with capturedLogs() as events:
+            response = self.successResultOf(render(UsesTemplate(), templates=Unreachable()))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(header(response, "retry-after"), "9")
+        self.assertTrue(response.text().startswith("site 503: "))
+        self.assertIsNone(header(response, "x-set-before"))
+        [event] = [e for e in events if e.get("template") == "page.html"]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+
+    def test_head(self) -> None:
+        response = self.successResultOf(render(UsesTemplate(), "HEAD", templates=Unreachable()))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.body, b"")
+
+    def test_brokenIs500WithNameAndLine(self) -> None:
+        with capturedLogs() as events:
+            response = self.successResultOf(
+                render(UsesTemplate(), templates={"page.html": "\n\n{{ who.x.y }}"})
+            )
+        self.assertEqual(response.code, 500)
+        self.assertNotIn("who", response.text())
+        [event] = [e for e in events if e.get("template") == "page.html"]
+        self.assertEqual((event["lineno"], event["log_level"]), (3, LogLevel.error))
+        self.assertIn("page.html line 3", event["where"])
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+
+    def test_rendered(self) -> None:
+        response = self.successResultOf(
+            render(UsesTemplate(), templates={"page.html": "<p>{{ who }}</p>"})
+        )
+        self.assertEqual(response.body, b"<p>you</p>")
+        self.assertEqual(header(response, "content-type"), "text/html; charset=utf-8")

@@ -1,6 +1,6 @@
 """
 Tests for the example services in L{services}, rendered in memory with
-L{okws_twisted.testing.render}.
+L{okws_twisted.testing.render} and the example site's own templates.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from services.form import Guestbook
 from services.hello import Hello
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
 
 
 def pidOf(response: RenderedResponse) -> int:
@@ -39,16 +40,16 @@ class ConstructionTests(SynchronousTestCase):
         process serves it as its site root and passes the full path.
         """
         for path in ("/hello", "/hi/", "/hello/more/parts"):
-            response = self.successResultOf(render(Hello(), path=path))
+            response = self.successResultOf(render(Hello(), path=path, templates=TEMPLATES))
             self.assertEqual(response.code, 200, path)
             self.assertIn("Hello, world!", response.text())
-        response = self.successResultOf(render(Guestbook(), path="/guestbook"))
+        response = self.successResultOf(render(Guestbook(), path="/guestbook", templates=TEMPLATES))
         self.assertEqual(response.code, 200)
 
 
 class HelloTests(SynchronousTestCase):
     def test_default(self) -> None:
-        response = self.successResultOf(render(Hello()))
+        response = self.successResultOf(render(Hello(), templates=TEMPLATES))
         self.assertEqual(response.code, 200)
         self.assertIn("Hello, world!", response.text())
         self.assertEqual(
@@ -57,38 +58,53 @@ class HelloTests(SynchronousTestCase):
         )
 
     def test_pid(self) -> None:
-        response = self.successResultOf(render(Hello()))
+        response = self.successResultOf(render(Hello(), templates=TEMPLATES))
         self.assertEqual(pidOf(response), os.getpid())
 
     def test_name(self) -> None:
-        response = self.successResultOf(render(Hello(), query={"name": "Ada"}))
+        response = self.successResultOf(render(Hello(), query={"name": "Ada"}, templates=TEMPLATES))
         self.assertIn("Hello, Ada!", response.text())
 
     def test_emptyName(self) -> None:
-        response = self.successResultOf(render(Hello(), query={"name": ""}))
+        response = self.successResultOf(render(Hello(), query={"name": ""}, templates=TEMPLATES))
         self.assertIn("Hello, world!", response.text())
 
     def test_unicodeName(self) -> None:
-        response = self.successResultOf(render(Hello(), query={"name": "Zo\u00eb"}))
+        response = self.successResultOf(render(Hello(), query={"name": "Zo\u00eb"}, templates=TEMPLATES))
         self.assertIn("Hello, Zo\u00eb!", response.text())
 
     def test_escaped(self) -> None:
         name = '<b onclick="x()">&amp;</b>'
-        response = self.successResultOf(render(Hello(), query={"name": name}))
+        response = self.successResultOf(render(Hello(), query={"name": name}, templates=TEMPLATES))
         self.assertIn(
-            "Hello, &lt;b onclick=&quot;x()&quot;&gt;&amp;amp;&lt;/b&gt;!",
+            "Hello, &lt;b onclick=&#34;x()&#34;&gt;&amp;amp;&lt;/b&gt;!",
             response.text(),
         )
         self.assertNotIn("<b onclick", response.text())
 
     def test_head(self) -> None:
-        response = self.successResultOf(render(Hello(), "HEAD"))
+        response = self.successResultOf(render(Hello(), "HEAD", templates=TEMPLATES))
         self.assertEqual(response.code, 200)
         self.assertEqual(response.body, b"")
         self.assertEqual(pidOf(response), os.getpid())
 
+    def test_layout(self) -> None:
+        """The page extends the site's layout, which includes its footer."""
+        text = self.successResultOf(render(Hello(), templates=TEMPLATES)).text()
+        self.assertIn("<title>Hello</title>", text)
+        self.assertIn("<footer>", text)
+
+    def test_withoutTemplates(self) -> None:
+        """
+        A test that gives no templates gets a 500 (and a logged error), not
+        a page from somewhere else.
+        """
+        response = self.successResultOf(render(Hello()))
+        self.assertEqual(response.code, 500)
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+
     def test_postNotAllowed(self) -> None:
-        response = self.successResultOf(render(Hello(), "POST"))
+        response = self.successResultOf(render(Hello(), "POST", templates=TEMPLATES))
         self.assertEqual(response.code, 405)
         self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
 
@@ -97,15 +113,21 @@ class GuestbookTests(SynchronousTestCase):
     def post(self, **fields: str) -> RenderedResponse:
         return self.successResultOf(
             render(
-                Guestbook(), "POST", headers=FORM, body=urlencode(fields).encode()
+                Guestbook(),
+                "POST",
+                headers=FORM,
+                body=urlencode(fields).encode(),
+                templates=TEMPLATES,
             )
         )
 
     def test_form(self) -> None:
-        response = self.successResultOf(render(Guestbook()))
+        response = self.successResultOf(render(Guestbook(), templates=TEMPLATES))
         self.assertEqual(response.code, 200)
         self.assertIn('<form method="post">', response.text())
         self.assertIn('name="message"', response.text())
+        self.assertIn("<footer>", response.text())
+        self.assertNotIn("You wrote", response.text())
         self.assertEqual(pidOf(response), os.getpid())
 
     def test_post(self) -> None:
@@ -118,7 +140,7 @@ class GuestbookTests(SynchronousTestCase):
         """User input is shown as text: a script tag never reaches the page."""
         response = self.post(message="<script>alert('x')</script>")
         self.assertIn(
-            "You wrote: &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;",
+            "You wrote: &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;",
             response.text(),
         )
         self.assertNotIn("<script", response.text())

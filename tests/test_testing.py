@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
+import os
 import sys
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from okws_twisted import testing
+from okws_twisted import ServiceResource, testing
 from okws_twisted.testing import RenderedResponse, render
 
 
@@ -329,3 +331,128 @@ class RealReactorTests(TestCase):
         rendering: Deferred = render(Slow())
         rendering.addCallback(lambda response: self.assertEqual(response.body, b"later"))
         return rendering
+
+
+class Page(ServiceResource):
+    """Renders the template named by C{?t=} with the other query arguments."""
+
+    isLeaf = True
+
+    async def render_GET(self, request):
+        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        return await self.render_template(args.pop("t"), **args)
+
+
+class Later(ServiceResource):
+    """Calls render_template from a plain Deferred callback, after the render returned."""
+
+    isLeaf = True
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def render_GET(self, request):
+        return deferLater(self.clock, 1, lambda: None).addCallback(
+            lambda _: self.render_template("a.html", x="later")
+        )
+
+
+class Failing(ServiceResource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        raise RuntimeError("a bug")
+
+
+SOURCES = {
+    "base.html": "<main>{% block c %}{% endblock %}</main>",
+    "a.html": '{% extends "base.html" %}{% block c %}[{{ x }}]{% endblock %}',
+    "broken.html": "fine\n{{ x.y.z }}",
+    "syntax.html": "a\nb\n{% for %}",
+    "errors/500.html": "custom 500: {{ message }}",
+}
+
+
+class TemplateTests(SynchronousTestCase):
+    """C{templates=}: what render_template renders in a test."""
+
+    def page(self, templates, **query) -> RenderedResponse:
+        return self.successResultOf(render(Page(), query=query, templates=templates))
+
+    def test_mapping(self) -> None:
+        response = self.page(SOURCES, t="a.html", x="<b>")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.text(), "<main>[&lt;b&gt;]</main>")
+
+    def test_directory(self) -> None:
+        root = self.mktemp()
+        for name, text in SOURCES.items():
+            path = os.path.join(root, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+        self.assertEqual(self.page(root, t="a.html", x="1").text(), "<main>[1]</main>")
+        with open(os.path.join(root, "a.html"), "w") as f:
+            f.write("edited {{ x }}")
+        self.assertEqual(self.page(root, t="a.html", x="2").text(), "edited 2")
+
+    def test_directoryRefusesTheWayOut(self) -> None:
+        root = self.mktemp()
+        os.makedirs(root)
+        with open(os.path.join(os.path.dirname(root), "secret.html"), "w") as f:
+            f.write("SECRET")
+        os.symlink(os.path.abspath(os.path.join(os.path.dirname(root), "secret.html")), os.path.join(root, "s.html"))
+        for name in ("../secret.html", "s.html"):
+            response = self.page(root, t=name)
+            self.assertEqual(response.code, 500)
+            self.assertNotIn("SECRET", response.text())
+        self.assertEqual(len(self.flushLoggedErrors()), 2)
+
+    def test_missing(self) -> None:
+        with capturedLogs() as events:
+            response = self.page(SOURCES, t="nope.html")
+        self.assertEqual(response.code, 500)
+        self.assertIn("custom 500: The server could not answer this request.", response.text())
+        [event] = [e for e in events if "template" in e]
+        self.assertEqual((event["template"], event["lineno"]), ("nope.html", None))
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+
+    def test_errorsWithLines(self) -> None:
+        for name, line in (("broken.html", 2), ("syntax.html", 3)):
+            with capturedLogs() as events:
+                response = self.page(SOURCES, t=name)
+            self.assertEqual(response.code, 500)
+            self.assertNotIn("Undefined", response.text())
+            [event] = [e for e in events if "template" in e]
+            self.assertEqual((event["template"], event["lineno"]), (name, line))
+        self.assertEqual(len(self.flushLoggedErrors()), 2)
+
+    def test_defaultErrorPages(self) -> None:
+        """Without a site page, okws's default page for the status is used."""
+        response = self.successResultOf(render(Failing(), templates={}))
+        self.assertEqual(response.code, 500)
+        self.assertIn("<title>500 Internal Server Error</title>", response.text())
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_siteErrorPageForAnyFailure(self) -> None:
+        response = self.successResultOf(render(Failing(), templates=SOURCES))
+        self.assertEqual(response.text(), "custom 500: The server could not answer this request.")
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_withoutTemplates(self) -> None:
+        response = self.page(None, t="a.html")
+        self.assertEqual(response.code, 500)
+        [failure] = self.flushLoggedErrors()
+        self.assertIn("templates=", failure.getErrorMessage())
+
+    def test_calledFromALaterCallback(self) -> None:
+        clock = Clock()
+        rendering = render(Later(clock), templates=SOURCES)
+        clock.advance(1)
+        self.assertEqual(self.successResultOf(rendering).text(), "<main>[later]</main>")
+
+    def test_badTemplatesArgument(self) -> None:
+        self.assertRaises(ValueError, render, Page(), templates={"../a.html": "x"})
+        self.assertRaises(TypeError, render, Page(), templates={"a.html": b"x"})
+        self.assertRaises(ValueError, render, Page(), templates=self.mktemp())

@@ -28,6 +28,27 @@ class ImportWallTests(SynchronousTestCase):
         for forbidden in ("okws_twisted.resource", "okws_twisted.testing", "okws_twisted.runtime", "jinja2", "services"):
             self.assertNotIn(forbidden, loaded)
 
+    def test_dispatcher_renders_no_templates(self) -> None:
+        """The dispatcher shows the publisher's error pages; it never renders one."""
+        loaded = modules_after_import("okws_twisted.dispatcher")
+        for forbidden in ("okws_twisted.rendering", "okws_twisted.templateclient", "okws_twisted.publisher", "markupsafe"):
+            self.assertNotIn(forbidden, loaded)
+
+    def test_publisher_runs_no_site_code(self) -> None:
+        """The template publisher reads templates; it never imports services or serves requests."""
+        loaded = modules_after_import("okws_twisted.publisher")
+        for forbidden in (
+            "okws_twisted.resource", "okws_twisted.runtime", "okws_twisted.dispatcher",
+            "okws_twisted.launcher", "okws_twisted.templateclient", "twisted.web.server", "services",
+        ):
+            self.assertNotIn(forbidden, loaded)
+
+    def test_services_preload_what_jinja2_loads_late(self) -> None:
+        """A jailed service cannot import later: what jinja2 imports lazily is loaded up front."""
+        loaded = modules_after_import("okws_twisted.runtime")
+        for needed in ("jinja2.debug", "encodings.unicode_escape"):
+            self.assertIn(needed, loaded)
+
     def test_launcher_runs_no_site_code(self) -> None:
         loaded = modules_after_import("okws_twisted.tap")
         for forbidden in ("okws_twisted.resource", "okws_twisted.runtime", "okws_twisted.dispatcher", "jinja2", "services"):
@@ -36,7 +57,10 @@ class ImportWallTests(SynchronousTestCase):
     def test_author_api_is_one_process(self) -> None:
         for module in ("okws_twisted.resource", "okws_twisted.testing"):
             loaded = modules_after_import(module)
-            for forbidden in ("okws_twisted.launcher", "okws_twisted.dispatcher", "okws_twisted.tap"):
+            for forbidden in (
+                "okws_twisted.launcher", "okws_twisted.dispatcher", "okws_twisted.tap",
+                "okws_twisted.publisher", "okws_twisted.templateclient", "okws_twisted.templatechannel",
+            ):
                 self.assertNotIn(forbidden, loaded, module)
 
     def test_public_api(self) -> None:
