@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from okws_twisted.logformat import ACCESS_FIELDS, COMBINED, parse_access_fields
+
 __all__ = [
     "ConfigError",
     "Listener",
@@ -149,14 +151,22 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "drain_timeout": _SECONDS_OR_ZERO,
     "kill_timeout": _SECONDS_OR_ZERO,
     "keepalive_timeout": _SECONDS_POSITIVE,
+    "log_buffer": _Number(int, 1, "records"),
+    "log_max_size": _Number(int, 0, "bytes"),
+    "log_keep": _Number(int, 1, "files", maximum=1000),
 }
+
+#: The yes/no [okws] keys.
+_OKWS_BOOLEANS = ("access_log", "access_log_json")
+_TRUE = ("yes", "true", "on", "1")
+_FALSE = ("no", "false", "off", "0")
 
 _SERVICE_NUMBERS: dict[str, _Number] = {
     "instances": _Number(int, 1, "instances", maximum=64),
     "max_body": _Number(int, 0, "bytes"),
 }
 
-_OKWS_KEYS = ("listen", "log_dir", "templates", *_OKWS_NUMBERS)
+_OKWS_KEYS = ("listen", "log_dir", "templates", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields")
 _SERVICE_KEYS = ("resource", "paths", *_SERVICE_NUMBERS)
 
 
@@ -522,6 +532,12 @@ class SiteConfig:
     drain_timeout: float = 10.0
     kill_timeout: float = 5.0
     keepalive_timeout: float = 60.0
+    log_buffer: int = 65536
+    log_max_size: int = 0
+    log_keep: int = 5
+    access_log: bool = True
+    access_log_json: bool = False
+    access_log_fields: tuple[str, ...] = COMBINED
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:
@@ -553,6 +569,17 @@ class SiteConfig:
                 raise fail("okws", key, problem)
             if number.kind is float:
                 object.__setattr__(self, key, float(value))
+        for key in _OKWS_BOOLEANS:
+            if not isinstance(getattr(self, key), bool):
+                raise fail("okws", key, f"expected yes or no, got {getattr(self, key)!r}")
+        fields = self.access_log_fields
+        if (
+            not isinstance(fields, (tuple, list))
+            or not fields
+            or not all(isinstance(name, str) and name in ACCESS_FIELDS for name in fields)
+        ):
+            raise fail("okws", "access_log_fields", f"expected names of access log fields, got {fields!r}")
+        object.__setattr__(self, "access_log_fields", tuple(fields))
         if self.restart_delay_min > self.restart_delay_max:
             raise fail(
                 "okws",
@@ -609,6 +636,8 @@ class SiteConfig:
             if not isinstance(document, dict) or document.pop("format", None) != _JSON_FORMAT:
                 raise ValueError(f"not an okws site config (format {_JSON_FORMAT})")
             document["listen"] = tuple(Listener(**item) for item in document["listen"])
+            if isinstance(document.get("access_log_fields"), list):
+                document["access_log_fields"] = tuple(document["access_log_fields"])
             document["services"] = tuple(
                 ServiceConfig(**{**item, "paths": tuple(item["paths"])})
                 for item in document["services"]
@@ -722,6 +751,18 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             raise fail("okws", key, problem)
         site[key] = value
     _check_pairs(site, okws, fail)
+
+    for key in _OKWS_BOOLEANS:
+        if key in okws:
+            word = okws[key].strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise fail("okws", key, f"expected yes or no, got {okws[key]!r}")
+            site[key] = word in _TRUE
+    if "access_log_fields" in okws:
+        try:
+            site["access_log_fields"] = parse_access_fields(okws["access_log_fields"])
+        except ValueError as e:
+            raise fail("okws", "access_log_fields", str(e)) from None
 
     services = []
     for section in parser.sections():
