@@ -3,11 +3,18 @@
 The launcher (OKWS's okld): opens the listening sockets, spawns and relaunches every child.
 
 It is twistd's service.  It owns the listening sockets (so a dispatcher
-relaunch loses no queued connection), spawns the dispatcher and every service
-instance with ``spawnProcess``, wires a handoff channel between the dispatcher
-and each instance (again after either is relaunched), relaunches a child that
-dies with a doubling back-off, and on stop lets in-flight requests finish
-before it stops the children, killing those that overstay.
+relaunch loses no queued connection), spawns the log daemon (first), the
+dispatcher and every service instance with ``spawnProcess``, wires a handoff
+channel between the dispatcher and each instance and a log channel from every
+child to the log daemon (again after either side is relaunched), relaunches a
+child that dies with a doubling back-off, and on stop lets in-flight requests
+finish before it stops the children, killing those that overstay; the log
+daemon stops last, once it has written everything.
+
+The launcher sends its own records too (every process start, exit, crash and
+relaunch) over a log channel of its own, and on SIGUSR1 asks the log daemon
+to reopen its files (after twistd has rotated its own log, if it logs to a
+file).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import signal
 import socket
 import stat
 import sys
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -24,13 +32,14 @@ from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import LogLevel, Logger, formatEvent
 from twisted.python.failure import Failure
 
 import okws_twisted
-from okws_twisted import control
+from okws_twisted import control, logchannel
 from okws_twisted.channel import Message, MessageChannel, socketpair
 from okws_twisted.config import Listener, SiteConfig
+from okws_twisted.logsender import FINAL_FLUSH_TIMEOUT, RecordSender
 
 
 #: Which children get a channel to which: (channel kind, role, role).  When a
@@ -38,7 +47,15 @@ from okws_twisted.config import Listener, SiteConfig
 #: relaunched child is wired again, so both sides always reach each other.
 LINKS: list[tuple[str, str, str]] = [
     ("handoff", "dispatcher", "service"),
+    (logchannel.CHANNEL, "logd", "dispatcher"),
+    (logchannel.CHANNEL, "logd", "service"),
 ]
+
+#: How long the log daemon gets to exit once told to stop (it has nothing to drain).
+LOGD_STOP_TIMEOUT = 5.0
+
+#: How many of a child's last output lines go with the error-log record of its crash.
+OUTPUT_TAIL = 20
 
 
 class ListenError(Exception):
@@ -89,6 +106,15 @@ class Backoff:
         return self.current
 
 
+def exit_status(reason: object) -> str:
+    """A child's end in a few words: C{"exit code 3"}, C{"signal 9"}."""
+    if isinstance(reason, (error.ProcessDone, error.ProcessTerminated)):
+        if reason.signal is not None:
+            return f"signal {reason.signal}"
+        return f"exit code {reason.exitCode}"
+    return str(reason)
+
+
 def child_environment(extra_paths: list[str]) -> dict[str, str]:
     """The whole environment of a child: only what Python needs (never the launcher's)."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(okws_twisted.__file__)))
@@ -110,6 +136,7 @@ class ChildOutput(ProcessProtocol):
     def __init__(self, slot: "ChildSlot") -> None:
         self.slot = slot
         self._partial = {1: b"", 2: b""}
+        self.tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
 
     def connectionMade(self) -> None:
         self.transport.closeStdin()
@@ -122,6 +149,7 @@ class ChildOutput(ProcessProtocol):
 
     def _emit(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
+        self.tail.append(text)
         self.log.info("[{child} pid {pid}] {line}", child=self.slot.name, pid=self.pid, line=text)
 
     @property
@@ -133,11 +161,11 @@ class ChildOutput(ProcessProtocol):
             if self._partial.get(fd):
                 self._emit(self._partial[fd])
                 self._partial[fd] = b""
-        self.slot.ended(reason)
+        self.slot.ended(reason, list(self.tail))
 
 
 class ChildSlot:
-    """One child the launcher keeps running: the dispatcher or one service instance.
+    """One child the launcher keeps running: the log daemon, the dispatcher or one service instance.
 
     States: waiting (not running; maybe a relaunch is scheduled) -> starting
     (spawned, no ``ready`` yet) -> ready -> waiting again when it exits.
@@ -167,7 +195,15 @@ class ChildSlot:
 
     def peer_meta(self, kind: str) -> dict[str, Any]:
         """The C{peer} message that tells another child about this one."""
-        meta: dict[str, Any] = {"k": control.PEER, "channel": kind, "name": self.name, "role": self.role, "pid": self.pid}
+        meta: dict[str, Any] = {
+            "k": control.PEER,
+            "channel": kind,
+            "name": self.name,
+            "role": self.role,
+            "pid": self.pid,
+            "launch": self.launches,
+            "run": self.launcher.run_id,
+        }
         if self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
@@ -179,9 +215,11 @@ class ChildSlot:
         reactor = launcher.reactor
         parent, child = socketpair()
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", control.CONTROL_FD: child.fileno()}
-        meta: dict[str, Any] = {"k": control.CONFIG, "role": self.role}
+        meta: dict[str, Any] = {"k": control.CONFIG, "role": self.role, "run": launcher.run_id, "launch": self.launches + 1}
         extra_paths: list[str] = []
-        if self.role == "dispatcher":
+        if self.role == "logd":
+            args = [sys.executable, "-m", "okws_twisted.bootstrap", "logd"]
+        elif self.role == "dispatcher":
             for i, sock in enumerate(launcher.listen_sockets):
                 child_fds[control.FIRST_LISTEN_FD + i] = sock.fileno()
             meta["listeners"] = len(launcher.listen_sockets)
@@ -205,7 +243,12 @@ class ChildSlot:
         self.exited = defer.Deferred()
         self.ctl = MessageChannel(reactor, parent, self._control, self._control_lost, name=f"control:{self.name}")
         self.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
-        self.log.info("started {child} as pid {pid}", child=self.name, pid=self.pid)
+        if self.launches == 1:
+            launcher.note(LogLevel.info, "started {child} as pid {pid}", child=self.name, pid=self.pid)
+        else:
+            launcher.note(
+                LogLevel.info, "started {child} as pid {pid} (relaunch {n})", child=self.name, pid=self.pid, n=self.launches - 1
+            )
 
     def _control(self, batch: list[Message]) -> None:
         for msg in batch:
@@ -213,7 +256,7 @@ class ChildSlot:
                 os.close(fd)
             if msg.kind == control.READY and self.state == "starting":
                 self.state = "ready"
-                self.log.info("{child} pid {pid} is ready", child=self.name, pid=self.pid)
+                self.launcher.note(LogLevel.info, "{child} pid {pid} is ready", child=self.name, pid=self.pid)
                 self.launcher.child_ready(self)
 
     def _control_lost(self, reason: Failure) -> None:
@@ -235,7 +278,7 @@ class ChildSlot:
             except (error.ProcessExitedAlready, OSError):
                 pass
 
-    def ended(self, reason: Failure) -> None:
+    def ended(self, reason: Failure, output: list[str] | None = None) -> None:
         launcher = self.launcher
         ran_for = launcher.reactor.seconds() - self.started_at
         pid, self.pid, self.process = self.pid, None, None
@@ -244,14 +287,18 @@ class ChildSlot:
             self.ctl.close()
             self.ctl = None
         exited, self.exited = self.exited, None
-        status = reason.value
+        status = exit_status(reason.value)
         if launcher.stopping:
-            self.log.info("{child} pid {pid} exited: {status}", child=self.name, pid=pid, status=status)
+            launcher.note(LogLevel.info, "{child} pid {pid} exited: {status}", child=self.name, pid=pid, status=status)
         else:
             delay = self.backoff.delay(ran_for)
-            self.log.warn(
-                "{child} pid {pid} exited unexpectedly ({status}) after {ran:.1f}s; relaunching in {delay:.1f}s",
-                child=self.name, pid=pid, status=status, ran=ran_for, delay=delay,
+            crashed = isinstance(reason.value, error.ProcessTerminated)
+            launcher.note(
+                LogLevel.error if crashed else LogLevel.warn,
+                "{child} pid {pid} {how} ({status}) after {ran:.1f}s; relaunching in {delay:.1f}s",
+                child=self.name, pid=pid, how="crashed" if crashed else "exited unexpectedly",
+                status=status, ran=ran_for, delay=delay,
+                traceback=("last output:\n" + "\n".join(output)) if crashed and output else None,
             )
             self.relaunch_call = launcher.reactor.callLater(delay, self.spawn)
         if exited is not None:
@@ -271,6 +318,11 @@ class Launcher(Service):
         self.reactor = reactor
         self.config = config
         self.listen_sockets = listen_sockets
+        self.run_id = os.urandom(6).hex()
+        self.records = RecordSender(reactor, config.log_buffer)
+        self.log_channel: MessageChannel | None = None
+        self._previous_usr1: Any = None
+        self.logd = ChildSlot(self, "logd")
         self.dispatcher = ChildSlot(self, "dispatcher")
         self.instances = [
             ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)
@@ -280,7 +332,12 @@ class Launcher(Service):
 
     @property
     def children(self) -> list[ChildSlot]:
-        return [self.dispatcher, *self.instances]
+        return [self.logd, self.dispatcher, *self.instances]
+
+    def note(self, level: LogLevel, format: str, traceback: str | None = None, **fields: Any) -> None:
+        """Log an event of the launcher's to twistd's log and to the error log."""
+        self.log.emit(level, format, **fields)
+        self.records.event(level.name, formatEvent({"log_format": format, **fields}), traceback)
 
     def startService(self) -> None:
         super().startService()
@@ -289,13 +346,61 @@ class Launcher(Service):
                 "okws is not running as root: every process runs as uid {uid} without jails",
                 uid=os.geteuid(),
             )
+        self._install_usr1()
+        self.logd.spawn()
         for slot in self.instances:
             slot.spawn()
         self.dispatcher.spawn()
 
+    # -- logging
+
+    def _install_usr1(self) -> None:
+        """SIGUSR1: whatever was installed before (twistd rotating its own log file), then ours."""
+        previous = signal.getsignal(signal.SIGUSR1)
+        self._previous_usr1 = previous
+
+        def on_usr1(signum: int, frame: Any) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            self.reactor.callFromThread(self.reopen_logs)
+
+        signal.signal(signal.SIGUSR1, on_usr1)
+
+    def reopen_logs(self) -> None:
+        """Ask the log daemon to reopen its files (after an external rotation)."""
+        channel = self.log_channel
+        self.note(LogLevel.info, "reopening the log files")
+        if channel is not None and channel.connected:
+            self.records.flush()
+            channel.send({"k": logchannel.REOPEN})
+        # Else the daemon is being relaunched, and a new daemon opens the files afresh.
+
+    def _attach_log_client(self) -> None:
+        """Give the (new) log daemon a channel to the launcher's own records."""
+        ours, theirs = socketpair()
+        meta = {
+            "k": control.PEER,
+            "channel": logchannel.CHANNEL,
+            "name": "launcher",
+            "role": "launcher",
+            "pid": os.getpid(),
+            "launch": 1,
+            "run": self.run_id,
+        }
+        try:
+            sent = self.logd.send(meta, [theirs.fileno()])
+        finally:
+            theirs.close()
+        if not sent:
+            ours.close()
+            return
+        self.log_channel = self.records.attach(ours)
+
     # -- wiring
 
     def child_ready(self, slot: ChildSlot) -> None:
+        if slot is self.logd:
+            self._attach_log_client()
         for kind, left_role, right_role in LINKS:
             if slot.role == left_role:
                 for other in self.children:
@@ -307,7 +412,7 @@ class Launcher(Service):
                         self.wire(kind, other, slot)
         if not self._site_ready and all(c.state == "ready" for c in self.children):
             self._site_ready = True
-            self.log.info("site ready: {count} processes", count=len(self.children))
+            self.note(LogLevel.info, "site ready: {count} processes", count=len(self.children))
 
     def wire(self, kind: str, left: ChildSlot, right: ChildSlot) -> None:
         """Give two ready children the two ends of a new channel of C{kind}."""
@@ -327,39 +432,61 @@ class Launcher(Service):
     # -- stopping
 
     def stopService(self) -> defer.Deferred[None]:
+        """Stop every child, the log daemon last (so it writes every other exit)."""
         super().stopService()
         self.stopping = True
-        self.log.info("stopping: draining for up to {drain}s", drain=self.config.drain_timeout)
+        self.note(LogLevel.info, "stopping: draining for up to {drain}s", drain=self.config.drain_timeout)
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
         for sock in self.listen_sockets:
             sock.close()
-        waits = []
         for slot in self.children:
             if slot.relaunch_call is not None and slot.relaunch_call.active():
                 slot.relaunch_call.cancel()
                 slot.relaunch_call = None
-            if slot.exited is not None:
-                waits.append(slot.exited)
-                if not slot.send({"k": control.STOP, "drain": self.config.drain_timeout}):
-                    slot.signal(signal.SIGTERM)
-        done = defer.DeferredList(waits)
-        term = self.reactor.callLater(self.config.drain_timeout, self._signal_all, signal.SIGTERM)
-        kill = self.reactor.callLater(
-            self.config.drain_timeout + self.config.kill_timeout, self._signal_all, signal.SIGKILL
-        )
+        others = [slot for slot in self.children if slot is not self.logd]
+        done = self._stop(others, self.config.drain_timeout)
+        done.addCallback(lambda _: self.records.idle(FINAL_FLUSH_TIMEOUT))
+
+        def stop_logd(_: object) -> defer.Deferred[Any]:
+            if self.records.held:
+                self.log.warn("{count} log records were not written: the log daemon is gone", count=self.records.held)
+            return self._stop([self.logd], LOGD_STOP_TIMEOUT)
+
+        done.addCallback(stop_logd)
 
         def finished(_: object) -> None:
-            for call in (term, kill):
-                if call.active():
-                    call.cancel()
             self.log.info("all children have exited")
 
         done.addCallback(finished)
         return done
 
-    def _signal_all(self, signum: int) -> None:
-        for slot in self.children:
+    def _stop(self, slots: list[ChildSlot], drain: float) -> defer.Deferred[Any]:
+        """Tell C{slots} to stop; SIGTERM after C{drain}, SIGKILL C{kill_timeout} later."""
+        waits = []
+        for slot in slots:
+            if slot.exited is not None:
+                waits.append(slot.exited)
+                if not slot.send({"k": control.STOP, "drain": drain}):
+                    slot.signal(signal.SIGTERM)
+        done = defer.DeferredList(waits)
+        term = self.reactor.callLater(drain, self._signal_all, slots, signal.SIGTERM)
+        kill = self.reactor.callLater(drain + self.config.kill_timeout, self._signal_all, slots, signal.SIGKILL)
+
+        def finished(result: object) -> object:
+            for call in (term, kill):
+                if call.active():
+                    call.cancel()
+            return result
+
+        done.addCallback(finished)
+        return done
+
+    def _signal_all(self, slots: list[ChildSlot], signum: int) -> None:
+        for slot in slots:
             if slot.pid is not None:
-                self.log.warn(
-                    "{child} pid {pid} overstayed; sending signal {sig}", child=slot.name, pid=slot.pid, sig=signum
+                self.note(
+                    LogLevel.warn, "{child} pid {pid} overstayed; sending signal {sig}", child=slot.name, pid=slot.pid, sig=signum
                 )
                 slot.signal(signum)

@@ -11,6 +11,9 @@ service it stops, waits until every fed request is answered and flushed, and
 hands the connection back to the dispatcher with every unread byte.  Dispatcher
 and service frame requests with the same code, so they cannot disagree about
 where a request ends.
+
+Every response becomes an access record for the log daemon
+(L{ServiceSite.log}); the process writes no log file itself.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.errorpage import error_response
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.httpframe import Body, End, Head, HTTPError, Limits, RequestFramer
+from okws_twisted.logsender import RecordSender, RequestIds
 from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport
 
@@ -40,7 +44,21 @@ DONE_REPORT_DELAY = 0.05
 
 
 class ServiceRequest(server.Request):
-    """A twisted.web request that tells its connection when it is answered."""
+    """A twisted.web request that tells its connection when it is answered.
+
+    @ivar request_id: okws's id of this request, as in the access log (okws
+        makes every id; a client's X-Request-Id header is not used).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        site = getattr(self.channel, "factory", None)
+        if isinstance(site, ServiceSite):
+            self.okws_started = site.reactor.seconds()
+            self.request_id = site.request_ids.next()
+        else:
+            self.okws_started = 0.0
+            self.request_id = "-"
 
     def process(self) -> None:
         conn = getattr(self.channel, "okws_connection", None)
@@ -91,10 +109,45 @@ class ServiceSite(server.Site):
     protocol = http.HTTPChannel
     displayTracebacks = False
 
+    #: The log client (set by the runtime); L{None}: no access records.
+    records: RecordSender | None = None
+    #: Send records for every response (else only for status 400 and up, for error.log).
+    access_records = True
+    request_ids = RequestIds("-")
+
     def log(self, request: server.Request) -> None:
-        # Access records are written by the log daemon, not here: twisted.web's
-        # own access log would write a line per request to stderr.
-        pass
+        """Send an access record to the log daemon (instead of twisted.web's own log).
+
+        Called by twisted.web as the response finishes; cheap: it builds a dict.
+        """
+        records = self.records
+        code = request.code
+        if records is None or (code < 400 and not self.access_records):
+            return
+        now = self.reactor.seconds()
+        started = getattr(request, "okws_started", 0.0) or now
+        client = request.getClientAddress()
+        record: dict[str, Any] = {
+            "kind": "access",
+            "time": int(started * 1_000_000),
+            "client": getattr(client, "host", None) or "-",
+            "request": b"%s %s %s" % (request.method, request.uri, request.clientproto),
+            "status": code,
+            "bytes": request.sentLength,
+            "request_id": getattr(request, "request_id", "-"),
+            "response_time": max(0, int((now - started) * 1_000_000)),
+        }
+        headers = request.requestHeaders
+        referer = headers.getRawHeaders(b"referer")
+        if referer:
+            record["referer"] = referer[0]
+        agent = headers.getRawHeaders(b"user-agent")
+        if agent:
+            record["user_agent"] = agent[0]
+        for key in ("request", "referer", "user_agent"):
+            if key in record:
+                record[key] = record[key].decode("latin-1")
+        records.emit(record)
 
 
 class ServiceConnection:
@@ -192,7 +245,9 @@ class ServiceConnection:
             return
         if self.failure is not None:
             self.channel.setTimeout(None)
-            self.transport.write(error_response(self.failure.status, self.failure.reason))
+            response = error_response(self.failure.status, self.failure.reason)
+            self.runtime.answered(self, self.failure.status, self.failure.reason, response)
+            self.transport.write(response)
             self.transport.close_lingering()
             return
         assert self.handback is not None
@@ -234,6 +289,7 @@ class ServiceRuntime:
         index: int,
         resource: IResource,
         exited: Callable[[], None] = lambda: None,
+        records: RecordSender | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = site_config
@@ -246,7 +302,10 @@ class ServiceRuntime:
             max_headers=site_config.max_headers,
             max_body=service.max_body,
         )
-        self.site = ServiceSite(MountRoot(resource, service.paths))
+        self.site = ServiceSite(MountRoot(resource, service.paths), reactor=reactor)
+        self.site.records = records
+        self.site.access_records = site_config.access_log or site_config.access_log_json
+        self.site.request_ids = RequestIds()
         self.site.doStart()
         self.connections: set[ServiceConnection] = set()
         self.link: MessageChannel | None = None
@@ -332,6 +391,25 @@ class ServiceRuntime:
         self.connections.add(protocol)
         SocketTransport(self.reactor, sock, protocol, conn.peer, conn.host).start(conn.data)
 
+    def answered(self, conn: ServiceConnection, status: int, reason: str, response: bytes) -> None:
+        """The runtime answered a malformed request itself: send its access record."""
+        records = self.site.records
+        if records is None:
+            return
+        now = self.reactor.seconds()
+        records.emit(
+            {
+                "kind": "access",
+                "time": int(now * 1_000_000),
+                "client": getattr(conn.transport.getPeer(), "host", None) or "-",
+                "status": status,
+                "bytes": len(response) - response.index(b"\r\n\r\n") - 4,
+                "request_id": self.site.request_ids.next(),
+                "response_time": 0,
+                "reason": reason,
+            }
+        )
+
     def connection_ended(self, conn: ServiceConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
@@ -391,11 +469,17 @@ class ServiceRuntime:
             exited()
 
 
-def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None]) -> ServiceRuntime:
+def start_role(
+    reactor: Any,
+    site: SiteConfig,
+    meta: dict[str, Any],
+    stopped: Callable[[], None],
+    records: RecordSender | None = None,
+) -> ServiceRuntime:
     """A service instance child: import and build the service's resource, then serve."""
     from okws_twisted.bootstrap import load_resource
 
     name, index = str(meta["service"]), int(meta["index"])
     service = next(s for s in site.services if s.name == name)
     resource = load_resource(service.resource, site.base_dir)()
-    return ServiceRuntime(reactor, site, service, index, resource, exited=stopped)
+    return ServiceRuntime(reactor, site, service, index, resource, exited=stopped, records=records)
