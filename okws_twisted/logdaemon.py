@@ -162,6 +162,8 @@ class LogWriter:
 
     def _format(self, checked: Checked, sender: Sender, access: list[str], errors: list[str], json_lines: list[str]) -> None:
         fields, times = checked.fields, self.times
+        if "time" not in fields:
+            fields["time"] = self._now()  # a record without a time is stamped on arrival
         if checked.kind == "access":
             if ACCESS_LOG in self.files:
                 access.append(access_line(fields, sender, self.config.access_log_fields, times))

@@ -321,3 +321,12 @@ class LogDaemonTests(WriterTestCase):
         self.assertEqual((daemon.writer.me.name, daemon.writer.me.run, daemon.writer.me.launch), ("logd", "run1", 2))
         daemon.stop(0)
         self.assertEqual(stopped, [True])
+
+
+class StampTests(WriterTestCase):
+    def test_recordWithoutTimeStampedOnArrival(self) -> None:
+        writer = self.writer()
+        self.clock.advance(3.5)
+        writer.write_batch(SERVICE, 1, [{"kind": "event", "level": "info", "text": "no time"}, {"kind": "access", "status": 200}])
+        self.assertEqual(self.lines("error.log"), ["[1970-01-01T00:00:03.500000Z] [info] [hello.0 pid 1234] no time"])
+        self.assertIn("[01/Jan/1970:00:00:03 +0000]", self.read("access.log"))
