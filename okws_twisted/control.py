@@ -7,12 +7,16 @@ fd L{CONTROL_FD}.  Message kinds:
 
 ``config`` (launcher -> child, always first)
     C{site}: the site configuration as JSON (children never read the ini
-    file), C{role}, and for services C{service} and C{index}.
+    file), C{role}, C{run}, C{launch}, and for services C{service} and C{index}.
 ``ready`` (child -> launcher)
     The child has finished starting and can do its job.
 ``peer`` (launcher -> child), with one fd
-    A new handoff channel: for the dispatcher, to the service instance named
-    by C{service}/C{index}/C{pid}; for a service, to the (current) dispatcher.
+    A new channel of kind C{channel} to the child described by C{name},
+    C{role}, C{pid}, C{launch} (its launch count), C{run} (the launcher's
+    run id) and, for an instance, C{service}/C{index}.  ``handoff``: for the
+    dispatcher, to a service instance; for a service, to the (current)
+    dispatcher.  ``log``: for the log daemon, from a sender (this meta is the
+    sender's identity); for every other child, to the (current) log daemon.
     Sent again after either side is relaunched.
 ``stop`` (launcher -> child)
     Stop gracefully: finish in-flight work within C{drain} seconds, then exit.
