@@ -29,6 +29,7 @@ import socket
 import sys
 from typing import Any, Callable
 
+from twisted.internet.error import ConnectionLost
 from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -56,6 +57,8 @@ from okws_twisted.logjournal import Entry, Journal, Recovery, Write
 ACCESS_LOG = "access.log"
 ERROR_LOG = "error.log"
 ACCESS_JSON = "access.json"
+#: The largest batch accepted (256 records of the largest fields are about 25 MiB).
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 #: Exit status of a daemon that could not write (the launcher relaunches it).
 WRITE_FAILED = 74
 
@@ -274,12 +277,16 @@ class SenderLink:
     def __init__(self, daemon: LogDaemon, sender: Sender, sock: socket.socket) -> None:
         self.daemon = daemon
         self.sender = sender
-        self.channel = MessageChannel(daemon.reactor, sock, self._received, self._lost, name=f"log:{sender.name}")
+        self.channel = MessageChannel(
+            daemon.reactor, sock, self._received, self._lost, name=f"log:{sender.name}", max_payload=MAX_BATCH_BYTES
+        )
 
     def _received(self, batch: list[Message]) -> None:
         self.daemon.received(self, batch)
 
     def _lost(self, reason: Failure) -> None:
+        if reason.check(ConnectionLost) and not self.daemon.stopping:
+            self.daemon._guarded(self.daemon.writer.own, "warn", f"closed the log channel of {self.sender.source}: {reason.getErrorMessage()}")
         self.daemon.link_lost(self)
 
 

@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from okws_twisted import logchannel
 from okws_twisted.channel import ChannelError, Message, MessageChannel
+from okws_twisted.logformat import MAX_TEXT, MAX_TRACEBACK
 
 FLUSH_INTERVAL = 0.05
 FLUSH_COUNT = 256
@@ -143,10 +144,10 @@ class RecordSender:
             self._timer = self.reactor.callLater(self.interval, self.flush)
 
     def event(self, level: str, text: str, traceback: str | None = None) -> None:
-        """Queue an error-log event."""
-        record: dict[str, Any] = {"kind": "event", "time": now_us(self.reactor), "level": level, "text": text}
+        """Queue an error-log event (cut to the daemon's limits, so a batch stays bounded)."""
+        record: dict[str, Any] = {"kind": "event", "time": now_us(self.reactor), "level": level, "text": text[:MAX_TEXT]}
         if traceback:
-            record["traceback"] = traceback
+            record["traceback"] = traceback[-MAX_TRACEBACK:]
         self.emit(record)
 
     @property

@@ -14,8 +14,10 @@ import os
 import socket
 from typing import Any
 
+from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted import logchannel
@@ -290,6 +292,20 @@ class LogDaemonTests(WriterTestCase):
         self.assertEqual(len(errors), 3)
         self.assertTrue(all("bad log message from hello.0 pid 1234" in line for line in errors))
         self.assertEqual(peer.records(1, [hit(1)]), 1)  # the channel still works
+
+    def test_hugePayloadRefused(self) -> None:
+        """A sender cannot make the daemon hold an unbounded batch: its channel is closed, and that is logged."""
+        daemon = self.daemon()
+        peer = Peer(daemon, self.meta(SERVICE))
+        [datagram] = encode({"k": "records", "first": 1, "more": 2**40}, b"[")
+        peer.sock.send(datagram)
+        why = peer.link.channel.doRead()
+        self.assertIsInstance(why, ConnectionLost)
+        peer.link.channel.connectionLost(Failure(why))
+        self.assertEqual(daemon.links, {})
+        [line] = self.lines("error.log")
+        self.assertIn("[warn] [logd pid 7] closed the log channel of hello.0 pid 1234: ", line)
+        self.assertIn("over this channel's limit", line)
 
     def test_reopenOnlyFromLauncher(self) -> None:
         daemon = self.daemon()

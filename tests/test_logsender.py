@@ -224,6 +224,14 @@ class RecordSenderTests(SynchronousTestCase):
             ],
         )
 
+    def test_eventCutToTheDaemonsLimits(self) -> None:
+        """A batch stays bounded: event text is cut, a traceback keeps its end (where the error is)."""
+        self.sender.event("error", "t" * 100_000, "head\n" + "x" * 100_000 + "\nValueError: end")
+        [event] = self.sender.buffer.pending
+        self.assertEqual(len(event["text"]), 16 * 1024)
+        self.assertEqual(len(event["traceback"]), 64 * 1024)
+        self.assertTrue(event["traceback"].endswith("ValueError: end"))
+
     def test_idleFiresOnAck(self) -> None:
         daemon = self.connect()
         self.sender.emit(record(1))
