@@ -18,7 +18,6 @@ import shutil
 import signal
 import tempfile
 import threading
-import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -272,7 +271,7 @@ class LosesNothingTests(SynchronousTestCase):
         site.wait_for(rf"logd pid {old} crashed", after=mark)
         for n in range(50):
             self.assertEqual(site.get(f"/hello?id={n}").status, 200)
-        self.assertNotIn(f"started logd as pid", "\n".join(site.lines[mark:]), "the daemon came back too early")
+        self.assertNotIn("started logd as pid", "\n".join(site.lines[mark : site.mark()]), "the daemon came back too early")
         errors = site.wait_for_log("error.log", lambda t: "hello.0 pid" in t and "dropped" in t, timeout=60)
         dropped = int(re.search(r"\] dropped (\d+) log records while the log daemon was away \(its buffer holds 10 records\)", errors).group(1))
         written = re.findall(r"\?id=(\d+) ", site.read_log("access.log"))
