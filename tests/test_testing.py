@@ -71,6 +71,11 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(request.getHeader(b"host"), b"localhost")
         self.assertEqual(response.body, b"GET /")
 
+    def test_requestId(self) -> None:
+        """As in a served request, C{request.request_id} exists (services may show it)."""
+        request, _ = self.request()
+        self.assertEqual(request.request_id, "test-1")
+
     def test_methodAndPathAsText(self) -> None:
         request, _ = self.request(method="PUT", path="/caf\u00e9/a b")
         self.assertEqual(request.method, b"PUT")
