@@ -1,7 +1,7 @@
 """
 The benchmark's peer: one plain twisted.web process serving the same resource as okws.
 
-    python bench/peer_twistedweb.py [--port 0] [--resource services.hello:Hello]
+    python bench/peer_twistedweb.py [--port 0] [--resource services.plain:Hello]
                                     [--access-log PATH] [--backlog 2048]
 
 It builds ``twisted.web.server.Site(Hello())`` and listens on 127.0.0.1 only.
@@ -43,7 +43,7 @@ def load(spec: str) -> type:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free port)")
-    parser.add_argument("--resource", default="services.hello:Hello", help="module:Class of the resource")
+    parser.add_argument("--resource", default="services.plain:Hello", help="module:Class of the resource")
     parser.add_argument("--access-log", metavar="PATH", help="write twisted.web's combined access log here")
     parser.add_argument(
         "--backlog", type=int, default=2048, help="listen backlog (default 2048, okws's default; twisted's is 50)"

@@ -7,7 +7,7 @@ okws-twisted benchmark harness: okws against one plain twisted.web process.
         [--handoff-growth N] [--json PATH] [--peer-access-log PATH]
 
 In one invocation it starts (a) an okws site (``twistd -n okws``) serving the
-hello service (``services.hello:Hello``) on a free loopback port, and (b) one
+plain hello service (``services.plain:Hello``) on a free loopback port, and (b) one
 plain twisted.web process serving the same resource class
 (``bench/peer_twistedweb.py``), then runs the same wrk workloads against each,
 one server at a time, and reports okws/twisted.web ratios:
@@ -61,7 +61,7 @@ PEER = [PYTHON, os.path.join(HERE, "peer_twistedweb.py")]
 REPORT_LUA = os.path.join(HERE, "wrk_report.lua")
 LIMIT_LUA = os.path.join(HERE, "wrk_limit.lua")
 
-RESOURCE = "services.hello:Hello"
+RESOURCE = "services.plain:Hello"
 PATH = "/hello"
 OKWS, PEER_NAME = "okws", "twisted.web"
 SERVERS = (OKWS, PEER_NAME)

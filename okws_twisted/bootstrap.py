@@ -8,6 +8,13 @@ fds 4 and up).  The child reads its configuration from the control channel
 (children never read the ini file), sets up its role, tells the launcher it
 is ready, and runs the reactor until told to stop or until the launcher goes
 away.
+
+Every child but the log daemon also gets its log client here
+(L{okws_twisted.logsender.RecordSender}): the bootstrap takes the ``log``
+channels the launcher sends, forwards the process's warnings and errors to
+the error log, hands the client to the role for its access records, and on
+stop waits (bounded) for the log daemon to acknowledge the last records
+before the process exits.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ CONFIG_TIMEOUT = 30.0
 #: Each role's C{start_role}, imported only in a child of that role (the
 #: dispatcher never imports service code, jinja2 or the author API).
 ROLES = {
+    "logd": "okws_twisted.logdaemon:start_role",
     "dispatcher": "okws_twisted.dispatcher:start_role",
     "service": "okws_twisted.runtime:start_role",
     "pubd": "okws_twisted.publisher:start_role",
@@ -96,8 +104,11 @@ def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from twisted.internet import reactor
-    from twisted.logger import Logger
+    from twisted.logger import Logger, globalLogPublisher
     from twisted.python.failure import Failure
+
+    from okws_twisted import logchannel
+    from okws_twisted.logsender import EventForwarder, RecordSender
 
     exit_code = [0]
 
@@ -112,8 +123,18 @@ def main(argv: list[str]) -> NoReturn:
     if spec is None:
         print(f"okws child: unknown role {role!r}", file=sys.stderr)
         sys.exit(2)
+    records: RecordSender | None = None
+    stopped = stop_reactor
+    if role != "logd":
+        records = RecordSender(reactor, site.log_buffer)
+        globalLogPublisher.addObserver(EventForwarder(records))
+
+        def stopped() -> None:
+            assert records is not None
+            records.idle().addBoth(lambda _: stop_reactor())
+
     start_role = import_spec(spec)
-    child = IChildRole(start_role(reactor, site, first.meta, stop_reactor))
+    child = IChildRole(start_role(reactor, site, first.meta, stopped, records))
 
     def on_control(batch: list[Message]) -> None:
         for msg in batch:
@@ -126,6 +147,9 @@ def main(argv: list[str]) -> NoReturn:
 
     def handle(msg: Message) -> None:
         if msg.kind == control.PEER and len(msg.fds) == 1:
+            if records is not None and msg.meta.get("channel") == logchannel.CHANNEL:
+                records.attach(socket.socket(fileno=msg.fds[0]))
+                return
             child.peer(str(msg.meta.get("channel")), msg.meta, socket.socket(fileno=msg.fds[0]))
             return
         for fd in msg.fds:

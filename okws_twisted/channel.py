@@ -107,9 +107,14 @@ def decode(datagram: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 class _Assembler:
-    """Joins a payload split over continuation datagrams back into one message."""
+    """Joins a payload split over continuation datagrams back into one message.
 
-    def __init__(self) -> None:
+    C{max_payload} (if given) bounds the size a first message may declare, so
+    a peer cannot make the receiver hold an unbounded payload.
+    """
+
+    def __init__(self, max_payload: int | None = None) -> None:
+        self.max_payload = max_payload
         self.partial: tuple[dict[str, Any], list[bytes], int, tuple[int, ...]] | None = None
 
     def add(self, data: bytes, fds: tuple[int, ...]) -> Message | None:
@@ -132,6 +137,8 @@ class _Assembler:
         if more is not None:
             if not isinstance(more, int) or more <= len(payload):
                 raise ChannelError("bad continuation size")
+            if self.max_payload is not None and more > self.max_payload:
+                raise ChannelError(f"a {more}-byte payload is over this channel's limit of {self.max_payload}")
             self.partial = (meta, [payload], more, fds)
             return None
         return Message(meta["k"], meta, payload, fds)
@@ -173,6 +180,8 @@ class MessageChannel:
         at one wakeup.
     @param lost: called once with a L{Failure} when the channel closes (peer
         gone, protocol error, or L{close}).
+    @param max_payload: the largest payload accepted from the peer (L{None}:
+        no limit); a larger one is a protocol error that closes the channel.
     """
 
     log = Logger()
@@ -184,6 +193,7 @@ class MessageChannel:
         receive: Callable[[list[Message]], None],
         lost: Callable[[Failure], None] = lambda reason: None,
         name: str = "channel",
+        max_payload: int | None = None,
     ) -> None:
         sock.setblocking(False)
         self._reactor = reactor
@@ -193,7 +203,7 @@ class MessageChannel:
         self._lost = lost
         self._name = name
         self._outq: deque[tuple[bytes, tuple[int, ...]]] = deque()
-        self._assembler = _Assembler()
+        self._assembler = _Assembler(max_payload)
         self.connected = True
         reactor.addReader(self)
 

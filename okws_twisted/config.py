@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from okws_twisted.logformat import ACCESS_FIELDS, COMBINED, parse_access_fields
+
 __all__ = [
     "ConfigError",
     "Listener",
@@ -158,7 +160,15 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "heartbeat_interval": _SECONDS_POSITIVE,
     "heartbeat_timeout": _SECONDS_POSITIVE,
     "template_timeout": _SECONDS_POSITIVE,
+    "log_buffer": _Number(int, 1, "records"),
+    "log_max_size": _Number(int, 0, "bytes"),
+    "log_keep": _Number(int, 1, "files", maximum=1000),
 }
+
+#: The yes/no [okws] keys.
+_OKWS_BOOLEANS = ("access_log", "access_log_json")
+_TRUE = ("yes", "true", "on", "1")
+_FALSE = ("no", "false", "off", "0")
 
 _SERVICE_NUMBERS: dict[str, _Number] = {
     "instances": _Number(int, 1, "instances", maximum=64),
@@ -170,7 +180,7 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
     "gid": _Number(int, 0, "gid", maximum=2**31 - 2),
 }
 
-_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", *_OKWS_NUMBERS)
+_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields")
 _SERVICE_KEYS = ("resource", "paths", "network", "scratch", *_SERVICE_NUMBERS)
 _NETWORK_CHOICES = ("none", "host")
 _BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
@@ -562,6 +572,12 @@ class SiteConfig:
     jail_root: str = "/var/lib/okws/jails"
     uid_range: tuple[int, int] = (51000, 52000)
     template_timeout: float = 5.0
+    log_buffer: int = 65536
+    log_max_size: int = 0
+    log_keep: int = 5
+    access_log: bool = True
+    access_log_json: bool = False
+    access_log_fields: tuple[str, ...] = COMBINED
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:
@@ -593,6 +609,17 @@ class SiteConfig:
                 raise fail("okws", key, problem)
             if number.kind is float:
                 object.__setattr__(self, key, float(value))
+        for key in _OKWS_BOOLEANS:
+            if not isinstance(getattr(self, key), bool):
+                raise fail("okws", key, f"expected yes or no, got {getattr(self, key)!r}")
+        fields = self.access_log_fields
+        if (
+            not isinstance(fields, (tuple, list))
+            or not fields
+            or not all(isinstance(name, str) and name in ACCESS_FIELDS for name in fields)
+        ):
+            raise fail("okws", "access_log_fields", f"expected names of access log fields, got {fields!r}")
+        object.__setattr__(self, "access_log_fields", tuple(fields))
         if self.restart_delay_min > self.restart_delay_max:
             raise fail(
                 "okws",
@@ -658,6 +685,8 @@ class SiteConfig:
             document["uid_range"] = tuple(document.get("uid_range", (51000, 52000)))
             if document.get("admin") is not None:
                 document["admin"] = Listener(**document["admin"])
+            if isinstance(document.get("access_log_fields"), list):
+                document["access_log_fields"] = tuple(document["access_log_fields"])
             document["services"] = tuple(
                 ServiceConfig(**{**item, "paths": tuple(item["paths"])})
                 for item in document["services"]
@@ -804,6 +833,18 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             raise fail("okws", key, problem)
         site[key] = value
     _check_pairs(site, okws, fail)
+
+    for key in _OKWS_BOOLEANS:
+        if key in okws:
+            word = okws[key].strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise fail("okws", key, f"expected yes or no, got {okws[key]!r}")
+            site[key] = word in _TRUE
+    if "access_log_fields" in okws:
+        try:
+            site["access_log_fields"] = parse_access_fields(okws["access_log_fields"])
+        except ValueError as e:
+            raise fail("okws", "access_log_fields", str(e)) from None
 
     services = []
     for section in parser.sections():

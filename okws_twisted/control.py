@@ -7,15 +7,18 @@ fd L{CONTROL_FD}.  Message kinds:
 
 ``config`` (launcher -> child, always first)
     C{site}: the site configuration as JSON (children never read the ini
-    file), C{role}, and for services C{service} and C{index}.
+    file), C{role}, C{run}, C{launch}, and for services C{service} and C{index}.
 ``ready`` (child -> launcher)
     The child has finished starting and can do its job.
 ``peer`` (launcher -> child), with one fd
     A new channel of kind C{channel} to the child described by C{name},
-    C{role}, C{pid} (and C{service}/C{index} for a service instance):
-    ``handoff`` between the dispatcher and each service instance,
-    ``templates`` between the template publisher and each service instance
-    and the dispatcher.  Sent again after either side is relaunched.
+    C{role}, C{pid}, C{launch} (its launch count), C{run} (the launcher's
+    run id) and, for an instance, C{service}/C{index}.  ``handoff``: for the
+    dispatcher, to a service instance; for a service, to the (current)
+    dispatcher.  ``templates``: between the template publisher and each
+    service instance and the dispatcher.  ``log``: for the log daemon, from a sender (this meta is the
+    sender's identity); for every other child, to the (current) log daemon.
+    Sent again after either side is relaunched.
 ``stop`` (launcher -> child)
     Stop gracefully: finish in-flight work within C{drain} seconds, then exit.
     C{handback}: a service hands its kept-alive connections back to the

@@ -8,7 +8,8 @@ path, and passes the connected socket, the bytes already read and the client
 address to the least busy ready instance of that service.  Once the instance
 acknowledges, the dispatcher closes its copy without shutting the socket down
 and forgets the connection: no request or response byte of a handed-off
-connection passes through here.
+connection passes through here.  Each answer it gives itself (400, 404, 408,
+413, 503, ...) becomes an access record for the log daemon.
 
 It never imports service code, jinja2 or the author API: its error pages
 come from the template publisher already rendered
@@ -37,11 +38,14 @@ from okws_twisted.errorpage import NO_PAGES, ErrorPages, error_response, phrase
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.metrics import RequestCounts, ServiceTotals, render
 from okws_twisted.httpframe import HeadReader, HTTPError, Limits, RequestHead
+from okws_twisted.logsender import RecordSender, RequestIds
 from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport, address_of
 
 ACCEPTS_PER_WAKEUP = 64
 ACCEPT_PAUSE = 0.1
+#: At most this much of an unparsable request line goes to the access log.
+REQUEST_LINE_LOGGED = 8192
 
 
 @implementer(IReadDescriptor)
@@ -84,6 +88,10 @@ class Acceptor:
 
     def doRead(self) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
+            if not self.accepting:
+                # The previous accept reached the high-water mark (or stop()
+                # was called): leave the rest in the kernel's queue.
+                return
             try:
                 conn, addr = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -121,6 +129,7 @@ class HeadConnection:
         self._dispatcher = dispatcher
         self._reader = HeadReader(limits)
         self._timer: IDelayedCall | None = dispatcher.reactor.callLater(deadline, self._timed_out)
+        self.started = dispatcher.reactor.seconds()
         self.head: RequestHead | None = None
         self.service: str | None = None
         self.queue_timer: IDelayedCall | None = None
@@ -164,13 +173,13 @@ class HeadConnection:
             return
         self.done = True
         self._cancel_timer()
-        self._dispatcher.answered(self, status)
         head_only = self.head is not None and self.head.method == b"HEAD"
-        self.transport.write(
-            error_response(
-                status, message, pages=self._dispatcher.pages, retry_after=retry_after, head_only=head_only
-            )
+        response = error_response(
+            status, message, pages=self._dispatcher.pages, retry_after=retry_after, head_only=head_only
         )
+        body = 0 if head_only else len(response) - response.index(b"\r\n\r\n") - 4
+        self._dispatcher.answered(self, status, message, body)
+        self.transport.write(response)
         self.transport.close_lingering()
 
     def release(self) -> None:
@@ -372,7 +381,7 @@ class AdminConnection:
         if head is None:
             return
         if head.method not in (b"GET", b"HEAD"):
-            self._error(405, "Only GET and HEAD.")
+            self._error(405, "Only GET and HEAD.", (("Allow", "GET, HEAD"),))
         elif head.path == b"/metrics":
             self._send(200, self._dispatcher.metrics(), "text/plain; version=0.0.4; charset=utf-8", head.method == b"HEAD")
         elif head.path == b"/health":
@@ -391,9 +400,9 @@ class AdminConnection:
         self.transport.write(headers if head_only else headers + data)
         self.transport.close_lingering()
 
-    def _error(self, status: int, message: str) -> None:
+    def _error(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._finish()
-        self.transport.write(error_response(status, message))
+        self.transport.write(error_response(status, message, extra_headers=headers))
         self.transport.close_lingering()
 
     def _finish(self) -> None:
@@ -417,9 +426,17 @@ class Dispatcher:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, config: SiteConfig, stopped: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        reactor: Any,
+        config: SiteConfig,
+        stopped: Callable[[], None] = lambda: None,
+        records: RecordSender | None = None,
+    ):
         self.reactor = reactor
         self.config = config
+        self.records = records
+        self.request_ids = RequestIds()
         self.routes = RouteTable.from_config(config)
         self.limits = Limits(
             max_request_line=config.max_request_line,
@@ -528,13 +545,49 @@ class Dispatcher:
         self.handed_off += 1
         self.pools[link.service].handed_off += 1
 
-    def answered(self, conn: HeadConnection, status: int) -> None:
+    def answered(self, conn: HeadConnection, status: int, reason: str = "", sent: int = 0) -> None:
+        """The dispatcher answered C{conn} itself: log it, forget it."""
+        if self.records is not None:
+            self.records.emit(self._access_record(conn, status, reason, sent))
         counts = self.own_counts.setdefault(conn.service or "-", RequestCounts())
         counts.record(status, None)
         self.reading.discard(conn)
         if conn.service is not None:
             self.pools[conn.service].unqueue(conn)
         self._maybe_stopped()
+
+    def _access_record(self, conn: HeadConnection, status: int, reason: str, sent: int) -> dict[str, Any]:
+        now = self.reactor.seconds()
+        peer = conn.transport.getPeer()
+        record: dict[str, Any] = {
+            "kind": "access",
+            "time": int(conn.started * 1_000_000),
+            "client": getattr(peer, "host", None) or "-",
+            "status": status,
+            "bytes": sent,
+            "request_id": self.request_ids.next(),
+            "response_time": max(0, int((now - conn.started) * 1_000_000)),
+        }
+        if reason:
+            record["reason"] = reason
+        if conn.service is not None:
+            record["service"] = conn.service
+        head = conn.head
+        if head is not None:
+            record["request"] = b"%s %s %s" % (head.method, head.target, head.version)
+            for name, value in head.headers:
+                if name == b"referer":
+                    record["referer"] = value
+                elif name == b"user-agent":
+                    record["user_agent"] = value
+        else:
+            first = conn.data[:REQUEST_LINE_LOGGED].split(b"\n", 1)[0].rstrip(b"\r")
+            if first:
+                record["request"] = first
+        for key in ("request", "referer", "user_agent"):
+            if key in record:
+                record[key] = record[key].decode("latin-1")
+        return record
 
     def lost(self, conn: HeadConnection) -> None:
         self.reading.discard(conn)
@@ -741,12 +794,18 @@ class Dispatcher:
         stopped()
 
 
-def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None]) -> Dispatcher:
+def start_role(
+    reactor: Any,
+    site: SiteConfig,
+    meta: dict[str, Any],
+    stopped: Callable[[], None],
+    records: RecordSender | None = None,
+) -> Dispatcher:
     """The dispatcher child: listen on the sockets inherited from the launcher."""
     from okws_twisted.control import FIRST_LISTEN_FD
 
     count = int(meta.get("listeners", 0))
-    dispatcher = Dispatcher(reactor, site, stopped=stopped)
+    dispatcher = Dispatcher(reactor, site, stopped=stopped, records=records)
     dispatcher.listen([socket.socket(fileno=FIRST_LISTEN_FD + i) for i in range(count)])
     if meta.get("admin"):
         dispatcher.listen_admin(socket.socket(fileno=FIRST_LISTEN_FD + count))

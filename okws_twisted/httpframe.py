@@ -33,7 +33,9 @@ Rules beyond the RFC's musts, chosen where the RFC leaves room:
   - Trailers may not carry framing, routing, control or content-describing
     fields (L{FORBIDDEN_TRAILERS}).
   - Chunk-size lines: 1 to 16 hex digits, extensions as tokens or
-    quoted-strings, at most 1024 bytes per line; the trailer section is bounded
+    quoted-strings without a backslash (twisted.web refuses any backslash in
+    a chunk extension, so a quoted-pair is refused here first), at most 1024
+    bytes per line; the trailer section is bounded
     by C{max_head} (and 64 KiB, twisted.web's own bound).
 
 Each error is raised at a byte fixed by the bytes themselves (the LF ending a
@@ -204,7 +206,8 @@ _ABSOLUTE = re.compile(rb"[hH][tT][tT][pP][sS]?://([^/?]*)(/[^?]*)?(?:\?(.*))?",
 _DOT_SEGMENT = re.compile(rb"/(?:\.|%2[eE]){1,2}(?:/|\Z)")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
-_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+# A quoted-string without quoted-pairs: twisted.web's chunk decoder refuses "\\".
+_QUOTED = rb'"[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]*"'
 _CHUNK_EXT = rb"[ \t]*" + _TCHAR + rb"+(?:[ \t]*=[ \t]*(?:" + _TCHAR + rb"+|" + _QUOTED + rb"))?"
 # chunk-size [ chunk-ext ]; no whitespace before the first ";" (twisted.web refuses it).
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;" + _CHUNK_EXT + rb"(?:[ \t]*;" + _CHUNK_EXT + rb")*)?")
@@ -274,7 +277,9 @@ def _request_line(method: bytes, target: bytes, major: bytes, minor: bytes) -> _
         raise HTTPError(505, "HTTP version not supported")
     version = _HTTP_11 if minor == b"1" else _HTTP_10
     if method == b"CONNECT":
-        raise HTTPError(405, "CONNECT is not supported")
+        # Not 405: that needs an Allow header (RFC 9110 15.5.6), and no
+        # resource here supports CONNECT; okws is not a proxy (9110 9.1).
+        raise HTTPError(501, "CONNECT is not supported")
     if b"#" in target:
         raise _bad("fragment in request target")
     authority = None

@@ -20,8 +20,11 @@ class IChildRole(Interface):
     The bootstrap (L{okws_twisted.bootstrap}) builds a role from the config the
     launcher sent, tells the launcher it is ready, and passes it what arrives
     on the control channel.  A role module exposes
-    C{start_role(reactor, site, meta, stopped) -> IChildRole}, where C{stopped}
-    is called once the role has finished stopping.
+    C{start_role(reactor, site, meta, stopped, records) -> IChildRole}, where
+    C{stopped} is called once the role has finished stopping and C{records} is
+    the process's log client (a L{okws_twisted.logsender.RecordSender}; L{None}
+    in the log daemon itself).  The bootstrap takes the ``log`` channels for
+    the client; a role never sees them.
     """
 
     def peer(channel: str, meta: dict[str, Any], sock: socket.socket) -> None:

@@ -127,6 +127,15 @@ def role_binds(site: SiteConfig, role: str, uid: int, gid: int) -> list[Bind]:
     if role == "pubd":
         grant_read(site.templates, gid)
         return [Bind(site.templates)]
+    if role == "logd":
+        # Only the log daemon's uid may write (or even list) the logs.
+        os.makedirs(site.log_dir, mode=0o750, exist_ok=True)
+        for dirpath, _dirs, files in os.walk(site.log_dir):
+            for name in [dirpath, *(os.path.join(dirpath, f) for f in files)]:
+                if not os.path.islink(name):
+                    os.chown(name, uid, gid)
+        os.chmod(site.log_dir, 0o750)
+        return [Bind(site.log_dir, writable=True)]
     return []
 
 

@@ -3,13 +3,21 @@
 The launcher (OKWS's okld): opens the listening sockets, spawns and relaunches every child.
 
 It is twistd's service.  It owns the listening sockets (so a dispatcher
-relaunch loses no queued connection), spawns the template publisher, the
-dispatcher and every service instance with ``spawnProcess``, wires the
-channels of L{LINKS} between them (a handoff channel between the dispatcher
-and each instance, a templates channel from the publisher to each of them;
-again after any of them is relaunched), relaunches a child that dies with a
-doubling back-off, and on stop lets in-flight requests finish before it stops
-the children (the publisher last), killing those that overstay.
+relaunch loses no queued connection), spawns the log daemon (first), the
+template publisher, the dispatcher and every service instance with
+``spawnProcess``, wires the channels of L{LINKS} between them (a handoff
+channel between the dispatcher and each instance, a templates channel from
+the publisher to each of them, a log channel from every child to the log
+daemon; again after any of them is relaunched), relaunches a child that dies
+with a doubling back-off, and on stop lets in-flight requests finish before it
+stops the children (services, then the dispatcher, then the publisher, the
+log daemon last, once it has written everything), killing those that
+overstay.
+
+The launcher sends its own records too (every process start, exit, crash and
+relaunch) over a log channel of its own, and on SIGUSR1 asks the log daemon
+to reopen its files (after twistd has rotated its own log, if it logs to a
+file).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import signal
 import socket
 import stat
 import sys
+from collections import deque
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -27,14 +36,15 @@ from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import LogLevel, Logger, formatEvent
 from twisted.python.failure import Failure
 
 import okws_twisted
-from okws_twisted import control
+from okws_twisted import control, logchannel
 from okws_twisted.channel import Message, MessageChannel, socketpair
 from okws_twisted.config import Listener, ServiceConfig, SiteConfig
 from okws_twisted.supervision import Backoff, CrashBudget, Heartbeat
+from okws_twisted.logsender import FINAL_FLUSH_TIMEOUT, RecordSender
 
 
 #: Which children get a channel to which: (channel kind, role, role).  When a
@@ -44,12 +54,21 @@ LINKS: list[tuple[str, str, str]] = [
     ("handoff", "dispatcher", "service"),
     ("templates", "pubd", "service"),
     ("templates", "pubd", "dispatcher"),
+    (logchannel.CHANNEL, "logd", "dispatcher"),
+    (logchannel.CHANNEL, "logd", "service"),
+    (logchannel.CHANNEL, "logd", "pubd"),
 ]
 
 #: Roles that serve the other children (the template publisher): on stop they
 #: are told to stop only once every other child has exited, so requests that
 #: finish during the drain can still get their templates.
 STOP_LAST = frozenset({"pubd"})
+
+#: How long the log daemon gets to exit once told to stop (it has nothing to drain).
+LOGD_STOP_TIMEOUT = 5.0
+
+#: How many of a child's last output lines go with the error-log record of its crash.
+OUTPUT_TAIL = 20
 
 
 class ListenError(Exception):
@@ -80,6 +99,15 @@ def open_listener(listener: Listener) -> socket.socket:
     except OSError as e:
         raise ListenError(f"cannot listen on {listener.description}: {e.strerror or e}") from None
     return sock
+
+
+def exit_status(reason: object) -> str:
+    """A child's end in a few words: C{"exit code 3"}, C{"signal 9"}."""
+    if isinstance(reason, (error.ProcessDone, error.ProcessTerminated)):
+        if reason.signal is not None:
+            return f"signal {reason.signal}"
+        return f"exit code {reason.exitCode}"
+    return str(reason)
 
 
 def child_environment(extra_paths: list[str]) -> dict[str, str]:
@@ -117,6 +145,7 @@ class ChildProcess(ProcessProtocol):
         self.exited: defer.Deferred[None] = defer.Deferred()
         self.killed_by_watchdog = False
         self._partial = {1: b"", 2: b""}
+        self.tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
 
     # -- ProcessProtocol
 
@@ -131,6 +160,7 @@ class ChildProcess(ProcessProtocol):
 
     def _emit(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
+        self.tail.append(text)
         self.log.info("[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=text)
 
     def processEnded(self, reason: Failure) -> None:
@@ -155,7 +185,7 @@ class ChildProcess(ProcessProtocol):
             if msg.kind == control.READY and self.state == "starting":
                 self.state = "ready"
                 self.heartbeat.last_answer = now
-                self.log.info("{child} pid {pid} is ready", child=self.name, pid=self.pid)
+                self.slot.launcher.note(LogLevel.info, "{child} pid {pid} is ready", child=self.name, pid=self.pid)
                 self.slot.process_ready(self)
             elif msg.kind == control.PONG:
                 seq = msg.meta.get("n")
@@ -197,7 +227,7 @@ class ChildProcess(ProcessProtocol):
 
 
 class ChildSlot:
-    """One child the launcher keeps running: the dispatcher or one service instance.
+    """One child the launcher keeps running: the log daemon, the dispatcher or one service instance.
 
     A slot has at most one current process; during a graceful relaunch the
     old one keeps serving until its successor is ready, then retires.  A slot
@@ -249,7 +279,15 @@ class ChildSlot:
 
     def peer_meta(self, proc: ChildProcess, kind: str) -> dict[str, Any]:
         """The C{peer} message that tells another child about C{proc}."""
-        meta: dict[str, Any] = {"k": control.PEER, "channel": kind, "name": self.name, "role": self.role, "pid": proc.pid}
+        meta: dict[str, Any] = {
+            "k": control.PEER,
+            "channel": kind,
+            "name": self.name,
+            "role": self.role,
+            "pid": proc.pid,
+            "launch": self.launches,
+            "run": self.launcher.run_id,
+        }
         if self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
@@ -264,9 +302,11 @@ class ChildSlot:
         reactor = launcher.reactor
         parent, child = socketpair()
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", control.CONTROL_FD: child.fileno()}
-        meta: dict[str, Any] = {"k": control.CONFIG, "role": self.role}
+        meta: dict[str, Any] = {"k": control.CONFIG, "role": self.role, "run": launcher.run_id, "launch": self.launches + 1}
         extra_paths: list[str] = []
-        if self.role == "dispatcher":
+        if self.role == "logd":
+            args = [sys.executable, "-m", "okws_twisted.bootstrap", "logd"]
+        elif self.role == "dispatcher":
             for i, sock in enumerate(launcher.listen_sockets):
                 child_fds[control.FIRST_LISTEN_FD + i] = sock.fileno()
             meta["listeners"] = len(launcher.listen_sockets)
@@ -295,7 +335,12 @@ class ChildSlot:
             self.current = proc
         else:
             self.replacing = proc
-        self.log.info("started {child} as pid {pid}", child=self.name, pid=proc.pid)
+        if self.launches == 1:
+            launcher.note(LogLevel.info, "started {child} as pid {pid}", child=self.name, pid=proc.pid)
+        else:
+            launcher.note(
+                LogLevel.info, "started {child} as pid {pid} (relaunch {n})", child=self.name, pid=proc.pid, n=self.launches - 1
+            )
         return proc
 
     def relaunch(self, reason: str) -> bool:
@@ -309,7 +354,7 @@ class ChildSlot:
         self.budget.reset()
         if self.relaunch_call is not None and self.relaunch_call.active():
             self.relaunch_call.cancel()
-        self.log.info("relaunching {child} ({reason})", child=self.name, reason=reason)
+        self.launcher.note(LogLevel.info, "relaunching {child} ({reason})", child=self.name, reason=reason)
         self.spawn()
         return True
 
@@ -338,11 +383,12 @@ class ChildSlot:
 
     def process_ended(self, proc: ChildProcess, reason: Failure) -> None:
         launcher = self.launcher
+        note = launcher.note
         now = launcher.reactor.seconds()
-        status = reason.value
+        status = exit_status(reason.value)
         if proc in self.retiring:
             self.retiring.remove(proc)
-            self.log.info("{child} pid {pid} exited after retiring: {status}", child=self.name, pid=proc.pid, status=status)
+            note(LogLevel.info, "{child} pid {pid} exited after retiring: {status}", child=self.name, pid=proc.pid, status=status)
             return
         was_current = proc is self.current
         if proc is self.replacing:
@@ -351,30 +397,36 @@ class ChildSlot:
             self.current = None
         launcher.process_gone(self, proc)
         if launcher.stopping or self.removed:
-            self.log.info("{child} pid {pid} exited: {status}", child=self.name, pid=proc.pid, status=status)
+            note(LogLevel.info, "{child} pid {pid} exited: {status}", child=self.name, pid=proc.pid, status=status)
             return
+        crashed = not isinstance(reason.value, error.ProcessDone) or proc.killed_by_watchdog
+        output = ("last output:\n" + "\n".join(proc.tail)) if crashed and proc.tail else None
         if not was_current:
             # A successor died before it was ready; the old process still serves.
-            self.log.warn("{child} pid {pid} died while starting ({status})", child=self.name, pid=proc.pid, status=status)
+            note(LogLevel.error, "{child} pid {pid} died while starting ({status})", child=self.name, pid=proc.pid,
+                 status=status, traceback=output)
         ran_for = proc.uptime(now)
-        clean = isinstance(status, error.ProcessDone) and not proc.killed_by_watchdog
-        if not clean:
+        if crashed:
             self.crashes += 1
             if self.budget.crashed(now):
                 self.failed = True
-                self.log.error(
+                note(
+                    LogLevel.error,
                     "{child} crashed {n} times within {window:g}s; not relaunching it "
                     "(okws-ctl relaunch {service} revives it)",
-                    child=self.name, n=len(self.budget.crashes), window=self.budget.window, service=self.service or self.role,
+                    child=self.name, n=len(self.budget.crashes), window=self.budget.window,
+                    service=self.service or self.role, traceback=output,
                 )
                 launcher.slot_failed(self)
                 return
         if self.current is not None or self.replacing is not None:
             return
-        delay = 0.0 if clean else self.backoff.delay(ran_for)
-        self.log.warn(
-            "{child} pid {pid} exited unexpectedly ({status}) after {ran:.1f}s; relaunching in {delay:.1f}s",
-            child=self.name, pid=proc.pid, status=status, ran=ran_for, delay=delay,
+        delay = self.backoff.delay(ran_for) if crashed else 0.0
+        note(
+            LogLevel.error if crashed else LogLevel.warn,
+            "{child} pid {pid} {how} ({status}) after {ran:.1f}s; relaunching in {delay:.1f}s",
+            child=self.name, pid=proc.pid, how="crashed" if crashed else "exited unexpectedly",
+            status=status, ran=ran_for, delay=delay, traceback=output,
         )
         self.relaunch_call = launcher.reactor.callLater(delay, self.spawn)
 
@@ -388,7 +440,8 @@ class ChildSlot:
             if proc.heartbeat.overdue(now):
                 if not proc.killed_by_watchdog:
                     proc.killed_by_watchdog = True
-                    self.log.error(
+                    self.launcher.note(
+                        LogLevel.error,
                         "{child} pid {pid} answered no heartbeat for {t:.0f}s; killing that pid",
                         child=self.name, pid=proc.pid, t=now - proc.heartbeat.last_answer,
                     )
@@ -444,6 +497,11 @@ class Launcher(Service):
         self.listen_sockets = listen_sockets
         self.admin_socket = admin_socket
         self.publisher = ChildSlot(self, "pubd")
+        self.run_id = os.urandom(6).hex()
+        self.records = RecordSender(reactor, config.log_buffer)
+        self.log_channel: MessageChannel | None = None
+        self._previous_usr1: Any = None
+        self.logd = ChildSlot(self, "logd")
         self.dispatcher = ChildSlot(self, "dispatcher")
         self.instances = [ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)]
         self.stopping = False
@@ -456,7 +514,12 @@ class Launcher(Service):
 
     @property
     def children(self) -> list[ChildSlot]:
-        return [self.publisher, self.dispatcher, *self.instances]
+        return [self.logd, self.publisher, self.dispatcher, *self.instances]
+
+    def note(self, level: LogLevel, format: str, traceback: str | None = None, **fields: Any) -> None:
+        """Log an event of the launcher's to twistd's log and to the error log."""
+        self.log.emit(level, format, **fields)
+        self.records.event(level.name, formatEvent({"log_format": format, **fields}), traceback)
 
     def startService(self) -> None:
         super().startService()
@@ -467,6 +530,8 @@ class Launcher(Service):
             )
         else:
             self.log.info("running as root: each child gets its own uid and a jail under {root}", root=self.config.jail_root)
+        self._install_usr1()
+        self.logd.spawn()
         self.publisher.spawn()
         for slot in self.instances:
             slot.spawn()
@@ -511,6 +576,51 @@ class Launcher(Service):
             slot.tick(now)
         self._push_status()
 
+    # -- logging
+
+    def _install_usr1(self) -> None:
+        """SIGUSR1: whatever was installed before (twistd rotating its own log file), then ours."""
+        previous = signal.getsignal(signal.SIGUSR1)
+        self._previous_usr1 = previous
+
+        def on_usr1(signum: int, frame: Any) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            self.reactor.callFromThread(self.reopen_logs)
+
+        signal.signal(signal.SIGUSR1, on_usr1)
+
+    def reopen_logs(self) -> None:
+        """Ask the log daemon to reopen its files (after an external rotation)."""
+        channel = self.log_channel
+        self.note(LogLevel.info, "reopening the log files")
+        if channel is not None and channel.connected:
+            self.records.flush()
+            channel.send({"k": logchannel.REOPEN})
+        # Else the daemon is being relaunched, and a new daemon opens the files afresh.
+
+    def _attach_log_client(self) -> None:
+        """Give the (new) log daemon a channel to the launcher's own records."""
+        ours, theirs = socketpair()
+        meta = {
+            "k": control.PEER,
+            "channel": logchannel.CHANNEL,
+            "name": "launcher",
+            "role": "launcher",
+            "pid": os.getpid(),
+            "launch": 1,
+            "run": self.run_id,
+        }
+        try:
+            proc = self.logd.current
+            sent = proc is not None and proc.send(meta, [theirs.fileno()])
+        finally:
+            theirs.close()
+        if not sent:
+            ours.close()
+            return
+        self.log_channel = self.records.attach(ours)
+
     # -- wiring
 
     def ready_processes(self, role: str) -> list[tuple[ChildSlot, ChildProcess]]:
@@ -521,6 +631,8 @@ class Launcher(Service):
         ]
 
     def child_ready(self, slot: ChildSlot, proc: ChildProcess) -> None:
+        if slot is self.logd:
+            self._attach_log_client()
         for kind, left_role, right_role in LINKS:
             if slot.role == left_role:
                 for other, other_proc in self.ready_processes(right_role):
@@ -530,7 +642,7 @@ class Launcher(Service):
                     self.wire(kind, other, other_proc, slot, proc)
         if not self._site_ready and all(c.state == "ready" for c in self.children):
             self._site_ready = True
-            self.log.info("site ready: {count} processes", count=len(self.children))
+            self.note(LogLevel.info, "site ready: {count} processes", count=len(self.children))
         self._push_status()
 
     def wire(self, kind: str, left: ChildSlot, lproc: ChildProcess, right: ChildSlot, rproc: ChildProcess) -> None:
@@ -594,7 +706,9 @@ class Launcher(Service):
         return [slot.name for slot in slots if slot.relaunch("operator request")]
 
     def rotate_logs(self) -> dict[str, Any]:
-        raise ValueError("this okws has no log daemon yet; nothing to rotate")
+        """okws-ctl rotate-logs: the same as SIGUSR1 (twistd's own log aside)."""
+        self.reopen_logs()
+        return {"reopened": self.log_channel is not None and self.log_channel.connected}
 
     @defer.inlineCallbacks
     def reload(self) -> Any:
@@ -671,9 +785,13 @@ class Launcher(Service):
     # -- stopping
 
     def stopService(self) -> defer.Deferred[None]:
+        """Stop every child, the log daemon last (so it writes every other exit)."""
         super().stopService()
         self.stopping = True
-        self.log.info("stopping: draining for up to {drain}s", drain=self.config.drain_timeout)
+        self.note(LogLevel.info, "stopping: draining for up to {drain}s", drain=self.config.drain_timeout)
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
         if self._watchdog.running:
             self._watchdog.stop()
         if self.control_port is not None:
@@ -697,7 +815,7 @@ class Launcher(Service):
                     if not proc.send({"k": control.DRAIN}):
                         proc.signal(signal.SIGTERM)
                     continue
-                if slot.role in STOP_LAST:
+                if slot.role in STOP_LAST or slot.role == "logd":
                     continue
                 service_waits.append(proc.exited)
                 if proc.state != "retiring":
@@ -716,6 +834,20 @@ class Launcher(Service):
         d = defer.DeferredList(service_waits)
         d.addCallback(lambda _: retire_role({"dispatcher"}, self.config.kill_timeout))
         d.addCallback(lambda _: retire_role(STOP_LAST, self.config.kill_timeout))
+        # The log daemon goes last, once the launcher's own records (every
+        # other process's exit) are acknowledged.
+        d.addCallback(lambda _: self.records.idle(FINAL_FLUSH_TIMEOUT))
+
+        def stop_logd(_: object) -> defer.Deferred[Any]:
+            if self.records.held:
+                self.log.warn("{count} log records were not written: the log daemon is gone", count=self.records.held)
+            done = retire_role({"logd"}, LOGD_STOP_TIMEOUT)
+            for proc in self.logd.processes():
+                kill = self.reactor.callLater(LOGD_STOP_TIMEOUT, proc.signal, signal.SIGKILL)
+                proc.exited.addBoth(lambda _, k=kill: k.cancel() if k.active() else None)
+            return done
+
+        d.addCallback(stop_logd)
         done = defer.DeferredList(waits)
         term = self.reactor.callLater(self.config.drain_timeout, self._signal_all, signal.SIGTERM)
         kill = self.reactor.callLater(
@@ -723,9 +855,6 @@ class Launcher(Service):
         )
 
         def finished(_: object) -> None:
-            for call in (term, kill):
-                if call.active():
-                    call.cancel()
             self.log.info("all children have exited")
 
         done.addCallback(finished)
@@ -733,6 +862,8 @@ class Launcher(Service):
 
     def _signal_all(self, signum: int) -> None:
         for slot in self.children:
+            if slot is self.logd:
+                continue  # stopped last, on its own timer
             for proc in slot.processes():
                 if proc.state != "exited":
                     self.log.warn(

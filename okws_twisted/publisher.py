@@ -194,7 +194,9 @@ class Publisher:
         stopped()
 
 
-def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None]) -> Publisher:
+def start_role(
+    reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None], records: Any = None
+) -> Publisher:
     """The publisher child: publish the site's template tree."""
     publisher = Publisher(reactor, site.templates, stopped)
     publisher.start()

@@ -13,6 +13,9 @@ service it stops, waits until every fed request is answered and flushed, and
 hands the connection back to the dispatcher with every unread byte.  Dispatcher
 and service frame requests with the same code, so they cannot disagree about
 where a request ends.
+
+Every response becomes an access record for the log daemon
+(L{ServiceSite.log}); the process writes no log file itself.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from okws_twisted.errorpage import error_response
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.metrics import RequestCounts
 from okws_twisted.httpframe import Body, End, Head, HTTPError, Limits, RequestFramer, RequestHead
+from okws_twisted.logsender import RecordSender, RequestIds
 from okws_twisted.routing import RouteTable
 from okws_twisted.templateclient import PublisherClient
 from okws_twisted.transport import SocketTransport
@@ -79,7 +83,20 @@ class ServiceRequest(server.Request):
     Request bodies live in memory (an anonymous C{memfd} above 100 KB), never
     in a temporary file: a jailed service has no writable directory.  The
     framer has already bounded the body by the service's C{max_body}.
+
+    @ivar request_id: okws's id of this request, as in the access log (okws
+        makes every id; a client's X-Request-Id header is not used).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        site = getattr(self.channel, "factory", None)
+        if isinstance(site, ServiceSite):
+            self.okws_started = site.reactor.seconds()
+            self.request_id = site.request_ids.next()
+        else:
+            self.okws_started = 0.0
+            self.request_id = "-"
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length < 100_000:
@@ -133,6 +150,24 @@ class MountRoot(Resource):
         return NoResource().render(request)
 
 
+class ServiceChannel(http.HTTPChannel):
+    """twisted.web's channel, with its idle timeout kept to idle time.
+
+    C{timeOut} (C{keepalive_timeout}) is reset only when bytes are fed; while
+    a request body is arriving, C{body_timeout} (L{ServiceConnection}'s body
+    timer) decides, so the idle timer is re-armed instead of closing.
+    """
+
+    okws_connection: "ServiceConnection | None" = None
+
+    def timeoutConnection(self) -> None:
+        conn = self.okws_connection
+        if conn is not None and conn.in_body:
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
+
+
 class ServiceSite(server.Site):
     """The twisted.web site of one service instance.
 
@@ -141,17 +176,52 @@ class ServiceSite(server.Site):
     """
 
     requestFactory = ServiceRequest
-    protocol = http.HTTPChannel
+    protocol = ServiceChannel
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, templates: PublisherClient) -> None:
-        super().__init__(resource)
+    def __init__(self, resource: IResource, templates: PublisherClient | None = None, reactor: Any = None) -> None:
+        super().__init__(resource, reactor=reactor)
         self.templates = templates
 
+    #: The log client (set by the runtime); L{None}: no access records.
+    records: RecordSender | None = None
+    #: Send records for every response (else only for status 400 and up, for error.log).
+    access_records = True
+    request_ids = RequestIds("-")
+
     def log(self, request: server.Request) -> None:
-        # Access records are written by the log daemon, not here: twisted.web's
-        # own access log would write a line per request to stderr.
-        pass
+        """Send an access record to the log daemon (instead of twisted.web's own log).
+
+        Called by twisted.web as the response finishes; cheap: it builds a dict.
+        """
+        records = self.records
+        code = request.code
+        if records is None or (code < 400 and not self.access_records):
+            return
+        now = self.reactor.seconds()
+        started = getattr(request, "okws_started", 0.0) or now
+        client = request.getClientAddress()
+        record: dict[str, Any] = {
+            "kind": "access",
+            "time": int(started * 1_000_000),
+            "client": getattr(client, "host", None) or "-",
+            "request": b"%s %s %s" % (request.method, request.uri, request.clientproto),
+            "status": code,
+            "bytes": request.sentLength,
+            "request_id": getattr(request, "request_id", "-"),
+            "response_time": max(0, int((now - started) * 1_000_000)),
+        }
+        headers = request.requestHeaders
+        referer = headers.getRawHeaders(b"referer")
+        if referer:
+            record["referer"] = referer[0]
+        agent = headers.getRawHeaders(b"user-agent")
+        if agent:
+            record["user_agent"] = agent[0]
+        for key in ("request", "referer", "user_agent"):
+            if key in record:
+                record[key] = record[key].decode("latin-1")
+        records.emit(record)
 
 
 class ServiceConnection:
@@ -228,12 +298,17 @@ class ServiceConnection:
                     self.fed += 1
                     self.in_body = True
                     raw = origin_form(event.head, event.raw)
-                    if self.fed >= last:
-                        # The last request this connection may carry: twisted.web
+                    if self.fed >= last or not event.head.keep_alive:
+                        # The last request this connection may carry, or the
+                        # client asked to close ("close" anywhere in its
+                        # Connection list: twisted.web only finds it as a
+                        # space-separated word of the first field): twisted.web
                         # answers it with "Connection: close" and then closes.
                         raw = with_connection_close(raw)
                     self.channel.dataReceived(raw)
-                    self._arm_body_timer()
+                    head = event.head
+                    if head.chunked or head.content_length:
+                        self._arm_body_timer()
                 else:
                     # Bytes read after this point join the framer's buffer; the
                     # whole unread tail is taken at the moment of handing back.
@@ -316,9 +391,9 @@ class ServiceConnection:
             return
         if self.failure is not None:
             self.channel.setTimeout(None)
-            self.transport.write(
-                error_response(self.failure.status, self.failure.reason, pages=self.runtime.templates.pages)
-            )
+            response = error_response(self.failure.status, self.failure.reason, pages=self.runtime.templates.pages)
+            self.runtime.answered(self, self.failure.status, self.failure.reason, response)
+            self.transport.write(response)
             self.transport.close_lingering()
             return
         assert self.handback is not None
@@ -373,6 +448,7 @@ class ServiceRuntime:
         index: int,
         resource: IResource,
         exited: Callable[[], None] = lambda: None,
+        records: RecordSender | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = site_config
@@ -387,7 +463,10 @@ class ServiceRuntime:
         )
         self.templates = PublisherClient(reactor, site_config.template_timeout, site_config.retry_after)
         self.root = MountRoot(resource, service.paths)
-        self.site = ServiceSite(self.root, self.templates)
+        self.site = ServiceSite(self.root, self.templates, reactor=reactor)
+        self.site.records = records
+        self.site.access_records = site_config.access_log or site_config.access_log_json
+        self.site.request_ids = RequestIds()
         self.site.doStart()
         self.connections: set[ServiceConnection] = set()
         self.link: MessageChannel | None = None
@@ -506,6 +585,25 @@ class ServiceRuntime:
         self.connections.add(protocol)
         SocketTransport(self.reactor, sock, protocol, conn.peer, conn.host).start(conn.data)
 
+    def answered(self, conn: ServiceConnection, status: int, reason: str, response: bytes) -> None:
+        """The runtime answered a malformed request itself: send its access record."""
+        records = self.site.records
+        if records is None:
+            return
+        now = self.reactor.seconds()
+        records.emit(
+            {
+                "kind": "access",
+                "time": int(now * 1_000_000),
+                "client": getattr(conn.transport.getPeer(), "host", None) or "-",
+                "status": status,
+                "bytes": len(response) - response.index(b"\r\n\r\n") - 4,
+                "request_id": self.site.request_ids.next(),
+                "response_time": 0,
+                "reason": reason,
+            }
+        )
+
     def connection_ended(self, conn: ServiceConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
@@ -605,11 +703,17 @@ class ServiceRuntime:
             exited()
 
 
-def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None]) -> ServiceRuntime:
+def start_role(
+    reactor: Any,
+    site: SiteConfig,
+    meta: dict[str, Any],
+    stopped: Callable[[], None],
+    records: RecordSender | None = None,
+) -> ServiceRuntime:
     """A service instance child: import and build the service's resource, then serve."""
     from okws_twisted.bootstrap import load_resource
 
     name, index = str(meta["service"]), int(meta["index"])
     service = next(s for s in site.services if s.name == name)
     resource = load_resource(service.resource, site.base_dir)()
-    return ServiceRuntime(reactor, site, service, index, resource, exited=stopped)
+    return ServiceRuntime(reactor, site, service, index, resource, exited=stopped, records=records)

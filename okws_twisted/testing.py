@@ -279,8 +279,12 @@ class _Exchange:
         self.result: Deferred[RenderedResponse] = Deferred(self._clientGivesUp)
 
     def requestFactory(self, *args: object, **kwargs: object) -> Request:
-        """Build the site's L{Request}, watching for its end."""
+        """Build the site's L{Request}, watching for its end.
+
+        Like a served request it has a C{request_id} (always C{"test-1"} here).
+        """
         request = Request(*args, **kwargs)
+        request.request_id = "test-1"  # type: ignore[attr-defined]
         request.notifyFinish().addBoth(self._requestOver)
         return request
 

@@ -7,10 +7,17 @@ so a test waits for an event ("site ready", "is ready") with a bound instead
 of sleeping.  L{http} is a small blocking HTTP/1.1 client that can send raw
 bytes (pipelining, malformed requests) and parse several responses off one
 connection.
+
+The log files are written by another process (the log daemon) with no signal
+a test could wait on, so L{Site.wait_for_log} polls a file for a condition,
+with a deadline; that is the one place a test polls.  L{LogdProcess} starts a
+log daemon alone, the way the launcher does, so a test can speak the log
+protocol to it directly (as a compromised service would).
 """
 
 from __future__ import annotations
 
+import array
 import os
 import queue
 import re
@@ -23,12 +30,15 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT = 60.0
 #: twistd, run by the interpreter running the tests (no PATH lookup).
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 EVENT_TIMEOUT = 30.0
+#: How often L{Site.wait_for_log} looks at a file again.
+POLL_INTERVAL = 0.05
 
 
 def free_port() -> int:
@@ -42,14 +52,22 @@ class Site:
     """One okws site under test."""
 
     def __init__(
-        self, services: str, okws: str = "", port: int | None = None, templates: dict[str, str] | None = None
+        self,
+        services: str,
+        okws: str = "",
+        port: int | None = None,
+        templates: dict[str, str] | None = None,
+        logfile: str | None = None,
     ) -> None:
         """
         @param templates: the site's template tree, as name -> source, written
             into its own directory (so a test may change it); by default the
             site's C{templates} is a link to the repository's example templates.
+        @param logfile: have twistd write its log to this file (in the site's
+            directory) instead of stdout.
         """
         self.dir = tempfile.mkdtemp(prefix="okws-e2e-")
+        self.logfile = logfile
         for name in ("services", "tests"):
             os.symlink(os.path.join(REPO, name), os.path.join(self.dir, name))
         self.templates = os.path.join(self.dir, "templates")
@@ -89,8 +107,9 @@ class Site:
     def start(self, wait: bool = True) -> "Site":
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        log_args = [f"--logfile={self.logfile}"] if self.logfile else []
         self.proc = subprocess.Popen(
-            [*self.prefix, *TWISTD, "-n", "--pidfile=", "okws", "--config", self.ini],
+            [*self.prefix, *TWISTD, "-n", "--pidfile=", *log_args, "okws", "--config", self.ini],
             cwd=self.dir,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -98,7 +117,7 @@ class Site:
             env=env,
             start_new_session=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._tail if self.logfile else self._read, daemon=True).start()
         if wait:
             self.wait_for(r"site ready", START_TIMEOUT)
         return self
@@ -108,6 +127,38 @@ class Site:
         for raw in self.proc.stdout:
             self._new.put(raw.decode("utf-8", "replace").rstrip("\n"))
         self._new.put(None)
+
+    def _tail(self) -> None:
+        """Follow twistd's log file (when it logs to a file, not stdout), across its rotation."""
+        assert self.proc is not None and self.logfile is not None
+        path = os.path.join(self.dir, self.logfile)
+        f = None
+        partial = b""
+        while True:
+            if f is None:
+                try:
+                    f = open(path, "rb")
+                except FileNotFoundError:
+                    pass
+            chunk = f.read() if f is not None else b""
+            if chunk:
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                for raw in lines:
+                    self._new.put(raw.decode("utf-8", "replace"))
+                continue
+            if f is not None:
+                try:
+                    if os.stat(path).st_ino != os.fstat(f.fileno()).st_ino:
+                        f.close()  # rotated: the rest is in the new file
+                        f = None
+                        continue
+                except FileNotFoundError:
+                    pass
+            if self.proc.poll() is not None:
+                self._new.put(None)
+                return
+            time.sleep(POLL_INTERVAL)
 
     def mark(self) -> int:
         """A position in the log; C{wait_for(..., after=mark)} looks only past it."""
@@ -190,6 +241,31 @@ class Site:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    # -- log files
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self.dir, "logs")
+
+    def read_log(self, name: str) -> str:
+        """A file in the site's log directory ("" if it does not exist yet)."""
+        try:
+            with open(os.path.join(self.log_dir, name), encoding="ascii") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_log(self, name: str, done: Callable[[str], Any], timeout: float = EVENT_TIMEOUT) -> str:
+        """Poll log file C{name} until C{done(text)} is true; return the text."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.read_log(name)
+            if done(text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not get there within {timeout}s; it ends:\n{text[-3000:]}\nlog:\n{self.log_text()}")
+            time.sleep(POLL_INTERVAL)
 
     # -- HTTP
 
@@ -335,3 +411,82 @@ def process_exists(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+class LogdProcess:
+    """A log daemon started by the test the way the launcher starts one.
+
+    The test holds the control channel (fd 3 of the child): it sends the
+    config, waits for ``ready``, and makes log channels with any identity
+    it likes, as the launcher does for each sender.
+    """
+
+    def __init__(self, ini: str, base_dir: str, run: str = "testrun", launch: int = 1) -> None:
+        from okws_twisted.config import parse
+
+        self.site = parse(ini, os.path.join(base_dir, "site.ini"), base_dir)
+        self.run = run
+        self.launch = launch
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ctl: socket.socket | None = None
+
+    def start(self) -> "LogdProcess":
+        from okws_twisted.channel import encode, read_one_blocking, socketpair
+
+        ours, theirs = socketpair()
+        fd = theirs.fileno()
+        shim = (
+            "import os, runpy, sys; fd = int(sys.argv[1]); os.dup2(fd, 3); os.close(fd); "
+            "sys.argv = ['okws_twisted.bootstrap', 'logd']; "
+            "runpy.run_module('okws_twisted.bootstrap', run_name='__main__')"
+        )
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO, "LANG": "C.UTF-8"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", shim, str(fd)], pass_fds=[fd], env=env, cwd=self.site.base_dir,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.ctl = ours
+        meta = {"k": "config", "role": "logd", "run": self.run, "launch": self.launch}
+        for datagram in encode(meta, self.site.to_json().encode("utf-8")):
+            ours.send(datagram)
+        ready = read_one_blocking(ours, START_TIMEOUT)
+        assert ready.kind == "ready", ready
+        return self
+
+    def channel(self, name: str, role: str, pid: int, **meta: Any) -> socket.socket:
+        """A new log channel, announced to the daemon as the sender C{name}/C{role}/C{pid}."""
+        from okws_twisted.channel import encode, socketpair
+
+        assert self.ctl is not None
+        ours, theirs = socketpair()
+        peer = {"k": "peer", "channel": "log", "name": name, "role": role, "pid": pid, "run": self.run, "launch": 1, **meta}
+        [datagram] = encode(peer)
+        self.ctl.sendmsg([datagram], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))])
+        theirs.close()
+        return ours
+
+    @staticmethod
+    def send(sock: socket.socket, meta: dict[str, Any], payload: bytes = b"") -> None:
+        from okws_twisted.channel import encode
+
+        for datagram in encode(meta, payload):
+            sock.send(datagram)
+
+    @classmethod
+    def records(cls, sock: socket.socket, first: int, records: list[Any]) -> int:
+        """Send a batch; return the daemon's ack."""
+        from okws_twisted import logchannel
+        from okws_twisted.channel import read_one_blocking
+
+        cls.send(sock, logchannel.records_meta(first), logchannel.encode_records(records))
+        return logchannel.parse_ack(read_one_blocking(sock, EVENT_TIMEOUT))
+
+    def kill(self) -> None:
+        """kill -9, and wait for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None

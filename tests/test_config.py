@@ -711,3 +711,67 @@ class JsonTests(SynchronousTestCase):
                      good.replace('"name":"hello"', '"name":"Hello"')):
             e = self.assertRaises(ValueError, SiteConfig.from_json, text)
             self.assertTrue(str(e).startswith("invalid site config JSON: "), str(e))
+
+
+class LoggingKeyTests(ErrorMixin, SynchronousTestCase):
+    """The log daemon's keys (docs/logging.md)."""
+
+    def test_defaults(self) -> None:
+        config = site()
+        self.assertEqual(
+            (config.access_log, config.access_log_json, config.log_buffer, config.log_max_size, config.log_keep),
+            (True, False, 65536, 0, 5),
+        )
+        self.assertEqual(
+            config.access_log_fields,
+            ("client", "ident", "user", "time", "request", "status", "bytes", "referer", "user_agent",
+             "service", "response_time"),
+        )
+
+    def test_everyKey(self) -> None:
+        config = site("""\
+            access_log = no
+            access_log_json = Yes
+            access_log_fields = combined request_id
+                instance tls
+            log_buffer = 1_000
+            log_max_size = 10_485_760
+            log_keep = 9
+            """)
+        self.assertEqual((config.access_log, config.access_log_json), (False, True))
+        self.assertEqual(config.access_log_fields[-3:], ("request_id", "instance", "tls"))
+        self.assertEqual((config.log_buffer, config.log_max_size, config.log_keep), (1000, 10485760, 9))
+
+    def test_booleanSpellings(self) -> None:
+        for word, value in (("yes", True), ("on", True), ("true", True), ("1", True),
+                            ("no", False), ("OFF", False), ("false", False), ("0", False)):
+            self.assertEqual(site(f"access_log = {word}\n").access_log, value, word)
+
+    def test_errors(self) -> None:
+        cases = [
+            ("access_log = maybe", "access_log: expected yes or no, got 'maybe'"),
+            ("access_log_json =", "access_log_json: expected yes or no, got ''"),
+            ("access_log_fields = client refferer",
+             "access_log_fields: unknown access log field 'refferer'; fields are combined, client, ident, "
+             "user, time, request, status, bytes, referer, user_agent, service, instance, request_id, "
+             "response_time, tls"),
+            ("access_log_fields =", "access_log_fields: expected one or more access log fields, e.g. combined"),
+            ("log_buffer = 0", "log_buffer: expected a whole number of records, 1 or more, got '0'"),
+            ("log_max_size = -1", "log_max_size: expected a whole number of bytes, 0 or more, got '-1'"),
+            ("log_keep = 0", "log_keep: expected a whole number of files from 1 to 1000, got '0'"),
+        ]
+        for line, message in cases:
+            self.assertConfigError(f"[okws]\n{line}\n" + SERVICE, f"site.ini: [okws] {message}")
+
+    def test_constructorChecks(self) -> None:
+        good = site()
+        for key, value in (("access_log", "yes"), ("access_log_fields", ()), ("access_log_fields", ("nope",)),
+                           ("log_buffer", 0), ("log_keep", 1001)):
+            kwargs = {f: getattr(good, f) for f in ("file", "base_dir", "log_dir", "templates", "services")}
+            self.assertRaises(ConfigError, SiteConfig, **kwargs, **{key: value})
+
+    def test_roundTrip(self) -> None:
+        config = site("access_log_fields = status request_id\naccess_log_json = yes\n")
+        again = SiteConfig.from_json(config.to_json())
+        self.assertEqual(again, config)
+        self.assertIsInstance(again.access_log_fields, tuple)

@@ -312,7 +312,7 @@ class StopTests(SynchronousTestCase):
         site = Site(SERVICES, FAST).start()
         self.addCleanup(site.kill)
         pids = site.all_pids()
-        self.assertEqual(len(pids), 7)  # pubd, dispatcher, five instances
+        self.assertEqual(len(pids), 8)  # log daemon, publisher, dispatcher, 5 service instances
         # A slow request in flight when SIGTERM arrives still gets its answer.
         s = site.connect(timeout=20)
         self.addCleanup(s.close)

@@ -192,7 +192,7 @@ class PublisherDownTests(SynchronousTestCase):
         pubd = site.pids()["pubd"]
         mark = site.mark()
         os.kill(pubd, signal.SIGKILL)
-        site.wait_for(rf"pubd pid {pubd} exited unexpectedly", after=mark)
+        site.wait_for(rf"pubd pid {pubd} (crashed|exited unexpectedly)", after=mark)
 
         started = time.monotonic()
         r = page(site, "a.html", n="2")

@@ -29,7 +29,7 @@ from okws_twisted.httpframe import (
     parse_head,
 )
 
-STATUSES = {400, 405, 413, 414, 431, 505}
+STATUSES = {400, 413, 414, 431, 501, 505}
 GET = b"GET / HTTP/1.1"
 HOST = b"Host: example.com"
 
@@ -218,8 +218,8 @@ class RequestLineTests(_Assertions):
         self.refuse(head(b"GET example.com:80 HTTP/1.1", HOST), 400, "CONNECT")
 
     def test_connect(self) -> None:
-        self.refuse(head(b"CONNECT example.com:443 HTTP/1.1", b"Host: example.com:443"), 405, "CONNECT is not supported")
-        self.refuse(head(b"CONNECT / HTTP/1.1", HOST), 405)
+        self.refuse(head(b"CONNECT example.com:443 HTTP/1.1", b"Host: example.com:443"), 501, "CONNECT is not supported")
+        self.refuse(head(b"CONNECT / HTTP/1.1", HOST), 501)
 
     def test_malformed(self) -> None:
         for line in (
@@ -604,7 +604,7 @@ class HeadReaderTests(_Assertions):
             (b"GET / HTTP/1.1\rX", 400),  # bare CR, once the byte after it arrives
             (b"G(T / HTTP/1.1\r\n", 400),  # request line checked when complete
             (b"GET / HTTP/3.0\r\n", 505),
-            (b"CONNECT a:1 HTTP/1.1\r\n", 405),
+            (b"CONNECT a:1 HTTP/1.1\r\n", 501),
             (b"GET / HTTP/1.1\r\nHost: x\r\n x\r\n", 400),  # header line checked when complete
         ]
         for data, status in cases:
@@ -680,7 +680,7 @@ class RequestFramerTests(_Assertions):
     def test_chunked_body(self) -> None:
         body = (
             b"5\r\nhello\r\n"
-            b"1A;name=value;flag;q=\"a \\\"quoted\\\" ext\"\r\n" + b"x" * 26 + b"\r\n"
+            b"1A;name=value;flag;q=\"a quoted ext\"\r\n" + b"x" * 26 + b"\r\n"
             b"00000000000000a\r\n0123456789\r\n"
             b"0\r\n"
             b"X-Checksum: abc\r\n"
@@ -860,10 +860,13 @@ class RequestFramerTests(_Assertions):
         self.assertIsNone(error)
 
     def test_chunk_extensions(self) -> None:
-        for ext in (b";a", b";a=b", b';a="b c"', b";a=b;c", b"; a = b ; c", b";a=\"\\\"\"", b";a=\"\xff\""):
+        for ext in (b";a", b";a=b", b';a="b c"', b";a=b;c", b"; a = b ; c", b";a=\"\xff\""):
             events, error = frame([chunked_post() + b"5" + ext + b"\r\nhello\r\n0" + ext + b"\r\n\r\n"])
             self.assertIsNone(error, ext)
-        for ext in (b";", b";a=", b";a=\x01", b';a="b', b";a b", b"; ", b";a;", b";a=b c", b";\x00", b";a=\"\x7f\"", b" ;a"):
+        # A quoted-pair is refused: twisted.web refuses any backslash in an
+        # extension, and the two readers must agree.
+        for ext in (b";", b";a=", b";a=\x01", b';a="b', b";a b", b"; ", b";a;", b";a=b c", b";\x00", b";a=\"\x7f\"", b" ;a",
+                    b";a=\"\\\"\""):
             self.chunk_error(b"5" + ext + b"\r\nhello\r\n0\r\n\r\n", reason="invalid chunk")
 
     def test_chunk_line_endings(self) -> None:

@@ -209,3 +209,16 @@ class DelayTests(SynchronousTestCase):
         self.assertIn("Waited 100 ms.", self.successResultOf(fast).text())
         self.clock.advance(0.2)
         self.assertIn("Waited 300 ms.", self.successResultOf(slow).text())
+
+
+class PlainHelloTests(SynchronousTestCase):
+    """services.plain: the benchmark's resource, no templates."""
+
+    def test_default_and_escaping(self) -> None:
+        from services.plain import Hello as PlainHello
+
+        response = self.successResultOf(render(PlainHello(), b"GET", b"/hello", query={"name": "<b>"}))
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"Hello, &lt;b&gt;!", response.body)
+        response = self.successResultOf(render(PlainHello(), b"GET", b"/hello"))
+        self.assertIn(b"Hello, world!", response.body)

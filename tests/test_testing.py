@@ -5,7 +5,6 @@ Tests for L{okws_twisted.testing}: the in-memory request helper itself.
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import os
 import sys
 
@@ -74,6 +73,11 @@ class RequestTests(SynchronousTestCase):
         self.assertEqual(request.clientproto, b"HTTP/1.1")
         self.assertEqual(request.getHeader(b"host"), b"localhost")
         self.assertEqual(response.body, b"GET /")
+
+    def test_requestId(self) -> None:
+        """As in a served request, C{request.request_id} exists (services may show it)."""
+        request, _ = self.request()
+        self.assertEqual(request.request_id, "test-1")
 
     def test_methodAndPathAsText(self) -> None:
         request, _ = self.request(method="PUT", path="/caf\u00e9/a b")
@@ -236,12 +240,12 @@ class ResponseTests(SynchronousTestCase):
         The helper belongs to the author's one-process world: nothing of the
         launcher, dispatcher or process runtime comes with it.
         """
+        from tests.test_walls import modules_after_import
+
         source = open(testing.__file__).read()
-        # A fresh interpreter: this one may hold modules other test modules imported.
-        code = "import sys, okws_twisted.testing; print(' '.join(sys.modules))"
-        loaded = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-        ).stdout
+        # A fresh interpreter: this process's sys.modules also holds whatever
+        # other test modules imported (the launcher's unit tests import it).
+        loaded = " ".join(modules_after_import("okws_twisted.testing"))
         for word in ("launcher", "dispatcher", "runtime", "handoff"):
             self.assertNotIn(f"okws_twisted.{word}", source)
             self.assertNotIn(f"okws_twisted.{word}", loaded)

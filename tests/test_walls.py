@@ -54,6 +54,20 @@ class ImportWallTests(SynchronousTestCase):
         for forbidden in ("okws_twisted.resource", "okws_twisted.runtime", "okws_twisted.dispatcher", "jinja2", "services"):
             self.assertNotIn(forbidden, loaded)
 
+    def test_log_daemon_runs_no_site_code_and_no_web(self) -> None:
+        loaded = modules_after_import("okws_twisted.logdaemon")
+        for forbidden in (
+            "okws_twisted.resource", "okws_twisted.runtime", "okws_twisted.dispatcher", "okws_twisted.launcher",
+            "okws_twisted.transport", "twisted.web", "jinja2", "services",
+        ):
+            self.assertNotIn(forbidden, loaded)
+
+    def test_log_formatting_is_pure(self) -> None:
+        """The record checks and line formats need no Twisted and no I/O (DESIGN.md: pure logic apart)."""
+        for module in ("okws_twisted.logformat", "okws_twisted.config"):
+            loaded = modules_after_import(module)
+            self.assertEqual({name for name in loaded if name.split(".")[0] in ("twisted", "zope")}, set(), module)
+
     def test_author_api_is_one_process(self) -> None:
         for module in ("okws_twisted.resource", "okws_twisted.testing"):
             loaded = modules_after_import(module)

@@ -1,0 +1,336 @@
+# -*- test-case-name: tests.test_logdaemon -*-
+"""
+The log daemon (OKWS's oklogd): the only process that writes logs, and it loses nothing.
+
+It owns ``log_dir``: C{access.log} (one line per response, see
+L{okws_twisted.logformat}), C{error.log} (every error status okws produced,
+every exception with its traceback, every process start and exit, every
+bad record), an optional C{access.json}, and its journal
+(L{okws_twisted.logjournal}).  No other okws process opens a file there.
+
+Every other process sends it structured records over a log channel the
+launcher made (L{okws_twisted.logchannel}); the launcher tells the daemon who
+is at the other end.  For each batch the daemon checks every record, formats
+it, notes the batch in the journal, appends it to the files and acknowledges
+the highest sequence number written.  Records it has already written (a
+sender resending after the daemon was relaunched) are skipped, so each
+record is written once even if the daemon is killed between writing and
+acknowledging.
+
+A write error (disk full, I/O error) ends the process at once: a relaunched
+daemon repairs the files from the journal and the senders, still holding
+every unacknowledged record, send them again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, Callable
+
+from twisted.internet.error import ConnectionLost
+from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from okws_twisted import logchannel
+from okws_twisted.channel import ChannelError, Message, MessageChannel
+from okws_twisted.config import SiteConfig
+from okws_twisted.interfaces import IChildRole
+from okws_twisted.logfiles import LogFile
+from okws_twisted.logformat import (
+    Checked,
+    Sender,
+    TimeFormats,
+    access_json,
+    access_line,
+    check,
+    dropped_line,
+    event_lines,
+    own_line,
+    problem_line,
+    status_line,
+)
+from okws_twisted.logjournal import Entry, Journal, Recovery, Write
+
+ACCESS_LOG = "access.log"
+ERROR_LOG = "error.log"
+ACCESS_JSON = "access.json"
+#: The largest batch accepted (256 records of the largest fields are about 25 MiB).
+MAX_BATCH_BYTES = 64 * 1024 * 1024
+#: Exit status of a daemon that could not write (the launcher relaunches it).
+WRITE_FAILED = 74
+
+
+class LogWriter:
+    """The log files, the journal and the formatting: one batch in, lines out.
+
+    No sockets: L{LogDaemon} feeds it batches; tests feed it directly.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: SiteConfig, me: Sender, clock: Any, current_run: str = "-") -> None:
+        self.config = config
+        self.me = me
+        self.clock = clock
+        self.current_run = current_run
+        self.times = TimeFormats()
+        self.journal = Journal(config.log_dir)
+        self.files: dict[str, LogFile] = {}
+        names = [ERROR_LOG]
+        if config.access_log:
+            names.append(ACCESS_LOG)
+        if config.access_log_json:
+            names.append(ACCESS_JSON)
+        for name in names:
+            self.files[name] = LogFile(config.log_dir, name, config.log_max_size, config.log_keep)
+        self.watermarks: dict[str, int] = {}
+        self.bad_records = 0
+        self.recovery: Recovery | None = None
+
+    def _now(self) -> int:
+        return int(self.clock.seconds() * 1_000_000)
+
+    def _keep(self, sender_key: str) -> bool:
+        """Journal compaction keeps the senders of this launcher run (others are gone)."""
+        return sender_key.startswith(self.current_run + "/")
+
+    # -- start and stop
+
+    def start(self) -> None:
+        """Create the directory, repair the files from the journal, open them."""
+        os.makedirs(self.config.log_dir, mode=0o750, exist_ok=True)
+        recovery = self.journal.recover(self._keep)
+        self.recovery = recovery
+        self.watermarks = dict(recovery.watermarks)
+        for f in self.files.values():
+            f.open()
+        entry = recovery.rolled_back
+        if entry is not None:
+            cut = ", ".join(f"{name} to {offset} bytes" for name, offset in recovery.truncate) or "nothing"
+            self.own(
+                "warn",
+                f"recovered from an unclean stop: records {entry.first}-{entry.last} of {entry.sender} "
+                f"were partly written; cut {cut}; they are written again when the sender resends them",
+            )
+        for write in recovery.unverified:
+            self.own("warn", f"could not check the last batch in {write.name} (inode {write.ino}): the file was moved away")
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.journal.close()
+
+    def reopen(self) -> None:
+        """Reopen every file by name (after an external rename)."""
+        for f in self.files.values():
+            f.reopen()
+        self.own("info", "reopened the log files")
+
+    # -- writing
+
+    def own(self, level: str, text: str) -> None:
+        """Write a line about the daemon itself to error.log (not journalled: never resent)."""
+        self.files[ERROR_LOG].append(own_line(self._now(), level, self.me, text, self.times).encode("ascii"))
+
+    def write_batch(self, sender: Sender, first: int, records: list[Any]) -> int:
+        """Check, format and write C{records} (numbered from C{first}); return the
+        sender's watermark (the highest sequence number now in the files)."""
+        key = sender.key
+        mark = self.watermarks.get(key, 0)
+        skip = max(0, mark - first + 1)
+        if skip >= len(records):
+            return mark
+        start = first + skip
+        access: list[str] = []
+        errors: list[str] = []
+        json_lines: list[str] = []
+        bad: list[tuple[int, list[str]]] = []
+        for seq, record in enumerate(records[skip:], start):
+            checked, problems = check(record, sender)
+            if problems:
+                bad.append((seq, problems))
+            if checked is not None:
+                self._format(checked, sender, access, errors, json_lines)
+        if bad:
+            self.bad_records += len(bad)
+            seq, problems = bad[0]
+            errors.append(problem_line(self._now(), self.me, sender, seq, problems, len(bad) - 1, self.times))
+        last = first + len(records) - 1
+        self._commit(key, start, last, {ACCESS_LOG: access, ERROR_LOG: errors, ACCESS_JSON: json_lines})
+        self.watermarks[key] = last
+        return last
+
+    def _format(self, checked: Checked, sender: Sender, access: list[str], errors: list[str], json_lines: list[str]) -> None:
+        fields, times = checked.fields, self.times
+        if "time" not in fields:
+            fields["time"] = self._now()  # a record without a time is stamped on arrival
+        if checked.kind == "access":
+            if ACCESS_LOG in self.files:
+                access.append(access_line(fields, sender, self.config.access_log_fields, times))
+            if ACCESS_JSON in self.files:
+                json_lines.append(access_json(fields, sender, times))
+            line = status_line(fields, sender, times)
+            if line is not None:
+                errors.append(line)
+        elif checked.kind == "event":
+            errors.append(event_lines(fields, sender, times))
+        else:
+            errors.append(dropped_line(fields, sender, times))
+
+    def _commit(self, key: str, first: int, last: int, lines: dict[str, list[str]]) -> None:
+        chunks = [(self.files[name], "".join(text).encode("ascii")) for name, text in lines.items() if text]
+        if not chunks:
+            return
+        writes = tuple(Write(f.name, f.dev, f.ino, f.size, len(data)) for f, data in chunks)
+        self.journal.record(Entry(key, first, last, writes))
+        for f, data in chunks:
+            f.append(data)
+        for f, _data in chunks:
+            if f.full:
+                f.rotate()
+        if self.journal.large:
+            self.journal.rewrite(self.watermarks | {key: last}, self._keep)
+
+
+@implementer(IChildRole)
+class LogDaemon:
+    """The log daemon's role: one L{SenderLink} per sender, one L{LogWriter}."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, writer: LogWriter, stopped: Callable[[], None] = lambda: None) -> None:
+        self.reactor = reactor
+        self.writer = writer
+        self.links: dict[str, "SenderLink"] = {}
+        self._stopped = stopped
+        self.stopping = False
+        self.observer: OwnEvents | None = None
+
+    def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
+        if channel != logchannel.CHANNEL:
+            self.log.error("unexpected {channel} channel from the launcher", channel=channel)
+            sock.close()
+            return
+        try:
+            sender = Sender.from_meta(meta)
+        except ValueError as e:
+            self.log.error("refused a log channel: {error}", error=e)
+            sock.close()
+            return
+        old = self.links.get(sender.key)
+        self.links[sender.key] = SenderLink(self, sender, sock)
+        if old is not None:
+            old.channel.close()
+
+    def received(self, link: "SenderLink", batch: list[Message]) -> None:
+        if self.stopping:
+            return
+        mark = None
+        for msg in batch:
+            for fd in msg.fds:
+                os.close(fd)
+            try:
+                if msg.kind == logchannel.RECORDS:
+                    first, records = logchannel.parse_records(msg)
+                    mark = self._guarded(self.writer.write_batch, link.sender, first, records)
+                elif msg.kind == logchannel.REOPEN and link.sender.role == "launcher":
+                    self._guarded(self.writer.reopen)
+                else:
+                    raise ChannelError(f"unexpected {msg.kind!r} message")
+            except ChannelError as e:
+                self._guarded(self.writer.own, "warn", f"bad log message from {link.sender.source}: {e}")
+        if mark is not None and link.channel.connected:
+            link.channel.send(logchannel.ack_meta(mark))
+
+    def _guarded(self, action: Callable[..., Any], *args: Any) -> Any:
+        """Run a write; if it fails, stop at once (no later batch may follow a torn one)."""
+        try:
+            return action(*args)
+        except OSError as e:
+            print(f"okws log daemon: cannot write the logs in {self.writer.config.log_dir}: {e}; exiting", file=sys.stderr, flush=True)
+            os._exit(WRITE_FAILED)
+
+    def link_lost(self, link: "SenderLink") -> None:
+        if self.links.get(link.sender.key) is link:
+            del self.links[link.sender.key]
+
+    def stats(self) -> dict[str, Any]:
+        return {"senders": len(self.links)}
+
+    def update_config(self, site: SiteConfig) -> None:
+        """Reloaded: the log files and formats are fixed until a restart."""
+
+    def control(self, kind: str, meta: dict[str, Any]) -> None:
+        self.log.warn("unexpected control message {kind}", kind=kind)
+
+    def stop(self, drain: float = 0.0, handback: bool = False) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for link in list(self.links.values()):
+            link.channel.close()
+        self.writer.close()
+        if self.observer is not None:
+            globalLogPublisher.removeObserver(self.observer)
+            self.observer = None
+        stopped, self._stopped = self._stopped, lambda: None
+        stopped()
+
+
+class SenderLink:
+    """The daemon's channel to one sender, and who that sender is."""
+
+    def __init__(self, daemon: LogDaemon, sender: Sender, sock: socket.socket) -> None:
+        self.daemon = daemon
+        self.sender = sender
+        self.channel = MessageChannel(
+            daemon.reactor, sock, self._received, self._lost, name=f"log:{sender.name}", max_payload=MAX_BATCH_BYTES
+        )
+
+    def _received(self, batch: list[Message]) -> None:
+        self.daemon.received(self, batch)
+
+    def _lost(self, reason: Failure) -> None:
+        if reason.check(ConnectionLost) and not self.daemon.stopping:
+            self.daemon._guarded(self.daemon.writer.own, "warn", f"closed the log channel of {self.sender.source}: {reason.getErrorMessage()}")
+        self.daemon.link_lost(self)
+
+
+_OWN_LEVELS = {LogLevel.warn: "warn", LogLevel.error: "error", LogLevel.critical: "critical"}
+
+
+@implementer(ILogObserver)
+class OwnEvents:
+    """Writes the daemon's own warnings and errors (twisted.logger events) to error.log."""
+
+    def __init__(self, daemon: LogDaemon) -> None:
+        self.daemon = daemon
+        self._busy = False
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = _OWN_LEVELS.get(event.get("log_level"))  # type: ignore[arg-type]
+        if level is None or self._busy or self.daemon.stopping:
+            return
+        self._busy = True
+        try:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if isinstance(failure, Failure):
+                text += "\n" + failure.getTraceback()
+            self.daemon._guarded(self.daemon.writer.own, level, text.replace("\n", " | "))
+        finally:
+            self._busy = False
+
+
+def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None], records: Any = None) -> LogDaemon:
+    """The log daemon child: repair and open the files, then wait for senders."""
+    me = Sender(name="logd", role="logd", pid=os.getpid(), run=str(meta.get("run", "-")), launch=int(meta.get("launch", 1)))
+    writer = LogWriter(site, me, reactor, current_run=me.run)
+    writer.start()
+    daemon = LogDaemon(reactor, writer, stopped)
+    daemon.observer = OwnEvents(daemon)
+    globalLogPublisher.addObserver(daemon.observer)
+    return daemon
