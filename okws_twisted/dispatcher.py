@@ -43,6 +43,8 @@ from okws_twisted.routing import RouteTable
 from okws_twisted.transport import SocketTransport, address_of
 
 ACCEPTS_PER_WAKEUP = 64
+#: The methods a service may implement, as the answer to C{OPTIONS *} says.
+SERVER_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 ACCEPT_PAUSE = 0.1
 #: At most this much of an unparsable request line goes to the access log.
 REQUEST_LINE_LOGGED = 8192
@@ -182,6 +184,18 @@ class HeadConnection:
         self.transport.write(response)
         self.transport.close_lingering()
 
+    def answer_options(self) -> None:
+        """C{OPTIONS *}: which methods this server's services may implement; then close."""
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        self._dispatcher.answered(self, 200, "OPTIONS *", 0)
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nAllow: " + SERVER_METHODS.encode() + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        self.transport.close_lingering()
+
     def release(self) -> None:
         """The service holds the connection now: drop our copy, shutting nothing down."""
         self.done = True
@@ -214,6 +228,8 @@ class InstanceLink:
         self.active = 0
         self.in_flight = 0
         self.connections = 0
+        self.log_buffered = 0
+        self.log_dropped = 0
         self.retiring = False
         self.pending: dict[int, HeadConnection] = {}
         self.channel = MessageChannel(
@@ -250,6 +266,8 @@ class InstanceLink:
                 elif msg.kind == handoff.STATS:
                     self.in_flight = _count(msg.meta.get("in_flight"))
                     self.connections = _count(msg.meta.get("connections"))
+                    self.log_buffered = _count(msg.meta.get("log_buffered"))
+                    self.log_dropped = _count(msg.meta.get("log_dropped"))
                     self.dispatcher.totals(self.service).report(self.pid, RequestCounts.from_json(msg.meta.get("counts")))
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
@@ -454,6 +472,7 @@ class Dispatcher:
         self.open_connections = 0
         self.accepting_paused = False
         self.handoff_failures = 0
+        self.gone_log_dropped = 0
         self.own_counts: dict[str, RequestCounts] = {}
         self.service_totals: dict[str, ServiceTotals] = {}
         self.launcher_view: dict[str, dict[str, Any]] = {}
@@ -513,6 +532,11 @@ class Dispatcher:
     def route(self, conn: HeadConnection) -> None:
         head = conn.head
         assert head is not None
+        if head.path == b"*":
+            # OPTIONS * (the only asterisk-form httpframe lets through) asks
+            # about the server, not a resource: the dispatcher answers it.
+            conn.answer_options()
+            return
         name = self.routes.route(head.path)
         if name is None:
             conn.answer(404, "No service here.")
@@ -626,6 +650,7 @@ class Dispatcher:
             del pool.links[link.pid]
             self.log.info("instance {link} (pid {pid}) is gone", link=link.name, pid=link.pid)
         self.totals(link.service).instance_gone(link.pid)
+        self.gone_log_dropped += link.log_dropped
         pending, link.pending = link.pending, {}
         for conn in pending.values():
             # Never acknowledged, so never touched: another instance may take it.
@@ -751,7 +776,13 @@ class Dispatcher:
             "restarts_total": {n: _count(self.launcher_view.get(n, {}).get("restarts")) for n in names},
             "handoffs_total": {n: self.pools[n].handed_off for n in live},
         }
+        links = [l for pool in self.pools.values() for l in pool.links.values()]
+        own = self.records
         site = {
+            "log_records_buffered": (own.held if own is not None else 0) + sum(l.log_buffered for l in links),
+            "log_records_dropped_total": (own.dropped_total if own is not None else 0)
+            + self.gone_log_dropped
+            + sum(l.log_dropped for l in links),
             "up": 1,
             "dispatcher_open_connections": self.open_connections,
             "dispatcher_accepting": int(not self.accepting_paused and not self.draining),

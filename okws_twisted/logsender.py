@@ -74,11 +74,13 @@ class RecordBuffer:
         self.next_seq = 1
         self.held = 0
         self.dropped = 0
+        self.dropped_total = 0
 
     def add(self, record: dict[str, Any]) -> bool:
         """Keep C{record}; when full, drop it and count the drop (C{False})."""
         if self.held >= self.capacity:
             self.dropped += 1
+            self.dropped_total += 1
             return False
         self.pending.append(record)
         self.held += 1
@@ -154,6 +156,11 @@ class RecordSender:
     def held(self) -> int:
         """Records not yet acknowledged by the daemon."""
         return self.buffer.held
+
+    @property
+    def dropped_total(self) -> int:
+        """Records dropped since this process started (for the metrics)."""
+        return self.buffer.dropped_total
 
     # -- sending
 

@@ -544,12 +544,27 @@ class ServiceRuntime:
         """Report cumulative counters to the dispatcher, if they changed."""
         if self.link is None or not self.link.connected:
             return
-        snapshot = (self.served, self.in_flight, len(self.connections))
+        records = self.site.records
+        snapshot = (
+            self.served,
+            self.in_flight,
+            len(self.connections),
+            records.held if records is not None else 0,
+            records.dropped_total if records is not None else 0,
+        )
         if snapshot == self._stats_sent:
             return
         self._stats_sent = snapshot
+        records = self.site.records
         self.link.send(
-            {"k": handoff.STATS, "counts": self.counts.to_json(), "in_flight": self.in_flight, "connections": len(self.connections)}
+            {
+                "k": handoff.STATS,
+                "counts": self.counts.to_json(),
+                "in_flight": self.in_flight,
+                "connections": len(self.connections),
+                "log_buffered": records.held if records is not None else 0,
+                "log_dropped": records.dropped_total if records is not None else 0,
+            }
         )
 
     def _send_ack(self, ids: list[int]) -> None:

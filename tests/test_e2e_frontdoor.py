@@ -680,3 +680,16 @@ class LiveFuzzTests(SynchronousTestCase):
         site.drain_log()
         relaunched = [line for line in site.lines[mark:] if re.search(r"started \S+ as pid", line)]
         self.assertEqual(relaunched, [], "a child was relaunched during the fuzz")
+
+
+class OptionsAsteriskTests(SynchronousTestCase):
+    def test_options_asterisk_names_the_methods(self) -> None:
+        site = Site("[service:hello]\nresource = services.plain:Hello\npaths = /\n")
+        self.addCleanup(site.kill)
+        site.start()
+        with site.connect() as s:
+            s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            r = read_response(s)
+        self.assertEqual(r.status, 200)
+        self.assertIn("GET", r.header("allow"))
+        self.assertEqual(r.header("content-length"), "0")
