@@ -164,6 +164,8 @@ def main(argv: list[str]) -> NoReturn:
             child.control(msg.kind, msg.meta)
 
     ctl = MessageChannel(reactor, ctl_sock, on_control, launcher_gone, name="control")
+    if hasattr(child, "to_launcher"):
+        child.to_launcher = lambda meta: ctl.send(meta) if ctl.connected else None
     ctl.send({"k": control.READY, "pid": os.getpid()})
     reactor.run(installSignalHandlers=False)
     sys.stdout.flush()

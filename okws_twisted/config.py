@@ -159,6 +159,9 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "crash_window": _SECONDS_POSITIVE,
     "heartbeat_interval": _SECONDS_POSITIVE,
     "heartbeat_timeout": _SECONDS_POSITIVE,
+    "dispatcher_uid": _Number(int, 0, "uid", maximum=2**31 - 2),
+    "logd_uid": _Number(int, 0, "uid", maximum=2**31 - 2),
+    "pubd_uid": _Number(int, 0, "uid", maximum=2**31 - 2),
     "template_timeout": _SECONDS_POSITIVE,
     "log_buffer": _Number(int, 1, "records"),
     "log_max_size": _Number(int, 0, "bytes"),
@@ -181,7 +184,7 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
 }
 
 _OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields")
-_SERVICE_KEYS = ("resource", "paths", "network", "scratch", *_SERVICE_NUMBERS)
+_SERVICE_KEYS = ("resource", "paths", "network", "scratch", "lazy", *_SERVICE_NUMBERS)
 _NETWORK_CHOICES = ("none", "host")
 _BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
@@ -489,6 +492,7 @@ class ServiceConfig:
     gid: int = 0
     network: str = "none"
     scratch: bool = False
+    lazy: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SERVICE_NAME.fullmatch(self.name):
@@ -501,8 +505,9 @@ class ServiceConfig:
         object.__setattr__(self, "paths", _normalize_paths(self.paths))
         if self.network not in _NETWORK_CHOICES:
             raise _FieldError("network", f"expected one of {', '.join(_NETWORK_CHOICES)}, got {self.network!r}")
-        if not isinstance(self.scratch, bool):
-            raise _FieldError("scratch", f"expected yes or no, got {self.scratch!r}")
+        for key in ("scratch", "lazy"):
+            if not isinstance(getattr(self, key), bool):
+                raise _FieldError(key, f"expected yes or no, got {getattr(self, key)!r}")
         for key, number in _SERVICE_NUMBERS.items():
             problem = number.check(getattr(self, key))
             if problem:
@@ -570,6 +575,9 @@ class SiteConfig:
     control_socket: str = ""
     admin: Listener | None = None
     jail_root: str = "/var/lib/okws/jails"
+    dispatcher_uid: int = 0
+    logd_uid: int = 0
+    pubd_uid: int = 0
     uid_range: tuple[int, int] = (51000, 52000)
     template_timeout: float = 5.0
     log_buffer: int = 65536
@@ -886,11 +894,12 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
     kwargs["paths"] = tuple(section["paths"].split())
     if "network" in section:
         kwargs["network"] = section["network"].strip()
-    if "scratch" in section:
-        word = section["scratch"].strip().lower()
-        if word not in _BOOL_WORDS:
-            raise fail(name, "scratch", f"expected yes or no, got {section['scratch']!r}")
-        kwargs["scratch"] = _BOOL_WORDS[word]
+    for key in ("scratch", "lazy"):
+        if key in section:
+            word = section[key].strip().lower()
+            if word not in _BOOL_WORDS:
+                raise fail(name, key, f"expected yes or no, got {section[key]!r}")
+            kwargs[key] = _BOOL_WORDS[word]
     for key, number in _SERVICE_NUMBERS.items():
         if key in section:
             try:

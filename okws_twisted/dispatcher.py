@@ -293,9 +293,11 @@ class InstanceLink:
 class ServicePool:
     """The ready instances of one service and the connections waiting for one."""
 
-    def __init__(self, dispatcher: "Dispatcher", name: str, max_body: int, max_connections: int):
+    def __init__(self, dispatcher: "Dispatcher", name: str, max_body: int, max_connections: int, lazy: bool = False):
         self.dispatcher = dispatcher
         self.name = name
+        self.lazy = lazy
+        self.wanted = False
         self.max_body = max_body
         self.max_connections = max_connections
         self.links: dict[int, InstanceLink] = {}  # by pid: a retiring and a new process may share an index
@@ -331,6 +333,10 @@ class ServicePool:
         if self.failed:
             conn.answer(503, "The service is not available.", retry_after=cfg.retry_after)
             return
+        if self.lazy and not self.wanted and not self.links:
+            # A lazy service starts on its first request, which waits in the queue.
+            self.wanted = True
+            self.dispatcher.to_launcher({"k": "want", "service": self.name})
         if len(self.queue) >= cfg.queue_max:
             conn.answer(503, "The service is busy; try again shortly.", retry_after=cfg.retry_after)
             return
@@ -442,6 +448,9 @@ class AdminConnection:
 class Dispatcher:
     """The dispatcher's state: listeners, routes, instance links, queues."""
 
+    #: How the dispatcher asks the launcher for something (set by the bootstrap).
+    to_launcher: Callable[[dict[str, Any]], None] = staticmethod(lambda meta: None)  # type: ignore[assignment]
+
     log = Logger()
 
     def __init__(
@@ -461,7 +470,7 @@ class Dispatcher:
             max_head=config.max_head,
             max_headers=config.max_headers,
         )
-        self.pools = {s.name: ServicePool(self, s.name, s.max_body, s.max_connections) for s in config.services}
+        self.pools = {s.name: ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy) for s in config.services}
         self.acceptors: list[Acceptor] = []
         self.reading: set[HeadConnection] = set()
         self._ids = itertools.count(1)
@@ -665,7 +674,7 @@ class Dispatcher:
         for s in site.services:
             pool = self.pools.get(s.name)
             if pool is None:
-                self.pools[s.name] = ServicePool(self, s.name, s.max_body, s.max_connections)
+                self.pools[s.name] = ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy)
             else:
                 pool.max_body, pool.max_connections = s.max_body, s.max_connections
         # Pools of removed services stay until their instances are gone (they

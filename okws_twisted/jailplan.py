@@ -54,7 +54,9 @@ class UidPlan:
     def __init__(self, site: SiteConfig, used: set[int]) -> None:
         self._next = site.uid_range[0]
         self._last = site.uid_range[1]
-        self._used = set(used) | {s.uid for s in site.services if s.uid} | {s.gid for s in site.services if s.gid}
+        fixed = {site.dispatcher_uid, site.logd_uid, site.pubd_uid} - {0}
+        self._used = set(used) | fixed | {s.uid for s in site.services if s.uid} | {s.gid for s in site.services if s.gid}
+        self._fixed = {"dispatcher": site.dispatcher_uid, "logd": site.logd_uid, "pubd": site.pubd_uid}
         self._given: dict[str, tuple[int, int]] = {}
 
     def ids_for(self, key: str, service: ServiceConfig | None = None) -> tuple[int, int]:
@@ -63,6 +65,8 @@ class UidPlan:
             return self._given[key]
         if service is not None and service.uid:
             ids = (service.uid, service.gid or service.uid)
+        elif self._fixed.get(key):
+            ids = (self._fixed[key],) * 2
         else:
             ids = (self._take(),) * 2
         self._given[key] = ids

@@ -270,6 +270,12 @@ class ChildSlot:
     def pid(self) -> int | None:
         return self.current.pid if self.current is not None else None
 
+    @property
+    def dormant(self) -> bool:
+        """A lazy service's instance that no request has asked for yet."""
+        cfg = self.service_config() if self.role == "service" else None
+        return cfg is not None and cfg.lazy and self.launches == 0
+
     def processes(self) -> list[ChildProcess]:
         out = [p for p in (self.current, self.replacing) if p is not None]
         return out + self.retiring
@@ -534,7 +540,8 @@ class Launcher(Service):
         self.logd.spawn()
         self.publisher.spawn()
         for slot in self.instances:
-            slot.spawn()
+            if not slot.dormant:
+                slot.spawn()
         self.dispatcher.spawn()
         self._watchdog.start(self.config.heartbeat_interval, now=False)
         from okws_twisted.controlsocket import listen_control
@@ -640,7 +647,7 @@ class Launcher(Service):
             elif slot.role == right_role:
                 for other, other_proc in self.ready_processes(left_role):
                     self.wire(kind, other, other_proc, slot, proc)
-        if not self._site_ready and all(c.state == "ready" for c in self.children):
+        if not self._site_ready and all(c.state == "ready" or c.dormant for c in self.children):
             self._site_ready = True
             self.note(LogLevel.info, "site ready: {count} processes", count=len(self.children))
         self._push_status()
@@ -672,7 +679,12 @@ class Launcher(Service):
         self._push_status()
 
     def want(self, meta: dict[str, Any]) -> None:
-        """A child asks for something of the launcher (reserved for lazy start)."""
+        """The dispatcher has a request for a lazy service nobody started yet: start it."""
+        service = meta.get("service")
+        for slot in self.instances:
+            if slot.service == service and slot.dormant and not self.stopping:
+                self.note(LogLevel.info, "starting {child}: the first request for lazy service {service}", child=slot.name, service=service)
+                slot.spawn()
 
     def _push_status(self) -> None:
         """Give the dispatcher the launcher's view: failed services, restarts (for 503s and metrics)."""

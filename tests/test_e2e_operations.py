@@ -442,3 +442,30 @@ class MetricsTests(SynchronousTestCase):
             self.assertLess(time.monotonic(), deadline, "health never reported draining")
             time.sleep(0.05)
         self.assertEqual(read_response(slow).status, 200)
+
+
+class LazyStartTests(SynchronousTestCase):
+    def test_lazy_service_starts_on_its_first_request(self) -> None:
+        site = Site(
+            """
+            [service:hello]
+            resource = services.plain:Hello
+            paths = /hello
+
+            [service:later]
+            resource = tests.sites.echo:Echo
+            paths = /later
+            lazy = yes
+            """,
+            FAST,
+        ).start()
+        self.addCleanup(site.kill)
+        self.assertNotIn("later.0", site.pids())
+        self.assertEqual(site.get("/hello").status, 200)
+        self.assertNotIn("later.0", site.pids(), "a lazy service must not start before it is asked for")
+        mark = site.mark()
+        r = site.get("/later/x", timeout=60)
+        self.assertEqual(r.status, 200)
+        site.wait_for(r"starting later\.0: the first request for lazy service later", after=mark)
+        self.assertIn("later.0", site.pids())
+        self.assertEqual(json.loads(r.body)["pid"], site.pids()["later.0"])
