@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import urllib.parse
 
@@ -161,3 +162,38 @@ class NotRootTests(SynchronousTestCase):
             st = status_of(pid)
             self.assertNotEqual(st["Uid"].split()[0], "0", name)
             self.assertEqual(os.readlink(f"/proc/{pid}/root"), "/", name)
+
+
+class OwnershipTests(SynchronousTestCase):
+    if not IS_ROOT:
+        skip = "needs root: ownership is only arranged when the launcher runs as root"
+
+    def test_log_dir_belongs_to_the_log_daemon_alone(self) -> None:
+        site = JailTests.site()
+        logd = int(status_of(site.pids()["logd"])["Uid"].split()[0])
+        st = os.stat(os.path.join(site.dir, "logs"))
+        self.assertEqual(st.st_uid, logd)
+        self.assertEqual(st.st_mode & 0o007, 0, "nobody else may read or enter the log directory")
+        for name in ("evil.0", "hello.0", "dispatcher", "pubd"):
+            self.assertNotEqual(int(status_of(site.pids()[name])["Uid"].split()[0]), logd, name)
+
+    def test_privileged_port_with_an_unprivileged_dispatcher(self) -> None:
+        port = None
+        for candidate in range(1023, 900, -1):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", candidate))
+                except OSError:
+                    continue
+                port = candidate
+                break
+        if port is None:
+            raise self.skipTest("no free port below 1024 on 127.0.0.1")
+        jail_root = os.path.join("/var/lib/okws-test", os.urandom(4).hex())
+        site = Site("[service:hello]\nresource = services.plain:Hello\npaths = /hello\n", f"jail_root = {jail_root}\n", port=port)
+        self.addCleanup(site.kill)
+        site.start()
+        self.assertEqual(site.get("/hello").status, 200)
+        dispatcher = status_of(site.pids()["dispatcher"])
+        self.assertNotEqual(dispatcher["Uid"].split()[0], "0")
+        self.assertEqual(int(dispatcher["CapEff"], 16), 0)
