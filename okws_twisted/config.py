@@ -754,6 +754,25 @@ def load(path: str) -> SiteConfig:
     return parse(text, path, os.path.dirname(os.path.abspath(path)))
 
 
+_UNIX_PATH_MAX = 107
+
+
+def short_control_socket(base_dir: str) -> str:
+    """Where the default control socket goes when the site's directory is too deep for one.
+
+    A private runtime directory (created 0700 by the launcher), with a name
+    derived from the site's directory so that okws-ctl finds the same one.
+    """
+    import hashlib
+
+    if os.geteuid() == 0:
+        runtime = "/run/okws"
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/okws-{os.geteuid()}"
+    digest = hashlib.sha256(base_dir.encode()).hexdigest()[:16]
+    return os.path.join(runtime, f"okws-{digest}.ctl")
+
+
 def parse(text: str, file: str, base_dir: str) -> SiteConfig:
     """Validate ini C{text}; C{file} names it in errors, C{base_dir} anchors relative paths.
 
@@ -810,8 +829,10 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
     if not control or "\n" in control:
         raise fail("okws", "control_socket", f"expected one path, got {control!r}")
     control = os.path.normpath(os.path.join(base_dir, control))
-    if len(control.encode()) > 107:
-        raise fail("okws", "control_socket", f"{control!r} is longer than a Unix socket path may be (107 bytes)")
+    if len(control.encode()) > _UNIX_PATH_MAX:
+        if "control_socket" in okws:
+            raise fail("okws", "control_socket", f"{control!r} is longer than a Unix socket path may be (107 bytes)")
+        control = short_control_socket(base_dir)
     site["control_socket"] = control
 
     if okws.get("admin", "").strip():

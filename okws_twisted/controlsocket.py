@@ -115,6 +115,7 @@ class ControlFactory(Factory):
 def listen_control(launcher: "Launcher") -> Any:
     """Listen on the configured control socket, replacing a stale one."""
     path = launcher.config.control_socket
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
