@@ -113,7 +113,8 @@ def exit_status(reason: object) -> str:
 def child_environment(extra_paths: list[str]) -> dict[str, str]:
     """The whole environment of a child: only what Python needs (never the launcher's)."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(okws_twisted.__file__)))
-    paths = extra_paths + [package_parent]
+    # okws itself first: a site directory may hold another copy of it.
+    paths = [package_parent] + [p for p in extra_paths if p != package_parent]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": os.pathsep.join(paths),
@@ -310,9 +311,7 @@ class ChildSlot:
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", control.CONTROL_FD: child.fileno()}
         meta: dict[str, Any] = {"k": control.CONFIG, "role": self.role, "run": launcher.run_id, "launch": self.launches + 1}
         extra_paths: list[str] = []
-        if self.role == "logd":
-            args = [sys.executable, "-m", "okws_twisted.bootstrap", "logd"]
-        elif self.role == "dispatcher":
+        if self.role == "dispatcher":
             for i, sock in enumerate(launcher.listen_sockets):
                 child_fds[control.FIRST_LISTEN_FD + i] = sock.fileno()
             meta["listeners"] = len(launcher.listen_sockets)
@@ -325,7 +324,9 @@ class ChildSlot:
             extra_paths.append(launcher.config.base_dir)
         if launcher.jailed:
             meta["jail"] = launcher.jail_spec(self).to_json()
-        args = [sys.executable, "-m", "okws_twisted.bootstrap", self.role, self.name]
+        # -P: the working directory is not put on sys.path, so the child
+        # imports okws exactly where the launcher did (and a jail shows it).
+        args = [sys.executable, "-P", "-m", "okws_twisted.bootstrap", self.role, self.name]
         proc = ChildProcess(self, reactor.seconds(), launcher.config.heartbeat_timeout)
         try:
             reactor.spawnProcess(

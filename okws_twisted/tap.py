@@ -32,11 +32,11 @@ def _fail(message: str) -> None:
 def _checker_args(site: SiteConfig) -> list[str]:
     """The checker's arguments: as root, an unused uid to import site code as."""
     if os.geteuid() != 0:
-        return ["-m", "okws_twisted.resourcecheck"]
+        return ["-P", "-m", "okws_twisted.resourcecheck"]
     from okws_twisted.jailplan import UidPlan, uids_in_use
 
     uid, gid = UidPlan(site, uids_in_use()).ids_for("resourcecheck")
-    return ["-m", "okws_twisted.resourcecheck", f"{uid}:{gid}"]
+    return ["-P", "-m", "okws_twisted.resourcecheck", f"{uid}:{gid}"]
 
 
 def check_resources(site: SiteConfig) -> list[str]:

@@ -93,6 +93,20 @@ class Site:
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
 
+    @classmethod
+    def launch(cls, command: list[str], cwd: str, port: int, env: dict[str, str]) -> "Site":
+        """Watch an okws started by C{command} in C{cwd} (a site this harness did not write)."""
+        site = cls.__new__(cls)
+        site.dir, site.port, site.ini, site.logfile = cwd, port, os.path.join(cwd, "site.ini"), None
+        site.templates = os.path.join(cwd, "templates")
+        site.prefix, site.lines, site._new = [], [], queue.Queue()
+        site.proc = subprocess.Popen(
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, start_new_session=True,
+        )
+        threading.Thread(target=site._read, daemon=True).start()
+        return site
+
     def write_template(self, name: str, text: str) -> None:
         """Replace template C{name} as an editor saving atomically would."""
         path = os.path.join(self.templates, name)

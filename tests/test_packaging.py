@@ -30,7 +30,7 @@ def _copy_checkout(dest: str) -> str:
 
 
 class PluginInstallTests(SynchronousTestCase):
-    def _check(self, *install: str) -> None:
+    def _check(self, *install: str) -> tuple[str, str]:
         d = tempfile.mkdtemp(prefix="okws-install-")
         self.addCleanup(shutil.rmtree, d, True)
         src = _copy_checkout(d)
@@ -50,6 +50,7 @@ class PluginInstallTests(SynchronousTestCase):
             [os.path.join(venv, "bin", "twistd"), "okws", "--help"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120
         )
         self.assertIn("--config", okws_help.stdout, okws_help.stdout + okws_help.stderr)
+        return venv, src
         # The default error page templates are package data: the publisher needs them.
         pages = subprocess.run(
             [os.path.join(venv, "bin", "python"), "-c",
@@ -62,7 +63,27 @@ class PluginInstallTests(SynchronousTestCase):
         self.assertIn("errors/layout.html", pages.stdout.split())
 
     def test_normal_install(self) -> None:
-        self._check()
+        venv, src = self._check()
+        self._serve_example_site(venv, src)
+
+    def _serve_example_site(self, venv: str, src: str) -> None:
+        """The README's first command, from the installed copy: the example site answers."""
+        from tests.e2e import Site, free_port
+
+        port = free_port()
+        ini = os.path.join(src, "site.ini")
+        with open(ini) as f:
+            text = f.read().replace("tcp:8080:interface=127.0.0.1", f"tcp:{port}:interface=127.0.0.1")
+        with open(ini, "w") as f:
+            f.write(text)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        twistd = os.path.join(venv, "bin", "twistd")
+        site = Site.launch([twistd, "-n", "--pidfile=", "okws", "--config", "site.ini"], src, port, env)
+        self.addCleanup(site.kill)
+        site.wait_for(r"site ready", 90)
+        r = site.get("/hello?name=install")
+        self.assertEqual(r.status, 200, site.log_text())
+        self.assertIn(b"install", r.body)
 
     def test_editable_install(self) -> None:
         self._check("-e")
