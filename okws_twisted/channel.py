@@ -26,7 +26,6 @@ can acknowledge a batch with one message.
 from __future__ import annotations
 
 import array
-import errno
 import json
 import os
 import socket

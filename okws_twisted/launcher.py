@@ -29,7 +29,7 @@ import socket
 import stat
 import sys
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
@@ -868,6 +868,9 @@ class Launcher(Service):
         )
 
         def finished(_: object) -> None:
+            for call in (term, kill):
+                if call.active():
+                    call.cancel()
             self.log.info("all children have exited")
 
         done.addCallback(finished)

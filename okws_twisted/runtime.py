@@ -40,7 +40,7 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.errorpage import error_response
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.metrics import RequestCounts
-from okws_twisted.httpframe import Body, End, Head, HTTPError, Limits, RequestFramer, RequestHead
+from okws_twisted.httpframe import Body, Head, HTTPError, Limits, RequestFramer, RequestHead
 from okws_twisted.logsender import RecordSender, RequestIds
 from okws_twisted.routing import RouteTable
 from okws_twisted.templateclient import PublisherClient

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import urllib.parse
 
 from twisted.trial.unittest import SynchronousTestCase

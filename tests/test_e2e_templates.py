@@ -208,7 +208,7 @@ class PublisherDownTests(SynchronousTestCase):
         self.assertEqual(site.get("/nowhere").body, b"site 404")  # the dispatcher kept its pages
 
         m = site.wait_for(r"started pubd as pid (\d+)", after=mark)
-        site.wait_for(rf"wired tpl\.0 pid \d+ to the pubd \(templates\)", after=mark)
+        site.wait_for(r"wired tpl\.0 pid \d+ to the pubd \(templates\)", after=mark)
         self.assertNotEqual(int(m.group(1)), pubd)
         r = page(site, "b.html")
         self.assertEqual((r.status, r.body), (200, b"fetched later"))

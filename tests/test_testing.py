@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
