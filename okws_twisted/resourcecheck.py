@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_e2e_core -*-
 """
 Start-up check of every service's ``resource`` (run in its own process).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.test_e2e_core -*-
 """
 ``twistd okws``: command-line options and the service twistd runs.
 

@@ -1,0 +1,59 @@
+"""Unit tests for the launcher's jail planning (okws_twisted.jailplan), no root needed."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from okws_twisted import jailplan
+from okws_twisted.config import parse
+from okws_twisted.jail import Bind, JailSpec
+
+
+def site(extra: str = "", services: str = "[service:hello]\nresource = services.hello:Hello\npaths = /hello\n"):
+    d = tempfile.mkdtemp()
+    return parse(f"[okws]\nuid_range = 60000-60010\n{extra}\n{services}", os.path.join(d, "site.ini"), d)
+
+
+class UidPlanTests(SynchronousTestCase):
+    def test_skips_used_ids_and_gives_each_once(self) -> None:
+        plan = jailplan.UidPlan(site(), used={60000, 60002})
+        self.assertEqual(plan.ids_for("dispatcher"), (60001, 60001))
+        self.assertEqual(plan.ids_for("logd"), (60003, 60003))
+        self.assertEqual(plan.ids_for("dispatcher"), (60001, 60001))  # the same key keeps its ids
+
+    def test_fixed_ids(self) -> None:
+        s = site("dispatcher_uid = 7000\n", "[service:a]\nresource = a:B\npaths = /a\nuid = 7100\ngid = 7200\n")
+        plan = jailplan.UidPlan(s, used=set())
+        self.assertEqual(plan.ids_for("dispatcher"), (7000, 7000))
+        self.assertEqual(plan.ids_for("service:a", s.services[0]), (7100, 7200))
+        self.assertEqual(plan.ids_for("logd"), (60000, 60000))
+
+    def test_range_exhausted(self) -> None:
+        plan = jailplan.UidPlan(site(), used=set(range(60000, 60011)))
+        self.assertRaises(RuntimeError, plan.ids_for, "logd")
+
+    def test_uids_in_use_sees_this_process(self) -> None:
+        self.assertIn(os.getuid(), jailplan.uids_in_use())
+
+
+class BindTests(SynchronousTestCase):
+    def test_service_binds_only_its_package(self) -> None:
+        s = site()
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        s = parse(open(os.path.join(repo, "site.ini")).read(), os.path.join(repo, "site.ini"), repo)
+        binds = jailplan.service_binds(s, s.services[0])
+        self.assertEqual(binds, [Bind(os.path.join(repo, "services"))])
+
+    def test_python_binds_are_read_only(self) -> None:
+        binds = jailplan.python_binds()
+        self.assertIn(Bind(sys.base_prefix), binds)
+        self.assertFalse(any(b.writable for b in binds))
+
+    def test_spec_round_trip(self) -> None:
+        spec = jailplan.jail_for(site(), "hello.0", 60001, 60001, [Bind("/x", True, "/scratch")], new_net=True)
+        self.assertEqual(JailSpec.from_json(spec.to_json()), spec)
+        self.assertTrue(spec.root.endswith("/hello.0"))
