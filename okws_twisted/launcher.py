@@ -310,6 +310,8 @@ class ChildSlot:
             for i, sock in enumerate(launcher.listen_sockets):
                 child_fds[control.FIRST_LISTEN_FD + i] = sock.fileno()
             meta["listeners"] = len(launcher.listen_sockets)
+            # Parallel to the fds: which listeners take a PROXY header first.
+            meta["proxy"] = [listener.proxy for listener in launcher.config.listen]
             meta["admin"] = launcher.admin_socket is not None
             if launcher.admin_socket is not None:
                 child_fds[control.FIRST_LISTEN_FD + len(launcher.listen_sockets)] = launcher.admin_socket.fileno()

@@ -345,6 +345,10 @@ class SocketTransport:
     def getPeer(self) -> IAddress:
         return self._peer
 
+    def set_peer(self, peer: IAddress) -> None:
+        """The connection's real client is C{peer} (a PROXY protocol header said so)."""
+        self._peer = peer
+
     def getHost(self) -> IAddress:
         return self._host
 

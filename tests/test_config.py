@@ -775,3 +775,60 @@ class LoggingKeyTests(ErrorMixin, SynchronousTestCase):
         again = SiteConfig.from_json(config.to_json())
         self.assertEqual(again, config)
         self.assertIsInstance(again.access_log_fields, tuple)
+
+
+class ProxyConfigTests(SynchronousTestCase, ErrorMixin):
+    """haproxy: listeners and [okws] proxy_trusted."""
+
+    def test_marked(self) -> None:
+        config = site("listen = haproxy:tcp:80:interface=127.0.0.1\n  tcp:81\n  haproxy:unix:/run/s\n")
+        self.assertEqual([l.proxy for l in config.listen], [True, False, True])
+        self.assertEqual(config.listen[0].port, 80)
+        self.assertEqual(config.listen[2].path, "/run/s")
+
+    def test_canonical(self) -> None:
+        self.assertEqual(
+            Listener(kind="tcp", port=80, proxy=True).description,
+            "haproxy:tcp:80:interface=0.0.0.0:backlog=2048",
+        )
+
+    def test_sameSocketOnceOnly(self) -> None:
+        """The marker does not make a second socket: the same port twice is still an error."""
+        self.assertConfigError(
+            "[okws]\nlisten = haproxy:tcp:80\n  tcp:80\n" + SERVICE,
+            "site.ini: [okws] listen: 'tcp:80' is listed twice (as 'haproxy:tcp:80')",
+        )
+
+    def test_trustedDefault(self) -> None:
+        self.assertEqual(site().proxy_trusted, ("127.0.0.1", "::1"))
+
+    def test_trusted(self) -> None:
+        config = site("listen = haproxy:tcp:80\nproxy_trusted = 10.0.0.0/8\n  192.0.2.5 2001:db8::/32\n")
+        self.assertEqual(config.proxy_trusted, ("10.0.0.0/8", "192.0.2.5", "2001:db8::/32"))
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+
+    def test_badTrusted(self) -> None:
+        self.assertConfigError(
+            "[okws]\nproxy_trusted = 10.0.0.1/8\n" + SERVICE,
+            "site.ini: [okws] proxy_trusted: '10.0.0.1/8' is not an address or a network like "
+            "10.0.0.0/8 (10.0.0.1/8 has host bits set)",
+        )
+        self.assertConfigError(
+            "[okws]\nproxy_trusted = lb.example.com\n" + SERVICE,
+            "site.ini: [okws] proxy_trusted: 'lb.example.com' is not an address or a network like "
+            "10.0.0.0/8 ('lb.example.com' does not appear to be an IPv4 or IPv6 network)",
+        )
+
+    def test_emptyTrustedWithProxyListener(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = haproxy:tcp:80\nproxy_trusted =\n" + SERVICE,
+            "site.ini: [okws] proxy_trusted: is empty, so no load balancer could connect to the "
+            "haproxy: listeners; list the balancers' addresses",
+        )
+
+    def test_adminNotProxied(self) -> None:
+        self.assertConfigError(
+            "[okws]\nadmin = haproxy:tcp:9090\n" + SERVICE,
+            "site.ini: [okws] admin: 'haproxy:tcp:9090': the admin listener does not take PROXY "
+            "headers; leave out haproxy:",
+        )
