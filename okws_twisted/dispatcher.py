@@ -42,7 +42,7 @@ from okws_twisted.httpframe import HeadReader, HTTPError, Limits, RequestHead
 from okws_twisted.proxyproto import ProxyError, ProxyHeaderReader, is_trusted, trusted_networks
 from okws_twisted.logsender import RecordSender, RequestIds
 from okws_twisted.routing import RouteTable
-from okws_twisted.transport import SocketTransport, address_of
+from okws_twisted.transport import SocketTransport, address_from_wire, address_of
 
 ACCEPTS_PER_WAKEUP = 64
 ACCEPT_PAUSE = 0.1
@@ -165,7 +165,7 @@ class HeadConnection:
             header, data = parsed
             self._proxy = None
             if header.source is not None:
-                self.transport.set_peer(header.source)
+                self.transport.set_peer(address_from_wire(list(header.source)))
             if not data:
                 return
         try:

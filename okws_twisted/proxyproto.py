@@ -16,6 +16,10 @@ closed.  A v2 C{LOCAL} command (the balancer's own health checks) and a v1
 C{UNKNOWN} or v2 C{UNSPEC}/Unix source leave the connection's own address in
 place (L{ProxyHeader.source} is C{None}).  v2 TLVs are skipped.
 
+Addresses are plain tuples, C{("tcp" | "tcp6", host, port)} (the handoff
+channel's wire form of an address), so the module needs no Twisted: the
+config module, which must stay free of it, uses L{trusted_networks}.
+
 Reference: U{https://www.haproxy.org/download/2.8/doc/proxy-protocol.txt}.
 """
 
@@ -24,8 +28,6 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-
-from twisted.internet.address import IPv4Address, IPv6Address
 
 V1_PREFIX = b"PROXY "
 V1_MAX = 107
@@ -41,6 +43,10 @@ _V2_FAMILIES = {
     0x21: ("tcp6", 36),
     0x31: ("unix", 216),
 }
+
+
+#: An address as C{("tcp", "203.0.113.7", 5555)} or C{("tcp6", "2001:db8::7", 5555)}.
+Address = tuple[str, str, int]
 
 
 class ProxyError(ValueError):
@@ -59,8 +65,8 @@ class ProxyHeader:
     """
 
     version: int
-    source: IPv4Address | IPv6Address | None
-    destination: IPv4Address | IPv6Address | None
+    source: Address | None
+    destination: Address | None
     length: int
 
 
@@ -120,13 +126,13 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         raise ProxyError(f"a PROXY v1 line needs 6 fields separated by single spaces, got {line[:V1_MAX]!r}")
     _, proto, src, dst, sport, dport = fields
     if proto == b"TCP4":
-        version, cls = 4, IPv4Address
+        version, kind = 4, "tcp"
     elif proto == b"TCP6":
-        version, cls = 6, IPv6Address
+        version, kind = 6, "tcp6"
     else:
         raise ProxyError(f"unknown PROXY v1 protocol {proto!r}")
-    source = cls("TCP", _v1_address(src, version), _v1_port(sport))
-    destination = cls("TCP", _v1_address(dst, version), _v1_port(dport))
+    source = (kind, _v1_address(src, version), _v1_port(sport))
+    destination = (kind, _v1_address(dst, version), _v1_port(dport))
     return ProxyHeader(1, source, destination, end + 2)
 
 
@@ -174,12 +180,12 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
     block = data[V2_FIXED:V2_FIXED + need]
     if name == "tcp4":
         src, dst, sport, dport = struct.unpack("!4s4sHH", block)
-        source = IPv4Address("TCP", str(ipaddress.IPv4Address(src)), sport)
-        destination = IPv4Address("TCP", str(ipaddress.IPv4Address(dst)), dport)
+        source: Address = ("tcp", str(ipaddress.IPv4Address(src)), sport)
+        destination: Address = ("tcp", str(ipaddress.IPv4Address(dst)), dport)
     elif name == "tcp6":
         src, dst, sport, dport = struct.unpack("!16s16sHH", block)
-        source = IPv6Address("TCP", str(ipaddress.IPv6Address(src)), sport)
-        destination = IPv6Address("TCP", str(ipaddress.IPv6Address(dst)), dport)
+        source = ("tcp6", str(ipaddress.IPv6Address(src)), sport)
+        destination = ("tcp6", str(ipaddress.IPv6Address(dst)), dport)
     else:
         # A Unix-socket client of the balancer: there is no network address to keep.
         return ProxyHeader(2, None, None, total)

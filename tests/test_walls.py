@@ -64,7 +64,7 @@ class ImportWallTests(SynchronousTestCase):
 
     def test_log_formatting_is_pure(self) -> None:
         """The record checks and line formats need no Twisted and no I/O (DESIGN.md: pure logic apart)."""
-        for module in ("okws_twisted.logformat", "okws_twisted.config"):
+        for module in ("okws_twisted.logformat", "okws_twisted.config", "okws_twisted.proxyproto"):
             loaded = modules_after_import(module)
             self.assertEqual({name for name in loaded if name.split(".")[0] in ("twisted", "zope")}, set(), module)
 
