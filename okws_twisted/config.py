@@ -168,6 +168,7 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "log_buffer": _Number(int, 1, "records"),
     "log_max_size": _Number(int, 0, "bytes"),
     "log_keep": _Number(int, 1, "files", maximum=1000),
+    "tls_handshake_timeout": _SECONDS_POSITIVE,
 }
 
 #: The yes/no [okws] keys.
@@ -214,10 +215,26 @@ class Listener:
     #: The listener is behind a load balancer: each connection starts with a PROXY
     #: protocol header (v1 or v2), accepted only from C{proxy_trusted} addresses.
     proxy: bool = False
+    #: An C{ssl:} listener: the TLS front terminates TLS with this key and certificate
+    #: (absolute paths; the certificate file may hold the chain after the certificate).
+    private_key: str | None = None
+    cert_key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether the TLS front (not the dispatcher) accepts on this listener."""
+        return self.private_key is not None
 
     def __post_init__(self) -> None:
         if not isinstance(self.proxy, bool):
             raise ValueError(f"proxy must be true or false, got {self.proxy!r}")
+        if (self.private_key is None) != (self.cert_key is None):
+            raise ValueError("a TLS listener needs both privateKey and certKey")
+        for key in (self.private_key, self.cert_key):
+            if key is not None and (not isinstance(key, str) or not os.path.isabs(key)):
+                raise ValueError(f"a key or certificate must be an absolute path, got {key!r}")
+        if self.private_key is not None and (self.kind == "unix" or self.proxy):
+            raise ValueError("TLS listeners are TCP, without haproxy:")
         if self.kind not in _SUPPORTED_KINDS:
             raise ValueError(
                 f"{self.kind!r} listeners are not supported yet; supported now: "
@@ -280,6 +297,12 @@ class Listener:
         if self.kind == "unix":
             assert self.path is not None
             return f"{prefix}unix:{_escape(self.path)}:mode={self.mode:o}:backlog={self.backlog}"
+        if self.tls:
+            assert self.private_key is not None and self.cert_key is not None
+            return (
+                f"ssl:{self.port}:interface={_escape(self.interface)}:backlog={self.backlog}"
+                f":privateKey={_escape(self.private_key)}:certKey={_escape(self.cert_key)}"
+            )
         return (
             f"{prefix}{self.kind}:{self.port}:interface={_escape(self.interface)}:backlog={self.backlog}"
         )
@@ -333,6 +356,7 @@ _LISTENER_OPTIONS = {
     "tcp": ("port", "interface", "backlog"),
     "tcp6": ("port", "interface", "backlog"),
     "unix": ("address", "mode", "backlog"),
+    "ssl": ("port", "interface", "backlog", "privateKey", "certKey"),
 }
 
 
@@ -360,12 +384,14 @@ def _parse_listener(description: str, base_dir: str) -> Listener:
     if len(fields[0]) != 1 or not fields[0][0]:
         raise ValueError("expected KIND:... with KIND one of " + ", ".join(_SUPPORTED_KINDS))
     kind = fields[0][0]
+    if kind == "ssl" and proxy:
+        raise ValueError("haproxy:ssl: is not supported; put the PROXY listener and the TLS listener on separate ports")
     if kind.isdigit():
         raise ValueError(f"a bare port; write tcp:{kind}:interface=ADDR")
-    if kind not in _SUPPORTED_KINDS:
+    if kind not in _LISTENER_OPTIONS:
         raise ValueError(
             f"{kind} listeners are not supported yet; supported now: "
-            + ", ".join(_SUPPORTED_KINDS)
+            + ", ".join(_LISTENER_OPTIONS)
         )
     options = _LISTENER_OPTIONS[kind]
     positional: list[str] = []
@@ -417,6 +443,14 @@ def _parse_listener(description: str, base_dir: str) -> Listener:
             kwargs["interface"] = named["interface"]
             if not kwargs["interface"]:
                 raise ValueError("interface is empty; leave it out to listen on every address")
+    if kind == "ssl":
+        # Twisted's ssl: takes IPv4 and IPv6 interfaces alike.
+        kwargs["kind"] = "tcp6" if ":" in kwargs.get("interface", "") else "tcp"
+        if not named.get("privateKey"):
+            raise ValueError("an ssl listener needs privateKey=KEY.pem")
+        kwargs["private_key"] = os.path.normpath(os.path.join(base_dir, named["privateKey"]))
+        # As in Twisted, certKey defaults to privateKey (one file holding both).
+        kwargs["cert_key"] = os.path.normpath(os.path.join(base_dir, named.get("certKey") or named["privateKey"]))
     return Listener(**kwargs)
 
 
@@ -592,6 +626,7 @@ class SiteConfig:
     access_log_json: bool = False
     access_log_fields: tuple[str, ...] = COMBINED
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
+    tls_handshake_timeout: float = 10.0
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:

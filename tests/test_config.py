@@ -268,11 +268,16 @@ class ListenerParseTests(SynchronousTestCase):
 
     def test_errors(self) -> None:
         cases = {
-            "ssl:443": "ssl listeners are not supported yet; supported now: tcp, tcp6, unix",
+            "ssl:443": "an ssl listener needs privateKey=KEY.pem",
+            "ssl:443:certKey=c.pem": "an ssl listener needs privateKey=KEY.pem",
+            "ssl:443:privateKey=k.pem:method=TLSv1": "unknown option 'method' for ssl; options are "
+                                                     "port, interface, backlog, privateKey, certKey",
+            "haproxy:ssl:443:privateKey=k.pem": "haproxy:ssl: is not supported; put the PROXY listener "
+                                                "and the TLS listener on separate ports",
             "tls:443:/etc/keys": "tls listeners are not supported yet; supported now: "
-                                 "tcp, tcp6, unix",
+                                 "tcp, tcp6, unix, ssl",
             "systemd:domain=INET:index=0": "systemd listeners are not supported yet; "
-                                           "supported now: tcp, tcp6, unix",
+                                           "supported now: tcp, tcp6, unix, ssl",
             "8080": "a bare port; write tcp:8080:interface=ADDR",
             "tcp": "missing the port",
             "tcp:": "missing the port",
@@ -322,9 +327,30 @@ class ListenerConfigTests(SynchronousTestCase, ErrorMixin):
 
     def test_unsupportedKind(self) -> None:
         self.assertConfigError(
-            "[okws]\nlisten = ssl:443:privateKey=k.pem\n" + SERVICE,
-            "site.ini: [okws] listen: 'ssl:443:privateKey=k.pem': ssl listeners are not "
-            "supported yet; supported now: tcp, tcp6, unix",
+            "[okws]\nlisten = tls:443:/etc/keys\n" + SERVICE,
+            "site.ini: [okws] listen: 'tls:443:/etc/keys': tls listeners are not "
+            "supported yet; supported now: tcp, tcp6, unix, ssl",
+        )
+
+    def test_ssl(self) -> None:
+        config = site("listen = ssl:443:privateKey=keys/k.pem:certKey=/etc/c.pem\n"
+                      "  ssl:8443:interface=\\:\\:1:privateKey=both.pem\n  tcp:80\n")
+        first, second, plain = config.listen
+        self.assertEqual((first.kind, first.port, first.tls), ("tcp", 443, True))
+        self.assertEqual((first.private_key, first.cert_key), ("/srv/site/keys/k.pem", "/etc/c.pem"))
+        self.assertEqual((second.kind, second.interface), ("tcp6", "::1"))
+        self.assertEqual(second.cert_key, "/srv/site/both.pem")
+        self.assertFalse(plain.tls)
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+        self.assertEqual(
+            Listener(kind="tcp", port=443, private_key="/k", cert_key="/c").description,
+            "ssl:443:interface=0.0.0.0:backlog=2048:privateKey=/k:certKey=/c",
+        )
+
+    def test_sslOverlapsTcp(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = tcp:443\n  ssl:443:privateKey=k.pem\n" + SERVICE,
+            "site.ini: [okws] listen: 'ssl:443:privateKey=k.pem' is listed twice (as 'tcp:443')",
         )
 
     def test_duplicate(self) -> None:
