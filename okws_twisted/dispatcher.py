@@ -42,7 +42,7 @@ from okws_twisted.httpframe import HeadReader, HTTPError, Limits, RequestHead
 from okws_twisted.proxyproto import ProxyError, ProxyHeaderReader, is_trusted, trusted_networks
 from okws_twisted.logsender import RecordSender, RequestIds
 from okws_twisted.routing import RouteTable
-from okws_twisted.transport import SocketTransport, address_from_wire, address_of
+from okws_twisted.transport import SocketTransport, address_from_wire, address_of, transport_for
 
 ACCEPTS_PER_WAKEUP = 64
 ACCEPT_PAUSE = 0.1
@@ -257,7 +257,8 @@ class InstanceLink:
     def hand(self, conn_id: int, conn: HeadConnection) -> None:
         self.pending[conn_id] = conn
         self.active += 1
-        meta = handoff.connection_meta(handoff.CONN, conn_id, conn.transport.getPeer(), conn.transport.getHost())
+        transport = conn.transport
+        meta = handoff.connection_meta(handoff.CONN, conn_id, transport.getPeer(), transport.getHost(), transport.tls)
         self.channel.send(meta, conn.data, [conn.transport.fileno()])
 
     def _received(self, batch: list[Message]) -> None:
@@ -296,7 +297,7 @@ class InstanceLink:
         if self.channel.connected:
             self.channel.send({"k": handoff.BACKACK, "ids": [b.id for b in backs]})
         for back in backs:
-            self.dispatcher.adopt(back.fd, back.peer, back.host, back.data)
+            self.dispatcher.adopt(back.fd, back.peer, back.host, back.data, back.tls)
 
     def _lost(self, reason: Failure) -> None:
         self.dispatcher.link_lost(self)
@@ -492,6 +493,8 @@ class Dispatcher:
         self.publisher: MessageChannel | None = None
         self.proxy_trusted = trusted_networks(config.proxy_trusted)
         self.proxy_refused = 0
+        self.tls_fronts: set[MessageChannel] = set()
+        self.from_tls = 0
 
     # -- listening
 
@@ -518,7 +521,7 @@ class Dispatcher:
             return
         self._start(sock, peer, host, b"", proxy=True)
 
-    def adopt(self, fd: int, peer: Any, host: Any, data: bytes) -> None:
+    def adopt(self, fd: int, peer: Any, host: Any, data: bytes, tls: dict[str, str] | None = None) -> None:
         """Take back a connection a service handed back; route its next request."""
         try:
             sock = socket.socket(fileno=fd)
@@ -530,9 +533,35 @@ class Dispatcher:
             self.log.info("closing a handed-back connection: the server is stopping")
             sock.close()
             return
-        self._start(sock, peer, host, data)
+        self._start(sock, peer, host, data, tls=tls)
 
-    def _start(self, sock: socket.socket, peer: Any, host: Any, data: bytes, proxy: bool = False) -> None:
+    def _from_tls(self, batch: list[Message]) -> None:
+        """Decrypted connections from the TLS front: each one end of a socket pair."""
+        for msg in batch:
+            try:
+                if msg.kind != handoff.CONN:
+                    raise ChannelError(f"unexpected {msg.kind!r} message")
+                conn = handoff.parse_connection(msg)
+            except ChannelError as e:
+                for fd in msg.fds:
+                    os.close(fd)
+                self.log.error("bad message from the TLS front: {error}", error=e)
+                continue
+            sock = socket.socket(fileno=conn.fd)
+            if self.draining:
+                sock.close()
+                continue
+            self.from_tls += 1
+            self._start(sock, conn.peer, conn.host, conn.data, tls=conn.tls or None)
+
+    def set_tls_front(self, sock: socket.socket) -> None:
+        """A (new) channel from the TLS front; an old one stays until the old front exits."""
+        channel = MessageChannel(self.reactor, sock, self._from_tls, lambda reason: self.tls_fronts.discard(channel), name="tls")
+        self.tls_fronts.add(channel)
+
+    def _start(
+        self, sock: socket.socket, peer: Any, host: Any, data: bytes, proxy: bool = False, tls: dict[str, str] | None = None
+    ) -> None:
         conn = HeadConnection(self, self.limits, self.config.head_timeout, proxy)
         self.reading.add(conn)
         self.open_connections += 1
@@ -543,7 +572,7 @@ class Dispatcher:
             self.log.warn("{n} open connections: not accepting until {low}", n=self.open_connections, low=self.config.resume_connections)
             for acceptor in self.acceptors:
                 acceptor.stop()
-        SocketTransport(self.reactor, sock, conn, peer, host).start(data)
+        transport_for(self.reactor, sock, conn, peer, host, tls).start(data)
 
     def closed(self) -> None:
         """A connection left the dispatcher (answered, handed off, or lost)."""
@@ -616,6 +645,8 @@ class Dispatcher:
         }
         if reason:
             record["reason"] = reason
+        if conn.transport.tls is not None:
+            record["tls"] = handoff.tls_summary(conn.transport.tls)
         if conn.service is not None:
             record["service"] = conn.service
         head = conn.head
@@ -748,6 +779,8 @@ class Dispatcher:
             self.add_instance(str(meta["service"]), int(meta["index"]), int(meta["pid"]), sock)
         elif channel == "templates":
             self.set_publisher(sock)
+        elif channel == "tls":
+            self.set_tls_front(sock)
         else:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()
