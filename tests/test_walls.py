@@ -28,6 +28,15 @@ class ImportWallTests(SynchronousTestCase):
         for forbidden in ("okws_twisted.resource", "okws_twisted.testing", "okws_twisted.runtime", "jinja2", "services"):
             self.assertNotIn(forbidden, loaded)
 
+    def test_tls_front_runs_no_site_code(self) -> None:
+        """The process holding the private keys runs nothing site authors wrote, and no web code."""
+        loaded = modules_after_import("okws_twisted.tlsfront")
+        for forbidden in (
+            "okws_twisted.resource", "okws_twisted.testing", "okws_twisted.runtime", "okws_twisted.dispatcher",
+            "okws_twisted.rendering", "twisted.web", "jinja2", "services",
+        ):
+            self.assertNotIn(forbidden, loaded)
+
     def test_dispatcher_renders_no_templates(self) -> None:
         """The dispatcher shows the publisher's error pages; it never renders one."""
         loaded = modules_after_import("okws_twisted.dispatcher")
