@@ -119,3 +119,26 @@ class FactsTests(SynchronousTestCase):
 
     def test_summary(self) -> None:
         self.assertEqual(handoff.tls_summary(FACTS), "TLSv1.3/TLS_AES_256_GCM_SHA384")
+
+
+class StartupCheckTests(SynchronousTestCase):
+    """okws refuses to start with a missing key or certificate file, naming it."""
+
+    def test_missing(self) -> None:
+        from okws_twisted.config import parse
+        from okws_twisted.tap import check_tls_files
+
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        open(os.path.join(d, "key.pem"), "w").close()
+        os.mkdir(os.path.join(d, "cert.pem"))
+        site = parse(
+            "[okws]\nlisten = ssl:443:privateKey=key.pem:certKey=cert.pem\n  ssl:444:privateKey=gone.pem\n"
+            "[service:a]\nresource = a.b:C\npaths = /a\n",
+            "site.ini", d,
+        )
+        self.assertEqual(check_tls_files(site), [
+            f"site.ini: [okws] listen: 'ssl:443:privateKey=key.pem:certKey=cert.pem': certKey {d}/cert.pem is not a file",
+            f"site.ini: [okws] listen: 'ssl:444:privateKey=gone.pem': privateKey {d}/gone.pem does not exist",
+            f"site.ini: [okws] listen: 'ssl:444:privateKey=gone.pem': certKey {d}/gone.pem does not exist",
+        ])
