@@ -3,8 +3,8 @@
 The first code every okws child runs (the child side of OKWS's okld).
 
 The launcher spawns ``python -m okws_twisted.bootstrap ROLE`` with the
-control channel on fd 3 (and, for the dispatcher, the listening sockets on
-fds 4 and up).  The child reads its configuration from the control channel
+control channel on fd 3 (and, for the dispatcher and the TLS front, their
+listening sockets on fds 4 and up).  The child reads its configuration from the control channel
 (children never read the ini file), sets up its role, tells the launcher it
 is ready, and runs the reactor until told to stop or until the launcher goes
 away.
@@ -35,6 +35,7 @@ ROLES = {
     "dispatcher": "okws_twisted.dispatcher:start_role",
     "service": "okws_twisted.runtime:start_role",
     "pubd": "okws_twisted.publisher:start_role",
+    "tls": "okws_twisted.tlsfront:start_role",
 }
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from okws_twisted.logformat import ACCESS_FIELDS, COMBINED, parse_access_fields
+from okws_twisted.proxyproto import trusted_networks
 
 __all__ = [
     "ConfigError",
@@ -50,6 +51,10 @@ _SERVICE_PREFIX = "service:"
 _SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
 _SUPPORTED_KINDS = ("tcp", "tcp6", "unix")
+#: Twisted's spelling of a PROXY protocol listener: ``haproxy:`` before the endpoint.
+PROXY_PREFIX = "haproxy:"
+#: The default of [okws] proxy_trusted: the load balancer runs on this host.
+DEFAULT_PROXY_TRUSTED = ("127.0.0.1", "::1")
 _WILDCARD = {"tcp": "0.0.0.0", "tcp6": "::"}
 
 
@@ -166,6 +171,7 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "log_buffer": _Number(int, 1, "records"),
     "log_max_size": _Number(int, 0, "bytes"),
     "log_keep": _Number(int, 1, "files", maximum=1000),
+    "tls_handshake_timeout": _SECONDS_POSITIVE,
 }
 
 #: The yes/no [okws] keys.
@@ -183,7 +189,7 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
     "gid": _Number(int, 0, "gid", maximum=2**31 - 2),
 }
 
-_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields")
+_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields")
 _SERVICE_KEYS = ("resource", "paths", "network", "scratch", "lazy", *_SERVICE_NUMBERS)
 _NETWORK_CHOICES = ("none", "host")
 _BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
@@ -209,8 +215,29 @@ class Listener:
     backlog: int = 2048
     mode: int = 0o666
     description: str = ""
+    #: The listener is behind a load balancer: each connection starts with a PROXY
+    #: protocol header (v1 or v2), accepted only from C{proxy_trusted} addresses.
+    proxy: bool = False
+    #: An C{ssl:} listener: the TLS front terminates TLS with this key and certificate
+    #: (absolute paths; the certificate file may hold the chain after the certificate).
+    private_key: str | None = None
+    cert_key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether the TLS front (not the dispatcher) accepts on this listener."""
+        return self.private_key is not None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.proxy, bool):
+            raise ValueError(f"proxy must be true or false, got {self.proxy!r}")
+        if (self.private_key is None) != (self.cert_key is None):
+            raise ValueError("a TLS listener needs both privateKey and certKey")
+        for key in (self.private_key, self.cert_key):
+            if key is not None and (not isinstance(key, str) or not os.path.isabs(key)):
+                raise ValueError(f"a key or certificate must be an absolute path, got {key!r}")
+        if self.private_key is not None and (self.kind == "unix" or self.proxy):
+            raise ValueError("TLS listeners are TCP, without haproxy:")
         if self.kind not in _SUPPORTED_KINDS:
             raise ValueError(
                 f"{self.kind!r} listeners are not supported yet; supported now: "
@@ -269,11 +296,18 @@ class Listener:
             raise ValueError(f"mode must be octal permissions from 0 to 777, got {shown}")
 
     def _canonical(self) -> str:
+        prefix = PROXY_PREFIX if self.proxy else ""
         if self.kind == "unix":
             assert self.path is not None
-            return f"unix:{_escape(self.path)}:mode={self.mode:o}:backlog={self.backlog}"
+            return f"{prefix}unix:{_escape(self.path)}:mode={self.mode:o}:backlog={self.backlog}"
+        if self.tls:
+            assert self.private_key is not None and self.cert_key is not None
+            return (
+                f"ssl:{self.port}:interface={_escape(self.interface)}:backlog={self.backlog}"
+                f":privateKey={_escape(self.private_key)}:certKey={_escape(self.cert_key)}"
+            )
         return (
-            f"{self.kind}:{self.port}:interface={_escape(self.interface)}:backlog={self.backlog}"
+            f"{prefix}{self.kind}:{self.port}:interface={_escape(self.interface)}:backlog={self.backlog}"
         )
 
     def _binds(self) -> tuple[str, Any]:
@@ -325,13 +359,15 @@ _LISTENER_OPTIONS = {
     "tcp": ("port", "interface", "backlog"),
     "tcp6": ("port", "interface", "backlog"),
     "unix": ("address", "mode", "backlog"),
+    "ssl": ("port", "interface", "backlog", "privateKey", "certKey"),
 }
 
 
 def parse_listener(description: str, base_dir: str) -> Listener:
     """Parse one listener endpoint string; a relative unix path resolves against C{base_dir}.
 
-    Accepts the subset of Twisted endpoint strings okws can serve now:
+    Accepts the subset of Twisted endpoint strings okws can serve now, each optionally
+    behind Twisted's C{haproxy:} prefix (PROXY protocol v1 or v2 first on every connection):
     C{tcp:PORT[:interface=ADDR][:backlog=N]}, C{tcp6:...} likewise, and
     C{unix:PATH[:mode=666][:backlog=N]}, or the same with every field named
     (C{tcp:port=8080:interface=127.0.0.1}, C{unix:address=PATH}).  Only the first field may be
@@ -346,16 +382,19 @@ def parse_listener(description: str, base_dir: str) -> Listener:
 
 
 def _parse_listener(description: str, base_dir: str) -> Listener:
-    fields = _endpoint_fields(description)
+    proxy = description.startswith(PROXY_PREFIX)
+    fields = _endpoint_fields(description.removeprefix(PROXY_PREFIX))
     if len(fields[0]) != 1 or not fields[0][0]:
         raise ValueError("expected KIND:... with KIND one of " + ", ".join(_SUPPORTED_KINDS))
     kind = fields[0][0]
+    if kind == "ssl" and proxy:
+        raise ValueError("haproxy:ssl: is not supported; put the PROXY listener and the TLS listener on separate ports")
     if kind.isdigit():
         raise ValueError(f"a bare port; write tcp:{kind}:interface=ADDR")
-    if kind not in _SUPPORTED_KINDS:
+    if kind not in _LISTENER_OPTIONS:
         raise ValueError(
             f"{kind} listeners are not supported yet; supported now: "
-            + ", ".join(_SUPPORTED_KINDS)
+            + ", ".join(_LISTENER_OPTIONS)
         )
     options = _LISTENER_OPTIONS[kind]
     positional: list[str] = []
@@ -391,7 +430,7 @@ def _parse_listener(description: str, base_dir: str) -> Listener:
     if options[0] not in named or not named[options[0]]:
         raise ValueError(f"missing the {'port' if kind != 'unix' else 'socket path'}")
 
-    kwargs: dict[str, Any] = {"kind": kind, "description": description}
+    kwargs: dict[str, Any] = {"kind": kind, "description": description, "proxy": proxy}
     if "backlog" in named:
         kwargs["backlog"] = _listener_int("backlog", named["backlog"])
     if kind == "unix":
@@ -407,6 +446,14 @@ def _parse_listener(description: str, base_dir: str) -> Listener:
             kwargs["interface"] = named["interface"]
             if not kwargs["interface"]:
                 raise ValueError("interface is empty; leave it out to listen on every address")
+    if kind == "ssl":
+        # Twisted's ssl: takes IPv4 and IPv6 interfaces alike.
+        kwargs["kind"] = "tcp6" if ":" in kwargs.get("interface", "") else "tcp"
+        if not named.get("privateKey"):
+            raise ValueError("an ssl listener needs privateKey=KEY.pem")
+        kwargs["private_key"] = os.path.normpath(os.path.join(base_dir, named["privateKey"]))
+        # As in Twisted, certKey defaults to privateKey (one file holding both).
+        kwargs["cert_key"] = os.path.normpath(os.path.join(base_dir, named.get("certKey") or named["privateKey"]))
     return Listener(**kwargs)
 
 
@@ -586,6 +633,8 @@ class SiteConfig:
     access_log: bool = True
     access_log_json: bool = False
     access_log_fields: tuple[str, ...] = COMBINED
+    proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
+    tls_handshake_timeout: float = 10.0
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:
@@ -628,6 +677,17 @@ class SiteConfig:
         ):
             raise fail("okws", "access_log_fields", f"expected names of access log fields, got {fields!r}")
         object.__setattr__(self, "access_log_fields", tuple(fields))
+        trusted = self.proxy_trusted
+        if not isinstance(trusted, (tuple, list)) or not all(isinstance(t, str) for t in trusted):
+            raise fail("okws", "proxy_trusted", f"expected addresses or networks, got {trusted!r}")
+        try:
+            trusted_networks(trusted)
+        except ValueError as e:
+            raise fail("okws", "proxy_trusted", str(e)) from None
+        object.__setattr__(self, "proxy_trusted", tuple(trusted))
+        if not trusted and any(listener.proxy for listener in self.listen):
+            raise fail("okws", "proxy_trusted", "is empty, so no load balancer could connect to the "
+                       "haproxy: listeners; list the balancers' addresses")
         if self.restart_delay_min > self.restart_delay_max:
             raise fail(
                 "okws",
@@ -693,6 +753,8 @@ class SiteConfig:
             document["uid_range"] = tuple(document.get("uid_range", (51000, 52000)))
             if document.get("admin") is not None:
                 document["admin"] = Listener(**document["admin"])
+            if isinstance(document.get("proxy_trusted"), list):
+                document["proxy_trusted"] = tuple(document["proxy_trusted"])
             if isinstance(document.get("access_log_fields"), list):
                 document["access_log_fields"] = tuple(document["access_log_fields"])
             document["services"] = tuple(
@@ -841,6 +903,9 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             admin = parse_listener(description, base_dir)
         except ValueError as e:
             raise fail("okws", "admin", str(e)) from None
+        if admin.proxy:
+            raise fail("okws", "admin", f"{description!r}: the admin listener does not take PROXY headers; "
+                       "leave out haproxy:")
         if admin.kind == "tcp" and "interface=" not in description:
             # The admin listener serves metrics: loopback unless asked otherwise.
             admin = dataclasses.replace(admin, interface="127.0.0.1")
@@ -874,6 +939,14 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             site["access_log_fields"] = parse_access_fields(okws["access_log_fields"])
         except ValueError as e:
             raise fail("okws", "access_log_fields", str(e)) from None
+
+    if "proxy_trusted" in okws:
+        trusted = tuple(okws["proxy_trusted"].split())
+        try:
+            trusted_networks(trusted)
+        except ValueError as e:
+            raise fail("okws", "proxy_trusted", str(e)) from None
+        site["proxy_trusted"] = trusted
 
     services = []
     for section in parser.sections():

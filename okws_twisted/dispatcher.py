@@ -26,6 +26,7 @@ import socket
 from collections import deque
 from typing import Any, Callable
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -38,9 +39,10 @@ from okws_twisted.errorpage import NO_PAGES, ErrorPages, error_response, phrase
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.metrics import RequestCounts, ServiceTotals, render
 from okws_twisted.httpframe import HeadReader, HTTPError, Limits, RequestHead
+from okws_twisted.proxyproto import ProxyError, ProxyHeaderReader, is_trusted, trusted_networks
 from okws_twisted.logsender import RecordSender, RequestIds
 from okws_twisted.routing import RouteTable
-from okws_twisted.transport import SocketTransport, address_of
+from okws_twisted.transport import SocketTransport, address_from_wire, address_of, transport_for
 
 ACCEPTS_PER_WAKEUP = 64
 #: The methods a service may implement, as the answer to C{OPTIONS *} says.
@@ -121,14 +123,20 @@ class Acceptor:
 class HeadConnection:
     """A client connection whose request head the dispatcher is reading.
 
-    States: reading the head -> (answered with an error | queued for an
-    instance -> handed off, waiting for the ack -> gone).
+    States: (reading the PROXY header ->) reading the head -> (answered
+    with an error | queued for an instance -> handed off, waiting for the
+    ack -> gone).  On a C{haproxy:} listener the connection first reads a
+    PROXY protocol header, within the same deadline as the head; its source
+    address becomes the transport's peer, and a bad or missing header closes
+    the connection without an answer.
     """
 
     transport: SocketTransport
+    log = Logger()
 
-    def __init__(self, dispatcher: "Dispatcher", limits: Limits, deadline: float) -> None:
+    def __init__(self, dispatcher: "Dispatcher", limits: Limits, deadline: float, proxy: bool = False) -> None:
         self._dispatcher = dispatcher
+        self._proxy: ProxyHeaderReader | None = ProxyHeaderReader() if proxy else None
         self._reader = HeadReader(limits)
         self._timer: IDelayedCall | None = dispatcher.reactor.callLater(deadline, self._timed_out)
         self.started = dispatcher.reactor.seconds()
@@ -146,8 +154,22 @@ class HeadConnection:
         self.transport = transport
 
     def dataReceived(self, data: bytes) -> None:
-        if self.head is not None:
+        if self.head is not None or self.done:
             return
+        if self._proxy is not None:
+            try:
+                parsed = self._proxy.feed(data)
+            except ProxyError as e:
+                self._refuse(str(e))
+                return
+            if parsed is None:
+                return
+            header, data = parsed
+            self._proxy = None
+            if header.source is not None:
+                self.transport.set_peer(address_from_wire(list(header.source)))
+            if not data:
+                return
         try:
             head = self._reader.feed(data)
         except HTTPError as e:
@@ -159,9 +181,17 @@ class HeadConnection:
             self._cancel_timer()
             self._dispatcher.route(self)
 
+    def _refuse(self, why: str) -> None:
+        """Close a connection whose PROXY header is bad or late: no answer, no access record."""
+        self.log.info("closing a connection from {peer}: {why}", peer=self.transport.getPeer(), why=why)
+        self._cancel_timer()
+        self.transport.abortConnection()
+
     def _timed_out(self) -> None:
         self._timer = None
-        if self.head is None and not self.done:
+        if self._proxy is not None and not self.done:
+            self._refuse("no PROXY header in time")
+        elif self.head is None and not self.done:
             self.answer(408, "The request head did not arrive in time.")
 
     def _cancel_timer(self) -> None:
@@ -243,7 +273,8 @@ class InstanceLink:
     def hand(self, conn_id: int, conn: HeadConnection) -> None:
         self.pending[conn_id] = conn
         self.active += 1
-        meta = handoff.connection_meta(handoff.CONN, conn_id, conn.transport.getPeer(), conn.transport.getHost())
+        transport = conn.transport
+        meta = handoff.connection_meta(handoff.CONN, conn_id, transport.getPeer(), transport.getHost(), transport.tls)
         self.channel.send(meta, conn.data, [conn.transport.fileno()])
 
     def _received(self, batch: list[Message]) -> None:
@@ -284,7 +315,7 @@ class InstanceLink:
         if self.channel.connected:
             self.channel.send({"k": handoff.BACKACK, "ids": [b.id for b in backs]})
         for back in backs:
-            self.dispatcher.adopt(back.fd, back.peer, back.host, back.data)
+            self.dispatcher.adopt(back.fd, back.peer, back.host, back.data, back.tls)
 
     def _lost(self, reason: Failure) -> None:
         self.dispatcher.link_lost(self)
@@ -488,19 +519,37 @@ class Dispatcher:
         self.admin: Acceptor | None = None
         self.pages: ErrorPages = NO_PAGES
         self.publisher: MessageChannel | None = None
+        self.proxy_trusted = trusted_networks(config.proxy_trusted)
+        self.proxy_refused = 0
+        self.tls_fronts: set[MessageChannel] = set()
+        self.from_tls = 0
 
     # -- listening
 
-    def listen(self, socks: list[socket.socket]) -> None:
-        for sock in socks:
-            acceptor = Acceptor(self.reactor, sock, self._accepted)
+    def listen(self, socks: list[socket.socket], proxy: list[bool] | None = None) -> None:
+        """Accept on C{socks}; C{proxy[i]} marks a listener whose connections start with a PROXY header."""
+        for i, sock in enumerate(socks):
+            if proxy is not None and i < len(proxy) and proxy[i]:
+                accepted = self._accepted_proxied
+            else:
+                accepted = self._accepted
+            acceptor = Acceptor(self.reactor, sock, accepted)
             self.acceptors.append(acceptor)
             acceptor.start()
 
     def _accepted(self, sock: socket.socket, peer: Any, host: Any) -> None:
         self._start(sock, peer, host, b"")
 
-    def adopt(self, fd: int, peer: Any, host: Any, data: bytes) -> None:
+    def _accepted_proxied(self, sock: socket.socket, peer: Any, host: Any) -> None:
+        # A Unix listener's peers are whoever its file permissions let in.
+        if isinstance(peer, (IPv4Address, IPv6Address)) and not is_trusted(peer.host, self.proxy_trusted):
+            self.proxy_refused += 1
+            self.log.info("closing a connection from {peer}: not in proxy_trusted", peer=peer.host)
+            sock.close()
+            return
+        self._start(sock, peer, host, b"", proxy=True)
+
+    def adopt(self, fd: int, peer: Any, host: Any, data: bytes, tls: dict[str, str] | None = None) -> None:
         """Take back a connection a service handed back; route its next request."""
         try:
             sock = socket.socket(fileno=fd)
@@ -512,10 +561,36 @@ class Dispatcher:
             self.log.info("closing a handed-back connection: the server is stopping")
             sock.close()
             return
-        self._start(sock, peer, host, data)
+        self._start(sock, peer, host, data, tls=tls)
 
-    def _start(self, sock: socket.socket, peer: Any, host: Any, data: bytes) -> None:
-        conn = HeadConnection(self, self.limits, self.config.head_timeout)
+    def _from_tls(self, batch: list[Message]) -> None:
+        """Decrypted connections from the TLS front: each one end of a socket pair."""
+        for msg in batch:
+            try:
+                if msg.kind != handoff.CONN:
+                    raise ChannelError(f"unexpected {msg.kind!r} message")
+                conn = handoff.parse_connection(msg)
+            except ChannelError as e:
+                for fd in msg.fds:
+                    os.close(fd)
+                self.log.error("bad message from the TLS front: {error}", error=e)
+                continue
+            sock = socket.socket(fileno=conn.fd)
+            if self.draining:
+                sock.close()
+                continue
+            self.from_tls += 1
+            self._start(sock, conn.peer, conn.host, conn.data, tls=conn.tls or None)
+
+    def set_tls_front(self, sock: socket.socket) -> None:
+        """A (new) channel from the TLS front; an old one stays until the old front exits."""
+        channel = MessageChannel(self.reactor, sock, self._from_tls, lambda reason: self.tls_fronts.discard(channel), name="tls")
+        self.tls_fronts.add(channel)
+
+    def _start(
+        self, sock: socket.socket, peer: Any, host: Any, data: bytes, proxy: bool = False, tls: dict[str, str] | None = None
+    ) -> None:
+        conn = HeadConnection(self, self.limits, self.config.head_timeout, proxy)
         self.reading.add(conn)
         self.open_connections += 1
         if self.open_connections >= self.config.max_connections and not self.accepting_paused:
@@ -525,7 +600,7 @@ class Dispatcher:
             self.log.warn("{n} open connections: not accepting until {low}", n=self.open_connections, low=self.config.resume_connections)
             for acceptor in self.acceptors:
                 acceptor.stop()
-        SocketTransport(self.reactor, sock, conn, peer, host).start(data)
+        transport_for(self.reactor, sock, conn, peer, host, tls).start(data)
 
     def closed(self) -> None:
         """A connection left the dispatcher (answered, handed off, or lost)."""
@@ -603,6 +678,8 @@ class Dispatcher:
         }
         if reason:
             record["reason"] = reason
+        if conn.transport.tls is not None:
+            record["tls"] = handoff.tls_summary(conn.transport.tls)
         if conn.service is not None:
             record["service"] = conn.service
         head = conn.head
@@ -670,6 +747,7 @@ class Dispatcher:
         """Reloaded: new routes, limits and pools; existing instance links stay."""
         self.config = site
         self.routes = RouteTable.from_config(site)
+        self.proxy_trusted = trusted_networks(site.proxy_trusted)
         self.limits = Limits(max_request_line=site.max_request_line, max_head=site.max_head, max_headers=site.max_headers)
         for s in site.services:
             pool = self.pools.get(s.name)
@@ -735,6 +813,8 @@ class Dispatcher:
             self.add_instance(str(meta["service"]), int(meta["index"]), int(meta["pid"]), sock)
         elif channel == "templates":
             self.set_publisher(sock)
+        elif channel == "tls":
+            self.set_tls_front(sock)
         else:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()
@@ -846,7 +926,11 @@ def start_role(
 
     count = int(meta.get("listeners", 0))
     dispatcher = Dispatcher(reactor, site, stopped=stopped, records=records)
-    dispatcher.listen([socket.socket(fileno=FIRST_LISTEN_FD + i) for i in range(count)])
+    proxy = meta.get("proxy")
+    dispatcher.listen(
+        [socket.socket(fileno=FIRST_LISTEN_FD + i) for i in range(count)],
+        [bool(p) for p in proxy] if isinstance(proxy, list) else None,
+    )
     if meta.get("admin"):
         dispatcher.listen_admin(socket.socket(fileno=FIRST_LISTEN_FD + count))
     return dispatcher

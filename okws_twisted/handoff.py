@@ -8,7 +8,9 @@ L{okws_twisted.channel.MessageChannel}.  Message kinds:
 ``conn`` (dispatcher -> service), with one fd
     A client connection: C{id}, client address C{peer}, local address
     C{host}, and as payload every byte the dispatcher already read.  The
-    first request in the payload has been routed to this service.
+    first request in the payload has been routed to this service.  A
+    connection that came through the TLS front also carries C{tls}: the
+    facts of its TLS session (L{TLS_FACTS}), all strings.
 ``ack`` (service -> dispatcher)
     C{ids}: connections the service now holds (the dispatcher closes its
     copies); C{done}: how many of its connections have ended (closed or
@@ -18,8 +20,8 @@ L{okws_twisted.channel.MessageChannel}.  Message kinds:
     never touched and the dispatcher may give it to another instance.
 ``back`` (service -> dispatcher), with one fd
     A kept-alive connection whose next request belongs elsewhere: C{id},
-    C{peer}, C{host}, and as payload every unread byte, starting with that
-    request.
+    C{peer}, C{host}, C{tls} if it had it, and as payload every unread byte,
+    starting with that request.
 ``backack`` (dispatcher -> service)
     C{ids}: handed-back connections the dispatcher now holds.
 ``stats`` (service -> dispatcher)
@@ -44,6 +46,11 @@ BACK = "back"
 BACKACK = "backack"
 STATS = "stats"
 
+#: The TLS facts a connection from the TLS front carries (L{Connection.tls}):
+#: the SNI name the client asked for ("" if none), the cipher suite, the
+#: protocol version (C{TLSv1.3}) and the ALPN protocol ("" if none).
+TLS_FACTS = ("sni", "cipher", "version", "alpn")
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -54,11 +61,35 @@ class Connection:
     peer: IAddress
     host: IAddress
     data: bytes
+    tls: dict[str, str] | None = None
 
 
-def connection_meta(kind: str, conn_id: int, peer: IAddress, host: IAddress) -> dict[str, Any]:
+def connection_meta(
+    kind: str, conn_id: int, peer: IAddress, host: IAddress, tls: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The metadata of a C{conn} or C{back} message."""
-    return {"k": kind, "id": conn_id, "peer": address_to_wire(peer), "host": address_to_wire(host)}
+    meta = {"k": kind, "id": conn_id, "peer": address_to_wire(peer), "host": address_to_wire(host)}
+    if tls is not None:
+        meta["tls"] = tls
+    return meta
+
+
+def tls_summary(tls: dict[str, str]) -> str:
+    """The access log's C{tls} field: C{TLSv1.3/TLS_AES_256_GCM_SHA384}."""
+    return f"{tls.get('version') or '-'}/{tls.get('cipher') or '-'}"
+
+
+def parse_tls(value: object) -> dict[str, str] | None:
+    """Validate the C{tls} facts of a message; raise L{ChannelError} if malformed."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or set(value) != set(TLS_FACTS)
+        or not all(isinstance(v, str) and len(v) <= 255 for v in value.values())
+    ):
+        raise ChannelError(f"bad tls facts {value!r}")
+    return value
 
 
 def parse_connection(msg: Message) -> Connection:
@@ -74,7 +105,7 @@ def parse_connection(msg: Message) -> Connection:
         host = address_from_wire(msg.meta["host"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ChannelError(f"bad {msg.kind} message: {e!r}") from None
-    return Connection(conn_id, msg.fds[0], peer, host, msg.payload)
+    return Connection(conn_id, msg.fds[0], peer, host, msg.payload, parse_tls(msg.meta.get("tls")))
 
 
 def parse_ids(msg: Message) -> list[int]:

@@ -140,7 +140,23 @@ def role_binds(site: SiteConfig, role: str, uid: int, gid: int) -> list[Bind]:
                     os.chown(name, uid, gid)
         os.chmod(site.log_dir, 0o750)
         return [Bind(site.log_dir, writable=True)]
+    if role == "tls":
+        # The key and certificate files themselves (not their directories), read-only;
+        # the TLS front's group may read them, no one else is given anything.
+        files = sorted({p for l in site.listen if l.tls for p in (l.private_key, l.cert_key) if p})
+        for path in files:
+            grant_file_read(path, gid)
+        return [Bind(path) for path in files]
     return []
+
+
+def grant_file_read(path: str, gid: int) -> None:
+    """Let group C{gid} read the one file C{path} (the TLS front's key or certificate)."""
+    real = os.path.realpath(path)
+    if not os.path.isfile(real):
+        return
+    os.chown(real, -1, gid)
+    os.chmod(real, (os.stat(real).st_mode & 0o7777) | 0o040)
 
 
 def grant_read(root: str, gid: int) -> None:

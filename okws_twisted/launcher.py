@@ -57,6 +57,8 @@ LINKS: list[tuple[str, str, str]] = [
     (logchannel.CHANNEL, "logd", "dispatcher"),
     (logchannel.CHANNEL, "logd", "service"),
     (logchannel.CHANNEL, "logd", "pubd"),
+    ("tls", "dispatcher", "tls"),
+    (logchannel.CHANNEL, "logd", "tls"),
 ]
 
 #: Roles that serve the other children (the template publisher): on stop they
@@ -312,12 +314,21 @@ class ChildSlot:
         meta: dict[str, Any] = {"k": control.CONFIG, "role": self.role, "run": launcher.run_id, "launch": self.launches + 1}
         extra_paths: list[str] = []
         if self.role == "dispatcher":
-            for i, sock in enumerate(launcher.listen_sockets):
+            # The plain listeners only: the TLS front alone accepts on ssl: ones.
+            plain = launcher.listeners(tls=False)
+            for i, (_listener, sock) in enumerate(plain):
                 child_fds[control.FIRST_LISTEN_FD + i] = sock.fileno()
-            meta["listeners"] = len(launcher.listen_sockets)
+            meta["listeners"] = len(plain)
+            # Parallel to the fds: which listeners take a PROXY header first.
+            meta["proxy"] = [listener.proxy for listener, _sock in plain]
             meta["admin"] = launcher.admin_socket is not None
             if launcher.admin_socket is not None:
-                child_fds[control.FIRST_LISTEN_FD + len(launcher.listen_sockets)] = launcher.admin_socket.fileno()
+                child_fds[control.FIRST_LISTEN_FD + len(plain)] = launcher.admin_socket.fileno()
+        elif self.role == "tls":
+            secure = launcher.listeners(tls=True)
+            for i, (_listener, sock) in enumerate(secure):
+                child_fds[control.FIRST_LISTEN_FD + i] = sock.fileno()
+            meta["listeners"] = len(secure)
         elif self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
@@ -510,6 +521,8 @@ class Launcher(Service):
         self._previous_usr1: Any = None
         self.logd = ChildSlot(self, "logd")
         self.dispatcher = ChildSlot(self, "dispatcher")
+        #: The TLS front, only if some listener is ssl:.
+        self.tls: ChildSlot | None = ChildSlot(self, "tls") if any(l.tls for l in config.listen) else None
         self.instances = [ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)]
         self.stopping = False
         self._site_ready = False
@@ -521,7 +534,12 @@ class Launcher(Service):
 
     @property
     def children(self) -> list[ChildSlot]:
-        return [self.logd, self.publisher, self.dispatcher, *self.instances]
+        front = [self.tls] if self.tls is not None else []
+        return [self.logd, self.publisher, self.dispatcher, *front, *self.instances]
+
+    def listeners(self, tls: bool) -> list[tuple[Listener, socket.socket]]:
+        """The configured listeners (and their sockets) that are, or are not, ssl:."""
+        return [(l, s) for l, s in zip(self.config.listen, self.listen_sockets) if l.tls == tls]
 
     def note(self, level: LogLevel, format: str, traceback: str | None = None, **fields: Any) -> None:
         """Log an event of the launcher's to twistd's log and to the error log."""
@@ -544,6 +562,8 @@ class Launcher(Service):
             if not slot.dormant:
                 slot.spawn()
         self.dispatcher.spawn()
+        if self.tls is not None:
+            self.tls.spawn()
         self._watchdog.start(self.config.heartbeat_interval, now=False)
         from okws_twisted.controlsocket import listen_control
 
@@ -576,6 +596,11 @@ class Launcher(Service):
             )
         uid, gid = self._uids.ids_for(slot.role)
         nofile = site.max_connections + 1024 if slot.role == "dispatcher" else jailplan.ROLE_NOFILE
+        if slot.role == "tls":
+            # A client's TCP socket and its socket pair end per connection.
+            import resource
+
+            nofile = min(2 * site.max_connections + 1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         return jailplan.jail_for(site, slot.name, uid, gid, jailplan.role_binds(site, slot.role, uid, gid), nofile=nofile)
 
     def _tick(self) -> None:
@@ -748,6 +773,8 @@ class Launcher(Service):
         if problems:
             raise ValueError("; ".join(problems))
         result = self.apply(new)
+        if self.tls is not None and self.tls.relaunch("reload: reading the certificates again"):
+            result["relaunched"] = [self.tls.name]
         self.log.info("reloaded {file}: {result}", file=new.file, result=result)
         return result
 

@@ -126,6 +126,20 @@ class ServiceResource(Resource):
             )
         return templates.render(template, context)
 
+    @staticmethod
+    def tls(request: IRequest) -> dict[str, str] | None:
+        """The TLS facts of the connection C{request} came on, or C{None} for plain HTTP.
+
+        okws terminates TLS in its TLS front; a service sees the decrypted
+        connection, with C{request.isSecure()} true and these facts:
+        C{sni} (the name the client asked for, "" if none), C{cipher}
+        (C{TLS_AES_256_GCM_SHA384}), C{version} (C{TLSv1.3}) and C{alpn}
+        (C{http/1.1}, or "" if the client offered none).
+        """
+        channel = getattr(request, "channel", None)
+        facts = getattr(getattr(channel, "transport", None), "tls", None)
+        return dict(facts) if isinstance(facts, dict) else None
+
     def getChildWithDefault(self, path: bytes, request: IRequest) -> Any:
         """
         Find the child for C{path}, rendering this resource itself for a

@@ -44,7 +44,8 @@ from okws_twisted.httpframe import Body, Head, HTTPError, Limits, RequestFramer,
 from okws_twisted.logsender import RecordSender, RequestIds
 from okws_twisted.routing import RouteTable
 from okws_twisted.templateclient import PublisherClient
-from okws_twisted.transport import SocketTransport
+from okws_twisted.handoff import tls_summary
+from okws_twisted.transport import SocketTransport, transport_for
 
 MAX_WAITING_HANDBACKS = 1024
 STATS_INTERVAL = 1.0
@@ -218,6 +219,9 @@ class ServiceSite(server.Site):
         agent = headers.getRawHeaders(b"user-agent")
         if agent:
             record["user_agent"] = agent[0]
+        tls = getattr(request.channel.transport, "tls", None) if request.channel is not None else None
+        if tls is not None:
+            record["tls"] = tls_summary(tls)
         for key in ("request", "referer", "user_agent"):
             if key in record:
                 record[key] = record[key].decode("latin-1")
@@ -402,7 +406,7 @@ class ServiceConnection:
         self.channel.connectionLost(Failure(error.ConnectionDone("handed back to the dispatcher")))
         self.runtime.connection_ended(self)
         unread = self.handback + self.framer.unread()
-        self.runtime.hand_back(sock, unread, self.transport.getPeer(), self.transport.getHost())
+        self.runtime.hand_back(sock, unread, self.transport.getPeer(), self.transport.getHost(), self.transport.tls)
 
     def hand_back_when_idle(self) -> None:
         """Draining for a successor: hand the connection back at its next request boundary."""
@@ -470,8 +474,8 @@ class ServiceRuntime:
         self.site.doStart()
         self.connections: set[ServiceConnection] = set()
         self.link: MessageChannel | None = None
-        self._unacked_backs: dict[int, tuple[socket.socket, bytes, IAddress, IAddress]] = {}
-        self._waiting_backs: list[tuple[socket.socket, bytes, IAddress, IAddress]] = []
+        self._unacked_backs: dict[int, tuple[socket.socket, bytes, IAddress, IAddress, dict[str, str] | None]] = {}
+        self._waiting_backs: list[tuple[socket.socket, bytes, IAddress, IAddress, dict[str, str] | None]] = []
         self._back_ids = 0
         self._done = 0
         self._done_timer: IDelayedCall | None = None
@@ -505,8 +509,8 @@ class ServiceRuntime:
         resend = list(self._unacked_backs.values()) + self._waiting_backs
         self._unacked_backs.clear()
         self._waiting_backs = []
-        for sock_, data, peer, host in resend:
-            self.hand_back(sock_, data, peer, host)
+        for sock_, data, peer, host, tls in resend:
+            self.hand_back(sock_, data, peer, host, tls)
 
     def _link_lost(self, reason: Failure) -> None:
         self.log.info("dispatcher channel closed: {reason}", reason=reason.getErrorMessage())
@@ -583,7 +587,7 @@ class ServiceRuntime:
             if self.handing_back:
                 # The dispatcher sent it before it learnt we are retiring: our
                 # successor will take it.
-                self.hand_back(sock, conn.data, conn.peer, conn.host)
+                self.hand_back(sock, conn.data, conn.peer, conn.host, conn.tls)
                 return
             # The site is stopping (the dispatcher stops first); never drop it silently.
             sock.setblocking(True)
@@ -598,7 +602,7 @@ class ServiceRuntime:
             return
         protocol = ServiceConnection(self, routed=True)
         self.connections.add(protocol)
-        SocketTransport(self.reactor, sock, protocol, conn.peer, conn.host).start(conn.data)
+        transport_for(self.reactor, sock, protocol, conn.peer, conn.host, conn.tls).start(conn.data)
 
     def answered(self, conn: ServiceConnection, status: int, reason: str, response: bytes) -> None:
         """The runtime answered a malformed request itself: send its access record."""
@@ -628,23 +632,25 @@ class ServiceRuntime:
         if self.draining:
             self._maybe_exit()
 
-    def hand_back(self, sock: socket.socket, data: bytes, peer: IAddress, host: IAddress) -> None:
+    def hand_back(
+        self, sock: socket.socket, data: bytes, peer: IAddress, host: IAddress, tls: dict[str, str] | None = None
+    ) -> None:
         """Give a connection (and its unread bytes) back to the dispatcher."""
         if self.link is None or not self.link.connected:
             if self.draining or len(self._waiting_backs) >= MAX_WAITING_HANDBACKS:
                 self.log.warn("closing a kept-alive connection: no dispatcher to hand it back to")
                 sock.close()
                 return
-            self._waiting_backs.append((sock, data, peer, host))
+            self._waiting_backs.append((sock, data, peer, host, tls))
             return
         self._back_ids += 1
         back_id = self._back_ids
-        self._unacked_backs[back_id] = (sock, data, peer, host)
+        self._unacked_backs[back_id] = (sock, data, peer, host, tls)
         try:
-            self.link.send(handoff.connection_meta(handoff.BACK, back_id, peer, host), data, [sock.fileno()])
+            self.link.send(handoff.connection_meta(handoff.BACK, back_id, peer, host, tls), data, [sock.fileno()])
         except error.ConnectionDone:
             self._unacked_backs.pop(back_id, None)
-            self._waiting_backs.append((sock, data, peer, host))
+            self._waiting_backs.append((sock, data, peer, host, tls))
 
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
         if channel == "handoff":
@@ -698,7 +704,7 @@ class ServiceRuntime:
         for conn in list(self.connections):
             self.drain_connection(conn)
         if not self.handing_back:
-            for sock, _data, _peer, _host in self._waiting_backs:
+            for sock, *_rest in self._waiting_backs:
                 sock.close()
             self._waiting_backs = []
         self._maybe_exit()

@@ -99,11 +99,31 @@ class Options(usage.Options):
             self.site = load(self["config"])
         except ConfigError as e:
             _fail(str(e))
+        missing = check_tls_files(self.site)
+        if missing:
+            _fail(missing[0])
         found = check_resources(self.site)
         if found:
             for line in found[:-1]:
                 print(f"okws: {line}", file=sys.stderr)
             _fail(found[-1])
+
+
+def check_tls_files(site: SiteConfig) -> list[str]:
+    """The ssl: listeners' key and certificate files that are not regular files, as config errors.
+
+    Only their existence is checked here: the launcher never reads a key.
+    The TLS front loads them, and reports a file that does not parse.
+    """
+    problems = []
+    for listener in site.listen:
+        for option, path in (("privateKey", listener.private_key), ("certKey", listener.cert_key)):
+            if path is not None and not os.path.isfile(path):
+                problems.append(
+                    f"{site.file}: [okws] listen: {listener.description!r}: {option} {path} "
+                    + ("is not a file" if os.path.exists(path) else "does not exist")
+                )
+    return problems
 
 
 def _refuse_if_running(site: SiteConfig) -> None:

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorFDSet,
     IReadDescriptor,
+    ISSLTransport,
     ITransport,
     IWriteDescriptor,
 )
@@ -42,6 +43,22 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
 
 _DISCONNECTED = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ETIMEDOUT, errno.ESHUTDOWN)
+
+
+def transport_for(
+    reactor: IReactorFDSet,
+    sock: socket.socket,
+    protocol: IProtocol,
+    peer: IAddress,
+    host: IAddress,
+    tls: dict[str, str] | None = None,
+) -> "SocketTransport":
+    """A L{SocketTransport}, or a L{DecryptedSocketTransport} if C{tls} facts are given."""
+    if tls is None:
+        return SocketTransport(reactor, sock, protocol, peer, host)
+    transport = DecryptedSocketTransport(reactor, sock, protocol, peer, host)
+    transport.tls = tls
+    return transport
 
 
 def address_of(sockaddr: object, family: int) -> IAddress:
@@ -345,6 +362,14 @@ class SocketTransport:
     def getPeer(self) -> IAddress:
         return self._peer
 
+    #: The facts of the TLS session this plaintext connection belongs to (it
+    #: came through the TLS front), or C{None}; see L{okws_twisted.handoff.TLS_FACTS}.
+    tls: dict[str, str] | None = None
+
+    def set_peer(self, peer: IAddress) -> None:
+        """The connection's real client is C{peer} (a PROXY protocol header said so)."""
+        self._peer = peer
+
     def getHost(self) -> IAddress:
         return self._host
 
@@ -438,3 +463,22 @@ class SocketTransport:
         if self._writing:
             self._writing = False
             self.reactor.removeWriter(self)
+
+
+@implementer(ISSLTransport)
+class DecryptedSocketTransport(SocketTransport):
+    """The plaintext side of a client connection whose TLS the TLS front terminated.
+
+    It provides C{ISSLTransport}, which is how twisted.web decides
+    C{request.isSecure()} (and so C{https} in the URLs it builds); the
+    session's facts are in L{tls}.  There is no client certificate.
+    """
+
+    def getPeerCertificate(self) -> None:
+        return None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """twisted.web asks for it on secure transports; a socket pair has no Nagle (the front sets it on the TCP side)."""
+
+    def getTcpNoDelay(self) -> bool:
+        return True

@@ -58,6 +58,7 @@ class Site:
         port: int | None = None,
         templates: dict[str, str] | None = None,
         logfile: str | None = None,
+        listen: str | None = None,
     ) -> None:
         """
         @param templates: the site's template tree, as name -> source, written
@@ -65,6 +66,8 @@ class Site:
             site's C{templates} is a link to the repository's example templates.
         @param logfile: have twistd write its log to this file (in the site's
             directory) instead of stdout.
+        @param listen: the [okws] listen value instead of one plain loopback
+            listener on C{port}; C{{port}} in it is replaced by C{port}.
         """
         self.dir = tempfile.mkdtemp(prefix="okws-e2e-")
         self.logfile = logfile
@@ -81,7 +84,9 @@ class Site:
         self.ini = os.path.join(self.dir, "site.ini")
         with open(self.ini, "w") as f:
             f.write(
-                f"[okws]\nlisten = tcp:{self.port}:interface=127.0.0.1\n"
+                "[okws]\nlisten = "
+                + (listen or "tcp:{port}:interface=127.0.0.1").replace("{port}", str(self.port))
+                + "\n"
                 + textwrap.dedent(okws).strip()
                 + "\n\n"
                 + textwrap.dedent(services).strip()

@@ -268,11 +268,16 @@ class ListenerParseTests(SynchronousTestCase):
 
     def test_errors(self) -> None:
         cases = {
-            "ssl:443": "ssl listeners are not supported yet; supported now: tcp, tcp6, unix",
+            "ssl:443": "an ssl listener needs privateKey=KEY.pem",
+            "ssl:443:certKey=c.pem": "an ssl listener needs privateKey=KEY.pem",
+            "ssl:443:privateKey=k.pem:method=TLSv1": "unknown option 'method' for ssl; options are "
+                                                     "port, interface, backlog, privateKey, certKey",
+            "haproxy:ssl:443:privateKey=k.pem": "haproxy:ssl: is not supported; put the PROXY listener "
+                                                "and the TLS listener on separate ports",
             "tls:443:/etc/keys": "tls listeners are not supported yet; supported now: "
-                                 "tcp, tcp6, unix",
+                                 "tcp, tcp6, unix, ssl",
             "systemd:domain=INET:index=0": "systemd listeners are not supported yet; "
-                                           "supported now: tcp, tcp6, unix",
+                                           "supported now: tcp, tcp6, unix, ssl",
             "8080": "a bare port; write tcp:8080:interface=ADDR",
             "tcp": "missing the port",
             "tcp:": "missing the port",
@@ -322,9 +327,30 @@ class ListenerConfigTests(SynchronousTestCase, ErrorMixin):
 
     def test_unsupportedKind(self) -> None:
         self.assertConfigError(
-            "[okws]\nlisten = ssl:443:privateKey=k.pem\n" + SERVICE,
-            "site.ini: [okws] listen: 'ssl:443:privateKey=k.pem': ssl listeners are not "
-            "supported yet; supported now: tcp, tcp6, unix",
+            "[okws]\nlisten = tls:443:/etc/keys\n" + SERVICE,
+            "site.ini: [okws] listen: 'tls:443:/etc/keys': tls listeners are not "
+            "supported yet; supported now: tcp, tcp6, unix, ssl",
+        )
+
+    def test_ssl(self) -> None:
+        config = site("listen = ssl:443:privateKey=keys/k.pem:certKey=/etc/c.pem\n"
+                      "  ssl:8443:interface=\\:\\:1:privateKey=both.pem\n  tcp:80\n")
+        first, second, plain = config.listen
+        self.assertEqual((first.kind, first.port, first.tls), ("tcp", 443, True))
+        self.assertEqual((first.private_key, first.cert_key), ("/srv/site/keys/k.pem", "/etc/c.pem"))
+        self.assertEqual((second.kind, second.interface), ("tcp6", "::1"))
+        self.assertEqual(second.cert_key, "/srv/site/both.pem")
+        self.assertFalse(plain.tls)
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+        self.assertEqual(
+            Listener(kind="tcp", port=443, private_key="/k", cert_key="/c").description,
+            "ssl:443:interface=0.0.0.0:backlog=2048:privateKey=/k:certKey=/c",
+        )
+
+    def test_sslOverlapsTcp(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = tcp:443\n  ssl:443:privateKey=k.pem\n" + SERVICE,
+            "site.ini: [okws] listen: 'ssl:443:privateKey=k.pem' is listed twice (as 'tcp:443')",
         )
 
     def test_duplicate(self) -> None:
@@ -775,3 +801,60 @@ class LoggingKeyTests(ErrorMixin, SynchronousTestCase):
         again = SiteConfig.from_json(config.to_json())
         self.assertEqual(again, config)
         self.assertIsInstance(again.access_log_fields, tuple)
+
+
+class ProxyConfigTests(SynchronousTestCase, ErrorMixin):
+    """haproxy: listeners and [okws] proxy_trusted."""
+
+    def test_marked(self) -> None:
+        config = site("listen = haproxy:tcp:80:interface=127.0.0.1\n  tcp:81\n  haproxy:unix:/run/s\n")
+        self.assertEqual([l.proxy for l in config.listen], [True, False, True])
+        self.assertEqual(config.listen[0].port, 80)
+        self.assertEqual(config.listen[2].path, "/run/s")
+
+    def test_canonical(self) -> None:
+        self.assertEqual(
+            Listener(kind="tcp", port=80, proxy=True).description,
+            "haproxy:tcp:80:interface=0.0.0.0:backlog=2048",
+        )
+
+    def test_sameSocketOnceOnly(self) -> None:
+        """The marker does not make a second socket: the same port twice is still an error."""
+        self.assertConfigError(
+            "[okws]\nlisten = haproxy:tcp:80\n  tcp:80\n" + SERVICE,
+            "site.ini: [okws] listen: 'tcp:80' is listed twice (as 'haproxy:tcp:80')",
+        )
+
+    def test_trustedDefault(self) -> None:
+        self.assertEqual(site().proxy_trusted, ("127.0.0.1", "::1"))
+
+    def test_trusted(self) -> None:
+        config = site("listen = haproxy:tcp:80\nproxy_trusted = 10.0.0.0/8\n  192.0.2.5 2001:db8::/32\n")
+        self.assertEqual(config.proxy_trusted, ("10.0.0.0/8", "192.0.2.5", "2001:db8::/32"))
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+
+    def test_badTrusted(self) -> None:
+        self.assertConfigError(
+            "[okws]\nproxy_trusted = 10.0.0.1/8\n" + SERVICE,
+            "site.ini: [okws] proxy_trusted: '10.0.0.1/8' is not an address or a network like "
+            "10.0.0.0/8 (10.0.0.1/8 has host bits set)",
+        )
+        self.assertConfigError(
+            "[okws]\nproxy_trusted = lb.example.com\n" + SERVICE,
+            "site.ini: [okws] proxy_trusted: 'lb.example.com' is not an address or a network like "
+            "10.0.0.0/8 ('lb.example.com' does not appear to be an IPv4 or IPv6 network)",
+        )
+
+    def test_emptyTrustedWithProxyListener(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = haproxy:tcp:80\nproxy_trusted =\n" + SERVICE,
+            "site.ini: [okws] proxy_trusted: is empty, so no load balancer could connect to the "
+            "haproxy: listeners; list the balancers' addresses",
+        )
+
+    def test_adminNotProxied(self) -> None:
+        self.assertConfigError(
+            "[okws]\nadmin = haproxy:tcp:9090\n" + SERVICE,
+            "site.ini: [okws] admin: 'haproxy:tcp:9090': the admin listener does not take PROXY "
+            "headers; leave out haproxy:",
+        )

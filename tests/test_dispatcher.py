@@ -593,3 +593,108 @@ class StopTests(DispatcherTestCase):
         self.assertEqual(stopped, [True])
         headers, _ = self.assertAnswered(client, 503)
         self.assertEqual(headers["retry-after"], "7")
+
+
+class ProxyTests(DispatcherTestCase):
+    """Listeners marked C{haproxy:}: a PROXY header first, from trusted addresses only."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.configure(proxy_trusted="127.0.0.1 ::1")
+
+    def proxied(self, trusted: str | None = None) -> tuple[socket.socket, HeadConnection]:
+        """A client on a PROXY listener, accepted from 127.0.0.1."""
+        if trusted is not None:
+            self.configure(proxy_trusted=trusted)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(5)
+        self.dispatcher.listen([listener], [True])
+        acceptor = self.dispatcher.acceptors[0]
+        self.addCleanup(acceptor.close)
+        client = socket.create_connection(listener.getsockname(), timeout=2)
+        self.addCleanup(client.close)
+        self.assertTrue(select.select([listener], [], [], 2)[0])
+        acceptor.doRead()
+        conns = list(self.dispatcher.reading)
+        if not conns:
+            return client, None  # type: ignore[return-value]
+        (conn,) = conns
+        self.addCleanup(self._abort, conn)
+        return client, conn
+
+    def assertClosedSilently(self, client: socket.socket) -> None:
+        client.settimeout(2)
+        self.assertEqual(client.recv(100), b"")
+
+    def test_v1AddressReachesTheInstance(self) -> None:
+        link, theirs = self.instance()
+        client, conn = self.proxied()
+        self.send(client, conn, b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\n" + request())
+        msg = self.receive(theirs)
+        self.assertEqual(msg.payload, request())
+        self.assertEqual(msg.meta["peer"], ["tcp", "203.0.113.7", 5555])
+        # The local address stays the socket's own.
+        self.assertEqual(msg.meta["host"][1], "127.0.0.1")
+
+    def test_v2InPieces(self) -> None:
+        from tests.test_proxyproto import v2
+
+        link, theirs = self.instance()
+        client, conn = self.proxied()
+        data = v2(family=0x21) + request()
+        for i in range(0, len(data), 7):
+            self.send(client, conn, data[i:i + 7])
+        msg = self.receive(theirs)
+        self.assertEqual(msg.payload, request())
+        self.assertEqual(msg.meta["peer"], ["tcp6", "2001:db8::7", 5555])
+
+    def test_localKeepsThePeer(self) -> None:
+        from tests.test_proxyproto import v2
+
+        link, theirs = self.instance()
+        client, conn = self.proxied()
+        self.send(client, conn, v2(command=0, family=0, block=b"") + request())
+        msg = self.receive(theirs)
+        self.assertEqual(msg.meta["peer"], ["tcp", "127.0.0.1", client.getsockname()[1]])
+
+    def test_ownAnswersLogTheProxiedClient(self) -> None:
+        """The dispatcher's own answers (here 404) name the client from the header."""
+        records: list[dict] = []
+        client, conn = self.proxied()
+        self.dispatcher.records = type("R", (), {"emit": staticmethod(records.append)})()  # type: ignore[assignment]
+        self.send(client, conn, b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\n" + request("/nowhere"))
+        self.assertAnswered(client, 404)
+        self.assertEqual([r["client"] for r in records], ["203.0.113.7"])
+
+    def test_noHeaderCloses(self) -> None:
+        client, conn = self.proxied()
+        self.send(client, conn, request())
+        self.assertClosedSilently(client)
+        self.assertNotIn(conn, self.dispatcher.reading)
+
+    def test_badHeaderCloses(self) -> None:
+        client, conn = self.proxied()
+        self.send(client, conn, b"PROXY TCP4 203.0.113.7 10.0.0.1 5555\r\n" + request())
+        self.assertClosedSilently(client)
+
+    def test_untrustedSourceCloses(self) -> None:
+        """A connection from outside proxy_trusted is closed at once, before reading a byte."""
+        client, conn = self.proxied(trusted="10.0.0.0/8")
+        self.assertIsNone(conn)
+        self.assertEqual(self.dispatcher.open_connections, 0)
+        self.assertEqual(self.dispatcher.proxy_refused, 1)
+        self.assertClosedSilently(client)
+
+    def test_deadline(self) -> None:
+        """A header that does not arrive within head_timeout: closed, with no HTTP answer."""
+        client, conn = self.proxied()
+        self.send(client, conn, b"PROXY TCP4 ")
+        self.reactor.advance(5)
+        self.assertClosedSilently(client)
+        self.assertNotIn(conn, self.dispatcher.reading)
+
+    def test_plainListenerTakesNoHeader(self) -> None:
+        """On an unmarked listener a PROXY line is just a bad request line."""
+        client, conn = self.connect(b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\n" + request())
+        self.assertAnswered(client, 400)

@@ -28,6 +28,15 @@ class ImportWallTests(SynchronousTestCase):
         for forbidden in ("okws_twisted.resource", "okws_twisted.testing", "okws_twisted.runtime", "jinja2", "services"):
             self.assertNotIn(forbidden, loaded)
 
+    def test_tls_front_runs_no_site_code(self) -> None:
+        """The process holding the private keys runs nothing site authors wrote, and no web code."""
+        loaded = modules_after_import("okws_twisted.tlsfront")
+        for forbidden in (
+            "okws_twisted.resource", "okws_twisted.testing", "okws_twisted.runtime", "okws_twisted.dispatcher",
+            "okws_twisted.rendering", "twisted.web", "jinja2", "services",
+        ):
+            self.assertNotIn(forbidden, loaded)
+
     def test_dispatcher_renders_no_templates(self) -> None:
         """The dispatcher shows the publisher's error pages; it never renders one."""
         loaded = modules_after_import("okws_twisted.dispatcher")
@@ -64,7 +73,7 @@ class ImportWallTests(SynchronousTestCase):
 
     def test_log_formatting_is_pure(self) -> None:
         """The record checks and line formats need no Twisted and no I/O (DESIGN.md: pure logic apart)."""
-        for module in ("okws_twisted.logformat", "okws_twisted.config"):
+        for module in ("okws_twisted.logformat", "okws_twisted.config", "okws_twisted.proxyproto"):
             loaded = modules_after_import(module)
             self.assertEqual({name for name in loaded if name.split(".")[0] in ("twisted", "zope")}, set(), module)
 

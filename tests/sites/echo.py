@@ -20,6 +20,8 @@ class Echo(ServiceResource):
                 "prepath": [p.decode("latin-1") for p in request.prepath],
                 "postpath": [p.decode("latin-1") for p in request.postpath],
                 "secure": request.isSecure(),
+                "tls": self.tls(request),
+                "url": request.prePathURL().decode("latin-1"),
                 "pid": os.getpid(),
             }
         ).encode()

@@ -1,0 +1,313 @@
+# -*- test-case-name: tests.test_tlsfront -*-
+"""
+The TLS front (OKWS's okssld): the only process that reads the private keys.
+
+It accepts on the C{ssl:} listening sockets the launcher opened, terminates
+TLS with pyOpenSSL through Twisted (TLS 1.2 or newer, ALPN offering
+C{http/1.1}, no renegotiation, no compression), and cuts a client whose
+handshake is not done within C{tls_handshake_timeout}.  For each connection
+whose handshake completed it makes a Unix socket pair, passes one end to the
+dispatcher over the ``tls`` channel (a handoff ``conn`` message with the
+client's address, the listener's address and the session's facts: SNI name,
+cipher, version, ALPN protocol), and relays plaintext between the client's
+TLS session and the other end.  From there on the dispatcher and the services
+treat the socket as the client's connection.
+
+The relay never buffers without bound: each side is the other's streaming
+producer, so a client that reads slowly fills the TLS transport's buffer,
+which pauses reading from the socket pair, which (once the kernel's socket
+buffer is full) makes the service's writes wait; and a service that reads
+slowly pauses reading from the client the same way.
+
+It never imports service code, jinja2 or the author API, and has no channel
+to the services: only to the dispatcher, the log daemon and the launcher.
+Certificates are read once, at start-up; C{okws-ctl reload} relaunches the
+TLS front gracefully (the old process finishes its connections, the new one
+reads the files afresh).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IOpenSSLContextFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from okws_twisted import handoff
+from okws_twisted.channel import Message, MessageChannel
+from okws_twisted.config import Listener, SiteConfig
+from okws_twisted.interfaces import IChildRole
+from okws_twisted.logsender import RecordSender
+
+#: The only application protocol offered: the dispatcher and services speak HTTP/1.1.
+ALPN = [b"http/1.1"]
+
+
+class CertificateError(Exception):
+    """A listener's key or certificate could not be loaded."""
+
+
+def server_context(listener: Listener) -> SSL.Context:
+    """A server context for one C{ssl:} listener: its key and certificate chain, safe defaults."""
+    assert listener.private_key is not None and listener.cert_key is not None
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    # No compression (CRIME), no renegotiation (a client-driven CPU DoS), the
+    # server's cipher order, and a fresh ECDH key per handshake.
+    ctx.set_options(
+        SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_SINGLE_ECDH_USE
+    )
+    ctx.set_cipher_list(b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!MD5:!DSS")
+    try:
+        ctx.use_certificate_chain_file(listener.cert_key.encode())
+        ctx.use_privatekey_file(listener.private_key.encode())
+        ctx.check_privatekey()
+    except (SSL.Error, OSError) as e:
+        raise CertificateError(f"{listener.description}: cannot load the key or certificate: {e}") from None
+
+    def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
+        for proto in ALPN:
+            if proto in offered:
+                return proto
+        # None in common: go on without ALPN (HTTP/1.1 is what the client gets).
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    ctx.set_alpn_select_callback(select)
+    return ctx
+
+
+@implementer(IOpenSSLContextFactory)
+class _ContextFactory:
+    """Twisted's context factory interface over one prepared context."""
+
+    def __init__(self, ctx: SSL.Context) -> None:
+        self._ctx = ctx
+
+    def getContext(self) -> SSL.Context:
+        return self._ctx
+
+
+class PlainSide(Protocol):
+    """The TLS front's end of a socket pair: the decrypted connection as the dispatcher sees it."""
+
+    def __init__(self, client: "TLSClient") -> None:
+        self.client = client
+
+    def dataReceived(self, data: bytes) -> None:
+        self.client.transport.write(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.client.plain_lost()
+
+
+@implementer(IHandshakeListener)
+class TLSClient(Protocol):
+    """One client's TLS session inside the front.
+
+    States: handshaking (deadline armed) -> relaying (a socket pair end is
+    with the dispatcher) -> closed.  The client's bytes after the handshake
+    go to the socket pair, and the socket pair's bytes to the client.
+    """
+
+    log = Logger()
+
+    def __init__(self, front: "TLSFront") -> None:
+        self.front = front
+        self.plain: PlainSide | None = None
+        self._timer: IDelayedCall | None = None
+        self.closed = False
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self.front.clients.add(self)
+        self._timer = self.front.reactor.callLater(self.front.config.tls_handshake_timeout, self._handshake_late)
+
+    def _handshake_late(self) -> None:
+        self._timer = None
+        self.front.handshake_timeouts += 1
+        self.transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tls = self.transport.getHandle()
+        facts = {
+            "sni": (tls.get_servername() or b"").decode("ascii", "replace"),
+            "cipher": tls.get_cipher_name() or "",
+            "version": tls.get_protocol_version_name() or "",
+            "alpn": (self.transport.negotiatedProtocol or b"").decode("ascii", "replace"),
+        }
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sent = self.front.pass_on(theirs.fileno(), self.transport.getPeer(), self.transport.getHost(), facts)
+        finally:
+            theirs.close()
+        if not sent:
+            mine.close()
+            self.transport.abortConnection()
+            return
+        try:
+            plain = PlainSide(self)
+            self.plain = plain
+            self.front.reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, _One(plain))
+        finally:
+            mine.close()
+        # Back-pressure both ways: each transport pauses the other when its
+        # write buffer is full.
+        self.transport.registerProducer(plain.transport, True)
+        plain.transport.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.plain is not None:
+            self.plain.transport.write(data)
+
+    def plain_lost(self) -> None:
+        """The dispatcher or a service closed the connection: close the TLS session (after what is buffered)."""
+        if not self.closed:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.front.clients.discard(self)
+        if self.plain is not None and self.plain.transport is not None:
+            self.plain.transport.unregisterProducer()
+            self.plain.transport.loseConnection()
+        self.front.client_gone()
+
+
+class _One(Factory):
+    """A factory whose one protocol already exists (for adoptStreamConnection)."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return self._protocol
+
+
+class _ClientFactory(Factory):
+    def __init__(self, front: "TLSFront") -> None:
+        self.front = front
+
+    def buildProtocol(self, addr: Any) -> TLSClient:
+        return TLSClient(self.front)
+
+
+@implementer(IChildRole)
+class TLSFront:
+    """The TLS front's state: its listening ports, TLS sessions, the channel to the dispatcher."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, config: SiteConfig, stopped: Callable[[], None] = lambda: None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self._stopped = stopped
+        self.ports: list[Any] = []
+        self.clients: set[TLSClient] = set()
+        self.dispatcher: MessageChannel | None = None
+        self.stopping = False
+        self.passed_on = 0
+        self.handshake_timeouts = 0
+        self.refused = 0
+        self._ids = 0
+
+    def listen(self, pairs: list[tuple[Listener, socket.socket]]) -> None:
+        """Accept on each inherited socket with its listener's key and certificate."""
+        factories = [(sock, TLSMemoryBIOFactory(_ContextFactory(server_context(l)), False, _ClientFactory(self))) for l, sock in pairs]
+        for sock, factory in factories:
+            # Twisted's accept loop runs until EAGAIN: an inherited blocking socket would hang it.
+            sock.setblocking(False)
+            self.ports.append(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
+            sock.close()  # adoptStreamPort made its own copy
+
+    def pass_on(self, fd: int, peer: Any, host: Any, tls: dict[str, str]) -> bool:
+        """Give one end of a socket pair to the dispatcher; C{False} if there is no dispatcher."""
+        channel = self.dispatcher
+        if channel is None or not channel.connected:
+            self.refused += 1
+            self.log.warn("no dispatcher to pass a TLS connection to; closing it")
+            return False
+        self._ids += 1
+        channel.send(handoff.connection_meta(handoff.CONN, self._ids, peer, host, tls), b"", [fd])
+        self.passed_on += 1
+        return True
+
+    # -- IChildRole
+
+    def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
+        if channel == "tls":
+            old, self.dispatcher = self.dispatcher, MessageChannel(self.reactor, sock, self._from_dispatcher, name="tls:dispatcher")
+            if old is not None:
+                old.close()
+        else:
+            self.log.error("unexpected {channel} channel from the launcher", channel=channel)
+            sock.close()
+
+    def _from_dispatcher(self, batch: list[Message]) -> None:
+        for msg in batch:
+            for fd in msg.fds:
+                os.close(fd)
+            self.log.error("unexpected {kind} message from the dispatcher", kind=msg.kind)
+
+    def update_config(self, site: SiteConfig) -> None:
+        # Listener and key changes need a restart; reload relaunches this process.
+        self.config = site
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": len(self.clients),
+            "passed_on": self.passed_on,
+            "handshake_timeouts": self.handshake_timeouts,
+            "refused": self.refused,
+        }
+
+    def control(self, kind: str, meta: dict[str, Any]) -> None:
+        self.log.warn("unexpected control message {kind}", kind=kind)
+
+    def stop(self, drain: float = 0.0, handback: bool = False) -> None:
+        """Stop accepting; exit once every TLS session has ended (the launcher bounds the wait)."""
+        self.stopping = True
+        for port in self.ports:
+            port.stopListening()
+        self.ports = []
+        for client in list(self.clients):
+            if client.plain is None:
+                client.transport.abortConnection()  # still handshaking: nothing to finish
+        self.client_gone()
+
+    def client_gone(self) -> None:
+        if self.stopping and not self.clients:
+            stopped, self._stopped = self._stopped, lambda: None
+            stopped()
+
+
+def start_role(
+    reactor: Any,
+    site: SiteConfig,
+    meta: dict[str, Any],
+    stopped: Callable[[], None],
+    records: RecordSender | None = None,
+) -> TLSFront:
+    """The TLS front child: TLS on the C{ssl:} sockets inherited from the launcher, in listener order."""
+    from okws_twisted.control import FIRST_LISTEN_FD
+
+    listeners = [l for l in site.listen if l.tls]
+    count = int(meta.get("listeners", 0))
+    if count != len(listeners):
+        raise ValueError(f"the launcher passed {count} TLS sockets for {len(listeners)} ssl listeners")
+    front = TLSFront(reactor, site, stopped)
+    front.listen([(l, socket.socket(fileno=FIRST_LISTEN_FD + i)) for i, l in enumerate(listeners)])
+    return front

@@ -1,0 +1,289 @@
+"""
+End-to-end tests of the TLS front: real processes, real TLS over loopback.
+
+A real ``twistd -n okws`` with a plain and an C{ssl:} listener, a self-signed
+certificate made by the test with C{openssl}, and C{curl} (which offers h2
+and http/1.1 with ALPN) or Python's C{ssl} module as clients.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from tests.e2e import Site, free_port, read_response, request_bytes
+
+SERVICES = """
+[service:echo]
+resource = tests.sites.echo:Echo
+paths = /echo
+
+[service:hello]
+resource = services.hello:Hello
+paths = /hello
+
+[service:big]
+resource = tests.sites.big:Big
+paths = /big
+
+[service:compromised]
+resource = tests.sites.compromised:Evil
+paths = /compromised
+"""
+
+OKWS = """
+restart_delay_min = 0.2
+restart_delay_max = 2
+head_timeout = 5
+tls_handshake_timeout = 2
+access_log_json = yes
+"""
+
+_shared: Site | None = None
+_tls_port = 0
+
+
+def make_certificate(directory: str, name: str = "localhost") -> tuple[str, str]:
+    """A self-signed certificate and its key (mode 600, as an operator keeps it)."""
+    if shutil.which("openssl") is None:
+        raise SkipTest("openssl is not installed")
+    key, cert = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+         "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    os.chmod(key, 0o600)
+    return key, cert
+
+
+def shared_site() -> tuple[Site, int]:
+    """A site with a plain and a TLS listener (started once per run)."""
+    global _shared, _tls_port
+    if _shared is None:
+        _tls_port = free_port()
+        site = Site(SERVICES, OKWS, listen="tcp:{port}:interface=127.0.0.1\n  ssl:%d:interface=127.0.0.1:privateKey=keys/key.pem:certKey=keys/cert.pem" % _tls_port)
+        os.mkdir(os.path.join(site.dir, "keys"), 0o700)
+        make_certificate(os.path.join(site.dir, "keys"))
+        atexit.register(site.kill)
+        _shared = site.start()
+    return _shared, _tls_port
+
+
+def client_context(site: Site) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=os.path.join(site.dir, "keys", "cert.pem"))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx
+
+
+class CurlTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if shutil.which("curl") is None:
+            raise SkipTest("curl is not installed")
+        self.site, self.port = shared_site()
+
+    def curl(self, path: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", os.path.join(self.site.dir, "keys", "cert.pem"), *args,
+             f"https://localhost:{self.port}{path}"],
+            capture_output=True, text=True, timeout=30,
+        )
+
+    def test_echo(self) -> None:
+        """curl offers h2 and http/1.1; it gets http/1.1, isSecure is true, the client address is curl's."""
+        done = self.curl("/echo", "-v", "--resolve", f"localhost:{self.port}:127.0.0.1")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        seen = json.loads(done.stdout)
+        self.assertTrue(seen["secure"])
+        self.assertEqual(seen["client"][0], "127.0.0.1")
+        self.assertEqual(seen["url"], f"https://localhost:{self.port}/echo")
+        facts = seen["tls"]
+        self.assertEqual((facts["sni"], facts["alpn"], facts["version"]), ("localhost", "http/1.1", "TLSv1.3"))
+        self.assertTrue(facts["cipher"])
+        self.assertIn("ALPN: offers h2", done.stderr)
+        self.assertIn("ALPN: server accepted http/1.1", done.stderr)
+
+    def test_template_page(self) -> None:
+        done = self.curl("/hello?name=tls", "--resolve", f"localhost:{self.port}:127.0.0.1")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("tls", done.stdout)
+
+    def test_old_tls_refused(self) -> None:
+        done = self.curl("/echo", "--tlsv1.1", "--tls-max", "1.1", "--resolve", f"localhost:{self.port}:127.0.0.1")
+        self.assertNotEqual(done.returncode, 0, done.stdout)
+
+    def test_plain_listener_not_secure(self) -> None:
+        seen = json.loads(self.site.get("/echo").body)
+        self.assertFalse(seen["secure"])
+        self.assertIsNone(seen["tls"])
+
+
+class PythonClientTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.site, self.port = shared_site()
+
+    def connect(self) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        return client_context(self.site).wrap_socket(raw, server_hostname="localhost")
+
+    def test_keepalive_across_services(self) -> None:
+        """One TLS connection, requests for two services in turn: each sees a secure request."""
+        with self.connect() as s:
+            self.assertEqual(s.selected_alpn_protocol(), "http/1.1")
+            for path in ("/echo", "/hello", "/echo"):
+                s.sendall(request_bytes("GET", path))
+                r = read_response(s)
+                self.assertEqual(r.status, 200, r)
+                if path == "/echo":
+                    seen = json.loads(r.body)
+                    self.assertTrue(seen["secure"])
+                    self.assertEqual(seen["client"], ["127.0.0.1", s.getsockname()[1]])
+
+    def test_access_log(self) -> None:
+        with self.connect() as s:
+            s.sendall(request_bytes("GET", "/echo?case=tlslog", {"Connection": "close"}))
+            self.assertEqual(read_response(s).status, 200)
+            version = s.version()
+        text = self.site.wait_for_log("access.log", lambda t: "case=tlslog " in t)
+        (line,) = [l for l in text.splitlines() if "case=tlslog " in l]
+        self.assertTrue(line.startswith("127.0.0.1 "), line)
+        self.assertEqual(self.site.read_log("access.log").count("case=tlslog "), 1)
+        text = self.site.wait_for_log("access.json", lambda t: "case=tlslog " in t)
+        (record,) = [json.loads(l) for l in text.splitlines() if "case=tlslog " in l]
+        self.assertTrue(record["tls"].startswith(version + "/"), record)
+
+    def test_dispatcher_answers_over_tls(self) -> None:
+        with self.connect() as s:
+            s.sendall(request_bytes("GET", "/nowhere", {"Connection": "close"}))
+            self.assertEqual(read_response(s).status, 404)
+
+    def test_slow_reader_back_pressure(self) -> None:
+        """
+        A client that does not read a 64 MiB response: the TLS front's memory
+        stays bounded (the service waits), and every byte arrives once the
+        client reads.  Without back-pressure the front would take the whole
+        body off the loopback socket pair in well under the watch window.
+        """
+        front = self.site.pids()["tls"]
+        before = rss(front)
+        body = 64 << 20
+        with self.connect() as s:
+            s.sendall(request_bytes("GET", "/big?mib=64", {"Connection": "close"}))
+            peak = before
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:  # a bounded watch of memory, not a wait for an event
+                peak = max(peak, rss(front))
+                time.sleep(0.05)
+            # Measured: about 0.5 MiB with back-pressure, over 6 MiB (and growing) without.
+            self.assertLess(peak - before, 4 << 20, f"the TLS front grew from {before} to {peak} bytes")
+            s.settimeout(30)
+            got = 0
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        self.assertGreater(got, body)
+        self.assertLess(got, body + 4096)
+
+    def test_handshake_deadline(self) -> None:
+        """A client that connects and never completes the handshake is cut after tls_handshake_timeout."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            started = time.monotonic()
+            s.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
+            try:
+                data = s.recv(100)
+            except ConnectionResetError:
+                data = b""
+            elapsed = time.monotonic() - started
+        self.assertEqual(data, b"")
+        self.assertGreater(elapsed, 1.5)
+        self.assertLess(elapsed, 8)
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+class KeyIsolationTests(SynchronousTestCase):
+    """Only the TLS front can read the private key."""
+
+    def setUp(self) -> None:
+        self.site, self.port = shared_site()
+
+    def test_compromised_service_cannot_read_the_key(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("jails need root: unjailed, every process runs as the same user")
+        key = os.path.join(self.site.dir, "keys", "key.pem")
+        cert = os.path.join(self.site.dir, "keys", "cert.pem")
+        r = self.site.get(f"/compromised?path={key}&path={cert}")
+        self.assertEqual(r.status, 200, r)
+        seen = json.loads(r.body)
+        # Not in the service's jail at all, so not even its certificate.
+        self.assertEqual(seen[f"read {key}"], "ENOENT")
+        self.assertEqual(seen[f"read {cert}"], "ENOENT")
+
+    def test_only_the_tls_front_has_the_key_open_or_visible(self) -> None:
+        """The key is in the TLS front's mount namespace and in no other child's."""
+        if os.geteuid() != 0:
+            raise SkipTest("jails need root")
+        key = os.path.join(self.site.dir, "keys", "key.pem")
+        pids = self.site.pids()
+        seen = {}
+        for name, pid in pids.items():
+            with open(f"/proc/{pid}/mountinfo") as f:
+                seen[name] = any(line.split()[4] == key for line in f)
+        self.assertTrue(seen.pop("tls"), pids)
+        self.assertEqual({n for n, v in seen.items() if v}, set())
+
+
+class ReloadTests(SynchronousTestCase):
+    """okws-ctl reload: the TLS front is relaunched and serves the certificate now on disk."""
+
+    def test_new_certificate_after_reload(self) -> None:
+        from tests.test_e2e_operations import ctl
+
+        port = free_port()
+        site = Site(SERVICES, OKWS, listen="tcp:{port}:interface=127.0.0.1\n  ssl:%d:interface=127.0.0.1:privateKey=keys/key.pem:certKey=keys/cert.pem" % port)
+        keys = os.path.join(site.dir, "keys")
+        os.mkdir(keys, 0o700)
+        make_certificate(keys, "first.example")
+        self.addCleanup(site.kill)
+        site.start()
+
+        def served_name() -> str:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="x") as s:
+                der = s.getpeercert(binary_form=True)
+            out = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject"], input=der, capture_output=True, timeout=30)
+            return out.stdout.decode()
+
+        self.assertIn("first.example", served_name())
+        # Replace the files the way a renewal does: new files renamed over the old.
+        new = os.path.join(site.dir, "new")
+        os.mkdir(new, 0o700)
+        make_certificate(new, "second.example")
+        for name in ("key.pem", "cert.pem"):
+            os.replace(os.path.join(new, name), os.path.join(keys, name))
+        old = site.pids()["tls"]
+        mark = site.mark()
+        done = ctl(site, "reload")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        site.wait_for(r"tls pid \d+ is ready", after=mark)
+        # The old front stops accepting and, with no connection left, exits.
+        site.wait_for(rf"tls pid {old} exited after retiring", after=mark)
+        self.assertIn("second.example", served_name())

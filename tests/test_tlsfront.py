@@ -1,0 +1,144 @@
+"""Tests for L{okws_twisted.tlsfront}'s TLS settings and the TLS facts on the handoff channel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from okws_twisted import handoff
+from okws_twisted.channel import ChannelError, Message
+from okws_twisted.config import Listener
+from okws_twisted.tlsfront import CertificateError, server_context
+
+
+def handshake(server_ctx: SSL.Context, client_ctx: SSL.Context) -> tuple[SSL.Connection, SSL.Connection]:
+    """Run a handshake in memory; raise C{SSL.Error} if it fails."""
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    client = SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    client.set_tlsext_host_name(b"example.test")
+    for _ in range(20):
+        for a, b in ((client, server), (server, client)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                b.bio_write(a.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+        try:
+            server.do_handshake()
+            client.do_handshake()
+            return server, client
+        except SSL.WantReadError:
+            continue
+    raise AssertionError("the handshake did not finish")
+
+
+class ContextTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if shutil.which("openssl") is None:
+            raise SkipTest("openssl is not installed")
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        self.key, self.cert = os.path.join(self.dir, "key.pem"), os.path.join(self.dir, "cert.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key, "-out", self.cert,
+             "-days", "2", "-subj", "/CN=example.test"],
+            check=True, capture_output=True, timeout=60,
+        )
+        self.listener = Listener(kind="tcp", port=443, private_key=self.key, cert_key=self.cert)
+
+    def client(self, alpn: list[bytes] | None = None, max_version: int | None = None) -> SSL.Context:
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        if alpn:
+            ctx.set_alpn_protos(alpn)
+        if max_version is not None:
+            ctx.set_min_proto_version(0)
+            ctx.set_max_proto_version(max_version)
+            ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+        return ctx
+
+    def test_alpnPrefersHttp11(self) -> None:
+        """curl offers h2 first: the front picks http/1.1."""
+        server, client = handshake(server_context(self.listener), self.client([b"h2", b"http/1.1"]))
+        self.assertEqual(server.get_alpn_proto_negotiated(), b"http/1.1")
+        self.assertEqual(server.get_servername(), b"example.test")
+
+    def test_noAlpn(self) -> None:
+        server, client = handshake(server_context(self.listener), self.client())
+        self.assertEqual(server.get_alpn_proto_negotiated(), b"")
+
+    def test_tls11Refused(self) -> None:
+        self.assertRaises(SSL.Error, handshake, server_context(self.listener), self.client(max_version=SSL.TLS1_1_VERSION))
+
+    def test_tls12Accepted(self) -> None:
+        server, client = handshake(server_context(self.listener), self.client(max_version=SSL.TLS1_2_VERSION))
+        self.assertEqual(server.get_protocol_version_name(), "TLSv1.2")
+
+    def test_missingKey(self) -> None:
+        os.unlink(self.key)
+        e = self.assertRaises(CertificateError, server_context, self.listener)
+        self.assertIn(self.listener.description, str(e))
+
+    def test_keyDoesNotMatch(self) -> None:
+        other = os.path.join(self.dir, "other.pem")
+        subprocess.run(["openssl", "genrsa", "-out", other, "2048"], check=True, capture_output=True, timeout=60)
+        listener = Listener(kind="tcp", port=443, private_key=other, cert_key=self.cert)
+        self.assertRaises(CertificateError, server_context, listener)
+
+
+FACTS = {"sni": "example.test", "cipher": "TLS_AES_256_GCM_SHA384", "version": "TLSv1.3", "alpn": "http/1.1"}
+
+
+class FactsTests(SynchronousTestCase):
+    def message(self, meta: dict) -> Message:
+        return Message(meta["k"], meta, b"", [7])
+
+    def test_roundTrip(self) -> None:
+        peer, host = IPv4Address("TCP", "192.0.2.7", 4000), IPv4Address("TCP", "192.0.2.1", 443)
+        meta = handoff.connection_meta(handoff.CONN, 1, peer, host, FACTS)
+        conn = handoff.parse_connection(self.message(meta))
+        self.assertEqual(conn.tls, FACTS)
+        self.assertEqual(conn.peer, peer)
+        plain = handoff.parse_connection(self.message(handoff.connection_meta(handoff.CONN, 2, peer, host)))
+        self.assertIsNone(plain.tls)
+
+    def test_bad(self) -> None:
+        for tls in ({"sni": "x"}, {**FACTS, "cipher": 3}, {**FACTS, "extra": ""}, ["x"], {**FACTS, "sni": "x" * 300}):
+            meta = {**handoff.connection_meta(handoff.CONN, 1, IPv4Address("TCP", "1.2.3.4", 1), IPv4Address("TCP", "1.2.3.4", 2)), "tls": tls}
+            self.assertRaises(ChannelError, handoff.parse_connection, self.message(meta))
+
+    def test_summary(self) -> None:
+        self.assertEqual(handoff.tls_summary(FACTS), "TLSv1.3/TLS_AES_256_GCM_SHA384")
+
+
+class StartupCheckTests(SynchronousTestCase):
+    """okws refuses to start with a missing key or certificate file, naming it."""
+
+    def test_missing(self) -> None:
+        from okws_twisted.config import parse
+        from okws_twisted.tap import check_tls_files
+
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        open(os.path.join(d, "key.pem"), "w").close()
+        os.mkdir(os.path.join(d, "cert.pem"))
+        site = parse(
+            "[okws]\nlisten = ssl:443:privateKey=key.pem:certKey=cert.pem\n  ssl:444:privateKey=gone.pem\n"
+            "[service:a]\nresource = a.b:C\npaths = /a\n",
+            "site.ini", d,
+        )
+        self.assertEqual(check_tls_files(site), [
+            f"site.ini: [okws] listen: 'ssl:443:privateKey=key.pem:certKey=cert.pem': certKey {d}/cert.pem is not a file",
+            f"site.ini: [okws] listen: 'ssl:444:privateKey=gone.pem': privateKey {d}/gone.pem does not exist",
+            f"site.ini: [okws] listen: 'ssl:444:privateKey=gone.pem': certKey {d}/gone.pem does not exist",
+        ])
