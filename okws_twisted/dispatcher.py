@@ -315,7 +315,11 @@ class InstanceLink:
         if self.channel.connected:
             self.channel.send({"k": handoff.BACKACK, "ids": [b.id for b in backs]})
         for back in backs:
-            self.dispatcher.adopt(back.fd, back.peer, back.host, back.data, back.tls)
+            try:
+                self.dispatcher.adopt(back.fd, back.peer, back.host, back.data, back.tls)
+            except Exception:
+                # One connection's failure must not close this instance's channel.
+                self.log.failure("taking back connection {id} from {link} failed", id=back.id, link=self.name)
 
     def _lost(self, reason: Failure) -> None:
         self.dispatcher.link_lost(self)

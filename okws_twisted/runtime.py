@@ -542,7 +542,12 @@ class ServiceRuntime:
         # unacknowledged connection is one the dispatcher may give elsewhere.
         self._send_ack([c.id for c in incoming])
         for conn in incoming:
-            self.adopt(conn)
+            try:
+                self.adopt(conn)
+            except Exception:
+                # One connection's failure must not close the channel that
+                # carries every other connection to this instance.
+                self.log.failure("adopting connection {id} failed", id=conn.id)
 
     def _send_stats(self) -> None:
         """Report cumulative counters to the dispatcher, if they changed."""
