@@ -69,6 +69,9 @@ class _Flusher:
         for transport in pending:
             transport._flush_scheduled = False
             transport._flush_batch()
+            if transport.disconnecting and transport._lingering is None and not transport._buffer:
+                # loseConnection() was called: everything is sent, close.
+                transport._lose_now(error.ConnectionDone())
 
 
 _flushers: dict[int, _Flusher] = {}
@@ -315,14 +318,19 @@ class SocketTransport:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        """Close once everything written so far is sent."""
+        """Close once everything written so far is sent.
+
+        What is batched is sent, and the socket closed, at the end of this
+        reactor iteration (with every other transport's), not one timed call
+        per connection.
+        """
         if not self.connected or self.disconnecting or self.detached:
             return
-        self._flush_batch()
         self.disconnecting = True
         self._stop_reading()
-        if not self._buffer:
-            self.reactor.callLater(0, self._lose_now, error.ConnectionDone())  # type: ignore[attr-defined]
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._flusher.add(self)
 
     def close_lingering(self) -> None:
         """Close after an error answer without destroying that answer.
