@@ -38,6 +38,8 @@ from zope.interface import implementer
 
 READ_SIZE = 65536
 WRITE_HIGH_WATER = 256 * 1024
+#: A write outside a read smaller than this waits for the end of the reactor iteration.
+BATCH_LIMIT = 64 * 1024
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
 
@@ -155,6 +157,7 @@ class SocketTransport:
         self._lingering: object = None
         self._discarded = 0
         self._batch: list[bytes] | None = None
+        self._batch_bytes = 0
         self._flush_scheduled = False
         self._flusher = _flusher(reactor)
 
@@ -208,6 +211,7 @@ class SocketTransport:
         """
         if self._batch is None:
             self._batch = []
+            self._batch_bytes = 0
         try:
             self.protocol.dataReceived(data)
         finally:
@@ -282,8 +286,24 @@ class SocketTransport:
     def write(self, data: bytes) -> None:
         if not data or not self.connected or self.disconnecting or self.detached:
             return
-        if self._batch is not None:
-            self._batch.append(data)
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+            self._batch_bytes += len(data)
+            if self._batch_bytes >= BATCH_LIMIT:
+                # Big enough for a send of its own; and the high-water mark
+                # (pausing the producer) must see it.
+                self._flush_batch()
+            return
+        if len(data) < BATCH_LIMIT and not self._buffer:
+            # A write made outside a read (an asynchronous response): what
+            # else is written in this reactor iteration (twisted.web writes a
+            # response's head, body and end separately) leaves in one send.
+            self._batch = [data]
+            self._batch_bytes = len(data)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._flusher.add(self)
             return
         self._send(data)
 
