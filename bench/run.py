@@ -995,14 +995,14 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
     add("")
     add("memory (VmRSS, MiB)")
     labels = ["start", "after runs"] + (["after handoff"] if bench.handoff else [])
-    add(f"  {'process':<24}" + "".join(f"{lab:>15}" for lab in labels) + f"{'peak (VmHWM)':>15}")
+    add(f"  {'process':<30}" + "".join(f"{lab:>15}" for lab in labels) + f"{'peak (VmHWM)':>15}")
     for proc_name, readings in bench.memory.items():
         cells = []
         for lab in labels:
             v = readings.get(lab, {}).get("VmRSS")
             cells.append(f"{v / 1024:>15.1f}" if v else f"{'-':>15}")
         hwm = max((r.get("VmHWM", 0) for r in readings.values()), default=0)
-        add(f"  {proc_name:<24}" + "".join(cells) + (f"{hwm / 1024:>15.1f}" if hwm else f"{'-':>15}"))
+        add(f"  {proc_name:<30}" + "".join(cells) + (f"{hwm / 1024:>15.1f}" if hwm else f"{'-':>15}"))
     h = bench.handoff
     if h is not None:
         add("")
