@@ -66,6 +66,18 @@ PATH = "/hello"
 OKWS, PEER_NAME = "okws", "twisted.web"
 SERVERS = (OKWS, PEER_NAME)
 WORKLOADS = ("keepalive", "newconn")
+#: Each pairing compares okws and the peer doing the same logging work:
+#: "logging on": okws's default (access log on, written by the log daemon) against the peer
+#: writing twisted.web's default combined log (as `twistd web --logfile` does);
+#: "logging off": okws with `access_log = no` against the peer with no log.
+LOG_ON, LOG_OFF = "logging on", "logging off"
+PAIRINGS = (LOG_ON, LOG_OFF)
+PAIRING_TEXT = {
+    LOG_ON: "logging on = okws default (access log) vs twisted.web with its combined access log",
+    LOG_OFF: "logging off = okws with access_log = no vs twisted.web with no log",
+}
+#: Prefix of the logging-off okws site's process names in memory readings.
+NOLOG_PREFIX = "nolog:"
 
 START_TIMEOUT = 60.0  # okws "site ready" / peer "listening on"
 STOP_TIMEOUT = 15.0  # SIGTERM -> exit, before SIGKILL
@@ -312,7 +324,9 @@ class OkwsSite(Server):
 
     name = OKWS
 
-    def __init__(self, workdir: str, instances: int, settings: list[tuple[str, str]] = []) -> None:
+    def __init__(self, workdir: str, instances: int, settings: list[tuple[str, str]] = [], label: str = "okws") -> None:
+        os.makedirs(workdir, exist_ok=True)
+        self.label = label
         self.dir = workdir
         self.instances = instances
         os.symlink(os.path.join(SOURCE, "services"), os.path.join(workdir, "services"))
@@ -347,13 +361,13 @@ class OkwsSite(Server):
             env=env,
         )
         self.out = Lines(self.proc, self.log_path)
-        self.out.wait_for(r"site ready", START_TIMEOUT, "okws")
+        self.out.wait_for(r"site ready", START_TIMEOUT, self.label)
         for name, pid in self.children().items():
             REAPER.watch(pid, "okws_twisted")
         want = {"dispatcher"} | {f"hello.{i}" for i in range(self.instances)}
         missing = want - set(self.children())
         if missing:
-            raise HarnessError(f"okws: site ready but no pid seen for {sorted(missing)}:\n" + self.out.tail())
+            raise HarnessError(f"{self.label}: site ready but no pid seen for {sorted(missing)}:\n" + self.out.tail())
 
     def children(self) -> dict[str, int]:
         """The current pid of each child, from the launcher's "started NAME as pid N" lines."""
@@ -401,6 +415,7 @@ class Peer(Server):
     def __init__(self, workdir: str, access_log: str | None) -> None:
         self.dir = workdir
         self.access_log = access_log
+        self.label = "twisted.web peer" + (" (access log)" if access_log else "")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -411,8 +426,8 @@ class Peer(Server):
         env = dict(os.environ)
         env["PYTHONPATH"] = SOURCE + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = REAPER.popen(argv, cwd=SOURCE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-        self.out = Lines(self.proc, os.path.join(self.dir, "peer.log"))
-        m = self.out.wait_for(r"listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT, "twisted.web peer")
+        self.out = Lines(self.proc, os.path.join(self.dir, "peer-log.txt" if self.access_log else "peer.txt"))
+        m = self.out.wait_for(r"listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT, self.label)
         self.url = f"http://127.0.0.1:{m.group(1)}{PATH}"
 
     def processes(self) -> dict[str, int]:
@@ -572,32 +587,44 @@ class Options:
     peer_access_log: str | None
     quick: bool
     okws_settings: list[tuple[str, str]]
+    pairings: tuple[str, ...] = PAIRINGS
 
 
 @dataclass
 class Bench:
     opts: Options
-    okws: OkwsSite
-    peer: Peer
+    #: pairing -> (the okws site, the twisted.web peer) measured against each other
+    pairs: dict[str, tuple[OkwsSite, Peer]]
     runs: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     handoff: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
-    def server(self, name: str) -> Server:
-        return self.okws if name == OKWS else self.peer
+    @property
+    def okws(self) -> OkwsSite:
+        """The main okws site (logging on, unless only logging off is measured)."""
+        return self.pairs[self.opts.pairings[0]][0]
+
+    def servers(self) -> list[Server]:
+        return [server for pair in self.pairs.values() for server in pair]
+
+    def server(self, pairing: str, name: str) -> Server:
+        okws, peer = self.pairs[pairing]
+        return okws if name == OKWS else peer
 
     def read_memory(self, label: str) -> None:
-        for server in (self.okws, self.peer):
-            for proc_name, pid in server.processes().items():
-                key = "twisted.web peer" if server is self.peer else proc_name
-                self.memory.setdefault(key, {})[label] = rss_kib(pid)
+        for pairing, (okws, peer) in self.pairs.items():
+            prefix = NOLOG_PREFIX if pairing == LOG_OFF else ""
+            for proc_name, pid in okws.processes().items():
+                self.memory.setdefault(prefix + proc_name, {})[label] = rss_kib(pid)
+            key = "twisted.web peer" + (" (access log)" if pairing == LOG_ON else "")
+            self.memory.setdefault(key, {})[label] = rss_kib(peer.proc.pid if peer.proc else 0)
 
-    def measure(self, workload: str, server_name: str, repeat: int) -> dict[str, Any]:
-        server = self.server(server_name)
+    def measure(self, workload: str, pairing: str, server_name: str, repeat: int) -> dict[str, Any]:
+        server = self.server(pairing, server_name)
         o = self.opts
         close = workload == "newconn"
-        log(f"{workload} / {server_name} (repeat {repeat + 1}/{o.repeat}): warm-up {o.warmup}s, run {o.duration}s")
+        log(f"{workload} / {pairing} / {server_name} (repeat {repeat + 1}/{o.repeat}): warm-up {o.warmup}s, run {o.duration}s")
         warm = run_wrk(server.url, o.warmup, o.connections, o.threads, close, latency=False)
         procs = server.processes()
         cpu0 = {n: cpu_seconds(p) for n, p in procs.items()}
@@ -617,6 +644,7 @@ class Bench:
         other_cores = max(0.0, machine_cores - (cpu_total + wrk_cpu) / wall)
         run = {
             "workload": workload,
+            "pairing": pairing,
             "server": server_name,
             "repeat": repeat,
             "warmup": warm.as_dict(),
@@ -648,8 +676,9 @@ class Bench:
         for w_index, workload in enumerate(o.workloads):
             for r in range(o.repeat):
                 order = SERVERS if (r + w_index) % 2 == 0 else tuple(reversed(SERVERS))
-                for name in order:
-                    self.measure(workload, name, r)
+                for pairing in o.pairings:
+                    for name in order:
+                        self.measure(workload, pairing, name, r)
 
     def handoff_growth(self) -> None:
         """N new-connection requests through okws, in chunks; the dispatcher's RSS after each."""
@@ -721,11 +750,17 @@ def mean(values: list[float]) -> float:
 
 
 def summarize(bench: Bench) -> dict[str, Any]:
+    """pairing -> workload -> the numbers of each server and their ratios."""
+    return {pairing: summarize_pairing(bench, pairing) for pairing in bench.opts.pairings}
+
+
+def summarize_pairing(bench: Bench, pairing: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    all_runs = [r for r in bench.runs if r["pairing"] == pairing]
     for workload in bench.opts.workloads:
         entry: dict[str, Any] = {}
         for name in SERVERS:
-            runs = [r for r in bench.runs if r["workload"] == workload and r["server"] == name]
+            runs = [r for r in all_runs if r["workload"] == workload and r["server"] == name]
             errs: dict[str, int] = {}
             for r in runs:
                 for k, v in r["errors"].items():
@@ -742,8 +777,8 @@ def summarize(bench: Bench) -> dict[str, Any]:
             }
         pairs = []
         for r in range(bench.opts.repeat):
-            a = [x for x in bench.runs if x["workload"] == workload and x["repeat"] == r and x["server"] == OKWS]
-            b = [x for x in bench.runs if x["workload"] == workload and x["repeat"] == r and x["server"] == PEER_NAME]
+            a = [x for x in all_runs if x["workload"] == workload and x["repeat"] == r and x["server"] == OKWS]
+            b = [x for x in all_runs if x["workload"] == workload and x["repeat"] == r and x["server"] == PEER_NAME]
             if a and b and b[0]["rps"]:
                 pairs.append(round(a[0]["rps"] / b[0]["rps"], 3))
         peer_rps = entry[PEER_NAME]["rps"]
@@ -763,21 +798,23 @@ def summarize(bench: Bench) -> dict[str, Any]:
 def targets(bench: Bench, results: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     labels = {"keepalive": "keep-alive req/s okws/twisted.web", "newconn": "new-connection req/s okws/twisted.web"}
-    for workload in bench.opts.workloads:
-        r = results[workload]
-        out.append(
-            {
-                "name": labels[workload],
-                "value": r["ratio"],
-                "shown": f"{r['ratio']:.2f}x" + (" (errors)" if r["errors_invalidate"] else ""),
-                "target": f">= {TARGETS[workload]:.1f}x",
-                "pass": r["pass"],
-            }
-        )
+    for pairing in bench.opts.pairings:
+        for workload in bench.opts.workloads:
+            r = results[pairing][workload]
+            out.append(
+                {
+                    "name": f"{labels[workload]}, {pairing}",
+                    "pairing": pairing,
+                    "value": r["ratio"],
+                    "shown": f"{r['ratio']:.2f}x" + (" (errors)" if r["errors_invalidate"] else ""),
+                    "target": f">= {TARGETS[workload]:.1f}x",
+                    "pass": r["pass"],
+                }
+            )
     instance_rss = {
         name: max(v.get("VmRSS", 0) for label, v in readings.items() if label in ("start", "after runs"))
         for name, readings in bench.memory.items()
-        if re.fullmatch(r"hello\.\d+", name)
+        if re.fullmatch(r"(?:" + NOLOG_PREFIX + r")?hello\.\d+", name)
     }
     if instance_rss:
         worst = max(instance_rss.values()) / 1024
@@ -892,68 +929,80 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
         + (f", peer access log {o.peer_access_log}" if o.peer_access_log else "")
     )
     add(f"okws code: {info['okws_code']}")
+    add("pairings: " + "; ".join(PAIRING_TEXT[p] for p in o.pairings))
     add("")
-    add(f"{'workload':<12} {'server':<13} {'req/s':>8}  {'p99':>8}  {'errors':>6}  {'cpu/req':>8}")
-    for workload in o.workloads:
-        r = results[workload]
-        for name in SERVERS:
-            s = r[name]
-            errs = str(s["errors"])
-            if s["errors"]:
-                errs += " (" + ", ".join(f"{k} {v}" for k, v in s["error_kinds"].items() if v) + ")"
-            cpu = f"{s['cpu_us_per_request']:.0f}us" if s["cpu_us_per_request"] else "-"
-            add(f"{workload:<12} {name:<13} {s['rps']:>8.0f}  {fmt_ms(s['p99_ms']):>8}  {errs:>6}  {cpu:>8}")
-        per = ""
-        if len(r["ratio_per_repeat"]) > 1:
-            per = "   (per repeat: " + " ".join(f"{x:.2f}x" for x in r["ratio_per_repeat"]) + ")"
-        add(
-            f"{'':<12} ratio okws/twisted.web = {r['ratio']:.2f}x   "
-            f"(target >= {r['target']:.1f}x: {'PASS' if r['pass'] else 'MISS'}"
-            f"{', because of errors' if r['errors_invalidate'] else ''}){per}"
-        )
-        if r["cpu_per_request_ratio"]:
-            add(f"{'':<12} CPU per request okws/twisted.web = {r['cpu_per_request_ratio']:.2f}x")
+    add(f"{'workload':<12} {'server':<13} " + "".join(f"{p:>44}" for p in o.pairings))
+    add(f"{'':<12} {'':<13} " + f"{'req/s':>12}  {'p99':>8}  {'errors':>8}  {'cpu/req':>8}" * len(o.pairings))
     for workload in o.workloads:
         for name in SERVERS:
-            busy = results[workload][name]["busy_connections"]
-            if busy < STALL_FRACTION * o.connections:
-                add(
-                    f"WARNING {workload}/{name}: on average only {busy:.0f} of {o.connections} connections had a request "
-                    "in flight (req/s x mean latency): requests waited outside wrk's latency clock, i.e. "
-                    "connections stalled (a request left unanswered) or were reconnecting, or wrk was the bottleneck."
-                )
+            row = f"{workload:<12} {name:<13} "
+            for pairing in o.pairings:
+                s = results[pairing][workload][name]
+                errs = str(s["errors"])
+                if s["errors"]:
+                    errs += " (" + ", ".join(f"{k} {v}" for k, v in s["error_kinds"].items() if v) + ")"
+                cpu = f"{s['cpu_us_per_request']:.0f}us" if s["cpu_us_per_request"] else "-"
+                row += f"{s['rps']:>12.0f}  {fmt_ms(s['p99_ms']):>8}  {errs:>8}  {cpu:>8}"
+            add(row)
+        for pairing in o.pairings:
+            r = results[pairing][workload]
+            per = ""
+            if len(r["ratio_per_repeat"]) > 1:
+                per = "   (per repeat: " + " ".join(f"{x:.2f}x" for x in r["ratio_per_repeat"]) + ")"
+            cpu_ratio = f", CPU per request {r['cpu_per_request_ratio']:.2f}x" if r["cpu_per_request_ratio"] else ""
+            add(
+                f"{'':<12} {pairing}: ratio okws/twisted.web = {r['ratio']:.2f}x   "
+                f"(target >= {r['target']:.1f}x: {'PASS' if r['pass'] else 'MISS'}"
+                f"{', because of errors' if r['errors_invalidate'] else ''}){cpu_ratio}{per}"
+            )
+    for pairing in o.pairings:
+        for workload in o.workloads:
+            for name in SERVERS:
+                busy = results[pairing][workload][name]["busy_connections"]
+                if busy < STALL_FRACTION * o.connections:
+                    add(
+                        f"WARNING {workload}/{pairing}/{name}: on average only {busy:.0f} of {o.connections} connections had a request "
+                        "in flight (req/s x mean latency): requests waited outside wrk's latency clock, i.e. "
+                        "connections stalled (a request left unanswered) or were reconnecting, or wrk was the bottleneck."
+                    )
     add("")
     add("req/s and p99 are means over the repeats; errors are non-2xx/3xx responses plus socket errors;")
-    add("cpu/req is the CPU time of all the server's processes (okws: launcher + dispatcher + instances) per request.")
+    add(
+        "cpu/req is the CPU time of all the server's processes per request "
+        "(okws: launcher + dispatcher + instances + log daemon + template publisher)."
+    )
     other = mean([r["other_cores_busy"] for r in bench.runs])
     add(
         f"other processes on this machine used {other:.2f} of {info['nproc']} cores on average during the measured runs"
         + ("  (BUSY MACHINE: treat the numbers with extra care)" if other > 0.25 else "")
     )
     # Where the okws CPU went, per workload: cores used by each process (mean over repeats).
-    for workload in o.workloads:
-        runs = [r for r in bench.runs if r["workload"] == workload and r["server"] == OKWS]
-        if runs:
-            names = list(runs[0]["cpu_cores_used"])
-            used = {n: mean([r["cpu_cores_used"].get(n, 0.0) for r in runs]) for n in names}
-            peer_runs = [r for r in bench.runs if r["workload"] == workload and r["server"] == PEER_NAME]
-            peer_used = mean([sum(r["cpu_cores_used"].values()) for r in peer_runs])
-            add(
-                f"cores used during {workload}: okws "
-                + ", ".join(f"{n} {c:.2f}" for n, c in used.items())
-                + f"; twisted.web {peer_used:.2f}"
-            )
+    for pairing in o.pairings:
+        for workload in o.workloads:
+            runs = [r for r in bench.runs if r["workload"] == workload and r["server"] == OKWS and r["pairing"] == pairing]
+            if runs:
+                names = list(runs[0]["cpu_cores_used"])
+                used = {n: mean([r["cpu_cores_used"].get(n, 0.0) for r in runs]) for n in names}
+                peer_runs = [
+                    r for r in bench.runs if r["workload"] == workload and r["server"] == PEER_NAME and r["pairing"] == pairing
+                ]
+                peer_used = mean([sum(r["cpu_cores_used"].values()) for r in peer_runs])
+                add(
+                    f"cores used during {workload}, {pairing}: okws "
+                    + ", ".join(f"{n} {c:.2f}" for n, c in used.items())
+                    + f"; twisted.web {peer_used:.2f}"
+                )
     add("")
     add("memory (VmRSS, MiB)")
     labels = ["start", "after runs"] + (["after handoff"] if bench.handoff else [])
-    add(f"  {'process':<24}" + "".join(f"{lab:>15}" for lab in labels) + f"{'peak (VmHWM)':>15}")
+    add(f"  {'process':<30}" + "".join(f"{lab:>15}" for lab in labels) + f"{'peak (VmHWM)':>15}")
     for proc_name, readings in bench.memory.items():
         cells = []
         for lab in labels:
             v = readings.get(lab, {}).get("VmRSS")
             cells.append(f"{v / 1024:>15.1f}" if v else f"{'-':>15}")
         hwm = max((r.get("VmHWM", 0) for r in readings.values()), default=0)
-        add(f"  {proc_name:<24}" + "".join(cells) + (f"{hwm / 1024:>15.1f}" if hwm else f"{'-':>15}"))
+        add(f"  {proc_name:<30}" + "".join(cells) + (f"{hwm / 1024:>15.1f}" if hwm else f"{'-':>15}"))
     h = bench.handoff
     if h is not None:
         add("")
@@ -986,12 +1035,13 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
     for problem in bench.problems:
         add("")
         add(f"PROBLEM: {problem}")
-    incidents = bench.okws.incidents() if bench.okws.out else []
-    if incidents:
-        add("")
-        add(f"okws log lines worth a look ({len(incidents)}; full log: {bench.okws.log_path}):")
-        for line in incidents[:10]:
-            add("  " + line[:200])
+    for pairing, (okws, _peer) in bench.pairs.items():
+        incidents = okws.incidents() if okws.out else []
+        if incidents:
+            add("")
+            add(f"okws ({pairing}) log lines worth a look ({len(incidents)}; full log: {okws.log_path}):")
+            for line in incidents[:10]:
+                add("  " + line[:200])
     return "\n".join(lines)
 
 
@@ -1019,9 +1069,16 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument(
+        "--logging",
+        choices=("both", "on", "off"),
+        default="both",
+        help="which pairings to measure: logging on (okws default vs twisted.web with its combined access log), "
+        "logging off (okws with access_log = no vs twisted.web with no log), or both (default)",
+    )
+    p.add_argument(
         "--peer-access-log",
         metavar="PATH",
-        help="make the twisted.web peer write its combined access log to PATH (default: no access log)",
+        help="where the logging-on twisted.web peer writes its combined access log (default: the scratch directory)",
     )
     p.add_argument(
         "--okws-set",
@@ -1080,6 +1137,7 @@ def parse_args(argv: list[str] | None) -> Options:
         peer_access_log=a.peer_access_log,
         quick=a.quick,
         okws_settings=okws_settings,
+        pairings={"both": PAIRINGS, "on": (LOG_ON,), "off": (LOG_OFF,)}[a.logging],
     )
 
 
@@ -1105,17 +1163,30 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     workdir = tempfile.mkdtemp(prefix="okws-bench-")
-    okws = OkwsSite(workdir, opts.instances, opts.okws_settings)
-    peer = Peer(workdir, opts.peer_access_log)
-    bench = Bench(opts, okws, peer)
+    pairs: dict[str, tuple[OkwsSite, Peer]] = {}
+    for pairing in opts.pairings:
+        if pairing == LOG_ON:
+            pairs[pairing] = (
+                OkwsSite(os.path.join(workdir, "okws"), opts.instances, opts.okws_settings),
+                Peer(workdir, opts.peer_access_log or os.path.join(workdir, "peer-access.log")),
+            )
+        else:
+            settings = [kv for kv in opts.okws_settings if kv[0] != "access_log"] + [("access_log", "no")]
+            pairs[pairing] = (
+                OkwsSite(os.path.join(workdir, "okws-nolog"), opts.instances, settings, label="okws (access_log = no)"),
+                Peer(workdir, None),
+            )
+    bench = Bench(opts, pairs)
+    okws = bench.okws
     keep_workdir = False
     try:
-        log(f"starting okws ({opts.instances} hello instance(s)) and the twisted.web peer; scratch dir {workdir}")
-        okws.start()
-        peer.start()
-        okws.check()
-        peer.check()
-        log(f"okws at {okws.url} (processes {okws.processes()}); twisted.web at {peer.url}")
+        log(f"starting okws ({opts.instances} hello instance(s)) and the twisted.web peer for: {', '.join(pairs)}; scratch dir {workdir}")
+        for server in bench.servers():
+            server.start()
+        for server in bench.servers():
+            server.check()
+        for pairing, (o_site, peer) in pairs.items():
+            log(f"{pairing}: okws at {o_site.url} (processes {o_site.processes()}); twisted.web at {peer.url}")
         time.sleep(SETTLE)
         bench.read_memory("start")
         bench.workloads()
@@ -1124,16 +1195,18 @@ def main(argv: list[str] | None = None) -> int:
         if opts.handoff:
             bench.handoff_growth()
             bench.read_memory("after handoff")
-        for server in (okws, peer):
+        for server in bench.servers():
             try:
                 server.check()  # still serving after all that?
             except HarnessError as e:
                 bench.problems.append(f"after the runs: {e}")
-        before = {n: p for n, p in okws.processes().items()}
+        before = {
+            pairing: {OKWS: dict(o_site.processes()), PEER_NAME: peer.processes()} for pairing, (o_site, peer) in pairs.items()
+        }
         results = summarize(bench)
         goals = targets(bench, results)
         report = render(bench, info, results, goals)
-        if okws.incidents():
+        if any(o_site.incidents() for o_site, _peer in pairs.values()):
             keep_workdir = True
         if opts.json_path:
             doc = {
@@ -1151,15 +1224,16 @@ def main(argv: list[str] | None = None) -> int:
                     "resource": RESOURCE,
                     "peer_access_log": opts.peer_access_log,
                     "okws_settings": dict(opts.okws_settings),
+                    "pairings": list(opts.pairings),
                 },
-                "urls": {OKWS: okws.url, PEER_NAME: peer.url},
-                "processes": {OKWS: before, PEER_NAME: peer.processes()},
+                "urls": {pairing: {OKWS: o_site.url, PEER_NAME: peer.url} for pairing, (o_site, peer) in pairs.items()},
+                "processes": before,
                 "results": results,
                 "runs": bench.runs,
                 "memory_kib": bench.memory,
                 "handoff_growth": bench.handoff,
                 "targets": goals,
-                "okws_incidents": okws.incidents(),
+                "okws_incidents": [line for o_site, _peer in pairs.values() for line in o_site.incidents()],
                 "problems": bench.problems,
             }
             with open(opts.json_path, "w") as f:
@@ -1167,7 +1241,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write("\n")
         print(report, flush=True)
         if keep_workdir:
-            print(f"\n(okws log kept in {okws.log_path})", flush=True)
+            print(f"\n(okws logs kept in {workdir})", flush=True)
         return 1 if bench.problems else 0
     except HarnessError as e:
         keep_workdir = True
@@ -1180,8 +1254,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            okws.stop()
-            peer.stop()
+            for server in bench.servers():
+                server.stop()  # type: ignore[attr-defined]
         finally:
             REAPER.kill_all()
             if not keep_workdir:

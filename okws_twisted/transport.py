@@ -39,6 +39,8 @@ from zope.interface import implementer
 
 READ_SIZE = 65536
 WRITE_HIGH_WATER = 256 * 1024
+#: A write outside a read smaller than this waits for the end of the reactor iteration.
+BATCH_LIMIT = 64 * 1024
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
 
@@ -59,6 +61,46 @@ def transport_for(
     transport = DecryptedSocketTransport(reactor, sock, protocol, peer, host)
     transport.tls = tls
     return transport
+
+
+class _Flusher:
+    """Sends, once per reactor iteration, what transports wrote while reading.
+
+    Sending each response the moment it is written costs a system call (and
+    on loopback, a wakeup of the client) per response, interleaved with the
+    reads; sending all of an iteration's responses after its reads is what
+    Twisted's own TCP transport does, without its add/remove-writer churn.
+    """
+
+    def __init__(self, reactor: object) -> None:
+        self.reactor = reactor
+        self.pending: list["SocketTransport"] = []
+        self.call: object = None
+
+    def add(self, transport: "SocketTransport") -> None:
+        self.pending.append(transport)
+        if self.call is None:
+            self.call = self.reactor.callLater(0, self.run)  # type: ignore[attr-defined]
+
+    def run(self) -> None:
+        self.call = None
+        pending, self.pending = self.pending, []
+        for transport in pending:
+            transport._flush_scheduled = False
+            transport._flush_batch()
+            if transport.disconnecting and transport._lingering is None and not transport._buffer:
+                # loseConnection() was called: everything is sent, close.
+                transport._lose_now(error.ConnectionDone())
+
+
+_flushers: dict[int, _Flusher] = {}
+
+
+def _flusher(reactor: object) -> _Flusher:
+    f = _flushers.get(id(reactor))
+    if f is None or f.reactor is not reactor:
+        f = _flushers[id(reactor)] = _Flusher(reactor)
+    return f
 
 
 def address_of(sockaddr: object, family: int) -> IAddress:
@@ -132,6 +174,9 @@ class SocketTransport:
         self._lingering: object = None
         self._discarded = 0
         self._batch: list[bytes] | None = None
+        self._batch_bytes = 0
+        self._flush_scheduled = False
+        self._flusher = _flusher(reactor)
 
     def start(self, data: bytes = b"") -> None:
         """Connect the protocol, replay C{data} already read elsewhere, then read."""
@@ -181,19 +226,24 @@ class SocketTransport:
         twisted.web writes a response's head and body separately; sending each
         at once would cost a system call and a TCP segment apiece.
         """
-        self._batch = []
+        if self._batch is None:
+            self._batch = []
+            self._batch_bytes = 0
         try:
             self.protocol.dataReceived(data)
         finally:
-            self._flush_batch()
-            self._batch = None
+            if self._batch:
+                if not self._flush_scheduled:
+                    self._flush_scheduled = True
+                    self._flusher.add(self)
+            else:
+                self._batch = None
 
     def _flush_batch(self) -> None:
-        """Send what was written during this read (before closing or handing off)."""
-        if self._batch:
-            data = b"".join(self._batch)
-            self._batch = []
-            self._send(data)
+        """Send what was written while reading (now: before closing or handing off)."""
+        batch, self._batch = self._batch, None
+        if batch:
+            self._send(b"".join(batch))
 
     def doWrite(self) -> object:
         while self._buffer:
@@ -253,8 +303,24 @@ class SocketTransport:
     def write(self, data: bytes) -> None:
         if not data or not self.connected or self.disconnecting or self.detached:
             return
-        if self._batch is not None:
-            self._batch.append(data)
+        batch = self._batch
+        if batch is not None:
+            batch.append(data)
+            self._batch_bytes += len(data)
+            if self._batch_bytes >= BATCH_LIMIT:
+                # Big enough for a send of its own; and the high-water mark
+                # (pausing the producer) must see it.
+                self._flush_batch()
+            return
+        if len(data) < BATCH_LIMIT and not self._buffer:
+            # A write made outside a read (an asynchronous response): what
+            # else is written in this reactor iteration (twisted.web writes a
+            # response's head, body and end separately) leaves in one send.
+            self._batch = [data]
+            self._batch_bytes = len(data)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._flusher.add(self)
             return
         self._send(data)
 
@@ -289,14 +355,19 @@ class SocketTransport:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        """Close once everything written so far is sent."""
+        """Close once everything written so far is sent.
+
+        What is batched is sent, and the socket closed, at the end of this
+        reactor iteration (with every other transport's), not one timed call
+        per connection.
+        """
         if not self.connected or self.disconnecting or self.detached:
             return
-        self._flush_batch()
         self.disconnecting = True
         self._stop_reading()
-        if not self._buffer:
-            self.reactor.callLater(0, self._lose_now, error.ConnectionDone())  # type: ignore[attr-defined]
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._flusher.add(self)
 
     def close_lingering(self) -> None:
         """Close after an error answer without destroying that answer.
@@ -336,8 +407,7 @@ class SocketTransport:
         """Close at once, dropping unsent data."""
         if not self.connected or self.detached:
             return
-        if self._batch:
-            self._batch = []
+        self._batch = None
         self._buffer.clear()
         self._buffered = 0
         self._lose_now(error.ConnectionAborted())

@@ -49,18 +49,27 @@ class BenchHarnessTests(SynchronousTestCase):
         with open(out) as f:
             doc = json.load(f)
 
-        for workload in ("keepalive", "newconn"):
-            self.assertIn(workload, doc["results"], detail)
-            for server in ("okws", "twisted.web"):
-                result = doc["results"][workload][server]
-                self.assertGreater(result["rps"], 0, f"{workload}/{server}{detail}")
-                self.assertEqual(result["errors"], 0, f"{workload}/{server}: {result['error_kinds']}{detail}")
-            self.assertGreater(doc["results"][workload]["ratio"], 0, detail)
-        runs = {(r["workload"], r["server"]) for r in doc["runs"]}
-        self.assertEqual(runs, {(w, s) for w in ("keepalive", "newconn") for s in ("okws", "twisted.web")})
+        pairings = ("logging on", "logging off")
+        self.assertEqual(doc["settings"]["pairings"], list(pairings))
+        for pairing in pairings:
+            for workload in ("keepalive", "newconn"):
+                self.assertIn(workload, doc["results"][pairing], detail)
+                for server in ("okws", "twisted.web"):
+                    result = doc["results"][pairing][workload][server]
+                    self.assertGreater(result["rps"], 0, f"{pairing}/{workload}/{server}{detail}")
+                    self.assertEqual(result["errors"], 0, f"{pairing}/{workload}/{server}: {result['error_kinds']}{detail}")
+                self.assertGreater(doc["results"][pairing][workload]["ratio"], 0, detail)
+        runs = {(r["pairing"], r["workload"], r["server"]) for r in doc["runs"]}
+        self.assertEqual(
+            runs, {(p, w, s) for p in pairings for w in ("keepalive", "newconn") for s in ("okws", "twisted.web")}
+        )
+        # The log daemon's CPU counts in okws's CPU per request.
+        for run in doc["runs"]:
+            if run["server"] == "okws":
+                self.assertIn("logd", run["cpu_seconds"], detail)
 
         memory = doc["memory_kib"]
-        for process in ("launcher", "dispatcher", "hello.0"):
+        for process in ("launcher", "dispatcher", "hello.0", "logd", "nolog:hello.0"):
             self.assertGreater(memory[process]["start"]["VmRSS"], 0, process)
             self.assertGreater(memory[process]["after runs"]["VmRSS"], 0, process)
 
@@ -72,10 +81,11 @@ class BenchHarnessTests(SynchronousTestCase):
 
         self.assertIn("ratio okws/twisted.web", stdout.decode())
         # Nothing it started is left running.
-        for pid in doc["processes"]["okws"].values():
-            self.assertFalse(_alive(pid, b"okws"), f"okws process {pid} outlived the harness")
-        for pid in doc["processes"]["twisted.web"].values():
-            self.assertFalse(_alive(pid, b"peer_twistedweb"), f"twisted.web process {pid} outlived the harness")
+        for pairing in pairings:
+            for pid in doc["processes"][pairing]["okws"].values():
+                self.assertFalse(_alive(pid, b"okws"), f"okws process {pid} outlived the harness")
+            for pid in doc["processes"][pairing]["twisted.web"].values():
+                self.assertFalse(_alive(pid, b"peer_twistedweb"), f"twisted.web process {pid} outlived the harness")
 
 
 def _alive(pid: int, marker: bytes) -> bool:
