@@ -222,11 +222,14 @@ class Listener:
     #: (absolute paths; the certificate file may hold the chain after the certificate).
     private_key: str | None = None
     cert_key: str | None = None
+    #: A C{tls:} listener: the TLS front picks the certificate by SNI among the PEM
+    #: files of this directory (absolute path), as Twisted's C{tls:} endpoint does.
+    sni_dir: str | None = None
 
     @property
     def tls(self) -> bool:
         """Whether the TLS front (not the dispatcher) accepts on this listener."""
-        return self.private_key is not None
+        return self.private_key is not None or self.sni_dir is not None
 
     def __post_init__(self) -> None:
         if not isinstance(self.proxy, bool):
@@ -236,7 +239,12 @@ class Listener:
         for key in (self.private_key, self.cert_key):
             if key is not None and (not isinstance(key, str) or not os.path.isabs(key)):
                 raise ValueError(f"a key or certificate must be an absolute path, got {key!r}")
-        if self.private_key is not None and (self.kind == "unix" or self.proxy):
+        if self.sni_dir is not None:
+            if not isinstance(self.sni_dir, str) or not os.path.isabs(self.sni_dir):
+                raise ValueError(f"a certificate directory must be an absolute path, got {self.sni_dir!r}")
+            if self.private_key is not None:
+                raise ValueError("a TLS listener has either privateKey/certKey or a certificate directory")
+        if self.tls and (self.kind == "unix" or self.proxy):
             raise ValueError("TLS listeners are TCP, without haproxy:")
         if self.kind not in _SUPPORTED_KINDS:
             raise ValueError(
@@ -300,6 +308,8 @@ class Listener:
         if self.kind == "unix":
             assert self.path is not None
             return f"{prefix}unix:{_escape(self.path)}:mode={self.mode:o}:backlog={self.backlog}"
+        if self.sni_dir is not None:
+            return f"tls:{self.port}:path={_escape(self.sni_dir)}:interface={_escape(self.interface)}:backlog={self.backlog}"
         if self.tls:
             assert self.private_key is not None and self.cert_key is not None
             return (
@@ -360,6 +370,7 @@ _LISTENER_OPTIONS = {
     "tcp6": ("port", "interface", "backlog"),
     "unix": ("address", "mode", "backlog"),
     "ssl": ("port", "interface", "backlog", "privateKey", "certKey"),
+    "tls": ("port", "path", "interface", "backlog"),
 }
 
 
@@ -369,7 +380,9 @@ def parse_listener(description: str, base_dir: str) -> Listener:
     Accepts the subset of Twisted endpoint strings okws can serve now, each optionally
     behind Twisted's C{haproxy:} prefix (PROXY protocol v1 or v2 first on every connection):
     C{tcp:PORT[:interface=ADDR][:backlog=N]}, C{tcp6:...} likewise, and
-    C{unix:PATH[:mode=666][:backlog=N]}, or the same with every field named
+    C{unix:PATH[:mode=666][:backlog=N]}, the TLS forms C{ssl:PORT:privateKey=KEY[:certKey=CHAIN]...}
+    and C{tls:PORT:path=DIR...} (the certificate chosen by SNI from a directory of PEM files),
+    or the same with every field named
     (C{tcp:port=8080:interface=127.0.0.1}, C{unix:address=PATH}).  Only the first field may be
     positional: Twisted's positional order differs between tcp and tcp6, so naming is safer.
 
@@ -387,8 +400,8 @@ def _parse_listener(description: str, base_dir: str) -> Listener:
     if len(fields[0]) != 1 or not fields[0][0]:
         raise ValueError("expected KIND:... with KIND one of " + ", ".join(_SUPPORTED_KINDS))
     kind = fields[0][0]
-    if kind == "ssl" and proxy:
-        raise ValueError("haproxy:ssl: is not supported; put the PROXY listener and the TLS listener on separate ports")
+    if kind in ("ssl", "tls") and proxy:
+        raise ValueError(f"haproxy:{kind}: is not supported; put the PROXY listener and the TLS listener on separate ports")
     if kind.isdigit():
         raise ValueError(f"a bare port; write tcp:{kind}:interface=ADDR")
     if kind not in _LISTENER_OPTIONS:
@@ -446,9 +459,14 @@ def _parse_listener(description: str, base_dir: str) -> Listener:
             kwargs["interface"] = named["interface"]
             if not kwargs["interface"]:
                 raise ValueError("interface is empty; leave it out to listen on every address")
-    if kind == "ssl":
-        # Twisted's ssl: takes IPv4 and IPv6 interfaces alike.
+    if kind in ("ssl", "tls"):
+        # Twisted's ssl: and tls: take IPv4 and IPv6 interfaces alike.
         kwargs["kind"] = "tcp6" if ":" in kwargs.get("interface", "") else "tcp"
+    if kind == "tls":
+        if not named.get("path"):
+            raise ValueError("a tls listener needs path=DIR, a directory of PEM files (key and certificate chain)")
+        kwargs["sni_dir"] = os.path.normpath(os.path.join(base_dir, named["path"]))
+    if kind == "ssl":
         if not named.get("privateKey"):
             raise ValueError("an ssl listener needs privateKey=KEY.pem")
         kwargs["private_key"] = os.path.normpath(os.path.join(base_dir, named["privateKey"]))

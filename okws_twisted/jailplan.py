@@ -146,7 +146,11 @@ def role_binds(site: SiteConfig, role: str, uid: int, gid: int) -> list[Bind]:
         files = sorted({p for l in site.listen if l.tls for p in (l.private_key, l.cert_key) if p})
         for path in files:
             grant_file_read(path, gid)
-        return [Bind(path) for path in files]
+        # A tls: listener's certificate directory, read-only, readable by the TLS front's group.
+        dirs = sorted({l.sni_dir for l in site.listen if l.sni_dir})
+        for path in dirs:
+            grant_read(path, gid)
+        return [Bind(path) for path in [*files, *dirs]]
     return []
 
 

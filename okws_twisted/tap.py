@@ -109,6 +109,15 @@ class Options(usage.Options):
             _fail(found[-1])
 
 
+def sni_pem_files(directory: str) -> list[str]:
+    """The C{.pem} regular files of a C{tls:} listener's directory (names only are looked at here)."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [os.path.join(directory, n) for n in names if n.endswith(".pem") and os.path.isfile(os.path.join(directory, n))]
+
+
 def check_tls_files(site: SiteConfig) -> list[str]:
     """The ssl: listeners' key and certificate files that are not regular files, as config errors.
 
@@ -123,6 +132,12 @@ def check_tls_files(site: SiteConfig) -> list[str]:
                     f"{site.file}: [okws] listen: {listener.description!r}: {option} {path} "
                     + ("is not a file" if os.path.exists(path) else "does not exist")
                 )
+        if listener.sni_dir is not None:
+            where = f"{site.file}: [okws] listen: {listener.description!r}: path {listener.sni_dir}"
+            if not os.path.isdir(listener.sni_dir):
+                problems.append(where + (" is not a directory" if os.path.exists(listener.sni_dir) else " does not exist"))
+            elif not sni_pem_files(listener.sni_dir):
+                problems.append(where + " holds no .pem file (each NAME.pem holds a key and its certificate chain)")
     return problems
 
 

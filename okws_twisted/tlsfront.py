@@ -23,7 +23,8 @@ It never imports service code, jinja2 or the author API, and has no channel
 to the services: only to the dispatcher, the log daemon and the launcher.
 Certificates are read once, at start-up; C{okws-ctl reload} relaunches the
 TLS front gracefully (the old process finishes its connections, the new one
-reads the files afresh).
+reads the files afresh).  A C{tls:} listener's directory (L{SNIDirectory}) is
+also read again when a client asks for a name it does not know.
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ class CertificateError(Exception):
     """A listener's key or certificate could not be loaded."""
 
 
-def server_context(listener: Listener) -> SSL.Context:
-    """A server context for one C{ssl:} listener: its key and certificate chain, safe defaults."""
-    assert listener.private_key is not None and listener.cert_key is not None
+def _base_context() -> SSL.Context:
+    """A server context with okws's safe defaults and ALPN, no certificate yet."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     # No compression (CRIME), no renegotiation (a client-driven CPU DoS), the
@@ -65,12 +65,6 @@ def server_context(listener: Listener) -> SSL.Context:
         SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_SINGLE_ECDH_USE
     )
     ctx.set_cipher_list(b"ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!MD5:!DSS")
-    try:
-        ctx.use_certificate_chain_file(listener.cert_key.encode())
-        ctx.use_privatekey_file(listener.private_key.encode())
-        ctx.check_privatekey()
-    except (SSL.Error, OSError) as e:
-        raise CertificateError(f"{listener.description}: cannot load the key or certificate: {e}") from None
 
     def select(conn: SSL.Connection, offered: list[bytes]) -> bytes:
         for proto in ALPN:
@@ -81,6 +75,128 @@ def server_context(listener: Listener) -> SSL.Context:
 
     ctx.set_alpn_select_callback(select)
     return ctx
+
+
+def _load(ctx: SSL.Context, key: str, chain: str) -> None:
+    ctx.use_certificate_chain_file(chain.encode())
+    ctx.use_privatekey_file(key.encode())
+    ctx.check_privatekey()
+
+
+def server_context(listener: Listener) -> SSL.Context:
+    """A server context for one C{ssl:} listener: its key and certificate chain, safe defaults."""
+    assert listener.private_key is not None and listener.cert_key is not None
+    ctx = _base_context()
+    try:
+        _load(ctx, listener.private_key, listener.cert_key)
+    except (SSL.Error, OSError) as e:
+        raise CertificateError(f"{listener.description}: cannot load the key or certificate: {e}") from None
+    return ctx
+
+
+def _pem_names(path: str) -> list[str]:
+    """The DNS names a PEM file serves: its first certificate's subjectAltName DNS names (as Twisted's
+    C{tls:} endpoint infers them), then the file's own name without C{.pem}."""
+    from cryptography import x509
+
+    with open(path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    stem = os.path.basename(path)[: -len(".pem")]
+    return [n.lower() for n in [*names, stem]]
+
+
+@implementer(IOpenSSLContextFactory)
+class SNIDirectory:
+    """The certificates of a C{tls:} listener's directory, chosen by the client's SNI name.
+
+    Each C{*.pem} file in the directory holds a private key and its certificate
+    chain.  A file serves the DNS names of its certificate's subjectAltName and
+    the name of the file itself (C{example.com.pem}, C{*.example.com.pem}).  A
+    name not found as such is tried with its first label replaced by C{*}, as
+    Twisted's C{tls:} endpoint does; a name still unknown makes the directory
+    be read again (at most once a second) and then gets the default: the file
+    C{default.pem} if there is one, else the first file in name order.  A client
+    that sends no SNI name gets the default too.
+    """
+
+    log = Logger()
+
+    def __init__(self, listener: Listener, clock: Callable[[], float] = lambda: 0.0) -> None:
+        assert listener.sni_dir is not None
+        self.listener = listener
+        self.directory = listener.sni_dir
+        self._clock = clock
+        self._last_read = float("-inf")
+        self.by_name: dict[str, SSL.Context] = {}
+        self.default: SSL.Context | None = None
+        self.reload(strict=True)
+
+    def reload(self, strict: bool = False) -> None:
+        """Read the directory afresh; at start-up (C{strict}) a directory with no usable file is an error."""
+        self._last_read = self._clock()
+        by_name: dict[str, SSL.Context] = {}
+        default: SSL.Context | None = None
+        first: SSL.Context | None = None
+        problems = []
+        try:
+            names = sorted(n for n in os.listdir(self.directory) if n.endswith(".pem"))
+        except OSError as e:
+            names = []
+            problems.append(str(e))
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if not os.path.isfile(path):
+                continue
+            ctx = _base_context()
+            try:
+                _load(ctx, path, path)
+                served = _pem_names(path)
+            except (SSL.Error, OSError, ValueError) as e:
+                problems.append(f"{path}: {e}")
+                continue
+            ctx.set_tlsext_servername_callback(self._servername)
+            first = first or ctx
+            if name == "default.pem":
+                default = ctx
+            for dns in served:
+                by_name.setdefault(dns, ctx)
+        for problem in problems:
+            self.log.warn("{listener}: skipping a certificate: {problem}", listener=self.listener.description, problem=problem)
+        if first is None:
+            if strict:
+                raise CertificateError(
+                    f"{self.listener.description}: no usable .pem file (a key and its certificate chain) in {self.directory}"
+                    + ("; " + "; ".join(problems) if problems else "")
+                )
+            return  # keep serving what was read before
+        self.by_name, self.default = by_name, default or first
+
+    def lookup(self, name: str) -> SSL.Context | None:
+        name = name.lower().rstrip(".")
+        found = self.by_name.get(name)
+        if found is None and "." in name:
+            found = self.by_name.get("*." + name.split(".", 1)[1])
+        return found
+
+    def _servername(self, conn: SSL.Connection) -> None:
+        try:
+            name = (conn.get_servername() or b"").decode("ascii", "replace")
+            ctx = self.lookup(name)
+            if ctx is None and self._clock() - self._last_read >= 1.0:
+                self.log.info("unknown name {name!r}: reading {dir} again", name=name, dir=self.directory)
+                self.reload()
+                ctx = self.lookup(name)
+            conn.set_context(ctx or self.default)
+        except Exception:
+            self.log.failure("choosing a certificate by SNI")
+
+    def getContext(self) -> SSL.Context:
+        assert self.default is not None
+        return self.default
 
 
 @implementer(IOpenSSLContextFactory)
@@ -226,12 +342,17 @@ class TLSFront:
 
     def listen(self, pairs: list[tuple[Listener, socket.socket]]) -> None:
         """Accept on each inherited socket with its listener's key and certificate."""
-        factories = [(sock, TLSMemoryBIOFactory(_ContextFactory(server_context(l)), False, _ClientFactory(self))) for l, sock in pairs]
+        factories = [(sock, TLSMemoryBIOFactory(self.context_factory(l), False, _ClientFactory(self))) for l, sock in pairs]
         for sock, factory in factories:
             # Twisted's accept loop runs until EAGAIN: an inherited blocking socket would hang it.
             sock.setblocking(False)
             self.ports.append(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
             sock.close()  # adoptStreamPort made its own copy
+
+    def context_factory(self, listener: Listener) -> Any:
+        if listener.sni_dir is not None:
+            return SNIDirectory(listener, self.reactor.seconds)
+        return _ContextFactory(server_context(listener))
 
     def pass_on(self, fd: int, peer: Any, host: Any, tls: dict[str, str]) -> bool:
         """Give one end of a socket pair to the dispatcher; C{False} if there is no dispatcher."""

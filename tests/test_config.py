@@ -274,10 +274,15 @@ class ListenerParseTests(SynchronousTestCase):
                                                      "port, interface, backlog, privateKey, certKey",
             "haproxy:ssl:443:privateKey=k.pem": "haproxy:ssl: is not supported; put the PROXY listener "
                                                 "and the TLS listener on separate ports",
-            "tls:443:/etc/keys": "tls listeners are not supported yet; supported now: "
-                                 "tcp, tcp6, unix, ssl",
+            "tls:443:/etc/keys": "unexpected '/etc/keys': after the first field give options by name "
+                                 "(path=, interface=, backlog=)",
+            "tls:443": "a tls listener needs path=DIR, a directory of PEM files (key and certificate chain)",
+            "tls:443:path=k:privateKey=k.pem": "unknown option 'privateKey' for tls; options are "
+                                               "port, path, interface, backlog",
+            "haproxy:tls:443:path=k": "haproxy:tls: is not supported; put the PROXY listener "
+                                      "and the TLS listener on separate ports",
             "systemd:domain=INET:index=0": "systemd listeners are not supported yet; "
-                                           "supported now: tcp, tcp6, unix, ssl",
+                                           "supported now: tcp, tcp6, unix, ssl, tls",
             "8080": "a bare port; write tcp:8080:interface=ADDR",
             "tcp": "missing the port",
             "tcp:": "missing the port",
@@ -327,9 +332,9 @@ class ListenerConfigTests(SynchronousTestCase, ErrorMixin):
 
     def test_unsupportedKind(self) -> None:
         self.assertConfigError(
-            "[okws]\nlisten = tls:443:/etc/keys\n" + SERVICE,
-            "site.ini: [okws] listen: 'tls:443:/etc/keys': tls listeners are not "
-            "supported yet; supported now: tcp, tcp6, unix, ssl",
+            "[okws]\nlisten = systemd:domain=INET:index=0\n" + SERVICE,
+            "site.ini: [okws] listen: 'systemd:domain=INET:index=0': systemd listeners are not "
+            "supported yet; supported now: tcp, tcp6, unix, ssl, tls",
         )
 
     def test_ssl(self) -> None:
@@ -346,6 +351,22 @@ class ListenerConfigTests(SynchronousTestCase, ErrorMixin):
             Listener(kind="tcp", port=443, private_key="/k", cert_key="/c").description,
             "ssl:443:interface=0.0.0.0:backlog=2048:privateKey=/k:certKey=/c",
         )
+
+    def test_tlsDirectory(self) -> None:
+        config = site("listen = tls:443:path=certs\n  tls:8443:path=/etc/okws/certs:interface=\\:\\:1:backlog=10\n")
+        first, second = config.listen
+        self.assertEqual((first.kind, first.port, first.tls, first.sni_dir), ("tcp", 443, True, "/srv/site/certs"))
+        self.assertIsNone(first.private_key)
+        self.assertEqual((second.kind, second.interface, second.backlog, second.sni_dir), ("tcp6", "::1", 10, "/etc/okws/certs"))
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+        self.assertEqual(
+            Listener(kind="tcp", port=443, sni_dir="/c").description,
+            "tls:443:path=/c:interface=0.0.0.0:backlog=2048",
+        )
+        with self.assertRaises(ValueError):
+            Listener(kind="tcp", port=443, sni_dir="/c", private_key="/k", cert_key="/k")
+        with self.assertRaises(ValueError):
+            Listener(kind="tcp", port=443, sni_dir="relative")
 
     def test_sslOverlapsTcp(self) -> None:
         self.assertConfigError(

@@ -287,3 +287,122 @@ class ReloadTests(SynchronousTestCase):
         # The old front stops accepting and, with no connection left, exits.
         site.wait_for(rf"tls pid {old} exited after retiring", after=mark)
         self.assertIn("second.example", served_name())
+
+
+_sni: tuple[Site, int] | None = None
+
+
+def sni_site() -> tuple[Site, int]:
+    """A site with a C{tls:} listener over a directory of four certificates (started once per run)."""
+    global _sni
+    if _sni is None:
+        from tests.test_tlsfront import make_pem
+
+        port = free_port()
+        site = Site(SERVICES, OKWS, listen="tcp:{port}:interface=127.0.0.1\n  tls:%d:path=certs:interface=127.0.0.1" % port)
+        certs = os.path.join(site.dir, "certs")
+        os.mkdir(certs, 0o700)
+        make_pem(certs, "a.example.pem", "a.example", ["a.example"])
+        make_pem(certs, "b.example.pem", "b.example", ["b.example"])
+        make_pem(certs, "*.w.example.pem", "wildcard.w.example", ["*.w.example"])
+        make_pem(certs, "default.pem", "fallback.example", ["fallback.example"])
+        # What a client trusts: the four self-signed certificates (without their keys).
+        with open(os.path.join(site.dir, "ca.pem"), "w") as bundle:
+            for name in sorted(os.listdir(certs)):
+                with open(os.path.join(certs, name)) as f:
+                    text = f.read()
+                bundle.write(text[text.index("-----BEGIN CERTIFICATE-----"):])
+        atexit.register(site.kill)
+        _sni = (site.start(), port)
+    return _sni
+
+
+def served_subject(port: int, name: str | None) -> str:
+    """The subject of the certificate the server presents for SNI C{name}, as C{openssl s_client} shows it."""
+    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}"]
+    args += ["-servername", name] if name else ["-noservername"]
+    hello = subprocess.run(args, input=b"", capture_output=True, timeout=30)
+    out = subprocess.run(["openssl", "x509", "-noout", "-subject"], input=hello.stdout, capture_output=True, timeout=30)
+    return out.stdout.decode().strip()
+
+
+class SNITests(SynchronousTestCase):
+    """tls:PORT:path=DIR: the TLS front picks the certificate by the client's SNI name."""
+
+    def setUp(self) -> None:
+        if shutil.which("curl") is None or shutil.which("openssl") is None:
+            raise SkipTest("curl and openssl are needed")
+        self.site, self.port = sni_site()
+
+    def curl(self, name: str, path: str = "/echo") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--cacert", os.path.join(self.site.dir, "ca.pem"),
+             "--resolve", f"{name}:{self.port}:127.0.0.1", f"https://{name}:{self.port}{path}"],
+            capture_output=True, text=True, timeout=30,
+        )
+
+    def test_two_names_two_certificates(self) -> None:
+        for name in ("a.example", "b.example"):
+            # curl checks the certificate against the name: it succeeds only with the right one.
+            done = self.curl(name)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            echoed = json.loads(done.stdout)
+            self.assertTrue(echoed["secure"])
+            self.assertEqual(echoed["tls"]["sni"], name)
+            self.assertIn(f"CN = {name}", served_subject(self.port, name))
+
+    def test_wildcard(self) -> None:
+        done = self.curl("x.w.example")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("CN = wildcard.w.example", served_subject(self.port, "x.w.example"))
+
+    def test_unknown_name_gets_the_default(self) -> None:
+        self.assertIn("CN = fallback.example", served_subject(self.port, "nobody.example"))
+        self.assertIn("CN = fallback.example", served_subject(self.port, None))
+        # The default's name is not the one asked for: curl refuses it.
+        done = self.curl("nobody.example")
+        self.assertNotEqual(done.returncode, 0, done.stdout)
+
+    def test_compromised_service_cannot_read_the_directory(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("jails need root: unjailed, every process runs as the same user")
+        certs = os.path.join(self.site.dir, "certs")
+        key = os.path.join(certs, "a.example.pem")
+        r = self.site.get(f"/compromised?path={key}&path={certs}")
+        self.assertEqual(r.status, 200, r)
+        seen = json.loads(r.body)
+        self.assertEqual(seen[f"read {key}"], "ENOENT")
+        self.assertEqual(seen[f"read {certs}"], "ENOENT")
+
+    def test_only_the_tls_front_has_the_directory(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest("jails need root")
+        certs = os.path.join(self.site.dir, "certs")
+        seen = {}
+        for name, pid in self.site.pids().items():
+            with open(f"/proc/{pid}/mountinfo") as f:
+                seen[name] = [line.split()[5] for line in f if line.split()[4] == certs]
+        self.assertEqual(seen.pop("tls")[0].split(",")[0], "ro")
+        self.assertEqual({n for n, v in seen.items() if v}, set())
+
+    def test_new_file_read_on_unknown_name(self) -> None:
+        """A file added to the directory (readable by the front's group) serves its name at once."""
+        from tests.test_tlsfront import make_pem
+
+        path = make_pem(os.path.join(self.site.dir, "certs"), "new.example.pem", "new.example", ["new.example"])
+        os.chmod(path, 0o640)  # the directory is set-group-id: the file has the TLS front's group
+        time.sleep(1.1)  # the directory is read again at most once a second
+        self.assertIn("CN = new.example", served_subject(self.port, "new.example"))
+
+    def test_new_file_after_reload(self) -> None:
+        """okws-ctl reload relaunches the front, which reads the directory (and may read a 600 file)."""
+        from tests.test_e2e_operations import ctl
+        from tests.test_tlsfront import make_pem
+
+        make_pem(os.path.join(self.site.dir, "certs"), "c.example.pem", "c.example", ["c.example"])
+        mark = self.site.mark()
+        done = ctl(self.site, "reload")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.site.wait_for(r"tls pid \d+ is ready", after=mark)
+        self.assertIn("CN = c.example", served_subject(self.port, "c.example"))
+        self.assertIn("CN = a.example", served_subject(self.port, "a.example"))

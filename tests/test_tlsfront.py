@@ -14,7 +14,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from okws_twisted import handoff
 from okws_twisted.channel import ChannelError, Message
 from okws_twisted.config import Listener
-from okws_twisted.tlsfront import CertificateError, server_context
+from okws_twisted.tlsfront import CertificateError, SNIDirectory, server_context
 
 
 def handshake(server_ctx: SSL.Context, client_ctx: SSL.Context) -> tuple[SSL.Connection, SSL.Connection]:
@@ -141,4 +141,121 @@ class StartupCheckTests(SynchronousTestCase):
             f"site.ini: [okws] listen: 'ssl:443:privateKey=key.pem:certKey=cert.pem': certKey {d}/cert.pem is not a file",
             f"site.ini: [okws] listen: 'ssl:444:privateKey=gone.pem': privateKey {d}/gone.pem does not exist",
             f"site.ini: [okws] listen: 'ssl:444:privateKey=gone.pem': certKey {d}/gone.pem does not exist",
+        ])
+
+
+def make_pem(directory: str, filename: str, cn: str, sans: list[str]) -> str:
+    """One PEM file holding a fresh key and its self-signed certificate (as a C{tls:} directory holds them)."""
+    if shutil.which("openssl") is None:
+        raise SkipTest("openssl is not installed")
+    path = os.path.join(directory, filename)
+    key, cert = path + ".key", path + ".crt"
+    args = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+            "-days", "2", "-subj", f"/CN={cn}"]
+    if sans:
+        args += ["-addext", "subjectAltName=" + ",".join(f"DNS:{n}" for n in sans)]
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+    with open(path, "wb") as out:
+        for part in (key, cert):
+            with open(part, "rb") as f:
+                out.write(f.read())
+            os.unlink(part)
+    os.chmod(path, 0o600)
+    return path
+
+
+class SNIDirectoryTests(SynchronousTestCase):
+    """A tls: listener's directory: the certificate by SNI name, wildcard, default, re-read."""
+
+    def setUp(self) -> None:
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        make_pem(self.dir, "a.example.pem", "a.example", ["a.example"])
+        make_pem(self.dir, "b.pem", "b.example", ["b.example", "www.b.example"])
+        make_pem(self.dir, "*.w.example.pem", "wild", [])
+        make_pem(self.dir, "default.pem", "fallback", [])
+        self.now = 100.0
+        self.listener = Listener(kind="tcp", port=443, sni_dir=self.dir)
+
+    def served(self, store: SNIDirectory, name: bytes | None) -> str:
+        server = SSL.Connection(store.getContext(), None)
+        server.set_accept_state()
+        client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+        client.set_connect_state()
+        if name is not None:
+            client.set_tlsext_host_name(name)
+        for _ in range(20):
+            for a, b in ((client, server), (server, client)):
+                try:
+                    a.do_handshake()
+                except SSL.WantReadError:
+                    pass
+                try:
+                    b.bio_write(a.bio_read(65536))
+                except SSL.WantReadError:
+                    pass
+            try:
+                client.do_handshake()
+                break
+            except SSL.WantReadError:
+                continue
+        return client.get_peer_certificate().get_subject().CN
+
+    def store(self) -> SNIDirectory:
+        return SNIDirectory(self.listener, lambda: self.now)
+
+    def test_byName(self) -> None:
+        store = self.store()
+        self.assertEqual(self.served(store, b"a.example"), "a.example")
+        self.assertEqual(self.served(store, b"www.b.example"), "b.example")
+        self.assertEqual(self.served(store, b"B.Example"), "b.example")
+
+    def test_wildcard(self) -> None:
+        store = self.store()
+        self.assertEqual(self.served(store, b"x.w.example"), "wild")
+        self.assertEqual(self.served(store, b"w.example"), "fallback")
+
+    def test_defaultForUnknownOrNoName(self) -> None:
+        store = self.store()
+        self.assertEqual(self.served(store, b"nobody.example"), "fallback")
+        self.assertEqual(self.served(store, None), "fallback")
+
+    def test_firstFileWithoutDefault(self) -> None:
+        os.unlink(os.path.join(self.dir, "default.pem"))
+        self.assertEqual(self.served(self.store(), b"nobody.example"), "wild")  # '*' sorts first
+
+    def test_unknownNameReadsAgain(self) -> None:
+        store = self.store()
+        make_pem(self.dir, "new.example.pem", "new.example", [])
+        self.assertEqual(self.served(store, b"new.example"), "fallback")  # read under a second ago
+        self.now += 2
+        self.assertEqual(self.served(store, b"new.example"), "new.example")
+
+    def test_noUsableFile(self) -> None:
+        for name in os.listdir(self.dir):
+            os.unlink(os.path.join(self.dir, name))
+        with open(os.path.join(self.dir, "junk.pem"), "w") as f:
+            f.write("not a certificate\n")
+        with self.assertRaises(CertificateError) as caught:
+            self.store()
+        self.assertIn(f"no usable .pem file (a key and its certificate chain) in {self.dir}", str(caught.exception))
+        self.assertIn(f"{self.dir}/junk.pem", str(caught.exception))
+
+    def test_startupCheck(self) -> None:
+        from okws_twisted.config import parse
+        from okws_twisted.tap import check_tls_files
+
+        empty = os.path.join(self.dir, "empty")
+        os.mkdir(empty)
+        site = parse(
+            "[okws]\nlisten = tls:443:path=.\n  tls:444:path=gone\n  tls:445:path=empty\n  tls:446:path=b.pem\n"
+            "[service:a]\nresource = a.b:C\npaths = /a\n",
+            "site.ini", self.dir,
+        )
+        d = self.dir
+        self.assertEqual(check_tls_files(site), [
+            f"site.ini: [okws] listen: 'tls:444:path=gone': path {d}/gone does not exist",
+            f"site.ini: [okws] listen: 'tls:445:path=empty': path {d}/empty holds no .pem file "
+            "(each NAME.pem holds a key and its certificate chain)",
+            f"site.ini: [okws] listen: 'tls:446:path=b.pem': path {d}/b.pem is not a directory",
         ])
