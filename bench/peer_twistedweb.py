@@ -3,6 +3,7 @@ The benchmark's peer: one plain twisted.web process serving the same resource as
 
     python bench/peer_twistedweb.py [--port 0] [--resource services.plain:Hello]
                                     [--access-log PATH] [--backlog 2048]
+                                    [--tls-key KEY.pem --tls-cert CERT.pem]
 
 It builds ``twisted.web.server.Site(Hello())`` and listens on 127.0.0.1 only.
 With ``--port 0`` (the default) the kernel picks a free port; the process
@@ -18,6 +19,11 @@ Note that a stock ``Site`` without ``logPath`` is not log-free: it formats a
 combined-log line for every request and sends it to twisted's global legacy log
 (buffered in memory when nothing observes it).  "No access log" here therefore
 overrides ``Site.log`` with a no-op, as okws's ``ServiceSite`` does.
+
+With ``--tls-key`` and ``--tls-cert`` it terminates TLS itself
+(``reactor.listenSSL`` with Twisted's default server options:
+``CertificateOptions``, TLS 1.2 or newer) and prints
+``listening on 127.0.0.1:PORT`` all the same.
 
 It stops on SIGTERM or SIGINT.
 """
@@ -48,7 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backlog", type=int, default=2048, help="listen backlog (default 2048, okws's default; twisted's is 50)"
     )
+    parser.add_argument("--tls-key", metavar="PATH", help="terminate TLS with this PEM key (needs --tls-cert)")
+    parser.add_argument("--tls-cert", metavar="PATH", help="the PEM certificate for --tls-key")
     args = parser.parse_args(argv)
+    if bool(args.tls_key) != bool(args.tls_cert):
+        parser.error("--tls-key and --tls-cert go together")
 
     if REPO not in sys.path:
         # Last, so that a PYTHONPATH naming another source tree (bench/run.py --source) wins.
@@ -65,7 +75,17 @@ def main(argv: list[str] | None = None) -> None:
         site = server.Site(resource_class())
         site.log = lambda request: None  # type: ignore[method-assign]
 
-    port = reactor.listenTCP(args.port, site, backlog=args.backlog, interface="127.0.0.1")
+    if args.tls_key:
+        from twisted.internet import ssl
+
+        with open(args.tls_key, "rb") as f:
+            key = f.read()
+        with open(args.tls_cert, "rb") as f:
+            cert = f.read()
+        options = ssl.PrivateCertificate.loadPEM(key + cert).options()
+        port = reactor.listenSSL(args.port, site, options, backlog=args.backlog, interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(args.port, site, backlog=args.backlog, interface="127.0.0.1")
     print(f"listening on 127.0.0.1:{port.getHost().port} pid {os.getpid()}", flush=True)
     reactor.run()
 

@@ -306,7 +306,15 @@ class Server:
     def check(self) -> None:
         """One GET: the hello page, or a HarnessError."""
         host, port = self.url.split("//")[1].split("/")[0].split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        if self.url.startswith("https:"):
+            import ssl
+
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(host, int(port), timeout=10, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
         try:
             conn.request("GET", PATH + "?name=bench")
             resp = conn.getresponse()
@@ -324,20 +332,27 @@ class OkwsSite(Server):
 
     name = OKWS
 
-    def __init__(self, workdir: str, instances: int, settings: list[tuple[str, str]] = [], label: str = "okws") -> None:
+    def __init__(
+        self, workdir: str, instances: int, settings: list[tuple[str, str]] = [], label: str = "okws",
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         os.makedirs(workdir, exist_ok=True)
         self.label = label
         self.dir = workdir
         self.instances = instances
         os.symlink(os.path.join(SOURCE, "services"), os.path.join(workdir, "services"))
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}{PATH}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}{PATH}"
         self.ini = os.path.join(workdir, "site.ini")
+        if tls:
+            listen = f"ssl:{self.port}:interface=127.0.0.1:privateKey={tls[0]}:certKey={tls[1]}"
+        else:
+            listen = f"tcp:{self.port}:interface=127.0.0.1"
         self.log_path = os.path.join(workdir, "okws.log")
         extra = "".join(f"{key} = {value}\n" for key, value in settings)
         with open(self.ini, "w") as f:
             f.write(
-                f"[okws]\nlisten = tcp:{self.port}:interface=127.0.0.1\n{extra}\n"
+                f"[okws]\nlisten = {listen}\n{extra}\n"
                 + textwrap.dedent(
                     f"""\
                     [service:hello]
@@ -412,9 +427,10 @@ class Peer(Server):
 
     name = PEER_NAME
 
-    def __init__(self, workdir: str, access_log: str | None) -> None:
+    def __init__(self, workdir: str, access_log: str | None, tls: tuple[str, str] | None = None) -> None:
         self.dir = workdir
         self.access_log = access_log
+        self.tls = tls
         self.label = "twisted.web peer" + (" (access log)" if access_log else "")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -423,12 +439,14 @@ class Peer(Server):
         argv = [*PEER, "--port", "0", "--resource", RESOURCE]
         if self.access_log:
             argv += ["--access-log", os.path.abspath(self.access_log)]
+        if self.tls:
+            argv += ["--tls-key", self.tls[0], "--tls-cert", self.tls[1]]
         env = dict(os.environ)
         env["PYTHONPATH"] = SOURCE + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = REAPER.popen(argv, cwd=SOURCE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self.out = Lines(self.proc, os.path.join(self.dir, "peer-log.txt" if self.access_log else "peer.txt"))
         m = self.out.wait_for(r"listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT, self.label)
-        self.url = f"http://127.0.0.1:{m.group(1)}{PATH}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{m.group(1)}{PATH}"
 
     def processes(self) -> dict[str, int]:
         assert self.proc is not None
@@ -588,6 +606,8 @@ class Options:
     quick: bool
     okws_settings: list[tuple[str, str]]
     pairings: tuple[str, ...] = PAIRINGS
+    #: TLS workloads: okws with an ssl: listener (its TLS front) vs the peer terminating TLS itself
+    tls: bool = False
 
 
 @dataclass
@@ -925,6 +945,7 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
     add(
         f"settings: {o.duration}s runs after a {o.warmup}s warm-up, {o.repeat} repeat(s) with alternating order, "
         f"wrk -t{o.threads} -c{o.connections}, okws hello instances {o.instances}, resource {RESOURCE}"
+        + (", TLS (okws: ssl: listener, TLS front; twisted.web: listenSSL; RSA 2048, wrk over https)" if o.tls else "")
         + ("".join(f", okws {k} = {v}" for k, v in o.okws_settings))
         + (f", peer access log {o.peer_access_log}" if o.peer_access_log else "")
     )
@@ -969,7 +990,8 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
     add("req/s and p99 are means over the repeats; errors are non-2xx/3xx responses plus socket errors;")
     add(
         "cpu/req is the CPU time of all the server's processes per request "
-        "(okws: launcher + dispatcher + instances + log daemon + template publisher)."
+        "(okws: launcher + dispatcher + instances + log daemon + template publisher"
+        + (" + TLS front)." if o.tls else ").")
     )
     other = mean([r["other_cores_busy"] for r in bench.runs])
     add(
@@ -1069,6 +1091,12 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve and measure over TLS: okws with an ssl: listener (the TLS front) vs twisted.web "
+        "terminating TLS itself (listenSSL), same self-signed certificate, wrk over https",
+    )
+    p.add_argument(
         "--logging",
         choices=("both", "on", "off"),
         default="both",
@@ -1138,7 +1166,19 @@ def parse_args(argv: list[str] | None) -> Options:
         quick=a.quick,
         okws_settings=okws_settings,
         pairings={"both": PAIRINGS, "on": (LOG_ON,), "off": (LOG_OFF,)}[a.logging],
+        tls=a.tls,
     )
+
+
+def make_certificate(workdir: str) -> tuple[str, str]:
+    """A self-signed RSA 2048 certificate for 127.0.0.1 (key, cert), shared by okws and the peer."""
+    key, cert = os.path.join(workdir, "tls-key.pem"), os.path.join(workdir, "tls-cert.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return key, cert
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -1164,17 +1204,18 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     workdir = tempfile.mkdtemp(prefix="okws-bench-")
     pairs: dict[str, tuple[OkwsSite, Peer]] = {}
+    tls = make_certificate(workdir) if opts.tls else None
     for pairing in opts.pairings:
         if pairing == LOG_ON:
             pairs[pairing] = (
-                OkwsSite(os.path.join(workdir, "okws"), opts.instances, opts.okws_settings),
-                Peer(workdir, opts.peer_access_log or os.path.join(workdir, "peer-access.log")),
+                OkwsSite(os.path.join(workdir, "okws"), opts.instances, opts.okws_settings, tls=tls),
+                Peer(workdir, opts.peer_access_log or os.path.join(workdir, "peer-access.log"), tls=tls),
             )
         else:
             settings = [kv for kv in opts.okws_settings if kv[0] != "access_log"] + [("access_log", "no")]
             pairs[pairing] = (
-                OkwsSite(os.path.join(workdir, "okws-nolog"), opts.instances, settings, label="okws (access_log = no)"),
-                Peer(workdir, None),
+                OkwsSite(os.path.join(workdir, "okws-nolog"), opts.instances, settings, label="okws (access_log = no)", tls=tls),
+                Peer(workdir, None, tls=tls),
             )
     bench = Bench(opts, pairs)
     okws = bench.okws
@@ -1225,6 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
                     "peer_access_log": opts.peer_access_log,
                     "okws_settings": dict(opts.okws_settings),
                     "pairings": list(opts.pairings),
+                    "tls": opts.tls,
                 },
                 "urls": {pairing: {OKWS: o_site.url, PEER_NAME: peer.url} for pairing, (o_site, peer) in pairs.items()},
                 "processes": before,

@@ -87,6 +87,25 @@ class BenchHarnessTests(SynchronousTestCase):
             for pid in doc["processes"][pairing]["twisted.web"].values():
                 self.assertFalse(_alive(pid, b"peer_twistedweb"), f"twisted.web process {pid} outlived the harness")
 
+    def test_quick_tls_run(self) -> None:
+        """C{bench/run.py --tls}: okws behind its TLS front and twisted.web terminating TLS, over https."""
+        out = os.path.abspath(self.mktemp())
+        argv = [sys.executable, RUN, "--quick", "--duration", "1", "--tls", "--logging", "off",
+                "--handoff-growth", "0", "--json", out]
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=TIMEOUT)
+        detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
+        self.assertEqual(proc.returncode, 0, detail)
+        with open(out) as f:
+            doc = json.load(f)
+        self.assertTrue(doc["settings"]["tls"])
+        for server in ("okws", "twisted.web"):
+            self.assertTrue(doc["urls"]["logging off"][server].startswith("https://127.0.0.1:"), detail)
+            for workload in ("keepalive", "newconn"):
+                result = doc["results"]["logging off"][workload][server]
+                self.assertGreater(result["rps"], 0, f"{workload}/{server}{detail}")
+                self.assertEqual(result["errors"], 0, f"{workload}/{server}: {result['error_kinds']}{detail}")
+        self.assertIn("tls", doc["processes"]["logging off"]["okws"])
+
 
 def _alive(pid: int, marker: bytes) -> bool:
     """True if C{pid} runs and its command line contains C{marker} (not a reused pid)."""
