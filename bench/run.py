@@ -1218,7 +1218,7 @@ def main(argv: list[str] | None = None) -> int:
                 Peer(workdir, None, tls=tls),
             )
     bench = Bench(opts, pairs)
-    okws = bench.okws
+
     keep_workdir = False
     try:
         log(f"starting okws ({opts.instances} hello instance(s)) and the twisted.web peer for: {', '.join(pairs)}; scratch dir {workdir}")

@@ -153,8 +153,7 @@ def main(argv: list[str]) -> NoReturn:
                 return
             child.peer(str(msg.meta.get("channel")), msg.meta, socket.socket(fileno=msg.fds[0]))
             return
-        for fd in msg.fds:
-            os.close(fd)
+        msg.close_fds()
         if msg.kind == control.PING:
             ctl.send({"k": control.PONG, "n": msg.meta.get("n"), "stats": child.stats()})
         elif msg.kind == control.CONFIG_UPDATE:

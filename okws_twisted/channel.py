@@ -68,6 +68,10 @@ class Message:
     payload: bytes = b""
     fds: tuple[int, ...] = field(default=())
 
+    def close_fds(self) -> None:
+        """Close the fds that came with a message the receiver will not use."""
+        _close_fds(self.fds)
+
 
 def encode(meta: dict[str, Any], payload: bytes = b"") -> list[bytes]:
     """Encode one logical message into the datagrams that carry it."""

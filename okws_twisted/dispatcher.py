@@ -303,8 +303,7 @@ class InstanceLink:
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
-                for fd in msg.fds:
-                    os.close(fd)
+                msg.close_fds()
                 self.log.error("bad message from {link}: {error}", link=self.name, error=e)
         # An ack may be the last thing a stopping dispatcher waits for.
         self.dispatcher._maybe_stopped()
@@ -575,8 +574,7 @@ class Dispatcher:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
                 conn = handoff.parse_connection(msg)
             except ChannelError as e:
-                for fd in msg.fds:
-                    os.close(fd)
+                msg.close_fds()
                 self.log.error("bad message from the TLS front: {error}", error=e)
                 continue
             sock = socket.socket(fileno=conn.fd)
@@ -808,8 +806,7 @@ class Dispatcher:
                 self.pages = ErrorPages(templatechannel.parse_pages(msg))
                 self.log.info("received {count} error pages from the publisher", count=len(self.pages.pages))
             except ChannelError as e:
-                for fd in msg.fds:
-                    os.close(fd)
+                msg.close_fds()
                 self.log.error("bad message from the template publisher: {error}", error=e)
 
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:

@@ -183,8 +183,7 @@ class ChildProcess(ProcessProtocol):
     def control_received(self, batch: list[Message]) -> None:
         now = self.slot.launcher.reactor.seconds()
         for msg in batch:
-            for fd in msg.fds:
-                os.close(fd)
+            msg.close_fds()
             if msg.kind == control.READY and self.state == "starting":
                 self.state = "ready"
                 self.heartbeat.last_answer = now

@@ -230,8 +230,7 @@ class LogDaemon:
             return
         mark = None
         for msg in batch:
-            for fd in msg.fds:
-                os.close(fd)
+            msg.close_fds()
             try:
                 if msg.kind == logchannel.RECORDS:
                     first, records = logchannel.parse_records(msg)

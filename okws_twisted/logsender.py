@@ -204,8 +204,7 @@ class RecordSender:
 
     def _received(self, batch: list[Message]) -> None:
         for msg in batch:
-            for fd in msg.fds:
-                os.close(fd)
+            msg.close_fds()
             try:
                 if msg.kind != logchannel.ACK:
                     raise ChannelError(f"unexpected {msg.kind!r} message")

@@ -19,7 +19,6 @@ so a publisher later jailed in the template tree still has them.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any, Callable
 
@@ -66,8 +65,7 @@ class _Peer:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
                 request = templatechannel.parse_get(msg)
             except ChannelError as e:
-                for fd in msg.fds:
-                    os.close(fd)
+                msg.close_fds()
                 self.publisher.log.error("bad message from {peer}: {error}", peer=self.name, error=e)
                 continue
             self.asked = True

@@ -533,8 +533,7 @@ class ServiceRuntime:
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
-                for fd in msg.fds:
-                    socket.socket(fileno=fd).close()
+                msg.close_fds()
                 self.log.error("bad message from the dispatcher: {error}", error=e)
         if not incoming:
             return

@@ -19,7 +19,6 @@ never reported, so every held template is checked again on its next use.
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -147,8 +146,7 @@ class PublisherClient:
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
-                for fd in msg.fds:
-                    os.close(fd)
+                msg.close_fds()
                 self.log.error("bad message from the template publisher: {error}", error=e)
 
     def _answered(self, reply: templatechannel.Reply) -> None:

@@ -17,13 +17,16 @@ from okws_twisted.config import Listener
 from okws_twisted.tlsfront import CertificateError, SNIDirectory, server_context
 
 
-def handshake(server_ctx: SSL.Context, client_ctx: SSL.Context) -> tuple[SSL.Connection, SSL.Connection]:
-    """Run a handshake in memory; raise C{SSL.Error} if it fails."""
+def handshake(
+    server_ctx: SSL.Context, client_ctx: SSL.Context, name: bytes | None = b"example.test"
+) -> tuple[SSL.Connection, SSL.Connection]:
+    """Run a handshake in memory (asking for server C{name}); raise C{SSL.Error} if it fails."""
     server = SSL.Connection(server_ctx, None)
     server.set_accept_state()
     client = SSL.Connection(client_ctx, None)
     client.set_connect_state()
-    client.set_tlsext_host_name(b"example.test")
+    if name is not None:
+        client.set_tlsext_host_name(name)
     for _ in range(20):
         for a, b in ((client, server), (server, client)):
             try:
@@ -178,27 +181,7 @@ class SNIDirectoryTests(SynchronousTestCase):
         self.listener = Listener(kind="tcp", port=443, sni_dir=self.dir)
 
     def served(self, store: SNIDirectory, name: bytes | None) -> str:
-        server = SSL.Connection(store.getContext(), None)
-        server.set_accept_state()
-        client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
-        client.set_connect_state()
-        if name is not None:
-            client.set_tlsext_host_name(name)
-        for _ in range(20):
-            for a, b in ((client, server), (server, client)):
-                try:
-                    a.do_handshake()
-                except SSL.WantReadError:
-                    pass
-                try:
-                    b.bio_write(a.bio_read(65536))
-                except SSL.WantReadError:
-                    pass
-            try:
-                client.do_handshake()
-                break
-            except SSL.WantReadError:
-                continue
+        _server, client = handshake(store.getContext(), SSL.Context(SSL.TLS_CLIENT_METHOD), name)
         return client.get_peer_certificate().get_subject().CN
 
     def store(self) -> SNIDirectory:
