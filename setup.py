@@ -4,7 +4,7 @@
 a namespace shared with Twisted itself (there is no ``__init__.py`` there).
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.editable_wheel import editable_wheel
 
 
@@ -27,7 +27,7 @@ setup(
     version="0.1.0",
     description="OKWS, the privilege-separated web server, on Twisted",
     python_requires=">=3.11",
-    packages=["okws_twisted", "twisted.plugins"],
+    packages=[*find_packages(include=["okws_twisted", "okws_twisted.*"]), "twisted.plugins"],
     package_data={"okws_twisted": ["templates/*.html", "templates/errors/*.html"]},
     install_requires=[
         "twisted>=24.7",

@@ -6,22 +6,17 @@ in L{okws_twisted.testing}. Importing this package installs no reactor and
 loads no templating, so any process role may import it cheaply.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from okws_twisted.faces import lazy_face
 
 __all__ = ["ServiceResource", "__version__"]
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from okws_twisted.resource import ServiceResource
+    from okws_twisted.service.resource import ServiceResource
 
-
-def __getattr__(name: str) -> Any:
-    # Imported on first use, so that processes that never run site code (the
-    # launcher, the dispatcher) do not load the author API by importing a
-    # sibling module of this package.
-    if name == "ServiceResource":
-        from okws_twisted.resource import ServiceResource
-
-        return ServiceResource
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Imported on first use, so that processes that never run site code (the launcher, the
+# dispatcher) do not load the author API by importing a sibling module of this package.
+__getattr__ = lazy_face(__name__, {"ServiceResource": "service.resource"})

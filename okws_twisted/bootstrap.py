@@ -10,7 +10,7 @@ is ready, and runs the reactor until told to stop or until the launcher goes
 away.
 
 Every child but the log daemon also gets its log client here
-(L{okws_twisted.logsender.RecordSender}): the bootstrap takes the ``log``
+(L{okws_twisted.wire.logsender.RecordSender}): the bootstrap takes the ``log``
 channels the launcher sends, forwards the process's warnings and errors to
 the error log, hands the client to the role for its access records, and on
 stop waits (bounded) for the log daemon to acknowledge the last records
@@ -31,10 +31,10 @@ CONFIG_TIMEOUT = 30.0
 #: Each role's C{start_role}, imported only in a child of that role (the
 #: dispatcher never imports service code, jinja2 or the author API).
 ROLES = {
-    "logd": "okws_twisted.logdaemon:start_role",
+    "logd": "okws_twisted.logd:start_role",
     "dispatcher": "okws_twisted.dispatcher:start_role",
-    "service": "okws_twisted.runtime:start_role",
-    "pubd": "okws_twisted.publisher:start_role",
+    "service": "okws_twisted.service:start_role",
+    "pubd": "okws_twisted.pubd:start_role",
     "tls": "okws_twisted.tlsfront:start_role",
 }
 
@@ -73,10 +73,10 @@ def _needs_tls(role: str, meta: dict[str, Any], site: Any) -> bool:
 
 
 def main(argv: list[str]) -> NoReturn:
-    from okws_twisted import control
-    from okws_twisted.channel import Message, MessageChannel, read_one_blocking
     from okws_twisted.config import SiteConfig
     from okws_twisted.interfaces import IChildRole
+    from okws_twisted.wire import control
+    from okws_twisted.wire.channel import Message, MessageChannel, read_one_blocking
 
     role = argv[1] if len(argv) > 1 else ""
     ctl_sock = socket.socket(fileno=control.CONTROL_FD)
@@ -108,8 +108,8 @@ def main(argv: list[str]) -> NoReturn:
     from twisted.logger import Logger, globalLogPublisher
     from twisted.python.failure import Failure
 
-    from okws_twisted import logchannel
-    from okws_twisted.logsender import EventForwarder, RecordSender
+    from okws_twisted.wire import logchannel
+    from okws_twisted.wire.logsender import EventForwarder, RecordSender
 
     exit_code = [0]
 

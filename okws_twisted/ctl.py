@@ -3,7 +3,7 @@
 ``okws-ctl``: operate a running okws site (OKWS's okmgr).
 
 Talks to the launcher over its control socket (see
-L{okws_twisted.controlsocket}); the socket's path comes from ``--socket`` or
+L{okws_twisted.launcher.controlsocket}); the socket's path comes from ``--socket`` or
 from the site's ini file (``--config``, default ``site.ini``, key
 ``control_socket``).  Exit status: 0 on success, 1 when the launcher refused
 or failed the command, 2 when it could not be reached.

@@ -22,7 +22,7 @@ class IChildRole(Interface):
     on the control channel.  A role module exposes
     C{start_role(reactor, site, meta, stopped, records) -> IChildRole}, where
     C{stopped} is called once the role has finished stopping and C{records} is
-    the process's log client (a L{okws_twisted.logsender.RecordSender}; L{None}
+    the process's log client (a L{okws_twisted.wire.logsender.RecordSender}; L{None}
     in the log daemon itself).  The bootstrap takes the ``log`` channels for
     the client; a role never sees them.
     """
@@ -51,17 +51,17 @@ class IChildRole(Interface):
 
 
 class ITemplates(Interface):
-    """The templates a L{okws_twisted.resource.ServiceResource} renders with.
+    """The templates a L{okws_twisted.service.resource.ServiceResource} renders with.
 
     The twisted.web C{Site} serving a resource carries one as its
     C{templates} attribute: in a service process, the templates the
-    publisher sends (L{okws_twisted.templateclient.PublisherClient}); under
+    publisher sends (L{okws_twisted.service.templateclient.PublisherClient}); under
     L{okws_twisted.testing.render}, the ones the test gave.
     """
 
     def render(name: str, context: Mapping[str, Any]) -> "Deferred[str]":
         """Render template C{name} with C{context}.  Fails with
-        L{okws_twisted.rendering.TemplateFailure} (its C{status} says 500 or
+        L{okws_twisted.service.rendering.TemplateFailure} (its C{status} says 500 or
         503) when the template is missing, refused, broken or unreachable."""
 
     def error_page(status: int, message: str) -> str:

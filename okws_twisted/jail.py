@@ -17,7 +17,7 @@ other order fails with EPERM or leaves a way out):
    directory for the log daemon, read-write; the templates for the
    publisher, read-only; a service's opt-in ``/scratch``).  No ``/proc``, no
    ``/tmp``, no ``/etc``, nothing else of the host (twisted.web's request
-   bodies live in memory: see L{okws_twisted.runtime.ServiceRequest}).
+   bodies live in memory: see L{okws_twisted.service.runtime.ServiceRequest}).
    Python needs its modules after the jail closes; binding the interpreter
    read-only solves that without a list of modules to pre-import.
 3. ``chroot`` into it and ``chdir("/")``.

@@ -62,24 +62,23 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
-from okws_twisted.errorpage import ErrorPages
 from okws_twisted.interfaces import ITemplates
-from okws_twisted.rendering import (
+from okws_twisted.pubd.tree import TemplateTree, etag_of
+from okws_twisted.service.rendering import TemplateRenderer
+from okws_twisted.service.templatecache import TemplateCache
+from okws_twisted.templating import (
     MappingLoader,
-    TemplateRenderer,
     TreeLoader,
     default_error_templates,
     render_error_pages,
 )
-from okws_twisted.templatecache import TemplateCache
-from okws_twisted.templatetree import (
+from okws_twisted.wire.errorpage import ErrorPages
+from okws_twisted.wire.templatechannel import (
     Absent,
     NameRefused,
     Source,
     TemplateAbsent,
-    TemplateTree,
     check_name,
-    etag_of,
 )
 
 __all__ = ["RenderedResponse", "render"]

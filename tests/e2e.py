@@ -450,7 +450,7 @@ class LogdProcess:
         self.ctl: socket.socket | None = None
 
     def start(self) -> "LogdProcess":
-        from okws_twisted.channel import encode, read_one_blocking, socketpair
+        from okws_twisted.wire.channel import encode, read_one_blocking, socketpair
 
         ours, theirs = socketpair()
         fd = theirs.fileno()
@@ -475,7 +475,7 @@ class LogdProcess:
 
     def channel(self, name: str, role: str, pid: int, **meta: Any) -> socket.socket:
         """A new log channel, announced to the daemon as the sender C{name}/C{role}/C{pid}."""
-        from okws_twisted.channel import encode, socketpair
+        from okws_twisted.wire.channel import encode, socketpair
 
         assert self.ctl is not None
         ours, theirs = socketpair()
@@ -487,7 +487,7 @@ class LogdProcess:
 
     @staticmethod
     def send(sock: socket.socket, meta: dict[str, Any], payload: bytes = b"") -> None:
-        from okws_twisted.channel import encode
+        from okws_twisted.wire.channel import encode
 
         for datagram in encode(meta, payload):
             sock.send(datagram)
@@ -495,8 +495,8 @@ class LogdProcess:
     @classmethod
     def records(cls, sock: socket.socket, first: int, records: list[Any]) -> int:
         """Send a batch; return the daemon's ack."""
-        from okws_twisted import logchannel
-        from okws_twisted.channel import read_one_blocking
+        from okws_twisted.wire import logchannel
+        from okws_twisted.wire.channel import read_one_blocking
 
         cls.send(sock, logchannel.records_meta(first), logchannel.encode_records(records))
         return logchannel.parse_ack(read_one_blocking(sock, EVENT_TIMEOUT))

@@ -22,8 +22,8 @@ import textwrap
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.dispatcher.test_proxyproto import v2
 from tests.e2e import Site, free_port, read_response, request_bytes
-from tests.test_proxyproto import v2
 
 SERVICES = """
 [service:echo]

@@ -296,7 +296,7 @@ def sni_site() -> tuple[Site, int]:
     """A site with a C{tls:} listener over a directory of four certificates (started once per run)."""
     global _sni
     if _sni is None:
-        from tests.test_tlsfront import make_pem
+        from tests.tlsfront.test_front import make_pem
 
         port = free_port()
         site = Site(SERVICES, OKWS, listen="tcp:{port}:interface=127.0.0.1\n  tls:%d:path=certs:interface=127.0.0.1" % port)
@@ -387,7 +387,7 @@ class SNITests(SynchronousTestCase):
 
     def test_new_file_read_on_unknown_name(self) -> None:
         """A file added to the directory (readable by the front's group) serves its name at once."""
-        from tests.test_tlsfront import make_pem
+        from tests.tlsfront.test_front import make_pem
 
         path = make_pem(os.path.join(self.site.dir, "certs"), "new.example.pem", "new.example", ["new.example"])
         os.chmod(path, 0o640)  # the directory is set-group-id: the file has the TLS front's group
@@ -397,7 +397,7 @@ class SNITests(SynchronousTestCase):
     def test_new_file_after_reload(self) -> None:
         """okws-ctl reload relaunches the front, which reads the directory (and may read a 600 file)."""
         from tests.test_e2e_operations import ctl
-        from tests.test_tlsfront import make_pem
+        from tests.tlsfront.test_front import make_pem
 
         make_pem(os.path.join(self.site.dir, "certs"), "c.example.pem", "c.example", ["c.example"])
         mark = self.site.mark()

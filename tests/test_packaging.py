@@ -54,7 +54,7 @@ class PluginInstallTests(SynchronousTestCase):
         # The default error page templates are package data: the publisher needs them.
         pages = subprocess.run(
             [os.path.join(venv, "bin", "python"), "-c",
-             "from okws_twisted.rendering import default_error_templates as d; print(' '.join(sorted(d())))"],
+             "from okws_twisted.service.rendering import default_error_templates as d; print(' '.join(sorted(d())))"],
             capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120,
         )
         self.assertEqual(pages.returncode, 0, pages.stderr)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxyproto -*-
+# -*- test-case-name: tests.dispatcher.test_proxyproto -*-
 """
 The PROXY protocol (HAProxy's, versions 1 and 2): pure parsing, no I/O.
 
@@ -191,29 +191,3 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
         return ProxyHeader(2, None, None, total)
     # Whatever follows the address block is TLVs, which okws does not use.
     return ProxyHeader(2, source, destination, total)
-
-
-def trusted_networks(texts: tuple[str, ...] | list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """The networks of C{proxy_trusted}; raise C{ValueError} naming a bad one."""
-    networks = []
-    for text in texts:
-        try:
-            networks.append(ipaddress.ip_network(text, strict=True))
-        except ValueError as e:
-            raise ValueError(f"{text!r} is not an address or a network like 10.0.0.0/8 ({e})") from None
-    return tuple(networks)
-
-
-def is_trusted(host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    """Whether a peer's address (text, as Twisted gives it) is in C{networks}.
-
-    An IPv4-mapped IPv6 address (a v4 client on a dual-stack tcp6 listener)
-    counts as its IPv4 address.
-    """
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)

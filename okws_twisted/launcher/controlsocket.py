@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 if TYPE_CHECKING:
-    from okws_twisted.launcher import Launcher
+    from okws_twisted.launcher.site import Launcher
 
 MAX_LINE = 64 * 1024
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_jailplan -*-
+# -*- test-case-name: tests.launcher.test_jailplan -*-
 """
 The launcher's side of privilege separation (OKWS okld's uid assignment and jail set-up).
 

@@ -1,69 +1,79 @@
 # -*- test-case-name: tests.test_e2e_core -*-
 """
-Start-up check of every service's ``resource`` (run in its own process).
+The launcher's side of the start-up check of every service's ``resource``.
 
-The launcher must not execute site code (when started as root it is the one
-process that stays root), yet a resource that cannot be imported must stop
-the start-up before anything is spawned.  So the launcher runs
-``python -m okws_twisted.resourcecheck`` once, feeding it the site
-configuration as JSON on stdin; this process imports each resource, checks
-that it is a L{ServiceResource} subclass that can be built with no arguments,
-prints one line per problem, and exits 1 if there was any.  Started by root,
-it first enters a jail like a service's (see L{okws_twisted.jail}) as the
-unprivileged uid given as its argument (``UID:GID``).
+The launcher never imports site code: it runs L{okws_twisted.service.check} in a process of
+its own and reads its verdict.  Started by root, it first plans that process's jail here (an
+unused uid, a jail like a service's, no network) and hands the plan over with the site
+configuration, as it does for every child.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
-import traceback
+from typing import Any
+
+from okws_twisted.config import SiteConfig
+from okws_twisted.launcher.children import child_environment
+
+#: Seconds the import of every resource may take.
+CHECK_TIMEOUT = 60
+
+_CHECKER = ["-P", "-m", "okws_twisted.service.check"]
 
 
-def problems(site: "object") -> list[str]:
-    """One message per service whose resource is unusable."""
-    from okws_twisted.bootstrap import load_resource
-    from okws_twisted.config import SiteConfig
-    from okws_twisted.resource import ServiceResource
+def _checker_input(site: SiteConfig) -> str:
+    """The site and, as root, the jail the checker enters before importing anything of the site's."""
+    jail = None
+    if os.geteuid() == 0:
+        from okws_twisted.launcher import jailplan
 
-    assert isinstance(site, SiteConfig)
-    out = []
-    for service in site.services:
-        where = f"{site.file}: [service:{service.name}] resource: "
-        try:
-            obj = load_resource(service.resource, site.base_dir)
-        except Exception as e:
-            last = traceback.format_exception_only(type(e), e)[-1].strip()
-            out.append(f"{where}cannot import {service.resource!r}: {last}")
-            continue
-        if not (isinstance(obj, type) and issubclass(obj, ServiceResource)):
-            out.append(f"{where}{service.resource!r} is not a subclass of okws_twisted.ServiceResource")
-    return out
+        uid, gid = jailplan.UidPlan(site, jailplan.uids_in_use()).ids_for("resourcecheck")
+        binds = [b for service in site.services for b in jailplan.service_binds(site, service)]
+        jailplan.prepare_jail_root(site)
+        jail = jailplan.jail_for(site, "resourcecheck", uid, gid, binds, new_net=True).to_json()
+    return json.dumps({"site": site.to_json(), "jail": jail})
 
 
-def enter_check_jail(site: "object", uid: int, gid: int) -> None:
-    """Import site code as a service will: unprivileged, in a jail that shows only
-    Python and the services' packages, with no network."""
-    from okws_twisted import jailplan
-    from okws_twisted.jail import enter
-
-    binds = [b for service in site.services for b in jailplan.service_binds(site, service)]  # type: ignore[attr-defined]
-    jailplan.prepare_jail_root(site)  # type: ignore[arg-type]
-    enter(jailplan.jail_for(site, "resourcecheck", uid, gid, binds, new_net=True))  # type: ignore[arg-type]
-
-
-def main() -> int:
-    from okws_twisted.config import SiteConfig
-
-    site = SiteConfig.from_json(sys.stdin.read())
-    if len(sys.argv) > 1 and os.geteuid() == 0:
-        uid, _, gid = sys.argv[1].partition(":")
-        enter_check_jail(site, int(uid), int(gid))
-    found = problems(site)
-    for line in found:
-        print(line)
-    return 1 if found else 0
+def check_resources(site: SiteConfig) -> list[str]:
+    """Import each service's resource in a separate process; return the problems."""
+    try:
+        result = subprocess.run(
+            [sys.executable, *_CHECKER],
+            input=_checker_input(site),
+            capture_output=True,
+            text=True,
+            env=child_environment([site.base_dir]),
+            cwd=site.base_dir,
+            timeout=CHECK_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return [f"{site.file}: importing the service resources took over {CHECK_TIMEOUT}s"]
+    return _problems_from(site, result.returncode, result.stdout, result.stderr)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _problems_from(site: SiteConfig, code: int, out: str, err: str) -> list[str]:
+    if code == 0:
+        return []
+    lines = [line for line in out.splitlines() if line.strip()]
+    last = err.strip().splitlines()[-1:] or ["no output"]
+    return lines or [f"{site.file}: checking the service resources failed: {last[0]}"]
+
+
+def check_resources_async(site: SiteConfig, reactor: Any) -> Any:
+    """L{check_resources} without blocking the reactor (for reloads)."""
+    from twisted.internet.utils import getProcessOutputAndValue
+
+    d = getProcessOutputAndValue(
+        sys.executable,
+        _CHECKER,
+        env=child_environment([site.base_dir]),
+        path=site.base_dir,
+        reactor=reactor,
+        stdinBytes=_checker_input(site).encode("utf-8"),
+    )
+    d.addCallback(lambda r: _problems_from(site, r[2], r[0].decode("utf-8", "replace"), r[1].decode("utf-8", "replace")))
+    return d

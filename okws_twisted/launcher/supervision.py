@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_supervision -*-
+# -*- test-case-name: tests.launcher.test_supervision -*-
 """
 Relaunch bookkeeping for the launcher (OKWS okld's crash policy), with no I/O.
 

@@ -1,15 +1,15 @@
-# -*- test-case-name: tests.test_logdaemon -*-
+# -*- test-case-name: tests.logd.test_daemon -*-
 """
 The log daemon (OKWS's oklogd): the only process that writes logs, and it loses nothing.
 
 It owns ``log_dir``: C{access.log} (one line per response, see
-L{okws_twisted.logformat}), C{error.log} (every error status okws produced,
+L{okws_twisted.logd.format}), C{error.log} (every error status okws produced,
 every exception with its traceback, every process start and exit, every
 bad record), an optional C{access.json}, and its journal
-(L{okws_twisted.logjournal}).  No other okws process opens a file there.
+(L{okws_twisted.logd.journal}).  No other okws process opens a file there.
 
 Every other process sends it structured records over a log channel the
-launcher made (L{okws_twisted.logchannel}); the launcher tells the daemon who
+launcher made (L{okws_twisted.wire.logchannel}); the launcher tells the daemon who
 is at the other end.  For each batch the daemon checks every record, formats
 it, notes the batch in the journal, appends it to the files and acknowledges
 the highest sequence number written.  Records it has already written (a
@@ -30,16 +30,20 @@ import sys
 from typing import Any, Callable
 
 from twisted.internet.error import ConnectionLost
-from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted import logchannel
-from okws_twisted.channel import ChannelError, Message, MessageChannel
 from okws_twisted.config import SiteConfig
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.logfiles import LogFile
-from okws_twisted.logformat import (
+from okws_twisted.logd.files import LogFile
+from okws_twisted.logd.format import (
     Checked,
     Sender,
     TimeFormats,
@@ -52,7 +56,9 @@ from okws_twisted.logformat import (
     problem_line,
     status_line,
 )
-from okws_twisted.logjournal import Entry, Journal, Recovery, Write
+from okws_twisted.logd.journal import Entry, Journal, Recovery, Write
+from okws_twisted.wire import logchannel
+from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 
 ACCESS_LOG = "access.log"
 ERROR_LOG = "error.log"

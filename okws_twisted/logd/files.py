@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logdaemon -*-
+# -*- test-case-name: tests.logd.test_daemon -*-
 """
 The log daemon's files (OKWS's oklogd log files): append-only, reopened on request, rotated by size.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from okws_twisted.logjournal import write_all
+from okws_twisted.logd.journal import write_all
 
 FILE_MODE = 0o640
 

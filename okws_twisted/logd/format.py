@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logformat -*-
+# -*- test-case-name: tests.logd.test_format -*-
 """
 Log records and log lines: what the log daemon (OKWS's oklogd) accepts and what it writes.
 
@@ -21,6 +21,15 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple
+
+from okws_twisted.config import COMBINED
+from okws_twisted.wire.logrecord import (
+    LEVELS,
+    MAX_INT,
+    MAX_TEXT,
+    MAX_TRACEBACK,
+    RECORD_FIELDS,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Who sent a record
@@ -76,54 +85,8 @@ def _is_int(value: object) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Records: the fields a sender may fill in
+# Records: the fields a sender may fill in (their shapes are the log channel's, in wire.logchannel)
 
-#: The largest text value kept; longer values are cut (and the cut is reported).
-MAX_TEXT = 16 * 1024
-#: Tracebacks may be longer than other text.
-MAX_TRACEBACK = 64 * 1024
-#: Integers outside this range are refused (times are microseconds since 1970).
-MAX_INT = 2**62
-
-LEVELS = ("debug", "info", "warn", "error", "critical")
-
-#: The fields of an access record (``kind = "access"``) and their types.
-#: C{time} and C{response_time} are whole microseconds; C{service} is only
-#: taken from the dispatcher (a service instance's is its launcher-given name).
-ACCESS_RECORD: dict[str, type] = {
-    "kind": str,
-    "time": int,
-    "client": str,
-    "request": str,
-    "status": int,
-    "bytes": int,
-    "referer": str,
-    "user_agent": str,
-    "request_id": str,
-    "response_time": int,
-    "tls": str,
-    "service": str,
-    "reason": str,
-}
-
-#: An error-log event (``kind = "event"``): C{level} one of L{LEVELS}.
-EVENT_RECORD: dict[str, type] = {
-    "kind": str,
-    "time": int,
-    "level": str,
-    "text": str,
-    "traceback": str,
-}
-
-#: A sender's report that its buffer was full and it dropped C{count} records.
-DROPPED_RECORD: dict[str, type] = {
-    "kind": str,
-    "time": int,
-    "count": int,
-    "capacity": int,
-}
-
-RECORDS = {"access": ACCESS_RECORD, "event": EVENT_RECORD, "dropped": DROPPED_RECORD}
 
 #: Fields a sender of this role may not set (the daemon knows better).
 _NOT_FROM = {"service": frozenset({"service"})}
@@ -148,7 +111,7 @@ def check(record: object, sender: Sender) -> tuple[Checked | None, list[str]]:
     if not isinstance(record, dict):
         return None, [f"not a record but {type(record).__name__}"]
     kind = record.get("kind")
-    schema = RECORDS.get(kind) if isinstance(kind, str) else None
+    schema = RECORD_FIELDS.get(kind) if isinstance(kind, str) else None
     if schema is None:
         return None, [f"unknown kind {_shown(kind)}"]
     if kind == "access" and sender.role not in _ACCESS_ROLES:
@@ -238,60 +201,6 @@ def escape_text(text: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # access.log
-
-#: Every field an operator can put in access.log (``access_log_fields``).
-ACCESS_FIELDS = (
-    "client",
-    "ident",
-    "user",
-    "time",
-    "request",
-    "status",
-    "bytes",
-    "referer",
-    "user_agent",
-    "service",
-    "instance",
-    "request_id",
-    "response_time",
-    "tls",
-)
-
-#: ``combined``: Apache's combined format, then the service and the response time.
-COMBINED = (
-    "client",
-    "ident",
-    "user",
-    "time",
-    "request",
-    "status",
-    "bytes",
-    "referer",
-    "user_agent",
-    "service",
-    "response_time",
-)
-
-
-def parse_access_fields(text: str) -> tuple[str, ...]:
-    """The fields named by an ``access_log_fields`` value; C{combined} stands for L{COMBINED}.
-
-    @raise ValueError: for an unknown name or an empty list.
-    """
-    fields: list[str] = []
-    for word in text.split():
-        if word == "combined":
-            fields.extend(COMBINED)
-        elif word in ACCESS_FIELDS:
-            fields.append(word)
-        else:
-            raise ValueError(
-                f"unknown access log field {word!r}; fields are combined, " + ", ".join(ACCESS_FIELDS)
-            )
-    if not fields:
-        raise ValueError("expected one or more access log fields, e.g. combined")
-    return tuple(fields)
-
 
 _YEAR_10000 = 253402300800
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logjournal -*-
+# -*- test-case-name: tests.logd.test_journal -*-
 """
 The log daemon's journal (new in okws; OKWS's oklogd had none): each record written once.
 

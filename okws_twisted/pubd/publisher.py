@@ -1,12 +1,12 @@
-# -*- test-case-name: tests.test_publisher -*-
+# -*- test-case-name: tests.pubd.test_publisher -*-
 """
 The template publisher (OKWS's pubd): the only process that reads the templates.
 
 Service instances have no access to the template directory; they ask the
 publisher for each template by name over their templates channel
-(L{okws_twisted.templatechannel}) and compile what it sends.  The publisher
+(L{okws_twisted.wire.templatechannel}) and compile what it sends.  The publisher
 refuses names that are malformed or lead out of the tree
-(L{okws_twisted.templatetree}), watches the tree (L{okws_twisted.templatewatch})
+(L{okws_twisted.pubd.tree}), watches the tree (L{okws_twisted.pubd.watch})
 and tells every peer which names changed, so the next render uses the new
 text without a restart.
 
@@ -27,14 +27,18 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted import templatechannel
-from okws_twisted.channel import ChannelError, Message, MessageChannel
 from okws_twisted.config import SiteConfig
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.rendering import TreeLoader, default_error_templates, render_error_pages
-from okws_twisted.templatechannel import Get, Outgoing
-from okws_twisted.templatetree import TemplateAbsent, TemplateTree
-from okws_twisted.templatewatch import TemplateWatcher
+from okws_twisted.pubd.tree import TemplateTree
+from okws_twisted.pubd.watch import TemplateWatcher
+from okws_twisted.templating import (
+    TreeLoader,
+    default_error_templates,
+    render_error_pages,
+)
+from okws_twisted.wire import templatechannel
+from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
+from okws_twisted.wire.templatechannel import Get, Outgoing, TemplateAbsent
 
 #: Names listed in one "templates changed" log line at most.
 _LOGGED_NAMES = 20

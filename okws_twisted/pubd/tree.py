@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_templatetree -*-
+# -*- test-case-name: tests.pubd.test_tree -*-
 """
 The template tree as the template publisher (OKWS's pubd) reads it: names and files.
 
@@ -21,98 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
-from dataclasses import dataclass
 
-#: Longest template name accepted, in characters.
-MAX_NAME = 1024
-#: Largest template file served, in bytes.
-MAX_TEMPLATE_BYTES = 4 * 1024 * 1024
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class NameRefused(ValueError):
-    """A name that can never be a template name here; C{str(e)} says why."""
-
-
-class TemplateAbsent(Exception):
-    """No template answers to a name.
-
-    @ivar refused: C{True} if the name or the file is not allowed (the
-        publisher answers C{refused}), C{False} if there is simply no such
-        template (it answers C{missing}).
-    @ivar reason: a short explanation for the log.
-    """
-
-    def __init__(self, name: str, reason: str, refused: bool = False) -> None:
-        super().__init__(name, reason, refused)
-        self.name = name
-        self.reason = reason
-        self.refused = refused
-
-    def __str__(self) -> str:
-        return f"{self.name!r}: {self.reason}"
-
-    def answer(self) -> "Absent":
-        """The same answer as a value, to send or to keep."""
-        return Absent(self.name, self.reason, self.refused)
-
-
-@dataclass(frozen=True)
-class Source:
-    """One version of one template: its name, text and an opaque version tag.
-
-    C{etag} is derived from the content, so two reads of unchanged text give
-    the same tag and a service need not recompile.
-    """
-
-    name: str
-    text: str
-    etag: str
-
-
-@dataclass(frozen=True)
-class Absent:
-    """The answer that no template answers to C{name}.
-
-    @ivar refused: C{True} if the name or the file is not allowed, C{False}
-        if there is simply no such template.
-    """
-
-    name: str
-    reason: str
-    refused: bool = False
-
-
-def check_name(name: object) -> str:
-    """Return C{name} if it is a well-formed template name; raise L{NameRefused}.
-
-    Pure: it looks at the string only.  A name is its own canonical form, so
-    there is exactly one spelling of each template (C{"a//b"} and C{"./a"}
-    are refused rather than rewritten).
-    """
-    if not isinstance(name, str):
-        raise NameRefused(f"a template name is a string, not {type(name).__name__}")
-    if not name:
-        raise NameRefused("the name is empty")
-    if len(name) > MAX_NAME:
-        raise NameRefused(f"the name is longer than {MAX_NAME} characters")
-    if "\\" in name:
-        raise NameRefused("the name contains a backslash")
-    if _CONTROL.search(name):
-        raise NameRefused("the name contains a control character")
-    if name.startswith("/"):
-        raise NameRefused("the name is an absolute path")
-    for segment in name.split("/"):
-        if segment == "":
-            raise NameRefused("the name has an empty segment")
-        if segment in (".", ".."):
-            raise NameRefused(f"the name contains a {segment!r} segment")
-        if segment.startswith("."):
-            raise NameRefused("the name has a hidden segment (starting with '.')")
-    return name
+from okws_twisted.wire.templatechannel import (
+    MAX_TEMPLATE_BYTES,
+    NameRefused,
+    Source,
+    TemplateAbsent,
+    check_name,
+)
 
 
 def etag_of(data: bytes) -> str:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_templatewatch -*-
+# -*- test-case-name: tests.pubd.test_watch -*-
 """
 Noticing template changes on disk, for the template publisher (OKWS's pubd).
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resource -*-
+# -*- test-case-name: tests.service.test_resource -*-
 """The service author's resource: what an okws service is.
 
 A service is a L{ServiceResource} subclass. The service process serves it with
@@ -27,9 +27,13 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from okws_twisted.errorpage import builtin_page
 from okws_twisted.interfaces import ITemplates
-from okws_twisted.rendering import PublisherUnavailable, TemplateFailure, TemplateMissing
+from okws_twisted.templating import (
+    PublisherUnavailable,
+    TemplateFailure,
+    TemplateMissing,
+)
+from okws_twisted.wire.errorpage import builtin_page
 
 __all__ = ["ServiceResource"]
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_templatecache -*-
+# -*- test-case-name: tests.service.test_templatecache -*-
 """
 What a service process knows about templates (its copy of what OKWS's pubd published).
 
@@ -27,7 +27,7 @@ import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from okws_twisted.templatetree import Absent, Source
+from okws_twisted.wire.templatechannel import Absent, Source
 
 #: Absences remembered at most (names can come from request data through a
 #: dynamic include; the oldest are forgotten first).

@@ -1,11 +1,11 @@
-# -*- test-case-name: tests.test_templateclient -*-
+# -*- test-case-name: tests.service.test_templateclient -*-
 """
 A service instance's side of the templates channel (its link to OKWS's pubd).
 
 L{PublisherClient} is the service process's L{ITemplates}: it asks the
 publisher for templates by name, keeps what it gets in a
-L{okws_twisted.templatecache.TemplateCache}, renders through a
-L{okws_twisted.rendering.TemplateRenderer}, forgets what the publisher says
+L{okws_twisted.service.templatecache.TemplateCache}, renders through a
+L{okws_twisted.service.rendering.TemplateRenderer}, forgets what the publisher says
 changed, and keeps the site's error pages the publisher pushes.
 
 While there is no publisher (it crashed and is being relaunched), requests
@@ -30,13 +30,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted import templatechannel
-from okws_twisted.channel import ChannelError, Message, MessageChannel
-from okws_twisted.errorpage import NO_PAGES, ErrorPages
 from okws_twisted.interfaces import ITemplates
-from okws_twisted.rendering import PublisherUnavailable, TemplateRenderer
-from okws_twisted.templatecache import TemplateCache
-from okws_twisted.templatetree import Absent, Source
+from okws_twisted.service.rendering import TemplateRenderer
+from okws_twisted.service.templatecache import TemplateCache
+from okws_twisted.templating import PublisherUnavailable
+from okws_twisted.wire import templatechannel
+from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
+from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
+from okws_twisted.wire.templatechannel import Absent, Source
 
 
 @dataclass

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tlsfront -*-
+# -*- test-case-name: tests.tlsfront.test_front -*-
 """
 The TLS front (OKWS's okssld): the only process that reads the private keys.
 
@@ -34,18 +34,22 @@ import socket
 from typing import Any, Callable
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IOpenSSLContextFactory
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLContextFactory,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted import handoff
-from okws_twisted.channel import Message, MessageChannel
 from okws_twisted.config import Listener, SiteConfig
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.logsender import RecordSender
+from okws_twisted.wire import handoff
+from okws_twisted.wire.channel import Message, MessageChannel
+from okws_twisted.wire.logsender import RecordSender
 
 #: The only application protocol offered: the dispatcher and services speak HTTP/1.1.
 ALPN = [b"http/1.1"]
@@ -423,7 +427,7 @@ def start_role(
     records: RecordSender | None = None,
 ) -> TLSFront:
     """The TLS front child: TLS on the C{ssl:} sockets inherited from the launcher, in listener order."""
-    from okws_twisted.control import FIRST_LISTEN_FD
+    from okws_twisted.wire.control import FIRST_LISTEN_FD
 
     listeners = [l for l in site.listen if l.tls]
     count = int(meta.get("listeners", 0))

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_channel -*-
+# -*- test-case-name: tests.wire.test_channel -*-
 """
 Message channels between okws processes (OKWS's okld/okd RPC channels).
 

@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.test_launcher -*-
+# -*- test-case-name: tests.launcher.test_site -*-
 """
 The control protocol between the launcher and each child (OKWS's okld control channel).
 
-Every child inherits one end of a L{okws_twisted.channel} seqpacket pair as
+Every child inherits one end of a L{okws_twisted.wire.channel} seqpacket pair as
 fd L{CONTROL_FD}.  Message kinds:
 
 ``config`` (launcher -> child, always first)

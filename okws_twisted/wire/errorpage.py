@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_errorpage -*-
+# -*- test-case-name: tests.wire.test_errorpage -*-
 """
 Complete HTTP error responses written by okws itself (OKWS's okd error pages).
 

@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.test_handoff -*-
+# -*- test-case-name: tests.wire.test_handoff -*-
 """
 The connection handoff protocol between dispatcher and services (OKWS's okd->service fd passing).
 
 Crossed once per client connection, in both directions, over a
-L{okws_twisted.channel.MessageChannel}.  Message kinds:
+L{okws_twisted.wire.channel.MessageChannel}.  Message kinds:
 
 ``conn`` (dispatcher -> service), with one fd
     A client connection: C{id}, client address C{peer}, local address
@@ -26,7 +26,7 @@ L{okws_twisted.channel.MessageChannel}.  Message kinds:
     C{ids}: handed-back connections the dispatcher now holds.
 ``stats`` (service -> dispatcher)
     Cumulative counters for the admin listener's metrics: C{counts} (see
-    L{okws_twisted.metrics.RequestCounts}), C{in_flight}, C{connections}.
+    L{okws_twisted.dispatcher.metrics.RequestCounts}), C{in_flight}, C{connections}.
     Sent at most once a second, and only when something changed.
 """
 
@@ -37,8 +37,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress
 
-from okws_twisted.channel import ChannelError, Message
-from okws_twisted.transport import address_from_wire, address_to_wire
+from okws_twisted.wire.channel import ChannelError, Message
+from okws_twisted.wire.transport import address_from_wire, address_to_wire
 
 CONN = "conn"
 ACK = "ack"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_httpframe -*-
+# -*- test-case-name: tests.wire.test_httpframe -*-
 """
 The strict HTTP/1.1 reader, OKWS's libahttp: request heads and request framing.
 

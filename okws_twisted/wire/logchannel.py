@@ -1,15 +1,15 @@
-# -*- test-case-name: tests.test_logsender -*-
+# -*- test-case-name: tests.wire.test_logsender -*-
 """
 The log protocol between every okws process and the log daemon (OKWS's oklogd RPC).
 
 Each sender (the launcher, the dispatcher, every service instance) holds one
-L{okws_twisted.channel.MessageChannel} to the daemon, made by the launcher,
+L{okws_twisted.wire.channel.MessageChannel} to the daemon, made by the launcher,
 which also tells the daemon who is at the other end (the ``peer`` message):
 a sender cannot claim to be someone else.  Message kinds:
 
 ``records`` (sender -> daemon)
     C{first}: the sequence number of the first record; payload: a JSON array
-    of records (objects, see L{okws_twisted.logformat}) numbered
+    of records (objects, see L{okws_twisted.logd.format}) numbered
     C{first}, C{first + 1}, ...  Sequence numbers start at 1 in each sender
     process and have no gaps.  A batch is sent every 50 ms or every 256
     records, whichever comes first; after a new channel arrives, every
@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from okws_twisted.channel import ChannelError, Message
+from okws_twisted.wire.channel import ChannelError, Message
 
 RECORDS = "records"
 ACK = "ack"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logsender -*-
+# -*- test-case-name: tests.wire.test_logsender -*-
 """
 The sending side of logging, in every okws process but the log daemon (OKWS's libaok log client).
 
@@ -13,7 +13,7 @@ records (``log_buffer``), and sends every unacknowledged batch again when
 the launcher gives it a channel to a new daemon.  When the buffer is full,
 new records are dropped and counted; the count reaches the error log as
 soon as the daemon is back.  Each record gets a sequence number, so the
-daemon writes a resent record only once (see L{okws_twisted.logjournal}).
+daemon writes a resent record only once (see L{okws_twisted.logd.journal}).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import Any
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import ILogObserver, LogLevel, Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted import logchannel
-from okws_twisted.channel import ChannelError, Message, MessageChannel
-from okws_twisted.logformat import MAX_TEXT, MAX_TRACEBACK
+from okws_twisted.wire import logchannel
+from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
+from okws_twisted.wire.logrecord import MAX_TEXT, MAX_TRACEBACK
 
 FLUSH_INTERVAL = 0.05
 FLUSH_COUNT = 256
@@ -134,7 +134,7 @@ class RecordSender:
     # -- producing records
 
     def emit(self, record: dict[str, Any]) -> None:
-        """Queue one record (see L{okws_twisted.logformat} for the fields)."""
+        """Queue one record (see L{okws_twisted.logd.format} for the fields)."""
         if not self.buffer.add(record):
             return
         if len(self.buffer.pending) >= self.count:
@@ -247,7 +247,7 @@ _FORWARDED = frozenset({LogLevel.warn, LogLevel.error, LogLevel.critical})
 class EventForwarder:
     """A twisted.logger observer that sends a process's warnings and errors to the error log.
 
-    A service's failed render is logged by L{okws_twisted.resource} with
+    A service's failed render is logged by L{okws_twisted.service.resource} with
     C{log.failure}; this turns such events (and any other at level warn or
     above) into C{event} records with the traceback.
     """

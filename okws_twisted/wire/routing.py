@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_routing -*-
+# -*- test-case-name: tests.wire.test_routing -*-
 """Path routing (OKWS okd's service table).
 
 The dispatcher asks L{RouteTable.route} which service owns each request, on its per-request

@@ -1,8 +1,8 @@
-# -*- test-case-name: tests.test_templatechannel -*-
+# -*- test-case-name: tests.wire.test_templatechannel -*-
 """
 The template protocol between the template publisher (OKWS's pubd) and its peers.
 
-One L{okws_twisted.channel.MessageChannel} joins the publisher to each
+One L{okws_twisted.wire.channel.MessageChannel} joins the publisher to each
 service instance and to the dispatcher.  Message kinds:
 
 ``get`` (service -> publisher)
@@ -20,7 +20,7 @@ service instance and to the dispatcher.  Message kinds:
     disappeared on disk.  A service forgets what it knew about them.
 ``pages`` (publisher -> every peer)
     Payload: a JSON object from status code to the site's rendered error
-    page, with L{okws_twisted.errorpage.MESSAGE_MARKER} where the message
+    page, with L{okws_twisted.wire.errorpage.MESSAGE_MARKER} where the message
     goes.  Sent when a peer is wired and whenever a page changes.
 
 Names and payloads are validated here; a malformed message raises
@@ -31,11 +31,101 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from okws_twisted.channel import ChannelError, Message
-from okws_twisted.templatetree import MAX_NAME, Absent, Source
+from okws_twisted.wire.channel import ChannelError, Message
+
+#: Longest template name accepted, in characters.
+MAX_NAME = 1024
+#: Largest template file served, in bytes.
+MAX_TEMPLATE_BYTES = 4 * 1024 * 1024
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class NameRefused(ValueError):
+    """A name that can never be a template name here; C{str(e)} says why."""
+
+
+class TemplateAbsent(Exception):
+    """No template answers to a name.
+
+    @ivar refused: C{True} if the name or the file is not allowed (the
+        publisher answers C{refused}), C{False} if there is simply no such
+        template (it answers C{missing}).
+    @ivar reason: a short explanation for the log.
+    """
+
+    def __init__(self, name: str, reason: str, refused: bool = False) -> None:
+        super().__init__(name, reason, refused)
+        self.name = name
+        self.reason = reason
+        self.refused = refused
+
+    def __str__(self) -> str:
+        return f"{self.name!r}: {self.reason}"
+
+    def answer(self) -> "Absent":
+        """The same answer as a value, to send or to keep."""
+        return Absent(self.name, self.reason, self.refused)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One version of one template: its name, text and an opaque version tag.
+
+    C{etag} is derived from the content, so two reads of unchanged text give
+    the same tag and a service need not recompile.
+    """
+
+    name: str
+    text: str
+    etag: str
+
+
+@dataclass(frozen=True)
+class Absent:
+    """The answer that no template answers to C{name}.
+
+    @ivar refused: C{True} if the name or the file is not allowed, C{False}
+        if there is simply no such template.
+    """
+
+    name: str
+    reason: str
+    refused: bool = False
+
+
+def check_name(name: object) -> str:
+    """Return C{name} if it is a well-formed template name; raise L{NameRefused}.
+
+    Pure: it looks at the string only.  A name is its own canonical form, so
+    there is exactly one spelling of each template (C{"a//b"} and C{"./a"}
+    are refused rather than rewritten).
+    """
+    if not isinstance(name, str):
+        raise NameRefused(f"a template name is a string, not {type(name).__name__}")
+    if not name:
+        raise NameRefused("the name is empty")
+    if len(name) > MAX_NAME:
+        raise NameRefused(f"the name is longer than {MAX_NAME} characters")
+    if "\\" in name:
+        raise NameRefused("the name contains a backslash")
+    if _CONTROL.search(name):
+        raise NameRefused("the name contains a control character")
+    if name.startswith("/"):
+        raise NameRefused("the name is an absolute path")
+    for segment in name.split("/"):
+        if segment == "":
+            raise NameRefused("the name has an empty segment")
+        if segment in (".", ".."):
+            raise NameRefused(f"the name contains a {segment!r} segment")
+        if segment.startswith("."):
+            raise NameRefused("the name has a hidden segment (starting with '.')")
+    return name
+
 
 GET = "get"
 SOURCE = "source"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_transport -*-
+# -*- test-case-name: tests.wire.test_transport -*-
 """
 A connected socket that can be handed to another process (OKWS's ahttp fd wrapper).
 
@@ -433,7 +433,7 @@ class SocketTransport:
         return self._peer
 
     #: The facts of the TLS session this plaintext connection belongs to (it
-    #: came through the TLS front), or C{None}; see L{okws_twisted.handoff.TLS_FACTS}.
+    #: came through the TLS front), or C{None}; see L{okws_twisted.wire.handoff.TLS_FACTS}.
     tls: dict[str, str] | None = None
 
     def set_peer(self, peer: IAddress) -> None:

@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.dispatcher}: reading heads, answering errors, queueing, handing off.
+Tests for L{okws_twisted.dispatcher.dispatcher}: reading heads, answering errors, queueing, handing off.
 
 Time and the event loop are a L{MemoryReactorClock}: readers and writers are
 recorded, not run, and the tests drive them (C{doRead}) by hand.  The client
@@ -22,11 +22,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted import channel, handoff
-from okws_twisted.channel import Message, encode, read_one_blocking
 from okws_twisted.config import SiteConfig, parse
-from okws_twisted.dispatcher import Dispatcher, HeadConnection, InstanceLink
-from okws_twisted.transport import LINGER_SECONDS
+from okws_twisted.dispatcher.accept import HeadConnection
+from okws_twisted.dispatcher.dispatcher import Dispatcher
+from okws_twisted.dispatcher.pool import InstanceLink
+from okws_twisted.wire import channel, handoff
+from okws_twisted.wire.channel import Message, encode, read_one_blocking
+from okws_twisted.wire.transport import LINGER_SECONDS
 
 PEER = IPv4Address("TCP", "192.0.2.7", 40001)
 HOST = IPv4Address("TCP", "192.0.2.1", 80)
@@ -638,7 +640,7 @@ class ProxyTests(DispatcherTestCase):
         self.assertEqual(msg.meta["host"][1], "127.0.0.1")
 
     def test_v2InPieces(self) -> None:
-        from tests.test_proxyproto import v2
+        from tests.dispatcher.test_proxyproto import v2
 
         link, theirs = self.instance()
         client, conn = self.proxied()
@@ -650,7 +652,7 @@ class ProxyTests(DispatcherTestCase):
         self.assertEqual(msg.meta["peer"], ["tcp6", "2001:db8::7", 5555])
 
     def test_localKeepsThePeer(self) -> None:
-        from tests.test_proxyproto import v2
+        from tests.dispatcher.test_proxyproto import v2
 
         link, theirs = self.instance()
         client, conn = self.proxied()

@@ -1,8 +1,9 @@
-"""Unit tests for counters and the Prometheus page (okws_twisted.metrics)."""
+"""Unit tests for counters and the Prometheus page (okws_twisted.dispatcher.metrics)."""
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.metrics import BUCKETS, Histogram, RequestCounts, ServiceTotals, render
+from okws_twisted.dispatcher.metrics import ServiceTotals, render
+from okws_twisted.wire.counts import BUCKETS, Histogram, RequestCounts
 
 
 class HistogramTests(SynchronousTestCase):

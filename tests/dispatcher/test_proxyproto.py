@@ -1,4 +1,4 @@
-"""Tests for L{okws_twisted.proxyproto}: PROXY protocol v1 and v2 headers, strictly."""
+"""Tests for L{okws_twisted.dispatcher.proxyproto}: PROXY protocol v1 and v2 headers, strictly."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.proxyproto import (
+from okws_twisted.config import is_trusted, trusted_networks
+from okws_twisted.dispatcher.proxyproto import (
     MAX_V2_LENGTH,
     V2_SIGNATURE,
     ProxyError,
     ProxyHeaderReader,
-    is_trusted,
     parse,
-    trusted_networks,
 )
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for the launcher's jail planning (okws_twisted.jailplan), no root needed."""
+"""Unit tests for the launcher's jail planning (okws_twisted.launcher.jailplan), no root needed."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted import jailplan
 from okws_twisted.config import parse
 from okws_twisted.jail import Bind, JailSpec
+from okws_twisted.launcher import jailplan
+from tests.e2e import REPO
 
 
 def site(extra: str = "", services: str = "[service:hello]\nresource = services.hello:Hello\npaths = /hello\n"):
@@ -43,7 +44,7 @@ class UidPlanTests(SynchronousTestCase):
 class BindTests(SynchronousTestCase):
     def test_service_binds_only_its_package(self) -> None:
         s = site()
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        repo = REPO
         s = parse(open(os.path.join(repo, "site.ini")).read(), os.path.join(repo, "site.ini"), repo)
         binds = jailplan.service_binds(s, s.services[0])
         self.assertEqual(binds, [Bind(os.path.join(repo, "services"))])

@@ -1,5 +1,5 @@
 """
-Unit tests for the launcher's logging duties (L{okws_twisted.launcher}); its process handling is
+Unit tests for the launcher's logging duties (L{okws_twisted.launcher.site}); its process handling is
 exercised end to end in L{tests.test_e2e_core} and L{tests.test_e2e_logging}.
 """
 
@@ -13,10 +13,11 @@ from twisted.internet import error
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted import logchannel
-from okws_twisted.channel import read_one_blocking, socketpair
 from okws_twisted.config import ServiceConfig, SiteConfig
-from okws_twisted.launcher import LINKS, Launcher, exit_status
+from okws_twisted.launcher.children import exit_status
+from okws_twisted.launcher.site import LINKS, Launcher
+from okws_twisted.wire import logchannel
+from okws_twisted.wire.channel import read_one_blocking, socketpair
 
 
 class Reactor(MemoryReactorClock):

@@ -1,8 +1,8 @@
-"""Unit tests for the launcher's relaunch bookkeeping (okws_twisted.supervision)."""
+"""Unit tests for the launcher's relaunch bookkeeping (okws_twisted.launcher.supervision)."""
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.supervision import Backoff, CrashBudget, Heartbeat
+from okws_twisted.launcher.supervision import Backoff, CrashBudget, Heartbeat
 
 
 class BackoffTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.logdaemon} and L{okws_twisted.logfiles}: batches in, files out, each record once.
+Tests for L{okws_twisted.logd.daemon} and L{okws_twisted.logd.files}: batches in, files out, each record once.
 
 The writer works on real files in a temporary directory; the daemon gets
 real seqpacket channels driven by a L{MemoryReactorClock}.  A daemon
@@ -20,13 +20,13 @@ from twisted.logger import Logger, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted import logchannel
-from okws_twisted.channel import encode, read_one_blocking, socketpair
 from okws_twisted.config import ServiceConfig, SiteConfig
-from okws_twisted.logdaemon import LogDaemon, LogWriter, OwnEvents, start_role
-from okws_twisted.logfiles import LogFile
-from okws_twisted.logformat import Sender
-from okws_twisted.logjournal import JOURNAL_NAME, parse
+from okws_twisted.logd.daemon import LogDaemon, LogWriter, OwnEvents, start_role
+from okws_twisted.logd.files import LogFile
+from okws_twisted.logd.format import Sender
+from okws_twisted.logd.journal import JOURNAL_NAME, parse
+from okws_twisted.wire import logchannel
+from okws_twisted.wire.channel import encode, read_one_blocking, socketpair
 
 SERVICE = Sender(name="hello.0", role="service", pid=1234, run="run1", launch=1, service="hello", index=0)
 DISPATCHER = Sender(name="dispatcher", role="dispatcher", pid=99, run="run1")

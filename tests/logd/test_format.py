@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.logformat}: what the log daemon accepts from a sender and the lines it writes.
+Tests for L{okws_twisted.logd.format}: what the log daemon accepts from a sender and the lines it writes.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.logformat import (
-    ACCESS_FIELDS,
-    COMBINED,
+from okws_twisted.config import ACCESS_FIELDS, COMBINED, parse_access_fields
+from okws_twisted.logd.format import (
     Sender,
     TimeFormats,
     access_json,
@@ -22,7 +21,6 @@ from okws_twisted.logformat import (
     escape_bare,
     escape_text,
     event_lines,
-    parse_access_fields,
     problem_line,
     status_line,
 )

@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.logjournal}: recovering exactly-once state after the log daemon dies at any point.
+Tests for L{okws_twisted.logd.journal}: recovering exactly-once state after the log daemon dies at any point.
 
 The pure planner (L{plan}) is tested with invented file states; L{Journal}
 with real files in a temporary directory, cut the way a kill -9 would leave
@@ -12,7 +12,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.logjournal import (
+from okws_twisted.logd.journal import (
     JOURNAL_NAME,
     Entry,
     Found,

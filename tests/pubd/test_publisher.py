@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.publisher}: a real publisher over a real template
+Tests for L{okws_twisted.pubd.publisher}: a real publisher over a real template
 tree, spoken to through real seqpacket channels on the running reactor (the
 process around it is exercised by tests.test_e2e_templates).  Every wait is
 for a message, bounded by the test timeout.
@@ -15,11 +15,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
 
-from okws_twisted import templatechannel
-from okws_twisted.channel import Message, MessageChannel, socketpair
-from okws_twisted.errorpage import MESSAGE_MARKER, STATUSES
-from okws_twisted.publisher import Publisher
-from okws_twisted.templatetree import Absent, Source
+from okws_twisted.pubd.publisher import Publisher
+from okws_twisted.wire import templatechannel
+from okws_twisted.wire.channel import Message, MessageChannel, socketpair
+from okws_twisted.wire.errorpage import MESSAGE_MARKER, STATUSES
+from okws_twisted.wire.templatechannel import Absent, Source
 
 
 def write(path: str, text: str) -> None:

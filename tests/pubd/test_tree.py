@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.templatetree}: which names exist, and reading them
+Tests for L{okws_twisted.pubd.tree}: which names exist, and reading them
 from a real directory without ever leaving it.
 """
 
@@ -9,15 +9,14 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.templatetree import (
+from okws_twisted.pubd.tree import TemplateTree, etag_of
+from okws_twisted.wire.templatechannel import (
     MAX_NAME,
     MAX_TEMPLATE_BYTES,
     Absent,
     NameRefused,
     TemplateAbsent,
-    TemplateTree,
     check_name,
-    etag_of,
 )
 
 

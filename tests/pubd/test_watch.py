@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.templatewatch}: snapshots of a real template tree,
+Tests for L{okws_twisted.pubd.watch}: snapshots of a real template tree,
 their differences, and the watcher by polling (on a fake clock) and by
 inotify (on the real reactor, waiting for its report with a bound).
 """
@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from okws_twisted.templatewatch import TemplateWatcher, diff, scan
+from okws_twisted.pubd.watch import TemplateWatcher, diff, scan
 
 
 def write(path: str, text: str) -> None:

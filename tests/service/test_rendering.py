@@ -1,7 +1,7 @@
 """
-Tests for L{okws_twisted.rendering}: the jinja2 setup, the renderer's fetch
+Tests for L{okws_twisted.service.rendering}: the jinja2 setup, the renderer's fetch
 and cache logic (over an in-memory stand-in for the publisher's answers;
-the real publisher is exercised in tests.test_publisher and the e2e tests),
+the real publisher is exercised in tests.pubd.test_publisher and the e2e tests),
 and the error pages.
 """
 
@@ -11,21 +11,21 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.errorpage import MESSAGE_MARKER, STATUSES
-from okws_twisted.rendering import (
-    MAX_LOOKUPS,
+from okws_twisted.pubd.tree import etag_of
+from okws_twisted.service.rendering import MAX_LOOKUPS, TemplateRenderer
+from okws_twisted.service.templatecache import TemplateCache
+from okws_twisted.templating import (
     MappingLoader,
     PublisherUnavailable,
     TemplateBroken,
     TemplateFailure,
     TemplateMissing,
-    TemplateRenderer,
     default_error_templates,
     make_environment,
     render_error_pages,
 )
-from okws_twisted.templatecache import TemplateCache
-from okws_twisted.templatetree import Absent, Source, etag_of
+from okws_twisted.wire.errorpage import MESSAGE_MARKER, STATUSES
+from okws_twisted.wire.templatechannel import Absent, Source
 
 
 class Answers:

@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.resource.ServiceResource}, driven through
+Tests for L{okws_twisted.service.resource.ServiceResource}, driven through
 L{okws_twisted.testing.render} so twisted.web's real request path runs.
 """
 
@@ -19,7 +19,7 @@ from zope.interface import implementer
 import okws_twisted
 from okws_twisted import ServiceResource
 from okws_twisted.interfaces import ITemplates
-from okws_twisted.rendering import PublisherUnavailable
+from okws_twisted.templating import PublisherUnavailable
 from okws_twisted.testing import RenderedResponse, render
 
 

@@ -1,17 +1,17 @@
 """
-Unit tests for the service runtime's access records (L{okws_twisted.runtime.ServiceSite.log});
+Unit tests for the service runtime's access records (L{okws_twisted.service.runtime.ServiceSite.log});
 the runtime's serving is exercised end to end in L{tests.test_e2e_core}.
 """
 
 from __future__ import annotations
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
-from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.logsender import RecordSender, RequestIds
-from okws_twisted.runtime import ServiceRequest, ServiceSite
+from okws_twisted.service.web import ServiceRequest, ServiceSite
+from okws_twisted.wire.logsender import RecordSender, RequestIds
 
 
 class AccessRecordTests(SynchronousTestCase):

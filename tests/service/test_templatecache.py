@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.templatecache}: what a service knows about each
+Tests for L{okws_twisted.service.templatecache}: what a service knows about each
 template name, and when it must ask again.
 """
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.templatecache import TemplateCache
-from okws_twisted.templatetree import Absent, Source
+from okws_twisted.service.templatecache import TemplateCache
+from okws_twisted.wire.templatechannel import Absent, Source
 
 
 def src(name: str, text: str) -> Source:

@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.templateclient}: a service's link to the publisher.
+Tests for L{okws_twisted.service.templateclient}: a service's link to the publisher.
 
 Most tests play the publisher's part themselves over a real seqpacket
 channel, to control what it says and when; one runs against a real
@@ -17,13 +17,14 @@ from twisted.internet.task import deferLater
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
 
-from okws_twisted import templatechannel
-from okws_twisted.channel import Message, MessageChannel, socketpair
-from okws_twisted.errorpage import MESSAGE_MARKER
-from okws_twisted.publisher import Publisher
-from okws_twisted.rendering import PublisherUnavailable, TemplateMissing
-from okws_twisted.templateclient import PublisherClient
-from okws_twisted.templatetree import Absent, Source, etag_of
+from okws_twisted.pubd.publisher import Publisher
+from okws_twisted.pubd.tree import etag_of
+from okws_twisted.service.templateclient import PublisherClient
+from okws_twisted.templating import PublisherUnavailable, TemplateMissing
+from okws_twisted.wire import templatechannel
+from okws_twisted.wire.channel import Message, MessageChannel, socketpair
+from okws_twisted.wire.errorpage import MESSAGE_MARKER
+from okws_twisted.wire.templatechannel import Absent, Source
 
 
 def source(name: str, text: str) -> Source:

@@ -1,4 +1,4 @@
-"""Tests for L{okws_twisted.tlsfront}'s TLS settings and the TLS facts on the handoff channel."""
+"""Tests for L{okws_twisted.tlsfront.front}'s TLS settings and the TLS facts on the handoff channel."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from okws_twisted import handoff
-from okws_twisted.channel import ChannelError, Message
 from okws_twisted.config import Listener
-from okws_twisted.tlsfront import CertificateError, SNIDirectory, server_context
+from okws_twisted.tlsfront.front import CertificateError, SNIDirectory, server_context
+from okws_twisted.wire import handoff
+from okws_twisted.wire.channel import ChannelError, Message
 
 
 def handshake(
@@ -129,7 +129,7 @@ class StartupCheckTests(SynchronousTestCase):
 
     def test_missing(self) -> None:
         from okws_twisted.config import parse
-        from okws_twisted.tap import check_tls_files
+        from okws_twisted.launcher.listeners import check_tls_files
 
         d = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, d)
@@ -226,7 +226,7 @@ class SNIDirectoryTests(SynchronousTestCase):
 
     def test_startupCheck(self) -> None:
         from okws_twisted.config import parse
-        from okws_twisted.tap import check_tls_files
+        from okws_twisted.launcher.listeners import check_tls_files
 
         empty = os.path.join(self.dir, "empty")
         os.mkdir(empty)

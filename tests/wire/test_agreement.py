@@ -2,9 +2,9 @@
 The dispatcher's reader and the service's framer agree on every request.
 
 okws reads each request twice: the dispatcher reads the head with
-L{okws_twisted.httpframe.HeadReader} to route it, and the service that gets
+L{okws_twisted.wire.httpframe.HeadReader} to route it, and the service that gets
 the connection frames the whole stream with
-L{okws_twisted.httpframe.RequestFramer} before twisted.web sees it.  If they
+L{okws_twisted.wire.httpframe.RequestFramer} before twisted.web sees it.  If they
 ever disagreed about where a request ends, or about what it is, a client
 could smuggle a request past the router (RFC 9112 section 11.2).
 
@@ -29,9 +29,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.httpframe import FORBIDDEN_TRAILERS, Body, End, Head, HeadReader, HTTPError, Limits, RequestFramer, RequestHead
-from okws_twisted.routing import RouteTable
-from tests.http_corpus import CORPUS, MAX_BODY, MAX_HEAD, MAX_HEADERS, MAX_REQUEST_LINE, ROUTES, Case
+from okws_twisted.wire.httpframe import (
+    FORBIDDEN_TRAILERS,
+    Body,
+    End,
+    Head,
+    HeadReader,
+    HTTPError,
+    Limits,
+    RequestFramer,
+    RequestHead,
+)
+from okws_twisted.wire.routing import RouteTable
+from tests.http_corpus import (
+    CORPUS,
+    MAX_BODY,
+    MAX_HEAD,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    ROUTES,
+    Case,
+)
 
 ROUTE_TABLE = RouteTable(ROUTES)
 HEAD_LIMITS = Limits(max_request_line=MAX_REQUEST_LINE, max_head=MAX_HEAD, max_headers=MAX_HEADERS)

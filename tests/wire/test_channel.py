@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.channel}: seqpacket message channels with fd passing.
+Tests for L{okws_twisted.wire.channel}: seqpacket message channels with fd passing.
 
 The wire format (L{encode}, L{decode}, continuation joining) is tested as pure
 logic.  L{MessageChannel} is tested over real C{SOCK_SEQPACKET} socket pairs
@@ -23,8 +23,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from okws_twisted import channel
-from okws_twisted.channel import (
+from okws_twisted.wire import channel
+from okws_twisted.wire.channel import (
     CHUNK,
     MAX_FDS,
     VERSION,

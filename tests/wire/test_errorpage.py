@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.errorpage}: the error responses every okws process
+Tests for L{okws_twisted.wire.errorpage}: the error responses every okws process
 writes, with the site's pages or the built-in ones.
 """
 
@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.errorpage import MESSAGE_MARKER, NO_PAGES, ErrorPages, builtin_page, error_response, phrase
+from okws_twisted.wire.errorpage import (
+    MESSAGE_MARKER,
+    NO_PAGES,
+    ErrorPages,
+    builtin_page,
+    error_response,
+    phrase,
+)
 
 
 def split(response: bytes) -> tuple[list[str], bytes]:

@@ -1,10 +1,10 @@
-"""Unit tests for the handoff vocabulary (okws_twisted.handoff)."""
+"""Unit tests for the handoff vocabulary (okws_twisted.wire.handoff)."""
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted import handoff
-from okws_twisted.channel import ChannelError, Message
+from okws_twisted.wire import handoff
+from okws_twisted.wire.channel import ChannelError, Message
 
 
 class HandoffTests(SynchronousTestCase):

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_httpframe -*-
+# -*- test-case-name: tests.wire.test_httpframe -*-
 """
-Tests for L{okws_twisted.httpframe}, the strict HTTP/1.1 reader.
+Tests for L{okws_twisted.wire.httpframe}, the strict HTTP/1.1 reader.
 
 Every refusal is checked three ways (one-shot L{parse_head}, a L{HeadReader}
 fed one byte at a time, and a L{RequestFramer}), because the dispatcher and the
@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.httpframe import (
+from okws_twisted.wire.httpframe import (
     FORBIDDEN_TRAILERS,
     Body,
     End,

@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.logsender} and L{okws_twisted.logchannel}: batching, the bounded buffer, acks and resends.
+Tests for L{okws_twisted.wire.logsender} and L{okws_twisted.wire.logchannel}: batching, the bounded buffer, acks and resends.
 
 Time is a L{MemoryReactorClock}; the channel is a real seqpacket pair whose
 far end the test reads and writes as the log daemon would.
@@ -16,9 +16,15 @@ from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted import logchannel
-from okws_twisted.channel import ChannelError, Message, encode, read_one_blocking, socketpair
-from okws_twisted.logsender import (
+from okws_twisted.wire import logchannel
+from okws_twisted.wire.channel import (
+    ChannelError,
+    Message,
+    encode,
+    read_one_blocking,
+    socketpair,
+)
+from okws_twisted.wire.logsender import (
     FLUSH_COUNT,
     FLUSH_INTERVAL,
     EventForwarder,

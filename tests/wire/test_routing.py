@@ -1,11 +1,11 @@
-"""Tests for L{okws_twisted.routing}: which service owns a request path."""
+"""Tests for L{okws_twisted.wire.routing}: which service owns a request path."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.config import parse
-from okws_twisted.routing import RouteTable
+from okws_twisted.wire.routing import RouteTable
 
 
 class BoundaryTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.templatechannel}: building and validating template
+Tests for L{okws_twisted.wire.templatechannel}: building and validating template
 protocol messages, through the real channel encoding.
 """
 
@@ -9,10 +9,9 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted import channel, templatechannel
-from okws_twisted.channel import ChannelError, Message
-from okws_twisted.templatechannel import Get, Reply
-from okws_twisted.templatetree import MAX_NAME, Absent, Source
+from okws_twisted.wire import channel, templatechannel
+from okws_twisted.wire.channel import ChannelError, Message
+from okws_twisted.wire.templatechannel import MAX_NAME, Absent, Get, Reply, Source
 
 
 def wire(outgoing: tuple[dict[str, Any], bytes]) -> Message:

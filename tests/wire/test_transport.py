@@ -1,5 +1,5 @@
 """
-Tests for L{okws_twisted.transport}: a stream transport that can give its socket away.
+Tests for L{okws_twisted.wire.transport}: a stream transport that can give its socket away.
 
 L{SocketTransport} runs over real connected sockets (Unix stream pairs, and TCP
 over loopback where TCP behaviour matters: resets, half-close, addresses)
@@ -25,8 +25,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from okws_twisted import transport as transport_module
-from okws_twisted.transport import (
+from okws_twisted.wire import transport as transport_module
+from okws_twisted.wire.transport import (
     WRITE_HIGH_WATER,
     SocketTransport,
     address_from_wire,

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 okws = ServiceMaker(
     "okws",
-    "okws_twisted.tap",
+    "okws_twisted.launcher.tap",
     "OKWS, the privilege-separated web server: one process per web service.",
     "okws",
 )

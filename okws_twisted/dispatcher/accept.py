@@ -1,0 +1,223 @@
+# -*- test-case-name: tests.dispatcher.test_dispatcher -*-
+"""
+The dispatcher's front door (OKWS's okd): accepting connections and reading request heads.
+
+L{Acceptor} accepts on a listening socket the launcher opened, in batches;
+L{HeadConnection} reads one client's request head, bounded in bytes and by one
+deadline for the whole head, then asks the dispatcher to route it, or answers
+itself (400, 404, 408, 413, 414, 431, 503, C{OPTIONS *}) with the error pages the
+template publisher rendered.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from okws_twisted.dispatcher.proxyproto import ProxyError, ProxyHeaderReader
+from okws_twisted.wire.errorpage import error_response
+from okws_twisted.wire.httpframe import HeadReader, HTTPError, Limits, RequestHead
+from okws_twisted.wire.transport import SocketTransport, address_from_wire, address_of
+
+if TYPE_CHECKING:
+    from okws_twisted.dispatcher.dispatcher import Dispatcher
+
+ACCEPTS_PER_WAKEUP = 64
+#: The methods a service may implement, as the answer to C{OPTIONS *} says.
+SERVER_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+ACCEPT_PAUSE = 0.1
+
+
+@implementer(IReadDescriptor)
+class Acceptor:
+    """Accepts connections on one inherited listening socket."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, sock: socket.socket, accepted: Callable[[socket.socket, Any], None]):
+        sock.setblocking(False)
+        self._reactor = reactor
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._family = sock.family
+        self._host = address_of(sock.getsockname(), sock.family)
+        self._accepted = accepted
+        self.accepting = False
+        self._closed = False
+
+    def start(self) -> None:
+        if not self.accepting:
+            self.accepting = True
+            self._reactor.addReader(self)
+
+    def stop(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self._reactor.removeReader(self)
+
+    def close(self) -> None:
+        self._closed = True
+        self.stop()
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "Acceptor"
+
+    def doRead(self) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            if not self.accepting:
+                # The previous accept reached the high-water mark (or stop()
+                # was called): leave the rest in the kernel's queue.
+                return
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: the socket stays readable, so pause
+                    # instead of spinning; the rest waits in the kernel's queue.
+                    self.log.warn("accept failed ({error}); pausing accepts for {t}s", error=e, t=ACCEPT_PAUSE)
+                    self.stop()
+                    self._reactor.callLater(ACCEPT_PAUSE, self._resume)
+                return
+            if self._family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._accepted(conn, address_of(addr, self._family), self._host)
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self.start()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.accepting = False
+
+
+class HeadConnection:
+    """A client connection whose request head the dispatcher is reading.
+
+    States: (reading the PROXY header ->) reading the head -> (answered
+    with an error | queued for an instance -> handed off, waiting for the
+    ack -> gone).  On a C{haproxy:} listener the connection first reads a
+    PROXY protocol header, within the same deadline as the head; its source
+    address becomes the transport's peer, and a bad or missing header closes
+    the connection without an answer.
+    """
+
+    transport: SocketTransport
+    log = Logger()
+
+    def __init__(self, dispatcher: "Dispatcher", limits: Limits, deadline: float, proxy: bool = False) -> None:
+        self._dispatcher = dispatcher
+        self._proxy: ProxyHeaderReader | None = ProxyHeaderReader() if proxy else None
+        self._reader = HeadReader(limits)
+        self._timer: IDelayedCall | None = dispatcher.reactor.callLater(deadline, self._timed_out)
+        self.started = dispatcher.reactor.seconds()
+        self.head: RequestHead | None = None
+        self.service: str | None = None
+        self.queue_timer: IDelayedCall | None = None
+        self.done = False
+
+    @property
+    def data(self) -> bytes:
+        """Every byte read from the client so far."""
+        return self._reader.buffered
+
+    def makeConnection(self, transport: SocketTransport) -> None:
+        self.transport = transport
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.head is not None or self.done:
+            return
+        if self._proxy is not None:
+            try:
+                parsed = self._proxy.feed(data)
+            except ProxyError as e:
+                self._refuse(str(e))
+                return
+            if parsed is None:
+                return
+            header, data = parsed
+            self._proxy = None
+            if header.source is not None:
+                self.transport.set_peer(address_from_wire(list(header.source)))
+            if not data:
+                return
+        try:
+            head = self._reader.feed(data)
+        except HTTPError as e:
+            self.answer(e.status, e.reason)
+            return
+        if head is not None:
+            self.head = head
+            self.transport.pauseProducing()
+            self._cancel_timer()
+            self._dispatcher.route(self)
+
+    def _refuse(self, why: str) -> None:
+        """Close a connection whose PROXY header is bad or late: no answer, no access record."""
+        self.log.info("closing a connection from {peer}: {why}", peer=self.transport.getPeer(), why=why)
+        self._cancel_timer()
+        self.transport.abortConnection()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._proxy is not None and not self.done:
+            self._refuse("no PROXY header in time")
+        elif self.head is None and not self.done:
+            self.answer(408, "The request head did not arrive in time.")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def answer(self, status: int, message: str = "", retry_after: int | None = None) -> None:
+        """Answer with an okws error page and close."""
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        head_only = self.head is not None and self.head.method == b"HEAD"
+        response = error_response(
+            status, message, pages=self._dispatcher.pages, retry_after=retry_after, head_only=head_only
+        )
+        body = 0 if head_only else len(response) - response.index(b"\r\n\r\n") - 4
+        self._dispatcher.answered(self, status, message, body)
+        self.transport.write(response)
+        self.transport.close_lingering()
+
+    def answer_options(self) -> None:
+        """C{OPTIONS *}: which methods this server's services may implement; then close."""
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        self._dispatcher.answered(self, 200, "OPTIONS *", 0)
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\nAllow: " + SERVER_METHODS.encode() + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        self.transport.close_lingering()
+
+    def release(self) -> None:
+        """The service holds the connection now: drop our copy, shutting nothing down."""
+        self.done = True
+        self._cancel_timer()
+        self.transport.detach().close()
+        self._dispatcher.closed()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._cancel_timer()
+        if not self.done:
+            self.done = True
+            self._dispatcher.lost(self)
+        self._dispatcher.closed()

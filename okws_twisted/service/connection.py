@@ -1,0 +1,244 @@
+# -*- test-case-name: tests.service.test_runtime -*-
+"""
+One client connection in a service instance (OKWS's libaok connection).
+
+The strict framer (L{okws_twisted.wire.httpframe.RequestFramer}) sits in front of twisted.web's
+C{HTTPChannel}: it feeds the channel exactly the requests this service owns; at a request
+boundary whose next request belongs to another service it stops, waits until every fed request
+is answered and flushed, and hands the connection back to the dispatcher with every unread byte.
+Dispatcher and service frame requests with the same code, so they cannot disagree about where a
+request ends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet import error
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+
+from okws_twisted.service.web import origin_form, with_connection_close
+from okws_twisted.wire.errorpage import error_response
+from okws_twisted.wire.httpframe import (
+    Body,
+    Head,
+    HTTPError,
+    RequestFramer,
+)
+from okws_twisted.wire.transport import SocketTransport
+
+if TYPE_CHECKING:
+    from okws_twisted.service.runtime import ServiceRuntime
+
+
+class ServiceConnection:
+    """One client connection in a service: framer in front of an HTTPChannel.
+
+    States: serving (feeding owned requests) -> handing back (a foreign
+    request is next; waiting for fed requests to finish and flush) -> gone;
+    serving -> failing (malformed or stalled request: answer it once the
+    requests before it are done, then close) -> gone; serving -> last request
+    (C{max_requests_per_connection} reached, or the client half-closed):
+    answer what was fed, then close.
+    """
+
+    log = Logger()
+    transport: SocketTransport
+    channel: http.HTTPChannel
+
+    def __init__(self, runtime: "ServiceRuntime", routed: bool) -> None:
+        self.runtime = runtime
+        self.framer = RequestFramer(runtime.limits)
+        self.owned_next = routed
+        self.fed = 0
+        self.finished = 0
+        self.in_body = False
+        self.handback: bytes | None = None
+        self.failure: HTTPError | None = None
+        self.client_done = False
+        self._body_timer: IDelayedCall | None = None
+        self._flush_wait = False
+
+    def makeConnection(self, transport: SocketTransport) -> None:
+        self.transport = transport
+        self.channel = self.runtime.site.buildProtocol(transport.getPeer())
+        self.channel.okws_connection = self
+        config = self.runtime.config
+        self.channel.timeOut = config.keepalive_timeout
+        # The framer enforces the site's limits; twisted.web's own must never
+        # refuse a head the framer (and the dispatcher) accepted.
+        self.channel.totalHeadersSize = max(config.max_head, http.HTTPChannel.totalHeadersSize)
+        self.channel.MAX_LENGTH = max(config.max_head, http.HTTPChannel.MAX_LENGTH)
+        self.channel.maxHeaders = max(config.max_headers, http.HTTPChannel.maxHeaders)
+        self.channel.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.framer.feed(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what it sent, then close (keep writing)."""
+        self.client_done = True
+        self.framer.eof()
+        self._pump()
+        if self.failure is None and self.handback is None:
+            self._maybe_finish()
+        return True
+
+    def _pump(self) -> None:
+        framer = self.framer
+        transport = self.transport
+        last = self.runtime.config.max_requests_per_connection
+        while self.handback is None and self.failure is None and transport.connected:
+            if self.fed >= last and not self.in_body:
+                return
+            try:
+                event = framer.next_event()
+            except HTTPError as e:
+                self._fail(e)
+                return
+            if event is None:
+                return
+            if isinstance(event, Head):
+                if self.owned_next or self.runtime.owns(event.head.path):
+                    self.owned_next = False
+                    self.fed += 1
+                    self.in_body = True
+                    raw = origin_form(event.head, event.raw)
+                    if self.fed >= last or not event.head.keep_alive:
+                        # The last request this connection may carry, or the
+                        # client asked to close ("close" anywhere in its
+                        # Connection list: twisted.web only finds it as a
+                        # space-separated word of the first field): twisted.web
+                        # answers it with "Connection: close" and then closes.
+                        raw = with_connection_close(raw)
+                    self.channel.dataReceived(raw)
+                    head = event.head
+                    if head.chunked or head.content_length:
+                        self._arm_body_timer()
+                else:
+                    # Bytes read after this point join the framer's buffer; the
+                    # whole unread tail is taken at the moment of handing back.
+                    self.handback = event.raw
+                    transport.pauseProducing()
+                    self._maybe_finish()
+                    return
+            elif isinstance(event, Body):
+                self._arm_body_timer()
+                self.channel.dataReceived(event.data)
+            else:
+                self.in_body = False
+                self._cancel_body_timer()
+
+    def _arm_body_timer(self) -> None:
+        """A body must keep arriving: at most C{body_timeout} seconds between reads."""
+        if self._body_timer is not None and self._body_timer.active():
+            self._body_timer.reset(self.runtime.config.body_timeout)
+        else:
+            self._body_timer = self.runtime.reactor.callLater(self.runtime.config.body_timeout, self._body_stalled)
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None and self._body_timer.active():
+            self._body_timer.cancel()
+        self._body_timer = None
+
+    def _body_stalled(self) -> None:
+        self._body_timer = None
+        if self.in_body and self.transport.connected:
+            self._fail(HTTPError(408, "The request body stopped arriving."))
+
+    def _fail(self, e: HTTPError) -> None:
+        """Answer C{e} after the requests before the bad one, then close."""
+        self.failure = e
+        self._cancel_body_timer()
+        if self.in_body:
+            # The bad request was fed but will never be complete: do not wait for it.
+            self.in_body = False
+            self.fed -= 1
+        self.transport.pauseProducing()
+        self._maybe_finish()
+
+    # -- request accounting (called by ServiceRequest)
+
+    def request_started(self) -> None:
+        self.runtime.in_flight += 1
+
+    def request_finished(self, result: object, request: server.Request, started: float) -> None:
+        self.finished += 1
+        runtime = self.runtime
+        runtime.in_flight -= 1
+        runtime.served += 1
+        # 499 (nginx's convention): the client left before the response was complete.
+        status = 499 if isinstance(result, Failure) else request.code
+        runtime.counts.record(status, runtime.reactor.seconds() - started)
+        self._maybe_finish()
+        if self.runtime.draining:
+            self.runtime.drain_connection(self)
+
+    @property
+    def idle(self) -> bool:
+        """No request is in flight or partly received."""
+        return self.finished >= self.fed and not self.in_body and not self.framer.unread().strip(b"\r\n")
+
+    # -- handing back / failing / closing
+
+    def _maybe_finish(self) -> None:
+        transport = self.transport
+        if self.finished < self.fed or self._flush_wait or not transport.connected or transport.disconnecting:
+            return
+        if self.handback is not None or self.failure is not None:
+            self._flush_wait = True
+            transport.notify_flushed(self._flushed)
+        elif self.client_done and not self.in_body:
+            self.channel.setTimeout(None)
+            transport.loseConnection()
+
+    def _flushed(self) -> None:
+        if not self.transport.connected or self.transport.disconnecting:
+            return
+        if self.failure is not None:
+            self.channel.setTimeout(None)
+            response = error_response(self.failure.status, self.failure.reason, pages=self.runtime.templates.pages)
+            self.runtime.answered(self, self.failure.status, self.failure.reason, response)
+            self.transport.write(response)
+            self.transport.close_lingering()
+            return
+        assert self.handback is not None
+        self.channel.setTimeout(None)
+        sock = self.transport.detach()
+        self.channel.connectionLost(Failure(error.ConnectionDone("handed back to the dispatcher")))
+        self.runtime.connection_ended(self)
+        unread = self.handback + self.framer.unread()
+        self.runtime.hand_back(sock, unread, self.transport.getPeer(), self.transport.getHost(), self.transport.tls)
+
+    def hand_back_when_idle(self) -> None:
+        """Draining for a successor: hand the connection back at its next request boundary."""
+        if not self.transport.connected or self.handback is not None or self.failure is not None:
+            return
+        if self.in_body:
+            return  # called again when this request finishes
+        # Everything not yet fed (possibly nothing) goes back to the dispatcher.
+        self.handback = b""
+        self.transport.pauseProducing()
+        self._maybe_finish()
+
+    def close_when_idle(self) -> None:
+        """Draining: close now if idle, else after the requests in flight."""
+        if not self.transport.connected:
+            return
+        if self.idle:
+            self.channel.setTimeout(None)
+            self.transport.loseConnection()
+            return
+        self.channel.persistent = False
+        for request in self.channel.requests:
+            if not request.startedWriting:
+                request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._cancel_body_timer()
+        self.channel.connectionLost(reason)
+        self.runtime.connection_ended(self)

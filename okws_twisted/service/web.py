@@ -1,0 +1,205 @@
+# -*- test-case-name: tests.service.test_runtime -*-
+"""
+twisted.web as a service instance runs it: the request, channel and site classes.
+
+Authors see twisted.web's own C{Request} (L{ServiceRequest} adds only where bodies go: memory or
+an anonymous memfd, since a jailed service has no temporary directory); L{MountRoot} mounts the
+author's resource at each configured path; L{ServiceSite} turns each response into an access
+record for the log daemon.  L{okws_twisted.testing} serves with these same classes, so an
+author's test runs what production runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import TYPE_CHECKING, Any
+
+from twisted.web import http, server
+from twisted.web.resource import IResource, NoResource, Resource
+
+from okws_twisted.service.templateclient import PublisherClient
+from okws_twisted.wire.handoff import tls_summary
+from okws_twisted.wire.httpframe import (
+    RequestHead,
+)
+from okws_twisted.wire.logsender import RecordSender, RequestIds
+
+if TYPE_CHECKING:
+    from okws_twisted.service.connection import ServiceConnection
+
+
+def origin_form(head: RequestHead, raw: bytes) -> bytes:
+    """The raw head with an absolute-form target rewritten to origin form.
+
+    The dispatcher routes C{GET http://host/p?q HTTP/1.1} by its path; the
+    framer has already checked that the authority equals C{Host}.  twisted.web
+    would take the whole URL as the path, so it gets C{GET /p?q HTTP/1.1}.
+    """
+    target = head.target
+    if target[:1] == b"/" or target == b"*":
+        return raw
+    origin = head.path + (b"?" + head.query if head.query else b"")
+    line_end = raw.index(b"\r\n", raw.index(target))
+    first = raw[:line_end].replace(b" " + target + b" ", b" " + origin + b" ", 1)
+    return first + raw[line_end:]
+
+
+def with_connection_close(raw: bytes) -> bytes:
+    """The raw head with C{Connection: close} as its first field.
+
+    twisted.web decides persistence from the first C{Connection} field, so the
+    one put first wins over any the client sent.
+    """
+    line_end = raw.index(b"\r\n", raw.index(b"HTTP/"))
+    return raw[: line_end + 2] + b"Connection: close\r\n" + raw[line_end + 2 :]
+
+
+class ServiceRequest(server.Request):
+    """A twisted.web request that tells its connection when it is answered.
+
+    Request bodies live in memory (an anonymous C{memfd} above 100 KB), never
+    in a temporary file: a jailed service has no writable directory.  The
+    framer has already bounded the body by the service's C{max_body}.
+
+    @ivar request_id: okws's id of this request, as in the access log (okws
+        makes every id; a client's X-Request-Id header is not used).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        site = getattr(self.channel, "factory", None)
+        if isinstance(site, ServiceSite):
+            self.okws_started = site.reactor.seconds()
+            self.request_id = site.request_ids.next()
+        else:
+            self.okws_started = 0.0
+            self.request_id = "-"
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length < 100_000:
+            self.content = io.BytesIO()
+        else:
+            self.content = os.fdopen(os.memfd_create("okws-request-body", os.MFD_CLOEXEC), "w+b")
+
+    def process(self) -> None:
+        conn = getattr(self.channel, "okws_connection", None)
+        if conn is not None:
+            conn.request_started()
+            self.notifyFinish().addBoth(conn.request_finished, self, conn.runtime.reactor.seconds())
+        super().process()
+
+
+class MountRoot(Resource):
+    """The site root of a service process: the service's resource, mounted at each of its paths.
+
+    The dispatcher routes by path prefix; here the matched prefix is moved
+    from C{request.postpath} to C{request.prepath}, so the author's resource
+    sees only the part of the path below its mount point (for C{/hello/x},
+    C{postpath == [b"x"]}; for C{/hello} and C{/hello/}, C{postpath == []}).
+    """
+
+    def __init__(self, resource: IResource, paths: tuple[str, ...]) -> None:
+        super().__init__()
+        self.resource = resource
+        self.mount_at(paths)
+
+    def mount_at(self, paths: tuple[str, ...]) -> None:
+        """Serve the resource at these paths (again, after a reload)."""
+        self.mounts = sorted(
+            ([seg.encode("ascii") for seg in p.strip("/").split("/")] if p != "/" else [] for p in paths),
+            key=len,
+            reverse=True,
+        )
+
+    def getChildWithDefault(self, name: bytes, request: server.Request) -> IResource:
+        # Called once, for the first segment; Site has already moved it to prepath.
+        segments = [name, *request.postpath]
+        for mount in self.mounts:
+            if segments[: len(mount)] == mount:
+                rest = segments[len(mount) :]
+                request.prepath = mount[:]
+                request.postpath = [] if rest == [b""] else rest
+                return self.resource
+        return NoResource()
+
+    def render(self, request: server.Request) -> bytes:
+        # Only reached for a request with an empty path, which the framer refuses.
+        return NoResource().render(request)
+
+
+class ServiceChannel(http.HTTPChannel):
+    """twisted.web's channel, with its idle timeout kept to idle time.
+
+    C{timeOut} (C{keepalive_timeout}) is reset only when bytes are fed; while
+    a request body is arriving, C{body_timeout} (L{ServiceConnection}'s body
+    timer) decides, so the idle timer is re-armed instead of closing.
+    """
+
+    okws_connection: "ServiceConnection | None" = None
+
+    def timeoutConnection(self) -> None:
+        conn = self.okws_connection
+        if conn is not None and conn.in_body:
+            self.setTimeout(self.timeOut)
+            return
+        super().timeoutConnection()
+
+
+class ServiceSite(server.Site):
+    """The twisted.web site of one service instance.
+
+    @ivar templates: what its resources render templates with (the
+        publisher's, through L{PublisherClient}).
+    """
+
+    requestFactory = ServiceRequest
+    protocol = ServiceChannel
+    displayTracebacks = False
+
+    def __init__(self, resource: IResource, templates: PublisherClient | None = None, reactor: Any = None) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.templates = templates
+
+    #: The log client (set by the runtime); L{None}: no access records.
+    records: RecordSender | None = None
+    #: Send records for every response (else only for status 400 and up, for error.log).
+    access_records = True
+    request_ids = RequestIds("-")
+
+    def log(self, request: server.Request) -> None:
+        """Send an access record to the log daemon (instead of twisted.web's own log).
+
+        Called by twisted.web as the response finishes; cheap: it builds a dict.
+        """
+        records = self.records
+        code = request.code
+        if records is None or (code < 400 and not self.access_records):
+            return
+        now = self.reactor.seconds()
+        started = getattr(request, "okws_started", 0.0) or now
+        client = request.getClientAddress()
+        record: dict[str, Any] = {
+            "kind": "access",
+            "time": int(started * 1_000_000),
+            "client": getattr(client, "host", None) or "-",
+            "request": b"%s %s %s" % (request.method, request.uri, request.clientproto),
+            "status": code,
+            "bytes": request.sentLength,
+            "request_id": getattr(request, "request_id", "-"),
+            "response_time": max(0, int((now - started) * 1_000_000)),
+        }
+        headers = request.requestHeaders
+        referer = headers.getRawHeaders(b"referer")
+        if referer:
+            record["referer"] = referer[0]
+        agent = headers.getRawHeaders(b"user-agent")
+        if agent:
+            record["user_agent"] = agent[0]
+        tls = getattr(request.channel.transport, "tls", None) if request.channel is not None else None
+        if tls is not None:
+            record["tls"] = tls_summary(tls)
+        for key in ("request", "referer", "user_agent"):
+            if key in record:
+                record[key] = record[key].decode("latin-1")
+        records.emit(record)
