@@ -513,12 +513,12 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
 
     def test_badNumbers(self) -> None:
         cases = [
-            ("max_head = big", "max_head: expected a whole number of bytes, 1 or more, "
+            ("max_head = big", "max_head: expected a whole number of bytes (or K, M, G), 1 or more, "
                                "got 'big'"),
-            ("max_head = 0", "max_head: expected a whole number of bytes, 1 or more, got '0'"),
+            ("max_head = 0", "max_head: expected a whole number of bytes (or K, M, G), 1 or more, got '0'"),
             ("max_headers = -3", "max_headers: expected a whole number of headers, 1 or more, "
                                  "got '-3'"),
-            ("max_request_line = 1.5", "max_request_line: expected a whole number of bytes, "
+            ("max_request_line = 1.5", "max_request_line: expected a whole number of bytes (or K, M, G), "
                                        "1 or more, got '1.5'"),
             ("head_timeout = 0", "head_timeout: expected a number of seconds above 0, got '0'"),
             ("head_timeout = nan", "head_timeout: expected a number of seconds above 0, "
@@ -552,7 +552,7 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
         )
         self.assertConfigError(
             "[okws]\n[service:a]\nresource = a:B\npaths = /\nmax_body = -1\n",
-            "site.ini: [service:a] max_body: expected a whole number of bytes, 0 or more, "
+            "site.ini: [service:a] max_body: expected a whole number of bytes (or K, M, G), 0 or more, "
             "got '-1'",
         )
 
@@ -688,7 +688,7 @@ class ValueTests(SynchronousTestCase):
 
     def test_siteErrors(self) -> None:
         e = self.assertRaises(ConfigError, self.make, max_head=True)
-        self.assertEqual(str(e), "site.ini: [okws] max_head: expected a whole number of bytes, "
+        self.assertEqual(str(e), "site.ini: [okws] max_head: expected a whole number of bytes (or K, M, G), "
                                  "1 or more, got True")
         e = self.assertRaises(ConfigError, self.make, head_timeout=float("inf"))
         self.assertEqual(e.key, "head_timeout")
@@ -804,7 +804,7 @@ class LoggingKeyTests(ErrorMixin, SynchronousTestCase):
              "response_time, tls"),
             ("access_log_fields =", "access_log_fields: expected one or more access log fields, e.g. combined"),
             ("log_buffer = 0", "log_buffer: expected a whole number of records, 1 or more, got '0'"),
-            ("log_max_size = -1", "log_max_size: expected a whole number of bytes, 0 or more, got '-1'"),
+            ("log_max_size = -1", "log_max_size: expected a whole number of bytes (or K, M, G), 0 or more, got '-1'"),
             ("log_keep = 0", "log_keep: expected a whole number of files from 1 to 1000, got '0'"),
         ]
         for line, message in cases:
