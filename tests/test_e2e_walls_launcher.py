@@ -184,15 +184,16 @@ class TreeDeathTests(RootOnly):
         self.assertNotIn(f"pid {pid} exited: exit code 0", site.log_text())
 
     def test_sigterm_ends_every_process_and_orphan_within_the_bound(self) -> None:
-        """drain_timeout + kill_timeout + 1 s, with an orphan and an instance that ignores SIGTERM and hangs."""
+        """drain_timeout + kill_timeout + 1 s, with an orphan, a hung instance, and one that also ignores SIGTERM."""
         site = start()
         assert site.proc is not None
         get_json(site, "/runaway/orphan")
-        pid = site.pids()["runaway.0"]
-        hang = site.connect()
-        self.addCleanup(hang.close)
-        hang.sendall(request_bytes("GET", "/runaway/hang"))
-        until(lambda: int(status_of(pid)["SigIgn"], 16) & (1 << (signal.SIGTERM - 1)), 10, "the instance never ignored SIGTERM")
+        pid, hung = site.pids()["runaway.0"], site.pids()["nofork.0"]
+        for path, who, sig in (("/runaway/hang?term=ignore", pid, signal.SIGTERM), ("/nofork/hang", hung, signal.SIGUSR2)):
+            hang = site.connect()
+            self.addCleanup(hang.close)
+            hang.sendall(request_bytes("GET", path))
+            until(lambda: int(status_of(who)["SigIgn"], 16) & (1 << (sig - 1)), 10, f"{path} never hung")
         everything = {m for child in site.pids().values() if process_exists(child) for m in namespace_members(child)}
         self.assertGreater(len(everything), len(site.pids()), "no orphan among the processes")
         sent = time.monotonic()
@@ -202,6 +203,9 @@ class TreeDeathTests(RootOnly):
         self.assertLessEqual(took, bound, f"the last process went after {took:.2f}s")
         site.proc.wait(bound + 5)
         self.assertLessEqual(time.monotonic() - sent, bound + 0.5, "the launcher itself took too long to exit")
+        # SIGTERM (after drain_timeout) ends a hung instance, a PID namespace's init though it is;
+        # one that ignores it gets SIGKILL (after kill_timeout more).
+        site.wait_for(rf"nofork\.0 pid {hung} exited: exit code 143")
         site.wait_for(rf"runaway\.0 pid {pid} exited: signal 9")
 
 

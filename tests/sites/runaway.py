@@ -5,7 +5,8 @@ dispatcher may send.  Each act is one path; the answer is JSON saying what happe
 
 GET .../fork       os.fork, subprocess, posix_spawn, raw clone3, a thread, deferToThread
 GET .../orphan     double-fork a process that sleeps for ever, holding every inherited fd
-GET .../hang       ignore SIGTERM, then block the whole process (it never drains)
+GET .../hang?term=ignore  block the whole process (it never drains); ignore SIGTERM if asked
+                   (else ignore SIGUSR2, which a test sees in /proc/PID/status: it hangs now)
 GET .../alloc?mb=N allocate and touch N MiB
 GET .../memfd?mb=N write N MiB into a memfd
 GET .../flood?mb=N&lines=0|1  write N MiB to stdout (lines=1: 100-byte lines; else none)
@@ -122,7 +123,10 @@ class Runaway(ServiceResource):
         if act == "orphan":
             out["orphan"] = _orphan()
         elif act == "hang":
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if arg.get("term") == "ignore":
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            else:
+                signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # only to show that it hangs now
             time.sleep(3600)
         elif act == "alloc":
             block = bytearray(int(arg["mb"]) << 20)  # zero-filled: every page touched
