@@ -51,6 +51,8 @@ DRAIN_MAX = 256 * 1024
 MAX_STATS = 16 * 1024
 #: How many refused control messages of one process are logged one by one (all are counted).
 REFUSALS_LOGGED = 5
+#: How many pids of a slot's exited processes it remembers.
+PAST_PIDS = 8
 
 
 def exit_status(reason: object) -> str:
@@ -282,6 +284,8 @@ class ChildSlot:
         #: Output dropped and control messages refused by this slot's processes that have exited.
         self.dropped_before = (0, 0)
         self.refused_before = 0
+        #: The pids of its last processes that exited (a late C{lost} about one is no news).
+        self.past_pids: deque[int] = deque(maxlen=PAST_PIDS)
 
     @property
     def name(self) -> str:
@@ -482,6 +486,8 @@ class ChildSlot:
             self.dropped_before[1] + proc.output.dropped_lines,
         )
         self.refused_before += proc.refused
+        if proc.pid is not None:
+            self.past_pids.append(proc.pid)
         proc.report_dropped()
         if proc in self.retiring:
             self.retiring.remove(proc)

@@ -352,19 +352,18 @@ class Launcher(Service):
         pid = meta.get("pid")
         why = str(meta.get("why", ""))[:MAX_WHY]
         partners = {r for _k, l, r in LINKS if l == sender.role} | {l for _k, l, r in LINKS if r == sender.role}
-        target = None
-        if isinstance(pid, int) and not isinstance(pid, bool):
-            target = next(
-                (
-                    slot
-                    for slot in self.children
-                    if slot.role in partners and slot.current is not None and slot.current.pid == pid
-                    and slot.current.state == "ready"
-                ),
-                None,
-            )
-        if target is None or target.current is None:
-            proc.refuse(control.LOST, f"pid {str(pid)[:20]} is no ready process the {sender.name} is wired to")
+        wired = [slot for slot in self.children if slot.role in partners]
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            proc.refuse(control.LOST, "its pid is not a number")
+            return
+        target = next((s for s in wired if s.current is not None and s.current.pid == pid), None)
+        if target is None or target.current is None or target.current.state != "ready":
+            if any(pid in s.past_pids or pid in [p.pid for p in s.processes()] for s in wired):
+                # A process already leaving (retiring, exited, being replaced): no news.
+                self.log.info("the {sender} lost its channel to pid {pid} ({why}), which is already leaving",
+                              sender=sender.name, pid=pid, why=why)
+            else:
+                proc.refuse(control.LOST, f"pid {pid} is no process the {sender.name} is wired to")
             return
         lost = target.current
         lost.state = "lost"

@@ -43,7 +43,9 @@ fd L{CONTROL_FD}.  Message kinds:
 ``lost`` (dispatcher, log daemon, publisher -> launcher)
     "I dropped my channel to the process C{pid}" (it misbehaved, reset or
     vanished), with C{why} in words.  The launcher kills that process if it
-    is the current one of a slot the sender is wired to, and relaunches it.
+    is the current, ready one of a slot the sender is wired to, and
+    relaunches it; about a process already leaving (retiring, exited) it is
+    no news.  Any other pid is refused.
 
 The launcher trusts no child: it accepts from each only the kinds its role
 may send (L{FROM_CHILD}); any other is refused, logged with the sender and

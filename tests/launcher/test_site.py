@@ -176,12 +176,19 @@ class ControlRoleTests(SynchronousTestCase):
 
     def test_lost_only_for_a_ready_process_the_sender_is_wired_to(self) -> None:
         self.hello.state = "starting"
-        self.dispatcher.control_received([message("lost", pid=200, why="x")])  # not wired yet
+        self.dispatcher.control_received([message("lost", pid=200, why="x")])  # not wired yet: no news
         self.dispatcher.control_received([message("lost", pid=4242)])  # no such process
         self.dispatcher.control_received([message("lost", pid=True)])
         self.dispatcher.control_received([message("lost", pid="200")])
         self.assertEqual(self.hello.transport.signals, [])
-        self.assertEqual(self.dispatcher.refused, 4)
+        self.assertEqual(self.dispatcher.refused, 3)
+        # One that has just exited: late news, not misbehaviour.
+        self.hello.processExited(Failure(error.ProcessDone(0)))
+        self.dispatcher.control_received([message("lost", pid=200, why="its channel closed")])
+        self.assertEqual(self.dispatcher.refused, 3)
+        # A pid of a slot the sender is not wired to (the log daemon is no peer of... itself).
+        self.logd.control_received([message("lost", pid=300)])
+        self.assertEqual(self.logd.refused, 1)
         # The log daemon is wired to every sender, the dispatcher too.
         self.logd.control_received([message("lost", pid=100, why="garbage on the log channel")])
         self.assertEqual(self.dispatcher.transport.signals, [signal.SIGKILL])
