@@ -15,6 +15,13 @@ channels the launcher sends, forwards the process's warnings and errors to
 the error log, hands the client to the role for its access records, and on
 stop waits (bounded) for the log daemon to acknowledge the last records
 before the process exits.
+
+A jailed child is the init (pid 1) of its own PID namespace: the kernel
+delivers it no signal from the launcher that it has no handler for (SIGKILL
+aside), so the bootstrap handles SIGTERM (exit at once, status 143), and its
+identity is the pid the launcher put in its config, never C{os.getpid()}.
+A C{MemoryError} anywhere is fatal (status 70): a process that ran out of its
+memory limit is relaunched whole rather than left half-working.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ import sys
 from typing import Any, NoReturn
 
 CONFIG_TIMEOUT = 30.0
+#: The exit status of a child that got SIGTERM (as if killed by it: 128 + 15).
+EXIT_TERMINATED = 128 + signal.SIGTERM
+#: The exit status of a child that ran out of memory (EX_SOFTWARE).
+EXIT_OUT_OF_MEMORY = 70
 
 #: Each role's C{start_role}, imported only in a child of that role (the
 #: dispatcher never imports service code, jinja2 or the author API).
@@ -43,6 +54,18 @@ def _log_to_stderr() -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+
+
+def _exit_on_memory_error(event: dict[str, Any]) -> None:
+    """A log observer: a logged C{MemoryError} ends the process, which the launcher relaunches.
+
+    Whoever caught it (twisted.web's render, a Deferred) carries on otherwise,
+    in a process whose allocations fail at random.
+    """
+    failure = event.get("log_failure")
+    if failure is not None and getattr(failure, "check", None) is not None and failure.check(MemoryError):
+        os.write(2, b"okws child: out of memory (MemoryError); exiting\n")
+        os._exit(EXIT_OUT_OF_MEMORY)
 
 
 def load_resource(spec: str, base_dir: str) -> Any:
@@ -93,6 +116,10 @@ def main(argv: list[str]) -> NoReturn:
         except (JailError, OSError, KeyError, ValueError) as e:
             print(f"okws child {role}: cannot enter its jail: {e}", file=sys.stderr)
             os._exit(3)
+    # Our pid as the launcher and the host see it, for code that names its process.
+    os.environ["OKWS_PID"] = str(first.meta.get("pid", os.getpid()))
+    # A PID namespace's init gets no SIGTERM without a handler.
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(EXIT_TERMINATED))
     if not _needs_tls(role, first.meta, site):
         # Twisted's reactor imports pyOpenSSL (about 12 MiB per process) if it
         # can.  A process that neither terminates TLS nor can reach the
@@ -107,6 +134,8 @@ def main(argv: list[str]) -> NoReturn:
     from twisted.internet import reactor
     from twisted.logger import Logger, globalLogPublisher
     from twisted.python.failure import Failure
+
+    globalLogPublisher.addObserver(_exit_on_memory_error)
 
     from okws_twisted.wire import logchannel
     from okws_twisted.wire.logsender import EventForwarder, RecordSender
@@ -166,7 +195,7 @@ def main(argv: list[str]) -> NoReturn:
     ctl = MessageChannel(reactor, ctl_sock, on_control, launcher_gone, name="control")
     if hasattr(child, "to_launcher"):
         child.to_launcher = lambda meta: ctl.send(meta) if ctl.connected else None
-    ctl.send({"k": control.READY, "pid": os.getpid()})
+    ctl.send({"k": control.READY, "pid": first.meta.get("pid", os.getpid())})
     reactor.run(installSignalHandlers=False)
     sys.stdout.flush()
     sys.stderr.flush()

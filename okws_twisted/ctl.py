@@ -75,6 +75,12 @@ def format_status(status: dict[str, Any]) -> str:
     head = f"okws launcher pid {status.get('pid')}, config {status.get('config')}"
     if status.get("stopping"):
         head += " (stopping)"
+    for child in status.get("children", []):
+        dropped = child.get("output_dropped") or {}
+        if dropped.get("bytes"):
+            lines.append(f"{child.get('name')}: {dropped['bytes']} bytes of output dropped ({dropped.get('lines', 0)} lines)")
+        if child.get("refused"):
+            lines.append(f"{child.get('name')}: {child['refused']} control messages refused")
     return head + "\n" + "\n".join(lines)
 
 

@@ -23,11 +23,22 @@ other order fails with EPERM or leaves a way out):
 3. ``chroot`` into it and ``chdir("/")``.
 4. ``setgroups([])``, ``setresgid``, ``setresuid`` to the child's own ids.
 5. ``PR_SET_NO_NEW_PRIVS``, ``PR_SET_DUMPABLE = 0``, ``RLIMIT_CORE = 0``, a
-   bounded ``RLIMIT_NOFILE``, and the capability bounding set emptied.
-6. For ``network = none``: a seccomp filter refusing every new non-Unix
+   bounded ``RLIMIT_NOFILE``, and the capability bounding set emptied; the
+   memory, file size and process limits the launcher could not set with a
+   cgroup (``RLIMIT_AS``, ``RLIMIT_FSIZE``, ``RLIMIT_NPROC``).
+6. Unless the child may fork (a service with ``fork = yes``): a seccomp
+   filter refusing every new process (``fork``, ``vfork``, ``clone`` without
+   ``CLONE_THREAD``: EPERM; ``clone3``, whose flags a filter cannot read:
+   ENOSYS, so the C library falls back to ``clone``), as OpenSSH's privilege
+   separation sandbox does.  Threads stay allowed.
+7. For ``network = none``: a seccomp filter refusing every new non-Unix
    socket and every ``connect``, ``bind`` and ``listen`` (the empty network
    namespace already leaves nothing to reach; this also stops a process from
    listening on its own unreachable ports).
+
+The launcher has already made the child the init of its own PID namespace
+(L{okws_twisted.launcher.pidns}) and, where the kernel offers them, put it in
+its own memory and pids cgroups.
 
 Every call's result is checked; a failure aborts the child before it runs
 any role code.
@@ -86,6 +97,12 @@ class JailSpec:
     nofile: int = 4096
     new_net: bool = False
     devices: tuple[str, ...] = field(default=("/dev/null", "/dev/urandom"))
+    #: False: the seccomp filter of L{deny_new_processes} (threads only).
+    may_fork: bool = True
+    #: C{RLIMIT_AS}, C{RLIMIT_FSIZE}, C{RLIMIT_NPROC}; 0 leaves one as it is.
+    address_space: int = 0
+    file_size: int = 0
+    processes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +114,10 @@ class JailSpec:
             "nofile": self.nofile,
             "new_net": self.new_net,
             "devices": list(self.devices),
+            "may_fork": self.may_fork,
+            "address_space": self.address_space,
+            "file_size": self.file_size,
+            "processes": self.processes,
         }
 
     @classmethod
@@ -110,6 +131,10 @@ class JailSpec:
             nofile=int(value["nofile"]),
             new_net=bool(value["new_net"]),
             devices=tuple(str(d) for d in value["devices"]),
+            may_fork=bool(value["may_fork"]),
+            address_space=int(value["address_space"]),
+            file_size=int(value["file_size"]),
+            processes=int(value["processes"]),
         )
 
 
@@ -192,6 +217,15 @@ def enter(spec: JailSpec) -> None:
     _check(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0), "dumpable")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
+    for limit, value in (
+        (resource.RLIMIT_AS, spec.address_space),
+        (resource.RLIMIT_FSIZE, spec.file_size),
+        (resource.RLIMIT_NPROC, spec.processes),
+    ):
+        if value:
+            resource.setrlimit(limit, (value, value))
+    if not spec.may_fork:
+        deny_new_processes()
     if spec.new_net:
         deny_network_sockets()
     try:
@@ -202,17 +236,23 @@ def enter(spec: JailSpec) -> None:
         raise JailError("could become root again")
 
 
-# seccomp: for network = none, no new network sockets at all (defence in depth:
-# the empty network namespace already leaves nothing to connect to, but it
-# would still let a process bind and listen on its own unreachable ports).
+# seccomp filters, each a classic BPF program over struct seccomp_data (nr at
+# offset 0, arch at 4, args[0] at 16).  Filters stack: each one installed
+# applies for good, to this process and everything it starts.
 _SECCOMP_MODE_FILTER = 2
 _PR_SET_SECCOMP = 22
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
+#: Kill the whole process (not just the thread): a call from another ABI.
+_RET_KILL_PROCESS = 0x80000000
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 #: (socket, connect, bind, listen) system call numbers.
 _NET_CALLS = {"x86_64": (41, 42, 49, 50), "aarch64": (198, 203, 200, 201)}
+#: (clone, clone3, the calls that always make a process: fork and vfork; aarch64 has neither).
+_PROCESS_CALLS = {"x86_64": (56, 435, (57, 58)), "aarch64": (220, 435, ())}
 _AF_UNIX = 1
+CLONE_THREAD = 0x00010000
+_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 
 
 class _SockFilter(ctypes.Structure):
@@ -223,40 +263,84 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
+def _machine(why: str) -> str:
+    machine = os.uname().machine
+    if machine not in _AUDIT_ARCH:
+        raise JailError(f"{why} needs a seccomp filter for {machine}, which okws does not have")
+    return machine
+
+
+def _prologue(machine: str) -> list[tuple[int, int, int, int]]:
+    """Kill calls from another ABI (i386's int 0x80, x32); leave the call number loaded."""
+    return [
+        (_LD_W_ABS, 0, 0, 4),                                 # arch
+        (_JEQ_K, 1, 0, _AUDIT_ARCH[machine]),                 # our arch? skip the kill
+        (_RET_K, 0, 0, _RET_KILL_PROCESS),                    # another ABI: kill
+        (_LD_W_ABS, 0, 0, 0),                                 # syscall number
+        (_JGE_K, 0, 1, 0x40000000),                           # x32 ABI numbers: kill
+        (_RET_K, 0, 0, _RET_KILL_PROCESS),
+    ]
+
+
+def _install(prog: list[tuple[int, int, int, int]]) -> None:
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+    fprog = _SockFprog(len(prog), filters)
+    _check(_c().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
 def deny_network_sockets() -> None:
     """Install a seccomp filter: no non-Unix socket, no connect, bind or listen (EPERM).
 
-    Sockets the process already holds, and those passed to it, keep working.
+    For network = none, defence in depth: the empty network namespace already
+    leaves nothing to connect to, but it would still let a process bind and
+    listen on its own unreachable ports.  Sockets the process already holds,
+    and those passed to it, keep working.
     """
-    machine = os.uname().machine
-    if machine not in _AUDIT_ARCH:
-        raise JailError(f"network = none needs a seccomp filter for {machine}, which okws does not have")
+    machine = _machine("network = none")
     nr_socket, nr_connect, nr_bind, nr_listen = _NET_CALLS[machine]
-    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
     deny = _RET_ERRNO | errno.EPERM
-    prog = [
-        (ld_w_abs, 0, 0, 4),                                  # 0: arch
-        (jeq_k, 1, 0, _AUDIT_ARCH[machine]),                  # 1: our arch? skip the kill
-        (ret_k, 0, 0, 0),                                     # 2: another ABI: kill
-        (ld_w_abs, 0, 0, 0),                                  # 3: syscall number
-        (jge_k, 0, 1, 0x40000000),                            # 4: x32 ABI numbers: kill
-        (ret_k, 0, 0, 0),                                     # 5
-        (jeq_k, 4, 0, nr_connect),                            # 6 -> 11 deny
-        (jeq_k, 3, 0, nr_bind),                               # 7 -> 11
-        (jeq_k, 2, 0, nr_listen),                             # 8 -> 11
-        (jeq_k, 3, 0, nr_socket),                             # 9 -> 13
-        (ret_k, 0, 0, _RET_ALLOW),                            # 10
-        (ret_k, 0, 0, deny),                                  # 11
-        (ret_k, 0, 0, _RET_ALLOW),                            # 12 (unused)
-        (ld_w_abs, 0, 0, 16),                                 # 13: socket's family (args[0], low word)
-        (jeq_k, 0, 1, _AF_UNIX),                              # 14
-        (ret_k, 0, 0, _RET_ALLOW),                            # 15
-        (ret_k, 0, 0, deny),                                  # 16
+    prog = _prologue(machine) + [
+        (_JEQ_K, 4, 0, nr_connect),                           # 6 -> 11 deny
+        (_JEQ_K, 3, 0, nr_bind),                              # 7 -> 11
+        (_JEQ_K, 2, 0, nr_listen),                            # 8 -> 11
+        (_JEQ_K, 3, 0, nr_socket),                            # 9 -> 13
+        (_RET_K, 0, 0, _RET_ALLOW),                           # 10
+        (_RET_K, 0, 0, deny),                                 # 11
+        (_RET_K, 0, 0, _RET_ALLOW),                           # 12 (unused)
+        (_LD_W_ABS, 0, 0, 16),                                # 13: socket's family (args[0], low word)
+        (_JEQ_K, 0, 1, _AF_UNIX),                             # 14
+        (_RET_K, 0, 0, _RET_ALLOW),                           # 15
+        (_RET_K, 0, 0, deny),                                 # 16
     ]
-    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
-    fprog = _SockFprog(len(prog), filters)
-    libc = _c()
-    _check(libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+    _install(prog)
+
+
+def deny_new_processes() -> None:
+    """Install a seccomp filter: no new process (EPERM), threads allowed.
+
+    C{fork} and C{vfork} are refused; C{clone} only with C{CLONE_THREAD} (the
+    kernel makes that imply C{CLONE_SIGHAND} and C{CLONE_VM}: a thread of this
+    process).  C{clone3} passes its flags behind a pointer a filter cannot
+    read, so it gets ENOSYS, on which the C library falls back to C{clone}
+    (EPERM there would break every new thread).
+    """
+    machine = _machine("fork = no")
+    nr_clone, nr_clone3, always = _PROCESS_CALLS[machine]
+    deny = _RET_ERRNO | errno.EPERM
+    prog = _prologue(machine)
+    for nr in always:
+        prog += [(_JEQ_K, 0, 1, nr), (_RET_K, 0, 0, deny)]
+    prog += [
+        (_JEQ_K, 0, 1, nr_clone3),
+        (_RET_K, 0, 0, _RET_ERRNO | errno.ENOSYS),
+        (_JEQ_K, 1, 0, nr_clone),                             # clone: look at its flags
+        (_RET_K, 0, 0, _RET_ALLOW),                           # any other call
+        (_LD_W_ABS, 0, 0, 16),                                # clone's flags (args[0], low word)
+        (_JSET_K, 0, 1, CLONE_THREAD),
+        (_RET_K, 0, 0, _RET_ALLOW),                           # a thread of this process
+        (_RET_K, 0, 0, deny),                                 # a new process
+    ]
+    _install(prog)
 
 
 def drop_bounding_set() -> None:

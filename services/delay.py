@@ -41,7 +41,7 @@ class Delay(ServiceResource):
         self._reactor = reactor
 
     def render_GET(self, request: IRequest) -> Deferred[str] | str:
-        request.setHeader(b"X-Okws-Pid", b"%d" % (os.getpid(),))
+        request.setHeader(b"X-Okws-Pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         raw = (request.args.get(b"ms") or [b""])[0]
         try:
             ms = int(raw) if raw else self.defaultMilliseconds

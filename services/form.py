@@ -26,11 +26,11 @@ class Guestbook(ServiceResource):
     isLeaf = True
 
     async def render_GET(self, request: IRequest) -> str:
-        request.setHeader(b"X-Okws-Pid", b"%d" % (os.getpid(),))
+        request.setHeader(b"X-Okws-Pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         return await self.render_template("guestbook.html", message=None)
 
     async def render_POST(self, request: IRequest) -> str:
-        request.setHeader(b"X-Okws-Pid", b"%d" % (os.getpid(),))
+        request.setHeader(b"X-Okws-Pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         messages = request.args.get(b"message") or [b""]
         message = messages[0].decode("utf-8", "replace")
         return await self.render_template("guestbook.html", message=message)

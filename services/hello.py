@@ -6,7 +6,8 @@ name is given), rendered from the template C{hello.html}, which extends the
 site's layout C{base.html}. The name is user input; the template is
 autoescaped, so it is shown as text. The C{X-Okws-Pid} header names the
 process that answered, which is how the multi-process tests see which
-instance served a request.
+instance served a request: its pid as the host sees it, C{OKWS_PID} (in a
+jail, an instance is pid 1 of its own PID namespace).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Hello(ServiceResource):
     isLeaf = True
 
     def render_GET(self, request: IRequest) -> Deferred[str]:
-        request.setHeader(b"X-Okws-Pid", b"%d" % (os.getpid(),))
+        request.setHeader(b"X-Okws-Pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         names = request.args.get(b"name") or [b""]
         name = names[0].decode("utf-8", "replace") or "world"
         return self.render_template("hello.html", name=name)

@@ -22,7 +22,7 @@ class Hello(ServiceResource):
     isLeaf = True
 
     def render_GET(self, request: IRequest) -> str:
-        request.setHeader(b"X-Okws-Pid", b"%d" % (os.getpid(),))
+        request.setHeader(b"X-Okws-Pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         names = request.args.get(b"name") or [b""]
         name = names[0].decode("utf-8", "replace") or "world"
         return (

@@ -513,12 +513,12 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
 
     def test_badNumbers(self) -> None:
         cases = [
-            ("max_head = big", "max_head: expected a whole number of bytes, 1 or more, "
+            ("max_head = big", "max_head: expected a whole number of bytes (or K, M, G), 1 or more, "
                                "got 'big'"),
-            ("max_head = 0", "max_head: expected a whole number of bytes, 1 or more, got '0'"),
+            ("max_head = 0", "max_head: expected a whole number of bytes (or K, M, G), 1 or more, got '0'"),
             ("max_headers = -3", "max_headers: expected a whole number of headers, 1 or more, "
                                  "got '-3'"),
-            ("max_request_line = 1.5", "max_request_line: expected a whole number of bytes, "
+            ("max_request_line = 1.5", "max_request_line: expected a whole number of bytes (or K, M, G), "
                                        "1 or more, got '1.5'"),
             ("head_timeout = 0", "head_timeout: expected a number of seconds above 0, got '0'"),
             ("head_timeout = nan", "head_timeout: expected a number of seconds above 0, "
@@ -552,7 +552,7 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
         )
         self.assertConfigError(
             "[okws]\n[service:a]\nresource = a:B\npaths = /\nmax_body = -1\n",
-            "site.ini: [service:a] max_body: expected a whole number of bytes, 0 or more, "
+            "site.ini: [service:a] max_body: expected a whole number of bytes (or K, M, G), 0 or more, "
             "got '-1'",
         )
 
@@ -688,7 +688,7 @@ class ValueTests(SynchronousTestCase):
 
     def test_siteErrors(self) -> None:
         e = self.assertRaises(ConfigError, self.make, max_head=True)
-        self.assertEqual(str(e), "site.ini: [okws] max_head: expected a whole number of bytes, "
+        self.assertEqual(str(e), "site.ini: [okws] max_head: expected a whole number of bytes (or K, M, G), "
                                  "1 or more, got True")
         e = self.assertRaises(ConfigError, self.make, head_timeout=float("inf"))
         self.assertEqual(e.key, "head_timeout")
@@ -804,7 +804,7 @@ class LoggingKeyTests(ErrorMixin, SynchronousTestCase):
              "response_time, tls"),
             ("access_log_fields =", "access_log_fields: expected one or more access log fields, e.g. combined"),
             ("log_buffer = 0", "log_buffer: expected a whole number of records, 1 or more, got '0'"),
-            ("log_max_size = -1", "log_max_size: expected a whole number of bytes, 0 or more, got '-1'"),
+            ("log_max_size = -1", "log_max_size: expected a whole number of bytes (or K, M, G), 0 or more, got '-1'"),
             ("log_keep = 0", "log_keep: expected a whole number of files from 1 to 1000, got '0'"),
         ]
         for line, message in cases:
@@ -879,3 +879,45 @@ class ProxyConfigTests(SynchronousTestCase, ErrorMixin):
             "site.ini: [okws] admin: 'haproxy:tcp:9090': the admin listener does not take PROXY "
             "headers; leave out haproxy:",
         )
+
+
+class WallKeyTests(ErrorMixin, SynchronousTestCase):
+    """fork, memory_limit, max_processes (per service) and cgroups ([okws]): issue 12."""
+
+    def service(self, lines: str) -> ServiceConfig:
+        return site(services="[service:a]\nresource = a:B\npaths = /\n" + lines).services[0]
+
+    def test_defaults(self) -> None:
+        s = self.service("")
+        self.assertEqual((s.fork, s.memory_limit, s.max_processes), (False, 1 << 30, 64))
+        self.assertTrue(site().cgroups)
+
+    def test_values(self) -> None:
+        s = self.service("fork = yes\nmemory_limit = 512M\nmax_processes = 200\n")
+        self.assertEqual((s.fork, s.memory_limit, s.max_processes), (True, 512 << 20, 200))
+        self.assertFalse(site("cgroups = no\n").cgroups)
+
+    def test_sizes_take_suffixes(self) -> None:
+        for text, value in (("2G", 2 << 30), ("64m", 64 << 20), ("131072 K", 128 << 20), ("100_000_000", 100_000_000)):
+            self.assertEqual(self.service(f"memory_limit = {text}\n").memory_limit, value, text)
+        self.assertEqual(site("max_head = 16K\n").max_head, 16384)
+        self.assertEqual(self.service("max_body = 1M\n").max_body, 1 << 20)
+
+    def test_errors(self) -> None:
+        head = "[okws]\n[service:a]\nresource = a:B\npaths = /\n"
+        for line, message in (
+            ("memory_limit = 1M", "memory_limit: expected a whole number of bytes (or K, M, G), 64M or more, got '1M'"),
+            ("memory_limit = 1.5G", "memory_limit: expected a whole number of bytes (or K, M, G), 64M or more, got '1.5G'"),
+            ("memory_limit = 2T", "memory_limit: expected a whole number of bytes (or K, M, G), 64M or more, got '2T'"),
+            ("memory_limit = 1GiB", "memory_limit: expected a whole number of bytes (or K, M, G), 64M or more, got '1GiB'"),
+            ("max_processes = 8", "max_processes: expected a whole number of processes and threads, 16 or more, got '8'"),
+            ("fork = maybe", "fork: expected yes or no, got 'maybe'"),
+        ):
+            self.assertConfigError(head + line + "\n", f"site.ini: [service:a] {message}")
+        self.assertConfigError("[okws]\ncgroups = v2\n" + SERVICE, "site.ini: [okws] cgroups: expected yes or no, got 'v2'")
+        self.assertConfigError("[okws]\nfork = yes\n" + SERVICE,
+                               "site.ini: [okws] fork: unknown key here; fork belongs in a [service:NAME] section")
+
+    def test_to_children_and_back(self) -> None:
+        config = site("cgroups = no\n", "[service:a]\nresource = a:B\npaths = /\nfork = yes\nmemory_limit = 100M\n")
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)

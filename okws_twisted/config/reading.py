@@ -27,6 +27,7 @@ from okws_twisted.config.site import (
     _OKWS_BOOLEANS,
     _OKWS_KEYS,
     _OKWS_NUMBERS,
+    _SERVICE_BOOLEANS,
     _SERVICE_KEYS,
     _SERVICE_NUMBERS,
     _SERVICE_PREFIX,
@@ -232,7 +233,7 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
     kwargs["paths"] = tuple(section["paths"].split())
     if "network" in section:
         kwargs["network"] = section["network"].strip()
-    for key in ("scratch", "lazy"):
+    for key in _SERVICE_BOOLEANS:
         if key in section:
             word = section[key].strip().lower()
             if word not in _BOOL_WORDS:

@@ -53,13 +53,29 @@ class _Number:
     maximum: float | None = None
     exclusive: bool = False  # True: the value must be strictly above C{minimum}
 
+    @property
+    def is_size(self) -> bool:
+        """Sizes in bytes may be written with a K, M or G suffix (KiB, MiB, GiB)."""
+        return self.unit == "bytes"
+
     def expected(self) -> str:
         noun = "a whole number of" if self.kind is int else "a number of"
+        unit = f"{self.unit} (or K, M, G)" if self.is_size else self.unit
+        low, high = self._shown(self.minimum), self._shown(self.maximum)
         if self.maximum is not None:
-            return f"{noun} {self.unit} from {self.minimum:g} to {self.maximum:g}"
+            return f"{noun} {unit} from {low} to {high}"
         if self.exclusive:
-            return f"{noun} {self.unit} above {self.minimum:g}"
-        return f"{noun} {self.unit}, {self.minimum:g} or more"
+            return f"{noun} {unit} above {low}"
+        return f"{noun} {unit}, {low} or more"
+
+    def _shown(self, value: float | None) -> str:
+        if value is None:
+            return ""
+        if self.is_size and value:
+            for suffix, scale in reversed(_SIZE_SUFFIXES.items()):
+                if value % scale == 0:
+                    return f"{value // scale:g}{suffix}"
+        return f"{value:g}"
 
     def check(self, value: object, written: str | None = None) -> str | None:
         """Return why C{value} is wrong (quoting C{written}, the ini text, if given), or L{None}."""
@@ -77,7 +93,12 @@ class _Number:
         return None
 
     def convert(self, text: str) -> int | float:
-        """Read the ini spelling: plain digits (C{_} separators allowed), a point for floats."""
+        """Read the ini spelling: plain digits (C{_} separators allowed), a point for floats,
+        a K, M or G suffix for sizes."""
+        if self.is_size:
+            match = _SIZE_TEXT.fullmatch(text)
+            if match:
+                return int(match.group(1)) * _SIZE_SUFFIXES.get(match.group(2).upper(), 1)
         pattern = _INT_TEXT if self.kind is int else _FLOAT_TEXT
         if not pattern.fullmatch(text):
             raise _FieldError(None, f"expected {self.expected()}, got {text!r}")
@@ -85,6 +106,8 @@ class _Number:
 
 
 _INT_TEXT = re.compile(r"[0-9]+(?:_[0-9]+)*")
+_SIZE_TEXT = re.compile(r"([0-9]+(?:_[0-9]+)*) ?([KMGkmg]?)")
+_SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _FLOAT_TEXT = re.compile(r"[0-9]+(?:_[0-9]+)*(?:\.[0-9]*)?|\.[0-9]+")
 
 _SECONDS_POSITIVE = _Number(float, 0, "seconds", exclusive=True)
@@ -124,7 +147,7 @@ _OKWS_NUMBERS: dict[str, _Number] = {
 }
 
 #: The yes/no [okws] keys.
-_OKWS_BOOLEANS = ("access_log", "access_log_json")
+_OKWS_BOOLEANS = ("access_log", "access_log_json", "cgroups")
 _TRUE = ("yes", "true", "on", "1")
 _FALSE = ("no", "false", "off", "0")
 
@@ -136,10 +159,15 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
     "restart_after_seconds": _SECONDS_OR_ZERO,
     "uid": _Number(int, 0, "uid", maximum=2**31 - 2),
     "gid": _Number(int, 0, "gid", maximum=2**31 - 2),
+    # Below 64 MiB Python and Twisted alone do not fit.
+    "memory_limit": _Number(int, 64 << 20, "bytes"),
+    # Threads count: an instance's own thread pool takes up to 10.
+    "max_processes": _Number(int, 16, "processes and threads"),
 }
 
 _OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields")
-_SERVICE_KEYS = ("resource", "paths", "network", "scratch", "lazy", *_SERVICE_NUMBERS)
+_SERVICE_BOOLEANS = ("scratch", "lazy", "fork")
+_SERVICE_KEYS = ("resource", "paths", "network", *_SERVICE_BOOLEANS, *_SERVICE_NUMBERS)
 _NETWORK_CHOICES = ("none", "host")
 _BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
@@ -279,6 +307,9 @@ class ServiceConfig:
     network: str = "none"
     scratch: bool = False
     lazy: bool = False
+    fork: bool = False
+    memory_limit: int = 1 << 30
+    max_processes: int = 64
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SERVICE_NAME.fullmatch(self.name):
@@ -291,7 +322,7 @@ class ServiceConfig:
         object.__setattr__(self, "paths", _normalize_paths(self.paths))
         if self.network not in _NETWORK_CHOICES:
             raise _FieldError("network", f"expected one of {', '.join(_NETWORK_CHOICES)}, got {self.network!r}")
-        for key in ("scratch", "lazy"):
+        for key in _SERVICE_BOOLEANS:
             if not isinstance(getattr(self, key), bool):
                 raise _FieldError(key, f"expected yes or no, got {getattr(self, key)!r}")
         for key, number in _SERVICE_NUMBERS.items():
@@ -371,6 +402,7 @@ class SiteConfig:
     log_keep: int = 5
     access_log: bool = True
     access_log_json: bool = False
+    cgroups: bool = True
     access_log_fields: tuple[str, ...] = COMBINED
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     tls_handshake_timeout: float = 10.0

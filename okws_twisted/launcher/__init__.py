@@ -1,7 +1,8 @@
 """The launcher (OKWS's okld): twistd's service, the one process that stays root.
 
-It opens the listening sockets, spawns every other process (jailed when started as root),
-wires the channels between them and relaunches what dies.  Channels it holds: a control
+It opens the listening sockets, spawns every other process (jailed when started as root: each
+the init of its own PID namespace, a service instance in its own cgroups), wires the channels
+between them and relaunches what dies.  Channels it holds: a control
 channel to every child (L{okws_twisted.wire.control}) and a log channel to the log daemon.
 Operators reach it through its control socket (C{okws-ctl}).
 """

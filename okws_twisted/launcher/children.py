@@ -3,13 +3,21 @@
 The launcher's children (OKWS's okld): a slot kept running (L{ChildSlot}: a role, or one
 instance of a service) and each process spawned for it (L{ChildProcess}: one pid).
 
-A slot spawns its process jailed (when the launcher is root), relaunches it with a doubling
+A slot spawns its process jailed (when the launcher is root): as the init of its own PID
+namespace (L{okws_twisted.launcher.pidns}), and for a service instance inside its memory and
+pids cgroups (L{okws_twisted.launcher.cgroups}).  It relaunches the process with a doubling
 back-off when it dies, counts crashes against the crash budget, and retires a process
 gracefully (its successor first) on relaunch or reload.
+
+A process is dead when the kernel says so (C{processExited}), not when its pipes close: an
+orphan it left could hold them open for ever.  Nothing a child says is taken on trust: its
+control messages are checked against what its role may send (L{control.FROM_CHILD}), and
+its output reaches the log through an L{OutputLimiter}.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -24,6 +32,10 @@ from twisted.python.failure import Failure
 
 import okws_twisted
 from okws_twisted.config import ServiceConfig
+from okws_twisted.launcher import limits
+from okws_twisted.launcher.cgroups import InstanceCgroup
+from okws_twisted.launcher.output import LINE_MAX, RATE, OutputLimiter
+from okws_twisted.launcher.pidns import PidNamespaceError
 from okws_twisted.launcher.supervision import Backoff, CrashBudget, Heartbeat
 from okws_twisted.wire import control
 from okws_twisted.wire.channel import Message, MessageChannel, socketpair
@@ -33,6 +45,14 @@ if TYPE_CHECKING:
 
 #: How many of a child's last output lines go with the error-log record of its crash.
 OUTPUT_TAIL = 20
+#: How much of what a dead child left in its pipes is read before they are closed.
+DRAIN_MAX = 256 * 1024
+#: The largest C{stats} a child's C{pong} may carry (as JSON).
+MAX_STATS = 16 * 1024
+#: How many refused control messages of one process are logged one by one (all are counted).
+REFUSALS_LOGGED = 5
+#: How many pids of a slot's exited processes it remembers.
+PAST_PIDS = 8
 
 
 def exit_status(reason: object) -> str:
@@ -54,6 +74,9 @@ def child_environment(extra_paths: list[str]) -> dict[str, str]:
         "PYTHONPATH": os.pathsep.join(paths),
         "PYTHONUNBUFFERED": "1",
         "LANG": "C.UTF-8",
+        # Two malloc arenas, not eight per core: every thread's arena reserves 64 MiB of
+        # address space, which RLIMIT_AS (the memory limit without a cgroup) counts.
+        "MALLOC_ARENA_MAX": "2",
     }
     return env
 
@@ -63,7 +86,9 @@ class ChildProcess(ProcessProtocol):
 
     States: starting (spawned, no ``ready`` yet) -> ready -> retiring (told
     to drain because a successor took over, or the site is stopping) ->
-    exited.  Its stdout/stderr lines go to the launcher's log, tagged.
+    exited; or lost (a peer dropped its channel to it: killed, then
+    relaunched) -> exited.  Its stdout/stderr lines go to the launcher's
+    log, tagged, bounded by an L{OutputLimiter}.
     """
 
     log = Logger(namespace="okws")
@@ -79,8 +104,14 @@ class ChildProcess(ProcessProtocol):
         self.stats: dict[str, Any] = {}
         self.exited: defer.Deferred[None] = defer.Deferred()
         self.killed_by_watchdog = False
-        self._partial = {1: b"", 2: b""}
+        #: Why the launcher killed it, if it did (said with its exit status).
+        self.killed_because: str | None = None
+        self.output = OutputLimiter(now)
+        self._dropping = False
         self.tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
+        #: Control messages refused (a kind its role may not send, or a malformed one).
+        self.refused = 0
+        self.cgroup: InstanceCgroup | None = None
 
     # -- ProcessProtocol
 
@@ -88,21 +119,33 @@ class ChildProcess(ProcessProtocol):
         self.transport.closeStdin()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        lines = (self._partial.get(fd, b"") + data).split(b"\n")
-        self._partial[fd] = lines.pop()
-        for line in lines:
-            self._emit(line)
+        now = self.slot.launcher.reactor.seconds()
+        for text in self.output.feed(fd, data, now):
+            self._emit(text)
+        if self.output.dropped_bytes and not self._dropping:
+            self._dropping = True
+            self.log.warn(
+                "{child} pid {pid} writes more output than is logged ({rate} KiB/s, lines up to {line} KiB): "
+                "dropping the rest and counting it",
+                child=self.name, pid=self.pid, rate=RATE // 1024, line=LINE_MAX // 1024,
+            )
 
-    def _emit(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
+    def _emit(self, text: str) -> None:
         self.tail.append(text)
         self.log.info("[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=text)
 
-    def processEnded(self, reason: Failure) -> None:
-        for fd in (1, 2):
-            if self._partial.get(fd):
-                self._emit(self._partial[fd])
-                self._partial[fd] = b""
+    def report_dropped(self) -> None:
+        """Log what output was dropped since the last report (the watchdog's tick calls this)."""
+        dropped, lines = self.output.report()
+        if dropped:
+            self.log.warn(
+                "{child} pid {pid}: dropped {bytes} bytes of its output ({lines} lines), {total} bytes in all",
+                child=self.name, pid=self.pid, bytes=dropped, lines=lines, total=self.output.dropped_bytes,
+            )
+
+    def processExited(self, reason: Failure) -> None:
+        """The process is dead (reaped): the slot hears of it now, whoever still holds its pipes."""
+        self._drain_pipes()
         self.state = "exited"
         if self.ctl is not None:
             self.ctl.close()
@@ -110,13 +153,51 @@ class ChildProcess(ProcessProtocol):
         self.slot.process_ended(self, reason)
         self.exited.callback(None)
 
+    def _drain_pipes(self) -> None:
+        """Take what the child wrote before it died (bounded), then close our ends of its pipes.
+
+        Its death and its last output race to the reactor; reading what the
+        pipes already hold keeps a crash's traceback with the crash.  Closing
+        our ends means a process that inherited the pipes (a child's orphan,
+        without a PID namespace) cannot keep the launcher reading.
+        """
+        transport = self.transport
+        pipes = getattr(transport, "pipes", {})
+        for fd in (1, 2):
+            reader = pipes.get(fd)
+            left = DRAIN_MAX
+            while reader is not None and left > 0:
+                try:
+                    data = os.read(reader.fileno(), min(65536, left))
+                except OSError:
+                    break  # EAGAIN: nothing more written yet
+                if not data:
+                    break
+                left -= len(data)
+                self.childDataReceived(fd, data)
+        if transport is not None:
+            transport.loseConnection()
+
+    def processEnded(self, reason: Failure) -> None:
+        """Every pipe is closed too: log what was left of an unfinished line."""
+        for text in self.output.flush(self.slot.launcher.reactor.seconds()):
+            self._emit(text)
+
     # -- the control channel
 
     def control_received(self, batch: list[Message]) -> None:
         now = self.slot.launcher.reactor.seconds()
+        role = self.slot.role
         for msg in batch:
             msg.close_fds()
-            if msg.kind == control.READY and self.state == "starting":
+            if self.state == "exited":
+                return
+            if not control.may_send(role, msg.kind):
+                self.refuse(msg.kind, f"a {role} may not send it")
+            elif msg.kind == control.READY:
+                if self.state != "starting":
+                    self.refuse(msg.kind, f"it is {self.state}, not starting")
+                    continue
                 self.state = "ready"
                 self.heartbeat.last_answer = now
                 self.slot.launcher.note(LogLevel.info, "{child} pid {pid} is ready", child=self.name, pid=self.pid)
@@ -126,10 +207,23 @@ class ChildProcess(ProcessProtocol):
                 if isinstance(seq, int):
                     self.heartbeat.pong(seq, now)
                 stats = msg.meta.get("stats")
-                if isinstance(stats, dict):
+                if isinstance(stats, dict) and len(json.dumps(stats)) <= MAX_STATS:
                     self.stats = stats
+                elif stats is not None:
+                    self.refuse("pong", f"its stats are not a JSON object of at most {MAX_STATS} bytes")
             elif msg.kind == control.WANT:
                 self.slot.launcher.want(msg.meta)
+            elif msg.kind == control.LOST:
+                self.slot.launcher.lost(self.slot, self, msg.meta)
+
+    def refuse(self, kind: str, why: str) -> None:
+        """Count a control message the launcher will not act on; log the first few."""
+        self.refused += 1
+        if self.refused <= REFUSALS_LOGGED:
+            self.slot.launcher.note(
+                LogLevel.warn, "refused {kind} from {child} pid {pid}: {why} ({n} refused)",
+                kind=kind[:40], child=self.name, pid=self.pid, why=why, n=self.refused,
+            )
 
     def send(self, meta: dict[str, Any], fds: tuple[int, ...] | list[int] = (), payload: bytes = b"") -> bool:
         if self.ctl is None or not self.ctl.connected:
@@ -187,6 +281,11 @@ class ChildSlot:
         self.removed = False
         self.launches = 0
         self.crashes = 0
+        #: Output dropped and control messages refused by this slot's processes that have exited.
+        self.dropped_before = (0, 0)
+        self.refused_before = 0
+        #: The pids of its last processes that exited (a late C{lost} about one is no news).
+        self.past_pids: deque[int] = deque(maxlen=PAST_PIDS)
 
     @property
     def name(self) -> str:
@@ -264,19 +363,42 @@ class ChildSlot:
             meta["service"] = self.service
             meta["index"] = self.index
             extra_paths.append(launcher.config.base_dir)
+        proc = ChildProcess(self, reactor.seconds(), launcher.config.heartbeat_timeout)
         if launcher.jailed:
-            meta["jail"] = launcher.jail_spec(self).to_json()
+            proc.cgroup, resources = self._resources()
+            meta["jail"] = launcher.jail_spec(self, resources).to_json()
         # -P: the working directory is not put on sys.path, so the child
         # imports okws exactly where the launcher did (and a jail shows it).
         args = [sys.executable, "-P", "-m", "okws_twisted.bootstrap", self.role, self.name]
-        proc = ChildProcess(self, reactor.seconds(), launcher.config.heartbeat_timeout)
+        kwargs: dict[str, Any] = dict(env=child_environment(extra_paths), path=launcher.config.base_dir, childFDs=child_fds)
         try:
-            reactor.spawnProcess(
-                proc, sys.executable, args, env=child_environment(extra_paths), path=launcher.config.base_dir, childFDs=child_fds
-            )
+            if launcher.pid_namespaces is not None:
+                launcher.pid_namespaces.spawn(reactor, proc, sys.executable, args, **kwargs)
+            else:
+                reactor.spawnProcess(proc, sys.executable, args, **kwargs)
+        except BaseException as e:
+            parent.close()
+            if proc.cgroup is not None and launcher.cgroups is not None:
+                launcher.cgroups.release(proc.cgroup)
+            if isinstance(e, PidNamespaceError):
+                launcher.fatal(f"cannot spawn {self.name} in a PID namespace of its own: {e}")
+            raise
         finally:
             child.close()
         proc.pid = proc.transport.pid
+        meta["pid"] = proc.pid
+        if launcher.pid_namespaces is not None and launcher.pid_namespaces.broken:
+            launcher.fatal(launcher.pid_namespaces.broken)
+        if proc.cgroup is not None:
+            try:
+                # Before the child has its config: it is inside its limits
+                # before it enters its jail or runs any role code.
+                proc.cgroup.join(proc.pid)
+            except OSError as e:
+                launcher.note(LogLevel.error, "cannot move {child} pid {pid} into its cgroup: {error}; killing it",
+                              child=self.name, pid=proc.pid, error=e.strerror or e)
+                proc.killed_because = "it could not be put in its cgroup"
+                proc.signal(signal.SIGKILL)
         proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}")
         proc.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
         self.launches += 1
@@ -291,6 +413,21 @@ class ChildSlot:
                 LogLevel.info, "started {child} as pid {pid} (relaunch {n})", child=self.name, pid=proc.pid, n=self.launches - 1
             )
         return proc
+
+    def _resources(self) -> tuple[InstanceCgroup | None, limits.ResourcePlan | None]:
+        """A service instance's cgroups (where the launcher has them) and limits; none for a helper."""
+        service = self.service_config() if self.role == "service" else None
+        if service is None:
+            return None, None
+        cgroups = self.launcher.cgroups
+        cgroup = None
+        if cgroups is not None and cgroups.controllers:
+            cgroup, problems = cgroups.make(f"{self.name}-{self.launches + 1}", service.memory_limit, service.max_processes)
+            if problems:
+                self.launcher.note(LogLevel.warn, "{child}: cgroup {problems}; falling back to rlimits",
+                                   child=self.name, problems="; ".join(problems))
+        have = cgroup.controllers if cgroup is not None else frozenset()
+        return cgroup, limits.plan(service, "memory" in have, "pids" in have)
 
     def relaunch(self, reason: str) -> bool:
         """Graceful relaunch: a successor starts; the current process retires once it is ready.
@@ -335,6 +472,23 @@ class ChildSlot:
         note = launcher.note
         now = launcher.reactor.seconds()
         status = exit_status(reason.value)
+        if proc.cgroup is not None:
+            if proc.cgroup.oom_kills():
+                service = self.service_config()
+                limit = service.memory_limit if service is not None else 0
+                status += f", killed at its memory_limit of {limit} bytes"
+            if launcher.cgroups is not None:
+                launcher.cgroups.release(proc.cgroup)
+        if proc.killed_because:
+            status += f", killed because {proc.killed_because}"
+        self.dropped_before = (
+            self.dropped_before[0] + proc.output.dropped_bytes,
+            self.dropped_before[1] + proc.output.dropped_lines,
+        )
+        self.refused_before += proc.refused
+        if proc.pid is not None:
+            self.past_pids.append(proc.pid)
+        proc.report_dropped()
         if proc in self.retiring:
             self.retiring.remove(proc)
             note(LogLevel.info, "{child} pid {pid} exited after retiring: {status}", child=self.name, pid=proc.pid, status=status)
@@ -384,6 +538,7 @@ class ChildSlot:
     def tick(self, now: float) -> None:
         """Ping every live process; kill one that stopped answering; restart on schedule."""
         for proc in self.processes():
+            proc.report_dropped()
             if proc.state not in ("ready", "retiring"):
                 continue
             if proc.heartbeat.overdue(now):
@@ -409,6 +564,9 @@ class ChildSlot:
 
     def status(self, now: float) -> dict[str, Any]:
         proc = self.current
+        live = [p for p in self.processes() if p.state != "exited"]
+        dropped_bytes = self.dropped_before[0] + sum(p.output.dropped_bytes for p in live)
+        dropped_lines = self.dropped_before[1] + sum(p.output.dropped_lines for p in live)
         return {
             "name": self.name,
             "role": self.role,
@@ -422,4 +580,6 @@ class ChildSlot:
             "crashes": self.crashes,
             "stats": proc.stats if proc else {},
             "retiring": [p.pid for p in self.retiring],
+            "output_dropped": {"bytes": dropped_bytes, "lines": dropped_lines},
+            "refused": self.refused_before + sum(p.refused for p in live),
         }

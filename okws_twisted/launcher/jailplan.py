@@ -114,7 +114,14 @@ def scratch_dir(site: SiteConfig, service: ServiceConfig) -> str:
 
 
 def jail_for(
-    site: SiteConfig, name: str, uid: int, gid: int, binds: Iterable[Bind] = (), new_net: bool = False, nofile: int = ROLE_NOFILE
+    site: SiteConfig,
+    name: str,
+    uid: int,
+    gid: int,
+    binds: Iterable[Bind] = (),
+    new_net: bool = False,
+    nofile: int = ROLE_NOFILE,
+    may_fork: bool = True,
 ) -> JailSpec:
     return JailSpec(
         root=os.path.join(site.jail_root, name),
@@ -123,6 +130,7 @@ def jail_for(
         binds=tuple(python_binds()) + tuple(binds),
         nofile=nofile,
         new_net=new_net,
+        may_fork=may_fork,
     )
 
 

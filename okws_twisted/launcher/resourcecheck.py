@@ -34,7 +34,9 @@ def _checker_input(site: SiteConfig) -> str:
         uid, gid = jailplan.UidPlan(site, jailplan.uids_in_use()).ids_for("resourcecheck")
         binds = [b for service in site.services for b in jailplan.service_binds(site, service)]
         jailplan.prepare_jail_root(site)
-        jail = jailplan.jail_for(site, "resourcecheck", uid, gid, binds, new_net=True).to_json()
+        # Importing may start a process only if some service may.
+        may_fork = any(service.fork for service in site.services)
+        jail = jailplan.jail_for(site, "resourcecheck", uid, gid, binds, new_net=True, may_fork=may_fork).to_json()
     return json.dumps({"site": site.to_json(), "jail": jail})
 
 

@@ -18,6 +18,11 @@ The launcher sends its own records too (every process start, exit, crash and
 relaunch) over a log channel of its own, and on SIGUSR1 asks the log daemon
 to reopen its files (after twistd has rotated its own log, if it logs to a
 file).
+
+Started as root, it spawns each child as the init of its own PID namespace
+and each service instance inside its own memory and pids cgroups (see
+L{okws_twisted.launcher.children}).  Stopping ends every process, whatever it
+left behind, within C{drain_timeout + kill_timeout} and a second.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel, formatEvent
 
 from okws_twisted.config import Listener, SiteConfig
+from okws_twisted.launcher import cgroups
 from okws_twisted.launcher.children import ChildProcess, ChildSlot
+from okws_twisted.launcher.limits import ResourcePlan
+from okws_twisted.launcher.pidns import PidNamespaces
 from okws_twisted.wire import control, logchannel
 from okws_twisted.wire.channel import MessageChannel, socketpair
 from okws_twisted.wire.logsender import FINAL_FLUSH_TIMEOUT, RecordSender
@@ -63,6 +71,13 @@ LOGD_STOP_TIMEOUT = 5.0
 
 #: How many of a child's last output lines go with the error-log record of its crash.
 OUTPUT_TAIL = 20
+
+#: After C{drain_timeout + kill_timeout}, how long the log daemon may still take to write the
+#: last records before it is killed too: stopping never takes longer than their sum plus a second.
+FINAL_GRACE = 0.5
+
+#: The longest C{why} of a C{lost} message that is logged.
+MAX_WHY = 200
 
 
 class Launcher(Service):
@@ -102,6 +117,11 @@ class Launcher(Service):
         self._watchdog = LoopingCall(self._tick)
         self._watchdog.clock = reactor
         self.control_port: Any = None
+        #: Root only: each child the init of its own PID namespace.
+        self.pid_namespaces: PidNamespaces | None = None
+        #: Root only, where the kernel offers them: per-instance memory and pids cgroups.
+        self.cgroups: cgroups.RunCgroups | None = None
+        self._fatal = False
 
     @property
     def children(self) -> list[ChildSlot]:
@@ -126,6 +146,8 @@ class Launcher(Service):
             )
         else:
             self.log.info("running as root: each child gets its own uid and a jail under {root}", root=self.config.jail_root)
+            self.pid_namespaces = PidNamespaces()
+            self._start_cgroups()
         self._install_usr1()
         self.logd.spawn()
         self.publisher.spawn()
@@ -141,13 +163,39 @@ class Launcher(Service):
         self.control_port = listen_control(self)
         signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self._reload_on_signal))
 
+    def _start_cgroups(self) -> None:
+        """Find the memory and pids cgroups to put service instances in; say which limits apply."""
+        if self.config.cgroups:
+            try:
+                found = cgroups.find()
+            except OSError as e:
+                self.log.warn("cannot read this process's cgroups: {error}", error=e)
+                found = {}
+            self.cgroups = cgroups.RunCgroups(found, self.run_id)
+            for problem in self.cgroups.problems:
+                self.log.warn("cannot use the cgroup controller {problem}", problem=problem)
+        have = self.cgroups.controllers if self.cgroups is not None else frozenset()
+        memory = "a memory cgroup" if "memory" in have else "RLIMIT_AS and RLIMIT_FSIZE (no memory cgroup)"
+        tasks = "a pids cgroup" if "pids" in have else "RLIMIT_NPROC for fork = yes services (no pids cgroup)"
+        self.log.info("service limits: memory_limit by {memory}, max_processes by {tasks}", memory=memory, tasks=tasks)
+
+    def fatal(self, message: str) -> None:
+        """Something that must never be carried on with: say so and stop the site."""
+        self.note(LogLevel.critical, "{message}; stopping", message=message)
+        if not self._fatal:
+            self._fatal = True
+            self.reactor.callLater(0, self.reactor.stop)
+
     def _reload_on_signal(self) -> None:
         self.log.info("SIGHUP: reloading {file}", file=self.config.file)
         d = self.reload()
         d.addErrback(lambda f: self.log.error("reload refused: {error}", error=f.getErrorMessage()))
 
-    def jail_spec(self, slot: ChildSlot) -> Any:
-        """The jail of one child (root only): its own ids, and only the paths its job needs."""
+    def jail_spec(self, slot: ChildSlot, resources: ResourcePlan | None = None) -> Any:
+        """The jail of one child (root only): its own ids, only the paths its job needs, its limits.
+
+        Only a service with C{fork = yes} may start processes; no other role ever does.
+        """
         from okws_twisted.launcher import jailplan
 
         site = self.config
@@ -162,9 +210,15 @@ class Launcher(Service):
             if service.scratch:
                 path = jailplan.prepare_scratch(site, service, uid, gid)
                 binds.append(jailplan.Bind(path, writable=True, target="/scratch"))
-            return jailplan.jail_for(
-                site, slot.name, uid, gid, binds, new_net=service.network == "none", nofile=service.max_connections + 256
+            spec = jailplan.jail_for(
+                site, slot.name, uid, gid, binds, new_net=service.network == "none", nofile=service.max_connections + 256,
+                may_fork=service.fork,
             )
+            if resources is not None:
+                spec = dataclasses.replace(
+                    spec, address_space=resources.address_space, file_size=resources.file_size, processes=resources.processes
+                )
+            return spec
         uid, gid = self._uids.ids_for(slot.role)
         nofile = site.max_connections + 1024 if slot.role == "dispatcher" else jailplan.ROLE_NOFILE
         if slot.role == "tls":
@@ -172,12 +226,16 @@ class Launcher(Service):
             import resource
 
             nofile = min(2 * site.max_connections + 1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        return jailplan.jail_for(site, slot.name, uid, gid, jailplan.role_binds(site, slot.role, uid, gid), nofile=nofile)
+        return jailplan.jail_for(
+            site, slot.name, uid, gid, jailplan.role_binds(site, slot.role, uid, gid), nofile=nofile, may_fork=False
+        )
 
     def _tick(self) -> None:
         now = self.reactor.seconds()
         for slot in self.children:
             slot.tick(now)
+        if self.cgroups is not None:
+            self.cgroups.sweep()
         self._push_status()
 
     # -- logging
@@ -282,6 +340,40 @@ class Launcher(Service):
             if slot.service == service and slot.dormant and not self.stopping:
                 self.note(LogLevel.info, "starting {child}: the first request for lazy service {service}", child=slot.name, service=service)
                 slot.spawn()
+
+    def lost(self, sender: ChildSlot, proc: ChildProcess, meta: dict[str, Any]) -> None:
+        """A child dropped its channel to process C{pid}: relaunch that one, if it may say so.
+
+        The sender must be wired to the slot whose current process C{pid} is
+        (L{LINKS}); that process is marked lost at once (no status says ready
+        for it, nothing is wired to it any more), killed, and relaunched the
+        way a crashed process is.
+        """
+        pid = meta.get("pid")
+        why = str(meta.get("why", ""))[:MAX_WHY]
+        partners = {r for _k, l, r in LINKS if l == sender.role} | {l for _k, l, r in LINKS if r == sender.role}
+        wired = [slot for slot in self.children if slot.role in partners]
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            proc.refuse(control.LOST, "its pid is not a number")
+            return
+        target = next((s for s in wired if s.current is not None and s.current.pid == pid), None)
+        if target is None or target.current is None or target.current.state != "ready":
+            if any(pid in s.past_pids or pid in [p.pid for p in s.processes()] for s in wired):
+                # A process already leaving (retiring, exited, being replaced): no news.
+                self.log.info("the {sender} lost its channel to pid {pid} ({why}), which is already leaving",
+                              sender=sender.name, pid=pid, why=why)
+            else:
+                proc.refuse(control.LOST, f"pid {pid} is no process the {sender.name} is wired to")
+            return
+        lost = target.current
+        lost.state = "lost"
+        lost.killed_because = f"the {sender.name} lost its channel to it ({why})"
+        self.note(
+            LogLevel.warn, "the {sender} lost its channel to {child} pid {pid} ({why}); killing that pid to relaunch it",
+            sender=sender.name, child=target.name, pid=pid, why=why,
+        )
+        lost.signal(signal.SIGKILL)
+        self._push_status()
 
     def _push_status(self) -> None:
         """Give the dispatcher the launcher's view: failed services, restarts (for 503s and metrics)."""
@@ -464,19 +556,24 @@ class Launcher(Service):
         kill = self.reactor.callLater(
             self.config.drain_timeout + self.config.kill_timeout, self._signal_all, signal.SIGKILL
         )
+        last = self.reactor.callLater(
+            self.config.drain_timeout + self.config.kill_timeout + FINAL_GRACE, self._signal_all, signal.SIGKILL, True
+        )
 
         def finished(_: object) -> None:
-            for call in (term, kill):
+            for call in (term, kill, last):
                 if call.active():
                     call.cancel()
+            if self.cgroups is not None:
+                self.cgroups.close()
             self.log.info("all children have exited")
 
         done.addCallback(finished)
         return done
 
-    def _signal_all(self, signum: int) -> None:
+    def _signal_all(self, signum: int, logd_too: bool = False) -> None:
         for slot in self.children:
-            if slot is self.logd:
+            if slot is self.logd and not logd_too:
                 continue  # stopped last, on its own timer
             for proc in slot.processes():
                 if proc.state != "exited":

@@ -332,7 +332,9 @@ class OwnEvents:
 
 def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Callable[[], None], records: Any = None) -> LogDaemon:
     """The log daemon child: repair and open the files, then wait for senders."""
-    me = Sender(name="logd", role="logd", pid=os.getpid(), run=str(meta.get("run", "-")), launch=int(meta.get("launch", 1)))
+    # The launcher's view of our pid: inside our PID namespace os.getpid() is 1.
+    pid = int(meta.get("pid", os.getpid()))
+    me = Sender(name="logd", role="logd", pid=pid, run=str(meta.get("run", "-")), launch=int(meta.get("launch", 1)))
     writer = LogWriter(site, me, reactor, current_run=me.run)
     writer.start()
     daemon = LogDaemon(reactor, writer, stopped)

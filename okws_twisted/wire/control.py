@@ -7,7 +7,8 @@ fd L{CONTROL_FD}.  Message kinds:
 
 ``config`` (launcher -> child, always first)
     C{site}: the site configuration as JSON (children never read the ini
-    file), C{role}, C{run}, C{launch}, and for services C{service} and C{index}.
+    file), C{role}, C{run}, C{launch}, C{pid} (the child's own, as the
+    launcher sees it), and for services C{service} and C{index}.
 ``ready`` (child -> launcher)
     The child has finished starting and can do its job.
 ``peer`` (launcher -> child), with one fd
@@ -36,6 +37,20 @@ fd L{CONTROL_FD}.  Message kinds:
     Per service: C{failed} (crash budget exhausted), C{restarts}, C{crashes}.
 ``config-update`` (launcher -> child)
     The site was reloaded: the new site configuration as JSON payload.
+``want`` (dispatcher -> launcher)
+    A request came for lazy service C{service}, which no instance serves
+    yet: start it.
+``lost`` (dispatcher, log daemon, publisher -> launcher)
+    "I dropped my channel to the process C{pid}" (it misbehaved, reset or
+    vanished), with C{why} in words.  The launcher kills that process if it
+    is the current, ready one of a slot the sender is wired to, and
+    relaunches it; about a process already leaving (retiring, exited) it is
+    no news.  Any other pid is refused.
+
+The launcher trusts no child: it accepts from each only the kinds its role
+may send (L{FROM_CHILD}); any other is refused, logged with the sender and
+counted.  The config's C{pid} is the child's pid as the launcher sees it: a
+jailed child is the init of its own PID namespace, where C{os.getpid()} is 1.
 
 A child whose control channel closes (the launcher is gone) exits at once.
 """
@@ -54,3 +69,18 @@ STATUS = "status"
 WANT = "want"
 CONFIG_UPDATE = "config-update"
 DRAIN = "drain"
+LOST = "lost"
+
+#: The kinds each role may send the launcher; the launcher refuses the rest.
+FROM_CHILD: dict[str, frozenset[str]] = {
+    "logd": frozenset({READY, PONG, LOST}),
+    "dispatcher": frozenset({READY, PONG, WANT, LOST}),
+    "service": frozenset({READY, PONG}),
+    "pubd": frozenset({READY, PONG, LOST}),
+    "tls": frozenset({READY, PONG}),
+}
+
+
+def may_send(role: str, kind: str) -> bool:
+    """Whether a child of C{role} may send the launcher a message of C{kind}."""
+    return kind in FROM_CHILD.get(role, frozenset())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -55,6 +56,8 @@ class BindTests(SynchronousTestCase):
         self.assertFalse(any(b.writable for b in binds))
 
     def test_spec_round_trip(self) -> None:
-        spec = jailplan.jail_for(site(), "hello.0", 60001, 60001, [Bind("/x", True, "/scratch")], new_net=True)
+        spec = jailplan.jail_for(site(), "hello.0", 60001, 60001, [Bind("/x", True, "/scratch")], new_net=True, may_fork=False)
         self.assertEqual(JailSpec.from_json(spec.to_json()), spec)
+        limited = dataclasses.replace(spec, address_space=1 << 30, file_size=1 << 30, processes=80)
+        self.assertEqual(JailSpec.from_json(limited.to_json()), limited)
         self.assertTrue(spec.root.endswith("/hello.0"))

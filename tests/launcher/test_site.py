@@ -1,6 +1,8 @@
 """
-Unit tests for the launcher's logging duties (L{okws_twisted.launcher.site}); its process handling is
-exercised end to end in L{tests.test_e2e_core} and L{tests.test_e2e_logging}.
+Unit tests for the launcher (L{okws_twisted.launcher.site}, L{okws_twisted.launcher.children}): its
+logging duties, what it makes of a child's death and output, and which control messages it takes
+from whom.  Its process handling is exercised end to end in L{tests.test_e2e_core},
+L{tests.test_e2e_logging} and L{tests.test_e2e_walls_launcher}.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.config import ServiceConfig, SiteConfig
-from okws_twisted.launcher.children import exit_status
+from twisted.python.failure import Failure
+
+from okws_twisted.launcher.children import ChildProcess, ChildSlot, exit_status
 from okws_twisted.launcher.site import LINKS, Launcher
-from okws_twisted.wire import logchannel
-from okws_twisted.wire.channel import read_one_blocking, socketpair
+from okws_twisted.wire import control, logchannel
+from okws_twisted.wire.channel import Message, read_one_blocking, socketpair
 
 
 class Reactor(MemoryReactorClock):
@@ -85,3 +89,139 @@ class SigUsr1Tests(SynchronousTestCase):
         launch, reactor = launcher()
         launch.reopen_logs()  # the daemon is relaunching: a new one opens the files anyway
         self.assertEqual(launch.records.held, 1)
+
+
+class FakeProcessTransport:
+    """What a L{ChildProcess} uses of Twisted's process transport."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[int] = []
+        self.closed = False
+        self.pipes: dict[int, Any] = {}
+
+    def closeStdin(self) -> None:
+        pass
+
+    def signalProcess(self, signum: int) -> None:
+        self.signals.append(signum)
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+
+def running(slot: ChildSlot, pid: int, state: str = "ready") -> ChildProcess:
+    """A process of C{slot} as if spawned (and, by default, ready)."""
+    proc = ChildProcess(slot, slot.launcher.reactor.seconds(), 30.0)
+    proc.makeConnection(FakeProcessTransport(pid))
+    proc.pid = pid
+    proc.state = state
+    slot.current = proc
+    slot.launches += 1
+    return proc
+
+
+def message(kind: str, **meta: Any) -> Message:
+    return Message(kind, {"k": kind, **meta})
+
+
+class DeathTests(SynchronousTestCase):
+    def test_exited_is_dead_whoever_holds_the_pipes(self) -> None:
+        """processExited alone (an orphan still holds the pipes): relaunch scheduled, our pipe ends closed."""
+        launch, reactor = launcher()
+        slot = launch.instances[0]
+        proc = running(slot, 200)
+        proc.processExited(Failure(error.ProcessTerminated(signal=9)))
+        self.assertEqual((proc.state, slot.current), ("exited", None))
+        self.assertTrue(proc.exited.called)
+        self.assertTrue(proc.transport.closed)
+        self.assertTrue(slot.relaunch_call is not None and slot.relaunch_call.active())
+        self.assertEqual(slot.crashes, 1)
+
+    def test_last_words_are_read_before_the_pipes_close(self) -> None:
+        launch, reactor = launcher()
+        proc = running(launch.instances[0], 200)
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        self.addCleanup(os.close, r)
+        os.write(w, b"Traceback (most recent call last):\nMemoryError\n")
+        os.close(w)
+
+        class Reader:
+            def fileno(self) -> int:
+                return r
+
+        proc.transport.pipes[2] = Reader()
+        proc.processExited(Failure(error.ProcessTerminated(exitCode=70)))
+        self.assertEqual(list(proc.tail)[-2:], ["Traceback (most recent call last):", "MemoryError"])
+
+
+class ControlRoleTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.launch, self.reactor = launcher()
+        self.dispatcher = running(self.launch.dispatcher, 100)
+        self.hello = running(self.launch.instances[0], 200)
+        self.logd = running(self.launch.logd, 300)
+
+    def test_lost_from_the_dispatcher_relaunches_the_instance(self) -> None:
+        slot = self.launch.instances[0]
+        self.dispatcher.control_received([message("lost", pid=200, why="its handoff channel reset")])
+        self.assertEqual(self.hello.state, "lost")
+        self.assertEqual(slot.status(self.reactor.seconds())["state"], "lost")
+        self.assertEqual(self.launch.ready_processes("service"), [])
+        self.assertEqual(self.hello.transport.signals, [signal.SIGKILL])
+        self.hello.processExited(Failure(error.ProcessTerminated(signal=9)))
+        self.assertTrue(slot.relaunch_call is not None and slot.relaunch_call.active())
+        self.assertEqual(self.dispatcher.refused, 0)
+
+    def test_lost_only_for_a_ready_process_the_sender_is_wired_to(self) -> None:
+        self.hello.state = "starting"
+        self.dispatcher.control_received([message("lost", pid=200, why="x")])  # not wired yet: no news
+        self.dispatcher.control_received([message("lost", pid=4242)])  # no such process
+        self.dispatcher.control_received([message("lost", pid=True)])
+        self.dispatcher.control_received([message("lost", pid="200")])
+        self.assertEqual(self.hello.transport.signals, [])
+        self.assertEqual(self.dispatcher.refused, 3)
+        # One that has just exited: late news, not misbehaviour.
+        self.hello.processExited(Failure(error.ProcessDone(0)))
+        self.dispatcher.control_received([message("lost", pid=200, why="its channel closed")])
+        self.assertEqual(self.dispatcher.refused, 3)
+        # A pid of a slot the sender is not wired to (the log daemon is no peer of... itself).
+        self.logd.control_received([message("lost", pid=300)])
+        self.assertEqual(self.logd.refused, 1)
+        # The log daemon is wired to every sender, the dispatcher too.
+        self.logd.control_received([message("lost", pid=100, why="garbage on the log channel")])
+        self.assertEqual(self.dispatcher.transport.signals, [signal.SIGKILL])
+
+    def test_a_service_may_send_neither_want_nor_lost(self) -> None:
+        self.hello.control_received([message("want", service="hello"), message("lost", pid=100), message("status")])
+        self.assertEqual(self.dispatcher.transport.signals, [])
+        self.assertEqual(self.dispatcher.state, "ready")
+        self.assertEqual(self.hello.refused, 3)
+        self.assertEqual(self.launch.status()["children"][3]["refused"], 3)
+
+    def test_ready_once_and_bounded_stats(self) -> None:
+        self.hello.control_received([message("ready")])
+        self.hello.control_received([message("pong", n=1, stats={"served": 1})])
+        self.hello.control_received([message("pong", n=2, stats={"x": "y" * 20000})])
+        self.assertEqual(self.hello.stats, {"served": 1})
+        self.assertEqual(self.hello.refused, 2)
+
+    def test_the_table(self) -> None:
+        self.assertTrue(control.may_send("dispatcher", control.WANT))
+        for role in ("service", "logd", "pubd", "tls", "nosuch"):
+            self.assertFalse(control.may_send(role, control.WANT), role)
+        self.assertEqual({r for r in control.FROM_CHILD if control.may_send(r, control.LOST)}, {"dispatcher", "logd", "pubd"})
+        self.assertTrue(all(control.may_send(r, control.READY) for r in control.FROM_CHILD))
+        self.assertFalse(control.may_send("service", control.CONFIG))
+
+
+class OutputTests(SynchronousTestCase):
+    def test_dropped_output_in_status(self) -> None:
+        launch, reactor = launcher()
+        proc = running(launch.instances[0], 200)
+        proc.childDataReceived(1, b"x" * 100_000 + b"\n")
+        entry = launch.status()["children"][3]
+        self.assertEqual(entry["output_dropped"], {"bytes": 100_000 - 8192, "lines": 0})
+        proc.processExited(Failure(error.ProcessDone(0)))
+        self.assertEqual(launch.status()["children"][3]["output_dropped"]["bytes"], 100_000 - 8192)

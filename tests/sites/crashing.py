@@ -9,7 +9,7 @@ class Crash(ServiceResource):
     isLeaf = True
 
     def render_GET(self, request):
-        request.setHeader(b"x-okws-pid", str(os.getpid()).encode())
+        request.setHeader(b"x-okws-pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         if request.args.get(b"die"):
             os._exit(3)
         return b"alive"
@@ -23,7 +23,7 @@ class Hang(ServiceResource):
     def render_GET(self, request):
         import time
 
-        request.setHeader(b"x-okws-pid", str(os.getpid()).encode())
+        request.setHeader(b"x-okws-pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         if request.args.get(b"hang"):
             time.sleep(3600)
         return b"responsive"

@@ -11,7 +11,7 @@ class Echo(ServiceResource):
 
     def render_GET(self, request):
         addr = request.getClientAddress()
-        request.setHeader(b"x-okws-pid", str(os.getpid()).encode())
+        request.setHeader(b"x-okws-pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(
             {
@@ -22,6 +22,6 @@ class Echo(ServiceResource):
                 "secure": request.isSecure(),
                 "tls": self.tls(request),
                 "url": request.prePathURL().decode("latin-1"),
-                "pid": os.getpid(),
+                "pid": int(os.environ.get("OKWS_PID", os.getpid())),
             }
         ).encode()

@@ -15,6 +15,6 @@ class Pages(ServiceResource):
     isLeaf = True
 
     async def render_GET(self, request):
-        request.setHeader(b"x-okws-pid", str(os.getpid()).encode())
+        request.setHeader(b"x-okws-pid", os.environ.get("OKWS_PID", str(os.getpid())).encode())
         args = {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}
         return await self.render_template(args.pop("t", ""), **args)
