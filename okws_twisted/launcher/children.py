@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 import okws_twisted
 from okws_twisted.config import ServiceConfig
 from okws_twisted.launcher.supervision import Backoff, CrashBudget, Heartbeat
-from okws_twisted.wire import control
+from okws_twisted.wire import control, limits
 from okws_twisted.wire.channel import Message, MessageChannel, socketpair
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ class ChildSlot:
         finally:
             child.close()
         proc.pid = proc.transport.pid
-        proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}")
+        proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}", limits=limits.CONTROL_LAUNCHER)
         proc.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
         self.launches += 1
         if self.current is None:

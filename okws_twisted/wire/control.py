@@ -36,9 +36,27 @@ fd L{CONTROL_FD}.  Message kinds:
     Per service: C{failed} (crash budget exhausted), C{restarts}, C{crashes}.
 ``config-update`` (launcher -> child)
     The site was reloaded: the new site configuration as JSON payload.
+``want`` (dispatcher -> launcher)
+    C{service}: a request arrived for this lazy service; start it.
+``lost`` (dispatcher, template publisher, log daemon -> launcher)
+    C{pid} (the peer's pid, as the launcher's ``peer`` message gave it) and
+    C{why} (a few words): this process closed its channel to that peer,
+    which broke the channel's rules (garbage, a message over its limits,
+    too many refused messages) or went away (closed, reset).  The launcher
+    relaunches that peer if it is still one of its live processes; the peer
+    may well have exited already, or be retiring.
 
 A child whose control channel closes (the launcher is gone) exits at once.
 """
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from okws_twisted.wire.channel import MessageChannel
 
 CONTROL_FD = 3
 FIRST_LISTEN_FD = 4
@@ -54,3 +72,33 @@ STATUS = "status"
 WANT = "want"
 CONFIG_UPDATE = "config-update"
 DRAIN = "drain"
+LOST = "lost"
+
+#: The longest C{why} of a ``lost`` message.
+LOST_WHY_MAX = 200
+
+
+def lost_meta(pid: int, why: str) -> dict[str, object]:
+    """The ``lost`` message: this process dropped its channel to C{pid}."""
+    return {"k": LOST, "pid": pid, "why": why[:LOST_WHY_MAX]}
+
+
+_log = Logger(namespace="okws.lost")
+
+
+def report_lost(
+    to_launcher: Callable[[dict[str, Any]], None], channel: MessageChannel, what: str, pid: object, reason: Failure
+) -> bool:
+    """Tell the launcher that C{channel}, to the peer C{pid}, is gone (``lost``).
+
+    Not if this end closed it (a newer channel replaced it, or this process
+    is stopping), nor for a peer whose pid the launcher did not give.
+    Returns whether it told.
+    """
+    if channel.closed_here or not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    # The channel's own words, without Twisted's "Connection was closed cleanly: ...".
+    why = " ".join(str(arg) for arg in reason.value.args) or reason.getErrorMessage()
+    _log.warn("lost the {what} channel to pid {pid}: {why}; telling the launcher", what=what, pid=pid, why=why)
+    to_launcher(lost_meta(pid, why))
+    return True

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.launcher.children import exit_status
 from okws_twisted.launcher.site import LINKS, Launcher
-from okws_twisted.wire import logchannel
+from okws_twisted.wire import limits, logchannel
 from okws_twisted.wire.channel import read_one_blocking, socketpair
 
 
@@ -77,9 +77,9 @@ class SigUsr1Tests(SynchronousTestCase):
         self.addCleanup(theirs.close)
         launch.log_channel = launch.records.attach(ours)
         launch.reopen_logs()
-        first, records = logchannel.parse_records(read_one_blocking(theirs, 5))
+        first, records = logchannel.parse_records(read_one_blocking(theirs, 5, limits.LOG_DAEMON))
         self.assertEqual(records[-1]["text"], "reopening the log files")
-        self.assertEqual(read_one_blocking(theirs, 5).kind, logchannel.REOPEN)
+        self.assertEqual(read_one_blocking(theirs, 5, limits.LOG_DAEMON).kind, logchannel.REOPEN)
 
     def test_noDaemonNoMessage(self) -> None:
         launch, reactor = launcher()
