@@ -108,7 +108,7 @@ class InstanceLink:
         freed = False
         for i, msg in enumerate(batch):
             try:
-                handoff.check_fds(msg)
+                handoff.check_shape(msg)
                 if msg.kind == handoff.ACK:
                     held, refused, closed = (handoff.parse_ids(msg, key) for key in ("ids", "refused", "closed"))
                     for conn_id in held:

@@ -180,7 +180,7 @@ class ServiceRuntime:
                         continue
                     incoming.append(conn)
                 elif msg.kind == handoff.BACKACK:
-                    handoff.check_fds(msg)
+                    handoff.check_shape(msg)
                     taken, turned_down = handoff.parse_ids(msg), handoff.parse_ids(msg, "refused")
                     for back_id in taken + turned_down:
                         back = self._unacked_backs.pop(back_id, None)

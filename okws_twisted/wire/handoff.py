@@ -40,8 +40,8 @@ L{okws_twisted.wire.channel.MessageChannel}.  Message kinds:
     descriptor limit).  Sent at once on a new channel, then at most once a
     second, and only when something changed.
 
-Only ``conn`` and ``back`` carry a descriptor (L{FDS}); any other message
-carrying one is refused and its descriptors closed.  Sizes: see
+Only ``conn`` and ``back`` carry a descriptor (L{FDS}) and a payload; any
+other message carrying either is refused (its descriptors closed).  Sizes: see
 L{okws_twisted.wire.limits.handoff}.
 """
 
@@ -115,13 +115,15 @@ def parse_tls(value: object) -> dict[str, str] | None:
     return value
 
 
-def check_fds(msg: Message) -> None:
-    """Refuse a message whose kind carries another number of fds (L{FDS})."""
+def check_shape(msg: Message) -> None:
+    """Refuse a message whose kind carries another number of fds (L{FDS}), or a payload it has none of."""
     want = FDS.get(msg.kind)
     if want is None:
         raise ChannelError(f"unexpected {msg.kind!r} message")
     if len(msg.fds) != want or msg.fds_lost:
         raise ChannelError(f"{msg.kind} message with {len(msg.fds)} fds{' (some lost)' if msg.fds_lost else ''}")
+    if msg.payload and not want:
+        raise ChannelError(f"{msg.kind} message with a {len(msg.payload)}-byte payload")
 
 
 def message_id(msg: Message) -> int:
@@ -139,7 +141,7 @@ def parse_back(msg: Message) -> tuple[int, int, bytes]:
     are the dispatcher's own facts.  On error the caller still owns (and must
     close) C{msg.fds}.
     """
-    check_fds(msg)
+    check_shape(msg)
     return message_id(msg), msg.fds[0], msg.payload
 
 
@@ -148,7 +150,7 @@ def parse_connection(msg: Message) -> Connection:
 
     On error the caller still owns (and must close) C{msg.fds}.
     """
-    check_fds(msg)
+    check_shape(msg)
     try:
         conn_id = message_id(msg)
         peer = address_from_wire(msg.meta["peer"])
