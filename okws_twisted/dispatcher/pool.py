@@ -160,6 +160,9 @@ class InstanceLink:
         taken: list[tuple[ConnectionRecord, int, bytes]] = []
         refused: list[int] = []
         for conn_id, fd, data in backs:
+            if not self.channel.connected:
+                os.close(fd)  # cut off by an earlier refusal: the rest is not looked at
+                continue
             try:
                 identity = socket_identity(fd)
             except OSError:
