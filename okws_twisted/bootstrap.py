@@ -98,12 +98,12 @@ def _needs_tls(role: str, meta: dict[str, Any], site: Any) -> bool:
 def main(argv: list[str]) -> NoReturn:
     from okws_twisted.config import SiteConfig
     from okws_twisted.interfaces import IChildRole
-    from okws_twisted.wire import control
+    from okws_twisted.wire import control, limits
     from okws_twisted.wire.channel import Message, MessageChannel, read_one_blocking
 
     role = argv[1] if len(argv) > 1 else ""
     ctl_sock = socket.socket(fileno=control.CONTROL_FD)
-    first = read_one_blocking(ctl_sock, CONFIG_TIMEOUT)
+    first = read_one_blocking(ctl_sock, CONFIG_TIMEOUT, limits.CONTROL_CHILD)
     if first.kind != control.CONFIG or first.meta.get("role") != role:
         print(f"okws child: expected a {role} config, got {first.kind}", file=sys.stderr)
         sys.exit(2)
@@ -192,7 +192,7 @@ def main(argv: list[str]) -> NoReturn:
         else:
             child.control(msg.kind, msg.meta)
 
-    ctl = MessageChannel(reactor, ctl_sock, on_control, launcher_gone, name="control")
+    ctl = MessageChannel(reactor, ctl_sock, on_control, launcher_gone, name="control", limits=limits.CONTROL_CHILD)
     if hasattr(child, "to_launcher"):
         child.to_launcher = lambda meta: ctl.send(meta) if ctl.connected else None
     ctl.send({"k": control.READY, "pid": first.meta.get("pid", os.getpid())})

@@ -450,6 +450,7 @@ class LogdProcess:
         self.ctl: socket.socket | None = None
 
     def start(self) -> "LogdProcess":
+        from okws_twisted.wire import limits
         from okws_twisted.wire.channel import encode, read_one_blocking, socketpair
 
         ours, theirs = socketpair()
@@ -469,7 +470,7 @@ class LogdProcess:
         meta = {"k": "config", "role": "logd", "run": self.run, "launch": self.launch}
         for datagram in encode(meta, self.site.to_json().encode("utf-8")):
             ours.send(datagram)
-        ready = read_one_blocking(ours, START_TIMEOUT)
+        ready = read_one_blocking(ours, START_TIMEOUT, limits.CONTROL_LAUNCHER)
         assert ready.kind == "ready", ready
         return self
 
@@ -496,10 +497,11 @@ class LogdProcess:
     def records(cls, sock: socket.socket, first: int, records: list[Any]) -> int:
         """Send a batch; return the daemon's ack."""
         from okws_twisted.wire import logchannel
+        from okws_twisted.wire import limits
         from okws_twisted.wire.channel import read_one_blocking
 
         cls.send(sock, logchannel.records_meta(first), logchannel.encode_records(records))
-        return logchannel.parse_ack(read_one_blocking(sock, EVENT_TIMEOUT))
+        return logchannel.parse_ack(read_one_blocking(sock, EVENT_TIMEOUT, limits.LOG_SENDER))
 
     def kill(self) -> None:
         """kill -9, and wait for it."""

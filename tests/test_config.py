@@ -80,7 +80,7 @@ class DefaultsTests(SynchronousTestCase):
             "head_timeout": 30.0, "queue_max": 40, "queue_timeout": 30.0, "retry_after": 5,
             "restart_delay_min": 1.0, "restart_delay_max": 60.0, "stable_after": 30.0,
             "drain_timeout": 10.0, "kill_timeout": 5.0, "keepalive_timeout": 60.0,
-            "template_timeout": 5.0,
+            "template_timeout": 5.0, "body_timeout": 60.0, "body_min_rate": 1024,
         }
         self.assertEqual({key: getattr(config, key) for key in expected}, expected)
 
@@ -111,6 +111,7 @@ class DefaultsTests(SynchronousTestCase):
             kill_timeout = 0.
             keepalive_timeout = .5
             template_timeout = 1.5
+            body_min_rate = 0
             """, services="""
             [service:hello]
             resource = services.hello:Hello
@@ -127,6 +128,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.drain_timeout, 0.0)
         self.assertEqual(config.keepalive_timeout, 0.5)
         self.assertEqual(config.template_timeout, 1.5)
+        self.assertEqual(config.body_min_rate, 0)
         self.assertEqual((config.services[0].instances, config.services[0].max_body), (64, 0))
 
     def test_commentsAndContinuations(self) -> None:
@@ -540,6 +542,10 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
                                       "got '0'"),
             ("template_timeout = 0", "template_timeout: expected a number of seconds above 0, "
                                      "got '0'"),
+            ("body_min_rate = 1.5", "body_min_rate: expected a whole number of bytes per second, "
+                                    "0 or more, got '1.5'"),
+            ("body_min_rate = -1", "body_min_rate: expected a whole number of bytes per second, "
+                                   "0 or more, got '-1'"),
         ]
         for line, message in cases:
             self.assertConfigError(f"[okws]\n{line}\n" + SERVICE, f"site.ini: [okws] {message}")

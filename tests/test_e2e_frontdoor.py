@@ -46,6 +46,7 @@ KEEPALIVE_TIMEOUT = 1.0
 MAX_REQUESTS = 3
 
 FRONT_OKWS = f"""
+body_min_rate = 0
 head_timeout = {HEAD_TIMEOUT}
 body_timeout = {BODY_TIMEOUT}
 keepalive_timeout = {KEEPALIVE_TIMEOUT}

@@ -129,6 +129,7 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "kill_timeout": _SECONDS_OR_ZERO,
     "keepalive_timeout": _SECONDS_POSITIVE,
     "body_timeout": _SECONDS_POSITIVE,
+    "body_min_rate": _Number(int, 0, "bytes per second"),
     "max_requests_per_connection": _Number(int, 1, "requests"),
     "max_connections": _Number(int, 1, "connections"),
     "resume_connections": _Number(int, 0, "connections"),
@@ -382,6 +383,7 @@ class SiteConfig:
     kill_timeout: float = 5.0
     keepalive_timeout: float = 60.0
     body_timeout: float = 60.0
+    body_min_rate: int = 1024
     max_requests_per_connection: int = 1000
     max_connections: int = 10000
     resume_connections: int = 9000

@@ -138,6 +138,7 @@ def exposition(dispatcher: "Dispatcher") -> str:
     counters = {
         "restarts_total": {n: _count(dispatcher.launcher_view.get(n, {}).get("restarts")) for n in names},
         "handoffs_total": {n: dispatcher.pools[n].handed_off for n in live},
+        "misbehaviour_total": {n: dispatcher.pools[n].misbehaviour for n in live},
     }
     links = [l for pool in dispatcher.pools.values() for l in pool.links.values()]
     own = dispatcher.records

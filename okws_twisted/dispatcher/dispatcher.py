@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from okws_twisted.config import SiteConfig, is_trusted, trusted_networks
@@ -33,9 +34,10 @@ from okws_twisted.dispatcher.accept import Acceptor, HeadConnection
 from okws_twisted.dispatcher.admin import AdminListener, exposition, health
 from okws_twisted.dispatcher.metrics import ServiceTotals
 from okws_twisted.dispatcher.pool import InstanceLink, ServicePool
+from okws_twisted.dispatcher.records import ConnectionLedger
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.wire import handoff, templatechannel
-from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
+from okws_twisted.wire import control, handoff, limits, templatechannel
+from okws_twisted.wire.channel import ChannelError, ChannelViolation, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
 from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
 from okws_twisted.wire.httpframe import Limits
@@ -74,6 +76,8 @@ class Dispatcher:
             max_headers=config.max_headers,
         )
         self.pools = {s.name: ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy) for s in config.services}
+        #: Every connection handed to an instance and not yet back or ended.
+        self.ledger = ConnectionLedger()
         self.acceptors: list[Acceptor] = []
         self.reading: set[HeadConnection] = set()
         self._ids = itertools.count(1)
@@ -153,10 +157,21 @@ class Dispatcher:
             self.from_tls += 1
             self._start(sock, conn.peer, conn.host, conn.data, tls=conn.tls or None)
 
-    def set_tls_front(self, sock: socket.socket) -> None:
+    def set_tls_front(self, sock: socket.socket, pid: object = None) -> None:
         """A (new) channel from the TLS front; an old one stays until the old front exits."""
-        channel = MessageChannel(self.reactor, sock, self._from_tls, lambda reason: self.tls_fronts.discard(channel), name="tls")
+
+        def lost(reason: Failure) -> None:
+            self.tls_fronts.discard(channel)
+            self.peer_lost(channel, "tls", pid, reason)
+
+        channel = MessageChannel(self.reactor, sock, self._from_tls, lost, name="tls", limits=limits.TLS_DISPATCHER)
         self.tls_fronts.add(channel)
+
+    def peer_lost(self, channel: MessageChannel, what: str, pid: object, reason: Failure) -> None:
+        """A channel to another process closed: unless it was closed here or the site is stopping,
+        the launcher hears of it (``lost``) and relaunches that process."""
+        if not self.stopping and not self.draining:
+            control.report_lost(self.to_launcher, channel, what, pid, reason)
 
     def _start(
         self, sock: socket.socket, peer: Any, host: Any, data: bytes, proxy: bool = False, tls: dict[str, str] | None = None
@@ -217,9 +232,8 @@ class Dispatcher:
             # or on another instance, would fail the same way.
             self.handoff_failures += 1
             self.log.failure("handoff to {link} failed", link=link.name)
-            if link.pending.pop(conn_id, None) is not None:
-                link.active = max(0, link.active - 1)
-                conn.answer(500, "The connection could not be passed on.")
+            link.forget(conn_id)
+            conn.answer(500, "The connection could not be passed on.")
             return
         self.handed_off += 1
         self.pools[link.service].handed_off += 1
@@ -301,21 +315,37 @@ class Dispatcher:
                 link.retiring = True
                 self.log.info("instance {link} (pid {pid}) is retiring", link=link.name, pid=pid)
 
-    def link_lost(self, link: InstanceLink) -> None:
+    def link_lost(self, link: InstanceLink, reason: Failure) -> None:
         pool = self.pools[link.service]
         if pool.links.get(link.pid) is link:
             del pool.links[link.pid]
             self.log.info("instance {link} (pid {pid}) is gone", link=link.name, pid=link.pid)
+        if reason.check(ChannelViolation) and not link.refusing:
+            pool.misbehaviour += 1
+        if not link.retiring:
+            self.peer_lost(link.channel, f"handoff:{link.name}", link.pid, reason)
+        # Whatever it held is its own now, or closed: the records die with the link.
+        self.ledger.holder_gone(link)
         self.totals(link.service).instance_gone(link.pid)
         self.gone_log_dropped += link.log_dropped
         pending, link.pending = link.pending, {}
         for conn in pending.values():
             # Never acknowledged, so never touched: another instance may take it.
-            pool.assign(conn)
+            if not conn.done:
+                pool.assign(conn)
         self._maybe_stopped()
 
     def update_config(self, site: SiteConfig) -> None:
-        """Reloaded: new routes, limits and pools; existing instance links stay."""
+        """Reloaded: new routes, limits and pools; existing instance links stay.
+
+        A larger C{max_head} raises the size limit of existing handoff
+        channels; a smaller one leaves them as they are, since their instances
+        may still hand back what the old limit allowed.
+        """
+        if site.max_head > self.config.max_head:
+            for pool in self.pools.values():
+                for link in pool.links.values():
+                    link.channel.set_limits(limits.handoff(site.max_head))
         self.config = site
         self.routes = RouteTable.from_config(site)
         self.proxy_trusted = trusted_networks(site.proxy_trusted)
@@ -355,15 +385,19 @@ class Dispatcher:
 
     # -- the site's error pages
 
-    def set_publisher(self, sock: socket.socket) -> None:
+    def set_publisher(self, sock: socket.socket, pid: object = None) -> None:
         """A (new) templates channel to the publisher, which sends the error pages.
 
         The pages are kept when the publisher goes away: the dispatcher
         shows the last ones it got (the built-in ones until the first).
         """
-        old, self.publisher = self.publisher, MessageChannel(
-            self.reactor, sock, self._from_publisher, name="templates:pubd"
-        )
+        channel: MessageChannel
+
+        def lost(reason: Failure) -> None:
+            self.peer_lost(channel, "templates", pid, reason)
+
+        channel = MessageChannel(self.reactor, sock, self._from_publisher, lost, name="templates:pubd", limits=limits.TEMPLATES_PEER)
+        old, self.publisher = self.publisher, channel
         if old is not None:
             old.close()
 
@@ -382,9 +416,9 @@ class Dispatcher:
         if channel == "handoff":
             self.add_instance(str(meta["service"]), int(meta["index"]), int(meta["pid"]), sock)
         elif channel == "templates":
-            self.set_publisher(sock)
+            self.set_publisher(sock, meta.get("pid"))
         elif channel == "tls":
-            self.set_tls_front(sock)
+            self.set_tls_front(sock, meta.get("pid"))
         else:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()

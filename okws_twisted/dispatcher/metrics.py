@@ -134,6 +134,8 @@ _HELP = {
     "restarts_total": "Relaunches of the service's instances (crashes and graceful relaunches).",
     "handoffs_total": "Connections handed to the service's instances.",
     "handoff_failures_total": "Connections that could not be handed to an instance.",
+    "misbehaviour_total": "Messages refused from the service's instances (forged or repeated handbacks, "
+    "descriptors where none belong, channels closed for breaking their limits).",
     "dispatcher_open_connections": "Connections the dispatcher holds (reading heads, queued, in transit).",
     "dispatcher_accepting": "1 while the dispatcher accepts new connections.",
     "log_records_buffered": "Log records waiting in senders for the log daemon.",

@@ -3,11 +3,21 @@
 The dispatcher's side of the service instances (OKWS's okd): one handoff channel per instance
 (L{InstanceLink}) and, per service, the pool that picks the least busy ready instance or
 queues the connection for a bounded time (L{ServicePool}).
+
+Everything an instance sends is checked: a handback must be a connection the
+dispatcher handed to that instance (L{okws_twisted.dispatcher.records}), each
+message kind carries exactly its number of descriptors, and a message that
+breaks a rule is refused, logged with the instance and counted
+(C{okws_misbehaviour_total}).  After L{MISBEHAVIOUR_LIMIT} refusals, or at once
+for anything the channel itself refuses (garbage, a message over the
+channel's limits), the channel is closed and the launcher is told (``lost``),
+so it relaunches that instance.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 from collections import deque
 from typing import TYPE_CHECKING
@@ -16,16 +26,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from okws_twisted.dispatcher.accept import HeadConnection
-from okws_twisted.wire import handoff
+from okws_twisted.dispatcher.records import ConnectionRecord, HandbackRefused, socket_identity
+from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
 
 if TYPE_CHECKING:
     from okws_twisted.dispatcher.dispatcher import Dispatcher
 
+#: Refused messages after which an instance's channel is closed (and the instance relaunched).
+MISBEHAVIOUR_LIMIT = 100
+
 
 def _count(value: object) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 class InstanceLink:
@@ -38,73 +52,142 @@ class InstanceLink:
         self.service = service
         self.index = index
         self.pid = pid
-        self.active = 0
         self.in_flight = 0
         self.connections = 0
         self.log_buffered = 0
         self.log_dropped = 0
+        #: The most connections the instance takes (its own report), L{None} until it says.
+        self.conn_cap: int | None = None
         self.retiring = False
+        self.misbehaviour = 0
+        self.refusing = False
         self.pending: dict[int, HeadConnection] = {}
         self.channel = MessageChannel(
-            dispatcher.reactor, sock, self._received, self._lost, name=f"handoff:{service}.{index}"
+            dispatcher.reactor, sock, self._received, self._lost, name=f"handoff:{service}.{index}",
+            limits=limits.handoff(dispatcher.config.max_head),
         )
 
     @property
     def name(self) -> str:
         return f"{self.service}.{self.index}"
 
+    @property
+    def active(self) -> int:
+        """Connections this instance has (sent, held): what its cap counts."""
+        return self.dispatcher.ledger.count(self)
+
     def hand(self, conn_id: int, conn: HeadConnection) -> None:
-        self.pending[conn_id] = conn
-        self.active += 1
+        """Send C{conn} to the instance under C{conn_id}, and record what it is."""
         transport = conn.transport
-        meta = handoff.connection_meta(handoff.CONN, conn_id, transport.getPeer(), transport.getHost(), transport.tls)
-        self.channel.send(meta, conn.data, [conn.transport.fileno()])
+        fd = transport.fileno()
+        self.pending[conn_id] = conn
+        # The cookie is read now: the dispatcher closes its copy at the ack.
+        record = ConnectionRecord(conn_id, socket_identity(fd), transport.getPeer(), transport.getHost(), transport.tls, self)
+        self.dispatcher.ledger.handed(record)
+        meta = handoff.connection_meta(handoff.CONN, conn_id, record.peer, record.host, record.tls)
+        self.channel.send(meta, conn.data, [fd])
+
+    def forget(self, conn_id: int) -> None:
+        """The handoff of C{conn_id} failed: it is not the instance's."""
+        self.pending.pop(conn_id, None)
+        self.dispatcher.ledger.drop(self, conn_id)
+
+    def misbehaved(self, why: str) -> None:
+        """The instance sent something it may not: log, count, and past the limit, cut it off."""
+        self.misbehaviour += 1
+        self.dispatcher.pools[self.service].misbehaviour += 1
+        self.log.warn("instance {link} (pid {pid}) misbehaved: {why}", link=self.name, pid=self.pid, why=why)
+        if self.misbehaviour >= MISBEHAVIOUR_LIMIT and self.channel.connected:
+            self.refusing = True
+            self.channel.refuse(f"{self.misbehaviour} refused messages")
 
     def _received(self, batch: list[Message]) -> None:
-        backs: list[handoff.Connection] = []
-        for msg in batch:
+        ledger = self.dispatcher.ledger
+        pool = self.dispatcher.pools[self.service]
+        backs: list[tuple[int, int, bytes]] = []
+        freed = False
+        for i, msg in enumerate(batch):
             try:
+                handoff.check_shape(msg)
                 if msg.kind == handoff.ACK:
-                    for conn_id in handoff.parse_ids(msg):
+                    held, refused, closed = (handoff.parse_ids(msg, key) for key in ("ids", "refused", "closed"))
+                    for conn_id in held:
                         conn = self.pending.pop(conn_id, None)
                         if conn is not None:
+                            ledger.acknowledged(self, conn_id)
                             conn.release()
-                    done = msg.meta.get("done", 0)
-                    if isinstance(done, int) and done > 0:
-                        self.active = max(0, self.active - done)
-                        pool = self.dispatcher.pools[self.service]
-                        if pool.queue:
-                            pool.flush()
+                    for conn_id in refused:
+                        conn = self.pending.pop(conn_id, None)
+                        if conn is not None:
+                            # Still ours, never touched: answer it here.
+                            ledger.drop(self, conn_id)
+                            freed = True
+                            conn.answer(503, "The service is busy; try again shortly.", retry_after=self.dispatcher.config.retry_after)
+                    freed = ledger.ended(self, closed) > 0 or freed
                 elif msg.kind == handoff.BACK:
-                    backs.append(handoff.parse_connection(msg))
+                    backs.append(handoff.parse_back(msg))
                 elif msg.kind == handoff.STATS:
                     self.in_flight = _count(msg.meta.get("in_flight"))
                     self.connections = _count(msg.meta.get("connections"))
                     self.log_buffered = _count(msg.meta.get("log_buffered"))
                     self.log_dropped = _count(msg.meta.get("log_dropped"))
+                    cap = msg.meta.get("conn_cap")
+                    if cap is not None:
+                        self.conn_cap = _count(cap)
                     self.dispatcher.totals(self.service).report(self.pid, RequestCounts.from_json(msg.meta.get("counts")))
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
                 msg.close_fds()
-                self.log.error("bad message from {link}: {error}", link=self.name, error=e)
+                self.misbehaved(str(e))
+            if not self.channel.connected:
+                # Cut off (too many refusals): the rest of the batch is not looked at.
+                for later in batch[i + 1 :]:
+                    later.close_fds()
+                for _conn_id, fd, _data in backs:
+                    os.close(fd)
+                return
         # An ack may be the last thing a stopping dispatcher waits for.
         self.dispatcher._maybe_stopped()
-        if not backs:
-            return
+        if backs:
+            freed = self._take_back(backs) or freed
+        if freed and pool.queue:
+            pool.flush()
+
+    def _take_back(self, backs: list[tuple[int, int, bytes]]) -> bool:
+        """Check each handback against the records; route the genuine ones, refuse the rest."""
+        ledger = self.dispatcher.ledger
+        taken: list[tuple[ConnectionRecord, int, bytes]] = []
+        refused: list[int] = []
+        for conn_id, fd, data in backs:
+            if not self.channel.connected:
+                os.close(fd)  # cut off by an earlier refusal: the rest is not looked at
+                continue
+            try:
+                identity = socket_identity(fd)
+            except OSError:
+                identity = None
+            try:
+                taken.append((ledger.take_back(self, conn_id, identity), fd, data))
+            except HandbackRefused as e:
+                os.close(fd)
+                refused.append(conn_id)
+                self.misbehaved(f"refused a handback: {e}")
         # Acknowledge before routing any of them, as services do for ``conn``:
         # a handback the service never saw acknowledged was never touched here.
         if self.channel.connected:
-            self.channel.send({"k": handoff.BACKACK, "ids": [b.id for b in backs]})
-        for back in backs:
+            self.channel.send({"k": handoff.BACKACK, "ids": [record.id for record, _fd, _data in taken], "refused": refused})
+        for record, fd, data in taken:
             try:
-                self.dispatcher.adopt(back.fd, back.peer, back.host, back.data, back.tls)
+                # The facts are the record's: what the service said is not looked at.
+                self.dispatcher.adopt(fd, record.peer, record.host, data, record.tls)
             except Exception:
                 # One connection's failure must not close this instance's channel.
-                self.log.failure("taking back connection {id} from {link} failed", id=back.id, link=self.name)
+                self.log.failure("taking back connection {id} from {link} failed", id=record.id, link=self.name)
+        return bool(taken)
 
     def _lost(self, reason: Failure) -> None:
-        self.dispatcher.link_lost(self)
+        self.dispatcher.link_lost(self, reason)
 
 
 class ServicePool:
@@ -120,11 +203,17 @@ class ServicePool:
         self.links: dict[int, InstanceLink] = {}  # by pid: a retiring and a new process may share an index
         self.failed = False
         self.handed_off = 0
+        #: Messages refused from this service's instances (okws_misbehaviour_total).
+        self.misbehaviour = 0
         self.queue: deque[HeadConnection] = deque()
         self._turn = itertools.count()
 
     def pick(self) -> InstanceLink | None:
-        """The least busy ready instance below its connection cap, rotating among equals."""
+        """The least busy ready instance below its connection cap, rotating among equals.
+
+        The cap is the service's C{max_connections}, or less if the instance
+        said it takes fewer (its descriptor limit).
+        """
         if not self.links:
             return None
         links = list(self.links.values())
@@ -132,7 +221,8 @@ class ServicePool:
         best: InstanceLink | None = None
         for i in range(len(links)):
             link = links[(start + i) % len(links)]
-            if link.retiring or link.active >= self.max_connections:
+            cap = self.max_connections if link.conn_cap is None else min(self.max_connections, link.conn_cap)
+            if link.retiring or link.active >= cap:
                 continue
             if best is None or link.active < best.active:
                 best = link

@@ -39,6 +39,7 @@ from okws_twisted.launcher.pidns import PidNamespaceError
 from okws_twisted.launcher.supervision import Backoff, CrashBudget, Heartbeat
 from okws_twisted.wire import control
 from okws_twisted.wire.channel import Message, MessageChannel, socketpair
+from okws_twisted.wire.limits import CONTROL_LAUNCHER
 
 if TYPE_CHECKING:
     from okws_twisted.launcher.site import Launcher
@@ -399,7 +400,7 @@ class ChildSlot:
                               child=self.name, pid=proc.pid, error=e.strerror or e)
                 proc.killed_because = "it could not be put in its cgroup"
                 proc.signal(signal.SIGKILL)
-        proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}")
+        proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}", limits=CONTROL_LAUNCHER)
         proc.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
         self.launches += 1
         if self.current is None:

@@ -20,6 +20,10 @@ acknowledging.
 A write error (disk full, I/O error) ends the process at once: a relaunched
 daemon repairs the files from the journal and the senders, still holding
 every unacknowledged record, send them again.
+
+A sender that breaks its channel's rules (L{okws_twisted.wire.limits}), or
+whose channel goes away while the daemon runs, is reported to the launcher
+(``lost``), which relaunches it.
 """
 
 from __future__ import annotations
@@ -57,14 +61,12 @@ from okws_twisted.logd.format import (
     status_line,
 )
 from okws_twisted.logd.journal import Entry, Journal, Recovery, Write
-from okws_twisted.wire import logchannel
+from okws_twisted.wire import control, limits, logchannel
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 
 ACCESS_LOG = "access.log"
 ERROR_LOG = "error.log"
 ACCESS_JSON = "access.json"
-#: The largest batch accepted (256 records of the largest fields are about 25 MiB).
-MAX_BATCH_BYTES = 64 * 1024 * 1024
 #: Exit status of a daemon that could not write (the launcher relaunches it).
 WRITE_FAILED = 74
 
@@ -207,6 +209,9 @@ class LogDaemon:
 
     log = Logger()
 
+    #: How the daemon tells the launcher something (set by the bootstrap).
+    to_launcher: Callable[[dict[str, Any]], None] = staticmethod(lambda meta: None)  # type: ignore[assignment]
+
     def __init__(self, reactor: Any, writer: LogWriter, stopped: Callable[[], None] = lambda: None) -> None:
         self.reactor = reactor
         self.writer = writer
@@ -258,9 +263,11 @@ class LogDaemon:
             print(f"okws log daemon: cannot write the logs in {self.writer.config.log_dir}: {e}; exiting", file=sys.stderr, flush=True)
             os._exit(WRITE_FAILED)
 
-    def link_lost(self, link: "SenderLink") -> None:
+    def link_lost(self, link: "SenderLink", reason: Failure) -> None:
         if self.links.get(link.sender.key) is link:
             del self.links[link.sender.key]
+        if not self.stopping and link.sender.role != "launcher":
+            control.report_lost(self.to_launcher, link.channel, f"log:{link.sender.name}", link.sender.pid, reason)
 
     def stats(self) -> dict[str, Any]:
         return {"senders": len(self.links)}
@@ -292,7 +299,7 @@ class SenderLink:
         self.daemon = daemon
         self.sender = sender
         self.channel = MessageChannel(
-            daemon.reactor, sock, self._received, self._lost, name=f"log:{sender.name}", max_payload=MAX_BATCH_BYTES
+            daemon.reactor, sock, self._received, self._lost, name=f"log:{sender.name}", limits=limits.LOG_DAEMON
         )
 
     def _received(self, batch: list[Message]) -> None:
@@ -301,7 +308,7 @@ class SenderLink:
     def _lost(self, reason: Failure) -> None:
         if reason.check(ConnectionLost) and not self.daemon.stopping:
             self.daemon._guarded(self.daemon.writer.own, "warn", f"closed the log channel of {self.sender.source}: {reason.getErrorMessage()}")
-        self.daemon.link_lost(self)
+        self.daemon.link_lost(self, reason)
 
 
 _OWN_LEVELS = {LogLevel.warn: "warn", LogLevel.error: "error", LogLevel.critical: "critical"}

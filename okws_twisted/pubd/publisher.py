@@ -15,12 +15,16 @@ to the defaults shipped in the package) and pushes them to every peer: the
 dispatcher, which must never load jinja2, shows them as they are, with each
 response's message put in.  The package defaults are read once at start-up,
 so a publisher later jailed in the template tree still has them.
+
+A peer that breaks its channel's rules (L{okws_twisted.wire.limits}), or
+whose channel goes away while the publisher runs, is reported to the launcher
+(``lost``), which relaunches it.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.internet import error
 from twisted.logger import Logger
@@ -36,24 +40,27 @@ from okws_twisted.templating import (
     default_error_templates,
     render_error_pages,
 )
-from okws_twisted.wire import templatechannel
+from okws_twisted.wire import control, limits, templatechannel
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 from okws_twisted.wire.templatechannel import Get, Outgoing, TemplateAbsent
 
 #: Names listed in one "templates changed" log line at most.
 _LOGGED_NAMES = 20
+#: Bytes of names in one ``changed`` notice at most (a large change is sent in several).
+_CHANGED_BYTES = 1 << 20
 
 
 class _Peer:
     """The publisher's templates channel to one process (a service instance or the dispatcher)."""
 
-    def __init__(self, publisher: "Publisher", name: str, sock: socket.socket) -> None:
+    def __init__(self, publisher: "Publisher", name: str, sock: socket.socket, pid: object = None) -> None:
         self.publisher = publisher
         self.name = name
+        self.pid = pid
         # Only a peer that asks for templates holds any to invalidate (the
         # dispatcher never asks; it gets the error pages only).
         self.asked = False
-        self.channel = MessageChannel(publisher.reactor, sock, self._received, self._lost, name=f"templates:{name}")
+        self.channel = MessageChannel(publisher.reactor, sock, self._received, self._lost, name=f"templates:{name}", limits=limits.TEMPLATES_PUBLISHER)
 
     def send(self, message: Outgoing) -> None:
         if self.channel.connected:
@@ -61,6 +68,9 @@ class _Peer:
                 self.channel.send(*message)
             except error.ConnectionDone:
                 pass
+            except ValueError as e:
+                # Over what the peer accepts: never sent, or the peer would be cut off.
+                self.publisher.log.error("not sent to {peer}: {error}", peer=self.name, error=e)
 
     def _received(self, batch: list[Message]) -> None:
         for msg in batch:
@@ -76,7 +86,7 @@ class _Peer:
             self.send(self.publisher.answer(request, self.name))
 
     def _lost(self, reason: Failure) -> None:
-        self.publisher.peer_lost(self)
+        self.publisher.peer_lost(self, reason)
 
 
 @implementer(IChildRole)
@@ -87,6 +97,9 @@ class Publisher:
     """
 
     log = Logger()
+
+    #: How the publisher tells the launcher something (set by the bootstrap).
+    to_launcher: Callable[[dict[str, Any]], None] = staticmethod(lambda meta: None)  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -137,10 +150,11 @@ class Publisher:
         re-render the error pages and send them to every peer if they changed."""
         shown = ", ".join(names[:_LOGGED_NAMES]) + (" ..." if len(names) > _LOGGED_NAMES else "")
         self.log.info("templates changed: {names}", names=shown, count=len(names))
-        notice = templatechannel.changed(names)
-        for peer in list(self.peers.values()):
-            if peer.asked:
-                peer.send(notice)
+        for part in _parts(names):
+            notice = templatechannel.changed(part)
+            for peer in list(self.peers.values()):
+                if peer.asked:
+                    peer.send(notice)
         pages = self.render_pages()
         if pages != self.pages:
             self.pages = pages
@@ -167,15 +181,16 @@ class Publisher:
             return
         name = str(meta.get("name"))
         old = self.peers.get(name)
-        peer = _Peer(self, name, sock)
+        peer = _Peer(self, name, sock, meta.get("pid"))
         self.peers[name] = peer
         if old is not None:
             old.channel.close()
         peer.send(templatechannel.pages(self.pages))
 
-    def peer_lost(self, peer: _Peer) -> None:
+    def peer_lost(self, peer: _Peer, reason: Failure) -> None:
         if self.peers.get(peer.name) is peer:
             del self.peers[peer.name]
+        control.report_lost(self.to_launcher, peer.channel, f"templates:{peer.name}", peer.pid, reason)
 
     def stats(self) -> dict[str, Any]:
         return {"peers": len(self.peers)}
@@ -194,6 +209,20 @@ class Publisher:
             peer.channel.close()
         stopped, self._stopped = self._stopped, lambda: None
         stopped()
+
+
+def _parts(names: list[str]) -> Iterator[list[str]]:
+    """C{names} in lists of at most L{_CHANGED_BYTES} bytes of names each."""
+    part: list[str] = []
+    size = 0
+    for name in names:
+        if part and size + len(name) > _CHANGED_BYTES:
+            yield part
+            part, size = [], 0
+        part.append(name)
+        size += len(name) + 4
+    if part:
+        yield part
 
 
 def start_role(

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
+from okws_twisted.service.budget import BodyDeadline
 from okws_twisted.service.web import origin_form, with_connection_close
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import (
@@ -28,6 +29,7 @@ from okws_twisted.wire.httpframe import (
     HTTPError,
     RequestFramer,
 )
+from okws_twisted.wire.channel import MessageChannel
 from okws_twisted.wire.transport import SocketTransport
 
 if TYPE_CHECKING:
@@ -49,8 +51,18 @@ class ServiceConnection:
     transport: SocketTransport
     channel: http.HTTPChannel
 
-    def __init__(self, runtime: "ServiceRuntime", routed: bool) -> None:
+    def __init__(
+        self, runtime: "ServiceRuntime", routed: bool, conn_id: int | None = None, origin: MessageChannel | None = None
+    ) -> None:
+        """
+        @param conn_id: the dispatcher's id of this connection (a handback names it).
+        @param origin: the handoff channel it came on: only that dispatcher
+            knows the connection, so only over it can it be handed back.
+        """
         self.runtime = runtime
+        self.conn_id = conn_id
+        self.origin = origin
+        self.handed_back = False
         self.framer = RequestFramer(runtime.limits)
         self.owned_next = routed
         self.fed = 0
@@ -60,6 +72,7 @@ class ServiceConnection:
         self.failure: HTTPError | None = None
         self.client_done = False
         self._body_timer: IDelayedCall | None = None
+        self._body: BodyDeadline | None = None
         self._flush_wait = False
 
     def makeConnection(self, transport: SocketTransport) -> None:
@@ -118,7 +131,7 @@ class ServiceConnection:
                     self.channel.dataReceived(raw)
                     head = event.head
                     if head.chunked or head.content_length:
-                        self._arm_body_timer()
+                        self._start_body()
                 else:
                     # Bytes read after this point join the framer's buffer; the
                     # whole unread tail is taken at the moment of handing back.
@@ -127,28 +140,44 @@ class ServiceConnection:
                     self._maybe_finish()
                     return
             elif isinstance(event, Body):
-                self._arm_body_timer()
+                if self._body is not None:
+                    self._body.arrived(len(event.data), self.runtime.reactor.seconds())
                 self.channel.dataReceived(event.data)
             else:
                 self.in_body = False
                 self._cancel_body_timer()
 
+    def _start_body(self) -> None:
+        """A body must keep arriving (L{BodyDeadline}): cut it at its deadline.
+
+        One timer per body, moved only when it fires early: the reads
+        themselves never touch it.
+        """
+        config = self.runtime.config
+        self._body = BodyDeadline(config.body_timeout, config.body_min_rate, self.runtime.reactor.seconds())
+        self._arm_body_timer()
+
     def _arm_body_timer(self) -> None:
-        """A body must keep arriving: at most C{body_timeout} seconds between reads."""
-        if self._body_timer is not None and self._body_timer.active():
-            self._body_timer.reset(self.runtime.config.body_timeout)
-        else:
-            self._body_timer = self.runtime.reactor.callLater(self.runtime.config.body_timeout, self._body_stalled)
+        assert self._body is not None
+        delay = max(0.0, self._body.deadline() - self.runtime.reactor.seconds())
+        self._body_timer = self.runtime.reactor.callLater(delay, self._body_due)
 
     def _cancel_body_timer(self) -> None:
         if self._body_timer is not None and self._body_timer.active():
             self._body_timer.cancel()
         self._body_timer = None
+        self._body = None
 
-    def _body_stalled(self) -> None:
+    def _body_due(self) -> None:
         self._body_timer = None
-        if self.in_body and self.transport.connected:
-            self._fail(HTTPError(408, "The request body stopped arriving."))
+        body = self._body
+        if body is None or not self.in_body or not self.transport.connected:
+            return
+        why = body.expired(self.runtime.reactor.seconds())
+        if why is None:
+            self._arm_body_timer()
+        else:
+            self._fail(HTTPError(408, why))
 
     def _fail(self, e: HTTPError) -> None:
         """Answer C{e} after the requests before the bad one, then close."""
@@ -209,10 +238,11 @@ class ServiceConnection:
         assert self.handback is not None
         self.channel.setTimeout(None)
         sock = self.transport.detach()
+        self.handed_back = True
         self.channel.connectionLost(Failure(error.ConnectionDone("handed back to the dispatcher")))
         self.runtime.connection_ended(self)
         unread = self.handback + self.framer.unread()
-        self.runtime.hand_back(sock, unread, self.transport.getPeer(), self.transport.getHost(), self.transport.tls)
+        self.runtime.hand_back(self.conn_id, self.origin, sock, unread)
 
     def hand_back_when_idle(self) -> None:
         """Draining for a successor: hand the connection back at its next request boundary."""

@@ -16,6 +16,12 @@ where a request ends.
 
 Every response becomes an access record for the log daemon
 (L{ServiceSite.log}); the process writes no log file itself.
+
+Clients never run it out of descriptors (L{okws_twisted.service.budget}): it
+takes at most C{conn_cap} connections, derived from its C{RLIMIT_NOFILE} and
+reported to the dispatcher, and refuses any past it (or any whose descriptor
+the kernel could not pass) in its ``ack``, so the dispatcher, which still
+holds them, answers C{503}.  The handoff channel is never reset for that.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import socket
 from typing import Any, Callable
 
 from twisted.internet import error
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,10 +39,11 @@ from zope.interface import implementer
 
 from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.interfaces import IChildRole
+from okws_twisted.service.budget import BodyFiles, FdBudget
 from okws_twisted.service.connection import ServiceConnection
 from okws_twisted.service.templateclient import PublisherClient
 from okws_twisted.service.web import MountRoot, ServiceSite
-from okws_twisted.wire import handoff
+from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
 from okws_twisted.wire.errorpage import error_response
@@ -47,7 +54,6 @@ from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import RouteTable
 from okws_twisted.wire.transport import transport_for
 
-MAX_WAITING_HANDBACKS = 1024
 STATS_INTERVAL = 1.0
 DONE_REPORT_DELAY = 0.05
 
@@ -87,12 +93,19 @@ class ServiceRuntime:
         self.site.access_records = site_config.access_log or site_config.access_log_json
         self.site.request_ids = RequestIds()
         self.site.doStart()
+        self.fds = FdBudget.for_process(service.max_connections)
+        self.bodies = BodyFiles(self.fds.memfd_cap)
+        if self.fds.conn_cap < service.max_connections:
+            self.log.warn(
+                "{nofile} descriptors allow {cap} connections, not max_connections = {max}",
+                nofile=self.fds.nofile, cap=self.fds.conn_cap, max=service.max_connections,
+            )
         self.connections: set[ServiceConnection] = set()
         self.link: MessageChannel | None = None
-        self._unacked_backs: dict[int, tuple[socket.socket, bytes, IAddress, IAddress, dict[str, str] | None]] = {}
-        self._waiting_backs: list[tuple[socket.socket, bytes, IAddress, IAddress, dict[str, str] | None]] = []
-        self._back_ids = 0
-        self._done = 0
+        #: Handed-back connections (by the dispatcher's id) until the dispatcher acknowledges them.
+        self._unacked_backs: dict[int, socket.socket] = {}
+        #: Connections from this dispatcher that ended here since the last ack.
+        self._closed: list[int] = []
         self._done_timer: IDelayedCall | None = None
         self._exited = exited
         self.draining = False
@@ -115,17 +128,29 @@ class ServiceRuntime:
     # -- the dispatcher link
 
     def set_dispatcher(self, sock: socket.socket) -> None:
-        """A (new) handoff channel to the dispatcher."""
+        """A (new) handoff channel to the dispatcher.
+
+        A new channel means a new dispatcher, which has no record of the
+        connections the old one handed over: they can never be handed back
+        (it would refuse them), so at their next foreign request they are
+        closed instead, and handbacks the old one never acknowledged are
+        closed now.
+        """
         old = self.link
-        self.link = MessageChannel(self.reactor, sock, self._received, self._link_lost, name="handoff:dispatcher")
+        self.link = MessageChannel(
+            self.reactor, sock, self._received, self._link_lost, name="handoff:dispatcher",
+            limits=limits.handoff(self.config.max_head),
+        )
         self._stats_sent = None
         if old is not None:
             old.close()
-        resend = list(self._unacked_backs.values()) + self._waiting_backs
+        for back in self._unacked_backs.values():
+            back.close()
         self._unacked_backs.clear()
-        self._waiting_backs = []
-        for sock_, data, peer, host, tls in resend:
-            self.hand_back(sock_, data, peer, host, tls)
+        self._closed = []
+        self._send_stats()
+        if self.draining:
+            self._maybe_exit()
 
     def _link_lost(self, reason: Failure) -> None:
         self.log.info("dispatcher channel closed: {reason}", reason=reason.getErrorMessage())
@@ -134,15 +159,35 @@ class ServiceRuntime:
 
     def _received(self, batch: list[Message]) -> None:
         incoming: list[handoff.Connection] = []
+        refused: list[int] = []
         for msg in batch:
             try:
                 if msg.kind == handoff.CONN:
-                    incoming.append(handoff.parse_connection(msg))
+                    conn_id = handoff.message_id(msg)
+                    try:
+                        conn = handoff.parse_connection(msg)
+                    except ChannelError as e:
+                        # Never touched: the dispatcher, which still holds it, answers it.
+                        msg.close_fds()
+                        refused.append(conn_id)
+                        why = "out of descriptors: the kernel dropped its fd" if msg.fds_lost else str(e)
+                        self.log.warn("refused connection {id}: {why}", id=conn_id, why=why)
+                        continue
+                    if self._full(len(incoming)):
+                        msg.close_fds()
+                        refused.append(conn_id)
+                        self.log.warn("refused connection {id}: {cap} connections is this instance's cap", id=conn_id, cap=self.fds.conn_cap)
+                        continue
+                    incoming.append(conn)
                 elif msg.kind == handoff.BACKACK:
-                    for back_id in handoff.parse_ids(msg):
-                        held = self._unacked_backs.pop(back_id, None)
-                        if held is not None:
-                            held[0].close()
+                    handoff.check_shape(msg)
+                    taken, turned_down = handoff.parse_ids(msg), handoff.parse_ids(msg, "refused")
+                    for back_id in taken + turned_down:
+                        back = self._unacked_backs.pop(back_id, None)
+                        if back is not None:
+                            back.close()
+                    if turned_down:
+                        self.log.warn("the dispatcher refused handbacks {ids}; closed them", ids=turned_down)
                     if self.draining:
                         self._maybe_exit()
                 else:
@@ -150,18 +195,26 @@ class ServiceRuntime:
             except ChannelError as e:
                 msg.close_fds()
                 self.log.error("bad message from the dispatcher: {error}", error=e)
-        if not incoming:
+        if not incoming and not refused:
             return
         # Acknowledge the whole batch before touching any of it: an
         # unacknowledged connection is one the dispatcher may give elsewhere.
-        self._send_ack([c.id for c in incoming])
+        self._send_ack([c.id for c in incoming], refused)
+        origin = self.link
         for conn in incoming:
             try:
-                self.adopt(conn)
+                self.adopt(conn, origin)
             except Exception:
                 # One connection's failure must not close the channel that
                 # carries every other connection to this instance.
                 self.log.failure("adopting connection {id} failed", id=conn.id)
+
+    def _full(self, arriving: int) -> bool:
+        """Would one more connection (after C{arriving} others) pass the cap?"""
+        return len(self.connections) + len(self._unacked_backs) + arriving >= self.fds.conn_cap
+
+    def _unavailable(self) -> bytes:
+        return error_response(503, "The service is busy; try again shortly.", pages=self.templates.pages, retry_after=self.config.retry_after)
 
     def _send_stats(self) -> None:
         """Report cumulative counters to the dispatcher, if they changed."""
@@ -187,41 +240,47 @@ class ServiceRuntime:
                 "connections": len(self.connections),
                 "log_buffered": records.held if records is not None else 0,
                 "log_dropped": records.dropped_total if records is not None else 0,
+                "conn_cap": self.fds.conn_cap,
             }
         )
 
-    def _send_ack(self, ids: list[int]) -> None:
+    def _send_ack(self, ids: list[int], refused: list[int] | None = None) -> None:
         if self.link is None or not self.link.connected:
             return
-        done, self._done = self._done, 0
+        closed, self._closed = self._closed, []
         timer, self._done_timer = self._done_timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        self.link.send({"k": handoff.ACK, "ids": ids, "done": done})
+        meta: dict[str, Any] = {"k": handoff.ACK, "ids": ids, "closed": closed}
+        if refused:
+            meta["refused"] = refused
+        self.link.send(meta)
 
-    def adopt(self, conn: handoff.Connection) -> None:
-        """Serve a connection the dispatcher handed over."""
+    def adopt(self, conn: handoff.Connection, origin: MessageChannel | None = None) -> None:
+        """Serve a connection the dispatcher handed over (on channel C{origin})."""
         sock = socket.socket(fileno=conn.fd)
         if self.draining:
             if self.handing_back:
                 # The dispatcher sent it before it learnt we are retiring: our
                 # successor will take it.
-                self.hand_back(sock, conn.data, conn.peer, conn.host, conn.tls)
+                self.hand_back(conn.id, origin, sock, conn.data)
                 return
             # The site is stopping (the dispatcher stops first); never drop it silently.
-            sock.setblocking(True)
-            sock.settimeout(1.0)
-            try:
-                sock.sendall(error_response(
-                        503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after
-                    ))
-            except OSError:
-                pass
-            sock.close()
+            _answer_and_close(sock, error_response(
+                503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after
+            ))
             return
-        protocol = ServiceConnection(self, routed=True)
+        protocol = ServiceConnection(self, routed=True, conn_id=conn.id, origin=origin)
+        try:
+            transport = transport_for(self.reactor, sock, protocol, conn.peer, conn.host, conn.tls)
+        except OSError as e:
+            # Out of descriptors (EMFILE, ENFILE) or a socket gone bad: this
+            # connection is refused, every other one is served.
+            self.log.warn("refused connection {id}: {error}", id=conn.id, error=e)
+            _answer_and_close(sock, self._unavailable())
+            return
         self.connections.add(protocol)
-        transport_for(self.reactor, sock, protocol, conn.peer, conn.host, conn.tls).start(conn.data)
+        transport.start(conn.data)
 
     def answered(self, conn: ServiceConnection, status: int, reason: str, response: bytes) -> None:
         """The runtime answered a malformed request itself: send its access record."""
@@ -245,31 +304,33 @@ class ServiceRuntime:
     def connection_ended(self, conn: ServiceConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
-            self._done += 1
-            if self._done_timer is None and self.link is not None:
-                self._done_timer = self.reactor.callLater(DONE_REPORT_DELAY, self._send_ack, [])
+            if conn.conn_id is not None and not conn.handed_back and conn.origin is self.link and self.link is not None:
+                # The dispatcher forgets it (a handback names it otherwise).
+                self._closed.append(conn.conn_id)
+                if self._done_timer is None:
+                    self._done_timer = self.reactor.callLater(DONE_REPORT_DELAY, self._send_ack, [])
         if self.draining:
             self._maybe_exit()
 
-    def hand_back(
-        self, sock: socket.socket, data: bytes, peer: IAddress, host: IAddress, tls: dict[str, str] | None = None
-    ) -> None:
-        """Give a connection (and its unread bytes) back to the dispatcher."""
-        if self.link is None or not self.link.connected:
-            if self.draining or len(self._waiting_backs) >= MAX_WAITING_HANDBACKS:
-                self.log.warn("closing a kept-alive connection: no dispatcher to hand it back to")
-                sock.close()
-                return
-            self._waiting_backs.append((sock, data, peer, host, tls))
+    def hand_back(self, conn_id: int | None, origin: MessageChannel | None, sock: socket.socket, data: bytes) -> None:
+        """Give a connection (and its unread bytes) back to the dispatcher that handed it over.
+
+        If that dispatcher is gone, no other would take it: it is closed.
+        """
+        link = self.link
+        if conn_id is None or link is None or not link.connected or origin is not link:
+            self.log.info("closing a kept-alive connection: the dispatcher that handed it over is gone")
+            sock.close()
             return
-        self._back_ids += 1
-        back_id = self._back_ids
-        self._unacked_backs[back_id] = (sock, data, peer, host, tls)
+        self._unacked_backs[conn_id] = sock
         try:
-            self.link.send(handoff.connection_meta(handoff.BACK, back_id, peer, host, tls), data, [sock.fileno()])
-        except error.ConnectionDone:
-            self._unacked_backs.pop(back_id, None)
-            self._waiting_backs.append((sock, data, peer, host, tls))
+            link.send(handoff.back_meta(conn_id), data, [sock.fileno()])
+        except (error.ConnectionDone, ValueError) as e:
+            # ValueError: more unread bytes than a handback carries (a client
+            # that pipelined more than a read past a foreign request).
+            self.log.info("closing a kept-alive connection instead of handing it back: {error}", error=e)
+            self._unacked_backs.pop(conn_id, None)
+            sock.close()
 
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
         if channel == "handoff":
@@ -284,7 +345,12 @@ class ServiceRuntime:
         self.drain(handback)
 
     def update_config(self, site: SiteConfig) -> None:
-        """Reloaded: new routes (what this service owns) and limits for new connections."""
+        """Reloaded: new routes (what this service owns) and limits for new connections.
+
+        The descriptor budget stays: C{RLIMIT_NOFILE} was set at start.
+        """
+        if site.max_head > self.config.max_head and self.link is not None:
+            self.link.set_limits(limits.handoff(site.max_head))
         self.config = site
         self.routes = RouteTable.from_config(site)
         self.service = next((s for s in site.services if s.name == self.service.name), self.service)
@@ -301,6 +367,7 @@ class ServiceRuntime:
             "served": self.served,
             "in_flight": self.in_flight,
             "connections": len(self.connections),
+            "conn_cap": self.fds.conn_cap,
             "draining": self.draining,
         }
 
@@ -322,10 +389,6 @@ class ServiceRuntime:
         self.handing_back = handback and self.link is not None
         for conn in list(self.connections):
             self.drain_connection(conn)
-        if not self.handing_back:
-            for sock, *_rest in self._waiting_backs:
-                sock.close()
-            self._waiting_backs = []
         self._maybe_exit()
 
     def drain_connection(self, conn: ServiceConnection) -> None:
@@ -335,7 +398,7 @@ class ServiceRuntime:
             conn.close_when_idle()
 
     def _maybe_exit(self) -> None:
-        if self.draining and not self.connections and not self._unacked_backs and not self._waiting_backs:
+        if self.draining and not self.connections and not self._unacked_backs:
             self._send_stats()
             if self._stats_loop.running:
                 self._stats_loop.stop()
@@ -357,3 +420,17 @@ def start_role(
     service = next(s for s in site.services if s.name == name)
     resource = load_resource(service.resource, site.base_dir)()
     return ServiceRuntime(reactor, site, service, index, resource, exited=stopped, records=records)
+
+
+def _answer_and_close(sock: socket.socket, response: bytes) -> None:
+    """Write C{response} if the socket takes it now (it is small), then close.
+
+    For a connection this instance cannot serve: never blocks the reactor.
+    """
+    try:
+        sock.setblocking(False)
+        sock.send(response)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()

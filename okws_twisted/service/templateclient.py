@@ -34,7 +34,7 @@ from okws_twisted.interfaces import ITemplates
 from okws_twisted.service.rendering import TemplateRenderer
 from okws_twisted.service.templatecache import TemplateCache
 from okws_twisted.templating import PublisherUnavailable
-from okws_twisted.wire import templatechannel
+from okws_twisted.wire import limits, templatechannel
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
 from okws_twisted.wire.templatechannel import Absent, Source
@@ -93,7 +93,7 @@ class PublisherClient:
                 self._channel = None
                 self.log.info("templates channel to the publisher closed: {reason}", reason=reason.getErrorMessage())
 
-        channel = MessageChannel(self.reactor, sock, self._received, lost, name="templates:pubd")
+        channel = MessageChannel(self.reactor, sock, self._received, lost, name="templates:pubd", limits=limits.TEMPLATES_PEER)
         self._channel = channel
         if old is not None:
             old.close()

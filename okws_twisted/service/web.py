@@ -11,13 +11,12 @@ author's test runs what production runs.
 
 from __future__ import annotations
 
-import io
-import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.web import http, server
 from twisted.web.resource import IResource, NoResource, Resource
 
+from okws_twisted.service.budget import BodyFiles
 from okws_twisted.service.templateclient import PublisherClient
 from okws_twisted.wire.handoff import tls_summary
 from okws_twisted.wire.httpframe import (
@@ -58,13 +57,17 @@ def with_connection_close(raw: bytes) -> bytes:
 class ServiceRequest(server.Request):
     """A twisted.web request that tells its connection when it is answered.
 
-    Request bodies live in memory (an anonymous C{memfd} above 100 KB), never
-    in a temporary file: a jailed service has no writable directory.  The
-    framer has already bounded the body by the service's C{max_body}.
+    Request bodies live in memory, or in an anonymous C{memfd} above 100 KB
+    while the instance's descriptor budget allows (L{BodyFiles}), never in a
+    temporary file: a jailed service has no writable directory.  The framer
+    has already bounded the body by the service's C{max_body}.
 
     @ivar request_id: okws's id of this request, as in the access log (okws
         makes every id; a client's X-Request-Id header is not used).
     """
+
+    #: Where bodies go when no instance runtime is behind the request (an author's test).
+    unbudgeted = BodyFiles(cap=1 << 30)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -77,10 +80,9 @@ class ServiceRequest(server.Request):
             self.request_id = "-"
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length < 100_000:
-            self.content = io.BytesIO()
-        else:
-            self.content = os.fdopen(os.memfd_create("okws-request-body", os.MFD_CLOEXEC), "w+b")
+        conn = getattr(self.channel, "okws_connection", None)
+        files = conn.runtime.bodies if conn is not None else self.unbudgeted
+        self.content = files.new(length)
 
     def process(self) -> None:
         conn = getattr(self.channel, "okws_connection", None)

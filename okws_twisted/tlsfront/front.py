@@ -47,7 +47,7 @@ from zope.interface import implementer
 
 from okws_twisted.config import Listener, SiteConfig
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.wire import handoff
+from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import Message, MessageChannel
 from okws_twisted.wire.logsender import RecordSender
 
@@ -374,7 +374,7 @@ class TLSFront:
 
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
         if channel == "tls":
-            old, self.dispatcher = self.dispatcher, MessageChannel(self.reactor, sock, self._from_dispatcher, name="tls:dispatcher")
+            old, self.dispatcher = self.dispatcher, MessageChannel(self.reactor, sock, self._from_dispatcher, name="tls:dispatcher", limits=limits.TLS_FRONT)
             if old is not None:
                 old.close()
         else:

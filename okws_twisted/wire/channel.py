@@ -18,9 +18,19 @@ message with ``meta["more"]`` set to the total payload size, followed by
 continuation messages of kind ``"+"`` carrying the rest; the receiver joins
 them, so callers never see the split.
 
-The reader drains every queued message at each wakeup (``recvmsg`` until
-``EAGAIN``) and hands the whole batch to the receiver at once, so a receiver
-can acknowledge a batch with one message.
+The reader drains the queued messages at each wakeup (``recvmsg`` until
+``EAGAIN``, or until the batch holds L{ChannelLimits.max_batch} bytes) and
+hands the whole batch to the receiver at once, so a receiver can acknowledge
+a batch with one message.
+
+Every end has L{ChannelLimits}, checked before anything is kept: the peer is
+another process, and every message from a less privileged one is an
+attacker's input.  A payload larger than C{max_payload} (declared by the first
+datagram of a split message, or carried by a single one), metadata larger than
+C{max_meta}, anything that is not a valid datagram, and a peer that stops
+reading while more than C{max_queued} bytes wait for it all close the channel
+with L{ChannelViolation}.  The table of limits per channel kind is
+L{okws_twisted.wire.limits}.
 """
 
 from __future__ import annotations
@@ -50,10 +60,51 @@ _MAX_META = _RECV_SIZE - _HEADER.size - CHUNK
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 _MAX_MESSAGES_PER_WAKEUP = 256
 _CONT = b'{"k":"+"}'
+#: The most metadata any okws process sends in one datagram (L{encode} refuses more).
+MAX_META = _MAX_META
 
 
 class ChannelError(Exception):
     """The peer sent something that is not a valid message of this protocol."""
+
+
+class ChannelViolation(error.ConnectionLost):
+    """Why a channel was closed: the peer broke the protocol or a limit.
+
+    A receiver's C{lost} callback tells it from the peer simply going away
+    (L{error.ConnectionDone}, or a plain L{error.ConnectionLost} for a reset).
+    """
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    """What one end of a channel accepts and holds; see L{okws_twisted.wire.limits}.
+
+    @ivar max_payload: the largest payload of one message from the peer, split
+        or not, in bytes.  A split message declares its size in its first
+        datagram, so a larger one is refused before any of it is kept.
+    @ivar max_meta: the largest metadata of one datagram, in bytes.
+    @ivar max_batch: payload bytes handed to the receiver at one wakeup (the
+        batch always holds at least one message); the rest stays in the
+        kernel until the next wakeup.
+    @ivar max_queued: bytes this end keeps for a peer that does not read; more
+        closes the channel (queued datagrams hold duplicates of their fds).
+    @ivar send_max_payload: the largest payload L{MessageChannel.send} sends
+        (the peer's C{max_payload}); a larger one is a bug on this side and
+        raises L{ValueError}.  L{None}: not checked here.
+    """
+
+    max_payload: int
+    max_meta: int = MAX_META
+    max_batch: int = 1 << 20
+    max_queued: int = 64 << 20
+    send_max_payload: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_payload", "max_meta", "max_batch", "max_queued"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +118,9 @@ class Message:
     meta: dict[str, Any]
     payload: bytes = b""
     fds: tuple[int, ...] = field(default=())
+    #: Some fds that rode on this message never arrived (this process is at
+    #: its descriptor limit: the kernel cut them, C{MSG_CTRUNC}).
+    fds_lost: bool = False
 
     def close_fds(self) -> None:
         """Close the fds that came with a message the receiver will not use."""
@@ -90,19 +144,22 @@ def encode(meta: dict[str, Any], payload: bytes = b"") -> list[bytes]:
     return out
 
 
-def decode(datagram: bytes) -> tuple[dict[str, Any], bytes]:
+def decode(datagram: bytes, max_meta: int = MAX_META) -> tuple[dict[str, Any], bytes]:
     """Decode one datagram into its metadata and payload; raise L{ChannelError}."""
     if len(datagram) < _HEADER.size:
         raise ChannelError("short message")
     version, length = _HEADER.unpack_from(datagram)
     if version != VERSION:
         raise ChannelError(f"unsupported channel version {version}")
+    if length > max_meta:
+        raise ChannelError(f"{length} bytes of metadata, over this channel's limit of {max_meta}")
     end = _HEADER.size + length
     if end > len(datagram):
         raise ChannelError("truncated metadata")
     try:
         meta = json.loads(datagram[_HEADER.size : end])
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
+        # RecursionError: JSON nested deeper than the parser goes.
         raise ChannelError(f"bad metadata: {e}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("k"), str):
         raise ChannelError("metadata without a kind")
@@ -112,39 +169,46 @@ def decode(datagram: bytes) -> tuple[dict[str, Any], bytes]:
 class _Assembler:
     """Joins a payload split over continuation datagrams back into one message.
 
-    C{max_payload} (if given) bounds the size a first message may declare, so
-    a peer cannot make the receiver hold an unbounded payload.
+    C{limits.max_payload} bounds the size a first message may declare (and
+    the payload of a single datagram), so a peer cannot make the receiver
+    hold more than that.  A running total keeps the work per continuation
+    constant: joining is linear in the message's size.
     """
 
-    def __init__(self, max_payload: int | None = None) -> None:
-        self.max_payload = max_payload
-        self.partial: tuple[dict[str, Any], list[bytes], int, tuple[int, ...]] | None = None
+    def __init__(self, limits: ChannelLimits) -> None:
+        self.limits = limits
+        self.partial: tuple[dict[str, Any], list[bytes], int, tuple[int, ...], bool] | None = None
+        self.have = 0
 
-    def add(self, data: bytes, fds: tuple[int, ...]) -> Message | None:
-        meta, payload = decode(data)
+    def add(self, data: bytes, fds: tuple[int, ...], fds_lost: bool = False) -> Message | None:
+        meta, payload = decode(data, self.limits.max_meta)
         if self.partial is not None:
-            if meta["k"] != "+" or fds:
+            if meta["k"] != "+" or fds or fds_lost:
                 raise ChannelError("expected a continuation")
-            first, parts, want, pfds = self.partial
-            parts.append(payload)
-            have = sum(map(len, parts))
-            if have > want:
+            first, parts, want, pfds, lost = self.partial
+            self.have += len(payload)
+            if self.have > want:
                 raise ChannelError("continuation overruns the declared size")
-            if have < want:
+            parts.append(payload)
+            if self.have < want:
                 return None
             self.partial = None
-            return Message(first["k"], first, b"".join(parts), pfds)
+            return Message(first["k"], first, b"".join(parts), pfds, lost)
         if meta["k"] == "+":
             raise ChannelError("unexpected continuation")
         more = meta.pop("more", None)
+        limit = self.limits.max_payload
         if more is not None:
-            if not isinstance(more, int) or more <= len(payload):
+            if not isinstance(more, int) or isinstance(more, bool) or more <= len(payload):
                 raise ChannelError("bad continuation size")
-            if self.max_payload is not None and more > self.max_payload:
-                raise ChannelError(f"a {more}-byte payload is over this channel's limit of {self.max_payload}")
-            self.partial = (meta, [payload], more, fds)
+            if more > limit:
+                raise ChannelError(f"a {more}-byte payload is over this channel's limit of {limit}")
+            self.partial = (meta, [payload], more, fds, fds_lost)
+            self.have = len(payload)
             return None
-        return Message(meta["k"], meta, payload, fds)
+        if len(payload) > limit:
+            raise ChannelError(f"a {len(payload)}-byte payload is over this channel's limit of {limit}")
+        return Message(meta["k"], meta, payload, fds, fds_lost)
 
     def discard(self) -> None:
         if self.partial is not None:
@@ -181,10 +245,13 @@ class MessageChannel:
 
     @param receive: called with a list of L{Message} for every batch drained
         at one wakeup.
-    @param lost: called once with a L{Failure} when the channel closes (peer
-        gone, protocol error, or L{close}).
-    @param max_payload: the largest payload accepted from the peer (L{None}:
-        no limit); a larger one is a protocol error that closes the channel.
+    @param lost: called once with a L{Failure} when the channel closes: the
+        peer went away (L{error.ConnectionDone}, or L{error.ConnectionLost}
+        for a reset), broke the protocol or a limit (L{ChannelViolation}), or
+        this end called L{close} (then L{closed_here} is true).
+    @param limits: what this end accepts from the peer and queues for it.
+
+    @ivar closed_here: C{True} once L{close} was called on this end.
     """
 
     log = Logger()
@@ -196,7 +263,8 @@ class MessageChannel:
         receive: Callable[[list[Message]], None],
         lost: Callable[[Failure], None] = lambda reason: None,
         name: str = "channel",
-        max_payload: int | None = None,
+        *,
+        limits: ChannelLimits,
     ) -> None:
         sock.setblocking(False)
         self._reactor = reactor
@@ -206,9 +274,17 @@ class MessageChannel:
         self._lost = lost
         self._name = name
         self._outq: deque[tuple[bytes, tuple[int, ...]]] = deque()
-        self._assembler = _Assembler(max_payload)
+        self._queued = 0
+        self.limits = limits
+        self._assembler = _Assembler(limits)
         self.connected = True
+        self.closed_here = False
         reactor.addReader(self)
+
+    def set_limits(self, limits: ChannelLimits) -> None:
+        """New limits from the next datagram on (after a reload)."""
+        self.limits = limits
+        self._assembler.limits = limits
 
     # -- sending
 
@@ -219,6 +295,9 @@ class MessageChannel:
             raise error.ConnectionDone(f"{self._name} is closed")
         if len(fds) > MAX_FDS:
             raise ValueError(f"at most {MAX_FDS} fds per message")
+        limit = self.limits.send_max_payload
+        if limit is not None and len(payload) > limit:
+            raise ValueError(f"{self._name}: a {len(payload)}-byte payload is over the peer's limit of {limit}")
         datagrams = encode(meta, payload)
         fdt = tuple(fds)
         for i, dgram in enumerate(datagrams):
@@ -235,6 +314,10 @@ class MessageChannel:
                 self._fail(e)
                 return
             self._reactor.addWriter(self)
+        self._queued += len(dgram)
+        if self._queued > self.limits.max_queued:
+            self._fail(ChannelViolation(f"{self._name}: the peer reads nothing ({self._queued} bytes waiting)"))
+            return
         self._outq.append((dgram, tuple(os.dup(fd) for fd in fds)))
 
     def _sendmsg(self, dgram: bytes, fds: tuple[int, ...]) -> None:
@@ -252,8 +335,10 @@ class MessageChannel:
             except BlockingIOError:
                 return None
             except OSError as e:
-                return error.ConnectionLost(f"{self._name}: {e}")
+                self._fail(e)
+                return None
             self._outq.popleft()
+            self._queued -= len(dgram)
             _close_fds(fds)
         self._reactor.removeWriter(self)
         return None
@@ -262,8 +347,11 @@ class MessageChannel:
 
     def doRead(self) -> object:
         batch: list[Message] = []
+        size = 0
         result: object = None
         for _ in range(_MAX_MESSAGES_PER_WAKEUP):
+            if size >= self.limits.max_batch:
+                break  # the rest waits in the kernel: other descriptors get their turn
             try:
                 data, anc, flags, _addr = self._sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
             except BlockingIOError:
@@ -277,36 +365,62 @@ class MessageChannel:
             if not data and not fds:
                 result = error.ConnectionDone(f"{self._name}: peer closed")
                 break
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            if flags & socket.MSG_TRUNC:
                 _close_fds(fds)
-                result = error.ConnectionLost(f"{self._name}: truncated message")
+                result = ChannelViolation(f"{self._name}: a datagram longer than any valid message")
                 break
             try:
-                msg = self._assembler.add(data, fds)
+                # MSG_CTRUNC: this process is out of descriptors and the kernel
+                # dropped some that rode on the message.  The message itself is
+                # whole: its receiver decides (a service refuses that one
+                # connection), so the channel stays open.
+                msg = self._assembler.add(data, fds, bool(flags & socket.MSG_CTRUNC))
             except ChannelError as e:
                 _close_fds(fds)
-                result = error.ConnectionLost(f"{self._name}: {e}")
+                result = ChannelViolation(f"{self._name}: {e}")
                 break
             if msg is not None:
                 batch.append(msg)
+                size += len(msg.payload)
         if batch:
             self._receive(batch)
-        if result is not None and not isinstance(result, error.ConnectionDone):
-            # The reactor replaces this reason with a generic one: say it here.
-            self.log.warn("{name}: {reason}", name=self._name, reason=result)
-        return result
+        if result is not None and self.connected:
+            if not isinstance(result, error.ConnectionDone):
+                self.log.warn("{name}: {reason}", name=self._name, reason=result)
+            # Closed here rather than by the reactor, which would replace the
+            # reason with a generic one: the receiver's C{lost} gets the real one.
+            self._lose(result)  # type: ignore[arg-type]
+        return None
 
     # -- lifecycle
 
     def _fail(self, e: Exception) -> None:
+        if not isinstance(e, error.ConnectionLost):
+            e = error.ConnectionLost(f"{self._name}: {e}")
+        self._lose(e)
+
+    def _lose(self, reason: Exception) -> None:
+        if not self.connected:
+            return
         self._reactor.removeReader(self)
         self._reactor.removeWriter(self)
-        self.connectionLost(Failure(error.ConnectionLost(f"{self._name}: {e}")))
+        self.connectionLost(Failure(reason))
+
+    def refuse(self, why: str) -> None:
+        """Close because the peer broke this protocol's rules.
+
+        For what only the receiver can judge (a message well formed but not
+        allowed): the C{lost} callback gets a L{ChannelViolation}, as for
+        anything the channel itself refuses.
+        """
+        self.log.warn("{name}: {why}", name=self._name, why=why)
+        self._lose(ChannelViolation(f"{self._name}: {why}"))
 
     def close(self) -> None:
         """Close this end; queued messages that were not sent are dropped."""
         if not self.connected:
             return
+        self.closed_here = True
         self._reactor.removeReader(self)
         self._reactor.removeWriter(self)
         self.connectionLost(Failure(error.ConnectionDone(f"{self._name}: closed")))
@@ -317,6 +431,7 @@ class MessageChannel:
         self.connected = False
         while self._outq:
             _close_fds(self._outq.popleft()[1])
+        self._queued = 0
         self._assembler.discard()
         self._sock.close()
         self._lost(reason)
@@ -328,14 +443,14 @@ class MessageChannel:
         return self._name
 
 
-def read_one_blocking(sock: socket.socket, timeout: float | None = None) -> Message:
-    """Read one whole message from a blocking socket.
+def read_one_blocking(sock: socket.socket, timeout: float | None, limits: ChannelLimits) -> Message:
+    """Read one whole message from a blocking socket, within C{limits}.
 
     A child calls this once, before its reactor runs, to receive its
     configuration; it raises L{ChannelError} on EOF or a bad message.
     """
     sock.settimeout(timeout)
-    assembler = _Assembler()
+    assembler = _Assembler(limits)
     while True:
         data, anc, flags, _ = sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
         fds = _fds_from(anc)

@@ -55,6 +55,15 @@ jailed child is the init of its own PID namespace, where C{os.getpid()} is 1.
 A child whose control channel closes (the launcher is gone) exits at once.
 """
 
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from okws_twisted.wire.channel import MessageChannel
+
 CONTROL_FD = 3
 FIRST_LISTEN_FD = 4
 
@@ -84,3 +93,33 @@ FROM_CHILD: dict[str, frozenset[str]] = {
 def may_send(role: str, kind: str) -> bool:
     """Whether a child of C{role} may send the launcher a message of C{kind}."""
     return kind in FROM_CHILD.get(role, frozenset())
+
+
+#: The longest C{why} of a ``lost`` message.
+LOST_WHY_MAX = 200
+
+
+def lost_meta(pid: int, why: str) -> dict[str, object]:
+    """The ``lost`` message: this process dropped its channel to C{pid}."""
+    return {"k": LOST, "pid": pid, "why": why[:LOST_WHY_MAX]}
+
+
+_log = Logger(namespace="okws.lost")
+
+
+def report_lost(
+    to_launcher: Callable[[dict[str, Any]], None], channel: MessageChannel, what: str, pid: object, reason: Failure
+) -> bool:
+    """Tell the launcher that C{channel}, to the peer C{pid}, is gone (``lost``).
+
+    Not if this end closed it (a newer channel replaced it, or this process
+    is stopping), nor for a peer whose pid the launcher did not give.
+    Returns whether it told.
+    """
+    if channel.closed_here or not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    # The channel's own words, without Twisted's "Connection was closed cleanly: ...".
+    why = " ".join(str(arg) for arg in reason.value.args) or reason.getErrorMessage()
+    _log.warn("lost the {what} channel to pid {pid}: {why}; telling the launcher", what=what, pid=pid, why=why)
+    to_launcher(lost_meta(pid, why))
+    return True

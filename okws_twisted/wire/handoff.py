@@ -13,21 +13,36 @@ L{okws_twisted.wire.channel.MessageChannel}.  Message kinds:
     facts of its TLS session (L{TLS_FACTS}), all strings.
 ``ack`` (service -> dispatcher)
     C{ids}: connections the service now holds (the dispatcher closes its
-    copies); C{done}: how many of its connections have ended (closed or
-    handed back) since its last report, for least-busy balancing.
+    copies); C{refused}: connections it will not take (it is at its
+    connection cap, or out of descriptors so the fd never arrived): the
+    dispatcher, which still holds them, answers them C{503}; C{closed}:
+    connections it held that have ended (not handed back) since its last
+    report, so the dispatcher forgets them.
     A service sends one ``ack`` per wakeup for the whole batch, *before* it
     starts serving them, so a connection that was never acknowledged was
     never touched and the dispatcher may give it to another instance.
 ``back`` (service -> dispatcher), with one fd
-    A kept-alive connection whose next request belongs elsewhere: C{id},
-    C{peer}, C{host}, C{tls} if it had it, and as payload every unread byte,
-    starting with that request.
+    A kept-alive connection whose next request belongs elsewhere: C{id}, the
+    dispatcher's id from the ``conn`` message that handed it over, and as
+    payload every unread byte, starting with that request.  The dispatcher
+    takes it back only if it handed that very socket (same C{SO_COOKIE}) to
+    this instance under that id and has not had it back since; its client
+    address and TLS facts are the dispatcher's own record, never the
+    service's word (L{okws_twisted.dispatcher.records}).
 ``backack`` (dispatcher -> service)
-    C{ids}: handed-back connections the dispatcher now holds.
+    C{ids}: handed-back connections the dispatcher now holds; C{refused}:
+    handbacks it did not take (it closed its copy).  Either way the service
+    closes its own copy.
 ``stats`` (service -> dispatcher)
     Cumulative counters for the admin listener's metrics: C{counts} (see
-    L{okws_twisted.dispatcher.metrics.RequestCounts}), C{in_flight}, C{connections}.
-    Sent at most once a second, and only when something changed.
+    L{okws_twisted.dispatcher.metrics.RequestCounts}), C{in_flight}, C{connections},
+    and C{conn_cap}: the most connections the instance takes (from its
+    descriptor limit).  Sent at once on a new channel, then at most once a
+    second, and only when something changed.
+
+Only ``conn`` and ``back`` carry a descriptor (L{FDS}) and a payload; any
+other message carrying either is refused (its descriptors closed).  Sizes: see
+L{okws_twisted.wire.limits.handoff}.
 """
 
 from __future__ import annotations
@@ -45,6 +60,9 @@ ACK = "ack"
 BACK = "back"
 BACKACK = "backack"
 STATS = "stats"
+
+#: How many fds each kind carries; any other count is refused.
+FDS = {CONN: 1, BACK: 1, ACK: 0, BACKACK: 0, STATS: 0}
 
 #: The TLS facts a connection from the TLS front carries (L{Connection.tls}):
 #: the SNI name the client asked for ("" if none), the cipher suite, the
@@ -67,11 +85,16 @@ class Connection:
 def connection_meta(
     kind: str, conn_id: int, peer: IAddress, host: IAddress, tls: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """The metadata of a C{conn} or C{back} message."""
+    """The metadata of a C{conn} message."""
     meta = {"k": kind, "id": conn_id, "peer": address_to_wire(peer), "host": address_to_wire(host)}
     if tls is not None:
         meta["tls"] = tls
     return meta
+
+
+def back_meta(conn_id: int) -> dict[str, Any]:
+    """The metadata of a C{back} message: the id alone (the dispatcher knows the rest)."""
+    return {"k": BACK, "id": conn_id}
 
 
 def tls_summary(tls: dict[str, str]) -> str:
@@ -92,15 +115,44 @@ def parse_tls(value: object) -> dict[str, str] | None:
     return value
 
 
+def check_shape(msg: Message) -> None:
+    """Refuse a message whose kind carries another number of fds (L{FDS}), or a payload it has none of."""
+    want = FDS.get(msg.kind)
+    if want is None:
+        raise ChannelError(f"unexpected {msg.kind!r} message")
+    if len(msg.fds) != want or msg.fds_lost:
+        raise ChannelError(f"{msg.kind} message with {len(msg.fds)} fds{' (some lost)' if msg.fds_lost else ''}")
+    if msg.payload and not want:
+        raise ChannelError(f"{msg.kind} message with a {len(msg.payload)}-byte payload")
+
+
+def message_id(msg: Message) -> int:
+    """The C{id} of a C{conn} or C{back} message."""
+    conn_id = msg.meta.get("id")
+    if not isinstance(conn_id, int) or isinstance(conn_id, bool) or conn_id < 0:
+        raise ChannelError(f"{msg.kind} message without a valid id")
+    return conn_id
+
+
+def parse_back(msg: Message) -> tuple[int, int, bytes]:
+    """The id, fd and unread bytes of a C{back} message; raise L{ChannelError}.
+
+    Anything else the message says (an address, TLS facts) is ignored: those
+    are the dispatcher's own facts.  On error the caller still owns (and must
+    close) C{msg.fds}.
+    """
+    check_shape(msg)
+    return message_id(msg), msg.fds[0], msg.payload
+
+
 def parse_connection(msg: Message) -> Connection:
-    """Validate a C{conn} or C{back} message; raise L{ChannelError} if malformed.
+    """Validate a C{conn} message; raise L{ChannelError} if malformed.
 
     On error the caller still owns (and must close) C{msg.fds}.
     """
-    if len(msg.fds) != 1:
-        raise ChannelError(f"{msg.kind} message with {len(msg.fds)} fds")
+    check_shape(msg)
     try:
-        conn_id = int(msg.meta["id"])
+        conn_id = message_id(msg)
         peer = address_from_wire(msg.meta["peer"])
         host = address_from_wire(msg.meta["host"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -108,9 +160,9 @@ def parse_connection(msg: Message) -> Connection:
     return Connection(conn_id, msg.fds[0], peer, host, msg.payload, parse_tls(msg.meta.get("tls")))
 
 
-def parse_ids(msg: Message) -> list[int]:
-    """The C{ids} of an C{ack} or C{backack} message."""
-    ids = msg.meta.get("ids", [])
-    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-        raise ChannelError(f"bad {msg.kind} ids")
+def parse_ids(msg: Message, key: str = "ids") -> list[int]:
+    """A list of ids of an C{ack} or C{backack} message (C{ids}, C{refused}, C{closed})."""
+    ids = msg.meta.get(key, [])
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ChannelError(f"bad {msg.kind} {key}")
     return ids

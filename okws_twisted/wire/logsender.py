@@ -31,7 +31,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted.wire import logchannel
+from okws_twisted.wire import limits, logchannel
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 from okws_twisted.wire.logrecord import MAX_TEXT, MAX_TRACEBACK
 
@@ -189,7 +189,7 @@ class RecordSender:
     def attach(self, sock: socket.socket) -> MessageChannel:
         """A (new) channel to the log daemon: send every unacknowledged record on it."""
         old = self.channel
-        self.channel = MessageChannel(self.reactor, sock, self._received, self._lost, name="log")
+        self.channel = MessageChannel(self.reactor, sock, self._received, self._lost, name="log", limits=limits.LOG_SENDER)
         if old is not None:
             old.close()
         self._cancel_timer()

@@ -10,6 +10,7 @@ or a service instance sees is read from its own socket.
 from __future__ import annotations
 
 import array
+import itertools
 import os
 import select
 import shutil
@@ -19,14 +20,16 @@ import textwrap
 
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.config import SiteConfig, parse
 from okws_twisted.dispatcher.accept import HeadConnection
 from okws_twisted.dispatcher.dispatcher import Dispatcher
-from okws_twisted.dispatcher.pool import InstanceLink
-from okws_twisted.wire import channel, handoff
+from okws_twisted.dispatcher.pool import MISBEHAVIOUR_LIMIT, InstanceLink
+from okws_twisted.dispatcher.records import ConnectionRecord
+from okws_twisted.wire import channel, handoff, limits
 from okws_twisted.wire.channel import Message, encode, read_one_blocking
 from okws_twisted.wire.transport import LINGER_SECONDS
 
@@ -79,6 +82,7 @@ class DispatcherTestCase(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.dispatcher = Dispatcher(self.reactor, site())
         self.services: list[socket.socket] = []
+        self._fake_ids = itertools.count(10**9)
 
     def configure(self, **okws: object) -> None:
         self.dispatcher = Dispatcher(self.reactor, site(**okws))
@@ -155,12 +159,41 @@ class DispatcherTestCase(SynchronousTestCase):
         self.addCleanup(self._close_link, link)
         return link, theirs
 
+    def hold(self, link: InstanceLink, count: int) -> list[int]:
+        """Make C{link} hold C{count} more connections (records only: no sockets); their ids."""
+        ids = []
+        for _ in range(count):
+            conn_id = next(self._fake_ids)
+            self.dispatcher.ledger.handed(ConnectionRecord(conn_id, -conn_id, PEER, HOST, None, link))
+            self.dispatcher.ledger.acknowledged(link, conn_id)
+            ids.append(conn_id)
+        return ids
+
+    def ack(
+        self, link: InstanceLink, theirs: socket.socket, ids: list[int], closed: list[int] = [], refused: list[int] = []
+    ) -> None:
+        theirs.send(encode({"k": handoff.ACK, "ids": ids, "closed": closed, "refused": refused})[0])
+        self.read(link.channel)
+
+    def handed(self, link: InstanceLink, theirs: socket.socket, data: bytes = b"") -> tuple[socket.socket, int, int]:
+        """A client connection handed to C{link} and acknowledged: the client, its id, the instance's fd."""
+        client, _ = self.connect(data or request())
+        msg = self.receive(theirs)
+        self.ack(link, theirs, [msg.meta["id"]])
+        return client, msg.meta["id"], msg.fds[0]
+
+    def back(self, link: InstanceLink, theirs: socket.socket, conn_id: int, fd: int, data: bytes, **meta: object) -> None:
+        """The instance hands C{fd} back as connection C{conn_id} (saying C{meta} besides)."""
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
+        theirs.sendmsg([encode({**handoff.back_meta(conn_id), **meta}, data)[0]], anc)
+        self.read(link.channel)
+
     def _close_link(self, link: InstanceLink) -> None:
         if link.channel.connected:
             link.channel.close()
 
     def receive(self, theirs: socket.socket) -> Message:
-        msg = read_one_blocking(theirs, 2)
+        msg = read_one_blocking(theirs, 2, limits.handoff(16384))
         for fd in msg.fds:
             self.addCleanup(_close_quietly, fd)
         return msg
@@ -190,7 +223,7 @@ class PickTests(DispatcherTestCase):
     def test_leastBusy(self) -> None:
         links = [self.instance(index=i)[0] for i in range(3)]
         for link, active in zip(links, (3, 1, 2)):
-            link.active = active
+            self.hold(link, active)
         pool = self.dispatcher.pools["hello"]
         self.assertEqual({pool.pick().index for _ in range(6)}, {1})  # type: ignore[union-attr]
 
@@ -204,7 +237,7 @@ class PickTests(DispatcherTestCase):
 
     def test_equalsOnlyAmongTheLeastBusy(self) -> None:
         links = [self.instance(index=i)[0] for i in range(3)]
-        links[0].active = 5
+        self.hold(links[0], 5)
         pool = self.dispatcher.pools["hello"]
         picks = {pool.pick().index for _ in range(6)}  # type: ignore[union-attr]
         self.assertEqual(picks, {1, 2})
@@ -375,10 +408,6 @@ class QueueTests(DispatcherTestCase):
 class HandoffTests(DispatcherTestCase):
     """Handing connections to instances and taking them back."""
 
-    def ack(self, link: InstanceLink, theirs: socket.socket, ids: list[int], done: int = 0) -> None:
-        theirs.send(encode({"k": handoff.ACK, "ids": ids, "done": done})[0])
-        self.read(link.channel)
-
     def test_handoffAndAck(self) -> None:
         """
         The instance gets the very connection and the bytes already read; on
@@ -410,24 +439,59 @@ class HandoffTests(DispatcherTestCase):
     def test_leastBusyGetsTheConnection(self) -> None:
         busy, busy_theirs = self.instance(index=0)
         idle, idle_theirs = self.instance(index=1)
-        busy.active = 4
+        self.hold(busy, 4)
         self.connect(request())
         msg = self.receive(idle_theirs)
         self.assertEqual(msg.kind, handoff.CONN)
         self.nothing_for(busy_theirs)
         self.assertEqual((busy.active, idle.active), (4, 1))
 
-    def test_ackDoneBalances(self) -> None:
+    def test_ackClosedBalances(self) -> None:
+        """An instance's connections count until it reports them closed, and only its own."""
         link, theirs = self.instance()
+        other, _ = self.instance(index=1)
+        others = self.hold(other, 5)
         ids = []
         for _ in range(3):
             self.connect(request())
             ids.append(self.receive(theirs).meta["id"])
         self.assertEqual(link.active, 3)
-        self.ack(link, theirs, ids, done=2)
-        self.assertEqual(link.active, 1)
-        self.ack(link, theirs, [], done=5)
+        self.ack(link, theirs, ids)
+        self.assertEqual(link.active, 3)  # held, still counted
+        self.ack(link, theirs, [], closed=[ids[0], *others])  # it cannot close another's
+        self.assertEqual((link.active, other.active), (2, 5))
+        self.ack(link, theirs, [], closed=ids)
         self.assertEqual(link.active, 0)
+
+    def test_closedBeforeAckIgnored(self) -> None:
+        """A connection still waiting for its ack cannot be reported closed (it would stop counting)."""
+        link, theirs = self.instance()
+        self.connect(request())
+        conn_id = self.receive(theirs).meta["id"]
+        self.ack(link, theirs, [], closed=[conn_id])
+        self.assertEqual(link.active, 1)
+        self.assertIn(conn_id, link.pending)
+
+    def test_refusedAnsweredHere(self) -> None:
+        """A connection the instance refuses (at its cap, out of descriptors) gets 503 from the dispatcher."""
+        link, theirs = self.instance()
+        client, conn = self.connect(request())
+        conn_id = self.receive(theirs).meta["id"]
+        self.ack(link, theirs, [], refused=[conn_id])
+        headers, _ = self.assertAnswered(client, 503)
+        self.assertEqual(headers["retry-after"], "7")
+        self.assertEqual((link.active, link.pending), (0, {}))
+
+    def test_capReportedByInstance(self) -> None:
+        """An instance that says it takes fewer connections (its descriptor limit) gets no more."""
+        link, theirs = self.instance()
+        theirs.send(encode({"k": handoff.STATS, "conn_cap": 1})[0])
+        self.read(link.channel)
+        self.connect(request())
+        self.receive(theirs)
+        _, queued = self.connect(request())
+        self.nothing_for(theirs)
+        self.assertEqual(list(self.dispatcher.pools["hello"].queue), [queued])
 
     def test_instanceGoneBeforeAck(self) -> None:
         """Never acknowledged means never touched: it goes to the next instance."""
@@ -448,16 +512,12 @@ class HandoffTests(DispatcherTestCase):
     def test_handBack(self) -> None:
         """A connection handed back is routed again; the instance gets a backack."""
         link, theirs = self.instance()
-        client, server = socket.socketpair()
-        self.addCleanup(client.close)
-        meta = handoff.connection_meta(handoff.BACK, 41, PEER, HOST)
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))]
-        theirs.sendmsg([encode(meta, request("/nowhere"))[0]], anc)
-        server.close()
-        self.read(link.channel)
+        client, conn_id, fd = self.handed(link, theirs)
+        self.back(link, theirs, conn_id, fd, request("/nowhere"))
         self.assertAnswered(client, 404)
         backack = self.receive(theirs)
-        self.assertEqual((backack.kind, backack.meta["ids"]), (handoff.BACKACK, [41]))
+        self.assertEqual((backack.kind, backack.meta["ids"], backack.meta["refused"]), (handoff.BACKACK, [conn_id], []))
+        self.assertEqual((link.active, len(self.dispatcher.ledger)), (0, 0))
 
     def test_handBackNotASocket(self) -> None:
         """
@@ -471,9 +531,8 @@ class HandoffTests(DispatcherTestCase):
         conn_id = self.receive(theirs).meta["id"]
         r, w = os.pipe()
         self.addCleanup(os.close, r)
-        meta = handoff.connection_meta(handoff.BACK, 42, PEER, HOST)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))]
-        theirs.sendmsg([encode(meta, request())[0]], anc)
+        theirs.sendmsg([encode(handoff.back_meta(conn_id), request())[0]], anc)
         os.close(w)
         theirs.send(encode({"k": handoff.ACK, "ids": [conn_id]})[0])
         try:
@@ -514,6 +573,219 @@ class HandoffTests(DispatcherTestCase):
         self.assertEqual(msg.meta["host"], ["unix", path])
         self.assertEqual(msg.meta["peer"], ["unix", None])
         self.assertEqual(link.active, 1)
+
+
+class HandbackCheckTests(DispatcherTestCase):
+    """
+    What a compromised instance sends is checked, never trusted: a handback
+    must be a socket the dispatcher handed to that very instance and has not
+    had back since, the facts about it are the dispatcher's own, and every
+    refusal is logged, counted and, past a limit or for anything the channel
+    itself refuses, costs the instance its channel (the launcher is told).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.told: list[dict[str, object]] = []
+        self.dispatcher.to_launcher = self.told.append
+
+    def assertRefused(self, link: InstanceLink, theirs: socket.socket, conn_id: int, why: str, events: list) -> None:
+        backack = self.receive(theirs)
+        self.assertEqual((backack.kind, backack.meta["ids"], backack.meta["refused"]), (handoff.BACKACK, [], [conn_id]))
+        self.nothing_for(theirs)  # nothing was routed back to it
+        self.assertEqual(self.dispatcher.pools[link.service].misbehaviour, 1)
+        [event] = [e for e in events if "misbehaved" in e.get("log_format", "")]
+        self.assertEqual((event["link"], event["pid"]), (link.name, link.pid))
+        self.assertIn(why, event["why"])
+        self.assertIn(f'okws_misbehaviour_total{{service="{link.service}"}} 1', self.dispatcher.metrics())
+
+    def forged(self, data: bytes) -> tuple[socket.socket, socket.socket]:
+        """A socket pair of the instance's own, C{data} waiting in it as a client's request."""
+        mine, sent = socket.socketpair()
+        self.addCleanup(mine.close)
+        self.addCleanup(sent.close)
+        return mine, sent
+
+    def test_forgedSocketRefused(self) -> None:
+        """Its own socket pair under the id of a connection it really holds, claiming another
+        client and TLS: refused, closed, nothing routed, and the real connection is still its."""
+        link, theirs = self.instance()
+        _client, conn_id, _fd = self.handed(link, theirs)
+        mine, sent = self.forged(b"")
+        tls = {"sni": "bank.example", "cipher": "TLS_AES_256_GCM_SHA384", "version": "TLSv1.3", "alpn": ""}
+        with capturedLogs() as events:
+            self.back(link, theirs, conn_id, sent.fileno(), request("/hello"), peer=["tcp", "6.6.6.6", 4444], tls=tls)
+        sent.close()
+        mine.settimeout(2)
+        self.assertEqual(mine.recv(100), b"", "the forged socket is still open in the dispatcher")
+        self.assertRefused(link, theirs, conn_id, "is not that connection", events)
+        self.assertIs(self.dispatcher.ledger.get(conn_id).holder, link)  # type: ignore[union-attr]
+        self.assertEqual(link.active, 1)
+
+    def test_unknownIdRefused(self) -> None:
+        link, theirs = self.instance()
+        _mine, sent = self.forged(b"")
+        with capturedLogs() as events:
+            self.back(link, theirs, 424242, sent.fileno(), request("/hello"))
+        self.assertRefused(link, theirs, 424242, "not held by any instance", events)
+
+    def test_repeatedHandbackRefused(self) -> None:
+        """A genuine handback is taken once; the same again is refused."""
+        link, theirs = self.instance()
+        client, conn_id, fd = self.handed(link, theirs)
+        self.back(link, theirs, conn_id, fd, request("/nowhere"))
+        self.assertAnswered(client, 404)
+        self.assertEqual(self.receive(theirs).meta["ids"], [conn_id])
+        with capturedLogs() as events:
+            self.back(link, theirs, conn_id, fd, request("/hello"))
+        self.assertRefused(link, theirs, conn_id, "not held by any instance", events)
+
+    def test_anotherInstancesConnectionRefused(self) -> None:
+        """The very socket another instance holds, under its id: refused, and it stays that instance's."""
+        victim, victim_theirs = self.instance(index=0)
+        thief, thief_theirs = self.instance(index=1)
+        self.hold(thief, 1)  # the next connection goes to the victim
+        _client, conn_id, fd = self.handed(victim, victim_theirs)
+        with capturedLogs() as events:
+            self.back(thief, thief_theirs, conn_id, fd, request("/hello"))
+        self.assertRefused(thief, thief_theirs, conn_id, "held by another instance", events)
+        self.assertIs(self.dispatcher.ledger.get(conn_id).holder, victim)  # type: ignore[union-attr]
+        self.nothing_for(victim_theirs)
+
+    def test_unacknowledgedRefused(self) -> None:
+        """A connection still waiting for its ack cannot come back: the dispatcher holds it too."""
+        link, theirs = self.instance()
+        self.connect(request())
+        msg = self.receive(theirs)
+        with capturedLogs() as events:
+            self.back(link, theirs, msg.meta["id"], msg.fds[0], request("/hello"))
+        self.assertRefused(link, theirs, msg.meta["id"], "never acknowledged", events)
+        self.assertIn(msg.meta["id"], link.pending)
+
+    def test_factsComeFromTheRecord(self) -> None:
+        """A genuine handback that claims another client and TLS: the next instance sees the real ones."""
+        link, theirs = self.instance()
+        client, server = socket.socketpair()
+        self.addCleanup(client.close)
+        tls = {"sni": "", "cipher": "TLS_AES_128_GCM_SHA256", "version": "TLSv1.3", "alpn": "http/1.1"}
+        before = set(self.dispatcher.reading)
+        self.dispatcher.adopt(server.detach(), PEER, HOST, b"", tls)
+        (conn,) = set(self.dispatcher.reading) - before
+        self.addCleanup(self._abort, conn)
+        self.send(client, conn, request())
+        msg = self.receive(theirs)
+        self.ack(link, theirs, [msg.meta["id"]])
+        forged_tls = {"sni": "bank.example", "cipher": "NULL", "version": "TLSv1.3", "alpn": ""}
+        self.back(link, theirs, msg.meta["id"], msg.fds[0], request(), peer=["tcp", "6.6.6.6", 4444], tls=forged_tls)
+        self.assertEqual(self.receive(theirs).kind, handoff.BACKACK)
+        again = self.receive(theirs)
+        self.assertEqual(again.kind, handoff.CONN)
+        self.assertEqual((again.meta["peer"], again.meta["tls"]), (["tcp", PEER.host, PEER.port], tls))
+        self.assertEqual(self.dispatcher.pools["hello"].misbehaviour, 0)
+
+    def test_fdsWhereNoneBelongClosed(self) -> None:
+        """An ack or stats message carrying descriptors: they are closed, and it counts."""
+        link, theirs = self.instance()
+        pipes = [os.pipe() for _ in range(4)]
+        for r, _w in pipes:
+            self.addCleanup(os.close, r)
+        for kind, half in ((handoff.ACK, pipes[:2]), (handoff.STATS, pipes[2:])):
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w for _r, w in half]))]
+            theirs.sendmsg([encode({"k": kind, "ids": []})[0]], anc)
+        for _r, w in pipes:
+            os.close(w)
+        self.read(link.channel)
+        for r, _w in pipes:
+            os.set_blocking(r, False)
+            self.assertEqual(os.read(r, 1), b"", "a descriptor that came with an ack or stats is still open")
+        self.assertEqual(self.dispatcher.pools["hello"].misbehaviour, 2)
+        self.assertTrue(link.channel.connected)
+
+    def test_tooManyRefusalsCutTheInstanceOff(self) -> None:
+        link, theirs = self.instance()
+        client, conn = self.connect(request())
+        self.receive(theirs)
+        for _ in range(MISBEHAVIOUR_LIMIT):
+            theirs.send(encode({"k": "what"})[0])
+            self.read(link.channel)
+        self.assertFalse(link.channel.connected)
+        self.assertNotIn(link, self.dispatcher.pools["hello"].links.values())
+        [lost] = self.told
+        self.assertEqual((lost["k"], lost["pid"]), ("lost", link.pid))
+        self.assertIn("refused messages", str(lost["why"]))
+        self.assertEqual(self.dispatcher.pools["hello"].misbehaviour, MISBEHAVIOUR_LIMIT)
+        # What it had not acknowledged goes to another instance.
+        self.assertEqual(list(self.dispatcher.pools["hello"].queue), [conn])
+        self.assertEqual(len(self.dispatcher.ledger), 0)
+
+    def test_garbageClosesTheChannelAndTellsTheLauncher(self) -> None:
+        link, theirs = self.instance()
+        theirs.send(b"\xff" * 100)
+        self.read(link.channel)
+        self.assertFalse(link.channel.connected)
+        [lost] = self.told
+        self.assertEqual((lost["k"], lost["pid"]), ("lost", link.pid))
+        self.assertEqual(set(lost), {"k", "pid", "why"})
+        self.assertIn('okws_misbehaviour_total{service="hello"} 1', self.dispatcher.metrics())
+
+    def test_oversizedRefusedBeforeBuffering(self) -> None:
+        """A message announcing 10^12 bytes is refused at its first datagram."""
+        link, theirs = self.instance()
+        [first] = encode({"k": handoff.STATS, "more": 10**12}, b"x")
+        theirs.send(first)
+        self.read(link.channel)
+        self.assertFalse(link.channel.connected)
+        self.assertIn("over this channel's limit", str(self.told[0]["why"]))
+
+    def test_endlessFullMessagesLeaveNothingBehind(self) -> None:
+        """Complete messages at the limit, one after another: each is dropped, none is kept."""
+        link, theirs = self.instance()
+        size = limits.handoff_payload(self.dispatcher.config.max_head)
+        for datagram in encode({"k": handoff.STATS}, b"x" * size):
+            theirs.send(datagram)
+        self.read(link.channel)
+        self.read(link.channel)
+        self.assertTrue(link.channel.connected)
+        self.assertIsNone(link.channel._assembler.partial)
+        for datagram in encode({"k": handoff.STATS}, b"x" * (size + 1)):
+            theirs.send(datagram)
+        self.read(link.channel)
+        self.assertFalse(link.channel.connected)
+
+    def test_peerGoneTellsTheLauncher(self) -> None:
+        link, theirs = self.instance()
+        theirs.close()
+        self.read(link.channel)
+        [lost] = self.told
+        self.assertEqual((lost["pid"], lost["why"]), (link.pid, "handoff:hello.0: peer closed"))
+
+    def test_retiringOrReplacedTellsNothing(self) -> None:
+        """An instance told to retire exits; a second channel replaces the first: neither is news."""
+        link, theirs = self.instance(index=0, pid=1)
+        self.instance(index=0, pid=1)
+        self.assertFalse(link.channel.connected)
+        retiring, retiring_theirs = self.instance(index=1, pid=2)
+        self.dispatcher.retire(2)
+        retiring_theirs.close()
+        self.read(retiring.channel)
+        self.assertEqual(self.told, [])
+
+    def test_stoppingTellsNothing(self) -> None:
+        link, theirs = self.instance()
+        self.dispatcher.stop()
+        theirs.close()
+        self.read(link.channel)
+        self.assertEqual(self.told, [])
+
+    def test_tlsFrontGarbageTellsTheLauncher(self) -> None:
+        mine, theirs = channel.socketpair()
+        self.addCleanup(theirs.close)
+        self.dispatcher.peer("tls", {"k": "peer", "channel": "tls", "pid": 77}, mine)
+        (front,) = self.dispatcher.tls_fronts
+        theirs.send(b"garbage")
+        self.read(front)
+        self.assertEqual(self.dispatcher.tls_fronts, set())
+        self.assertEqual(self.told[0]["pid"], 77)
 
 
 class AcceptTests(DispatcherTestCase):

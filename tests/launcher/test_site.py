@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from okws_twisted.launcher.children import ChildProcess, ChildSlot, exit_status
 from okws_twisted.launcher.site import LINKS, Launcher
-from okws_twisted.wire import control, logchannel
+from okws_twisted.wire import control, limits, logchannel
 from okws_twisted.wire.channel import Message, read_one_blocking, socketpair
 
 
@@ -81,9 +81,9 @@ class SigUsr1Tests(SynchronousTestCase):
         self.addCleanup(theirs.close)
         launch.log_channel = launch.records.attach(ours)
         launch.reopen_logs()
-        first, records = logchannel.parse_records(read_one_blocking(theirs, 5))
+        first, records = logchannel.parse_records(read_one_blocking(theirs, 5, limits.LOG_DAEMON))
         self.assertEqual(records[-1]["text"], "reopening the log files")
-        self.assertEqual(read_one_blocking(theirs, 5).kind, logchannel.REOPEN)
+        self.assertEqual(read_one_blocking(theirs, 5, limits.LOG_DAEMON).kind, logchannel.REOPEN)
 
     def test_noDaemonNoMessage(self) -> None:
         launch, reactor = launcher()

@@ -14,10 +14,8 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.config import ServiceConfig, SiteConfig
@@ -25,7 +23,7 @@ from okws_twisted.logd.daemon import LogDaemon, LogWriter, OwnEvents, start_role
 from okws_twisted.logd.files import LogFile
 from okws_twisted.logd.format import Sender
 from okws_twisted.logd.journal import JOURNAL_NAME, parse
-from okws_twisted.wire import logchannel
+from okws_twisted.wire import limits, logchannel
 from okws_twisted.wire.channel import encode, read_one_blocking, socketpair
 
 SERVICE = Sender(name="hello.0", role="service", pid=1234, run="run1", launch=1, service="hello", index=0)
@@ -256,7 +254,7 @@ class Peer:
 
     def records(self, first: int, records: list[Any]) -> int:
         self.send(logchannel.records_meta(first), logchannel.encode_records(records))
-        return logchannel.parse_ack(read_one_blocking(self.sock, 5))
+        return logchannel.parse_ack(read_one_blocking(self.sock, 5, limits.LOG_SENDER))
 
 
 class LogDaemonTests(WriterTestCase):
@@ -294,18 +292,32 @@ class LogDaemonTests(WriterTestCase):
         self.assertEqual(peer.records(1, [hit(1)]), 1)  # the channel still works
 
     def test_hugePayloadRefused(self) -> None:
-        """A sender cannot make the daemon hold an unbounded batch: its channel is closed, and that is logged."""
+        """A sender cannot make the daemon hold an unbounded batch: its channel is
+        closed, that is logged, and the launcher is told (``lost``) to relaunch it."""
         daemon = self.daemon()
+        told: list[dict[str, Any]] = []
+        daemon.to_launcher = told.append
         peer = Peer(daemon, self.meta(SERVICE))
         [datagram] = encode({"k": "records", "first": 1, "more": 2**40}, b"[")
         peer.sock.send(datagram)
-        why = peer.link.channel.doRead()
-        self.assertIsInstance(why, ConnectionLost)
-        peer.link.channel.connectionLost(Failure(why))
+        peer.link.channel.doRead()
+        self.assertFalse(peer.link.channel.connected)
         self.assertEqual(daemon.links, {})
         [line] = self.lines("error.log")
         self.assertIn("[warn] [logd pid 7] closed the log channel of hello.0 pid 1234: ", line)
         self.assertIn("over this channel's limit", line)
+        [lost] = told
+        self.assertEqual((lost["k"], lost["pid"]), ("lost", 1234))
+        self.assertIn("over this channel's limit", lost["why"])
+
+    def test_stoppingTellsNothing(self) -> None:
+        """Channels the daemon closes itself (stopping) are not reported."""
+        daemon = self.daemon()
+        told: list[dict[str, Any]] = []
+        daemon.to_launcher = told.append
+        Peer(daemon, self.meta(SERVICE))
+        daemon.stop()
+        self.assertEqual(told, [])
 
     def test_reopenOnlyFromLauncher(self) -> None:
         daemon = self.daemon()

@@ -16,7 +16,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
 
 from okws_twisted.pubd.publisher import Publisher
-from okws_twisted.wire import templatechannel
+from okws_twisted.wire import limits, templatechannel
 from okws_twisted.wire.channel import Message, MessageChannel, socketpair
 from okws_twisted.wire.errorpage import MESSAGE_MARKER, STATUSES
 from okws_twisted.wire.templatechannel import Absent, Source
@@ -36,7 +36,7 @@ class PeerEnd:
         self.inbox: list[Message] = []
         self._waiting: list[tuple[tuple[str, ...], Deferred[Message]]] = []
         self.lost: Deferred[None] = Deferred()
-        self.channel = MessageChannel(reactor, ours, self._received, lambda reason: self.lost.callback(None))
+        self.channel = MessageChannel(reactor, ours, self._received, lambda reason: self.lost.callback(None), limits=limits.TEMPLATES_PEER)
         publisher.peer("templates", {"name": name, "role": "service"}, theirs)
 
     def _received(self, batch: list[Message]) -> None:
@@ -117,7 +117,7 @@ class PublisherTests(TestCase):
     async def test_badMessagesLoggedNotFatal(self) -> None:
         peer = PeerEnd(self.publisher, "hello.0")
         with capturedLogs() as events:
-            peer.send(({"k": "source", "id": 1, "name": "x", "etag": "e"}, b"x"))
+            peer.send(({"k": "source", "id": 1, "name": "x", "etag": "e"}, b""))
             peer.send(({"k": "get", "id": "one", "name": "x"}, b""))
             found = await peer.get("hello.html")
         self.assertIsInstance(found, Source)

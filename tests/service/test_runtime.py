@@ -1,16 +1,28 @@
 """
-Unit tests for the service runtime's access records (L{okws_twisted.service.runtime.ServiceSite.log});
-the runtime's serving is exercised end to end in L{tests.test_e2e_core}.
+Unit tests for the service runtime: its access records (L{okws_twisted.service.web.ServiceSite.log})
+and its side of the handoff channel (what it acknowledges, refuses, reports closed and hands
+back), over a real socket pair with the reactor driven by hand.  Serving is exercised end to
+end in L{tests.test_e2e_core}, the hostile cases in L{tests.test_e2e_walls}.
 """
 
 from __future__ import annotations
+
+import array
+import socket
+
+from twisted.internet.address import IPv4Address
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
 
+from okws_twisted.config import parse
+from okws_twisted.service.budget import RESERVED_FDS, FdBudget
+from okws_twisted.service.runtime import DONE_REPORT_DELAY, ServiceRuntime
 from okws_twisted.service.web import ServiceRequest, ServiceSite
+from okws_twisted.wire import channel, handoff, limits
+from okws_twisted.wire.channel import Message, encode, read_one_blocking
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 
 
@@ -53,3 +65,137 @@ class AccessRecordTests(SynchronousTestCase):
     def test_noClient(self) -> None:
         self.site.records = None
         self.site.log(self.request)  # nothing to do, nothing raised
+
+
+SITE = "[okws]\n[service:hello]\nresource = services.hello:Hello\npaths = /hello\n"
+PEER = IPv4Address("TCP", "192.0.2.7", 40001)
+HOST = IPv4Address("TCP", "192.0.2.1", 80)
+
+
+class HandoffSideTests(SynchronousTestCase):
+    """The instance's end of the handoff channel: the test plays the dispatcher."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        config = parse(SITE, "site.ini", "/srv/site")
+        self.runtime = ServiceRuntime(self.reactor, config, config.services[0], 0, Resource())
+        self.runtime.fds = FdBudget(RESERVED_FDS + 2, 1000)  # room for two connections
+        self.addCleanup(self._close_all)
+        self.dispatcher = self.new_link()
+
+    def _close_all(self) -> None:
+        for conn in list(self.runtime.connections):
+            conn.transport.abortConnection()
+        if self.runtime.link is not None:
+            self.runtime.link.close()
+        if self.runtime._stats_loop.running:
+            self.runtime._stats_loop.stop()
+
+    def new_link(self) -> socket.socket:
+        ours, theirs = channel.socketpair()
+        self.addCleanup(theirs.close)
+        self.runtime.set_dispatcher(ours)
+        stats = self.receive(theirs)
+        self.assertEqual((stats.kind, stats.meta["conn_cap"]), (handoff.STATS, 2))
+        return theirs
+
+    def receive(self, sock: socket.socket | None = None) -> Message:
+        return read_one_blocking(sock or self.dispatcher, 2, limits.handoff(16384))
+
+    def nothing(self) -> None:
+        self.dispatcher.setblocking(False)
+        try:
+            data = self.dispatcher.recv(65536)
+        except BlockingIOError:
+            return
+        finally:
+            self.dispatcher.setblocking(True)
+        self.fail(f"the instance sent {data!r}")
+
+    def hand(self, conn_id: int, with_fd: bool = True) -> socket.socket:
+        """The dispatcher hands over a client connection; returns the client's end."""
+        client, server = socket.socketpair()
+        self.addCleanup(client.close)
+        meta = handoff.connection_meta(handoff.CONN, conn_id, PEER, HOST)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))] if with_fd else []
+        self.dispatcher.sendmsg([encode(meta, b"")[0]], anc)
+        server.close()  # the dispatcher's copy: the instance holds the only one now
+        return client
+
+    def read(self) -> None:
+        assert self.runtime.link is not None
+        self.runtime.link.doRead()
+
+    def assertClosedForClient(self, client: socket.socket) -> None:
+        client.settimeout(2)
+        self.assertEqual(client.recv(100), b"", "the instance still holds the connection")
+
+    def test_pastTheCapRefused(self) -> None:
+        """Past its descriptor budget the instance refuses (the dispatcher answers 503) and keeps its channel."""
+        clients = [self.hand(i) for i in (1, 2, 3)]
+        self.read()
+        ack = self.receive()
+        self.assertEqual((ack.kind, ack.meta["ids"], ack.meta["refused"]), (handoff.ACK, [1, 2], [3]))
+        self.assertEqual(len(self.runtime.connections), 2)
+        self.assertClosedForClient(clients[2])
+        self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]
+
+    def test_descriptorLostRefused(self) -> None:
+        """A connection whose fd never arrived (the kernel cut it: EMFILE) is refused, not fatal."""
+        self.hand(7, with_fd=False)
+        self.read()
+        ack = self.receive()
+        self.assertEqual((ack.meta["ids"], ack.meta["refused"]), ([], [7]))
+        self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]
+
+    def test_endedConnectionsReported(self) -> None:
+        """The dispatcher learns which connections ended, so it can forget them."""
+        self.hand(4)
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [4])
+        (conn,) = self.runtime.connections
+        conn.transport.abortConnection()
+        self.reactor.advance(DONE_REPORT_DELAY)
+        ack = self.receive()
+        self.assertEqual((ack.meta["ids"], ack.meta["closed"]), ([], [4]))
+
+    def test_handbackNamesTheConnectionOnly(self) -> None:
+        """A handback says which connection (the dispatcher's id) and nothing about it."""
+        client = self.hand(5)
+        self.read()
+        self.receive()
+        (conn,) = self.runtime.connections
+        sock = conn.transport.detach()
+        self.runtime.hand_back(5, conn.origin, sock, b"GET /other HTTP/1.1\r\n\r\n")
+        back = self.receive()
+        self.assertEqual((back.kind, back.meta, back.payload), (handoff.BACK, {"k": "back", "id": 5}, b"GET /other HTTP/1.1\r\n\r\n"))
+        socket.socket(fileno=back.fds[0]).close()
+        # Refused (or taken): the instance closes its copy either way.
+        self.dispatcher.send(encode({"k": handoff.BACKACK, "ids": [], "refused": [5]})[0])
+        self.read()
+        self.assertEqual(self.runtime._unacked_backs, {})
+        self.assertClosedForClient(client)
+
+    def test_oldDispatchersConnectionClosedNotHandedBack(self) -> None:
+        """A new dispatcher never handed that connection out and would refuse it: it is closed instead."""
+        client = self.hand(6)
+        self.read()
+        self.receive()
+        (conn,) = self.runtime.connections
+        self.dispatcher = self.new_link()
+        sock = conn.transport.detach()
+        self.runtime.hand_back(6, conn.origin, sock, b"GET /other HTTP/1.1\r\n\r\n")
+        self.nothing()
+        self.assertClosedForClient(client)
+
+    def test_tooManyUnreadBytesClosedNotHandedBack(self) -> None:
+        """More unread bytes than a handback may carry: the connection is closed, the channel kept."""
+        client = self.hand(8)
+        self.read()
+        self.receive()
+        (conn,) = self.runtime.connections
+        sock = conn.transport.detach()
+        self.runtime.hand_back(8, conn.origin, sock, b"x" * (limits.handoff_payload(16384) + 1))
+        self.nothing()
+        self.assertClosedForClient(client)
+        self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from okws_twisted.pubd.publisher import Publisher
 from okws_twisted.pubd.tree import etag_of
 from okws_twisted.service.templateclient import PublisherClient
 from okws_twisted.templating import PublisherUnavailable, TemplateMissing
-from okws_twisted.wire import templatechannel
+from okws_twisted.wire import limits, templatechannel
 from okws_twisted.wire.channel import Message, MessageChannel, socketpair
 from okws_twisted.wire.errorpage import MESSAGE_MARKER
 from okws_twisted.wire.templatechannel import Absent, Source
@@ -38,7 +38,7 @@ class PublisherEnd:
         ours, theirs = socketpair()
         self.gets: list[templatechannel.Get] = []
         self._waiting: list[Deferred[templatechannel.Get]] = []
-        self.channel = MessageChannel(reactor, ours, self._received)
+        self.channel = MessageChannel(reactor, ours, self._received, limits=limits.TEMPLATES_PUBLISHER)
         client.set_channel(theirs)
 
     def _received(self, batch: list[Message]) -> None:

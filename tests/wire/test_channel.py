@@ -14,12 +14,15 @@ import array
 import json
 import os
 import socket
+import resource
 import struct
 import threading
+import time
 
 from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -27,8 +30,10 @@ from okws_twisted.wire import channel
 from okws_twisted.wire.channel import (
     CHUNK,
     MAX_FDS,
+    ChannelLimits,
     VERSION,
     ChannelError,
+    ChannelViolation,
     Message,
     MessageChannel,
     decode,
@@ -38,6 +43,8 @@ from okws_twisted.wire.channel import (
 )
 
 HEADER = struct.Struct("!BH")
+#: Limits that let every test message through.
+ANY_SIZE = ChannelLimits(max_payload=1 << 30)
 CONT = HEADER.pack(VERSION, 9) + b'{"k":"+"}'
 
 
@@ -141,7 +148,7 @@ class AssemblerTests(SynchronousTestCase):
     """Continuation datagrams are joined, and every misuse is refused."""
 
     def setUp(self) -> None:
-        self.asm = channel._Assembler()
+        self.asm = channel._Assembler(ANY_SIZE)
 
     def test_joins(self) -> None:
         payload = os.urandom(CHUNK * 2 + 10)
@@ -171,7 +178,7 @@ class AssemblerTests(SynchronousTestCase):
 
     def test_badMore(self) -> None:
         for more in ("10", 5, 3, -1, 1.5):
-            asm = channel._Assembler()
+            asm = channel._Assembler(ANY_SIZE)
             self.assertRaises(ChannelError, asm.add, raw({"k": "big", "more": more}, b"12345"), ())
 
     def test_discardClosesPartialFds(self) -> None:
@@ -263,9 +270,11 @@ class ChannelTestCase(TestCase):
         self.owned.update((r, w))
         return r, w
 
-    def channel(self, sock: socket.socket, name: str = "test") -> tuple[MessageChannel, Receiver]:
+    def channel(
+        self, sock: socket.socket, name: str = "test", limits: ChannelLimits = ANY_SIZE
+    ) -> tuple[MessageChannel, Receiver]:
         receiver = Receiver(self.owned)
-        ch = MessageChannel(reactor, sock, receiver.receive, receiver.lost, name=name)
+        ch = MessageChannel(reactor, sock, receiver.receive, receiver.lost, name=name, limits=limits)
         self.addCleanup(ch.close)
         return ch, receiver
 
@@ -564,6 +573,179 @@ class MessageChannelTests(ChannelTestCase):
         self.assertFalse(ch.connected)
 
 
+class LimitTests(SynchronousTestCase):
+    """
+    Every end refuses, before keeping anything, what is over its limits; a
+    refusal closes the channel with L{ChannelViolation}.  Driven by hand on a
+    L{MemoryReactorClock}: the datagrams are real, the wakeups are the test's.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.batches: list[list[Message]] = []
+        self.lost: list[Failure] = []
+
+    def channel(self, limits: ChannelLimits) -> tuple[MessageChannel, socket.socket]:
+        ours, theirs = socketpair()
+        self.addCleanup(theirs.close)
+        ch = MessageChannel(self.reactor, ours, self.batches.append, self.lost.append, name="t", limits=limits)
+        self.addCleanup(ch.close)
+        return ch, theirs
+
+    def assertViolation(self, ch: MessageChannel, text: str) -> None:
+        self.assertFalse(ch.connected)
+        [reason] = self.lost
+        self.assertIsInstance(reason.value, ChannelViolation)
+        self.assertIn(text, reason.getErrorMessage())
+        self.assertFalse(ch.closed_here)
+
+    def test_singleDatagramOverLimit(self) -> None:
+        """A payload in one datagram is held to max_payload too, not only a split one."""
+        ch, theirs = self.channel(ChannelLimits(max_payload=10))
+        theirs.send(raw({"k": "x"}, b"y" * 10))
+        theirs.send(raw({"k": "x"}, b"y" * 11))
+        ch.doRead()
+        self.assertEqual([len(m.payload) for b in self.batches for m in b], [10])
+        self.assertViolation(ch, "a 11-byte payload is over this channel's limit of 10")
+
+    def test_declaredSizeRefusedAtOnce(self) -> None:
+        """10^12 bytes announced: refused at the first datagram, nothing kept."""
+        ch, theirs = self.channel(ChannelLimits(max_payload=1 << 20))
+        theirs.send(raw({"k": "x", "more": 10**12}, b"y" * CHUNK))
+        ch.doRead()
+        self.assertViolation(ch, "over this channel's limit")
+        self.assertIsNone(ch._assembler.partial)
+
+    def test_noPayloadAtAll(self) -> None:
+        ch, theirs = self.channel(ChannelLimits(max_payload=0))
+        theirs.send(raw({"k": "get", "id": 1}))
+        theirs.send(raw({"k": "get", "id": 2}, b"!"))
+        ch.doRead()
+        self.assertEqual(len(self.batches[0]), 1)
+        self.assertViolation(ch, "a 1-byte payload")
+
+    def test_metadataOverLimit(self) -> None:
+        ch, theirs = self.channel(ChannelLimits(max_payload=0, max_meta=100))
+        theirs.send(raw({"k": "x", "pad": "p" * 100}))
+        ch.doRead()
+        self.assertViolation(ch, "bytes of metadata, over this channel's limit of 100")
+
+    def test_deeplyNestedMetadata(self) -> None:
+        """JSON nested deeper than the parser goes is a bad message, not a crash of the reader."""
+        ch, theirs = self.channel(ChannelLimits(max_payload=0, max_meta=65536))
+        head = b"[" * 50000
+        theirs.send(HEADER.pack(VERSION, len(head)) + head)
+        ch.doRead()
+        self.assertViolation(ch, "bad metadata")
+
+    def test_garbage(self) -> None:
+        ch, theirs = self.channel(ChannelLimits(max_payload=1000))
+        theirs.send(b"\x00" * 64)
+        ch.doRead()
+        self.assertViolation(ch, "unsupported channel version")
+
+    def test_reassemblyIsLinear(self) -> None:
+        """
+        Joining costs the same per continuation however many came before: 50,000
+        one-byte continuations (which re-summing every piece turns into more
+        than a billion additions) are joined in well under the bound.
+        """
+        n = 50_000
+        asm = channel._Assembler(ChannelLimits(max_payload=n + 1))
+        self.assertIsNone(asm.add(raw({"k": "x", "more": n + 1}, b"a"), ()))
+        piece = CONT + b"b"
+        started = time.monotonic()
+        for _ in range(n - 1):
+            self.assertIsNone(asm.add(piece, ()))
+        msg = asm.add(piece, ())
+        elapsed = time.monotonic() - started
+        self.assertEqual(msg.payload, b"a" + b"b" * n)  # type: ignore[union-attr]
+        self.assertLess(elapsed, 5.0, f"joining {n} continuations took {elapsed:.1f}s")
+
+    def test_batchBounded(self) -> None:
+        """One wakeup hands on about max_batch bytes; the rest waits in the kernel for the next."""
+        ch, theirs = self.channel(ChannelLimits(max_payload=1000, max_batch=2500))
+        for i in range(8):
+            theirs.send(raw({"k": "x", "i": i}, b"z" * 1000))
+        ch.doRead()
+        self.assertEqual([m.meta["i"] for m in self.batches[0]], [0, 1, 2])
+        ch.doRead()
+        ch.doRead()
+        self.assertEqual([m.meta["i"] for b in self.batches for m in b], list(range(8)))
+        self.assertTrue(ch.connected)
+
+    def test_peerThatDoesNotReadCutOff(self) -> None:
+        """Past max_queued bytes waiting for a peer that reads nothing, the channel closes,
+        and the duplicated descriptors of what was queued are closed with it."""
+        ch, theirs = self.channel(ChannelLimits(max_payload=0, max_queued=64 * 1024))
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        while ch.connected:
+            ch.send({"k": "m"}, b"q" * 4000, [w])
+        os.close(w)
+        self.assertViolation(ch, "the peer reads nothing")
+        theirs.close()  # what reached the kernel's queue goes with it
+        os.set_blocking(r, False)
+        self.assertEqual(os.read(r, 1), b"", "a queued copy of the fd is still open")
+
+    def test_sendOverPeersLimitIsABug(self) -> None:
+        ch, _theirs = self.channel(ChannelLimits(max_payload=0, send_max_payload=5))
+        ch.send({"k": "x"}, b"12345")
+        self.assertRaises(ValueError, ch.send, {"k": "x"}, b"123456")
+        self.assertTrue(ch.connected)
+
+    def test_outOfDescriptorsKeepsTheChannel(self) -> None:
+        """
+        A process at its descriptor limit gets the message without (some of) its
+        fds (MSG_CTRUNC): the message is delivered, marked, and the channel stays
+        open, so one connection is lost, not every connection on the channel.
+        """
+        ch, theirs = self.channel(ChannelLimits(max_payload=100))
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        send_raw(theirs, raw({"k": "conn", "id": 1}), (w, w, w))
+        send_raw(theirs, raw({"k": "conn", "id": 2}), (w,))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = os.dup(0)
+        os.close(lowest_free)
+        # No new descriptor can be made: the next one would be lowest_free.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            ch.doRead()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        msgs = [m for b in self.batches for m in b]
+        for m in msgs:
+            m.close_fds()
+        self.assertTrue(ch.connected)
+        self.assertEqual([(m.meta["id"], m.fds_lost) for m in msgs], [(1, True), (2, True)])
+
+
+class LimitsTableTests(SynchronousTestCase):
+    """L{okws_twisted.wire.limits}: each end sends at most what the other end accepts."""
+
+    def test_endsAgree(self) -> None:
+        from okws_twisted.wire import limits
+
+        pairs = [
+            (limits.handoff(16384), limits.handoff(16384)),
+            (limits.TEMPLATES_PUBLISHER, limits.TEMPLATES_PEER),
+            (limits.CONTROL_LAUNCHER, limits.CONTROL_CHILD),
+            (limits.LOG_DAEMON, limits.LOG_SENDER),
+            (limits.TLS_DISPATCHER, limits.TLS_FRONT),
+        ]
+        for a, b in pairs:
+            self.assertEqual((a.send_max_payload, b.send_max_payload), (b.max_payload, a.max_payload))
+
+    def test_handoffCarriesOneReadPastTheHead(self) -> None:
+        from okws_twisted.wire import limits, templatechannel, transport
+
+        self.assertGreaterEqual(limits.PIPELINE_MAX, transport.READ_SIZE)
+        self.assertEqual(limits.handoff_payload(16384), 16384 + limits.PIPELINE_MAX)
+        self.assertGreaterEqual(limits.PUBLISHED_MAX, templatechannel.MAX_TEMPLATE_BYTES)
+
+
 class ReadOneBlockingTests(SynchronousTestCase):
     """L{read_one_blocking}: a child's first message, before any reactor runs."""
 
@@ -578,11 +760,11 @@ class ReadOneBlockingTests(SynchronousTestCase):
         send_raw(self.a, encode({"k": "config", "role": "service"}, b"{}")[0], (w,))
         os.close(w)
         send_raw(self.a, encode({"k": "second"})[0])
-        msg = read_one_blocking(self.b, 2)
+        msg = read_one_blocking(self.b, 2, ANY_SIZE)
         self.assertEqual((msg.kind, msg.meta, msg.payload), ("config", {"k": "config", "role": "service"}, b"{}"))
         self.assertEqual(os.fstat(msg.fds[0]).st_ino, os.fstat(r).st_ino)
         os.close(msg.fds[0])
-        self.assertEqual(read_one_blocking(self.b, 2).kind, "second")
+        self.assertEqual(read_one_blocking(self.b, 2, ANY_SIZE).kind, "second")
 
     def test_continuations(self) -> None:
         payload = os.urandom(CHUNK * 3 + 7)
@@ -594,7 +776,7 @@ class ReadOneBlockingTests(SynchronousTestCase):
         t = threading.Thread(target=send)
         t.start()
         try:
-            msg = read_one_blocking(self.b, 5)
+            msg = read_one_blocking(self.b, 5, ANY_SIZE)
         finally:
             t.join(5)
         self.assertEqual((msg.kind, msg.meta), ("config", {"k": "config"}))
@@ -602,15 +784,15 @@ class ReadOneBlockingTests(SynchronousTestCase):
 
     def test_eof(self) -> None:
         self.a.close()
-        e = self.assertRaises(ChannelError, read_one_blocking, self.b, 2)
+        e = self.assertRaises(ChannelError, read_one_blocking, self.b, 2, ANY_SIZE)
         self.assertEqual(str(e), "channel closed before the first message")
 
     def test_timeout(self) -> None:
-        self.assertRaises(TimeoutError, read_one_blocking, self.b, 0.05)
+        self.assertRaises(TimeoutError, read_one_blocking, self.b, 0.05, ANY_SIZE)
 
     def test_malformed(self) -> None:
         self.a.send(b"\x01\x00")
-        self.assertRaises(ChannelError, read_one_blocking, self.b, 2)
+        self.assertRaises(ChannelError, read_one_blocking, self.b, 2, ANY_SIZE)
 
     def test_oversizedDatagramRefused(self) -> None:
         """
@@ -619,7 +801,7 @@ class ReadOneBlockingTests(SynchronousTestCase):
         """
         self.a.send(raw({"k": "config"}, b"z" * (CHUNK + 8192)))
         try:
-            msg = read_one_blocking(self.b, 2)
+            msg = read_one_blocking(self.b, 2, ANY_SIZE)
         except ChannelError:
             return
         self.fail(f"got a {len(msg.payload)}-byte payload of {CHUNK + 8192} sent")

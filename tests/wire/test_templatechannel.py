@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.wire import channel, templatechannel
+from okws_twisted.wire import channel, limits, templatechannel
 from okws_twisted.wire.channel import ChannelError, Message
 from okws_twisted.wire.templatechannel import MAX_NAME, Absent, Get, Reply, Source
 
@@ -21,7 +21,7 @@ def wire(outgoing: tuple[dict[str, Any], bytes]) -> Message:
     with left, right:
         for datagram in channel.encode(meta, payload):
             left.send(datagram)
-        return channel.read_one_blocking(right, 5)
+        return channel.read_one_blocking(right, 5, limits.TEMPLATES_PEER)
 
 
 def raw(kind: str, payload: bytes = b"", **meta: Any) -> Message:
