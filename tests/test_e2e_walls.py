@@ -259,6 +259,12 @@ class FloodTests(WallsTestCase):
             prober.join(WAIT)
         self.assertIsNotNone(report["error"], f"the {channel} channel took everything: {report}")
         site.wait_for(rf"\[{receiver} pid {pid}\].*lost the {lost} channel to pid \d+: .*; telling the launcher", WAIT, mark)
+        # The launcher relaunches the offender, which serves again.
+        told = site.wait_for(rf"the {receiver} lost its channel to (evil\.\d) pid (\d+) .*killing that pid", WAIT, mark)
+        name, offender = told.group(1), int(told.group(2))
+        site.wait_for(rf"{name} pid {offender} crashed \(signal 9, killed because the {receiver} lost its channel", WAIT, mark)
+        site.wait_for(rf"{name} pid \d+ is ready", WAIT, mark)
+        wait_until(lambda: offender not in {self.evil("whoami")["pid"] for _ in range(4)}, WAIT, f"{name} relaunched and answering")
         grown = vm(pid, "VmHWM") - rss
         self.assertLess(grown, RSS_GROWTH, f"the {receiver} grew by {grown >> 20} MiB at its peak")
         self.assertGreater(report["sent"], 0)

@@ -76,6 +76,10 @@ OUTPUT_TAIL = 20
 #: last records before it is killed too: stopping never takes longer than their sum plus a second.
 FINAL_GRACE = 0.5
 
+#: How long a process reported lost may take to exit by itself before it is killed: peers see a
+#: dying process close its channels just before the launcher sees it exit.
+LOST_GRACE = 1.0
+
 #: The longest C{why} of a C{lost} message that is logged.
 MAX_WHY = 200
 
@@ -367,12 +371,20 @@ class Launcher(Service):
             return
         lost = target.current
         lost.state = "lost"
-        lost.killed_because = f"the {sender.name} lost its channel to it ({why})"
         self.note(
-            LogLevel.warn, "the {sender} lost its channel to {child} pid {pid} ({why}); killing that pid to relaunch it",
-            sender=sender.name, child=target.name, pid=pid, why=why,
+            LogLevel.warn,
+            "the {sender} lost its channel to {child} pid {pid} ({why}); killing that pid in {grace}s to relaunch it",
+            sender=sender.name, child=target.name, pid=pid, why=why, grace=LOST_GRACE,
         )
-        lost.signal(signal.SIGKILL)
+
+        def kill() -> None:
+            # A process that is dying on its own closes its channels a moment
+            # before the launcher sees it exit; it keeps its own exit reason.
+            if lost.state == "lost":
+                lost.killed_because = f"the {sender.name} lost its channel to it ({why})"
+                lost.signal(signal.SIGKILL)
+
+        self.reactor.callLater(LOST_GRACE, kill)
         self._push_status()
 
     def _push_status(self) -> None:

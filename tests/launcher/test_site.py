@@ -19,7 +19,7 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from twisted.python.failure import Failure
 
 from okws_twisted.launcher.children import ChildProcess, ChildSlot, exit_status
-from okws_twisted.launcher.site import LINKS, Launcher
+from okws_twisted.launcher.site import LINKS, LOST_GRACE, Launcher
 from okws_twisted.wire import control, limits, logchannel
 from okws_twisted.wire.channel import Message, read_one_blocking, socketpair
 
@@ -163,12 +163,23 @@ class ControlRoleTests(SynchronousTestCase):
         self.hello = running(self.launch.instances[0], 200)
         self.logd = running(self.launch.logd, 300)
 
+    def grace_ends(self) -> None:
+        """Run the kills that wait out L{LOST_GRACE} (and nothing else the clock holds)."""
+        kills = [c for c in self.reactor.getDelayedCalls() if c.func.__name__ == "kill"]
+        self.assertEqual({c.getTime() - self.reactor.seconds() for c in kills}, {LOST_GRACE})
+        for call in kills:
+            kill = call.func
+            call.cancel()
+            kill()
+
     def test_lost_from_the_dispatcher_relaunches_the_instance(self) -> None:
         slot = self.launch.instances[0]
         self.dispatcher.control_received([message("lost", pid=200, why="its handoff channel reset")])
         self.assertEqual(self.hello.state, "lost")
         self.assertEqual(slot.status(self.reactor.seconds())["state"], "lost")
         self.assertEqual(self.launch.ready_processes("service"), [])
+        self.assertEqual(self.hello.transport.signals, [])
+        self.reactor.advance(LOST_GRACE)
         self.assertEqual(self.hello.transport.signals, [signal.SIGKILL])
         self.hello.processExited(Failure(error.ProcessTerminated(signal=9)))
         self.assertTrue(slot.relaunch_call is not None and slot.relaunch_call.active())
@@ -191,7 +202,16 @@ class ControlRoleTests(SynchronousTestCase):
         self.assertEqual(self.logd.refused, 1)
         # The log daemon is wired to every sender, the dispatcher too.
         self.logd.control_received([message("lost", pid=100, why="garbage on the log channel")])
+        self.grace_ends()
         self.assertEqual(self.dispatcher.transport.signals, [signal.SIGKILL])
+
+    def test_lost_process_that_exits_by_itself_keeps_its_reason(self) -> None:
+        """A peer sees a dying process close its channels before the launcher sees it exit."""
+        self.dispatcher.control_received([message("lost", pid=200, why="peer closed")])
+        self.hello.processExited(Failure(error.ProcessTerminated(exitCode=3)))
+        self.grace_ends()
+        self.assertEqual(self.hello.transport.signals, [])
+        self.assertIsNone(self.hello.killed_because)
 
     def test_a_service_may_send_neither_want_nor_lost(self) -> None:
         self.hello.control_received([message("want", service="hello"), message("lost", pid=100), message("status")])

@@ -86,7 +86,7 @@ class Hostile(ServiceResource):
         conn = request.channel.okws_connection
         if action == "whoami":
             runtime = _runtime(request)
-            return json.dumps({"id": conn.conn_id, "index": runtime.index, "pid": os.getpid()}).encode()
+            return json.dumps({"id": conn.conn_id, "index": runtime.index, "pid": int(os.environ.get("OKWS_PID", os.getpid()))}).encode()
         if action == "forge-back":
             return self.forge_back(request, args)
         if action == "repeat-back":
