@@ -17,9 +17,7 @@ import sys
 import threading
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.e2e import Site, process_exists, read_response, request_bytes
+from tests.e2e import E2ETestCase, Site, process_exists, read_response, request_bytes
 
 FAST = """
 restart_delay_min = 0.2
@@ -101,10 +99,10 @@ class Load:
             sock.close()
 
 
-class CtlTests(SynchronousTestCase):
+class CtlTests(E2ETestCase):
     def setUp(self) -> None:
         self.site = Site(HELLO, FAST).start()
-        self.addCleanup(self.site.kill)
+        self.addCleanup(self.site.close)
 
     def test_control_socket_is_private(self) -> None:
         path = os.path.join(self.site.dir, "okws.ctl")
@@ -150,10 +148,10 @@ class CtlTests(SynchronousTestCase):
         self.assertIn("already running", p.stderr)
 
 
-class RelaunchTests(SynchronousTestCase):
+class RelaunchTests(E2ETestCase):
     def test_graceful_relaunch_under_load_fails_nothing(self) -> None:
         site = Site(HELLO, FAST).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         old = {site.pids()["hello.0"], site.pids()["hello.1"]}
         mark = site.mark()
         with Load(site, ["/hello", "/delay?ms=200", "/hello?x=1"]) as load:
@@ -182,7 +180,7 @@ class RelaunchTests(SynchronousTestCase):
             """,
             FAST,
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         first = site.pids()["hello.0"]
         mark = site.mark()
         for _ in range(25):
@@ -193,7 +191,7 @@ class RelaunchTests(SynchronousTestCase):
         self.assertEqual(site.get("/hello").status, 200)
 
 
-class CrashPolicyTests(SynchronousTestCase):
+class CrashPolicyTests(E2ETestCase):
     def test_crash_budget_then_revive(self) -> None:
         site = Site(
             """
@@ -207,7 +205,7 @@ class CrashPolicyTests(SynchronousTestCase):
             """,
             FAST + "crash_budget = 3\ncrash_window = 60\nqueue_timeout = 20\n",
         ).start(wait=False)
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.wait_for(r"doomed\.0 crashed 4 times within 60s; not relaunching", timeout=60)
         started = time.monotonic()
         r = site.get("/doomed")
@@ -234,7 +232,7 @@ class CrashPolicyTests(SynchronousTestCase):
             """,
             FAST,
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         pids = site.pids()
         hung = pids["hang.0"]
         mark = site.mark()
@@ -251,10 +249,10 @@ class CrashPolicyTests(SynchronousTestCase):
         self.assertEqual(site.pids()["hello.0"], pids["hello.0"])
 
 
-class ReloadTests(SynchronousTestCase):
+class ReloadTests(E2ETestCase):
     def setUp(self) -> None:
         self.site = Site(HELLO, FAST).start()
-        self.addCleanup(self.site.kill)
+        self.addCleanup(self.site.close)
 
     def rewrite(self, services: str) -> None:
         with open(self.site.ini) as f:
@@ -313,7 +311,7 @@ paths = /form
         self.assertEqual(self.site.get("/hi").status, 200)
 
 
-class DispatcherRelaunchTests(SynchronousTestCase):
+class DispatcherRelaunchTests(E2ETestCase):
     def test_kill_9_dispatcher_refuses_no_connection(self) -> None:
         """No connection is refused and every request is answered.
 
@@ -324,7 +322,7 @@ class DispatcherRelaunchTests(SynchronousTestCase):
         browsers do, and at most one per client thread can be caught so.
         """
         site = Site(HELLO, FAST).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         old = site.pids()["dispatcher"]
         mark = site.mark()
         results: list[object] = []
@@ -369,13 +367,13 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-class MetricsTests(SynchronousTestCase):
+class MetricsTests(E2ETestCase):
     def setUp(self) -> None:
         from tests.e2e import free_port
 
         self.admin_port = free_port()
         self.site = Site(HELLO, FAST + f"admin = tcp:{self.admin_port}\n").start()
-        self.addCleanup(self.site.kill)
+        self.addCleanup(self.site.close)
 
     def admin_get(self, path: str):
         with socket.create_connection(("127.0.0.1", self.admin_port), timeout=10) as s:
@@ -444,7 +442,7 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(read_response(slow).status, 200)
 
 
-class LazyStartTests(SynchronousTestCase):
+class LazyStartTests(E2ETestCase):
     def test_lazy_service_starts_on_its_first_request(self) -> None:
         site = Site(
             """
@@ -459,7 +457,7 @@ class LazyStartTests(SynchronousTestCase):
             """,
             FAST,
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         self.assertNotIn("later.0", site.pids())
         self.assertEqual(site.get("/hello").status, 200)
         self.assertNotIn("later.0", site.pids(), "a lazy service must not start before it is asked for")

@@ -16,9 +16,7 @@ import signal
 import time
 from urllib.parse import urlencode
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.e2e import Response, Site
+from tests.e2e import E2ETestCase, Response, Site
 
 SERVICES = """
 [service:tpl]
@@ -59,7 +57,7 @@ def shared_site() -> Site:
         with open(os.path.join(site.dir, "secret.html"), "w") as f:
             f.write("SECRET-7f3a")
         _shared = site.start()
-        atexit.register(_shared.kill)
+        atexit.register(_shared.close)
         _shared.wait_for(r"\[dispatcher pid \d+\].*received 9 error pages")
     return _shared
 
@@ -83,7 +81,7 @@ def until(check, deadline: float):
         time.sleep(0.05)
 
 
-class RenderTests(SynchronousTestCase):
+class RenderTests(E2ETestCase):
     def setUp(self) -> None:
         self.site = shared_site()
 
@@ -176,7 +174,7 @@ class RenderTests(SynchronousTestCase):
         self.assertIn(b"<title>400 Bad Request</title>", data)
 
 
-class PublisherDownTests(SynchronousTestCase):
+class PublisherDownTests(E2ETestCase):
     """kill -9 the publisher: held templates still render, new ones 503 until it is back."""
 
     def test_kill_9_publisher(self) -> None:
@@ -185,7 +183,7 @@ class PublisherDownTests(SynchronousTestCase):
             "restart_delay_min = 4\nrestart_delay_max = 8\ntemplate_timeout = 1\nretry_after = 3\n",
             templates={"a.html": "held {{ n }}", "b.html": "fetched later", "errors/404.html": "site 404"},
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.wait_for(r"\[dispatcher pid \d+\].*received 9 error pages")
         warm = page(site, "a.html", n="1")
         self.assertEqual(warm.body, b"held 1")
