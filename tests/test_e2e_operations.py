@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from tests.e2e import E2ETestCase, Site, process_exists, read_response, request_bytes
+from tests.e2e import E2ETestCase, Response, Site, process_exists, read_response, request_bytes, wait_until
 
 FAST = """
 restart_delay_min = 0.2
@@ -155,16 +155,13 @@ class RelaunchTests(E2ETestCase):
         old = {site.pids()["hello.0"], site.pids()["hello.1"]}
         mark = site.mark()
         with Load(site, ["/hello", "/delay?ms=200", "/hello?x=1"]) as load:
-            while load.count < 50:
-                time.sleep(0.05)
+            wait_until(lambda: load.count >= 50, 60, f"50 requests before the relaunch (failures: {load.failures[:5]})")
             p = ctl(site, "relaunch", "--all")
             self.assertEqual(p.returncode, 0, p.stderr)
             for name in ("hello.0", "hello.1", "delay.0"):
                 site.wait_for(rf"{name} pid \d+ exited after retiring", after=mark, timeout=60)
             before = load.count
-            deadline = time.monotonic() + 30
-            while load.count < before + 50 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: load.count >= before + 50, 30, "50 requests after the relaunch")
         self.assertEqual(load.failures, [])
         new = {site.pids()["hello.0"], site.pids()["hello.1"]}
         self.assertFalse(old & new)
@@ -189,6 +186,81 @@ class RelaunchTests(E2ETestCase):
         site.wait_for(rf"hello\.0 pid {first} exited after retiring", after=mark)
         self.assertNotEqual(site.pids()["hello.0"], first)
         self.assertEqual(site.get("/hello").status, 200)
+
+
+def pid_of(response: Response) -> int:
+    value = response.header("x-okws-pid")
+    assert value is not None, f"no X-Okws-Pid in {response}"
+    return int(value)
+
+
+class IdleKeepAliveTests(E2ETestCase):
+    """Idle kept-alive connections held across a graceful relaunch, then used.
+
+    architecture.md and operations.md: a draining instance hands its idle
+    connections back instead of closing them, so a relaunch fails no request
+    and the next request on each is answered by the new instance.
+    """
+
+    CONNECTIONS = 8
+
+    def setUp(self) -> None:
+        self.site = Site(HELLO, FAST).start()
+        self.addCleanup(self.site.close)
+
+    def hold_idle(self) -> list[socket.socket]:
+        """Connections that were each answered once by an instance of hello, now idle."""
+        held = []
+        old = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        for i in range(self.CONNECTIONS):
+            s = self.site.connect(timeout=30)
+            self.addCleanup(s.close)
+            s.sendall(request_bytes("GET", f"/hello?first={i}"))
+            r = read_response(s)
+            self.assertEqual(r.status, 200)
+            self.assertNotEqual(r.header("connection"), "close")
+            self.assertIn(pid_of(r), old)
+            held.append(s)
+        return held
+
+    def assertAnsweredByTheNewInstances(self, held: list[socket.socket], old: set[int]) -> None:
+        new = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        self.assertFalse(old & new, (old, new))
+        answers = []
+        for i, s in enumerate(held):
+            s.sendall(request_bytes("GET", f"/hello?again={i}"))
+            try:
+                r = read_response(s)
+            except OSError as e:
+                answers.append(f"connection {i}: {e!r}")
+                continue
+            answers.append(f"connection {i}: {r.status} from {'a new' if pid_of(r) in new else 'an old'} instance")
+        self.assertEqual(answers, [f"connection {i}: 200 from a new instance" for i in range(len(held))])
+
+    def test_relaunch(self) -> None:
+        old = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        held = self.hold_idle()
+        mark = self.site.mark()
+        p = ctl(self.site, "relaunch", "hello")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        for pid in old:
+            self.site.wait_for(rf"hello\.\d pid {pid} exited after retiring", after=mark, timeout=60)
+        self.assertAnsweredByTheNewInstances(held, old)
+
+    def test_reload_that_changes_the_service(self) -> None:
+        old = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        held = self.hold_idle()
+        with open(self.site.ini) as f:
+            text = f.read()
+        with open(self.site.ini, "w") as f:
+            f.write(text.replace("paths = /hello\n", "paths = /hello /hi\n", 1))
+        mark = self.site.mark()
+        p = ctl(self.site, "reload")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["changed"], ["hello"])
+        for pid in old:
+            self.site.wait_for(rf"hello\.\d pid {pid} exited after retiring", after=mark, timeout=60)
+        self.assertAnsweredByTheNewInstances(held, old)
 
 
 class CrashPolicyTests(E2ETestCase):
@@ -342,11 +414,10 @@ class DispatcherRelaunchTests(E2ETestCase):
                 else:
                     results.append("gave up")
 
-        threads = [threading.Thread(target=client) for _ in range(3)]
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
         for t in threads:
             t.start()
-        while len(results) < 20:
-            time.sleep(0.01)
+        wait_until(lambda: len(results) >= 20, 60, f"20 answers before the kill (so far: {results[:5]})")
         os.kill(old, signal.SIGKILL)
         for t in threads:
             t.join(120)
