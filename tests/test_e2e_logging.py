@@ -19,6 +19,7 @@ import signal
 import tempfile
 import threading
 
+from okws_twisted.logd.daemon import PAUSE_BEFORE_ACK
 from tests.e2e import E2ETestCase, LogdProcess, Site, read_response, request_bytes
 
 FAST = """
@@ -252,6 +253,34 @@ class LosesNothingTests(E2ETestCase):
         errors = site.wait_for_log("error.log", lambda t: f"logd pid {new} is ready" in t)
         self.assertRegex(errors, rf"\] logd pid {old} crashed \(signal 9\) after [\d.]+s; relaunching in [\d.]+s\n")
         self.assertIn(f"] started logd as pid {new} (relaunch 1)\n", errors)
+
+    def test_kill_between_write_and_ack_writes_the_resent_batch_once(self) -> None:
+        """The daemon killed after writing a batch and before acknowledging it: the resent batch is skipped.
+
+        The moment is made exact by the daemon's test hook (L{PAUSE_BEFORE_ACK}):
+        it writes hello.0's first batch, then blocks instead of acknowledging.
+        hello.0 never sees an acknowledgement, so it sends the batch again to the
+        relaunched daemon, which must find it in its journal and skip it.
+        """
+        site = Site("[service:hello]\nresource = services.hello:Hello\npaths = /hello\n", FAST)
+        self.addCleanup(site.close)
+        os.makedirs(site.log_dir)
+        with open(os.path.join(site.log_dir, PAUSE_BEFORE_ACK), "w") as f:
+            f.write("hello.0\n")
+        site.start()
+        old = site.pids()["logd"]
+        mark = site.mark()
+        self.assertEqual(site.get("/hello?id=1").status, 200)
+        site.wait_for(rf"\[logd pid {old}\].*test hook: wrote hello\.0 up to record \d+; pausing", after=mark)
+        self.assertEqual(re.findall(r"\?id=(\d+) ", site.read_log("access.log")), ["1"], "written, not acknowledged")
+        self.assertEqual(site.get("/hello?id=2").status, 200)  # buffered by hello.0 meanwhile
+        os.kill(old, signal.SIGKILL)
+        new = int(site.wait_for(r"started logd as pid (\d+) \(relaunch 1\)", after=mark).group(1))
+        self.assertEqual(site.get("/hello?id=3").status, 200)
+        # hello.0 resends in order, so once id=3 is written the resent batch has been dealt with.
+        text = site.wait_for_log("access.log", lambda t: "?id=3 " in t)
+        self.assertEqual(re.findall(r"\?id=(\d+) ", text), ["1", "2", "3"])
+        self.assertNotEqual(new, old)
 
     def test_full_buffer_drops_are_counted(self) -> None:
         """With the daemon away and the buffer full, every record is either written or counted as dropped."""
