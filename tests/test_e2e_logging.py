@@ -108,6 +108,20 @@ class AccessAndErrorLogTests(E2ETestCase):
         self.assertIsInstance(document["response_time_us"], int)
         self.assertIn('"ua\\xc3\\xa9"', access)  # the text log stays ASCII
 
+    def test_client_request_id_ignored(self) -> None:
+        """logging.md: okws never takes an id from the client; an X-Request-Id header is ignored."""
+        forged = "abcdefabcdef-7"  # shaped like okws's own ids
+        for case, path, status in (("xrid-service", "/hello", 200), ("xrid-dispatcher", "/nothing", 404)):
+            r = self.site.get(f"{path}?case={case}", headers={"X-Request-Id": forged})
+            self.assertEqual(r.status, status)
+            access = line_with(self.site.wait_for_log("access.log", lambda t: f"case={case} " in t), f"case={case} ")
+            logged = access.rsplit(" ", 1)[1]
+            self.assertRegex(logged, r"^[0-9a-f]{12}-[0-9a-f]+$", case)
+            self.assertNotEqual(logged, forged, case)
+            document = json.loads(line_with(self.site.wait_for_log("access.json", lambda t: f"case={case} " in t), f"case={case} "))
+            self.assertEqual(document["request_id"], logged, case)
+        self.assertNotIn(forged, self.site.read_log("access.log") + self.site.read_log("access.json") + self.site.read_log("error.log"))
+
     def test_dispatcher_answers_logged(self) -> None:
         """The dispatcher's own answers reach access.log and error.log."""
         site = self.site
