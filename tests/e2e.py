@@ -213,7 +213,8 @@ class Site:
 
     # -- lifecycle
 
-    def start(self, wait: bool = True) -> "Site":
+    def start(self, wait: bool = True, timeout: float = START_TIMEOUT) -> "Site":
+        """Start okws; with C{wait}, wait for "site ready" (if it does not come, kill it and raise)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env[LAUNCHER_ONLY_ENV] = "a child must not see this"
@@ -230,7 +231,7 @@ class Site:
         threading.Thread(target=self._tail if self.logfile else self._read, daemon=True).start()
         if wait:
             try:
-                self.wait_for(r"site ready", START_TIMEOUT)
+                self.wait_for(r"site ready", timeout)
             except BaseException:
                 self.kill()
                 raise
@@ -345,16 +346,20 @@ class Site:
         """Leave no process behind, whatever state the site is in (the files stay: see L{close})."""
         if self.proc is None:
             return
+        # The children still running now (a pid of one that exited long ago may belong to
+        # someone else by now: only okws children are killed).
+        pids = {pid for pid in self.all_pids() if _runs_okws_child(pid)}
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait(10)
-        for pid in self.all_pids():
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        wait_until(lambda: not any(process_exists(pid) for pid in pids), EVENT_TIMEOUT, f"the site's processes {sorted(pids)} gone")
 
     def close(self) -> None:
         """Kill every process and remove the site's directory (logs, jails and all)."""
@@ -524,6 +529,14 @@ def pids_holding_socket(inode: int) -> list[int]:
             except OSError:
                 continue
     return holders
+
+
+def _runs_okws_child(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"okws_twisted.bootstrap" in f.read()
+    except OSError:
+        return False
 
 
 def process_exists(pid: int) -> bool:
