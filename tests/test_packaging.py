@@ -72,6 +72,8 @@ class PluginInstallTests(E2ETestCase):
         ini = os.path.join(src, "site.ini")
         with open(ini) as f:
             text = f.read().replace("tcp:8080:interface=127.0.0.1", f"tcp:{port}:interface=127.0.0.1")
+        # Its own jail root (as root), removed with the copy: concurrent runs never share one.
+        text = text.replace("[okws]\n", f"[okws]\njail_root = {os.path.join(src, 'jails')}\n", 1)
         with open(ini, "w") as f:
             f.write(text)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
