@@ -8,6 +8,7 @@ processes and sockets come from the kernel (``/proc``), not from okws.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import shutil
@@ -124,6 +125,17 @@ class RoutingTests(E2ETestCase):
             s.sendall(request_bytes("GET", "/echo"))
             r = read_response(s)
             self.assertEqual(json.loads(r.body)["client"], ["127.0.0.1", s.getsockname()[1]])
+
+    def test_body_over_100kb(self) -> None:
+        """A body of 100 KB and more reaches the service whole (run as root, the service is jailed:
+        no temporary directory, so the body must live in memory, security.md)."""
+        body = os.urandom(150_000)
+        with self.site.connect() as s:
+            s.sendall(request_bytes("POST", "/echo", headers={"Connection": "close"}, body=body))
+            r = read_response(s)
+        self.assertEqual(r.status, 200, r.body[:300])
+        info = json.loads(r.body)
+        self.assertEqual((info["length"], info["sha256"]), (len(body), hashlib.sha256(body).hexdigest()))
 
     def test_resource_is_mounted_at_its_path(self) -> None:
         info = json.loads(self.site.get("/echo/a/b?q=1").body)
