@@ -3,10 +3,11 @@
 Rendering a service in memory, for authors' trial tests.
 
 L{render} serves one request to a resource through the same code a service
-process runs, with no process and no socket: a real L{Site}, a real
-C{HTTPChannel} parsing the raw request bytes, the real L{Request}, traversal
-and error pages. Only the connection is fake: a C{StringTransport} that
-records what the server writes. The written bytes are then read back by an
+process runs, with no process and no socket: the production site, channel and
+request classes (L{ServiceSite}, its C{HTTPChannel} parsing the raw request
+bytes, L{ServiceRequest}, which keeps a body over 100 KB in an anonymous
+memfd as a jailed service must), traversal and error pages. Only the
+connection is fake: a C{StringTransport} that records what the server writes. The written bytes are then read back by an
 HTTP client parser that is not Twisted's (the standard library's), so a test
 sees what a client on the wire would.
 
@@ -59,13 +60,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
-from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from okws_twisted.interfaces import ITemplates
 from okws_twisted.pubd.tree import TemplateTree, etag_of
 from okws_twisted.service.rendering import TemplateRenderer
 from okws_twisted.service.templatecache import TemplateCache
+from okws_twisted.service.web import ServiceRequest, ServiceSite
 from okws_twisted.templating import (
     MappingLoader,
     TreeLoader,
@@ -73,6 +74,7 @@ from okws_twisted.templating import (
     render_error_pages,
 )
 from okws_twisted.wire.errorpage import ErrorPages
+from okws_twisted.wire.logsender import RequestIds
 from okws_twisted.wire.templatechannel import (
     Absent,
     NameRefused,
@@ -185,9 +187,11 @@ def render(
         local = IPv4Address("TCP", "127.0.0.1", 80)
 
     exchange = _Exchange(rawMethod)
-    site = Site(resource, requestFactory=exchange.requestFactory, reactor=reactor)
+    site = ServiceSite(resource, reactor=reactor)
+    site.requestFactory = exchange.requestFactory  # type: ignore[assignment]
+    site.request_ids = RequestIds("test")
     if templates is not None:
-        site.templates = (  # type: ignore[attr-defined]
+        site.templates = (
             templates if ITemplates.providedBy(templates) else _LocalTemplates(templates)
         )
     exchange.connect(site.buildProtocol(peer), local, peer)
@@ -277,13 +281,13 @@ class _Exchange:
         self._over = False
         self.result: Deferred[RenderedResponse] = Deferred(self._clientGivesUp)
 
-    def requestFactory(self, *args: object, **kwargs: object) -> Request:
-        """Build the site's L{Request}, watching for its end.
+    def requestFactory(self, *args: Any, **kwargs: Any) -> ServiceRequest:
+        """Build the site's L{ServiceRequest}, watching for its end.
 
-        Like a served request it has a C{request_id} (always C{"test-1"} here).
+        Like a served request it has a C{request_id} (always C{"test-1"} here:
+        one request per site).
         """
-        request = Request(*args, **kwargs)
-        request.request_id = "test-1"  # type: ignore[attr-defined]
+        request = ServiceRequest(*args, **kwargs)
         request.notifyFinish().addBoth(self._requestOver)
         return request
 

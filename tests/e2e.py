@@ -13,14 +13,23 @@ a test could wait on, so L{Site.wait_for_log} polls a file for a condition,
 with a deadline; that is the one place a test polls.  L{LogdProcess} starts a
 log daemon alone, the way the launcher does, so a test can speak the log
 protocol to it directly (as a compromised service would).
+
+Every end-to-end test case derives from L{E2ETestCase}: a watchdog bounds each
+test (set-up, test, clean-ups), dumps every thread's traceback and fails the
+test instead of letting CI hang.  Each L{Site} removes what it made (its
+directory, with its own jail root inside) when closed, and any site a test
+left open is closed when the run ends.
 """
 
 from __future__ import annotations
 
 import array
+import atexit
+import faulthandler
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +39,9 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import IO, Any, Callable
+
+from twisted.trial.unittest import SynchronousTestCase
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT = 60.0
@@ -39,6 +50,62 @@ TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import 
 EVENT_TIMEOUT = 30.0
 #: How often L{Site.wait_for_log} looks at a file again.
 POLL_INTERVAL = 0.05
+#: How long one end-to-end test (its set-up, the test and its clean-ups) may run.
+TEST_BOUND = 300.0
+#: After a test overran, how long its clean-ups get before the watchdog ends the whole run.
+HARD_GRACE = 120.0
+#: Put in every launcher's environment; no child may see it (architecture.md: a child's
+#: environment is only PATH, PYTHONPATH, PYTHONUNBUFFERED and LANG).
+LAUNCHER_ONLY_ENV = "OKWS_E2E_LAUNCHER_ONLY"
+
+
+class Overran(BaseException):
+    """Raised in the test's thread by L{E2ETestCase}'s watchdog.
+
+    A C{BaseException}, so that no C{except Exception} in a test's retry loop
+    can swallow it.
+    """
+
+
+class E2ETestCase(SynchronousTestCase):
+    """A test case whose every test is bounded in time.
+
+    The watchdog is C{SIGALRM}: past C{bound} seconds it dumps every thread's
+    traceback (faulthandler) and raises L{Overran} in the test, which
+    interrupts any blocking call (socket reads, waits, joins) and fails the
+    test; the clean-ups then close its sites.  If even they hang, faulthandler
+    ends the run C{HARD_GRACE} seconds later, with the tracebacks.
+    """
+
+    #: Seconds a test of this class may run.
+    bound: float = TEST_BOUND
+    #: Where the watchdog writes the tracebacks.
+    dump_to: IO[str] = sys.__stderr__
+
+    def run(self, result: Any) -> None:
+        previous = signal.signal(signal.SIGALRM, self._overran)
+        signal.setitimer(signal.ITIMER_REAL, self.bound)
+        faulthandler.dump_traceback_later(self.bound + HARD_GRACE, exit=True, file=self.dump_to)
+        try:
+            super().run(result)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            faulthandler.cancel_dump_traceback_later()
+            signal.signal(signal.SIGALRM, previous)
+
+    def _overran(self, signum: int, frame: Any) -> None:
+        print(f"\n{self.id()} ran past its bound of {self.bound:g}s; every thread's traceback:", file=self.dump_to, flush=True)
+        faulthandler.dump_traceback(file=self.dump_to, all_threads=True)
+        raise Overran(f"{self.id()} ran past its bound of {self.bound:g}s (tracebacks on stderr)")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll C{check} (a fact with no event to wait on) until true, within C{timeout}."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -48,8 +115,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Every site not yet closed; whatever a test left open is closed when the run ends.
+_open_sites: "set[Site]" = set()
+
+
+@atexit.register
+def _close_all() -> None:
+    for site in list(_open_sites):
+        site.close()
+
+
 class Site:
-    """One okws site under test."""
+    """One okws site under test, in a temporary directory of its own.
+
+    The directory holds the site file, the logs and (for a root launcher) the
+    jail root, so concurrent runs never share a jail.  L{close} kills every
+    process and removes the directory.
+    """
 
     def __init__(
         self,
@@ -70,6 +152,12 @@ class Site:
             listener on C{port}; C{{port}} in it is replaced by C{port}.
         """
         self.dir = tempfile.mkdtemp(prefix="okws-e2e-")
+        self.owned = True
+        _open_sites.add(self)
+        #: The jail root (used when the launcher runs as root): this site's own.
+        self.jail_root = os.path.join(self.dir, "jails")
+        if re.search(r"^\s*jail_root\s*=", textwrap.dedent(okws), re.M) is None:
+            okws = f"jail_root = {self.jail_root}\n" + textwrap.dedent(okws)
         self.logfile = logfile
         for name in ("services", "tests"):
             os.symlink(os.path.join(REPO, name), os.path.join(self.dir, name))
@@ -103,6 +191,8 @@ class Site:
         """Watch an okws started by C{command} in C{cwd} (a site this harness did not write)."""
         site = cls.__new__(cls)
         site.dir, site.port, site.ini, site.logfile = cwd, port, os.path.join(cwd, "site.ini"), None
+        site.owned, site.jail_root = False, ""
+        _open_sites.add(site)
         site.templates = os.path.join(cwd, "templates")
         site.prefix, site.lines, site._new = [], [], queue.Queue()
         site.proc = subprocess.Popen(
@@ -123,9 +213,11 @@ class Site:
 
     # -- lifecycle
 
-    def start(self, wait: bool = True) -> "Site":
+    def start(self, wait: bool = True, timeout: float = START_TIMEOUT) -> "Site":
+        """Start okws; with C{wait}, wait for "site ready" (if it does not come, kill it and raise)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env[LAUNCHER_ONLY_ENV] = "a child must not see this"
         log_args = [f"--logfile={self.logfile}"] if self.logfile else []
         self.proc = subprocess.Popen(
             [*self.prefix, *TWISTD, "-n", "--pidfile=", *log_args, "okws", "--config", self.ini],
@@ -138,7 +230,11 @@ class Site:
         )
         threading.Thread(target=self._tail if self.logfile else self._read, daemon=True).start()
         if wait:
-            self.wait_for(r"site ready", START_TIMEOUT)
+            try:
+                self.wait_for(r"site ready", timeout)
+            except BaseException:
+                self.kill()
+                raise
         return self
 
     def _read(self) -> None:
@@ -247,19 +343,32 @@ class Site:
             self.kill()
 
     def kill(self) -> None:
-        """Leave nothing behind, whatever state the site is in."""
+        """Leave no process behind, whatever state the site is in (the files stay: see L{close})."""
         if self.proc is None:
             return
+        # The children still running now (a pid of one that exited long ago may belong to
+        # someone else by now: only okws children are killed).
+        pids = {pid for pid in self.all_pids() if _runs_okws_child(pid)}
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait(10)
-        for pid in self.all_pids():
+        for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        wait_until(lambda: not any(process_exists(pid) for pid in pids), EVENT_TIMEOUT, f"the site's processes {sorted(pids)} gone")
+
+    def close(self) -> None:
+        """Kill every process and remove the site's directory (logs, jails and all)."""
+        try:
+            self.kill()
+        finally:
+            _open_sites.discard(self)
+            if self.owned:
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- log files
 
@@ -403,14 +512,14 @@ def socket_inode_of_server_side(server_port: int, client_port: int) -> int:
     raise AssertionError(f"no server socket for client port {client_port} in /proc/net/tcp")
 
 
-def pids_holding_socket(inode: int, pids: list[int]) -> list[int]:
-    """Which of C{pids} hold an fd on socket C{inode}, from /proc/PID/fd."""
+def pids_holding_socket(inode: int) -> list[int]:
+    """Every process (the launcher and this test included) holding an fd on socket C{inode}, from /proc/PID/fd."""
     target = f"socket:[{inode}]"
     holders = []
-    for pid in pids:
+    for pid in sorted(int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-        except FileNotFoundError:
+        except OSError:  # gone, or (not root) another user's
             continue
         for fd in fds:
             try:
@@ -420,6 +529,14 @@ def pids_holding_socket(inode: int, pids: list[int]) -> list[int]:
             except OSError:
                 continue
     return holders
+
+
+def _runs_okws_child(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"okws_twisted.bootstrap" in f.read()
+    except OSError:
+        return False
 
 
 def process_exists(pid: int) -> bool:

@@ -10,15 +10,15 @@ other end-to-end test exercises.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import socket
 import urllib.parse
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.e2e import Site
+import okws_twisted
+from tests.e2e import LAUNCHER_ONLY_ENV, E2ETestCase, Site
 
 IS_ROOT = os.geteuid() == 0
 
@@ -48,7 +48,14 @@ def status_of(pid: int) -> dict[str, str]:
     return out
 
 
-class JailTests(SynchronousTestCase):
+def environ_of(pid: int) -> dict[str, str]:
+    """A process's environment, as the kernel keeps it (root can read any process's)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        entries = [e.decode("utf-8", "replace") for e in f.read().split(b"\0") if e]
+    return dict(e.partition("=")[::2] for e in entries)
+
+
+class JailTests(E2ETestCase):
     if not IS_ROOT:
         skip = "needs root: the launcher only jails children when it runs as root"
 
@@ -56,11 +63,9 @@ class JailTests(SynchronousTestCase):
     def site(cls) -> Site:
         site = getattr(cls, "_site", None)
         if site is None:
-            cls.jail_root = os.path.join("/var/lib/okws-test", os.urandom(4).hex())
-            site = Site(SERVICES, f"jail_root = {cls.jail_root}\nrestart_delay_min = 0.2\n").start()
-            import atexit
-
-            atexit.register(site.kill)
+            site = Site(SERVICES, "restart_delay_min = 0.2\n").start()
+            atexit.register(site.close)
+            cls.jail_root = site.jail_root
             cls._site = site
         return site
 
@@ -133,13 +138,52 @@ class JailTests(SynchronousTestCase):
         self.assertEqual(oct(st.st_mode & 0o777), "0o700")
         self.assertEqual(st.st_uid, int(status_of(site.pids()["open.0"])["Uid"].split()[0]))
 
+    def test_network_none_is_its_own_empty_namespace(self) -> None:
+        """network = none: a network namespace apart from the launcher's (and every other), with only lo."""
+        site = self.site()
+        assert site.proc is not None
+        pids = site.pids()
+        host = os.readlink(f"/proc/{site.proc.pid}/ns/net")
+        evil, hello = (os.readlink(f"/proc/{pids[name]}/ns/net") for name in ("evil.0", "hello.0"))
+        self.assertNotEqual(evil, host)
+        self.assertNotEqual(hello, host)
+        self.assertNotEqual(evil, hello)
+        with open(f"/proc/{pids['evil.0']}/net/dev") as f:
+            interfaces = [line.split(":")[0].strip() for line in f.readlines()[2:]]
+        self.assertEqual(interfaces, ["lo"])
+        # network = host shares the launcher's.
+        self.assertEqual(os.readlink(f"/proc/{pids['open.0']}/ns/net"), host)
+
+    def test_no_child_is_dumpable(self) -> None:
+        """A non-dumpable process's /proc files belong to root, not to its own uid (so its uid cannot read them)."""
+        site = self.site()
+        for name, pid in site.pids().items():
+            self.assertNotEqual(status_of(pid)["Uid"].split()[0], "0", name)
+            for entry in ("status", "environ", "maps"):
+                st = os.stat(f"/proc/{pid}/{entry}")
+                self.assertEqual((st.st_uid, st.st_gid), (0, 0), f"{name}: /proc/{pid}/{entry}")
+
+    def test_child_environment_is_only_what_architecture_lists(self) -> None:
+        """PATH, PYTHONPATH (okws, and the site for services), PYTHONUNBUFFERED, LANG and MALLOC_ARENA_MAX; nothing of the launcher's."""
+        site = self.site()
+        assert site.proc is not None
+        self.assertIn(LAUNCHER_ONLY_ENV, environ_of(site.proc.pid))  # there to leak
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(okws_twisted.__file__)))
+        for name, pid in site.pids().items():
+            env = environ_of(pid)
+            self.assertEqual(sorted(env), ["LANG", "MALLOC_ARENA_MAX", "PATH", "PYTHONPATH", "PYTHONUNBUFFERED"], name)
+            self.assertEqual(env["MALLOC_ARENA_MAX"], "2", name)
+            service = name.rpartition(".")[0] in ("evil", "hello", "open")
+            want = [package_parent, site.dir] if service else [package_parent]
+            self.assertEqual(env["PYTHONPATH"].split(os.pathsep), want, name)
+
     def test_jail_root_is_root_owned(self) -> None:
         self.site()
         st = os.stat(self.jail_root)
         self.assertEqual((st.st_uid, st.st_mode & 0o022), (0, 0))
 
 
-class NotRootTests(SynchronousTestCase):
+class NotRootTests(E2ETestCase):
     """The same site, launched by an ordinary user: no jails, one line saying so."""
 
     def test_not_root_runs_unjailed(self) -> None:
@@ -153,7 +197,7 @@ class NotRootTests(SynchronousTestCase):
             os.chown(site.dir, 65534, 65534)
             site.prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
                            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.start()
         site.wait_for(r"okws is not running as root: every process runs as uid \d+ without jails")
         self.assertEqual(site.get("/hello").status, 200)
@@ -163,7 +207,7 @@ class NotRootTests(SynchronousTestCase):
             self.assertEqual(os.readlink(f"/proc/{pid}/root"), "/", name)
 
 
-class OwnershipTests(SynchronousTestCase):
+class OwnershipTests(E2ETestCase):
     if not IS_ROOT:
         skip = "needs root: ownership is only arranged when the launcher runs as root"
 
@@ -188,9 +232,8 @@ class OwnershipTests(SynchronousTestCase):
                 break
         if port is None:
             raise self.skipTest("no free port below 1024 on 127.0.0.1")
-        jail_root = os.path.join("/var/lib/okws-test", os.urandom(4).hex())
-        site = Site("[service:hello]\nresource = services.plain:Hello\npaths = /hello\n", f"jail_root = {jail_root}\n", port=port)
-        self.addCleanup(site.kill)
+        site = Site("[service:hello]\nresource = services.plain:Hello\npaths = /hello\n", port=port)
+        self.addCleanup(site.close)
         site.start()
         self.assertEqual(site.get("/hello").status, 200)
         dispatcher = status_of(site.pids()["dispatcher"])

@@ -19,9 +19,8 @@ import signal
 import tempfile
 import threading
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.e2e import LogdProcess, Site, read_response, request_bytes
+from okws_twisted.logd.daemon import PAUSE_BEFORE_ACK
+from tests.e2e import E2ETestCase, LogdProcess, Site, read_response, request_bytes
 
 FAST = """
 restart_delay_min = 0.2
@@ -59,7 +58,7 @@ def shared_site() -> Site:
             SHARED_SERVICES,
             FAST + "head_timeout = 1\nqueue_timeout = 1\naccess_log_json = yes\naccess_log_fields = combined request_id\n",
         )
-        atexit.register(site.kill)
+        atexit.register(site.close)
         site.start(wait=False)
         for name in ("logd", "hello\\.0", "boom\\.0", "dispatcher"):
             site.wait_for(rf"{name} pid \d+ is ready")
@@ -78,7 +77,7 @@ ISO = r"\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\]"
 CLF = r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\]"
 
 
-class AccessAndErrorLogTests(SynchronousTestCase):
+class AccessAndErrorLogTests(E2ETestCase):
     def setUp(self) -> None:
         self.site = shared_site()
 
@@ -108,6 +107,20 @@ class AccessAndErrorLogTests(SynchronousTestCase):
         self.assertRegex(document["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
         self.assertIsInstance(document["response_time_us"], int)
         self.assertIn('"ua\\xc3\\xa9"', access)  # the text log stays ASCII
+
+    def test_client_request_id_ignored(self) -> None:
+        """logging.md: okws never takes an id from the client; an X-Request-Id header is ignored."""
+        forged = "abcdefabcdef-7"  # shaped like okws's own ids
+        for case, path, status in (("xrid-service", "/hello", 200), ("xrid-dispatcher", "/nothing", 404)):
+            r = self.site.get(f"{path}?case={case}", headers={"X-Request-Id": forged})
+            self.assertEqual(r.status, status)
+            access = line_with(self.site.wait_for_log("access.log", lambda t: f"case={case} " in t), f"case={case} ")
+            logged = access.rsplit(" ", 1)[1]
+            self.assertRegex(logged, r"^[0-9a-f]{12}-[0-9a-f]+$", case)
+            self.assertNotEqual(logged, forged, case)
+            document = json.loads(line_with(self.site.wait_for_log("access.json", lambda t: f"case={case} " in t), f"case={case} "))
+            self.assertEqual(document["request_id"], logged, case)
+        self.assertNotIn(forged, self.site.read_log("access.log") + self.site.read_log("access.json") + self.site.read_log("error.log"))
 
     def test_dispatcher_answers_logged(self) -> None:
         """The dispatcher's own answers reach access.log and error.log."""
@@ -179,7 +192,7 @@ class AccessAndErrorLogTests(SynchronousTestCase):
             self.assertRegex(errors, rf"{ISO} \[info\] \[launcher pid {launcher}\] started {re.escape(name)} as pid {pid}\n")
 
 
-class LosesNothingTests(SynchronousTestCase):
+class LosesNothingTests(E2ETestCase):
     def test_kill_9_logd_during_2000_requests(self) -> None:
         """Each of 2,000 requests is in access.log exactly once, though the log daemon was killed mid-way."""
         site = Site(
@@ -195,7 +208,7 @@ class LosesNothingTests(SynchronousTestCase):
             """,
             FAST,
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         total, threads = 2000, 4
         done = [0]
         failures: list[object] = []
@@ -255,6 +268,34 @@ class LosesNothingTests(SynchronousTestCase):
         self.assertRegex(errors, rf"\] logd pid {old} crashed \(signal 9\) after [\d.]+s; relaunching in [\d.]+s\n")
         self.assertIn(f"] started logd as pid {new} (relaunch 1)\n", errors)
 
+    def test_kill_between_write_and_ack_writes_the_resent_batch_once(self) -> None:
+        """The daemon killed after writing a batch and before acknowledging it: the resent batch is skipped.
+
+        The moment is made exact by the daemon's test hook (L{PAUSE_BEFORE_ACK}):
+        it writes hello.0's first batch, then blocks instead of acknowledging.
+        hello.0 never sees an acknowledgement, so it sends the batch again to the
+        relaunched daemon, which must find it in its journal and skip it.
+        """
+        site = Site("[service:hello]\nresource = services.hello:Hello\npaths = /hello\n", FAST)
+        self.addCleanup(site.close)
+        os.makedirs(site.log_dir)
+        with open(os.path.join(site.log_dir, PAUSE_BEFORE_ACK), "w") as f:
+            f.write("hello.0\n")
+        site.start()
+        old = site.pids()["logd"]
+        mark = site.mark()
+        self.assertEqual(site.get("/hello?id=1").status, 200)
+        site.wait_for(rf"\[logd pid {old}\].*test hook: wrote hello\.0 up to record \d+; pausing", after=mark)
+        self.assertEqual(re.findall(r"\?id=(\d+) ", site.read_log("access.log")), ["1"], "written, not acknowledged")
+        self.assertEqual(site.get("/hello?id=2").status, 200)  # buffered by hello.0 meanwhile
+        os.kill(old, signal.SIGKILL)
+        new = int(site.wait_for(r"started logd as pid (\d+) \(relaunch 1\)", after=mark).group(1))
+        self.assertEqual(site.get("/hello?id=3").status, 200)
+        # hello.0 resends in order, so once id=3 is written the resent batch has been dealt with.
+        text = site.wait_for_log("access.log", lambda t: "?id=3 " in t)
+        self.assertEqual(re.findall(r"\?id=(\d+) ", text), ["1", "2", "3"])
+        self.assertNotEqual(new, old)
+
     def test_full_buffer_drops_are_counted(self) -> None:
         """With the daemon away and the buffer full, every record is either written or counted as dropped."""
         site = Site(
@@ -265,7 +306,7 @@ class LosesNothingTests(SynchronousTestCase):
             """,
             "restart_delay_min = 3\nrestart_delay_max = 3\nlog_buffer = 10\n",
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         old = site.pids()["logd"]
         mark = site.mark()
         os.kill(old, signal.SIGKILL)
@@ -281,7 +322,7 @@ class LosesNothingTests(SynchronousTestCase):
         self.assertEqual(dropped + len(written), 50)
 
 
-class ProcessEventTests(SynchronousTestCase):
+class ProcessEventTests(E2ETestCase):
     def test_crash_relaunch_and_stop_logged(self) -> None:
         site = Site(
             """
@@ -291,7 +332,7 @@ class ProcessEventTests(SynchronousTestCase):
             """,
             FAST,
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         old = site.pids()["crash.0"]
         mark = site.mark()
         with site.connect() as s:
@@ -303,7 +344,7 @@ class ProcessEventTests(SynchronousTestCase):
         assert site.proc is not None
         launcher = site.proc.pid
         status = site.stop()
-        self.assertIn(status, (0, -signal.SIGTERM), site.log_text())
+        self.assertEqual(status, -signal.SIGTERM, site.log_text())  # a clean stop: twistd re-raises SIGTERM
         errors = site.read_log("error.log")
         prefix = rf"{ISO} \[(\w+)\] \[launcher pid {launcher}\] "
         self.assertRegex(errors, prefix + rf"crash\.0 pid {old} crashed \(exit code 3\) after [\d.]+s; relaunching in 0\.2s\n")
@@ -313,7 +354,7 @@ class ProcessEventTests(SynchronousTestCase):
         self.assertRegex(errors, prefix + r"stopping: draining for up to 10\.0s\n")
 
 
-class RotationTests(SynchronousTestCase):
+class RotationTests(E2ETestCase):
     def test_mv_then_sigusr1_reopens(self) -> None:
         """logrotate's way: rename, SIGUSR1 to twistd; twistd rotates its own log too."""
         site = Site(
@@ -325,7 +366,7 @@ class RotationTests(SynchronousTestCase):
             FAST,
             logfile="twistd.log",
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.get("/hello?id=1")
         site.wait_for_log("access.log", lambda t: "id=1 " in t)
         for name in ("access.log", "error.log"):
@@ -353,7 +394,7 @@ class RotationTests(SynchronousTestCase):
             """,
             FAST + "log_max_size = 2000\nlog_keep = 2\n",
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         def everything(_: str = "") -> str:
             return "".join(site.read_log(name) for name in ("access.log.2", "access.log.1", "access.log"))
 
@@ -373,7 +414,7 @@ class RotationTests(SynchronousTestCase):
         self.assertGreater(ids[0], 0)  # the oldest were rotated away
 
 
-class LogDaemonAloneTests(SynchronousTestCase):
+class LogDaemonAloneTests(E2ETestCase):
     """A real log daemon process; the test is its launcher and a (misbehaving) sender."""
 
     def setUp(self) -> None:

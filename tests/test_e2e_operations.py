@@ -17,9 +17,7 @@ import sys
 import threading
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.e2e import Site, process_exists, read_response, request_bytes
+from tests.e2e import E2ETestCase, Response, Site, process_exists, read_response, request_bytes, wait_until
 
 FAST = """
 restart_delay_min = 0.2
@@ -101,10 +99,10 @@ class Load:
             sock.close()
 
 
-class CtlTests(SynchronousTestCase):
+class CtlTests(E2ETestCase):
     def setUp(self) -> None:
         self.site = Site(HELLO, FAST).start()
-        self.addCleanup(self.site.kill)
+        self.addCleanup(self.site.close)
 
     def test_control_socket_is_private(self) -> None:
         path = os.path.join(self.site.dir, "okws.ctl")
@@ -150,23 +148,20 @@ class CtlTests(SynchronousTestCase):
         self.assertIn("already running", p.stderr)
 
 
-class RelaunchTests(SynchronousTestCase):
+class RelaunchTests(E2ETestCase):
     def test_graceful_relaunch_under_load_fails_nothing(self) -> None:
         site = Site(HELLO, FAST).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         old = {site.pids()["hello.0"], site.pids()["hello.1"]}
         mark = site.mark()
         with Load(site, ["/hello", "/delay?ms=200", "/hello?x=1"]) as load:
-            while load.count < 50:
-                time.sleep(0.05)
+            wait_until(lambda: load.count >= 50, 60, f"50 requests before the relaunch (failures: {load.failures[:5]})")
             p = ctl(site, "relaunch", "--all")
             self.assertEqual(p.returncode, 0, p.stderr)
             for name in ("hello.0", "hello.1", "delay.0"):
                 site.wait_for(rf"{name} pid \d+ exited after retiring", after=mark, timeout=60)
             before = load.count
-            deadline = time.monotonic() + 30
-            while load.count < before + 50 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: load.count >= before + 50, 30, "50 requests after the relaunch")
         self.assertEqual(load.failures, [])
         new = {site.pids()["hello.0"], site.pids()["hello.1"]}
         self.assertFalse(old & new)
@@ -182,7 +177,7 @@ class RelaunchTests(SynchronousTestCase):
             """,
             FAST,
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         first = site.pids()["hello.0"]
         mark = site.mark()
         for _ in range(25):
@@ -193,7 +188,82 @@ class RelaunchTests(SynchronousTestCase):
         self.assertEqual(site.get("/hello").status, 200)
 
 
-class CrashPolicyTests(SynchronousTestCase):
+def pid_of(response: Response) -> int:
+    value = response.header("x-okws-pid")
+    assert value is not None, f"no X-Okws-Pid in {response}"
+    return int(value)
+
+
+class IdleKeepAliveTests(E2ETestCase):
+    """Idle kept-alive connections held across a graceful relaunch, then used.
+
+    architecture.md and operations.md: a draining instance hands its idle
+    connections back instead of closing them, so a relaunch fails no request
+    and the next request on each is answered by the new instance.
+    """
+
+    CONNECTIONS = 8
+
+    def setUp(self) -> None:
+        self.site = Site(HELLO, FAST).start()
+        self.addCleanup(self.site.close)
+
+    def hold_idle(self) -> list[socket.socket]:
+        """Connections that were each answered once by an instance of hello, now idle."""
+        held = []
+        old = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        for i in range(self.CONNECTIONS):
+            s = self.site.connect(timeout=30)
+            self.addCleanup(s.close)
+            s.sendall(request_bytes("GET", f"/hello?first={i}"))
+            r = read_response(s)
+            self.assertEqual(r.status, 200)
+            self.assertNotEqual(r.header("connection"), "close")
+            self.assertIn(pid_of(r), old)
+            held.append(s)
+        return held
+
+    def assertAnsweredByTheNewInstances(self, held: list[socket.socket], old: set[int]) -> None:
+        new = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        self.assertFalse(old & new, (old, new))
+        answers = []
+        for i, s in enumerate(held):
+            s.sendall(request_bytes("GET", f"/hello?again={i}"))
+            try:
+                r = read_response(s)
+            except OSError as e:
+                answers.append(f"connection {i}: {e!r}")
+                continue
+            answers.append(f"connection {i}: {r.status} from {'a new' if pid_of(r) in new else 'an old'} instance")
+        self.assertEqual(answers, [f"connection {i}: 200 from a new instance" for i in range(len(held))])
+
+    def test_relaunch(self) -> None:
+        old = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        held = self.hold_idle()
+        mark = self.site.mark()
+        p = ctl(self.site, "relaunch", "hello")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        for pid in old:
+            self.site.wait_for(rf"hello\.\d pid {pid} exited after retiring", after=mark, timeout=60)
+        self.assertAnsweredByTheNewInstances(held, old)
+
+    def test_reload_that_changes_the_service(self) -> None:
+        old = {self.site.pids()["hello.0"], self.site.pids()["hello.1"]}
+        held = self.hold_idle()
+        with open(self.site.ini) as f:
+            text = f.read()
+        with open(self.site.ini, "w") as f:
+            f.write(text.replace("paths = /hello\n", "paths = /hello /hi\n", 1))
+        mark = self.site.mark()
+        p = ctl(self.site, "reload")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(json.loads(p.stdout)["changed"], ["hello"])
+        for pid in old:
+            self.site.wait_for(rf"hello\.\d pid {pid} exited after retiring", after=mark, timeout=60)
+        self.assertAnsweredByTheNewInstances(held, old)
+
+
+class CrashPolicyTests(E2ETestCase):
     def test_crash_budget_then_revive(self) -> None:
         site = Site(
             """
@@ -207,7 +277,7 @@ class CrashPolicyTests(SynchronousTestCase):
             """,
             FAST + "crash_budget = 3\ncrash_window = 60\nqueue_timeout = 20\n",
         ).start(wait=False)
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.wait_for(r"doomed\.0 crashed 4 times within 60s; not relaunching", timeout=60)
         started = time.monotonic()
         r = site.get("/doomed")
@@ -234,7 +304,7 @@ class CrashPolicyTests(SynchronousTestCase):
             """,
             FAST,
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         pids = site.pids()
         hung = pids["hang.0"]
         mark = site.mark()
@@ -251,10 +321,10 @@ class CrashPolicyTests(SynchronousTestCase):
         self.assertEqual(site.pids()["hello.0"], pids["hello.0"])
 
 
-class ReloadTests(SynchronousTestCase):
+class ReloadTests(E2ETestCase):
     def setUp(self) -> None:
         self.site = Site(HELLO, FAST).start()
-        self.addCleanup(self.site.kill)
+        self.addCleanup(self.site.close)
 
     def rewrite(self, services: str) -> None:
         with open(self.site.ini) as f:
@@ -313,7 +383,7 @@ paths = /form
         self.assertEqual(self.site.get("/hi").status, 200)
 
 
-class DispatcherRelaunchTests(SynchronousTestCase):
+class DispatcherRelaunchTests(E2ETestCase):
     def test_kill_9_dispatcher_refuses_no_connection(self) -> None:
         """No connection is refused and every request is answered.
 
@@ -324,7 +394,7 @@ class DispatcherRelaunchTests(SynchronousTestCase):
         browsers do, and at most one per client thread can be caught so.
         """
         site = Site(HELLO, FAST).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         old = site.pids()["dispatcher"]
         mark = site.mark()
         results: list[object] = []
@@ -344,11 +414,10 @@ class DispatcherRelaunchTests(SynchronousTestCase):
                 else:
                     results.append("gave up")
 
-        threads = [threading.Thread(target=client) for _ in range(3)]
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
         for t in threads:
             t.start()
-        while len(results) < 20:
-            time.sleep(0.01)
+        wait_until(lambda: len(results) >= 20, 60, f"20 answers before the kill (so far: {results[:5]})")
         os.kill(old, signal.SIGKILL)
         for t in threads:
             t.join(120)
@@ -369,13 +438,13 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-class MetricsTests(SynchronousTestCase):
+class MetricsTests(E2ETestCase):
     def setUp(self) -> None:
         from tests.e2e import free_port
 
         self.admin_port = free_port()
         self.site = Site(HELLO, FAST + f"admin = tcp:{self.admin_port}\n").start()
-        self.addCleanup(self.site.kill)
+        self.addCleanup(self.site.close)
 
     def admin_get(self, path: str):
         with socket.create_connection(("127.0.0.1", self.admin_port), timeout=10) as s:
@@ -444,7 +513,7 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(read_response(slow).status, 200)
 
 
-class LazyStartTests(SynchronousTestCase):
+class LazyStartTests(E2ETestCase):
     def test_lazy_service_starts_on_its_first_request(self) -> None:
         site = Site(
             """
@@ -459,7 +528,7 @@ class LazyStartTests(SynchronousTestCase):
             """,
             FAST,
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         self.assertNotIn("later.0", site.pids())
         self.assertEqual(site.get("/hello").status, 200)
         self.assertNotIn("later.0", site.pids(), "a lazy service must not start before it is asked for")

@@ -20,10 +20,10 @@ import subprocess
 import tempfile
 import textwrap
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
 from tests.dispatcher.test_proxyproto import v2
-from tests.e2e import Site, free_port, read_response, request_bytes
+from tests.e2e import E2ETestCase, Site, free_port, read_response, request_bytes
 
 SERVICES = """
 [service:echo]
@@ -52,7 +52,7 @@ def shared_site() -> Site:
     global _shared
     if _shared is None:
         site = Site(SERVICES, OKWS, listen="haproxy:tcp:{port}:interface=127.0.0.1")
-        atexit.register(site.kill)
+        atexit.register(site.close)
         _shared = site.start()
     return _shared
 
@@ -69,7 +69,7 @@ def closed_without_answer(sock: socket.socket) -> bool:
         return True
 
 
-class RawHeaderTests(SynchronousTestCase):
+class RawHeaderTests(E2ETestCase):
     """Headers written by hand, so the claimed client differs from the real one."""
 
     def setUp(self) -> None:
@@ -128,7 +128,7 @@ class RawHeaderTests(SynchronousTestCase):
         self.site.wait_for(r"closing a connection from 127\.0\.0\.4: not in proxy_trusted")
 
 
-class CurlTests(SynchronousTestCase):
+class CurlTests(E2ETestCase):
     """curl's own PROXY v1 support: C{--haproxy-protocol}."""
 
     def setUp(self) -> None:
@@ -161,7 +161,7 @@ class CurlTests(SynchronousTestCase):
         self.assertEqual(done.stdout, "")
 
 
-class HAProxyTests(SynchronousTestCase):
+class HAProxyTests(E2ETestCase):
     """A real HAProxy in front of okws: one frontend sends v1, another v2."""
 
     def setUp(self) -> None:

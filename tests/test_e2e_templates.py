@@ -16,9 +16,8 @@ import signal
 import time
 from urllib.parse import urlencode
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.e2e import Response, Site
+import okws_twisted
+from tests.e2e import E2ETestCase, Response, Site
 
 SERVICES = """
 [service:tpl]
@@ -59,7 +58,7 @@ def shared_site() -> Site:
         with open(os.path.join(site.dir, "secret.html"), "w") as f:
             f.write("SECRET-7f3a")
         _shared = site.start()
-        atexit.register(_shared.kill)
+        atexit.register(_shared.close)
         _shared.wait_for(r"\[dispatcher pid \d+\].*received 9 error pages")
     return _shared
 
@@ -83,7 +82,7 @@ def until(check, deadline: float):
         time.sleep(0.05)
 
 
-class RenderTests(SynchronousTestCase):
+class RenderTests(E2ETestCase):
     def setUp(self) -> None:
         self.site = shared_site()
 
@@ -95,21 +94,32 @@ class RenderTests(SynchronousTestCase):
         self.assertEqual(pid_of(r), self.site.pids()["tpl.0"])
 
     def test_names_leaving_the_tree_refused(self) -> None:
-        # A new link each run: a service remembers a refused name and does not ask again.
+        # New links each run: a service remembers a refused name and does not ask again.
         out = f"out-{time.time_ns()}.html"
         os.symlink(os.path.join(self.site.dir, "secret.html"), os.path.join(self.site.templates, out))
+        # A link to a file the publisher can see, jailed or not (the okws package is
+        # in every jail): it resolves, outside the tree.
+        package = os.path.abspath(okws_twisted.__file__)
+        with open(package, "rb") as f:
+            package_text = f.read(60)
+        visible = f"pkg-{time.time_ns()}.html"
+        os.symlink(package, os.path.join(self.site.templates, visible))
         mark = self.site.mark()
-        for name in ("../secret.html", "/etc/passwd", out, "partials/../../secret.html"):
+        for name in ("../secret.html", "/etc/passwd", out, visible, "partials/../../secret.html"):
             r = page(self.site, name)
             self.assertEqual(r.status, 500, name)
             self.assertNotIn(b"SECRET", r.body, name)
             self.assertNotIn(b"root:", r.body, name)
+            self.assertNotIn(package_text, r.body, name)
             self.assertEqual(r.body, b"site 500 page: The server could not answer this request.")
-        # The symlink out passes the name rules; the publisher itself refuses it.
-        # (Jailed, as root, the publisher cannot even see where it points.)
+        # Symlinks out pass the name rules; the publisher itself refuses them.
+        # (Jailed, as root, the publisher cannot even see where `out` points: it is
+        # absent there; the package file it sees, and must refuse.)
+        self.site.wait_for(rf"\[pubd pid \d+\].*refused template '{visible}' to tpl\.0: it resolves outside", after=mark)
         if os.geteuid() != 0:
             self.site.wait_for(rf"\[pubd pid \d+\].*refused template '{out}' to tpl\.0: it resolves outside", after=mark)
-        self.site.wait_for(rf"\[tpl\.0 pid \d+\].*template error in {out}", after=mark)
+        for name in (out, visible):
+            self.site.wait_for(rf"\[tpl\.0 pid \d+\].*template error in {name}", after=mark)
 
     def test_missing_template_is_500_and_the_service_keeps_serving(self) -> None:
         before = pid_of(page(self.site, "page.html", x="1"))
@@ -176,7 +186,7 @@ class RenderTests(SynchronousTestCase):
         self.assertIn(b"<title>400 Bad Request</title>", data)
 
 
-class PublisherDownTests(SynchronousTestCase):
+class PublisherDownTests(E2ETestCase):
     """kill -9 the publisher: held templates still render, new ones 503 until it is back."""
 
     def test_kill_9_publisher(self) -> None:
@@ -185,7 +195,7 @@ class PublisherDownTests(SynchronousTestCase):
             "restart_delay_min = 4\nrestart_delay_max = 8\ntemplate_timeout = 1\nretry_after = 3\n",
             templates={"a.html": "held {{ n }}", "b.html": "fetched later", "errors/404.html": "site 404"},
         ).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.wait_for(r"\[dispatcher pid \d+\].*received 9 error pages")
         warm = page(site, "a.html", n="1")
         self.assertEqual(warm.body, b"held 1")

@@ -17,9 +17,9 @@ import ssl
 import subprocess
 import time
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
-from tests.e2e import Site, free_port, read_response, request_bytes
+from tests.e2e import E2ETestCase, Site, free_port, read_response, request_bytes
 
 SERVICES = """
 [service:echo]
@@ -73,7 +73,7 @@ def shared_site() -> tuple[Site, int]:
         site = Site(SERVICES, OKWS, listen="tcp:{port}:interface=127.0.0.1\n  ssl:%d:interface=127.0.0.1:privateKey=keys/key.pem:certKey=keys/cert.pem" % _tls_port)
         os.mkdir(os.path.join(site.dir, "keys"), 0o700)
         make_certificate(os.path.join(site.dir, "keys"))
-        atexit.register(site.kill)
+        atexit.register(site.close)
         _shared = site.start()
     return _shared, _tls_port
 
@@ -84,7 +84,7 @@ def client_context(site: Site) -> ssl.SSLContext:
     return ctx
 
 
-class CurlTests(SynchronousTestCase):
+class CurlTests(E2ETestCase):
     def setUp(self) -> None:
         if shutil.which("curl") is None:
             raise SkipTest("curl is not installed")
@@ -126,7 +126,7 @@ class CurlTests(SynchronousTestCase):
         self.assertIsNone(seen["tls"])
 
 
-class PythonClientTests(SynchronousTestCase):
+class PythonClientTests(E2ETestCase):
     def setUp(self) -> None:
         self.site, self.port = shared_site()
 
@@ -217,7 +217,7 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-class KeyIsolationTests(SynchronousTestCase):
+class KeyIsolationTests(E2ETestCase):
     """Only the TLS front can read the private key."""
 
     def setUp(self) -> None:
@@ -249,7 +249,7 @@ class KeyIsolationTests(SynchronousTestCase):
         self.assertEqual({n for n, v in seen.items() if v}, set())
 
 
-class ReloadTests(SynchronousTestCase):
+class ReloadTests(E2ETestCase):
     """okws-ctl reload: the TLS front is relaunched and serves the certificate now on disk."""
 
     def test_new_certificate_after_reload(self) -> None:
@@ -260,7 +260,7 @@ class ReloadTests(SynchronousTestCase):
         keys = os.path.join(site.dir, "keys")
         os.mkdir(keys, 0o700)
         make_certificate(keys, "first.example")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.start()
 
         def served_name() -> str:
@@ -312,7 +312,7 @@ def sni_site() -> tuple[Site, int]:
                 with open(os.path.join(certs, name)) as f:
                     text = f.read()
                 bundle.write(text[text.index("-----BEGIN CERTIFICATE-----"):])
-        atexit.register(site.kill)
+        atexit.register(site.close)
         _sni = (site.start(), port)
     return _sni
 
@@ -326,7 +326,7 @@ def served_subject(port: int, name: str | None) -> str:
     return out.stdout.decode().strip()
 
 
-class SNITests(SynchronousTestCase):
+class SNITests(E2ETestCase):
     """tls:PORT:path=DIR: the TLS front picks the certificate by the client's SNI name."""
 
     def setUp(self) -> None:

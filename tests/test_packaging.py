@@ -15,9 +15,7 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.e2e import REPO
+from tests.e2e import E2ETestCase, REPO
 
 INSTALL_TIMEOUT = 600
 
@@ -29,7 +27,7 @@ def _copy_checkout(dest: str) -> str:
     return src
 
 
-class PluginInstallTests(SynchronousTestCase):
+class PluginInstallTests(E2ETestCase):
     def _check(self, *install: str) -> tuple[str, str]:
         d = tempfile.mkdtemp(prefix="okws-install-")
         self.addCleanup(shutil.rmtree, d, True)
@@ -74,12 +72,14 @@ class PluginInstallTests(SynchronousTestCase):
         ini = os.path.join(src, "site.ini")
         with open(ini) as f:
             text = f.read().replace("tcp:8080:interface=127.0.0.1", f"tcp:{port}:interface=127.0.0.1")
+        # Its own jail root (as root), removed with the copy: concurrent runs never share one.
+        text = text.replace("[okws]\n", f"[okws]\njail_root = {os.path.join(src, 'jails')}\n", 1)
         with open(ini, "w") as f:
             f.write(text)
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         twistd = os.path.join(venv, "bin", "twistd")
         site = Site.launch([twistd, "-n", "--pidfile=", "okws", "--config", "site.ini"], src, port, env)
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.wait_for(r"site ready", 90)
         r = site.get("/hello?name=install")
         self.assertEqual(r.status, 200, site.log_text())

@@ -18,6 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
 from okws_twisted import ServiceResource, testing
+from okws_twisted.service.web import ServiceRequest, ServiceSite
 from okws_twisted.testing import RenderedResponse, render
 
 
@@ -40,6 +41,26 @@ class Echo(Resource):
         request.setHeader(b"x-echo", b"one")
         request.responseHeaders.addRawHeader(b"x-echo", b"two")
         return b"%s %s" % (request.method, request.uri)
+
+
+class Inspect(Resource):
+    """Records the classes serving its request and where the request body lives."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[type, type, type, str]] = []
+        self.bodies: list[bytes] = []
+
+    def render(self, request):
+        try:
+            where = os.readlink(f"/proc/self/fd/{request.content.fileno()}")
+        except (AttributeError, OSError):  # io.BytesIO has no file descriptor
+            where = "in memory"
+        self.seen.append((type(request), type(request.channel), type(request.site), where))
+        self.bodies.append(request.content.read())
+        return b"ok"
 
 
 class Never(Resource):
@@ -77,6 +98,22 @@ class RequestTests(SynchronousTestCase):
         """As in a served request, C{request.request_id} exists (services may show it)."""
         request, _ = self.request()
         self.assertEqual(request.request_id, "test-1")
+
+    def test_productionClasses(self) -> None:
+        """The request, channel and site are the ones a service process serves with."""
+        inspect = Inspect()
+        self.successResultOf(render(inspect))
+        self.assertEqual(inspect.seen, [(ServiceRequest, ServiceSite.protocol, ServiceSite, "in memory")])
+
+    def test_bodyOver100KB(self) -> None:
+        """A body of 100 KB and more lives in an anonymous memfd, as in a jailed service
+        (no temporary file: a jail has no /tmp), and reaches the resource whole."""
+        inspect = Inspect()
+        body = os.urandom(150_000)
+        response = self.successResultOf(render(inspect, method="POST", body=body))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(inspect.bodies, [body])
+        self.assertTrue(inspect.seen[0][3].startswith("/memfd:okws-request-body"), inspect.seen)
 
     def test_methodAndPathAsText(self) -> None:
         request, _ = self.request(method="PUT", path="/caf\u00e9/a b")

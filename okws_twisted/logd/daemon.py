@@ -24,6 +24,10 @@ every unacknowledged record, send them again.
 A sender that breaks its channel's rules (L{okws_twisted.wire.limits}), or
 whose channel goes away while the daemon runs, is reported to the launcher
 (``lost``), which relaunches it.
+
+One test hook (L{PAUSE_BEFORE_ACK}) makes the daemon stop between writing a
+batch and acknowledging it, so that the end-to-end tests can kill it at
+exactly that moment instead of by luck.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from typing import Any, Callable
 
 from twisted.internet.error import ConnectionLost
@@ -69,6 +74,12 @@ ERROR_LOG = "error.log"
 ACCESS_JSON = "access.json"
 #: Exit status of a daemon that could not write (the launcher relaunches it).
 WRITE_FAILED = 74
+#: Test hook (tests/test_e2e_logging.py): a file of this name in C{log_dir} when the daemon
+#: starts names a sender (``hello.0``).  The daemon removes the file; after writing that
+#: sender's next batch it says so on stderr and blocks for L{PAUSE_SECONDS} instead of
+#: acknowledging, so that a test can kill it between the write and the acknowledgement.
+PAUSE_BEFORE_ACK = ".okws-test-pause-before-ack"
+PAUSE_SECONDS = 60.0
 
 
 class LogWriter:
@@ -219,6 +230,8 @@ class LogDaemon:
         self._stopped = stopped
         self.stopping = False
         self.observer: OwnEvents | None = None
+        #: The sender named by the L{PAUSE_BEFORE_ACK} test hook, if any.
+        self.pause_before_ack: str | None = None
 
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
         if channel != logchannel.CHANNEL:
@@ -253,6 +266,14 @@ class LogDaemon:
             except ChannelError as e:
                 self._guarded(self.writer.own, "warn", f"bad log message from {link.sender.source}: {e}")
         if mark is not None and link.channel.connected:
+            if self.pause_before_ack is not None and self.pause_before_ack == link.sender.name:
+                self.pause_before_ack = None
+                print(
+                    f"okws log daemon: test hook: wrote {link.sender.name} up to record {mark}; "
+                    f"pausing {PAUSE_SECONDS:g}s before the acknowledgement",
+                    file=sys.stderr, flush=True,
+                )
+                time.sleep(PAUSE_SECONDS)
             link.channel.send(logchannel.ack_meta(mark))
 
     def _guarded(self, action: Callable[..., Any], *args: Any) -> Any:
@@ -345,6 +366,13 @@ def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Ca
     writer = LogWriter(site, me, reactor, current_run=me.run)
     writer.start()
     daemon = LogDaemon(reactor, writer, stopped)
+    hook = os.path.join(site.log_dir, PAUSE_BEFORE_ACK)
+    try:
+        with open(hook, encoding="utf-8") as f:
+            daemon.pause_before_ack = f.read(256).strip()
+        os.unlink(hook)
+    except FileNotFoundError:
+        pass
     daemon.observer = OwnEvents(daemon)
     globalLogPublisher.addObserver(daemon.observer)
     return daemon

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from twisted.web import http, server
 from twisted.web.resource import IResource, NoResource, Resource
 
+from okws_twisted.interfaces import ITemplates
 from okws_twisted.service.budget import BodyFiles
-from okws_twisted.service.templateclient import PublisherClient
 from okws_twisted.wire.handoff import tls_summary
 from okws_twisted.wire.httpframe import (
     RequestHead,
@@ -151,15 +151,17 @@ class ServiceChannel(http.HTTPChannel):
 class ServiceSite(server.Site):
     """The twisted.web site of one service instance.
 
-    @ivar templates: what its resources render templates with (the
-        publisher's, through L{PublisherClient}).
+    @ivar templates: what its resources render templates with (an
+        L{ITemplates}: the publisher's, through
+        L{okws_twisted.service.templateclient.PublisherClient}; in
+        L{okws_twisted.testing}, the test's own).
     """
 
     requestFactory = ServiceRequest
     protocol = ServiceChannel
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, templates: PublisherClient | None = None, reactor: Any = None) -> None:
+    def __init__(self, resource: IResource, templates: ITemplates | None = None, reactor: Any = None) -> None:
         super().__init__(resource, reactor=reactor)
         self.templates = templates
 

@@ -19,7 +19,7 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from twisted.python.failure import Failure
 
 from okws_twisted.launcher.children import ChildProcess, ChildSlot, exit_status
-from okws_twisted.launcher.site import LINKS, LOST_GRACE, Launcher
+from okws_twisted.launcher.site import LOST_GRACE, Launcher
 from okws_twisted.wire import control, limits, logchannel
 from okws_twisted.wire.channel import Message, read_one_blocking, socketpair
 
@@ -51,12 +51,83 @@ class ExitStatusTests(SynchronousTestCase):
         self.assertEqual(exit_status(error.ProcessTerminated(signal=9)), "signal 9")
 
 
+class ReadyProcess:
+    """A ready child process as the launcher sees it; what the launcher sends it is kept."""
+
+    state = "ready"
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, meta: dict[str, Any], fds: Any = (), payload: bytes = b"") -> bool:
+        for fd in fds:
+            os.close(os.dup(fd))  # the fd is real and open when sent
+        self.sent.append(meta)
+        return True
+
+    def log_peers(self) -> list[tuple[str, int]]:
+        """The (name, pid) of each log channel this process was given."""
+        return sorted((m["name"], m["pid"]) for m in self.sent if m.get("k") == "peer" and m["channel"] == logchannel.CHANNEL)
+
+
 class LogWiringTests(SynchronousTestCase):
+    """The launcher gives every child a log channel to the log daemon, whatever the order they become ready in."""
+
+    def setUp(self) -> None:
+        reactor = Reactor()
+        config = SiteConfig(
+            file="site.ini", base_dir="/srv", log_dir="/srv/logs", templates="/srv/templates",
+            services=(ServiceConfig(name="hello", resource="a:B", paths=("/hello",), instances=2),
+                      ServiceConfig(name="form", resource="a:C", paths=("/form",))),
+        )
+        self.launch = Launcher(config, [], reactor=reactor)
+        self.addCleanup(lambda: self.launch.log_channel and self.launch.log_channel.close())
+        self.pids = {slot.name: 100 + i for i, slot in enumerate(self.launch.children)}
+        self.procs: dict[str, ReadyProcess] = {}
+
+    def ready(self, name: str, pid: int | None = None) -> ReadyProcess:
+        slot = next(c for c in self.launch.children if c.name == name)
+        proc = self.procs[name] = ReadyProcess(pid or self.pids[name])
+        slot.current = proc  # type: ignore[assignment]
+        self.launch.child_ready(slot, proc)  # type: ignore[arg-type]
+        return proc
+
+    def assertEveryChildLogs(self) -> None:
+        logging = {name: pid for name, pid in self.pids.items() if name != "logd"}
+        self.assertEqual(
+            self.procs["logd"].log_peers(), sorted([("launcher", os.getpid()), *logging.items()])
+        )
+        for name in logging:
+            self.assertEqual(self.procs[name].log_peers(), [("logd", self.pids["logd"])], name)
+
     def test_everyChildLogs(self) -> None:
-        """The log daemon gets a channel from the dispatcher and from every service instance."""
-        self.assertIn(("log", "logd", "dispatcher"), LINKS)
-        self.assertIn(("log", "logd", "service"), LINKS)
-        self.assertEqual(LINKS[0][0], "handoff")  # wired first: tests wait on its log line
+        """The log daemon ready first: each child is wired to it as it becomes ready."""
+        for slot in self.launch.children:
+            self.ready(slot.name)
+        self.assertEqual(set(self.pids), {"logd", "pubd", "dispatcher", "hello.0", "hello.1", "form.0"})
+        self.assertEveryChildLogs()
+
+    def test_logdReadyLast(self) -> None:
+        """The log daemon ready after the others (relaunched, say): it is wired to every one of them."""
+        for slot in reversed(self.launch.children):
+            self.ready(slot.name)
+        self.assertEveryChildLogs()
+
+    def test_handoffWiredFirst(self) -> None:
+        """A service instance hears of the dispatcher before anything else (e2e tests wait on that line)."""
+        for slot in self.launch.children:
+            self.ready(slot.name)
+        first = next(m for m in self.procs["hello.0"].sent if m.get("k") == "peer")
+        self.assertEqual((first["channel"], first["name"]), ("handoff", "dispatcher"))
+
+    def test_relaunchedChildWiredAgain(self) -> None:
+        for slot in self.launch.children:
+            self.ready(slot.name)
+        logd = self.procs["logd"]
+        self.ready("hello.1", pid=999)
+        self.assertIn(("hello.1", 999), logd.log_peers())
+        self.assertEqual(self.procs["hello.1"].log_peers(), [("logd", self.pids["logd"])])
 
     def test_logdFirst(self) -> None:
         launch, _ = launcher()

@@ -8,11 +8,13 @@ end in L{tests.test_e2e_core}, the hostile cases in L{tests.test_e2e_walls}.
 from __future__ import annotations
 
 import array
+import io
 import socket
 
 from twisted.internet.address import IPv4Address
 
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyChannel
@@ -63,8 +65,17 @@ class AccessRecordTests(SynchronousTestCase):
         self.assertEqual([r["status"] for r in self.records()], [404])
 
     def test_noClient(self) -> None:
+        """No log client (not wired yet, or okws_twisted.testing): nothing is recorded, and nothing is
+        written twisted.web's way either (a service process writes no log of its own)."""
+        earlier = self.site.records
         self.site.records = None
-        self.site.log(self.request)  # nothing to do, nothing raised
+        self.site._logFile = io.StringIO()  # where twisted.web's Site.log would write
+        self.request.code, self.request.sentLength = 500, 3
+        with capturedLogs() as events:
+            self.site.log(self.request)
+        self.assertEqual(self.site._logFile.getvalue(), "")
+        self.assertEqual(list(events), [])
+        self.assertEqual(earlier.buffer.pending, [])  # type: ignore[union-attr]
 
 
 SITE = "[okws]\n[service:hello]\nresource = services.hello:Hello\npaths = /hello\n"

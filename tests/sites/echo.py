@@ -1,5 +1,6 @@
 """A service that reports what the service process sees of the request."""
 
+import hashlib
 import json
 import os
 
@@ -25,3 +26,10 @@ class Echo(ServiceResource):
                 "pid": int(os.environ.get("OKWS_PID", os.getpid())),
             }
         ).encode()
+
+    def render_POST(self, request):
+        """The body as the service process got it: its length and digest."""
+        body = request.content.read()
+        request.setHeader(b"x-okws-pid", str(os.getpid()).encode())
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"length": len(body), "sha256": hashlib.sha256(body).hexdigest(), "pid": os.getpid()}).encode()
