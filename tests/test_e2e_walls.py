@@ -27,9 +27,8 @@ import time
 import urllib.parse
 from typing import Callable
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import Site, free_port, read_response, request_bytes
+from tests.e2e import E2ETestCase, Site, free_port, read_response, request_bytes
 
 IS_ROOT = os.geteuid() == 0
 
@@ -111,15 +110,14 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-class WallsTestCase(SynchronousTestCase):
+class WallsTestCase(E2ETestCase):
     if not IS_ROOT:
         skip = "needs root: the hostile service must run jailed, as in production"
 
     def start(self, services: str = SERVICES, okws: str = OKWS) -> Site:
         self.admin_port = free_port()
-        self.jail_root = os.path.join("/var/lib/okws-test", os.urandom(4).hex())
-        site = Site(services, okws + f"admin = tcp:{self.admin_port}\njail_root = {self.jail_root}\n").start()
-        self.addCleanup(site.kill)
+        site = Site(services, okws + f"admin = tcp:{self.admin_port}\n").start()
+        self.addCleanup(site.close)
         self.site = site
         return site
 

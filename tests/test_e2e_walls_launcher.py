@@ -25,9 +25,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import Site, process_exists, request_bytes
+from tests.e2e import E2ETestCase, Site, process_exists, request_bytes
 
 IS_ROOT = os.geteuid() == 0
 
@@ -56,7 +55,6 @@ DRAIN, KILL = 2.0, 1.0
 
 def okws(**extra: Any) -> str:
     lines = {
-        "jail_root": os.path.join("/var/lib/okws-test", os.urandom(4).hex()),
         "restart_delay_min": "0.2",
         "heartbeat_interval": "1",
         "drain_timeout": str(DRAIN),
@@ -124,10 +122,11 @@ def child_status(site: Site, name: str) -> dict[str, Any]:
     return next(c for c in ctl_status(site)["children"] if c["name"] == name)
 
 
-def start(case: SynchronousTestCase, okws_text: str | None = None) -> Site:
+def start(case: E2ETestCase, okws_text: str | None = None) -> Site:
     """A site of the test's own, stopped (SIGTERM: it removes its cgroups) when the test ends."""
     site = Site(SERVICES, okws_text or okws()).start()
-    case.addCleanup(site.stop)
+    case.addCleanup(site.close)
+    case.addCleanup(site.stop)  # first (clean-ups run last in, first out): SIGTERM removes its cgroups
     return site
 
 
@@ -139,11 +138,12 @@ def shared_site() -> Site:
     global _shared
     if _shared is None:
         _shared = Site(SERVICES, okws()).start()
-        atexit.register(_shared.stop)
+        atexit.register(_shared.close)
+        atexit.register(_shared.stop)  # first: SIGTERM removes its cgroups
     return _shared
 
 
-class RootOnly(SynchronousTestCase):
+class RootOnly(E2ETestCase):
     if not IS_ROOT:
         skip = "needs root: the launcher jails, namespaces and limits children only as root"
 
