@@ -38,7 +38,7 @@ from okws_twisted.launcher.output import LINE_MAX, RATE, OutputLimiter
 from okws_twisted.launcher.pidns import PidNamespaceError
 from okws_twisted.launcher.supervision import Backoff, CrashBudget, Heartbeat
 from okws_twisted.wire import control
-from okws_twisted.wire.channel import Message, MessageChannel, socketpair
+from okws_twisted.wire.channel import ChannelViolation, Message, MessageChannel, socketpair
 from okws_twisted.wire.limits import CONTROL_LAUNCHER
 
 if TYPE_CHECKING:
@@ -235,6 +235,18 @@ class ChildProcess(ProcessProtocol):
             return False
         return True
 
+    def control_lost(self, reason: Failure) -> None:
+        """The control channel is gone.  A child that broke its rules (garbage, a message over the
+        channel's limits) is killed at once and relaunched like any crash; one that closed it is
+        exiting, and its exit says the rest."""
+        if isinstance(reason.value, ChannelViolation) and self.state != "exited":
+            self.killed_because = f"its control channel broke the rules ({reason.getErrorMessage()})"
+            self.slot.launcher.note(
+                LogLevel.warn, "{child} pid {pid} broke the rules of its control channel ({why}); killing it",
+                child=self.slot.name, pid=self.pid, why=reason.getErrorMessage(),
+            )
+            self.signal(signal.SIGKILL)
+
     def signal(self, signum: int) -> None:
         """Signal exactly this process (never a name, never a group)."""
         if self.state != "exited" and self.transport is not None:
@@ -400,7 +412,7 @@ class ChildSlot:
                               child=self.name, pid=proc.pid, error=e.strerror or e)
                 proc.killed_because = "it could not be put in its cgroup"
                 proc.signal(signal.SIGKILL)
-        proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}", limits=CONTROL_LAUNCHER)
+        proc.ctl = MessageChannel(reactor, parent, proc.control_received, proc.control_lost, name=f"control:{self.name}", limits=CONTROL_LAUNCHER)
         proc.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
         self.launches += 1
         if self.current is None:
