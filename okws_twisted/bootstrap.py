@@ -27,6 +27,8 @@ import sys
 from typing import Any, NoReturn
 
 CONFIG_TIMEOUT = 30.0
+#: Every child's umask, whatever the launcher's (docs/security.md).
+CHILD_UMASK = 0o027
 
 #: Each role's C{start_role}, imported only in a child of that role (the
 #: dispatcher never imports service code, jinja2 or the author API).
@@ -78,6 +80,9 @@ def main(argv: list[str]) -> NoReturn:
     from okws_twisted.wire import control
     from okws_twisted.wire.channel import Message, MessageChannel, read_one_blocking
 
+    # Children never inherit the launcher's umask (twistd's daemon default is
+    # 077): what a child creates is the owner's and its group's, at most.
+    os.umask(CHILD_UMASK)
     role = argv[1] if len(argv) > 1 else ""
     ctl_sock = socket.socket(fileno=control.CONTROL_FD)
     first = read_one_blocking(ctl_sock, CONFIG_TIMEOUT)

@@ -22,7 +22,7 @@ import sys
 from typing import Iterable
 
 from okws_twisted.config import ServiceConfig, SiteConfig
-from okws_twisted.jail import Bind, JailSpec
+from okws_twisted.jail import Bind, JailSpec, make_dirs
 
 __all__ = ["Bind", "JailSpec", "UidPlan", "jail_for", "service_binds", "role_binds", "python_binds"]
 
@@ -186,7 +186,7 @@ def grant_read(root: str, gid: int) -> None:
 
 def prepare_jail_root(site: SiteConfig) -> None:
     """The jail root: owned by root, not writable by anyone else."""
-    os.makedirs(site.jail_root, mode=0o755, exist_ok=True)
+    make_dirs(site.jail_root)
     os.chown(site.jail_root, 0, 0)
     os.chmod(site.jail_root, 0o755)
 
@@ -194,8 +194,8 @@ def prepare_jail_root(site: SiteConfig) -> None:
 def prepare_scratch(site: SiteConfig, service: ServiceConfig, uid: int, gid: int) -> str:
     """A service's opt-in writable directory, owned by it alone."""
     path = scratch_dir(site, service)
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    make_dirs(os.path.dirname(path))
+    make_dirs(path, 0o700)
     os.chown(path, uid, gid)
     os.chmod(path, 0o700)
     return path

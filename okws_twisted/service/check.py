@@ -15,6 +15,7 @@ prints one line per problem, and exits 1 if there was any.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 
@@ -41,6 +42,9 @@ def problems(site: SiteConfig) -> list[str]:
 
 
 def main() -> int:
+    from okws_twisted.bootstrap import CHILD_UMASK
+
+    os.umask(CHILD_UMASK)
     document = json.loads(sys.stdin.read())
     site = SiteConfig.from_json(document["site"])
     if document.get("jail") is not None:
