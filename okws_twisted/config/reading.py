@@ -192,6 +192,12 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             raise fail("okws", "proxy_trusted", str(e)) from None
         site["proxy_trusted"] = trusted
 
+    if "server_header" in okws:
+        # Written as is: "server_header =" (nothing) sends no Server field.
+        site["server_header"] = okws["server_header"].strip()
+    if "health" in okws:
+        site["health"] = okws["health"].strip()
+
     services = []
     for section in parser.sections():
         if section.startswith(_SERVICE_PREFIX):

@@ -62,15 +62,19 @@ class AdminConnection:
         self._finish()
         data = body.encode("utf-8")
         headers = (
-            f"HTTP/1.1 {status} {phrase(status)}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-        ).encode("latin-1")
+            f"HTTP/1.1 {status} {phrase(status)}\r\n".encode("latin-1")
+            + self._dispatcher.stamp.fields()
+            + (
+                f"Content-Type: {content_type}\r\n"
+                f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+            ).encode("latin-1")
+        )
         self.transport.write(headers if head_only else headers + data)
         self.transport.close_lingering()
 
     def _error(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._finish()
-        self.transport.write(error_response(status, message, extra_headers=headers))
+        self.transport.write(error_response(status, message, extra_headers=headers, fields=self._dispatcher.stamp.fields()))
         self.transport.close_lingering()
 
     def _finish(self) -> None:

@@ -41,6 +41,7 @@ from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
 from okws_twisted.wire.httpframe import Limits
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import RouteTable
+from okws_twisted.wire.stamp import ResponseStamp
 from okws_twisted.wire.transport import transport_for
 
 #: At most this much of an unparsable request line goes to the access log.
@@ -65,6 +66,7 @@ class Dispatcher:
     ):
         self.reactor = reactor
         self.config = config
+        self.stamp = ResponseStamp(reactor, config.server_header)
         self.records = records
         self.request_ids = RequestIds()
         self.routes = RouteTable.from_config(config)
@@ -317,6 +319,7 @@ class Dispatcher:
     def update_config(self, site: SiteConfig) -> None:
         """Reloaded: new routes, limits and pools; existing instance links stay."""
         self.config = site
+        self.stamp = ResponseStamp(self.reactor, site.server_header)
         self.routes = RouteTable.from_config(site)
         self.proxy_trusted = trusted_networks(site.proxy_trusted)
         self.limits = Limits(max_request_line=site.max_request_line, max_head=site.max_head, max_headers=site.max_headers)

@@ -45,6 +45,7 @@ from okws_twisted.wire.httpframe import (
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import RouteTable
+from okws_twisted.wire.stamp import ResponseStamp
 from okws_twisted.wire.transport import transport_for
 
 MAX_WAITING_HANDBACKS = 1024
@@ -83,6 +84,7 @@ class ServiceRuntime:
         self.templates = PublisherClient(reactor, site_config.template_timeout, site_config.retry_after)
         self.root = MountRoot(resource, service.paths)
         self.site = ServiceSite(self.root, self.templates, reactor=reactor)
+        self.site.stamp = self.stamp = ResponseStamp(reactor, site_config.server_header)
         self.site.records = records
         self.site.access_records = site_config.access_log or site_config.access_log_json
         self.site.request_ids = RequestIds()
@@ -213,7 +215,8 @@ class ServiceRuntime:
             sock.settimeout(1.0)
             try:
                 sock.sendall(error_response(
-                        503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after
+                        503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after,
+                        fields=self.stamp.fields(),
                     ))
             except OSError:
                 pass
@@ -286,6 +289,7 @@ class ServiceRuntime:
     def update_config(self, site: SiteConfig) -> None:
         """Reloaded: new routes (what this service owns) and limits for new connections."""
         self.config = site
+        self.site.stamp = self.stamp = ResponseStamp(self.reactor, site.server_header)
         self.routes = RouteTable.from_config(site)
         self.service = next((s for s in site.services if s.name == self.service.name), self.service)
         self.root.mount_at(self.service.paths)
