@@ -290,8 +290,9 @@ class Launcher(Service):
             return
         services: dict[str, dict[str, Any]] = {}
         for slot in self.instances:
-            entry = services.setdefault(slot.service or "", {"failed": True, "restarts": 0, "crashes": 0})
+            entry = services.setdefault(slot.service or "", {"failed": True, "dormant": True, "restarts": 0, "crashes": 0})
             entry["failed"] = entry["failed"] and slot.failed
+            entry["dormant"] = entry["dormant"] and slot.dormant
             entry["restarts"] += max(0, slot.launches - 1)
             entry["crashes"] += slot.crashes
         proc.send({"k": control.STATUS, "services": services})

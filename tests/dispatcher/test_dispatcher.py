@@ -726,6 +726,52 @@ class KeepAliveTests(DispatcherTestCase):
         self.assertAnswered(client, 404)
 
 
+class HealthTests(DispatcherTestCase):
+    """C{/health}: C{[okws] health = all} (every service) or C{any}; never healthy while draining."""
+
+    def status(self, **services: dict) -> None:
+        self.dispatcher.control("status", {"services": services})
+
+    def test_all(self) -> None:
+        self.assertEqual(self.dispatcher.health(), (503, "unhealthy\nstarting: form\nstarting: hello"))
+        self.instance("hello")
+        self.instance("form")
+        self.assertEqual(self.dispatcher.health(), (200, "ok"))
+
+    def test_failedServiceUnderAll(self) -> None:
+        """
+        A service whose crash budget is spent makes the host unhealthy.
+        (Fails while health ignores failed services: 200 with a service that 503s.)
+        """
+        self.instance("hello")
+        self.status(form={"failed": True})
+        self.assertEqual(self.dispatcher.health(), (503, "unhealthy\nfailed: form"))
+
+    def test_any(self) -> None:
+        self.configure(health="any")
+        self.status(form={"failed": True})
+        self.assertEqual(self.dispatcher.health()[0], 503)
+        self.instance("hello")
+        self.assertEqual(self.dispatcher.health(), (200, "ok\nfailed: form"))
+
+    def test_lazyNotStartedIsHealthy(self) -> None:
+        self.instance("hello")
+        self.status(form={"dormant": True})
+        self.assertEqual(self.dispatcher.health(), (200, "ok"))
+
+    def test_retiringInstanceIsNotReady(self) -> None:
+        link, _ = self.instance("hello")
+        self.instance("form", pid=200)
+        self.dispatcher.retire(link.pid)
+        self.assertEqual(self.dispatcher.health(), (503, "unhealthy\nstarting: hello"))
+
+    def test_draining(self) -> None:
+        self.configure(health="any")
+        self.instance("hello")
+        self.dispatcher.drain()
+        self.assertEqual(self.dispatcher.health(), (503, "draining"))
+
+
 class StampTests(DispatcherTestCase):
     """Every answer the dispatcher writes carries one Date (formatted once a second) and the site's Server."""
 
