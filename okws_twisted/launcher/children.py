@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 #: How many of a child's last output lines go with the error-log record of its crash.
 OUTPUT_TAIL = 20
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 
 def exit_status(reason: object) -> str:
@@ -95,8 +96,14 @@ class ChildProcess(ProcessProtocol):
 
     def _emit(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
-        self.tail.append(text)
-        self.log.info("[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=text)
+        # A child's log lines are "LEVEL text" (okws_twisted.bootstrap.bare_lines);
+        # anything else it writes (a crash's traceback, a print) is info.
+        word, _, rest = text.partition(" ")
+        level = _LEVELS.get(word)
+        if level is None:
+            level, rest = LogLevel.info, text
+        self.tail.append(rest)
+        self.log.emit(level, "[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=rest)
 
     def processEnded(self, reason: Failure) -> None:
         for fd in (1, 2):

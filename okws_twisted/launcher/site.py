@@ -312,7 +312,7 @@ class Launcher(Service):
         """Gracefully relaunch every instance of C{service} (C{None}: all services)."""
         slots = [s for s in self.instances if service is None or s.service == service]
         if service is not None and not slots:
-            raise KeyError(f"no service named {service!r}")
+            raise LookupError(f"no service named {service!r}")
         return [slot.name for slot in slots if slot.relaunch("operator request")]
 
     def rotate_logs(self) -> dict[str, Any]:
@@ -329,7 +329,7 @@ class Launcher(Service):
         restart and are refused.
         """
         from okws_twisted.config import ConfigError, load
-        from okws_twisted.launcher.resourcecheck import check_resources_async
+        from okws_twisted.launcher.resourcecheck import check_resources_async, summaries
 
         if self.stopping:
             raise ValueError("the site is stopping")
@@ -343,12 +343,19 @@ class Launcher(Service):
             raise ValueError(f"{new.file}: [okws] control_socket: changing it needs a restart")
         problems = yield check_resources_async(new, self.reactor)
         if problems:
-            raise ValueError("; ".join(problems))
+            for problem in problems:
+                if "\n" in problem:
+                    # The traceback of an import failure, for the logs; the refusal says where.
+                    self.note(LogLevel.error, "{problem}", problem=summaries([problem])[0], traceback=problem)
+            raise ValueError("; ".join(summaries(problems)))
         result = self.apply(new)
         if self.tls is not None and self.tls.relaunch("reload: reading the certificates again"):
             result["relaunched"] = [self.tls.name]
-        self.log.info("reloaded {file}: {result}", file=new.file, result=result)
-        return result
+        from okws_twisted.ctl import format_reload
+
+        answer: dict[str, Any] = {"file": new.file, **result}
+        self.log.info("{text}", text=format_reload(answer))
+        return answer
 
     def apply(self, new: SiteConfig) -> dict[str, list[str]]:
         old = self.config

@@ -308,6 +308,7 @@ class ServiceResource(Resource):
                 message=problem.message,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
             )
         elif isinstance(problem, TemplateFailure):
             self.log.failure(
@@ -320,6 +321,7 @@ class ServiceResource(Resource):
                 message=problem.message,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
             )
         else:
             self.log.failure(
@@ -327,6 +329,7 @@ class ServiceResource(Resource):
                 failure=reason,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
             )
         if clientGone or request.finished:
             return
@@ -372,6 +375,12 @@ def _discardResponse(request: IRequest) -> None:
     request.cookies = []
     request.etag = None
     request.lastModified = None
+
+
+def _requestId(request: IRequest) -> str | None:
+    """okws's id of C{request} (as in its access record), if it has one."""
+    rid = getattr(request, "request_id", None)
+    return rid if isinstance(rid, str) else None
 
 
 def _text(raw: bytes) -> str:

@@ -190,6 +190,8 @@ class ServiceSite(server.Site):
     requestFactory = ServiceRequest
     protocol = ServiceChannel
     displayTracebacks = False
+    #: No "Starting factory <...ServiceSite object at 0x...>" in the log per process.
+    noisy = False
 
     def __init__(self, resource: IResource, templates: PublisherClient | None = None, reactor: Any = None) -> None:
         super().__init__(resource, reactor=reactor)
