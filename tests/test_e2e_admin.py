@@ -8,6 +8,8 @@ Real processes and HTTP over loopback (see L{tests.e2e}).
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import time
 
@@ -67,3 +69,59 @@ class HealthTests(SynchronousTestCase):
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         r = admin_get(admin, "/health")
         self.assertEqual((r.status, r.body), (200, b"ok\nfailed: crashy\n"))
+
+
+SAMPLE = re.compile(r'^(\w+)\{role="(\w*)",service="([\w-]*)",instance="(\d*)"\} (\S+)$')
+
+
+class ProcessMetricsTests(SynchronousTestCase):
+    def test_every_process(self) -> None:
+        """
+        C{/metrics} has each process's memory, CPU and open files, as the kernel
+        sees them, and the build; the launcher samples them (children are not
+        dumpable: only it may read their /proc).
+        """
+        admin = free_port()
+        site = Site(SERVICES, f"admin = tcp:{admin}\nheartbeat_interval = 0.5\n")
+        self.addCleanup(site.kill)
+        site.start()
+        pids = site.pids()
+        deadline = time.monotonic() + 20
+        while True:
+            text = admin_get(admin, "/metrics").body.decode()
+            samples: dict[tuple[str, str, str, str], float] = {}
+            for line in text.splitlines():
+                m = SAMPLE.match(line)
+                if m:
+                    samples[m.group(1, 2, 3, 4)] = float(m.group(5))
+            rss = {k[1:]: v for k, v in samples.items() if k[0] == "process_resident_memory_bytes"}
+            if len(rss) >= len(pids) + 1:
+                break
+            self.assertLess(time.monotonic(), deadline, f"not every process in /metrics yet:\n{text}")
+            time.sleep(0.1)  # the launcher samples once a heartbeat
+        names = {("launcher", "", ""), ("logd", "", ""), ("pubd", "", ""), ("dispatcher", "", ""),
+                 ("service", "hello", "0"), ("service", "crashy", "0")}
+        self.assertEqual(set(rss), names)
+        pid_of = {("logd", "", ""): pids["logd"], ("dispatcher", "", ""): pids["dispatcher"],
+                  ("service", "hello", "0"): pids["hello.0"], ("launcher", "", ""): site.proc.pid}  # type: ignore[union-attr]
+        for key, pid in pid_of.items():
+            with open(f"/proc/{pid}/statm") as f:
+                kernel_rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            self.assertGreater(rss[key], 1_000_000, key)
+            self.assertLess(abs(rss[key] - kernel_rss) / kernel_rss, 0.5, key)
+        fds = {k[1:]: v for k, v in samples.items() if k[0] == "process_open_fds"}
+        # The dispatcher: its listener, the admin listener, control and channels at least.
+        self.assertGreaterEqual(fds[("dispatcher", "", "")], 4)
+        # What the kernel says, once a sample was taken after the site settled.
+        deadline = time.monotonic() + 20
+        while True:
+            kernel_fds = len(os.listdir(f"/proc/{pids['dispatcher']}/fd"))
+            line = f'process_open_fds{{role="dispatcher",service="",instance=""}} {kernel_fds}'
+            if line in admin_get(admin, "/metrics").body.decode().splitlines():
+                break
+            self.assertLess(time.monotonic(), deadline, f"the dispatcher's fds never matched the kernel's {kernel_fds}")
+            time.sleep(0.1)
+        cpu = {k[1:]: v for k, v in samples.items() if k[0] == "process_cpu_seconds_total"}
+        self.assertGreater(cpu[("launcher", "", "")], 0)
+        self.assertIn("# TYPE process_cpu_seconds_total counter", text)
+        self.assertRegex(text, r'\nokws_build_info\{version="0\.1\.0",twisted="[\d.]+\w*",python="3\.[\d.]+"\} 1\n')

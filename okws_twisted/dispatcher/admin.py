@@ -179,4 +179,16 @@ def exposition(dispatcher: "Dispatcher") -> str:
         "dispatcher_accepting": int(not dispatcher.accepting_paused and not dispatcher.draining),
         "handoff_failures_total": dispatcher.handoff_failures,
     }
-    return render(sorted(names | set(dispatcher.own_counts)), requests, gauges, counters, site)
+    return render(sorted(names | set(dispatcher.own_counts)), requests, gauges, counters, site,
+                  processes=dispatcher.process_samples, build=build_info())
+
+
+def build_info() -> dict[str, str]:
+    """The labels of C{okws_build_info}."""
+    import platform
+
+    import twisted
+
+    import okws_twisted
+
+    return {"version": okws_twisted.__version__, "twisted": twisted.__version__, "python": platform.python_version()}

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from okws_twisted.config import SiteConfig, is_trusted, trusted_networks
 from okws_twisted.dispatcher.accept import Acceptor, HeadConnection
 from okws_twisted.dispatcher.admin import AdminListener, exposition, health
-from okws_twisted.dispatcher.metrics import ServiceTotals
+from okws_twisted.dispatcher.metrics import ProcessMetrics, ServiceTotals, process_samples
 from okws_twisted.dispatcher.pool import InstanceLink, ServicePool
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.wire import handoff, templatechannel
@@ -90,6 +90,8 @@ class Dispatcher:
         self.own_counts: dict[str, RequestCounts] = {}
         self.service_totals: dict[str, ServiceTotals] = {}
         self.launcher_view: dict[str, dict[str, Any]] = {}
+        #: Every process's memory, CPU and open files, as the launcher last sampled them.
+        self.process_samples: list[ProcessMetrics] = []
         self.admin: AdminListener | None = None
         self.pages: ErrorPages = NO_PAGES
         self.publisher: MessageChannel | None = None
@@ -346,6 +348,7 @@ class Dispatcher:
             self.retire(int(meta["pid"]))
         elif kind == "status":
             self.launcher_view = {k: v for k, v in dict(meta.get("services", {})).items() if isinstance(v, dict)}
+            self.process_samples = process_samples(meta.get("processes"))
             for name, info in dict(meta.get("services", {})).items():
                 pool = self.pools.get(name)
                 if pool is not None and isinstance(info, dict):

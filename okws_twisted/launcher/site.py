@@ -99,6 +99,8 @@ class Launcher(Service):
         self._site_ready = False
         self.jailed = os.geteuid() == 0
         self._uids: Any = None
+        #: The last sample of every process (L{_sample_processes}), passed to the dispatcher.
+        self.process_samples: list[dict[str, object]] = []
         self._watchdog = LoopingCall(self._tick)
         self._watchdog.clock = reactor
         self.control_port: Any = None
@@ -178,7 +180,26 @@ class Launcher(Service):
         now = self.reactor.seconds()
         for slot in self.children:
             slot.tick(now)
+        self._sample_processes()
         self._push_status()
+
+    def _sample_processes(self) -> None:
+        """Each current process's memory, CPU and open files (and the launcher's own), for /metrics."""
+        from okws_twisted.launcher.procstats import sample
+
+        samples = []
+        me = sample(os.getpid())
+        if me is not None:
+            samples.append(me.to_json("launcher", "", ""))
+        for slot in self.children:
+            proc = slot.current
+            if proc is None or proc.pid is None:
+                continue
+            found = sample(proc.pid)
+            if found is not None:
+                instance = str(slot.index) if slot.role == "service" else ""
+                samples.append(found.to_json(slot.role, slot.service or "", instance))
+        self.process_samples = samples
 
     # -- logging
 
@@ -295,7 +316,7 @@ class Launcher(Service):
             entry["dormant"] = entry["dormant"] and slot.dormant
             entry["restarts"] += max(0, slot.launches - 1)
             entry["crashes"] += slot.crashes
-        proc.send({"k": control.STATUS, "services": services})
+        proc.send({"k": control.STATUS, "services": services, "processes": self.process_samples})
 
     # -- operator commands (okws-ctl)
 
