@@ -154,7 +154,7 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             # The admin listener serves metrics: loopback unless asked otherwise.
             admin = dataclasses.replace(admin, interface="127.0.0.1")
         for listener in listeners:
-            if listener.kind == admin.kind and listener.port == admin.port and listener.path == admin.path:
+            if listener._binds() == admin._binds():
                 raise fail("okws", "admin", f"{description!r} is also a public listener ({listener.description}); "
                            "the admin listener must be separate")
         site["admin"] = admin
