@@ -272,11 +272,24 @@ class _Loop:
         import threading
 
         self.port = port
-        self.ok = 0
         self.failures: list[str] = []
         self.served_by: list[str] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(keep,), daemon=True) for keep in (False, True, False)]
+
+    @property
+    def ok(self) -> int:
+        return len(self.served_by)
+
+    def wait(self, count: int, timeout: float = 60) -> None:
+        """Until C{count} requests have succeeded (bounded; a failure shows in the assertion after)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.ok < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {self.ok} requests succeeded within {timeout}s; failures: {self.failures[:5]}")
+            time.sleep(0.05)
 
     def __enter__(self) -> "_Loop":
         for t in self._threads:
@@ -302,7 +315,6 @@ class _Loop:
                 r = conn.getresponse()
                 r.read()
                 if r.status == 200:
-                    self.ok += 1
                     self.served_by.append(r.getheader("X-Okws-Pid") or "")
                 else:
                     self.failures.append(f"{r.status} {r.reason}")
@@ -391,8 +403,7 @@ class FleetTests(SynchronousTestCase):
         for site in (a, b):
             site.wait_for_log("access.log", lambda t: t.startswith("127.0.0.1 ") and "/hello" in t)
         with _Loop(front) as loop:
-            while loop.ok < 200:
-                time.sleep(0.05)
+            loop.wait(200)
             from tests.test_e2e_operations import ctl
 
             p = ctl(a, "stop")
@@ -400,8 +411,7 @@ class FleetTests(SynchronousTestCase):
             assert a.proc is not None
             a.proc.wait(60)
             stopped_at = len(loop.served_by)
-            while len(loop.served_by) < stopped_at + 200:
-                time.sleep(0.05)
+            loop.wait(stopped_at + 200)
         self.assertEqual(loop.failures, [], f"{len(loop.failures)} failed of {loop.ok + len(loop.failures)}")
         self.assertEqual(set(loop.served_by[stopped_at:]), {pids_b}, "after the stop only site b serves")
         self.assertIn(pids_a, loop.served_by[:stopped_at])
