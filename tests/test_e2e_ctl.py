@@ -8,6 +8,7 @@ Real processes (see L{tests.e2e}); okws-ctl is run as a command, as an operator 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -50,14 +51,12 @@ class CtlTests(SynchronousTestCase):
     @classmethod
     def live(cls) -> Site:
         if cls.site is None:
-            cls.site = Site(SERVICES, FAST).start()
+            site = Site(SERVICES, FAST)
+            # One site for the class; trial runs no class fixtures, so it goes at exit.
+            atexit.register(site.kill)
+            cls.site = site.start()
         return cls.site
 
-    @classmethod
-    def tearDownClass(cls) -> None:
-        if cls.site is not None:
-            cls.site.kill()
-            cls.site = None
 
     def test_json_before_or_after_the_command(self) -> None:
         site = self.live()

@@ -10,6 +10,7 @@ Real processes and HTTP over loopback (see L{tests.e2e}).
 
 from __future__ import annotations
 
+import atexit
 import email.utils
 import socket
 import time
@@ -131,15 +132,11 @@ class StampTests(SynchronousTestCase):
         if cls.site is None:
             cls.admin = free_port()
             site = Site(SERVICES, f"admin = tcp:{cls.admin}\nqueue_timeout = 1\nhead_timeout = 2\n")
+            # One site for the class; trial runs no class fixtures, so it goes at exit.
+            atexit.register(site.kill)
             site.start()
             cls.site = site
         return cls.site
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        if cls.site is not None:
-            cls.site.kill()
-            cls.site = None
 
     def assertStamped(self, lines: list[bytes], what: str) -> None:
         assert_stamped(self, lines, what)
