@@ -187,8 +187,11 @@ class Site:
         self._new: queue.Queue[str | None] = queue.Queue()
 
     @classmethod
-    def launch(cls, command: list[str], cwd: str, port: int, env: dict[str, str]) -> "Site":
-        """Watch an okws started by C{command} in C{cwd} (a site this harness did not write)."""
+    def launch(cls, command: list[str], cwd: str, port: int, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> "Site":
+        """Watch an okws started by C{command} in C{cwd} (a site this harness did not write).
+
+        @param pass_fds: descriptors the command inherits (a socket, as systemd passes one).
+        """
         site = cls.__new__(cls)
         site.dir, site.port, site.ini, site.logfile = cwd, port, os.path.join(cwd, "site.ini"), None
         site.owned, site.jail_root = False, ""
@@ -197,7 +200,7 @@ class Site:
         site.prefix, site.lines, site._new = [], [], queue.Queue()
         site.proc = subprocess.Popen(
             command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
+            env=env, start_new_session=True, pass_fds=pass_fds,
         )
         threading.Thread(target=site._read, daemon=True).start()
         return site

@@ -347,9 +347,9 @@ paths = /form
 """
         )
         mark = self.site.mark()
-        p = ctl(self.site, "reload")
+        p = ctl(self.site, "reload", "--json")
         self.assertEqual(p.returncode, 0, p.stderr)
-        result = json.loads(p.stdout)
+        result = json.loads(p.stdout)["result"]
         self.assertEqual((result["added"], result["removed"], result["changed"]), (["form"], ["delay"], []))
         self.site.wait_for(r"wired form\.0 pid \d+", after=mark)
         self.assertEqual(self.site.get("/form").status, 200)

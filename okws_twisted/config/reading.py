@@ -155,7 +155,7 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             # The admin listener serves metrics: loopback unless asked otherwise.
             admin = dataclasses.replace(admin, interface="127.0.0.1")
         for listener in listeners:
-            if listener.kind == admin.kind and listener.port == admin.port and listener.path == admin.path:
+            if listener._binds() == admin._binds():
                 raise fail("okws", "admin", f"{description!r} is also a public listener ({listener.description}); "
                            "the admin listener must be separate")
         site["admin"] = admin
@@ -192,6 +192,12 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
         except ValueError as e:
             raise fail("okws", "proxy_trusted", str(e)) from None
         site["proxy_trusted"] = trusted
+
+    if "server_header" in okws:
+        # Written as is: "server_header =" (nothing) sends no Server field.
+        site["server_header"] = okws["server_header"].strip()
+    if "health" in okws:
+        site["health"] = okws["health"].strip()
 
     services = []
     for section in parser.sections():

@@ -166,10 +166,16 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
     "max_processes": _Number(int, 16, "processes and threads"),
 }
 
-_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields")
+_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields", "server_header", "health")
 _SERVICE_BOOLEANS = ("scratch", "lazy", "fork")
 _SERVICE_KEYS = ("resource", "paths", "network", *_SERVICE_BOOLEANS, *_SERVICE_NUMBERS)
 _NETWORK_CHOICES = ("none", "host")
+#: [okws] health: what /health calls healthy (docs/operations.md).
+HEALTH_CHOICES = ("all", "any")
+#: The default of [okws] server_header: the software, never its version.
+DEFAULT_SERVER_HEADER = "okws-twisted"
+#: A Server value: visible ASCII and inner spaces (RFC 9110 5.5, without obs-text).
+_SERVER_HEADER = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?)?")
 _BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
@@ -408,6 +414,8 @@ class SiteConfig:
     access_log_fields: tuple[str, ...] = COMBINED
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     tls_handshake_timeout: float = 10.0
+    server_header: str = DEFAULT_SERVER_HEADER
+    health: str = "all"
     services: tuple[ServiceConfig, ...]
 
     def __post_init__(self) -> None:
@@ -461,6 +469,11 @@ class SiteConfig:
         if not trusted and any(listener.proxy for listener in self.listen):
             raise fail("okws", "proxy_trusted", "is empty, so no load balancer could connect to the "
                        "haproxy: listeners; list the balancers' addresses")
+        problem = server_header_problem(self.server_header)
+        if problem:
+            raise fail("okws", "server_header", problem)
+        if self.health not in HEALTH_CHOICES:
+            raise fail("okws", "health", f"expected one of {', '.join(HEALTH_CHOICES)}, got {self.health!r}")
         if self.restart_delay_min > self.restart_delay_max:
             raise fail(
                 "okws",
@@ -537,6 +550,16 @@ class SiteConfig:
             return cls(**document)
         except (ValueError, TypeError, KeyError, AttributeError, ConfigError) as e:
             raise ValueError(f"invalid site config JSON: {e}") from e
+
+
+def server_header_problem(value: object) -> str | None:
+    """Why C{value} cannot be the C{Server} field's value, or L{None}."""
+    if not isinstance(value, str) or not _SERVER_HEADER.fullmatch(value):
+        return (
+            f"expected printable ASCII (at most 256 characters, no leading or trailing space), "
+            f"or nothing for no Server field, got {value!r}"
+        )
+    return None
 
 
 def _check_overlaps(listeners: tuple[Listener, ...], fail: Any) -> None:

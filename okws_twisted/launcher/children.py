@@ -55,6 +55,8 @@ REFUSALS_LOGGED = 5
 #: How many pids of a slot's exited processes it remembers.
 PAST_PIDS = 8
 
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
+
 
 def exit_status(reason: object) -> str:
     """A child's end in a few words: C{"exit code 3"}, C{"signal 9"}."""
@@ -132,8 +134,14 @@ class ChildProcess(ProcessProtocol):
             )
 
     def _emit(self, text: str) -> None:
-        self.tail.append(text)
-        self.log.info("[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=text)
+        # A child's log lines are "LEVEL text" (okws_twisted.bootstrap.bare_lines);
+        # anything else it writes (a crash's traceback, a print) is info.
+        word, _, rest = text.partition(" ")
+        level = _LEVELS.get(word)
+        if level is None:
+            level, rest = LogLevel.info, text
+        self.tail.append(rest)
+        self.log.emit(level, "[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=rest)
 
     def report_dropped(self) -> None:
         """Log what output was dropped since the last report (the watchdog's tick calls this)."""

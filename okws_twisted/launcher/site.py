@@ -118,6 +118,8 @@ class Launcher(Service):
         self._site_ready = False
         self.jailed = os.geteuid() == 0
         self._uids: Any = None
+        #: The last sample of every process (L{_sample_processes}), passed to the dispatcher.
+        self.process_samples: list[dict[str, object]] = []
         self._watchdog = LoopingCall(self._tick)
         self._watchdog.clock = reactor
         self.control_port: Any = None
@@ -240,7 +242,26 @@ class Launcher(Service):
             slot.tick(now)
         if self.cgroups is not None:
             self.cgroups.sweep()
+        self._sample_processes()
         self._push_status()
+
+    def _sample_processes(self) -> None:
+        """Each current process's memory, CPU and open files (and the launcher's own), for /metrics."""
+        from okws_twisted.launcher.procstats import sample
+
+        samples = []
+        me = sample(os.getpid())
+        if me is not None:
+            samples.append(me.to_json("launcher", "", ""))
+        for slot in self.children:
+            proc = slot.current
+            if proc is None or proc.pid is None:
+                continue
+            found = sample(proc.pid)
+            if found is not None:
+                instance = str(slot.index) if slot.role == "service" else ""
+                samples.append(found.to_json(slot.role, slot.service or "", instance))
+        self.process_samples = samples
 
     # -- logging
 
@@ -394,11 +415,12 @@ class Launcher(Service):
             return
         services: dict[str, dict[str, Any]] = {}
         for slot in self.instances:
-            entry = services.setdefault(slot.service or "", {"failed": True, "restarts": 0, "crashes": 0})
+            entry = services.setdefault(slot.service or "", {"failed": True, "dormant": True, "restarts": 0, "crashes": 0})
             entry["failed"] = entry["failed"] and slot.failed
+            entry["dormant"] = entry["dormant"] and slot.dormant
             entry["restarts"] += max(0, slot.launches - 1)
             entry["crashes"] += slot.crashes
-        proc.send({"k": control.STATUS, "services": services})
+        proc.send({"k": control.STATUS, "services": services, "processes": self.process_samples})
 
     # -- operator commands (okws-ctl)
 
@@ -415,7 +437,7 @@ class Launcher(Service):
         """Gracefully relaunch every instance of C{service} (C{None}: all services)."""
         slots = [s for s in self.instances if service is None or s.service == service]
         if service is not None and not slots:
-            raise KeyError(f"no service named {service!r}")
+            raise LookupError(f"no service named {service!r}")
         return [slot.name for slot in slots if slot.relaunch("operator request")]
 
     def rotate_logs(self) -> dict[str, Any]:
@@ -432,7 +454,7 @@ class Launcher(Service):
         restart and are refused.
         """
         from okws_twisted.config import ConfigError, load
-        from okws_twisted.launcher.resourcecheck import check_resources_async
+        from okws_twisted.launcher.resourcecheck import check_resources_async, summaries
 
         if self.stopping:
             raise ValueError("the site is stopping")
@@ -446,12 +468,19 @@ class Launcher(Service):
             raise ValueError(f"{new.file}: [okws] control_socket: changing it needs a restart")
         problems = yield check_resources_async(new, self.reactor)
         if problems:
-            raise ValueError("; ".join(problems))
+            for problem in problems:
+                if "\n" in problem:
+                    # The traceback of an import failure, for the logs; the refusal says where.
+                    self.note(LogLevel.error, "{problem}", problem=summaries([problem])[0], traceback=problem)
+            raise ValueError("; ".join(summaries(problems)))
         result = self.apply(new)
         if self.tls is not None and self.tls.relaunch("reload: reading the certificates again"):
             result["relaunched"] = [self.tls.name]
-        self.log.info("reloaded {file}: {result}", file=new.file, result=result)
-        return result
+        from okws_twisted.ctl import format_reload
+
+        answer: dict[str, Any] = {"file": new.file, **result}
+        self.log.info("{text}", text=format_reload(answer))
+        return answer
 
     def apply(self, new: SiteConfig) -> dict[str, list[str]]:
         old = self.config

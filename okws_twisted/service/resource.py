@@ -20,7 +20,6 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.reflect import prefixedMethodNames
-from twisted.web import pages
 from twisted.web.http import INTERNAL_SERVER_ERROR, NO_BODY_CODES, NOT_ALLOWED
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
@@ -174,9 +173,10 @@ class ServiceResource(Resource):
             allowed = self._allowedMethods()
             request.setHeader(b"Allow", b", ".join(allowed))
             detail = "This resource allows " + ", ".join(m.decode() for m in allowed)
-            return pages.errorPage(NOT_ALLOWED, "Method Not Allowed", detail).render(
-                request
-            )
+            # The site's 405 page, with Content-Length like every body okws
+            # makes (twisted.web.pages would stream it chunked).
+            self._errorPage(request, NOT_ALLOWED, detail, None)
+            return NOT_DONE_YET
         try:
             result = handler(request)
         except Exception:
@@ -308,6 +308,7 @@ class ServiceResource(Resource):
                 message=problem.message,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
             )
         elif isinstance(problem, TemplateFailure):
             self.log.failure(
@@ -320,6 +321,7 @@ class ServiceResource(Resource):
                 message=problem.message,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
             )
         else:
             self.log.failure(
@@ -327,6 +329,7 @@ class ServiceResource(Resource):
                 failure=reason,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
             )
         if clientGone or request.finished:
             return
@@ -372,6 +375,12 @@ def _discardResponse(request: IRequest) -> None:
     request.cookies = []
     request.etag = None
     request.lastModified = None
+
+
+def _requestId(request: IRequest) -> str | None:
+    """okws's id of C{request} (as in its access record), if it has one."""
+    rid = getattr(request, "request_id", None)
+    return rid if isinstance(rid, str) else None
 
 
 def _text(raw: bytes) -> str:

@@ -52,6 +52,7 @@ from okws_twisted.wire.httpframe import (
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import RouteTable
+from okws_twisted.wire.stamp import ResponseStamp
 from okws_twisted.wire.transport import transport_for
 
 STATS_INTERVAL = 1.0
@@ -89,6 +90,7 @@ class ServiceRuntime:
         self.templates = PublisherClient(reactor, site_config.template_timeout, site_config.retry_after)
         self.root = MountRoot(resource, service.paths)
         self.site = ServiceSite(self.root, self.templates, reactor=reactor)
+        self.site.stamp = self.stamp = ResponseStamp(reactor, site_config.server_header)
         self.site.records = records
         self.site.access_records = site_config.access_log or site_config.access_log_json
         self.site.request_ids = RequestIds()
@@ -214,7 +216,10 @@ class ServiceRuntime:
         return len(self.connections) + len(self._unacked_backs) + arriving >= self.fds.conn_cap
 
     def _unavailable(self) -> bytes:
-        return error_response(503, "The service is busy; try again shortly.", pages=self.templates.pages, retry_after=self.config.retry_after)
+        return error_response(
+            503, "The service is busy; try again shortly.", pages=self.templates.pages, retry_after=self.config.retry_after,
+            fields=self.stamp.fields(),
+        )
 
     def _send_stats(self) -> None:
         """Report cumulative counters to the dispatcher, if they changed."""
@@ -267,7 +272,8 @@ class ServiceRuntime:
                 return
             # The site is stopping (the dispatcher stops first); never drop it silently.
             _answer_and_close(sock, error_response(
-                503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after
+                503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after,
+                fields=self.stamp.fields(),
             ))
             return
         protocol = ServiceConnection(self, routed=True, conn_id=conn.id, origin=origin)
@@ -352,6 +358,7 @@ class ServiceRuntime:
         if site.max_head > self.config.max_head and self.link is not None:
             self.link.set_limits(limits.handoff(site.max_head))
         self.config = site
+        self.site.stamp = self.stamp = ResponseStamp(self.reactor, site.server_header)
         self.routes = RouteTable.from_config(site)
         self.service = next((s for s in site.services if s.name == self.service.name), self.service)
         self.root.mount_at(self.service.paths)

@@ -61,3 +61,42 @@ class BindTests(SynchronousTestCase):
         limited = dataclasses.replace(spec, address_space=1 << 30, file_size=1 << 30, processes=80)
         self.assertEqual(JailSpec.from_json(limited.to_json()), limited)
         self.assertTrue(spec.root.endswith("/hello.0"))
+
+
+class TemplateTreeTests(SynchronousTestCase):
+    """The publisher's read access to the operator's template tree: granted only where missing."""
+
+    def tree(self, dir_mode: int, file_mode: int) -> str:
+        root = tempfile.mkdtemp()
+        os.mkdir(os.path.join(root, "errors"))
+        for name in ("a.html", "errors/404.html"):
+            with open(os.path.join(root, name), "w") as f:
+                f.write("x")
+            os.chmod(os.path.join(root, name), file_mode)
+        os.chmod(os.path.join(root, "errors"), dir_mode)
+        os.chmod(root, dir_mode)
+        return root
+
+    def test_world_readable(self) -> None:
+        self.assertTrue(jailplan.readable_tree(self.tree(0o755, 0o644), 60001, 60001))
+
+    def test_private(self) -> None:
+        self.assertFalse(jailplan.readable_tree(self.tree(0o755, 0o600), 60001, 60001))
+        self.assertFalse(jailplan.readable_tree(self.tree(0o700, 0o644), 60001, 60001))
+
+    def test_group(self) -> None:
+        root = self.tree(0o750, 0o640)
+        gid = os.stat(root).st_gid
+        self.assertTrue(jailplan.readable_tree(root, 60001, gid))
+        self.assertFalse(jailplan.readable_tree(root, 60001, gid + 1))
+
+    def test_grant_once(self) -> None:
+        if os.geteuid() != 0:
+            raise self.skipTest("needs root: giving a file to another group")
+        root = self.tree(0o700, 0o600)
+        self.assertEqual(jailplan.grant_read(root, 60001), 4)
+        self.assertTrue(jailplan.readable_tree(root, 60001, 60001))
+        st = os.stat(os.path.join(root, "errors"))
+        self.assertEqual((st.st_gid, st.st_mode & 0o7777), (60001, 0o2750))
+        self.assertEqual(os.stat(os.path.join(root, "a.html")).st_mode & 0o777, 0o640)
+        self.assertEqual(jailplan.grant_read(root, 60001), 0, "nothing left to change")
