@@ -13,9 +13,8 @@ import re
 import socket
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import Response, Site, free_port, read_response, request_bytes
+from tests.e2e import E2ETestCase, Response, Site, free_port, read_response, request_bytes
 from tests.test_e2e_operations import ctl
 
 SERVICES = """
@@ -35,7 +34,7 @@ def admin_get(port: int, path: str) -> Response:
         return read_response(s)
 
 
-class HealthTests(SynchronousTestCase):
+class HealthTests(E2ETestCase):
     def test_failed_service(self) -> None:
         """
         A service whose crash budget is spent: C{health = all} says 503 and names it;
@@ -43,7 +42,7 @@ class HealthTests(SynchronousTestCase):
         """
         admin = free_port()
         site = Site(SERVICES, f"admin = tcp:{admin}\ncrash_budget = 0\n")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.start()
         self.assertEqual(admin_get(admin, "/health").status, 200)
         mark = site.mark()
@@ -74,7 +73,7 @@ class HealthTests(SynchronousTestCase):
 SAMPLE = re.compile(r'^(\w+)\{role="(\w*)",service="([\w-]*)",instance="(\d*)"\} (\S+)$')
 
 
-class ProcessMetricsTests(SynchronousTestCase):
+class ProcessMetricsTests(E2ETestCase):
     def test_every_process(self) -> None:
         """
         C{/metrics} has each process's memory, CPU and open files, as the kernel
@@ -83,7 +82,7 @@ class ProcessMetricsTests(SynchronousTestCase):
         """
         admin = free_port()
         site = Site(SERVICES, f"admin = tcp:{admin}\nheartbeat_interval = 0.5\n")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.start()
         pids = site.pids()
         deadline = time.monotonic() + 20

@@ -18,9 +18,8 @@ import subprocess
 import sys
 import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import REPO, TWISTD, Site, free_port
+from tests.e2e import E2ETestCase, REPO, TWISTD, Site, free_port
 from tests.test_e2e_operations import FAST, ctl
 
 SERVICES = """
@@ -45,7 +44,7 @@ def run_ctl(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess[s
                           timeout=120, cwd=cwd, env=env)
 
 
-class CtlTests(SynchronousTestCase):
+class CtlTests(E2ETestCase):
     site: Site | None = None
 
     @classmethod
@@ -53,7 +52,7 @@ class CtlTests(SynchronousTestCase):
         if cls.site is None:
             site = Site(SERVICES, FAST)
             # One site for the class; trial runs no class fixtures, so it goes at exit.
-            atexit.register(site.kill)
+            atexit.register(site.close)
             cls.site = site.start()
         return cls.site
 
@@ -132,7 +131,7 @@ class CtlTests(SynchronousTestCase):
 
     def test_stop_says_so(self) -> None:
         site = Site(SERVICES, FAST).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         p = ctl(site, "stop")
         self.assertEqual((p.returncode, p.stdout), (0, "stopping\n"), p.stderr)
         assert site.proc is not None
@@ -142,7 +141,7 @@ class CtlTests(SynchronousTestCase):
 SYNTAX_ERROR = "import os\n" + "\n" * 10 + "def broken(:\n    pass\n"
 
 
-class CheckTests(SynchronousTestCase):
+class CheckTests(E2ETestCase):
     """C{okws-ctl check}: every start-up check, nothing started (like C{nginx -t})."""
 
     def make_site(self, extra_service: str = "") -> str:
@@ -203,7 +202,7 @@ class CheckTests(SynchronousTestCase):
         ini = self.make_site()
         site = Site.launch([*TWISTD, "-n", "--pidfile=", "okws", "--config", ini], os.path.dirname(ini), self.port,
                            dict(os.environ, PYTHONPATH=REPO))
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.wait_for("site ready")
         with open(os.path.join(os.path.dirname(ini), "mysvc", "ok.py"), "w") as f:
             f.write("from okws_twisted import ServiceResource\n\nclass Ok(ServiceResource):\n    x = missing_name\n")

@@ -20,9 +20,8 @@ import subprocess
 import threading
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import EVENT_TIMEOUT, POLL_INTERVAL, START_TIMEOUT, TWISTD, Site, process_exists
+from tests.e2e import E2ETestCase, EVENT_TIMEOUT, POLL_INTERVAL, START_TIMEOUT, TWISTD, Site, process_exists
 
 IS_ROOT = os.geteuid() == 0
 NOBODY = 65534
@@ -115,7 +114,7 @@ class DaemonSite(Site):
                 pass
 
 
-class UmaskTests(SynchronousTestCase):
+class UmaskTests(E2ETestCase):
     """Root and not, foreground under umask 077 and daemon: the site serves, modes are as documented."""
 
     def _site(self, daemon: bool, as_root: bool) -> Site:
@@ -128,7 +127,7 @@ class UmaskTests(SynchronousTestCase):
         jail_root = os.path.join("/var/lib/okws-test", os.urandom(4).hex())
         cls = DaemonSite if daemon else Site
         site = cls(SERVICES, f"jail_root = {jail_root}\nrestart_delay_min = 0.2\n")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         self.addCleanup(shutil.rmtree, jail_root, True)
         if not as_root and IS_ROOT:
             # As in test_e2e_jail: uid 65534 reaches the root-owned interpreter through an
@@ -170,7 +169,7 @@ class UmaskTests(SynchronousTestCase):
         self._check(self._site(daemon=True, as_root=False), as_root=False)
 
 
-class MakeDirsTests(SynchronousTestCase):
+class MakeDirsTests(E2ETestCase):
     """L{okws_twisted.jail.make_dirs}: every directory it makes has the mode asked for, whatever the umask."""
 
     def test_umask_077(self) -> None:

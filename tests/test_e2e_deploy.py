@@ -18,9 +18,8 @@ import sys
 import tempfile
 import textwrap
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import REPO, TWISTD, Site, free_port, pids_holding_socket
+from tests.e2e import E2ETestCase, REPO, TWISTD, Site, free_port, pids_holding_socket
 
 SERVICES = """
 [service:hello]
@@ -54,7 +53,7 @@ def write_site(listen: str, okws: str = "", services: str = SERVICES) -> str:
     return d
 
 
-class SocketActivationTests(SynchronousTestCase):
+class SocketActivationTests(E2ETestCase):
     def listening(self, kind: int = socket.SOCK_STREAM) -> tuple[socket.socket, int]:
         sock = socket.socket(socket.AF_INET, kind)
         self.addCleanup(sock.close)
@@ -69,7 +68,7 @@ class SocketActivationTests(SynchronousTestCase):
         command = [sys.executable, "-c", SD_EXEC, str(sock.fileno()), names, "yes" if pid_right else "no",
                    *TWISTD, "-n", "--pidfile=", "okws", "--config", os.path.join(d, "site.ini")]
         site = Site.launch(command, d, sock.getsockname()[1], dict(os.environ, PYTHONPATH=REPO), pass_fds=(sock.fileno(),))
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         return site, site.proc
 
     def test_by_name(self) -> None:
@@ -83,14 +82,14 @@ class SocketActivationTests(SynchronousTestCase):
         self.assertEqual(site.get("/hello").status, 200)
         inode = os.fstat(sock.fileno()).st_ino
         dispatcher = site.pids()["dispatcher"]
-        self.assertIn(dispatcher, pids_holding_socket(inode, [dispatcher]), "the dispatcher accepts on our socket")
+        self.assertIn(dispatcher, pids_holding_socket(inode), "the dispatcher accepts on our socket")
         mark = site.mark()
         os.kill(dispatcher, signal.SIGKILL)
         site.wait_for(r"dispatcher pid \d+ is ready", after=mark)
         self.assertEqual(site.get("/hello").status, 200)
         new = site.pids()["dispatcher"]
         self.assertNotEqual(new, dispatcher)
-        self.assertIn(new, pids_holding_socket(inode, [new]))
+        self.assertIn(new, pids_holding_socket(inode))
 
     def test_by_index(self) -> None:
         sock, port = self.listening()
@@ -108,7 +107,7 @@ class SocketActivationTests(SynchronousTestCase):
         d = write_site("systemd:domain=INET:name=http")
         site = Site.launch([tool, "--fdname=http", "-l", f"127.0.0.1:{port}", *TWISTD, "-n", "--pidfile=", "okws",
                             "--config", os.path.join(d, "site.ini")], d, port, dict(os.environ, PYTHONPATH=REPO))
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.wait_for(f"Listening on 127.0.0.1:{port}", 60)
         # The tool starts okws on the first connection (activation on demand): that request
         # waits in the socket's queue while okws starts, and is answered.
@@ -171,7 +170,7 @@ def command(line: str, site_dir: str, **variables: str) -> list[str]:
     return words
 
 
-class SystemdUnitTests(SynchronousTestCase):
+class SystemdUnitTests(E2ETestCase):
     """deploy/okws.service and okws.socket: what systemd would do with them, done here."""
 
     def test_verify(self) -> None:
@@ -225,7 +224,7 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertIn(": ok (1 services, 1 processes)", check.stdout)
         start = [sys.executable, "-c", SD_EXEC, str(sock.fileno()), name, "yes", *command(service["ExecStart"][0], d)]
         site = Site.launch(start, d, sock.getsockname()[1], env, pass_fds=(sock.fileno(),))
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.wait_for("site ready", 60)
         self.assertEqual(site.get("/hello").status, 200)
         assert site.proc is not None
@@ -242,7 +241,7 @@ class SystemdUnitTests(SynchronousTestCase):
         self.assertEqual([p for p in children if process_exists(p)], [], "KillMode=mixed: the launcher stopped every child")
 
 
-class LogrotateTests(SynchronousTestCase):
+class LogrotateTests(E2ETestCase):
     def test_postrotate(self) -> None:
         """deploy/okws.logrotate's postrotate command makes okws write to a fresh file, losing nothing."""
         with open(os.path.join(DEPLOY, "okws.logrotate")) as f:
@@ -250,7 +249,7 @@ class LogrotateTests(SynchronousTestCase):
         postrotate = text.split("postrotate", 1)[1].split("endscript", 1)[0].strip()
         line, _, _ = postrotate.partition(" >")
         site = Site(SERVICES).start()
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         self.assertEqual(site.get("/hello?n=before").status, 200)
         site.wait_for_log("access.log", lambda t: "n=before" in t)
         os.rename(os.path.join(site.log_dir, "access.log"), os.path.join(site.log_dir, "access.log.1"))
@@ -325,7 +324,7 @@ class _Loop:
             conn.close()
 
 
-class FleetTests(SynchronousTestCase):
+class FleetTests(E2ETestCase):
     """
     Two okws sites behind a real HAProxy running deploy/haproxy.cfg: /health checks, the PROXY
     protocol, and one site stopped with okws-ctl stop while clients loop: 0 failed requests.
@@ -369,7 +368,7 @@ class FleetTests(SynchronousTestCase):
             f"uid_range = {uid_first}-{uid_first + 99}\njail_root = /var/lib/okws-test/{os.urandom(4).hex()}\n",
             listen="haproxy:tcp:{port}:interface=127.0.0.1",
         )
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         return site, admin
 
     def test_stop_one_site_under_load(self) -> None:

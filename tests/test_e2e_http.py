@@ -17,7 +17,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import Response, Site, free_port, read_response, request_bytes
+from tests.e2e import E2ETestCase, Response, Site, free_port, read_response, request_bytes
 from tests.test_e2e_operations import ctl
 
 SERVICES = """
@@ -123,7 +123,7 @@ def admin_head(port: int, data: bytes) -> list[bytes]:
     return buf.split(b"\r\n\r\n")[0].split(b"\r\n")
 
 
-class StampTests(SynchronousTestCase):
+class StampTests(E2ETestCase):
     site: Site | None = None
     admin = 0
 
@@ -133,7 +133,7 @@ class StampTests(SynchronousTestCase):
             cls.admin = free_port()
             site = Site(SERVICES, f"admin = tcp:{cls.admin}\nqueue_timeout = 1\nhead_timeout = 2\n")
             # One site for the class; trial runs no class fixtures, so it goes at exit.
-            atexit.register(site.kill)
+            atexit.register(site.close)
             site.start()
             cls.site = site
         return cls.site
@@ -193,7 +193,7 @@ class StampTests(SynchronousTestCase):
         self.assertIn(b"405 Method Not Allowed", r.body)
 
 
-class KeepAliveTests(SynchronousTestCase):
+class KeepAliveTests(E2ETestCase):
     """A missing favicon costs no new connection: 404 and C{OPTIONS *} keep it."""
 
     def test_404_then_the_page(self) -> None:
@@ -224,13 +224,13 @@ class KeepAliveTests(SynchronousTestCase):
             self.assertEqual(s.recv(100), b"")
 
 
-class ServerHeaderTests(SynchronousTestCase):
+class ServerHeaderTests(E2ETestCase):
     """C{[okws] server_header}: another value, or none at all; applied on reload."""
 
     def test_reload(self) -> None:
         admin = free_port()
         site = Site(SERVICES.split("[service:slow]")[0], f"admin = tcp:{admin}\nserver_header = acme/1\n")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.start()
 
         def heads() -> list[list[bytes]]:

@@ -255,9 +255,9 @@ class IdleKeepAliveTests(E2ETestCase):
         with open(self.site.ini, "w") as f:
             f.write(text.replace("paths = /hello\n", "paths = /hello /hi\n", 1))
         mark = self.site.mark()
-        p = ctl(self.site, "reload")
+        p = ctl(self.site, "reload", "--json")
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(json.loads(p.stdout)["changed"], ["hello"])
+        self.assertEqual(json.loads(p.stdout)["result"]["changed"], ["hello"])
         for pid in old:
             self.site.wait_for(rf"hello\.\d pid {pid} exited after retiring", after=mark, timeout=60)
         self.assertAnsweredByTheNewInstances(held, old)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import Site
+from tests.e2e import E2ETestCase, Site
 
 IS_ROOT = os.geteuid() == 0
 SERVICES = "[service:hello]\nresource = services.hello:Hello\npaths = /hello\n"
@@ -37,13 +36,13 @@ def set_modes(root: str, dir_mode: int, file_mode: int) -> None:
             os.chmod(os.path.join(dirpath, name), file_mode)
 
 
-class TemplateTreeTests(SynchronousTestCase):
+class TemplateTreeTests(E2ETestCase):
     if not IS_ROOT:
         skip = "needs root: the publisher only runs as another uid when the launcher is root"
 
     def site(self, dir_mode: int, file_mode: int) -> Site:
         site = Site(SERVICES, f"jail_root = /var/lib/okws-test/{os.urandom(4).hex()}\n", templates=TEMPLATES)
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         set_modes(site.templates, dir_mode, file_mode)
         return site
 

@@ -656,7 +656,7 @@ class HandbackCheckTests(DispatcherTestCase):
         link, theirs = self.instance()
         client, conn_id, fd = self.handed(link, theirs)
         self.back(link, theirs, conn_id, fd, request("/nowhere"))
-        self.assertAnswered(client, 404)
+        self.assertAnsweredKept(client, 404)
         self.assertEqual(self.receive(theirs).meta["ids"], [conn_id])
         with capturedLogs() as events:
             self.back(link, theirs, conn_id, fd, request("/hello"))
