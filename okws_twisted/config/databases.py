@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from okws_twisted.config.errors import ConfigError, _FieldError
+from okws_twisted.config.errors import ConfigError, _FieldError, _suggest
 from okws_twisted.config.numbers import _Number
 
 __all__ = ["DB_PREFIX", "DatabaseConfig", "parse_database"]
@@ -188,8 +188,6 @@ def parse_database(section: Any, name: str, base_dir: str, fail: Callable[[str |
         raise fail(name, None, f"database name {kwargs['name']!r} must match [a-z][a-z0-9_-]{{0,31}}")
     for key in section:
         if key not in DB_KEYS:
-            from okws_twisted.config.reading import _suggest
-
             raise fail(name, key, "unknown key" + _suggest(key, DB_KEYS))
     for key in ("url", "queries"):
         if not section.get(key, "").strip():
@@ -268,7 +266,6 @@ def parse_database(section: Any, name: str, base_dir: str, fail: Callable[[str |
 def check_grants(database: DatabaseConfig, service_section: str, granted: tuple[str, ...],
                  fail: Callable[[str | None, str | None, str], ConfigError], written: str) -> None:
     """Every query a service is granted is a query of its database's file, and not a script."""
-    from okws_twisted.config.reading import _suggest
     from okws_twisted.sqlqueries import parse
 
     queries = parse(database.queries_text, written)

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from okws_twisted.config.databases import DB_PREFIX, check_grants, parse_database
-from okws_twisted.config.errors import ConfigError, _FieldError
+from okws_twisted.config.errors import ConfigError, _FieldError, _suggest
 from okws_twisted.config.listeners import (
     DEFAULT_LISTEN,
     parse_listener,
@@ -335,14 +335,6 @@ def _check_keys(
         if key in elsewhere:
             raise fail(name, key, f"unknown key here; {key} belongs in {where_else}")
         raise fail(name, key, "unknown key" + _suggest(key, valid))
-
-
-def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    lowered = {choice.lower(): choice for choice in choices}
-    if word.lower() in lowered:
-        return f"; did you mean {lowered[word.lower()]}?"
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _suggest_section(section: str) -> str:

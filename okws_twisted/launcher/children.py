@@ -171,11 +171,14 @@ class ChildSlot:
 
     log = Logger(namespace="okws")
 
-    def __init__(self, launcher: "Launcher", role: str, service: str | None = None, index: int = 0):
+    def __init__(self, launcher: "Launcher", role: str, service: str | None = None, index: int = 0,
+                 db: str | None = None):
         self.launcher = launcher
         self.role = role
         self.service = service
         self.index = index
+        #: For a database proxy: its [db:NAME].
+        self.db = db
         cfg = launcher.config
         self.backoff = Backoff(cfg.restart_delay_min, cfg.restart_delay_max, cfg.stable_after)
         self.budget = CrashBudget(cfg.crash_budget, cfg.crash_window)
@@ -190,6 +193,8 @@ class ChildSlot:
 
     @property
     def name(self) -> str:
+        if self.role == "dbproxy":
+            return f"db.{self.db}"
         return f"{self.service}.{self.index}" if self.role == "service" else self.role
 
     @property
@@ -231,6 +236,8 @@ class ChildSlot:
         if self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
+        elif self.role == "dbproxy":
+            meta["db"] = self.db
         return meta
 
     # -- launching
@@ -264,6 +271,8 @@ class ChildSlot:
             meta["service"] = self.service
             meta["index"] = self.index
             extra_paths.append(launcher.config.base_dir)
+        elif self.role == "dbproxy":
+            meta["db"] = self.db
         if launcher.jailed:
             meta["jail"] = launcher.jail_spec(self).to_json()
         # -P: the working directory is not put on sys.path, so the child
@@ -278,7 +287,8 @@ class ChildSlot:
             child.close()
         proc.pid = proc.transport.pid
         proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}")
-        proc.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
+        # Only a database's proxy is sent that database's SQL.
+        proc.ctl.send(meta, launcher.config.to_json(sql_for=self.db).encode("utf-8"))
         self.launches += 1
         if self.current is None:
             self.current = proc

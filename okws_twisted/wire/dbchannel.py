@@ -119,20 +119,32 @@ def grants(table: Mapping[str, Grant]) -> Outgoing:
     return {"k": GRANTS}, dbvalues.dumps({name: [g.suffix, list(g.params)] for name, g in sorted(table.items())})
 
 
-def calls(batch: Sequence[tuple[int, str, Any]]) -> Outgoing:
-    """The C{calls} message; parameters already in wire form (L{dbvalues.check_params})."""
-    return {"k": CALLS}, dbvalues.dumps([list(c) for c in batch])
+def call_entry(call_id: int, name: str, params: Any) -> bytes:
+    """One call, encoded: parameters already in wire form (L{dbvalues.check_params}).  The
+    service measures each before batching it."""
+    return dbvalues.dumps([call_id, name, params])
 
 
-def encode_reply(call_id: int, status: str, value: Any) -> bytes:
-    """One reply entry, encoded: the proxy measures each before batching it."""
-    if status != OK:
-        value = str(value)[:MAX_MESSAGE]
-    return dbvalues.dumps([call_id, status, value])
+def calls(entries: Sequence[bytes]) -> Outgoing:
+    """The C{calls} message of entries from L{call_entry}."""
+    return {"k": CALLS}, b"[" + b",".join(entries) + b"]"
+
+
+def reply_ok(call_id: int, encoded: bytes) -> bytes:
+    """One C{ok} entry, its result already encoded (the proxy encodes in a pool thread and
+    measures each result before batching it)."""
+    return b"[%d,\"ok\"," % (call_id,) + encoded + b"]"
+
+
+def reply_error(call_id: int, status: str, message: str) -> bytes:
+    """One error entry: C{status} one of L{ERRORS}, the message cut to L{MAX_MESSAGE}."""
+    if status not in ERRORS:
+        raise ValueError(f"not an error status: {status!r}")
+    return dbvalues.dumps([call_id, status, str(message)[:MAX_MESSAGE]])
 
 
 def replies(entries: Sequence[bytes]) -> Outgoing:
-    """The C{replies} message of entries from L{encode_reply}."""
+    """The C{replies} message of entries from L{reply_ok} and L{reply_error}."""
     return {"k": REPLIES}, b"[" + b",".join(entries) + b"]"
 
 
