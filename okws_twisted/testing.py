@@ -543,8 +543,8 @@ class InMemoryDatabase:
         sent = dbvalues.loads(dbvalues.dumps(wire))
         params = [dbvalues.decode_params(p) for p in sent] if grant.suffix == "*!" else dbvalues.decode_params(sent)
         named = self.queries[query]
-        status, value = engine.execute(self.connection, named, named.sql, params, self._running, next(self._keys),
-                                       self.max_result_bytes, 0.0)
+        status, value = engine.execute(engine.OneConnection(self.connection), named, named.sql, params, self._running,
+                                       next(self._keys), self.max_result_bytes, 0.0)
         if status != OK:
             return fail(ERROR_CLASSES[status](str(value), query, self.name))
         return succeed(decode_result(grant.suffix, dbvalues.loads(value)))  # type: ignore[arg-type]

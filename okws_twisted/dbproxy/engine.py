@@ -2,9 +2,9 @@
 """
 Running one named query on one connection, in a pool thread (the proxy's side of OKWS's ezdb).
 
-The database proxy runs each call through C{twisted.enterprise.adbapi}'s
-C{ConnectionPool.runWithConnection}: one pool thread, one connection of its
-own, one transaction.  L{execute} is what runs in that thread: it runs a
+The database proxy runs each call in a thread of C{twisted.enterprise.adbapi}'s
+C{ConnectionPool}: one pool thread, one connection of its own (the pool's
+C{connect()}), one transaction.  L{execute} is what runs in that thread: it runs a
 L{NamedQuery}'s SQL with the caller's parameters, commits (or rolls back), and
 shapes the result by the query's suffix, the same way on both engines, as the
 encoded JSON of wire values (L{okws_twisted.wire.dbvalues}), so nothing
@@ -36,7 +36,8 @@ import decimal
 import re
 import sqlite3
 import threading
-from typing import Any, Callable, Mapping, Sequence
+import time
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from okws_twisted.sqlqueries import NamedQuery
 from okws_twisted.wire import dbvalues
@@ -175,13 +176,19 @@ class Running:
             return True
 
     def finish(self, key: object) -> bool:
-        """Call C{key} is over; C{True} if it was cancelled while it ran."""
+        """Call C{key} is over (or never got a connection); C{True} if it was cancelled while it ran."""
         with self._lock:
+            self._handed.discard(key)
             self._running.pop(key, None)
             if key in self._cancelled:
                 self._cancelled.discard(key)
                 return True
             return False
+
+    def cancelled(self, key: object) -> bool:
+        """Whether call C{key} was cancelled (it is over: stop trying)."""
+        with self._lock:
+            return key in self._cancelled
 
     def cancel(self, key: object) -> None:
         """Stop call C{key} in the database if it runs now, or make sure it never starts.
@@ -213,8 +220,36 @@ class Running:
 # -- running one call
 
 
+class Connections(Protocol):
+    """Where a pool thread gets its connection: adbapi's C{ConnectionPool} (C{connect()} gives
+    this thread's connection, opening it if need be; C{disconnect()} drops a dead one), or
+    L{OneConnection}."""
+
+    def connect(self) -> Any: ...
+
+    def disconnect(self, conn: Any) -> None: ...
+
+
+class OneConnection:
+    """L{Connections} of one connection that is always there (a test's in-memory database)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def connect(self) -> Any:
+        return self.conn
+
+    def disconnect(self, conn: Any) -> None:
+        pass
+
+
+#: The first pause before trying an unreachable database again; it doubles up to L{RETRY_MAX}.
+RETRY_FIRST = 0.05
+RETRY_MAX = 0.5
+
+
 def execute(
-    conn: Any,
+    connections: Connections,
     query: NamedQuery,
     sql: str,
     params: Mapping[str, object] | Sequence[Mapping[str, object]],
@@ -222,44 +257,65 @@ def execute(
     key: object,
     max_result_bytes: int,
     timeout: float,
+    time_left: float = 0.0,
 ) -> tuple[str, object]:
     """Run C{query} (its engine's C{sql}) as one transaction; answer C{(status, value)}.
 
-    C{conn} is adbapi's connection wrapper (or a raw DB-API connection).  If the
-    first attempt finds its connection dead (the server restarted), it runs once
-    more on a fresh one: nothing was committed, and an uncommitted PostgreSQL
+    Runs in a pool thread, on that thread's connection.  If the database
+    cannot be reached, or the statement finds its connection dead (the server
+    restarted), it tries again on a fresh connection, pausing a little more
+    each time, for up to C{time_left} seconds (what is left of the call's
+    C{query_timeout}): nothing was committed, and an uncommitted PostgreSQL
     transaction dies with its connection.  A failure of the commit itself is
     never retried: its outcome is unknown.
     """
-    for attempt in (1, 2):
-        raw = getattr(conn, "_connection", conn)
-        if not running.start(key, raw):
-            return UNAVAILABLE, f"no connection was free within query_timeout ({timeout:g}s); it did not run"
+    deadline = time.monotonic() + time_left
+    pause = RETRY_FIRST
+    while True:
         try:
-            result = _run(raw, query, sql, params)
+            raw = connections.connect()
         except Exception as e:
-            cancelled = running.finish(key)
-            _rollback(raw)
-            if cancelled or _timed_out(e):
-                return UNAVAILABLE, f"cancelled in the database after query_timeout ({timeout:g}s)"
-            if attempt == 1 and _dead(raw) and hasattr(conn, "reconnect"):
-                conn.reconnect()  # adbapi's wrapper: a new connection for this thread
-                continue
-            return _classify(e)
-        running.finish(key)
-        try:
-            raw.commit()
-        except Exception as e:
-            _rollback(raw)
-            return UNAVAILABLE, f"the commit failed, so the call may or may not have taken effect: {_first_line(e)}"
-        try:
-            encoded = dbvalues.dumps(result)
-        except dbvalues.ValueRefused as e:
-            return FAILED, f"the result holds a value the database channel does not carry ({e}); cast it in the SQL"
-        if len(encoded) > max_result_bytes:
-            return FAILED, f"result too large ({len(encoded)} bytes; max_result_bytes is {max_result_bytes})"
-        return OK, encoded
-    raise AssertionError("unreachable")  # pragma: no cover
+            problem = f"the database is unreachable: {_first_line(e)}"
+        else:
+            if not running.start(key, raw):
+                return UNAVAILABLE, f"no connection was free within query_timeout ({timeout:g}s); it did not run"
+            try:
+                result = _run(raw, query, sql, params)
+            except Exception as e:
+                cancelled = running.finish(key)
+                _rollback(raw)
+                if cancelled or _timed_out(e):
+                    return UNAVAILABLE, f"cancelled in the database after query_timeout ({timeout:g}s)"
+                if not _dead(raw):
+                    return _classify(e)
+                connections.disconnect(raw)
+                running.handed(key)  # waiting again: a cancel now means "do not start it"
+                problem = f"the database is unreachable: {_first_line(e)}"
+            else:
+                running.finish(key)
+                return _commit(raw, connections, result, max_result_bytes)
+        if time.monotonic() + pause > deadline or running.cancelled(key):
+            running.finish(key)
+            return UNAVAILABLE, problem
+        time.sleep(pause)
+        pause = min(RETRY_MAX, pause * 2)
+
+
+def _commit(raw: Any, connections: Connections, result: object, max_result_bytes: int) -> tuple[str, object]:
+    try:
+        raw.commit()
+    except Exception as e:
+        _rollback(raw)
+        if _dead(raw):
+            connections.disconnect(raw)
+        return UNAVAILABLE, f"the commit failed, so the call may or may not have taken effect: {_first_line(e)}"
+    try:
+        encoded = dbvalues.dumps(result)
+    except dbvalues.ValueRefused as e:
+        return FAILED, f"the result holds a value the database channel does not carry ({e}); cast it in the SQL"
+    if len(encoded) > max_result_bytes:
+        return FAILED, f"result too large ({len(encoded)} bytes; max_result_bytes is {max_result_bytes})"
+    return OK, encoded
 
 
 def _run(raw: Any, query: NamedQuery, sql: str, params: Any) -> object:

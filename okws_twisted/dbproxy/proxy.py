@@ -35,6 +35,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from twisted.internet import threads
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -67,6 +68,7 @@ class _Pending:
     query: NamedQuery
     params: Any
     key: int
+    deadline: float
     timer: IDelayedCall | None = None
     waiting: Waiting["_Pending"] | None = None
 
@@ -252,7 +254,7 @@ class DatabaseProxy:
         except ValueError as e:
             self._refuse(link, call, str(e))
             return
-        pending = _Pending(link, call.id, query, params, next(self._keys))
+        pending = _Pending(link, call.id, query, params, next(self._keys), self.reactor.seconds() + self.config.query_timeout)
         pending.waiting = self.queue.admit(link.service, pending)
         if pending.waiting is None:
             self._answer_error(link, call.id, UNAVAILABLE, f"queue full: service {link.service} already has "
@@ -304,9 +306,12 @@ class DatabaseProxy:
                 return
             pending = waiting.item
             self.running.handed(pending.key)
-            d = self.pool.runWithConnection(
-                engine.execute, pending.query, self.database.sql(pending.query), pending.params, self.running,
-                pending.key, self.config.max_result_bytes, self.config.query_timeout,
+            # Straight to the pool's threads (not runWithConnection: execute commits, rolls back and
+            # replaces a dead connection itself, and never raises).
+            d = threads.deferToThreadPool(
+                self.reactor, self.pool.threadpool, engine.execute, self.pool, pending.query,
+                self.database.sql(pending.query), pending.params, self.running, pending.key,
+                self.config.max_result_bytes, self.config.query_timeout, max(0.0, pending.deadline - self.reactor.seconds()),
             )
             d.addBoth(self._done, pending)
 

@@ -18,7 +18,7 @@ import json
 import os
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 
 from okws_twisted import DatabaseError, ServiceResource
 
@@ -176,18 +176,27 @@ class Calls(ServiceResource):
         return {"wrong": wrong, "rows": len(VALUES), "refused": refused}
 
     async def burst(self, command):
-        """C{n} calls of C{query} at once (C{add_token} with numbered tokens, or a read)."""
+        """C{n} calls of C{query} (C{add_token} with numbered tokens, or a read), at most
+        C{window} at a time (all at once by default), one started every C{pace} seconds."""
         query, n = command["query"], command["n"]
         prefix = command.get("prefix", "t")
         service = command.get("service", "")
         started = time.monotonic()
+
+        window = defer.DeferredSemaphore(command.get("window") or n)
 
         def one(i):
             if query == "add_token":
                 return self.db.add_token(token=f"{prefix}-{i}", service=service)
             return getattr(self.db, query)(**command.get("params", {}))
 
-        results = await defer.DeferredList([one(i) for i in range(n)], consumeErrors=True)
+        pace = command.get("pace", 0)
+        calls = []
+        for i in range(n):
+            calls.append(window.run(one, i))
+            if pace:
+                await task.deferLater(reactor, pace, lambda: None)
+        results = await defer.DeferredList(calls, consumeErrors=True)
         acked, failed = [], {}
         for i, (ok, value) in enumerate(results):
             if ok:
