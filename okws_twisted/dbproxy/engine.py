@@ -286,6 +286,8 @@ def execute(
                 _rollback(raw)
                 if cancelled or _timed_out(e):
                     return UNAVAILABLE, f"cancelled in the database after query_timeout ({timeout:g}s)"
+                if isinstance(e, dbvalues.ValueRefused):
+                    return FAILED, f"the result holds a value the database channel does not carry ({e}); cast it in the SQL"
                 if not _dead(raw):
                     return _classify(e)
                 connections.disconnect(raw)
@@ -309,10 +311,7 @@ def _commit(raw: Any, connections: Connections, result: object, max_result_bytes
         if _dead(raw):
             connections.disconnect(raw)
         return UNAVAILABLE, f"the commit failed, so the call may or may not have taken effect: {_first_line(e)}"
-    try:
-        encoded = dbvalues.dumps(result)
-    except dbvalues.ValueRefused as e:
-        return FAILED, f"the result holds a value the database channel does not carry ({e}); cast it in the SQL"
+    encoded = dbvalues.dumps(result)  # every value is in wire form already
     if len(encoded) > max_result_bytes:
         return FAILED, f"result too large ({len(encoded)} bytes; max_result_bytes is {max_result_bytes})"
     return OK, encoded

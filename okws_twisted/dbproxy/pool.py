@@ -76,7 +76,7 @@ class Database:
                 if query.script:
                     continue
                 try:
-                    conn.execute("EXPLAIN " + query.sql, {} if query.many else dict.fromkeys(query.params))
+                    conn.execute("EXPLAIN " + query.sql, dict.fromkeys(query.params))
                 except sqlite3.Error as e:
                     self.log.warn(
                         "query {query} ({file}:{line}) does not compile against the database: {error}",

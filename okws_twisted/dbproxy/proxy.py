@@ -57,6 +57,8 @@ MAX_BACKLOG = 512
 #: Refusals logged one by one per channel in each L{REFUSAL_WINDOW}; the rest are counted.
 REFUSALS_LOGGED = 20
 REFUSAL_WINDOW = 10.0
+#: A stopping proxy serves at least this long: calls sent just before the services moved on.
+STOP_GRACE = 0.2
 
 
 @dataclass(eq=False)
@@ -181,6 +183,8 @@ class DatabaseProxy:
         self._keys = itertools.count(1)
         self._stopped = stopped
         self.stopping = False
+        self._finished = False
+        self._grace_passed = False
         self.counts = {"calls": 0, OK: 0, REFUSED: 0, UNAVAILABLE: 0, FAILED: 0}
         self._grants: dict[str, dict[str, NamedQuery]] = {}
 
@@ -367,13 +371,25 @@ class DatabaseProxy:
         self.log.warn("unexpected control message {kind}", kind=kind)
 
     def stop(self, drain: float = 0.0, handback: bool = False) -> None:
-        """Finish every call queued or running (services already moved to a successor), then exit."""
+        """Finish every call queued or running, then exit.
+
+        The services were already given a successor (or are gone); calls they
+        sent just before may still be in flight on the old channels, so the
+        proxy serves for at least L{STOP_GRACE} seconds, and until it is idle.
+        """
+        if self.stopping:
+            return
         self.stopping = True
+        self.reactor.callLater(STOP_GRACE, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace_passed = True
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
-        if not self.stopping or self.queue.running or self.queue.queued:
+        if not self._grace_passed or self.queue.running or self.queue.queued or self._finished:
             return
+        self._finished = True
         for link in list(self.links):
             link.flush()
             link.close()

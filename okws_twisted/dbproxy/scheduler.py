@@ -44,6 +44,7 @@ class CallQueue(Generic[T]):
     running: int = 0
     _queues: "OrderedDict[str, deque[Waiting[T]]]" = field(default_factory=OrderedDict)
     _held: dict[str, int] = field(default_factory=dict)
+    _last: str | None = None
 
     def admit(self, service: str, item: T) -> Waiting[T] | None:
         """Queue C{item} for C{service}; L{None} if that service already holds C{queue_max} calls."""
@@ -58,9 +59,13 @@ class CallQueue(Generic[T]):
         """The next call to run, if a slot is free: the oldest of the next service in turn."""
         if self.running >= self.slots:
             return None
+        if self._last in self._queues:
+            # The service served last waits for every other's turn, including services
+            # whose first call arrived since.
+            self._queues.move_to_end(self._last)
         if self._queues:
             service, queue = next(iter(self._queues.items()))
-            self._queues.move_to_end(service)  # its next call waits for the others' turns
+            self._last = service
             waiting = queue.popleft()
             if not queue:
                 del self._queues[service]
