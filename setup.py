@@ -34,8 +34,14 @@ setup(
         "zope.interface",
         "pyopenssl",
         "jinja2",
+        # The database proxy's queries files; SQLite itself is Python's own sqlite3.
+        "aiosql>=15",
     ],
-    extras_require={"test": ["treq", "hypothesis"]},
+    extras_require={
+        # [db:NAME] sections with postgresql: urls.
+        "postgresql": ["psycopg[binary]>=3.1"],
+        "test": ["treq", "hypothesis", "psycopg[binary]>=3.1"],
+    },
     entry_points={"console_scripts": ["okws-ctl = okws_twisted.ctl:main"]},
     cmdclass={"editable_wheel": _CompatEditable},
 )

@@ -227,3 +227,92 @@ class PostgresE2E(DatabaseE2EMixin, SynchronousTestCase):
         os.chmod(os.path.join(secrets, "db.password"), 0o600)
         return (f"\n[db:main]\nurl = {info.tcp_url()}\npassword_file = secrets/db.password\n"
                 "queries = sql/queries.sql\nschema = sql/schema.sql\npool = 4\nqueue_max = 500\n")
+
+
+class ReloadTests(SynchronousTestCase):
+    """okws-ctl reload: a changed queries or schema file relaunches the proxy (gracefully); grants
+    change with the services; a broken file is refused and the site keeps running."""
+
+    def setUp(self) -> None:
+        site = Site(SERVICES.replace(GRANTS_A, "add_token count_tokens").replace(GRANTS_B, "count_tokens"), OKWS)
+        write_database_files(site.dir, "sqlite")
+        with open(site.ini, "a") as f:
+            f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n")
+        self.addCleanup(site.kill)
+        self.site = site.start()
+
+    def ctl(self, *args: str) -> Any:
+        from tests.test_e2e_operations import ctl
+
+        return ctl(self.site, *args)
+
+    def test_status_shows_the_proxy(self) -> None:
+        post(self.site, "/a", {"op": "call", "query": "count_tokens"})
+        table = self.ctl("status")
+        self.assertEqual(table.returncode, 0, table.stderr)
+        self.assertRegex(table.stdout, r"\ndb\.main\s+%d\s+ready" % self.site.pids()["db.main"])
+        p = self.ctl("--json", "status")
+        [proxy] = [c for c in json.loads(p.stdout)["result"]["children"] if c["name"] == "db.main"]
+        self.assertEqual((proxy["role"], proxy["state"], proxy["pid"]), ("dbproxy", "ready", self.site.pids()["db.main"]))
+        # The heartbeat brings the proxy's counters (every heartbeat_interval, 5 s by default).
+        if proxy["stats"]:
+            self.assertEqual(proxy["stats"]["connections"], 2)
+
+    def test_changed_queries_relaunch_the_proxy_without_a_failed_call(self) -> None:
+        site = self.site
+        pids = site.pids()
+        stop = threading.Event()
+        results: list[dict[str, Any]] = []
+
+        def load() -> None:
+            while not stop.is_set():
+                results.append(post(site, "/a", {"op": "call", "query": "add_token",
+                                                 "params": {"token": "r", "service": "a"}}))
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        try:
+            with open(os.path.join(site.dir, "sql", "queries.sql"), "a") as f:
+                f.write("\n-- name: count_tokens_again()$\nSELECT count(*) FROM tokens;\n")
+            mark = site.mark()
+            p = self.ctl("reload")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(json.loads(p.stdout)["databases"], ["db.main"])
+            site.wait_for(r"db\.main pid %d exited after retiring" % pids["db.main"], after=mark)
+        finally:
+            stop.set()
+            thread.join(60)
+        self.assertNotEqual(site.pids()["db.main"], pids["db.main"])
+        self.assertEqual((site.pids()["a.0"], site.pids()["b.0"]), (pids["a.0"], pids["b.0"]), "services kept")
+        self.assertGreater(len(results), 5)
+        self.assertEqual([r for r in results if "result" not in r], [], "no call failed across the relaunch")
+
+    def test_grants_change_with_the_service(self) -> None:
+        site = self.site
+        pids = site.pids()
+        self.assertEqual(post(site, "/b", {"op": "call", "query": "add_token",
+                                           "params": {"token": "x", "service": "b"}})["error"], "QueryRefused")
+        with open(site.ini) as f:
+            text = f.read()
+        with open(site.ini, "w") as f:
+            f.write(text.replace("queries = count_tokens\n", "queries = count_tokens add_token\n"))
+        mark = site.mark()
+        p = self.ctl("reload")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        result = json.loads(p.stdout)
+        self.assertEqual((result["changed"], result["databases"]), (["b"], []))
+        site.wait_for(r"wired b\.0 pid \d+ to the db\.main \(db\)", after=mark)
+        self.assertEqual(post(site, "/b", {"op": "call", "query": "add_token",
+                                           "params": {"token": "x", "service": "b"}})["result"], "1")
+        self.assertEqual(site.pids()["db.main"], pids["db.main"], "the proxy was not relaunched")
+
+    def test_broken_queries_file_is_refused(self) -> None:
+        site = self.site
+        pid = site.pids()["db.main"]
+        with open(os.path.join(site.dir, "sql", "queries.sql"), "a") as f:
+            f.write("\n-- name: broken!\nSELECT 1;\n")
+        p = self.ctl("reload")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("[db:main] queries: missing mandatory parameter list at sql/queries.sql:", p.stderr + p.stdout)
+        self.assertEqual(site.pids()["db.main"], pid)
+        self.assertEqual(post(site, "/b", {"op": "call", "query": "count_tokens"})["type"], "int")

@@ -360,7 +360,16 @@ class DatabaseProxy:
     # -- IChildRole
 
     def stats(self) -> dict[str, Any]:
-        return {"links": len(self.links), "running": self.queue.running, "queued": self.queue.queued, **self.counts}
+        """For okws-ctl status: its channels (CONNS), calls queued or running (IN-FLIGHT), calls answered
+        with a result (SERVED), and every count by outcome."""
+        return {
+            "connections": len(self.links),
+            "in_flight": self.queue.running + self.queue.queued,
+            "served": self.counts[OK],
+            "running": self.queue.running,
+            "queued": self.queue.queued,
+            **self.counts,
+        }
 
     def update_config(self, site: SiteConfig) -> None:
         """Reloaded: grants follow the services' new C{queries} (a changed database relaunches this proxy)."""
