@@ -56,6 +56,9 @@ UPDATE names SET name = :name WHERE id = :id;
 -- name: add_token(token, service)!
 INSERT INTO tokens (token, service) VALUES (:token, :service);
 
+-- name: add_token_padded(token, service, pad)<!
+INSERT INTO tokens (token, service) VALUES (:token, :service) RETURNING id, zeroblob(:pad) AS padding;
+
 -- name: count_tokens()$
 SELECT count(*) FROM tokens;
 
@@ -188,6 +191,8 @@ class Calls(ServiceResource):
         def one(i):
             if query == "add_token":
                 return self.db.add_token(token=f"{prefix}-{i}", service=service)
+            if query == "add_token_padded":
+                return self.db.add_token_padded(token=f"{prefix}-{i}", service=service, pad=command["pad"])
             return getattr(self.db, query)(**command.get("params", {}))
 
         pace = command.get("pace", 0)
