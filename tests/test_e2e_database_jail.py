@@ -84,6 +84,11 @@ class CompromisedServiceTests(SynchronousTestCase):
                 with open(site.ini, "a") as f:
                     f.write(f"\n[db:pg]\nurl = {cls.pg.tcp_url()}\npassword_file = secrets/pg.password\n"
                             "queries = sql/pg.sql\n")
+                    # The same server through its Unix socket: the directory is bound read-only
+                    # into the proxy's jail.
+                    f.write(f"\n[db:pgsock]\nurl = {cls.pg.socket_url()}\npassword_file = secrets/pg.password\n"
+                            "queries = sql/pg.sql\n\n[service:pgs]\nresource = tests.sites.database:Calls\n"
+                            "paths = /pgs\ndb = pgsock\nqueries = one\n")
             atexit.register(site.kill)
             cls._site = site
             site.start()
@@ -149,6 +154,13 @@ class CompromisedServiceTests(SynchronousTestCase):
         if self.pg is not None:
             pg = site.pids()["db.pg"]
             self.assertEqual(os.readlink(f"/proc/{pg}/ns/net"), os.readlink("/proc/self/ns/net"))
+
+    def test_postgresql_over_its_unix_socket(self) -> None:
+        """A PostgreSQL proxy reaches the server through the socket directory bound read-only in its jail."""
+        if self.pg is None:
+            raise self.skipTest("PostgreSQL's server is not installed")
+        self.site()
+        self.assertEqual(post(self.site(), "/pgs", {"op": "call", "query": "one"}), {"result": "1", "type": "int"})
 
     # -- the proxy's answers
 
