@@ -8,9 +8,15 @@ from __future__ import annotations
 import os
 import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
+from typing import Any, Mapping
 
-from okws_twisted import DatabaseError, QueryFailed, QueryRefused, ServiceResource
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from okws_twisted import DatabaseError, DatabaseUnavailable, QueryFailed, QueryRefused, ServiceResource
+from okws_twisted.interfaces import IDatabase
 from okws_twisted.sqlqueries import QueriesError
 from okws_twisted.testing import InMemoryDatabase, render
 from tests.sites.database import QUERIES, SQLITE_SCHEMA, VALUES, same
@@ -78,3 +84,49 @@ class InMemoryDatabaseTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(render(Notes(), "POST", db=self.db)).text(), "ok")
         self.assertEqual(self.successResultOf(render(Notes(), db=self.db)).text(), "from a request")
         self.assertEqual(self.db.connection.execute("SELECT count(*) FROM names").fetchone()[0], 1)
+
+
+@implementer(IDatabase)
+class FailingDatabase:
+    """A database whose every call fails with C{error}: for the resource's handling of failures."""
+
+    name = "main"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def call(self, query: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Deferred[Any]:
+        return fail(self.error)
+
+
+class UncaughtDatabaseErrorTests(SynchronousTestCase):
+    """Uncaught in render_*: DatabaseUnavailable answers 503 with Retry-After, the others 500; each is logged
+    with the query and the database."""
+
+    def render(self, error: Exception) -> tuple[Any, list[dict[str, Any]]]:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        response = self.successResultOf(render(Notes(), db=FailingDatabase(error)))
+        return response, [e for e in events if e.get("query")]
+
+    def test_unavailable_is_503(self) -> None:
+        response, logged = self.render(DatabaseUnavailable("queue full", "all_names", "main", retry_after=9))
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["9"])
+        self.assertNotIn("queue full", response.text(), "the database's message never reaches the client")
+        [event] = logged
+        self.assertEqual((event["query"], event["db"], event["kind"]), ("all_names", "main", "DatabaseUnavailable"))
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.flushLoggedErrors(DatabaseUnavailable)
+
+    def test_others_are_500(self) -> None:
+        for error in (QueryFailed("UNIQUE constraint failed: names.name", "all_names", "main"),
+                      QueryRefused("not granted", "all_names", "main")):
+            response, logged = self.render(error)
+            self.assertEqual(response.code, 500)
+            self.assertIsNone(response.headers.getRawHeaders("retry-after"))
+            self.assertNotIn("UNIQUE", response.text())
+            self.assertEqual(logged[-1]["log_level"], LogLevel.error)
+            self.assertIn("database call all_names on [db:main] failed", formatEvent(logged[-1]))
+            self.assertEqual(len(self.flushLoggedErrors(type(error))), 1)

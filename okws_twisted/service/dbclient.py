@@ -265,17 +265,9 @@ class DatabaseClient:
             if grant is None:
                 self._fail_waiting(call, self._not_granted(call.name))
                 continue
-            if call.grant is None:
-                try:
-                    params = check_call(grant, call.name, call.args, call.kwargs)
-                except TypeError as e:
-                    self._fail_waiting(call, e)
-                    continue
-                if not self._encode(call, grant, params):
-                    self._fail_waiting(call, None)
-                    continue
-            elif call.grant != grant:
-                # The queries file changed under it (a reload): check it against the new grant.
+            if call.grant != grant:
+                # Made before any grants were known, or under other ones (the queries file
+                # changed with a reload): check it against this proxy's.
                 try:
                     params = check_call(grant, call.name, call.args, call.kwargs)
                 except TypeError as e:
