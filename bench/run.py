@@ -331,6 +331,8 @@ class OkwsSite(Server):
     """An okws site with only the hello service, in a scratch directory."""
 
     name = OKWS
+    #: The benchmarked service's name (its instances must be up before measuring).
+    service = "hello"
 
     def __init__(
         self, workdir: str, instances: int, settings: list[tuple[str, str]] = [], label: str = "okws",
@@ -379,7 +381,7 @@ class OkwsSite(Server):
         self.out.wait_for(r"site ready", START_TIMEOUT, self.label)
         for name, pid in self.children().items():
             REAPER.watch(pid, "okws_twisted")
-        want = {"dispatcher"} | {f"hello.{i}" for i in range(self.instances)}
+        want = {"dispatcher"} | {f"{self.service}.{i}" for i in range(self.instances)}
         missing = want - set(self.children())
         if missing:
             raise HarnessError(f"{self.label}: site ready but no pid seen for {sorted(missing)}:\n" + self.out.tail())
@@ -608,6 +610,8 @@ class Options:
     pairings: tuple[str, ...] = PAIRINGS
     #: TLS workloads: okws with an ssl: listener (its TLS front) vs the peer terminating TLS itself
     tls: bool = False
+    #: The database proxy's benchmark (run_db) instead of the hello workloads
+    db: bool = False
 
 
 @dataclass
@@ -1116,6 +1120,13 @@ def parse_args(argv: list[str] | None) -> Options:
         help="an extra [okws] setting for the benchmarked site (repeatable), e.g. max_requests_per_connection=100000",
     )
     p.add_argument(
+        "--db",
+        action="store_true",
+        help="the database proxy instead: a page doing one SELECT by primary key through okws's proxy vs "
+        "twisted.web doing it in process (adbapi) on the same SQLite file; keep-alive ratio, the proxy's "
+        "round trip at 1,000 calls/s, the idle proxy's memory (see bench/README.md)",
+    )
+    p.add_argument(
         "--source",
         metavar="DIR",
         help="benchmark the okws code and services in DIR (e.g. a `git archive` snapshot of a commit) "
@@ -1167,7 +1178,212 @@ def parse_args(argv: list[str] | None) -> Options:
         okws_settings=okws_settings,
         pairings={"both": PAIRINGS, "on": (LOG_ON,), "off": (LOG_OFF,)}[a.logging],
         tls=a.tls,
+        db=a.db,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# --db: the database proxy
+
+
+DB_URL_PATH = "/row?id=4242"
+DB_EXPECT = b"<p>4242: item 4242 costs 29694</p>"
+DB_TARGETS = {
+    "keepalive": 0.8,  # okws/twisted.web req/s, the page doing one SELECT
+    "round_trip_p50_us": 150.0,  # service -> proxy -> service, SELECT 1, at 1,000 calls/s
+    "round_trip_p99_us": 1000.0,
+    "idle_proxy_rss_mib": 40.0,
+}
+
+
+def check_db_page(label: str, url: str) -> None:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", DB_URL_PATH)
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as e:
+        raise HarnessError(f"{label}: GET {DB_URL_PATH} failed: {e}") from None
+    finally:
+        conn.close()
+    if resp.status != 200 or body != DB_EXPECT:
+        raise HarnessError(f"{label}: GET {DB_URL_PATH} answered {resp.status}: {body[:200]!r}")
+
+
+class OkwsDbSite(OkwsSite):
+    """An okws site with one service whose page does one SELECT through the proxy of [db:bench] (SQLite)."""
+
+    service = "row"
+
+    def __init__(self, workdir: str) -> None:
+        os.makedirs(workdir, exist_ok=True)
+        sys.path.insert(0, HERE)
+        import dbpage
+
+        sys.path.remove(HERE)
+        self.label, self.dir, self.instances = "okws (database proxy)", workdir, 1
+        shutil.copy(os.path.join(HERE, "dbpage.py"), os.path.join(workdir, "dbpage.py"))
+        for name, text in (("bench.sql", dbpage.QUERIES), ("bench-schema.sql", dbpage.SCHEMA)):
+            with open(os.path.join(workdir, name), "w") as f:
+                f.write(text)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = self.base + DB_URL_PATH
+        self.ini = os.path.join(workdir, "site.ini")
+        self.log_path = os.path.join(workdir, "okws.log")
+        self.db_file = os.path.join(workdir, "data", "bench.db")
+        with open(self.ini, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                [okws]
+                listen = tcp:{self.port}:interface=127.0.0.1
+                access_log = no
+
+                [service:row]
+                resource = dbpage:Row
+                paths = /row
+                db = bench
+                queries = get_item one
+
+                [db:bench]
+                url = sqlite:///data/bench.db
+                queries = bench.sql
+                schema = bench-schema.sql
+                pool = 4
+                """))
+        self.proc = None
+        self.out = None
+
+    def check(self) -> None:
+        check_db_page(self.label, self.url)
+
+
+class DbPeer(Peer):
+    """bench/peer_twistedweb.py serving dbpage:PeerRow: the SELECT in process, adbapi, the same file."""
+
+    def __init__(self, workdir: str, db_file: str) -> None:
+        super().__init__(workdir, None)
+        self.label = "twisted.web peer (adbapi in process)"
+        self.db_file = db_file
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([HERE, SOURCE, env.get("PYTHONPATH", "")])
+        env["OKWS_BENCH_DB"] = self.db_file
+        self.proc = REAPER.popen([*PEER, "--port", "0", "--resource", "dbpage:PeerRow"], cwd=SOURCE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        self.out = Lines(self.proc, os.path.join(self.dir, "peer-db.txt"))
+        m = self.out.wait_for(r"listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT, self.label)
+        self.url = f"http://127.0.0.1:{m.group(1)}{DB_URL_PATH}"
+
+    def check(self) -> None:
+        check_db_page(self.label, self.url)
+
+
+def round_trips(site: OkwsDbSite, n: int, rate: int) -> dict[str, Any]:
+    """The service's own timing of C{n} trivial calls through the proxy, paced at C{rate} per second."""
+    conn = http.client.HTTPConnection("127.0.0.1", site.port, timeout=n / rate + 60)
+    try:
+        conn.request("GET", f"/row/rt?n={n}&rate={rate}")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise HarnessError(f"round trips: {resp.status} {body[:300]!r}")
+    return json.loads(body)
+
+
+def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
+    """``--db``: okws's database proxy against twisted.web doing the same SELECT in process."""
+    site = OkwsDbSite(os.path.join(workdir, "okws-db"))
+    peer = DbPeer(workdir, site.db_file)
+    keep = False
+    runs: list[dict[str, Any]] = []
+    memory: dict[str, int] = {}
+    try:
+        log(f"starting okws with a database proxy and the twisted.web peer; scratch dir {workdir}")
+        site.start()
+        site.check()  # the schema ran: the file exists for the peer
+        peer.start()
+        peer.check()
+        time.sleep(SETTLE)
+        proxy_pid = site.children()["db.bench"]
+        memory["idle proxy at start"] = rss_kib(proxy_pid).get("VmRSS", 0)
+        for r in range(opts.repeat):
+            order = [site, peer] if r % 2 == 0 else [peer, site]
+            for server in order:
+                log(f"keepalive / {server.label} (repeat {r + 1}/{opts.repeat}): warm-up {opts.warmup}s, run {opts.duration}s")
+                run_wrk(server.url, opts.warmup, opts.connections, opts.threads, False, latency=False)
+                busy0, _ = machine_cpu()
+                t0 = time.monotonic()
+                result = run_wrk(server.url, opts.duration, opts.connections, opts.threads, False)
+                others = (machine_cpu()[0] - busy0) / CLK_TCK / (time.monotonic() - t0)
+                log(f"  {result.rps:.0f} req/s, p99 {result.p99_ms:.1f} ms, errors {result.error_count}, "
+                    f"machine cores busy {others:.2f}")
+                runs.append({"server": server.name, "repeat": r, "machine_cores_busy": round(others, 2), **result.as_dict()})
+        n = 500 if opts.quick else 3000
+        log(f"round trips: {n} calls of SELECT 1 from the service at 1000/s")
+        rt = round_trips(site, n, 1000)
+        time.sleep(SETTLE)
+        memory["idle proxy after runs"] = rss_kib(proxy_pid).get("VmRSS", 0)
+        site.check()
+        peer.check()
+    except HarnessError as e:
+        keep = True
+        print(f"bench/run.py --db: {e}", file=sys.stderr)
+        print(f"(scratch dir kept: {workdir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for server in (site, peer):
+            try:
+                server.stop()
+            except Exception:
+                pass
+        REAPER.kill_all()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def rps(name: str) -> float:
+        values = [run["rps"] for run in runs if run["server"] == name]
+        return mean(values) if values else 0.0
+
+    ratio = rps(OKWS) / rps(PEER_NAME) if rps(PEER_NAME) else 0.0
+    errors = sum(sum(run["errors"].values()) for run in runs)
+    rss_mib = max(memory.values()) / 1024
+    goals = [
+        {"target": "keep-alive okws/twisted.web >= 0.8x (one SELECT per page)", "value": round(ratio, 3),
+         "pass": ratio >= DB_TARGETS["keepalive"] and not errors},
+        {"target": "proxy round trip p50 < 150 us at 1,000 calls/s", "value": round(rt["p50_us"], 1),
+         "pass": rt["p50_us"] < DB_TARGETS["round_trip_p50_us"]},
+        {"target": "proxy round trip p99 < 1 ms at 1,000 calls/s", "value": round(rt["p99_us"], 1),
+         "pass": rt["p99_us"] < DB_TARGETS["round_trip_p99_us"]},
+        {"target": "idle proxy RSS < 40 MiB", "value": round(rss_mib, 1), "pass": rss_mib < DB_TARGETS["idle_proxy_rss_mib"]},
+    ]
+    lines = [
+        "okws database proxy vs twisted.web with adbapi in process (bench/run.py --db)",
+        f"machine: {info.get('nproc')} cores, {info.get('cpu')}, load {info.get('loadavg_at_start')}; code {info.get('okws_code')}",
+        f"keepalive, wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s, GET {DB_URL_PATH}, {opts.repeat} repeat(s):",
+        f"  okws         {rps(OKWS):8.0f} req/s   p99 {mean([r['p99_ms'] for r in runs if r['server'] == OKWS]):6.1f} ms",
+        f"  twisted.web  {rps(PEER_NAME):8.0f} req/s   p99 {mean([r['p99_ms'] for r in runs if r['server'] == PEER_NAME]):6.1f} ms",
+        f"  ratio okws/twisted.web {ratio:.2f}x; errors {errors}; machine cores busy during runs "
+        + ", ".join(f"{r['machine_cores_busy']:.2f}" for r in runs),
+        f"proxy round trip (service -> proxy -> service, SELECT 1), {rt['n']} calls at {rt['rate']:.0f}/s: "
+        f"p50 {rt['p50_us']:.0f} us, p90 {rt['p90_us']:.0f} us, p99 {rt['p99_us']:.0f} us, max {rt['max_us']:.0f} us",
+        "idle proxy RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in memory.items()),
+        "targets:",
+        *(f"  {'PASS' if g['pass'] else 'MISS'}  {g['target']}: {g['value']}" for g in goals),
+    ]
+    report = "\n".join(lines)
+    if opts.json_path:
+        with open(opts.json_path, "w") as f:
+            json.dump({"machine": info, "runs": runs, "round_trips": rt, "memory_kib": memory, "ratio": ratio,
+                       "targets": goals}, f, indent=2)
+            f.write("\n")
+    print(report, flush=True)
+    return 0
 
 
 def make_certificate(workdir: str) -> tuple[str, str]:
@@ -1203,6 +1419,8 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     workdir = tempfile.mkdtemp(prefix="okws-bench-")
+    if opts.db:
+        return run_db(opts, info, workdir)
     pairs: dict[str, tuple[OkwsSite, Peer]] = {}
     tls = make_certificate(workdir) if opts.tls else None
     for pairing in opts.pairings:

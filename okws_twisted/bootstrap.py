@@ -49,6 +49,7 @@ ROLES = {
     "service": "okws_twisted.service:start_role",
     "pubd": "okws_twisted.pubd:start_role",
     "tls": "okws_twisted.tlsfront:start_role",
+    "dbproxy": "okws_twisted.dbproxy:start_role",
 }
 
 

@@ -117,3 +117,20 @@ def _alive(pid: int, marker: bytes) -> bool:
             return marker in f.read()
     except FileNotFoundError:
         return False
+
+    def test_db_run(self) -> None:
+        """C{bench/run.py --db --quick}: the database page through okws's proxy and through adbapi in the peer."""
+        out = os.path.join(self.mktemp() + ".json")
+        argv = [sys.executable, RUN, "--db", "--quick", "--duration", "1", "--json", out]
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        doc = json.loads(open(out).read())
+        servers = {run["server"] for run in doc["runs"]}
+        self.assertEqual(servers, {"okws", "twisted.web"})
+        for run in doc["runs"]:
+            self.assertGreater(run["requests"], 0, run)
+            self.assertEqual(sum(run["errors"].values()), 0, run)
+        self.assertEqual(doc["round_trips"]["n"], 500)
+        self.assertGreater(doc["memory_kib"]["idle proxy at start"], 0)
+        self.assertEqual(len(doc["targets"]), 4)
+        self.assertIn("proxy round trip p50", proc.stdout)

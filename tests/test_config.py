@@ -499,15 +499,15 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
         self.assertConfigError(
             "[okws]\n[services:hello]\n",
             "site.ini: [services:hello] unknown section; did you mean [service:hello]? "
-            "(sections are [okws] and [service:NAME])",
+            "(sections are [okws], [service:NAME] and [db:NAME])",
         )
         self.assertConfigError(
             "[okw]\n", "site.ini: [okw] unknown section; did you mean [okws]? "
-            "(sections are [okws] and [service:NAME])",
+            "(sections are [okws], [service:NAME] and [db:NAME])",
         )
         self.assertConfigError(
             "[okws]\n[DEFAULT]\nlog_dir = x\n",
-            "site.ini: [DEFAULT] unknown section (sections are [okws] and [service:NAME])",
+            "site.ini: [DEFAULT] unknown section (sections are [okws], [service:NAME] and [db:NAME])",
         )
 
     def test_unknownKey(self) -> None:

@@ -40,7 +40,7 @@ paths = /hello /hi
 instances = 2
 
 [service:form]
-resource = services.form:Guestbook
+resource = services.form:Form
 paths = /form
 
 [service:delay]

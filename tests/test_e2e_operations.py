@@ -342,7 +342,7 @@ paths = /hello
 instances = 2
 
 [service:form]
-resource = services.form:Guestbook
+resource = services.form:Form
 paths = /form
 """
         )

@@ -40,7 +40,7 @@ for name in names:
 
 
 def _copy_checkout(dest: str) -> str:
-    ignore = shutil.ignore_patterns(".venv", ".git", "_trial_temp*", "*.egg-info", "build", "__pycache__", ".hypothesis", "logs")
+    ignore = shutil.ignore_patterns(".venv", ".git", "_trial_temp*", "*.egg-info", "build", "__pycache__", ".hypothesis", "logs", "data")
     src = os.path.join(dest, "src")
     shutil.copytree(REPO, src, ignore=ignore, symlinks=True)
     return src
@@ -122,6 +122,23 @@ class PluginInstallTests(E2ETestCase):
         r = site.get("/hello?name=install")
         self.assertEqual(r.status, 200, site.log_text())
         self.assertIn(b"install", r.body)
+        # The guestbook keeps its messages in SQLite: the first start created the database
+        # (no PostgreSQL driver needed), its directory the proxy's alone.
+        from tests.e2e import request_bytes, read_response
+
+        with site.connect() as s:
+            body = b"message=%3Cb%3Efirst%3C%2Fb%3E"
+            s.sendall(request_bytes("POST", "/guestbook", {"Connection": "close",
+                                    "Content-Type": "application/x-www-form-urlencoded"}, body))
+            posted = read_response(s)
+        self.assertEqual(posted.status, 200, site.log_text())
+        page = site.get("/guestbook").body
+        self.assertIn(b"&lt;b&gt;first&lt;/b&gt;</li>", page)
+        data = os.path.join(src, "data")
+        self.assertEqual(os.stat(data).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(os.path.join(data, "site.db")).st_mode & 0o777, 0o600)
+        if os.geteuid() == 0:
+            self.assertNotEqual(os.stat(os.path.join(data, "site.db")).st_uid, 0, "owned by the proxy's uid")
         return site
 
     def test_editable_install(self) -> None:

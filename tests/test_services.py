@@ -13,13 +13,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted import ServiceResource
-from okws_twisted.testing import RenderedResponse, render
+from okws_twisted.testing import InMemoryDatabase, RenderedResponse, render
 from services.delay import Delay
-from services.form import Guestbook
+from services.form import Form
+from services.guestbook import Guestbook
 from services.hello import Hello
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMPLATES = os.path.join(REPO, "templates")
 
 
 def pidOf(response: RenderedResponse) -> int:
@@ -30,7 +32,7 @@ def pidOf(response: RenderedResponse) -> int:
 class ConstructionTests(SynchronousTestCase):
     def test_noArguments(self) -> None:
         """The runtime builds each service as C{Class()}."""
-        for cls in (Hello, Guestbook, Delay):
+        for cls in (Hello, Form, Guestbook, Delay):
             self.assertIsInstance(cls(), ServiceResource)
             self.assertTrue(cls.__doc__)
 
@@ -43,7 +45,7 @@ class ConstructionTests(SynchronousTestCase):
             response = self.successResultOf(render(Hello(), path=path, templates=TEMPLATES))
             self.assertEqual(response.code, 200, path)
             self.assertIn("Hello, world!", response.text())
-        response = self.successResultOf(render(Guestbook(), path="/guestbook", templates=TEMPLATES))
+        response = self.successResultOf(render(Form(), path="/form", templates=TEMPLATES))
         self.assertEqual(response.code, 200)
 
 
@@ -109,11 +111,11 @@ class HelloTests(SynchronousTestCase):
         self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
 
 
-class GuestbookTests(SynchronousTestCase):
+class FormTests(SynchronousTestCase):
     def post(self, **fields: str) -> RenderedResponse:
         return self.successResultOf(
             render(
-                Guestbook(),
+                Form(),
                 "POST",
                 headers=FORM,
                 body=urlencode(fields).encode(),
@@ -122,7 +124,7 @@ class GuestbookTests(SynchronousTestCase):
         )
 
     def test_form(self) -> None:
-        response = self.successResultOf(render(Guestbook(), templates=TEMPLATES))
+        response = self.successResultOf(render(Form(), templates=TEMPLATES))
         self.assertEqual(response.code, 200)
         self.assertIn('<form method="post">', response.text())
         self.assertIn('name="message"', response.text())
@@ -153,6 +155,62 @@ class GuestbookTests(SynchronousTestCase):
         response = self.post()
         self.assertEqual(response.code, 200)
         self.assertIn("You wrote: </p>", response.text())
+
+
+class GuestbookTests(SynchronousTestCase):
+    """The guestbook with the example site's own database files and grants, in memory."""
+
+    def setUp(self) -> None:
+        self.db = InMemoryDatabase.for_service(os.path.join(REPO, "site.ini"), "guestbook")
+
+    def get(self) -> RenderedResponse:
+        return self.successResultOf(render(Guestbook(), templates=TEMPLATES, db=self.db))
+
+    def post(self, **fields: str) -> RenderedResponse:
+        body = urlencode(fields).encode()
+        return self.successResultOf(render(Guestbook(), "POST", headers=FORM, body=body, templates=TEMPLATES, db=self.db))
+
+    def stored(self) -> list[str]:
+        return [row[0] for row in self.db.connection.execute("SELECT text FROM messages ORDER BY id")]
+
+    def test_empty(self) -> None:
+        response = self.get()
+        self.assertEqual(response.code, 200)
+        self.assertIn("No messages yet.", response.text())
+        self.assertIn('<form method="post">', response.text())
+
+    def test_post_stores_and_shows_latest_first(self) -> None:
+        self.assertIn("You wrote: first", self.post(message="first").text())
+        page = self.post(message="second").text()
+        self.assertEqual(self.stored(), ["first", "second"])
+        self.assertLess(page.index("second</li>"), page.index("first</li>"))
+        self.assertIn("second</li>", self.get().text())
+
+    def test_escaped(self) -> None:
+        """A stored message is shown as text: a script tag never reaches the page."""
+        self.post(message="<script>alert('x')</script>")
+        self.assertEqual(self.stored(), ["<script>alert('x')</script>"])
+        page = self.get().text()
+        self.assertIn("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;</li>", page)
+        self.assertNotIn("<script", page)
+
+    def test_empty_message_not_stored(self) -> None:
+        self.post(message="   ")
+        self.assertEqual(self.stored(), [])
+
+    def test_only_twenty_shown(self) -> None:
+        for i in range(25):
+            self.post(message=f"m{i}")
+        page = self.get().text()
+        self.assertEqual(page.count("</li>"), 20)
+        self.assertIn("m24</li>", page)
+        self.assertNotIn("m4</li>", page)
+
+    def test_without_database(self) -> None:
+        """No db given: every call is refused, and the page is the 500 (logged)."""
+        response = self.successResultOf(render(Guestbook(), templates=TEMPLATES))
+        self.assertEqual(response.code, 500)
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
 
 
 class DelayTests(SynchronousTestCase):

@@ -15,7 +15,8 @@ import os
 import re
 from typing import Any
 
-from okws_twisted.config.errors import ConfigError, _FieldError
+from okws_twisted.config.databases import DB_PREFIX, check_grants, parse_database
+from okws_twisted.config.errors import ConfigError, _FieldError, _suggest
 from okws_twisted.config.listeners import (
     DEFAULT_LISTEN,
     parse_listener,
@@ -93,7 +94,7 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
         return ConfigError(file, section, key, message)
 
     for section in parser.sections():
-        if section != "okws" and not section.startswith(_SERVICE_PREFIX):
+        if section != "okws" and not section.startswith((_SERVICE_PREFIX, DB_PREFIX)):
             raise fail(section, None, "unknown section" + _suggest_section(section))
     if not parser.has_section("okws"):
         raise fail(None, None, "no [okws] section; it is required (it may be empty)")
@@ -198,13 +199,25 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
         site["server_header"] = okws["server_header"].strip()
     if "health" in okws:
         site["health"] = okws["health"].strip()
+    databases = []
+    reserved = (base_dir, site["log_dir"], site["templates"])
+    for section in parser.sections():
+        if section.startswith(DB_PREFIX):
+            databases.append(parse_database(parser[section], section, base_dir, fail, reserved))
+    site["databases"] = tuple(databases)
 
     services = []
     for section in parser.sections():
         if section.startswith(_SERVICE_PREFIX):
             services.append(_parse_service(parser[section], section, fail))
     site["services"] = tuple(services)
-    return SiteConfig(**site)
+    config = SiteConfig(**site)
+    for service in config.services:
+        database = config.database(service.db)
+        if database is not None:
+            written = parser[DB_PREFIX + database.name]["queries"].strip()
+            check_grants(database, _SERVICE_PREFIX + service.name, service.queries, fail, written)
+    return config
 
 
 def _check_pairs(site: dict[str, Any], okws: Any, fail: Any) -> None:
@@ -239,6 +252,10 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
     kwargs["paths"] = tuple(section["paths"].split())
     if "network" in section:
         kwargs["network"] = section["network"].strip()
+    if "db" in section:
+        kwargs["db"] = section["db"].strip()
+    if "queries" in section:
+        kwargs["queries"] = tuple(section["queries"].split())
     for key in _SERVICE_BOOLEANS:
         if key in section:
             word = section[key].strip().lower()
@@ -326,19 +343,13 @@ def _check_keys(
         raise fail(name, key, "unknown key" + _suggest(key, valid))
 
 
-def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    lowered = {choice.lower(): choice for choice in choices}
-    if word.lower() in lowered:
-        return f"; did you mean {lowered[word.lower()]}?"
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
 def _suggest_section(section: str) -> str:
-    allowed = " (sections are [okws] and [service:NAME])"
+    allowed = " (sections are [okws], [service:NAME] and [db:NAME])"
     head, colon, rest = section.partition(":")
     if colon and difflib.get_close_matches(head.strip().lower(), ["service"], n=1):
         return f"; did you mean [service:{rest.strip()}]?{allowed}"
+    if colon and head.strip().lower() in ("database", "dbs", "sql", "sqlite", "postgresql"):
+        return f"; did you mean [db:{rest.strip()}]?{allowed}"
     if not colon and difflib.get_close_matches(section.strip().lower(), ["okws"], n=1):
         return f"; did you mean [okws]?{allowed}"
     return allowed

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import keyword
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from okws_twisted.config.databases import DB_PREFIX, DatabaseConfig
 from okws_twisted.config.errors import ConfigError, _FieldError
+from okws_twisted.config.numbers import _SECONDS_OR_ZERO, _SECONDS_POSITIVE, _Number
 from okws_twisted.config.listeners import (
     DEFAULT_LISTEN,
     DEFAULT_PROXY_TRUSTED,
@@ -40,78 +41,7 @@ _SERVICE_PREFIX = "service:"
 _SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 # ---------------------------------------------------------------------------------------------
-# Numbers
-
-
-@dataclass(frozen=True)
-class _Number:
-    """How one numeric key is written and which values make sense."""
-
-    kind: type  # int or float
-    minimum: float
-    unit: str
-    maximum: float | None = None
-    exclusive: bool = False  # True: the value must be strictly above C{minimum}
-
-    @property
-    def is_size(self) -> bool:
-        """Sizes in bytes may be written with a K, M or G suffix (KiB, MiB, GiB)."""
-        return self.unit == "bytes"
-
-    def expected(self) -> str:
-        noun = "a whole number of" if self.kind is int else "a number of"
-        unit = f"{self.unit} (or K, M, G)" if self.is_size else self.unit
-        low, high = self._shown(self.minimum), self._shown(self.maximum)
-        if self.maximum is not None:
-            return f"{noun} {unit} from {low} to {high}"
-        if self.exclusive:
-            return f"{noun} {unit} above {low}"
-        return f"{noun} {unit}, {low} or more"
-
-    def _shown(self, value: float | None) -> str:
-        if value is None:
-            return ""
-        if self.is_size and value:
-            for suffix, scale in reversed(_SIZE_SUFFIXES.items()):
-                if value % scale == 0:
-                    return f"{value // scale:g}{suffix}"
-        return f"{value:g}"
-
-    def check(self, value: object, written: str | None = None) -> str | None:
-        """Return why C{value} is wrong (quoting C{written}, the ini text, if given), or L{None}."""
-        shown = repr(written) if written is not None else repr(value)
-        wrong = f"expected {self.expected()}, got {shown}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return wrong
-        if self.kind is int and not isinstance(value, int):
-            return wrong
-        if not math.isfinite(value):
-            return wrong
-        too_low = value <= self.minimum if self.exclusive else value < self.minimum
-        if too_low or (self.maximum is not None and value > self.maximum):
-            return wrong
-        return None
-
-    def convert(self, text: str) -> int | float:
-        """Read the ini spelling: plain digits (C{_} separators allowed), a point for floats,
-        a K, M or G suffix for sizes."""
-        if self.is_size:
-            match = _SIZE_TEXT.fullmatch(text)
-            if match:
-                return int(match.group(1)) * _SIZE_SUFFIXES.get(match.group(2).upper(), 1)
-        pattern = _INT_TEXT if self.kind is int else _FLOAT_TEXT
-        if not pattern.fullmatch(text):
-            raise _FieldError(None, f"expected {self.expected()}, got {text!r}")
-        return self.kind(text)
-
-
-_INT_TEXT = re.compile(r"[0-9]+(?:_[0-9]+)*")
-_SIZE_TEXT = re.compile(r"([0-9]+(?:_[0-9]+)*) ?([KMGkmg]?)")
-_SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-_FLOAT_TEXT = re.compile(r"[0-9]+(?:_[0-9]+)*(?:\.[0-9]*)?|\.[0-9]+")
-
-_SECONDS_POSITIVE = _Number(float, 0, "seconds", exclusive=True)
-_SECONDS_OR_ZERO = _Number(float, 0, "seconds")
+# Numbers (how each is written and checked: L{okws_twisted.config.numbers})
 
 #: Every numeric [okws] key, in the order of the docs.
 _OKWS_NUMBERS: dict[str, _Number] = {
@@ -168,7 +98,7 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
 
 _OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields", "server_header", "health")
 _SERVICE_BOOLEANS = ("scratch", "lazy", "fork")
-_SERVICE_KEYS = ("resource", "paths", "network", *_SERVICE_BOOLEANS, *_SERVICE_NUMBERS)
+_SERVICE_KEYS = ("resource", "paths", "network", *_SERVICE_BOOLEANS, "db", "queries", *_SERVICE_NUMBERS)
 _NETWORK_CHOICES = ("none", "host")
 #: [okws] health: what /health calls healthy (docs/operations.md).
 HEALTH_CHOICES = ("all", "any")
@@ -317,6 +247,9 @@ class ServiceConfig:
     fork: bool = False
     memory_limit: int = 1 << 30
     max_processes: int = 64
+    #: The C{[db:NAME]} this service reaches ("" for none) and the queries it may run there.
+    db: str = ""
+    queries: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SERVICE_NAME.fullmatch(self.name):
@@ -336,6 +269,20 @@ class ServiceConfig:
             problem = number.check(getattr(self, key))
             if problem:
                 raise _FieldError(key, problem)
+        if not isinstance(self.db, str):
+            raise _FieldError("db", f"expected the name of a [db:NAME] section, got {self.db!r}")
+        queries = self.queries
+        if isinstance(queries, (str, bytes)) or not isinstance(queries, (tuple, list)) or not all(
+            isinstance(q, str) and q.isidentifier() for q in queries
+        ):
+            raise _FieldError("queries", f"expected query names separated by spaces, got {queries!r}")
+        object.__setattr__(self, "queries", tuple(queries))
+        if len(set(self.queries)) != len(self.queries):
+            raise _FieldError("queries", "a query is listed twice")
+        if self.db and not self.queries:
+            raise _FieldError("queries", f"missing; a service with db = {self.db} lists the queries it may run")
+        if self.queries and not self.db:
+            raise _FieldError("db", "missing; queries are granted on a database: add db = NAME")
 
 
 def _normalize_paths(paths: object) -> tuple[str, ...]:
@@ -417,6 +364,7 @@ class SiteConfig:
     server_header: str = DEFAULT_SERVER_HEADER
     health: str = "all"
     services: tuple[ServiceConfig, ...]
+    databases: tuple[DatabaseConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.file, str) or not self.file:
@@ -503,6 +451,14 @@ class SiteConfig:
         if not services:
             raise fail(None, None, "no [service:NAME] section; at least one service is required")
         object.__setattr__(self, "services", tuple(services))
+        databases = self.databases
+        if not isinstance(databases, (tuple, list)) or not all(isinstance(d, DatabaseConfig) for d in databases):
+            raise fail(None, None, f"databases must be DatabaseConfig values, got {databases!r}")
+        object.__setattr__(self, "databases", tuple(databases))
+        db_names = [d.name for d in self.databases]
+        for name in db_names:
+            if db_names.count(name) > 1:
+                raise fail(DB_PREFIX + name, None, "this database is defined twice")
         owners: dict[str, str] = {}
         names: set[str] = set()
         for service in self.services:
@@ -510,6 +466,9 @@ class SiteConfig:
             if service.name in names:
                 raise fail(section, None, "this service is defined twice")
             names.add(service.name)
+            if service.db and service.db not in db_names:
+                raise fail(section, "db", f"no [{DB_PREFIX}{service.db}] section"
+                           + (f"; the databases are {', '.join(db_names)}" if db_names else ""))
             for path in service.paths:
                 if path in owners:
                     raise fail(
@@ -519,9 +478,21 @@ class SiteConfig:
                     )
                 owners[path] = service.name
 
-    def to_json(self) -> str:
-        """Serialise for a child process; L{from_json} gives back an equal value."""
-        document = dataclasses.asdict(self)
+    def database(self, name: str) -> DatabaseConfig | None:
+        """The C{[db:NAME]} called C{name}, if there is one."""
+        return next((d for d in self.databases if d.name == name), None)
+
+    def to_json(self, sql_for: str | None = None) -> str:
+        """Serialise for a child process; L{from_json} gives back an equal value.
+
+        The SQL texts of the databases' queries and schema files are left out,
+        except those of database C{sql_for}, for its proxy: no other process
+        ever receives SQL.
+        """
+        site = dataclasses.replace(
+            self, databases=tuple(d if d.name == sql_for else d.without_sql() for d in self.databases)
+        )
+        document = dataclasses.asdict(site)
         document["format"] = _JSON_FORMAT
         return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
@@ -544,9 +515,10 @@ class SiteConfig:
             if isinstance(document.get("access_log_fields"), list):
                 document["access_log_fields"] = tuple(document["access_log_fields"])
             document["services"] = tuple(
-                ServiceConfig(**{**item, "paths": tuple(item["paths"])})
+                ServiceConfig(**{**item, "paths": tuple(item["paths"]), "queries": tuple(item.get("queries", ()))})
                 for item in document["services"]
             )
+            document["databases"] = tuple(DatabaseConfig(**item) for item in document.get("databases", ()))
             return cls(**document)
         except (ValueError, TypeError, KeyError, AttributeError, ConfigError) as e:
             raise ValueError(f"invalid site config JSON: {e}") from e

@@ -286,11 +286,14 @@ class ChildSlot:
 
     log = Logger(namespace="okws")
 
-    def __init__(self, launcher: "Launcher", role: str, service: str | None = None, index: int = 0):
+    def __init__(self, launcher: "Launcher", role: str, service: str | None = None, index: int = 0,
+                 db: str | None = None):
         self.launcher = launcher
         self.role = role
         self.service = service
         self.index = index
+        #: For a database proxy: its [db:NAME].
+        self.db = db
         cfg = launcher.config
         self.backoff = Backoff(cfg.restart_delay_min, cfg.restart_delay_max, cfg.stable_after)
         self.budget = CrashBudget(cfg.crash_budget, cfg.crash_window)
@@ -310,6 +313,8 @@ class ChildSlot:
 
     @property
     def name(self) -> str:
+        if self.role == "dbproxy":
+            return f"db.{self.db}"
         return f"{self.service}.{self.index}" if self.role == "service" else self.role
 
     @property
@@ -351,6 +356,8 @@ class ChildSlot:
         if self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
+        elif self.role == "dbproxy":
+            meta["db"] = self.db
         return meta
 
     # -- launching
@@ -384,6 +391,8 @@ class ChildSlot:
             meta["service"] = self.service
             meta["index"] = self.index
             extra_paths.append(launcher.config.base_dir)
+        elif self.role == "dbproxy":
+            meta["db"] = self.db
         proc = ChildProcess(self, reactor.seconds(), launcher.config.heartbeat_timeout)
         if launcher.jailed:
             proc.cgroup, resources = self._resources()
@@ -421,7 +430,8 @@ class ChildSlot:
                 proc.killed_because = "it could not be put in its cgroup"
                 proc.signal(signal.SIGKILL)
         proc.ctl = MessageChannel(reactor, parent, proc.control_received, proc.control_lost, name=f"control:{self.name}", limits=CONTROL_LAUNCHER)
-        proc.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
+        # Only a database's proxy is sent that database's SQL.
+        proc.ctl.send(meta, launcher.config.to_json(sql_for=self.db).encode("utf-8"))
         self.launches += 1
         if self.current is None:
             self.current = proc

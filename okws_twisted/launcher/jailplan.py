@@ -25,9 +25,10 @@ from typing import Iterable
 from twisted.logger import Logger
 
 from okws_twisted.config import ServiceConfig, SiteConfig
+from okws_twisted.config.databases import DatabaseConfig
 from okws_twisted.jail import Bind, JailSpec, make_dirs
 
-__all__ = ["Bind", "JailSpec", "UidPlan", "jail_for", "service_binds", "role_binds", "python_binds"]
+__all__ = ["Bind", "JailSpec", "UidPlan", "dbproxy_binds", "jail_for", "service_binds", "role_binds", "python_binds"]
 
 #: Host paths every jailed Python process needs, read-only: the dynamic
 #: loader's libraries (twisted.web imports zlib, which links libz) and cache.
@@ -61,11 +62,13 @@ class UidPlan:
         self._last = site.uid_range[1]
         fixed = {site.dispatcher_uid, site.logd_uid, site.pubd_uid} - {0}
         self._used = set(used) | fixed | {s.uid for s in site.services if s.uid} | {s.gid for s in site.services if s.gid}
+        self._used |= {d.uid for d in site.databases if d.uid} | {d.gid for d in site.databases if d.gid}
         self._fixed = {"dispatcher": site.dispatcher_uid, "logd": site.logd_uid, "pubd": site.pubd_uid}
         self._given: dict[str, tuple[int, int]] = {}
 
-    def ids_for(self, key: str, service: ServiceConfig | None = None) -> tuple[int, int]:
-        """The (uid, gid) of C{key} (``"dispatcher"``, ``"service:hello"``, ...)."""
+    def ids_for(self, key: str, service: ServiceConfig | DatabaseConfig | None = None) -> tuple[int, int]:
+        """The (uid, gid) of C{key} (``"dispatcher"``, ``"service:hello"``, ``"dbproxy:main"``, ...);
+        C{service} (a service or a database section) may name its own."""
         if key in self._given:
             return self._given[key]
         if service is not None and service.uid:
@@ -173,6 +176,32 @@ def role_binds(site: SiteConfig, role: str, uid: int, gid: int) -> list[Bind]:
             grant_read(path, gid)
         return [Bind(path) for path in [*files, *dirs]]
     return []
+
+
+def dbproxy_binds(database: DatabaseConfig, uid: int, gid: int) -> list[Bind]:
+    """What a database proxy's jail shows: for SQLite, only the database file's directory,
+    writable (WAL keeps its -wal and -shm files beside the database), made the proxy's
+    alone (0700, the files 0600); for PostgreSQL, the password file (readable by the
+    proxy's group) and, for a Unix-socket url, the server's socket directory."""
+    if database.engine == "sqlite":
+        folder = os.path.dirname(database.path)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.chown(folder, uid, gid)
+        os.chmod(folder, 0o700)
+        base = os.path.basename(database.path)
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if (name == base or name.startswith(base + "-")) and os.path.isfile(path) and not os.path.islink(path):
+                os.chown(path, uid, gid)
+                os.chmod(path, 0o600)
+        return [Bind(folder, writable=True)]
+    binds = []
+    if database.password_file:
+        grant_file_read(database.password_file, gid)
+        binds.append(Bind(database.password_file))
+    if database.socket_dir:
+        binds.append(Bind(database.socket_dir))
+    return binds
 
 
 def grant_file_read(path: str, gid: int) -> None:

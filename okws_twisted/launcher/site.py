@@ -59,12 +59,16 @@ LINKS: list[tuple[str, str, str]] = [
     (logchannel.CHANNEL, "logd", "pubd"),
     ("tls", "dispatcher", "tls"),
     (logchannel.CHANNEL, "logd", "tls"),
+    # Only between a service with db = NAME and the proxy of [db:NAME] (see wire()).
+    ("db", "dbproxy", "service"),
+    (logchannel.CHANNEL, "logd", "dbproxy"),
 ]
 
-#: Roles that serve the other children (the template publisher): on stop they
-#: are told to stop only once every other child has exited, so requests that
-#: finish during the drain can still get their templates.
-STOP_LAST = frozenset({"pubd"})
+#: Roles that serve the other children (the template publisher, the database
+#: proxies): on stop they are told to stop only once every other child has
+#: exited, so requests that finish during the drain can still get their
+#: templates and finish their queries.
+STOP_LAST = frozenset({"pubd", "dbproxy"})
 
 #: How long the log daemon gets to exit once told to stop (it has nothing to drain).
 LOGD_STOP_TIMEOUT = 5.0
@@ -114,6 +118,8 @@ class Launcher(Service):
         #: The TLS front, only if some listener is ssl:.
         self.tls: ChildSlot | None = ChildSlot(self, "tls") if any(l.tls for l in config.listen) else None
         self.instances = [ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)]
+        #: One database proxy per [db:NAME].
+        self.databases = [ChildSlot(self, "dbproxy", db=d.name) for d in config.databases]
         self.stopping = False
         self._site_ready = False
         self.jailed = os.geteuid() == 0
@@ -132,7 +138,7 @@ class Launcher(Service):
     @property
     def children(self) -> list[ChildSlot]:
         front = [self.tls] if self.tls is not None else []
-        return [self.logd, self.publisher, self.dispatcher, *front, *self.instances]
+        return [self.logd, self.publisher, *self.databases, self.dispatcher, *front, *self.instances]
 
     def listeners(self, tls: bool) -> list[tuple[Listener, socket.socket]]:
         """The configured listeners (and their sockets) that are, or are not, ssl:."""
@@ -157,6 +163,8 @@ class Launcher(Service):
         self._install_usr1()
         self.logd.spawn()
         self.publisher.spawn()
+        for slot in self.databases:
+            slot.spawn()
         for slot in self.instances:
             if not slot.dormant:
                 slot.spawn()
@@ -225,6 +233,13 @@ class Launcher(Service):
                     spec, address_space=resources.address_space, file_size=resources.file_size, processes=resources.processes
                 )
             return spec
+        if slot.role == "dbproxy":
+            database = site.database(slot.db or "")
+            assert database is not None
+            uid, gid = self._uids.ids_for(f"dbproxy:{database.name}", database)
+            # SQLite needs no network at all; PostgreSQL is reached over the host's.
+            return jailplan.jail_for(site, slot.name, uid, gid, jailplan.dbproxy_binds(database, uid, gid),
+                                     new_net=database.engine == "sqlite")
         uid, gid = self._uids.ids_for(slot.role)
         nofile = site.max_connections + 1024 if slot.role == "dispatcher" else jailplan.ROLE_NOFILE
         if slot.role == "tls":
@@ -336,6 +351,11 @@ class Launcher(Service):
         """Give two ready processes the two ends of a new channel of C{kind}."""
         if self.stopping:
             return
+        if kind == "db":
+            # A service reaches the proxy of its own [db:NAME] only; one without db, none.
+            service = right.service_config()
+            if service is None or not service.db or service.db != left.db:
+                return
         a, b = socketpair()
         try:
             ok = lproc.send(right.peer_meta(rproc, kind), [a.fileno()]) and rproc.send(left.peer_meta(lproc, kind), [b.fileno()])
@@ -508,6 +528,7 @@ class Launcher(Service):
             elif slot.service in changed:
                 if not slot.relaunch("its configuration changed"):
                     slot.spawn() if slot.current is None and slot.relaunch_call is None else None
+        databases = self._apply_databases(old, new)
         for name, cfg in new_services.items():
             have = {s.index for s in self.instances if s.service == name}
             for index in range(cfg.instances):
@@ -516,7 +537,35 @@ class Launcher(Service):
                     self.instances.append(slot)
                     slot.spawn()
         self._push_status()
-        return {"added": added, "removed": removed, "changed": changed, "site_changed": [new.file] if site_changed else []}
+        return {"added": added, "removed": removed, "changed": changed, "site_changed": [new.file] if site_changed else [],
+                "databases": databases}
+
+    def _apply_databases(self, old: SiteConfig, new: SiteConfig) -> list[str]:
+        """Relaunch the proxy of each database whose section, queries or schema changed (gracefully:
+        calls in flight finish on the old one); start new ones, retire removed ones."""
+        touched = []
+        for slot in list(self.databases):
+            before, after = old.database(slot.db or ""), new.database(slot.db or "")
+            if after is None:
+                slot.removed = True
+                if slot.relaunch_call is not None and slot.relaunch_call.active():
+                    slot.relaunch_call.cancel()
+                for proc in slot.processes():
+                    slot.retire(proc, handback=False)
+                self.databases.remove(slot)
+                touched.append(slot.name)
+            elif after != before:
+                if not slot.relaunch("its queries, schema or settings changed"):
+                    if slot.current is None and slot.relaunch_call is None:
+                        slot.spawn()
+                touched.append(slot.name)
+        for database in new.databases:
+            if not any(slot.db == database.name for slot in self.databases):
+                slot = ChildSlot(self, "dbproxy", db=database.name)
+                self.databases.append(slot)
+                slot.spawn()
+                touched.append(slot.name)
+        return touched
 
     def _remove(self, slot: ChildSlot) -> None:
         slot.removed = True

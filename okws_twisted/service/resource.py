@@ -6,7 +6,8 @@ an ordinary C{twisted.web} L{Site}; everything here runs inside that one
 process, so this module imports nothing from the launcher or the dispatcher.
 Its templates come from the site serving it (L{ITemplates}): the template
 publisher's in a service process, the test's under
-L{okws_twisted.testing.render}.
+L{okws_twisted.testing.render}; so does its database (C{self.db}, an
+L{IDatabase}): the database proxy's client, or a test's in-memory database.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from okws_twisted.interfaces import ITemplates
+from okws_twisted.interfaces import IDatabase, ITemplates
+from okws_twisted.service.database import DatabaseError, DatabaseUnavailable, Queries
 from okws_twisted.templating import (
     PublisherUnavailable,
     TemplateFailure,
@@ -50,6 +52,8 @@ _UNAVAILABLE = "A part of this page is not available right now; try again shortl
 # render_template (which takes no request).  It is set around each call of a
 # render_<METHOD>, and a coroutine keeps the value it started with.
 _serving: ContextVar[ITemplates | None] = ContextVar("okws_serving_templates", default=None)
+# The same for the database of that site, for self.db.
+_servingDatabase: ContextVar[IDatabase | None] = ContextVar("okws_serving_database", default=None)
 
 
 class ServiceResource(Resource):
@@ -89,6 +93,9 @@ class ServiceResource(Resource):
         C{HEAD} is answered by C{render_GET} without the body unless the
         class defines C{render_HEAD}.
 
+    Data comes from the service's database proxy: C{self.db.NAME(**params)}
+    runs the named query C{NAME} this service was granted (see L{db}).
+
     Children work as in twisted.web (C{putChild}, C{getChild}), with one
     addition: a trailing slash renders the resource it follows (C{/} the root,
     C{/a/} the child C{a}) unless a child was put at C{b""}, where plain
@@ -101,6 +108,31 @@ class ServiceResource(Resource):
     # render_template called later from a plain Deferred callback (outside
     # the context the render ran in).
     _okwsTemplates: ITemplates | None = None
+    # The same for the site's database.
+    _okwsDatabase: IDatabase | None = None
+
+    @property
+    def db(self) -> Queries:
+        """
+        The named queries this service may run: C{self.db.NAME(**params)}.
+
+        C{NAME} is a query of the site's queries file (aiosql's format) that
+        the service's C{queries} key grants; the call returns a L{Deferred}
+        (await it) of its result, shaped by the query's suffix: no suffix, a
+        list of dicts (column name -> value); C{^} one dict or None; C{$} one
+        value; C{!} the number of rows affected; C{<!} the returned id or row;
+        C{*!} takes one list of parameter dicts. Each call is one
+        transaction. Values may be None, bool, int, float, str, bytes,
+        Decimal, date and datetime; any other type, or a wrong parameter
+        name, raises C{TypeError} before anything is sent.
+
+        It fails with L{QueryRefused} (not granted), L{DatabaseUnavailable}
+        (the proxy or the database away, the queue full, C{query_timeout}
+        passed; uncaught: 503 with C{Retry-After}) or L{QueryFailed} (the
+        database's own error; uncaught: 500). No SQL, credential or database
+        file ever reaches the service.
+        """
+        return Queries(_servingDatabase.get() or self._okwsDatabase)
 
     def render_template(self, template: str, /, **context: Any) -> Deferred[str]:
         """
@@ -161,10 +193,15 @@ class ServiceResource(Resource):
         templates = _templatesOf(request)
         if templates is not None:
             self._okwsTemplates = templates
+        database = _databaseOf(request)
+        if database is not None:
+            self._okwsDatabase = database
         token = _serving.set(templates)
+        dbToken = _servingDatabase.set(database)
         try:
             return self._renderMethod(request)
         finally:
+            _servingDatabase.reset(dbToken)
             _serving.reset(token)
 
     def _renderMethod(self, request: IRequest) -> Any:
@@ -310,6 +347,20 @@ class ServiceResource(Resource):
                 path=_text(request.path),
                 request_id=_requestId(request),
             )
+        elif isinstance(problem, DatabaseError):
+            if isinstance(problem, DatabaseUnavailable):
+                status, message, retryAfter = 503, _UNAVAILABLE, problem.retry_after
+            self.log.failure(
+                "database call {query} on [db:{db}] failed ({kind}) for {method} {path}: {message}",
+                failure=reason,
+                level=LogLevel.warn if isinstance(problem, DatabaseUnavailable) else LogLevel.error,
+                query=problem.query,
+                db=problem.db,
+                kind=type(problem).__name__,
+                message=problem.message,
+                method=_text(request.method),
+                path=_text(request.path),
+            )
         elif isinstance(problem, TemplateFailure):
             self.log.failure(
                 "template error in {where} ({method} {path}): {message}",
@@ -353,6 +404,11 @@ class ServiceResource(Resource):
         if retryAfter is not None:
             request.setHeader(b"retry-after", b"%d" % (retryAfter,))
         self._respond(request, body)
+
+
+def _databaseOf(request: IRequest) -> IDatabase | None:
+    """The database of the site serving C{request}, if it has one."""
+    return IDatabase(getattr(getattr(request, "site", None), "db", None), None)
 
 
 def _templatesOf(request: IRequest) -> ITemplates | None:

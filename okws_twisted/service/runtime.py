@@ -41,6 +41,7 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.service.budget import BodyFiles, FdBudget
 from okws_twisted.service.connection import ServiceConnection
+from okws_twisted.service.dbclient import DatabaseClient
 from okws_twisted.service.templateclient import PublisherClient
 from okws_twisted.service.web import MountRoot, ServiceSite
 from okws_twisted.wire import handoff, limits
@@ -94,6 +95,9 @@ class ServiceRuntime:
         self.site.records = records
         self.site.access_records = site_config.access_log or site_config.access_log_json
         self.site.request_ids = RequestIds()
+        database = site_config.database(service.db) if service.db else None
+        self.db = DatabaseClient(reactor, database, site_config.retry_after) if database is not None else None
+        self.site.db = self.db
         self.site.doStart()
         self.fds = FdBudget.for_process(service.max_connections)
         self.bodies = BodyFiles(self.fds.memfd_cap)
@@ -343,6 +347,8 @@ class ServiceRuntime:
             self.set_dispatcher(sock)
         elif channel == "templates":
             self.templates.set_channel(sock)
+        elif channel == "db" and self.db is not None:
+            self.db.set_channel(sock)
         else:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()
@@ -362,6 +368,9 @@ class ServiceRuntime:
         self.routes = RouteTable.from_config(site)
         self.service = next((s for s in site.services if s.name == self.service.name), self.service)
         self.root.mount_at(self.service.paths)
+        database = site.database(self.service.db) if self.service.db else None
+        if self.db is not None and database is not None:
+            self.db.configure(database)
         self.limits = Limits(
             max_request_line=site.max_request_line,
             max_head=site.max_head,

@@ -205,6 +205,9 @@ class ServiceSite(server.Site):
 
     #: The log client (set by the runtime); L{None}: no access records.
     records: RecordSender | None = None
+    #: What C{self.db} calls (an L{okws_twisted.interfaces.IDatabase}, set by the runtime for a
+    #: service with C{db}); L{None}: no database.
+    db: Any = None
     #: Send records for every response (else only for status 400 and up, for error.log).
     access_records = True
     request_ids = RequestIds("-")

@@ -49,7 +49,7 @@ paths = /hello
 max_body = 100
 
 [service:form]
-resource = services.form:Guestbook
+resource = services.form:Form
 paths = /form
 """
 

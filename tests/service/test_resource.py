@@ -50,10 +50,13 @@ SECRET = "secret-detail-7f3a"
 class PackageTests(SynchronousTestCase):
     def test_exports(self) -> None:
         """
-        The package's face is C{ServiceResource} and C{__version__}, nothing
-        else.
+        The package's face is C{ServiceResource}, the database errors its
+        C{self.db} calls fail with, and C{__version__}, nothing else.
         """
-        self.assertEqual(okws_twisted.__all__, ["ServiceResource", "__version__"])
+        self.assertEqual(
+            okws_twisted.__all__,
+            ["DatabaseError", "DatabaseUnavailable", "QueryFailed", "QueryRefused", "ServiceResource", "__version__"],
+        )
         self.assertIs(okws_twisted.ServiceResource, ServiceResource)
         self.assertEqual(okws_twisted.__version__, "0.1.0")
 
