@@ -542,7 +542,7 @@ class SiteConfig:
             section = service.section
             if service.name in names:
                 if names[service.name] == section:
-                    raise fail(section, None, "this section is defined twice")
+                    raise fail(section, None, "this service is defined twice" if service.kind == "service" else "this static pool is defined twice")
                 raise fail(section, None, f"the name {service.name!r} is already used by [{names[service.name]}]; "
                            "services and static pools share one name space")
             names[service.name] = section
