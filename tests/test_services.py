@@ -6,6 +6,7 @@ L{okws_twisted.testing.render} and the example site's own templates.
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError
@@ -118,6 +119,7 @@ class GuestbookTests(SynchronousTestCase):
                 headers=FORM,
                 body=urlencode(fields).encode(),
                 templates=TEMPLATES,
+                csrf=True,
             )
         )
 
@@ -148,6 +150,29 @@ class GuestbookTests(SynchronousTestCase):
     def test_unicode(self) -> None:
         response = self.post(message="gr\u00fc\u00dfe \u2603")
         self.assertIn("You wrote: gr\u00fc\u00dfe \u2603", response.text())
+
+    def test_formCarriesToken(self) -> None:
+        """The form's hidden csrf_token and the cookie set with it make a POST that passes."""
+        response = self.successResultOf(render(Guestbook(), templates=TEMPLATES))
+        token = re.search(r'name="csrf_token" value="([^"]+)"', response.text())
+        assert token is not None
+        [cookie] = response.headers.getRawHeaders("set-cookie")
+        self.assertRegex(cookie, r"^okws-csrf-test=[A-Za-z0-9_-]{24}; Path=/; HttpOnly; SameSite=lax$")
+        posted = self.successResultOf(render(
+            Guestbook(), "POST", headers={**FORM, "Cookie": cookie.split(";")[0]},
+            body=urlencode({"message": "signed", "csrf_token": token.group(1)}).encode(), templates=TEMPLATES,
+        ))
+        self.assertEqual(posted.code, 200)
+        self.assertIn("You wrote: signed", posted.text())
+
+    def test_postWithoutToken(self) -> None:
+        """A POST without its token (a form on another site) gets the site's 403 page, not the service."""
+        response = self.successResultOf(render(
+            Guestbook(), "POST", headers=FORM, body=b"message=forged", templates=TEMPLATES,
+        ))
+        self.assertEqual(response.code, 403)
+        self.assertIn("403 Forbidden", response.text())
+        self.assertNotIn("forged", response.text())
 
     def test_noMessage(self) -> None:
         response = self.post()

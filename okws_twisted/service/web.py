@@ -18,6 +18,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 
 from okws_twisted.interfaces import ITemplates
 from okws_twisted.service.budget import BodyFiles
+from okws_twisted.service.csrf import CsrfKey
 from okws_twisted.wire.handoff import tls_summary
 from okws_twisted.wire.httpframe import (
     RequestHead,
@@ -165,6 +166,9 @@ class ServiceSite(server.Site):
         super().__init__(resource, reactor=reactor)
         self.templates = templates
 
+    #: The service's CSRF key (set by the runtime from the secret the launcher sent);
+    #: L{None}: every CSRF check fails (closed).
+    csrf: CsrfKey | None = None
     #: The log client (set by the runtime); L{None}: no access records.
     records: RecordSender | None = None
     #: Send records for every response (else only for status 400 and up, for error.log).
