@@ -70,8 +70,9 @@ class _ReadSender:
         self._reactor = request.channel.site.reactor
 
     def start(self) -> "Deferred[int]":
+        """Send the first MiB now (a small file is done at once), the rest turn by turn."""
         self.request.registerProducer(self, True)
-        self._schedule()
+        self._run()
         return self.done
 
     def _schedule(self) -> None:
