@@ -60,7 +60,7 @@ resource = tests.sites.echo:Echo
 paths = /echo
 
 [service:form]
-resource = services.form:Guestbook
+resource = tests.sites.unchecked:UncheckedGuestbook
 paths = /form
 max_body = 1000
 """
