@@ -35,7 +35,7 @@ setup(
         "pyopenssl",
         "jinja2",
     ],
-    extras_require={"test": ["treq", "hypothesis"]},
+    extras_require={"test": ["treq", "hypothesis", "selenium"]},
     entry_points={"console_scripts": ["okws-ctl = okws_twisted.ctl:main"]},
     cmdclass={"editable_wheel": _CompatEditable},
 )

@@ -18,6 +18,7 @@ from okws_twisted.testing import RenderedResponse, render
 from services.delay import Delay
 from services.form import Guestbook
 from services.hello import Hello
+from services.index import Index
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates")
@@ -178,6 +179,23 @@ class GuestbookTests(SynchronousTestCase):
         response = self.post()
         self.assertEqual(response.code, 200)
         self.assertIn("You wrote: </p>", response.text())
+
+
+class IndexTests(SynchronousTestCase):
+    def test_links_the_examples(self) -> None:
+        response = self.successResultOf(render(Index(), templates=TEMPLATES))
+        self.assertEqual(response.code, 200)
+        for link in ('href="/hello?name=visitor"', 'href="/guestbook"', 'href="/delay?ms=500"',
+                     'href="/static/style.css"', 'href="/favicon.ico"'):
+            self.assertIn(link, response.text())
+
+    def test_anything_else_is_the_sites_404(self) -> None:
+        """/ catches every path nothing else claims: only / itself is the index."""
+        response = self.successResultOf(render(Index(), path="/nothing/here", templates=TEMPLATES))
+        self.assertEqual(response.code, 404)
+        self.assertIn("404 Not Found", response.text())
+        self.assertIn('Try <a href="/hello">', response.text())
+        self.assertEqual(self.successResultOf(render(Index(), path="/", templates=TEMPLATES)).code, 200)
 
 
 class DelayTests(SynchronousTestCase):
