@@ -46,12 +46,13 @@ _libc.syscall.restype = ctypes.c_long
 _has_openat2: bool | None = None
 
 
+_HOW = _OpenHow(OPEN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+_HOW_REF = ctypes.byref(_HOW)
+_HOW_SIZE = ctypes.sizeof(_HOW)
+
+
 def _openat2(dirfd: int, rel: bytes) -> int:
-    how = _OpenHow(OPEN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(
-        ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(rel), ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, rel, _HOW_REF, _HOW_SIZE)
     if fd < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import time
 from dataclasses import dataclass
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
 
 __all__ = [
     "CODINGS",
@@ -91,8 +93,12 @@ _COMPRESSIBLE = (b"text/", b"application/json", b"application/manifest+json", b"
                  b"image/svg+xml", b"application/wasm", b"image/x-icon")
 
 
+@lru_cache(maxsize=4096)
 def content_type(name: bytes) -> bytes:
-    """C{text/css; charset=utf-8}, C{image/png}; C{application/octet-stream} if unknown."""
+    """C{text/css; charset=utf-8}, C{image/png}; C{application/octet-stream} if unknown.
+
+    Cached: a site serves the same few names again and again.
+    """
     guessed, encoding = _TYPES.guess_type(os.fsdecode(name), strict=False)
     if encoding is not None:
         return _CODED.get(encoding, b"application/octet-stream")
@@ -118,9 +124,17 @@ def etag(mtime_ns: int, size: int, coding: bytes = b"") -> bytes:
     return b'"' + tag + (b"-" + coding if coding else b"") + b'"'
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@lru_cache(maxsize=4096)
 def http_date(seconds: float) -> bytes:
-    """An IMF-fixdate: C{Sun, 06 Nov 1994 08:49:37 GMT}."""
-    return formatdate(int(seconds), usegmt=True).encode("ascii")
+    """An IMF-fixdate: C{Sun, 06 Nov 1994 08:49:37 GMT} (cached: files keep their dates)."""
+    t = time.gmtime(int(seconds))
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAYS[t.tm_wday].encode(), t.tm_mday, _MONTHS[t.tm_mon - 1].encode(), t.tm_year, t.tm_hour, t.tm_min, t.tm_sec,
+    )
 
 
 def _parse_date(value: bytes) -> int | None:
@@ -249,14 +263,16 @@ CODINGS = ((b".br", b"br"), (b".gz", b"gzip"))
 _SUFFIX = {coding: suffix for suffix, coding in CODINGS}
 
 
-def accepted_codings(header: bytes | None) -> list[tuple[bytes, bytes]]:
+@lru_cache(maxsize=256)
+def accepted_codings(header: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
     """The (coding, suffix) pairs of L{CODINGS} that C{Accept-Encoding} allows, best first.
 
     Best by the client's q-value, then by ours (br before gzip); C{*} covers what is not
     named, C{x-gzip} is gzip, and a q-value that is not a number from 0 to 1 refuses.
+    Cached: browsers send a few values, the same on every request.
     """
     if header is None:
-        return []
+        return ()
     weights: dict[bytes, float] = {}
     star: float | None = None
     for item in header.split(b","):
@@ -283,4 +299,4 @@ def accepted_codings(header: bytes | None) -> list[tuple[bytes, bytes]]:
         weight = weights.get(coding, star if star is not None else 0.0)
         if weight > 0:
             ranked.append((-weight, order, coding))
-    return [(coding, _SUFFIX[coding]) for _w, _o, coding in sorted(ranked)]
+    return tuple((coding, _SUFFIX[coding]) for _w, _o, coding in sorted(ranked))

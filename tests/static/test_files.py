@@ -155,7 +155,7 @@ class CodingTests(SynchronousTestCase):
         self.assertEqual(names(b"gzip;q=2"), [])
         self.assertEqual(names(b"gzip;q=x"), [])
         self.assertEqual(names(b"x-gzip"), [b"gzip"])
-        self.assertEqual(accepted_codings(b"gzip"), [(b"gzip", b".gz")])
+        self.assertEqual(accepted_codings(b"gzip"), ((b"gzip", b".gz"),))
 
 
 class BeneathTests(SynchronousTestCase):
