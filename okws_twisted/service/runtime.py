@@ -422,14 +422,15 @@ def start_role(
 
     A static pool's resource is built in (L{okws_twisted.config.site.STATIC_RESOURCE}): it is
     imported by name from okws, never from the site directory, and built with the root the
-    launcher named (C{/files} in its jail) and the pool's C{max_age}.
+    launcher named (C{/files} in its jail), the pool's C{max_age}, and C{keepalive_timeout} as
+    the longest a client may read nothing of a file.
     """
     from okws_twisted.bootstrap import import_spec, load_resource
 
     name, index = str(meta["service"]), int(meta["index"])
     service = next(s for s in site.services if s.name == name)
     if service.kind == "static":
-        resource = import_spec(service.resource)(str(meta["root"]), service.max_age)
+        resource = import_spec(service.resource)(str(meta["root"]), service.max_age, site.keepalive_timeout)
     else:
         resource = load_resource(service.resource, site.base_dir)()
     secret = meta.get("csrf_secret")

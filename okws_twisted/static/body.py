@@ -14,11 +14,12 @@ bounded memory there too.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
@@ -31,34 +32,58 @@ __all__ = ["FileShrank", "send_body"]
 READ_CHUNK = 64 * 1024
 #: At most this much is read in one turn of the reactor (then the loop turns).
 READS_PER_TURN = 16
+log = Logger()
 
 
-def send_body(request: IRequest, fd: int, offset: int, count: int) -> "Deferred[int]":
+def send_body(request: IRequest, fd: int, offset: int, count: int, stall: float = 60.0) -> "Deferred[int]":
     """Send C{count} bytes of C{fd} from C{offset} as the body of C{request}.
 
     The head must already be written (C{request.write(b"")}).  Progress counts in
-    C{request.sentLength} (the access log's bytes) and, since twisted.web restarts its idle
-    timer only on reads, restarts the connection's idle timer: a long download to a slow reader
-    is not cut after C{keepalive_timeout}, though one that stops reading for that long is.
+    C{request.sentLength} (the access log's bytes).  twisted.web turns its idle timer off while
+    a request is answered, so a client that stops reading a large file would hold its
+    connection for ever: here a send that makes no progress for C{stall} seconds aborts the
+    connection (nginx's C{send_timeout}); a download that keeps moving, however slowly, is
+    never cut.
     """
     channel = request.channel
-    send_file = getattr(getattr(channel, "transport", None), "send_file", None)
-    if send_file is None:
-        return _ReadSender(request, fd, offset, count).start()
+    reactor = channel.site.reactor
+
+    def stalled() -> None:
+        log.info("a client read nothing of {path} for {stall}s; closing its connection",
+                 path=request.path.decode("latin-1"), stall=stall)
+        channel.transport.abortConnection()
+
+    timer = reactor.callLater(stall, stalled)
+
+    def moved(sent: int) -> None:
+        if timer.active():
+            timer.reset(stall)
 
     def progress(sent: int) -> None:
+        # Bytes sendfile moved never pass through request.write, which counts the others.
         request.sentLength += sent
-        channel.resetTimeout()
+        moved(sent)
 
-    return send_file(fd, offset, count, progress)
+    def done(result: object) -> object:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    send_file = getattr(getattr(channel, "transport", None), "send_file", None)
+    if send_file is None:
+        sending = _ReadSender(request, fd, offset, count, moved).start()
+    else:
+        sending = send_file(fd, offset, count, progress)
+    return sending.addBoth(done)
 
 
 @implementer(IPushProducer)
 class _ReadSender:
     """The file in 64 KiB reads, written while the consumer wants more."""
 
-    def __init__(self, request: Any, fd: int, offset: int, count: int) -> None:
+    def __init__(self, request: Any, fd: int, offset: int, count: int, progress: Callable[[int], None]) -> None:
         self.request = request
+        self.progress = progress
         self.fd = fd
         self.offset = offset
         self.remaining = count
@@ -99,6 +124,7 @@ class _ReadSender:
             self.remaining -= len(chunk)
             self.sent += len(chunk)
             self.request.write(chunk)
+            self.progress(len(chunk))
         self._schedule()
 
     def _finish(self, result: "int | Failure") -> None:

@@ -61,6 +61,8 @@ class StaticFiles(Resource):
     @param root: the directory served (C{/files} in the jail).
     @param max_age: C{Cache-Control: public, max-age=N}; 0 sends C{no-cache} (revalidate every
         time, with the validators making that a 304).
+    @param send_timeout: a client that reads nothing of a file for this long loses its
+        connection (okws passes C{keepalive_timeout}).
     """
 
     isLeaf = True
@@ -69,9 +71,10 @@ class StaticFiles(Resource):
     #: Files (or ranges) up to this size are read and written with the head, in one send.
     SMALL_FILE = 64 * 1024
 
-    def __init__(self, root: str, max_age: int = 3600) -> None:
+    def __init__(self, root: str, max_age: int = 3600, send_timeout: float = 60.0) -> None:
         super().__init__()
         self.root = root
+        self.send_timeout = send_timeout
         self.dirfd = open_root(root)
         self.cache_control = b"public, max-age=%d" % (max_age,) if max_age else b"no-cache"
 
@@ -186,7 +189,7 @@ class StaticFiles(Resource):
                           error=reason.getErrorMessage())
             request.channel.transport.abortConnection()
 
-        send_body(request, fd, offset, count).addCallbacks(sent, failed)
+        send_body(request, fd, offset, count, self.send_timeout).addCallbacks(sent, failed)
 
     def _error(self, request: IRequest, status: int, message: str) -> Any:
         """The site's page for C{status} (the built-in one if it has none), keeping the connection."""

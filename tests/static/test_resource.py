@@ -222,7 +222,7 @@ class SocketTests(TestCase):
 
     def setUp(self) -> None:
         self.root = make_root(self)
-        self.site = ServiceSite(MountRoot(StaticFiles(self.root, 60), ("/static", "/favicon.ico")))
+        self.site = ServiceSite(MountRoot(StaticFiles(self.root, 60, send_timeout=0.5), ("/static", "/favicon.ico")))
         self.site.doStart()
         self.addCleanup(self.site.doStop)
 
@@ -266,7 +266,7 @@ class SocketTests(TestCase):
 
     async def test_slow_reader_bounded(self) -> None:
         """A slow reader of a 256 MiB file: nothing of the file is ever buffered in the process,
-        and the idle timeout (here 0.5 s) does not cut a download that keeps moving."""
+        and the send timeout (here 0.5 s) does not cut a download that keeps moving."""
         self.sparse("huge.bin", 256 << 20)
         sock, transport, channel = self.connect(timeout=0.5)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -285,6 +285,24 @@ class SocketTests(TestCase):
         self.assertLess(len(peer.data), 256 << 20)
         await peer.wait((256 << 20) + 150)
         self.assertTrue(transport.connected)
+
+    async def test_stalled_reader_cut(self) -> None:
+        """A client that stops reading a large file loses its connection after the send timeout
+        (here 0.5 s): twisted.web's own idle timer is off while a request is answered."""
+        self.sparse("huge.bin", 256 << 20)
+        sock, transport, _ = self.connect(timeout=0.5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET /static/huge.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        peer = Peer(sock)
+        self.addCleanup(peer.stop)
+        await peer.wait(65536)
+        peer.stop()  # and read no more
+        started = reactor.seconds()
+        lost: Deferred[None] = Deferred()
+        transport.protocol.connectionLost = lambda reason, lost=lost: lost.callback(None)  # type: ignore[method-assign]
+        await lost.addTimeout(10, reactor)
+        self.assertGreater(reactor.seconds() - started, 0.3)
+        self.assertFalse(transport.connected)
 
     async def test_file_shrinks_while_sent(self) -> None:
         """A file truncated mid-send: the connection is cut, so the short body never looks complete."""
