@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -182,8 +183,8 @@ class StaticFiles(Resource):
 
         def failed(reason: Failure) -> None:
             os.close(fd)
-            if gone:
-                return
+            if gone or reason.check(ConnectionLost, ConnectionDone):
+                return  # the client went away: nothing to say
             # The head promised a length: a short body must never look complete.
             self.log.warn("sending {path} failed after its head: {error}", path=request.path.decode("latin-1"),
                           error=reason.getErrorMessage())
