@@ -43,6 +43,17 @@ code (same results, same types, same errors)::
     response = self.successResultOf(render(Guestbook(), "POST", body=..., db=db, templates="templates"))
     self.assertEqual(db.connection.execute("SELECT count(*) FROM messages").fetchone()[0], 1)
 
+A service is served with a CSRF secret (the fixed L{TEST_CSRF_SECRET}, for the service named
+C{service}, C{"test"} by default), so its forms get tokens and its POSTs are checked as in
+production: a POST without a token gets the 403 page. C{csrf=True} sends a valid CSRF cookie
+and token with the request; L{csrf} makes a pair for a test that builds its own::
+
+    response = self.successResultOf(
+        render(Guestbook(), "POST", body=b"message=hi", csrf=True, headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+        }, templates="templates")
+    )
+
 This module belongs to the author's one-process world: it imports nothing from
 the launcher, the dispatcher or the process runtime.
 """
@@ -79,6 +90,7 @@ from zope.interface import implementer
 
 from okws_twisted.interfaces import ITemplates
 from okws_twisted.pubd.tree import TemplateTree, etag_of
+from okws_twisted.service.csrf import CsrfKey, cookie_name, new_nonce
 from okws_twisted.service.rendering import TemplateRenderer
 from okws_twisted.service.templatecache import TemplateCache
 from okws_twisted.service.web import ServiceRequest, ServiceSite
@@ -98,7 +110,10 @@ from okws_twisted.wire.templatechannel import (
     check_name,
 )
 
-__all__ = ["InMemoryDatabase", "RenderedResponse", "render"]
+__all__ = ["InMemoryDatabase", "TEST_CSRF_SECRET", "RenderedResponse", "csrf", "render"]
+
+#: The CSRF secret L{render} serves with: public, for tests only.
+TEST_CSRF_SECRET = b"okws_twisted.testing CSRF secret"
 
 _Text = Union[str, bytes]
 _HeaderValues = Union[_Text, Sequence[_Text]]
@@ -148,6 +163,8 @@ def render(
     reactor: IReactorTime | None = None,
     templates: _TemplateSources | ITemplates | None = None,
     db: IDatabase | None = None,
+    csrf: bool = False,
+    service: str = "test",
 ) -> Deferred[RenderedResponse]:
     """
     Send one HTTP/1.1 request to C{resource}, the root of a fresh L{Site}.
@@ -175,6 +192,10 @@ def render(
     @param db: what C{self.db} calls: an L{InMemoryDatabase} (or any
         L{IDatabase}). Without it, every C{self.db} call fails with
         L{QueryRefused}.
+    @param csrf: send a valid CSRF cookie and C{X-CSRF-Token} header (made
+        with L{csrf}), as a form rendered by the service would.
+    @param service: the service name the CSRF secret is for (cookie names
+        and tokens depend on it).
 
     @return: a L{Deferred} that fires with the L{RenderedResponse} once the
         response is complete, however late the resource finishes it. It fails
@@ -192,7 +213,17 @@ def render(
     if not _TOKEN.fullmatch(rawMethod):
         raise ValueError(f"not an HTTP method: {method!r}")
     target = _target(path, query)
-    allHeaders = _headerLines(headers or {}, body, rawMethod)
+    given = dict(headers or {})
+    if csrf:
+        cookie, token = _csrfPair(service, False)
+        for name in list(given):
+            if _asBytes(name).lower() == b"cookie":
+                old = given.pop(name)
+                olds = [old] if isinstance(old, (str, bytes)) else list(old)
+                cookie = "; ".join([*(v.decode("latin-1") if isinstance(v, bytes) else v for v in olds), cookie])
+        given["Cookie"] = cookie
+        given["X-CSRF-Token"] = token
+    allHeaders = _headerLines(given, body, rawMethod)
     request = b"".join(
         [rawMethod, b" ", target, b" HTTP/1.1\r\n", *allHeaders, b"\r\n", body]
     )
@@ -209,6 +240,7 @@ def render(
     site = ServiceSite(resource, reactor=reactor)
     site.requestFactory = exchange.requestFactory  # type: ignore[assignment]
     site.request_ids = RequestIds("test")
+    site.csrf = CsrfKey(service, TEST_CSRF_SECRET)
     if templates is not None:
         site.templates = (
             templates if ITemplates.providedBy(templates) else _LocalTemplates(templates)
@@ -217,6 +249,20 @@ def render(
     exchange.connect(site.buildProtocol(peer), local, peer)
     exchange.send(request)
     return exchange.result
+
+
+def csrf(service: str = "test", secure: bool = False) -> tuple[str, str]:
+    """A CSRF cookie (the C{Cookie} header's value) and its token, as L{render} checks them.
+
+    @param secure: the C{__Host-} cookie of a TLS connection.
+    """
+    return _csrfPair(service, secure)
+
+
+def _csrfPair(service: str, secure: bool) -> tuple[str, str]:
+    nonce = new_nonce()
+    token = CsrfKey(service, TEST_CSRF_SECRET).token(nonce)
+    return (cookie_name(service, secure) + b"=" + nonce).decode("ascii"), token.decode("ascii")
 
 
 @implementer(ITemplates)

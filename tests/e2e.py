@@ -420,6 +420,15 @@ class Response:
         return self.headers.get(name.lower())
 
 
+def form_token(site: "Site", path: str) -> tuple[str, str]:
+    """A form's CSRF cookie (a C{Cookie} header's value) and token, as a browser gets them: GET the page."""
+    page = site.get(path)
+    cookie = page.header("set-cookie")
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', page.body)
+    assert cookie is not None and token is not None, f"no CSRF cookie or token in GET {path}: {page.status} {page.body[:300]!r}"
+    return cookie.split(";")[0], token.group(1).decode("ascii")
+
+
 def request_bytes(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
     hdrs = {"Host": "localhost", **(headers or {})}
     if body:

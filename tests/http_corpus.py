@@ -63,7 +63,7 @@ resource = tests.sites.echo:Echo
 paths = /echo
 
 [service:form]
-resource = services.form:Form
+resource = tests.sites.unchecked:UncheckedGuestbook
 paths = /form
 max_body = 1000
 """

@@ -492,22 +492,22 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
 
     def test_noService(self) -> None:
         self.assertConfigError(
-            "[okws]\n", "site.ini: no [service:NAME] section; at least one service is required"
+            "[okws]\n", "site.ini: no [service:NAME] or [static:NAME] section; at least one is required"
         )
 
     def test_unknownSection(self) -> None:
         self.assertConfigError(
             "[okws]\n[services:hello]\n",
             "site.ini: [services:hello] unknown section; did you mean [service:hello]? "
-            "(sections are [okws], [service:NAME] and [db:NAME])",
+            "(sections are [okws], [service:NAME], [static:NAME] and [db:NAME])",
         )
         self.assertConfigError(
             "[okw]\n", "site.ini: [okw] unknown section; did you mean [okws]? "
-            "(sections are [okws], [service:NAME] and [db:NAME])",
+            "(sections are [okws], [service:NAME], [static:NAME] and [db:NAME])",
         )
         self.assertConfigError(
             "[okws]\n[DEFAULT]\nlog_dir = x\n",
-            "site.ini: [DEFAULT] unknown section (sections are [okws], [service:NAME] and [db:NAME])",
+            "site.ini: [DEFAULT] unknown section (sections are [okws], [service:NAME], [static:NAME] and [db:NAME])",
         )
 
     def test_unknownKey(self) -> None:
@@ -722,8 +722,8 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(str(e), "site.ini: [okws] log_dir: expected an absolute directory, "
                                  "got 'logs'")
         e = self.assertRaises(ConfigError, self.make, services=())
-        self.assertEqual(str(e), "site.ini: no [service:NAME] section; at least one service "
-                                 "is required")
+        self.assertEqual(str(e), "site.ini: no [service:NAME] or [static:NAME] section; "
+                                 "at least one is required")
         e = self.assertRaises(ConfigError, self.make, restart_delay_min=2.0, restart_delay_max=1.0)
         self.assertEqual(str(e), "site.ini: [okws] restart_delay_min: 2 is above "
                                  "restart_delay_max (1)")

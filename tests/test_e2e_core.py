@@ -25,6 +25,7 @@ from tests.e2e import (
     REPO,
     TWISTD,
     Site,
+    form_token,
     pids_holding_socket,
     process_exists,
     read_response,
@@ -160,9 +161,10 @@ class RoutingTests(E2ETestCase):
             self.assertEqual(s.recv(100), b"")
 
     def test_async_post(self) -> None:
-        body = b"message=%3Cscript%3Ealert(1)%3C%2Fscript%3E"
+        cookie, token = form_token(self.site, "/form")
+        body = b"message=%3Cscript%3Ealert(1)%3C%2Fscript%3E&csrf_token=" + token.encode()
         with self.site.connect() as s:
-            s.sendall(request_bytes("POST", "/form", {"Content-Type": "application/x-www-form-urlencoded"}, body))
+            s.sendall(request_bytes("POST", "/form", {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie}, body))
             r = read_response(s)
         self.assertEqual(r.status, 200)
         self.assertIn(b"&lt;script&gt;", r.body)
@@ -219,10 +221,12 @@ class KeepAliveTests(E2ETestCase):
         self.assertIn(b"50", responses[4].body)
 
     def test_pipelined_post_body_looks_like_a_request(self) -> None:
+        cookie, token = form_token(self.site, "/form")
         sneaky = b"message=" + b"GET /hello?name=smuggled HTTP/1.1 Host: x"
         with self.site.connect() as s:
             s.sendall(
-                request_bytes("POST", "/form", {"Content-Type": "application/x-www-form-urlencoded"}, sneaky)
+                request_bytes("POST", "/form", {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie,
+                                                "X-CSRF-Token": token}, sneaky)
                 + request_bytes("GET", "/hello?name=after")
             )
             first = read_response(s)

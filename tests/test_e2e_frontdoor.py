@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import e2e
-from tests.e2e import E2ETestCase, Response, Site, read_response, request_bytes, wait_until
+from tests.e2e import E2ETestCase, Response, Site, form_token, read_response, request_bytes, wait_until
 from tests.http_corpus import CORPUS, HELLO_GET, SERVICES_INI, Case
 
 # -- the sites -------------------------------------------------------------------
@@ -396,9 +396,11 @@ class SlowClientTests(E2ETestCase):
 
     def test_body_timeout_is_between_reads(self) -> None:
         """A body that keeps arriving, each piece within body_timeout, is not cut."""
+        cookie, token = form_token(self.site, "/form")
         body = b"message=" + b"x" * 7
         pieces = [body[i : i + 5] for i in range(0, len(body), 5)]
-        s = self.socks.open(request_bytes("POST", "/form", {"Content-Length": str(len(body))}))
+        s = self.socks.open(request_bytes("POST", "/form", {"Content-Length": str(len(body)), "Cookie": cookie,
+                                                            "X-CSRF-Token": token}))
         start = time.monotonic()
         # Gaps longer than keepalive_timeout, shorter than body_timeout: the
         # idle timeout is for between requests, not inside one.

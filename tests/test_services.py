@@ -6,6 +6,7 @@ L{okws_twisted.testing.render} and the example site's own templates.
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import urlencode
 
 from twisted.internet.defer import CancelledError
@@ -18,6 +19,7 @@ from services.delay import Delay
 from services.form import Form
 from services.guestbook import Guestbook
 from services.hello import Hello
+from services.index import Index
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,6 +122,7 @@ class FormTests(SynchronousTestCase):
                 headers=FORM,
                 body=urlencode(fields).encode(),
                 templates=TEMPLATES,
+                csrf=True,
             )
         )
 
@@ -151,6 +154,29 @@ class FormTests(SynchronousTestCase):
         response = self.post(message="gr\u00fc\u00dfe \u2603")
         self.assertIn("You wrote: gr\u00fc\u00dfe \u2603", response.text())
 
+    def test_formCarriesToken(self) -> None:
+        """The form's hidden csrf_token and the cookie set with it make a POST that passes."""
+        response = self.successResultOf(render(Guestbook(), templates=TEMPLATES))
+        token = re.search(r'name="csrf_token" value="([^"]+)"', response.text())
+        assert token is not None
+        [cookie] = response.headers.getRawHeaders("set-cookie")
+        self.assertRegex(cookie, r"^okws-csrf-test=[A-Za-z0-9_-]{24}; Path=/; HttpOnly; SameSite=lax$")
+        posted = self.successResultOf(render(
+            Guestbook(), "POST", headers={**FORM, "Cookie": cookie.split(";")[0]},
+            body=urlencode({"message": "signed", "csrf_token": token.group(1)}).encode(), templates=TEMPLATES,
+        ))
+        self.assertEqual(posted.code, 200)
+        self.assertIn("You wrote: signed", posted.text())
+
+    def test_postWithoutToken(self) -> None:
+        """A POST without its token (a form on another site) gets the site's 403 page, not the service."""
+        response = self.successResultOf(render(
+            Guestbook(), "POST", headers=FORM, body=b"message=forged", templates=TEMPLATES,
+        ))
+        self.assertEqual(response.code, 403)
+        self.assertIn("403 Forbidden", response.text())
+        self.assertNotIn("forged", response.text())
+
     def test_noMessage(self) -> None:
         response = self.post()
         self.assertEqual(response.code, 200)
@@ -168,7 +194,7 @@ class GuestbookTests(SynchronousTestCase):
 
     def post(self, **fields: str) -> RenderedResponse:
         body = urlencode(fields).encode()
-        return self.successResultOf(render(Guestbook(), "POST", headers=FORM, body=body, templates=TEMPLATES, db=self.db))
+        return self.successResultOf(render(Guestbook(), "POST", headers=FORM, body=body, templates=TEMPLATES, db=self.db, csrf=True))
 
     def stored(self) -> list[str]:
         return [row[0] for row in self.db.connection.execute("SELECT text FROM messages ORDER BY id")]
@@ -211,6 +237,23 @@ class GuestbookTests(SynchronousTestCase):
         response = self.successResultOf(render(Guestbook(), templates=TEMPLATES))
         self.assertEqual(response.code, 500)
         self.assertEqual(len(self.flushLoggedErrors()), 1)
+
+
+class IndexTests(SynchronousTestCase):
+    def test_links_the_examples(self) -> None:
+        response = self.successResultOf(render(Index(), templates=TEMPLATES))
+        self.assertEqual(response.code, 200)
+        for link in ('href="/hello?name=visitor"', 'href="/guestbook"', 'href="/delay?ms=500"',
+                     'href="/static/style.css"', 'href="/favicon.ico"'):
+            self.assertIn(link, response.text())
+
+    def test_anything_else_is_the_sites_404(self) -> None:
+        """/ catches every path nothing else claims: only / itself is the index."""
+        response = self.successResultOf(render(Index(), path="/nothing/here", templates=TEMPLATES))
+        self.assertEqual(response.code, 404)
+        self.assertIn("404 Not Found", response.text())
+        self.assertIn('Try <a href="/hello">', response.text())
+        self.assertEqual(self.successResultOf(render(Index(), path="/", templates=TEMPLATES)).code, 200)
 
 
 class DelayTests(SynchronousTestCase):

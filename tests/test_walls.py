@@ -22,7 +22,7 @@ from tests.e2e import REPO
 PACKAGE = os.path.join(REPO, "okws_twisted")
 
 #: The process subpackages: none may import another.
-PROCESSES = ("launcher", "dispatcher", "service", "logd", "pubd", "tlsfront", "dbproxy")
+PROCESSES = ("launcher", "dispatcher", "service", "logd", "pubd", "tlsfront", "dbproxy", "static")
 #: What every process may use.
 SHARED = ("wire", "config", "bootstrap", "jail", "interfaces", "faces", "templating", "sqlqueries")
 
@@ -168,6 +168,15 @@ class ImportWallTests(SynchronousTestCase):
         self.assertEqual(_loaded_from(loaded, "okws_twisted.dbproxy", "okws_twisted.sqlqueries", "aiosql", "sqlite3",
                                       "_sqlite3", "psycopg"), set())
 
+    def test_static_files_load_no_service_code(self) -> None:
+        """The static pools' resource is okws's own: it loads nothing of the service runtime, no
+        jinja2 and no site code (the runtime loads it by name; no import arrow joins them)."""
+        loaded = modules_after_import("okws_twisted.static.resource")
+        self.assertIn("okws_twisted.static.beneath", loaded)
+        self.assertEqual(_loaded_from(loaded, "okws_twisted.service", "okws_twisted.dispatcher", "okws_twisted.launcher",
+                                      "okws_twisted.pubd", "okws_twisted.templating", "okws_twisted.testing", "jinja2",
+                                      "markupsafe", "services"), set())
+
     def test_launcher_runs_no_site_code(self) -> None:
         loaded = modules_after_import("okws_twisted.launcher.tap")
         self.assertIn("okws_twisted.launcher.site", loaded)
@@ -191,7 +200,7 @@ class ImportWallTests(SynchronousTestCase):
         """Importing a subpackage's face loads none of its modules (so its pure modules stay pure)."""
         for package in ("okws_twisted.launcher", "okws_twisted.dispatcher", "okws_twisted.service",
                         "okws_twisted.logd", "okws_twisted.pubd", "okws_twisted.tlsfront", "okws_twisted.wire",
-                        "okws_twisted.dbproxy"):
+                        "okws_twisted.dbproxy", "okws_twisted.static"):
             loaded = modules_after_import(package)
             self.assertEqual(_loaded_from(loaded, package) - {package}, set(), package)
 

@@ -32,7 +32,12 @@ from okws_twisted.config.site import (
     _SERVICE_KEYS,
     _SERVICE_NUMBERS,
     _SERVICE_PREFIX,
+    _STATIC_KEYS,
+    _STATIC_NUMBERS,
+    _STATIC_PREFIX,
+    _MAX_AGE,
     _TRUE,
+    STATIC_RESOURCE,
     ServiceConfig,
     SiteConfig,
     parse_access_fields,
@@ -94,7 +99,7 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
         return ConfigError(file, section, key, message)
 
     for section in parser.sections():
-        if section != "okws" and not section.startswith((_SERVICE_PREFIX, DB_PREFIX)):
+        if section != "okws" and not section.startswith((_SERVICE_PREFIX, _STATIC_PREFIX, DB_PREFIX)):
             raise fail(section, None, "unknown section" + _suggest_section(section))
     if not parser.has_section("okws"):
         raise fail(None, None, "no [okws] section; it is required (it may be empty)")
@@ -115,7 +120,7 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             raise fail("okws", "listen", str(e)) from None
     site["listen"] = tuple(listeners)
 
-    for key, default in (("log_dir", "logs"), ("templates", "templates")):
+    for key, default in (("log_dir", "logs"), ("templates", "templates"), ("state_dir", "state")):
         value = okws.get(key, default)
         if not value:
             raise fail("okws", key, "expected a directory, got nothing")
@@ -210,6 +215,8 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
     for section in parser.sections():
         if section.startswith(_SERVICE_PREFIX):
             services.append(_parse_service(parser[section], section, fail))
+        elif section.startswith(_STATIC_PREFIX):
+            services.append(_parse_static(parser[section], section, base_dir, fail))
     site["services"] = tuple(services)
     config = SiteConfig(**site)
     for service in config.services:
@@ -263,6 +270,49 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
                 raise fail(name, key, f"expected yes or no, got {section[key]!r}")
             kwargs[key] = _BOOL_WORDS[word]
     for key, number in _SERVICE_NUMBERS.items():
+        if key in section:
+            try:
+                kwargs[key] = number.convert(section[key])
+            except _FieldError as e:
+                raise fail(name, key, e.message) from None
+            problem = number.check(kwargs[key], section[key])
+            if problem:
+                raise fail(name, key, problem)
+    try:
+        return ServiceConfig(**kwargs)
+    except _FieldError as e:
+        raise fail(name, e.key, e.message) from None
+
+
+def _parse_static(section: Any, name: str, base_dir: str, fail: Any) -> ServiceConfig:
+    """A C{[static:NAME]} section: a pool serving the files under C{root}."""
+    others = tuple(k for k in _SERVICE_KEYS if k not in _STATIC_KEYS)
+    for key in section:
+        if key in others:
+            raise fail(name, key, f"a [static:NAME] section has no {key} (keys: {', '.join(_STATIC_KEYS)})")
+    _check_keys(section, name, _STATIC_KEYS, _OKWS_KEYS, "[okws]", fail)
+    kwargs: dict[str, Any] = {
+        "name": name[len(_STATIC_PREFIX):], "kind": "static", "resource": STATIC_RESOURCE,
+        "max_body": 0, "max_processes": 16,
+    }
+    for key, example in (("root", "static"), ("paths", "/static /favicon.ico")):
+        if key not in section or not section[key].strip():
+            raise fail(name, key, f"missing; expected {example}")
+    root = section["root"].strip()
+    if "\n" in root:
+        raise fail(name, "root", f"expected one directory on one line, got {root!r}")
+    root = os.path.normpath(os.path.join(base_dir, root))
+    if not os.path.isdir(root):
+        raise fail(name, "root", f"{root!r} is not a directory")
+    kwargs["root"] = root
+    kwargs["paths"] = tuple(section["paths"].split())
+    if "lazy" in section:
+        word = section["lazy"].strip().lower()
+        if word not in _BOOL_WORDS:
+            raise fail(name, "lazy", f"expected yes or no, got {section['lazy']!r}")
+        kwargs["lazy"] = _BOOL_WORDS[word]
+    numbers = {key: _SERVICE_NUMBERS[key] for key in _STATIC_NUMBERS} | {"max_age": _MAX_AGE}
+    for key, number in numbers.items():
         if key in section:
             try:
                 kwargs[key] = number.convert(section[key])
@@ -344,12 +394,13 @@ def _check_keys(
 
 
 def _suggest_section(section: str) -> str:
-    allowed = " (sections are [okws], [service:NAME] and [db:NAME])"
+    allowed = " (sections are [okws], [service:NAME], [static:NAME] and [db:NAME])"
     head, colon, rest = section.partition(":")
-    if colon and difflib.get_close_matches(head.strip().lower(), ["service"], n=1):
-        return f"; did you mean [service:{rest.strip()}]?{allowed}"
     if colon and head.strip().lower() in ("database", "dbs", "sql", "sqlite", "postgresql"):
         return f"; did you mean [db:{rest.strip()}]?{allowed}"
+    close = difflib.get_close_matches(head.strip().lower(), ["service", "static"], n=1) if colon else []
+    if close:
+        return f"; did you mean [{close[0]}:{rest.strip()}]?{allowed}"
     if not colon and difflib.get_close_matches(section.strip().lower(), ["okws"], n=1):
         return f"; did you mean [okws]?{allowed}"
     return allowed

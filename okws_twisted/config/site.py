@@ -38,6 +38,11 @@ __all__ = ["ACCESS_FIELDS", "COMBINED", "ServiceConfig", "SiteConfig", "normaliz
 _JSON_FORMAT = 1
 
 _SERVICE_PREFIX = "service:"
+_STATIC_PREFIX = "static:"
+#: The resource every C{[static:NAME]} pool serves (built in, loaded by name like a site's).
+STATIC_RESOURCE = "okws_twisted.static.resource:StaticFiles"
+#: The kinds of pool a section makes: C{[service:NAME]} and C{[static:NAME]}.
+KINDS = ("service", "static")
 _SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +101,7 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
     "max_processes": _Number(int, 16, "processes and threads"),
 }
 
-_OKWS_KEYS = ("listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields", "server_header", "health")
+_OKWS_KEYS = ("listen", "log_dir", "templates", "state_dir", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields", "server_header", "health")
 _SERVICE_BOOLEANS = ("scratch", "lazy", "fork")
 _SERVICE_KEYS = ("resource", "paths", "network", *_SERVICE_BOOLEANS, "db", "queries", *_SERVICE_NUMBERS)
 _NETWORK_CHOICES = ("none", "host")
@@ -106,6 +111,11 @@ HEALTH_CHOICES = ("all", "any")
 DEFAULT_SERVER_HEADER = "okws-twisted"
 #: A Server value: visible ASCII and inner spaces (RFC 9110 5.5, without obs-text).
 _SERVER_HEADER = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?)?")
+
+#: The keys of a C{[static:NAME]} section: the numbers and yes/no keys are a service's.
+_STATIC_NUMBERS = ("instances", "max_connections", "uid", "gid", "memory_limit")
+_STATIC_KEYS = ("root", "paths", "max_age", "lazy", *_STATIC_NUMBERS)
+_MAX_AGE = _Number(int, 0, "seconds")
 _BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
@@ -225,7 +235,13 @@ def _check_resource(resource: object) -> None:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """One service from a C{[service:NAME]} section.
+    """One pool of instances: a service from a C{[service:NAME]} section, or a static-file
+    server from a C{[static:NAME]} section (C{kind = "static"}).
+
+    A static pool is a service whose resource is the built-in L{STATIC_RESOURCE}: it runs the
+    same runtime, is routed, pooled, limited, relaunched and logged the same way, and shares
+    the services' name space.  It has no body (C{max_body = 0}), no network, no scratch
+    directory, may not fork, and its C{root} is the absolute directory it serves.
 
     C{paths} are normalised at construction (see L{normalize_path}), so two spellings of the
     same prefix compare equal.
@@ -250,6 +266,16 @@ class ServiceConfig:
     #: The C{[db:NAME]} this service reaches ("" for none) and the queries it may run there.
     db: str = ""
     queries: tuple[str, ...] = ()
+    kind: str = "service"
+    #: C{static} only: the directory served (absolute).
+    root: str = ""
+    #: C{static} only: C{Cache-Control: public, max-age=N}; 0 means C{no-cache}.
+    max_age: int = 3600
+
+    @property
+    def section(self) -> str:
+        """The ini section it came from: C{service:hello}, C{static:assets}."""
+        return f"{self.kind}:{self.name}"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SERVICE_NAME.fullmatch(self.name):
@@ -283,6 +309,24 @@ class ServiceConfig:
             raise _FieldError("queries", f"missing; a service with db = {self.db} lists the queries it may run")
         if self.queries and not self.db:
             raise _FieldError("db", "missing; queries are granted on a database: add db = NAME")
+        if self.kind not in KINDS:
+            raise _FieldError(None, f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        problem = _MAX_AGE.check(self.max_age)
+        if problem:
+            raise _FieldError("max_age", problem)
+        if self.kind == "static":
+            self._check_static()
+        elif self.root:
+            raise _FieldError("root", "only a [static:NAME] section has a root")
+
+    def _check_static(self) -> None:
+        if self.resource != STATIC_RESOURCE:
+            raise _FieldError("resource", f"a static pool serves {STATIC_RESOURCE}, not {self.resource!r}")
+        if not isinstance(self.root, str) or not os.path.isabs(self.root):
+            raise _FieldError("root", f"expected an absolute directory, got {self.root!r}")
+        for key, fixed in (("max_body", 0), ("network", "none"), ("scratch", False), ("fork", False), ("db", "")):
+            if getattr(self, key) != fixed:
+                raise _FieldError(key, f"a static pool has {key} = {fixed!r}, got {getattr(self, key)!r}")
 
 
 def _normalize_paths(paths: object) -> tuple[str, ...]:
@@ -322,6 +366,8 @@ class SiteConfig:
     )
     log_dir: str
     templates: str
+    #: Where the launcher keeps what must outlive a restart (the services' CSRF secrets).
+    state_dir: str = "/var/lib/okws/state"
     max_head: int = 16384
     max_request_line: int = 8192
     max_headers: int = 100
@@ -375,7 +421,7 @@ class SiteConfig:
 
         if not isinstance(self.base_dir, str) or not os.path.isabs(self.base_dir):
             raise fail(None, None, f"base_dir must be an absolute directory, got {self.base_dir!r}")
-        for key in ("log_dir", "templates"):
+        for key in ("log_dir", "templates", "state_dir"):
             value = getattr(self, key)
             if not isinstance(value, str) or not os.path.isabs(value):
                 raise fail("okws", key, f"expected an absolute directory, got {value!r}")
@@ -449,7 +495,7 @@ class SiteConfig:
         ):
             raise fail(None, None, f"services must be ServiceConfig values, got {services!r}")
         if not services:
-            raise fail(None, None, "no [service:NAME] section; at least one service is required")
+            raise fail(None, None, "no [service:NAME] or [static:NAME] section; at least one is required")
         object.__setattr__(self, "services", tuple(services))
         databases = self.databases
         if not isinstance(databases, (tuple, list)) or not all(isinstance(d, DatabaseConfig) for d in databases):
@@ -460,23 +506,22 @@ class SiteConfig:
             if db_names.count(name) > 1:
                 raise fail(DB_PREFIX + name, None, "this database is defined twice")
         owners: dict[str, str] = {}
-        names: set[str] = set()
+        names: dict[str, str] = {}
         for service in self.services:
-            section = _SERVICE_PREFIX + service.name
+            section = service.section
             if service.name in names:
-                raise fail(section, None, "this service is defined twice")
-            names.add(service.name)
+                if names[service.name] == section:
+                    raise fail(section, None, "this service is defined twice" if service.kind == "service" else "this static pool is defined twice")
+                raise fail(section, None, f"the name {service.name!r} is already used by [{names[service.name]}]; "
+                           "services and static pools share one name space")
+            names[service.name] = section
             if service.db and service.db not in db_names:
                 raise fail(section, "db", f"no [{DB_PREFIX}{service.db}] section"
                            + (f"; the databases are {', '.join(db_names)}" if db_names else ""))
             for path in service.paths:
                 if path in owners:
-                    raise fail(
-                        section,
-                        "paths",
-                        f"{path!r} is already claimed by [{_SERVICE_PREFIX}{owners[path]}]",
-                    )
-                owners[path] = service.name
+                    raise fail(section, "paths", f"{path!r} is already claimed by [{owners[path]}]")
+                owners[path] = section
 
     def database(self, name: str) -> DatabaseConfig | None:
         """The C{[db:NAME]} called C{name}, if there is one."""

@@ -49,7 +49,7 @@ from okws_twisted.dbproxy.scheduler import CallQueue, Waiting
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.sqlqueries import NamedQuery, QueriesError, parse
 from okws_twisted.wire import dbchannel, dbvalues
-from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
+from okws_twisted.wire.channel import ChannelError, ChannelLimits, Message, MessageChannel
 from okws_twisted.wire.dbchannel import FAILED, OK, REFUSED, UNAVAILABLE, Grant
 
 #: A peer that leaves this many reply datagrams unread is given up on (its channel closed).
@@ -94,7 +94,7 @@ class _Link:
         self.reply_limit = dbchannel.service_limit(config.max_result_bytes)
         self.channel = MessageChannel(
             proxy.reactor, sock, self._received, self._lost, name=f"db:{name}",
-            max_payload=dbchannel.proxy_limit(config.max_call_bytes),
+            limits=ChannelLimits(max_payload=dbchannel.proxy_limit(config.max_call_bytes)),
         )
 
     @property

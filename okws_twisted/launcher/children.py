@@ -17,6 +17,7 @@ its output reaches the log through an L{OutputLimiter}.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ import okws_twisted
 from okws_twisted.config import ServiceConfig
 from okws_twisted.launcher import limits
 from okws_twisted.launcher.cgroups import InstanceCgroup
+from okws_twisted.launcher.jailplan import STATIC_ROOT
 from okws_twisted.launcher.output import LINE_MAX, RATE, OutputLimiter
 from okws_twisted.launcher.pidns import PidNamespaceError
 from okws_twisted.launcher.supervision import Backoff, CrashBudget, Heartbeat
@@ -390,7 +392,16 @@ class ChildSlot:
         elif self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
-            extra_paths.append(launcher.config.base_dir)
+            cfg = self.service_config()
+            if cfg is not None and cfg.kind == "static":
+                # okws's own resource over the root: no site directory on its path.
+                meta["root"] = STATIC_ROOT if launcher.jailed else cfg.root
+            else:
+                extra_paths.append(launcher.config.base_dir)
+                secret = launcher.csrf_secrets.get(self.service or "")
+                if secret is not None:
+                    # To this service alone: never in the site configuration every child gets.
+                    meta["csrf_secret"] = base64.b64encode(secret).decode("ascii")
         elif self.role == "dbproxy":
             meta["db"] = self.db
         proc = ChildProcess(self, reactor.seconds(), launcher.config.heartbeat_timeout)

@@ -28,7 +28,7 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.config.databases import DatabaseConfig
 from okws_twisted.jail import Bind, JailSpec, make_dirs
 
-__all__ = ["Bind", "JailSpec", "UidPlan", "dbproxy_binds", "jail_for", "service_binds", "role_binds", "python_binds"]
+__all__ = ["STATIC_ROOT", "Bind", "JailSpec", "UidPlan", "dbproxy_binds", "jail_for", "service_binds", "static_binds", "role_binds", "python_binds"]
 
 #: Host paths every jailed Python process needs, read-only: the dynamic
 #: loader's libraries (twisted.web imports zlib, which links libz) and cache.
@@ -115,6 +115,16 @@ def service_binds(site: SiteConfig, service: ServiceConfig) -> list[Bind]:
     module = service.resource.partition(":")[0]
     found = package_of(module, [site.base_dir, *sys.path])
     return [Bind(found)] if found else []
+
+
+#: Where a static pool's root appears in its jail.
+STATIC_ROOT = "/files"
+
+
+def static_binds(service: ServiceConfig, gid: int) -> list[Bind]:
+    """A static pool's one directory: its root, read-only, readable by its group, at L{STATIC_ROOT}."""
+    grant_read(service.root, gid)
+    return [Bind(service.root, target=STATIC_ROOT)]
 
 
 def scratch_dir(site: SiteConfig, service: ServiceConfig) -> str:

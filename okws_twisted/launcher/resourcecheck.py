@@ -33,7 +33,7 @@ def _checker_input(site: SiteConfig) -> str:
         from okws_twisted.launcher import jailplan
 
         uid, gid = jailplan.UidPlan(site, jailplan.uids_in_use()).ids_for("resourcecheck")
-        binds = [b for service in site.services for b in jailplan.service_binds(site, service)]
+        binds = [b for service in site.services if service.kind == "service" for b in jailplan.service_binds(site, service)]
         jailplan.prepare_jail_root(site)
         # Importing may start a process only if some service may.
         may_fork = any(service.fork for service in site.services)

@@ -43,6 +43,7 @@ from okws_twisted.launcher import cgroups
 from okws_twisted.launcher.children import ChildProcess, ChildSlot
 from okws_twisted.launcher.limits import ResourcePlan
 from okws_twisted.launcher.pidns import PidNamespaces
+from okws_twisted.launcher.secrets import SecretError, csrf_secrets
 from okws_twisted.wire import control, logchannel
 from okws_twisted.wire.channel import MessageChannel, socketpair
 from okws_twisted.wire.logsender import FINAL_FLUSH_TIMEOUT, RecordSender
@@ -86,6 +87,19 @@ LOST_GRACE = 1.0
 
 #: The longest C{why} of a C{lost} message that is logged.
 MAX_WHY = 200
+
+
+def _static_roots(site: SiteConfig) -> dict[str, tuple[int, int] | None]:
+    """Each static pool's root directory as (device, inode); L{None} if it is gone."""
+    roots: dict[str, tuple[int, int] | None] = {}
+    for service in site.services:
+        if service.kind == "static":
+            try:
+                st = os.stat(service.root)
+                roots[service.name] = (st.st_dev, st.st_ino)
+            except OSError:
+                roots[service.name] = None
+    return roots
 
 
 class Launcher(Service):
@@ -134,6 +148,11 @@ class Launcher(Service):
         #: Root only, where the kernel offers them: per-instance memory and pids cgroups.
         self.cgroups: cgroups.RunCgroups | None = None
         self._fatal = False
+        #: Each service's CSRF secret (read in startService and on reload), sent to it alone.
+        self.csrf_secrets: dict[str, bytes] = {}
+        #: Each static pool's root as (st_dev, st_ino) when it was last (re)launched: a root
+        #: replaced by another directory is only seen by a relaunch (its bind mount pins it).
+        self.static_roots: dict[str, tuple[int, int] | None] = {}
 
     @property
     def children(self) -> list[ChildSlot]:
@@ -161,6 +180,11 @@ class Launcher(Service):
             self.pid_namespaces = PidNamespaces()
             self._start_cgroups()
         self._install_usr1()
+        try:
+            self.csrf_secrets = csrf_secrets(self.config)
+        except SecretError as e:
+            self.fatal(str(e))
+        self.static_roots = _static_roots(self.config)
         self.logd.spawn()
         self.publisher.spawn()
         for slot in self.databases:
@@ -216,10 +240,21 @@ class Launcher(Service):
         if self._uids is None:
             jailplan.prepare_jail_root(site)
             self._uids = jailplan.UidPlan(site, jailplan.uids_in_use())
+        if slot.role == "service" and (service := slot.service_config()) is not None and service.kind == "static":
+            # The built-in resource over its root: no site code, no network, no forks.
+            uid, gid = self._uids.ids_for(service.section, service)
+            spec = jailplan.jail_for(
+                site, slot.name, uid, gid, jailplan.static_binds(service, gid), new_net=True,
+                nofile=2 * service.max_connections + 256, may_fork=False,
+            )
+            if resources is not None:
+                spec = dataclasses.replace(spec, address_space=resources.address_space, file_size=resources.file_size,
+                                           processes=resources.processes)
+            return spec
         if slot.role == "service":
             service = slot.service_config()
             assert service is not None
-            uid, gid = self._uids.ids_for(f"service:{service.name}", service)
+            uid, gid = self._uids.ids_for(service.section, service)
             binds = jailplan.service_binds(site, service)
             if service.scratch:
                 path = jailplan.prepare_scratch(site, service, uid, gid)
@@ -493,6 +528,10 @@ class Launcher(Service):
                     # The traceback of an import failure, for the logs; the refusal says where.
                     self.note(LogLevel.error, "{problem}", problem=summaries([problem])[0], traceback=problem)
             raise ValueError("; ".join(summaries(problems)))
+        try:
+            self.csrf_secrets = csrf_secrets(new)
+        except SecretError as e:
+            raise ValueError(str(e)) from None
         result = self.apply(new)
         if self.tls is not None and self.tls.relaunch("reload: reading the certificates again"):
             result["relaunched"] = [self.tls.name]
@@ -512,6 +551,11 @@ class Launcher(Service):
             k: v for k, v in dataclasses.asdict(new).items() if k != "services"
         }
         changed = [n for n in new_services if n in old_services and new_services[n] != old_services[n]]
+        roots = _static_roots(new)
+        # A static root replaced by another directory (mv static.new static): its pool still
+        # sees the old one through its bind mount until it is relaunched.
+        changed += [n for n, root in roots.items() if n in old_services and n not in changed and root != self.static_roots.get(n)]
+        self.static_roots = roots
         self.config = new
         # Every surviving process learns the new routes and limits first, so
         # the dispatcher already routes removed paths away (404) when their

@@ -29,6 +29,8 @@ def problems(site: SiteConfig) -> list[str]:
 
     out = []
     for service in site.services:
+        if service.kind != "service":
+            continue  # a static pool's resource is okws's own
         where = f"{site.file}: [service:{service.name}] resource: "
         try:
             obj = load_resource(service.resource, site.base_dir)

@@ -44,7 +44,7 @@ from okws_twisted.service.database import (
     decode_result,
 )
 from okws_twisted.wire import dbchannel
-from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
+from okws_twisted.wire.channel import ChannelError, ChannelLimits, Message, MessageChannel
 from okws_twisted.wire.dbchannel import OK, UNAVAILABLE, Grant
 
 #: How long past C{query_timeout} a sent call waits for its reply before giving up on the proxy
@@ -225,7 +225,7 @@ class DatabaseClient:
             self._lost(channel, reason)
 
         channel = MessageChannel(self.reactor, sock, received, lost, name=f"db:{self.name}",
-                                 max_payload=dbchannel.service_limit(self.max_result_bytes))
+                                 limits=ChannelLimits(max_payload=dbchannel.service_limit(self.max_result_bytes)))
         self._channel = channel
         self._grants = None
         if old is not None and old.connected:

@@ -21,13 +21,14 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.reflect import prefixedMethodNames
-from twisted.web.http import INTERNAL_SERVER_ERROR, NO_BODY_CODES, NOT_ALLOWED
+from twisted.web.http import FORBIDDEN, INTERNAL_SERVER_ERROR, NO_BODY_CODES, NOT_ALLOWED
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from okws_twisted.interfaces import IDatabase, ITemplates
+from okws_twisted.service.csrf import FIELD, HEADER, CsrfKey, cookie_name, new_nonce, valid_nonce
 from okws_twisted.service.database import DatabaseError, DatabaseUnavailable, Queries
 from okws_twisted.templating import (
     PublisherUnavailable,
@@ -54,6 +55,13 @@ _UNAVAILABLE = "A part of this page is not available right now; try again shortl
 _serving: ContextVar[ITemplates | None] = ContextVar("okws_serving_templates", default=None)
 # The same for the database of that site, for self.db.
 _servingDatabase: ContextVar[IDatabase | None] = ContextVar("okws_serving_database", default=None)
+# The request being rendered, for the csrf_token() that render_template gives templates.
+_rendering: ContextVar[IRequest | None] = ContextVar("okws_rendering_request", default=None)
+
+#: What a request refused for its CSRF token is told (with the site's 403 page).
+_CSRF_REFUSED = "The form has expired or did not come from this site; reload the page and try again."
+#: The methods checked by default: those that change state.
+UNSAFE_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 
 
 class ServiceResource(Resource):
@@ -100,9 +108,21 @@ class ServiceResource(Resource):
     addition: a trailing slash renders the resource it follows (C{/} the root,
     C{/a/} the child C{a}) unless a child was put at C{b""}, where plain
     twisted.web answers 404.
+
+    Forms are protected against cross-site request forgery by default: a
+    request whose method is in C{csrf_methods} (POST, PUT, PATCH, DELETE)
+    reaches its C{render_<METHOD>} only if it carries this service's token
+    (the form field C{csrf_token}, or the C{X-CSRF-Token} header) for the
+    nonce in its CSRF cookie; otherwise it gets the site's 403 page. A form
+    gets its token from L{csrf_token} (templates call C{csrf_token()}). A
+    resource serving an API with its own authentication opts out with
+    C{csrf_methods = frozenset()}, or for some methods only.
     """
 
     log: ClassVar[Logger] = Logger()
+
+    #: The methods whose requests must carry a CSRF token (checked after 405, before the render).
+    csrf_methods: ClassVar[frozenset[bytes]] = UNSAFE_METHODS
 
     # The templates of the site that last rendered this resource, for a
     # render_template called later from a plain Deferred callback (outside
@@ -159,7 +179,56 @@ class ServiceResource(Resource):
                     template,
                 )
             )
+        if "csrf_token" not in context:
+            context["csrf_token"] = self._tokenFor(_rendering.get())
         return templates.render(template, context)
+
+    def csrf_token(self, request: IRequest) -> str:
+        """This service's CSRF token for C{request}'s client, for a form's C{csrf_token} field.
+
+        It sets the CSRF cookie (once per response) if the request did not
+        carry a valid one. Templates rendered with L{render_template} call
+        C{csrf_token()} instead: C{<input type="hidden" name="csrf_token"
+        value="{{ csrf_token() }}">}.
+
+        @raise LookupError: the resource is not served with a CSRF secret
+            (neither by okws nor by L{okws_twisted.testing.render}).
+        """
+        key = _csrfKeyOf(request)
+        if key is None:
+            raise LookupError("no CSRF secret: this resource is not being served by okws")
+        nonce = getattr(request, "okws_csrf_nonce", None)
+        if nonce is None:
+            secure = request.isSecure()
+            name = cookie_name(key.service, secure)
+            nonce = request.getCookie(name)
+            if not valid_nonce(nonce):
+                nonce = new_nonce()
+                request.addCookie(name, nonce, path=b"/", secure=True if secure else None, httpOnly=True, sameSite="lax")
+            request.okws_csrf_nonce = nonce
+        return key.token(nonce).decode("ascii")
+
+    def _tokenFor(self, request: IRequest | None) -> Any:
+        """The C{csrf_token()} a template gets: bound to the request being rendered."""
+
+        def csrf_token() -> str:
+            if request is None:
+                raise LookupError(
+                    "csrf_token() has no request: render_template was called outside the render of one"
+                    " (from a plain Deferred callback); pass csrf_token=self.csrf_token(request)"
+                )
+            return self.csrf_token(request)
+
+        return csrf_token
+
+    def _csrfRefusal(self, request: IRequest) -> str | None:
+        """Why C{request} fails its CSRF check, or L{None} if it passes."""
+        key = _csrfKeyOf(request)
+        if key is None:
+            return "no CSRF secret: this resource is not being served by okws (in a test, use okws_twisted.testing.render)"
+        nonce = request.getCookie(cookie_name(key.service, request.isSecure()))
+        sent = (request.args.get(FIELD) or [None])[0] or request.getHeader(HEADER)
+        return key.check(nonce, sent)
 
     @staticmethod
     def tls(request: IRequest) -> dict[str, str] | None:
@@ -198,9 +267,11 @@ class ServiceResource(Resource):
             self._okwsDatabase = database
         token = _serving.set(templates)
         dbToken = _servingDatabase.set(database)
+        current = _rendering.set(request)
         try:
             return self._renderMethod(request)
         finally:
+            _rendering.reset(current)
             _servingDatabase.reset(dbToken)
             _serving.reset(token)
 
@@ -214,6 +285,17 @@ class ServiceResource(Resource):
             # makes (twisted.web.pages would stream it chunked).
             self._errorPage(request, NOT_ALLOWED, detail, None)
             return NOT_DONE_YET
+        if request.method in self.csrf_methods:
+            why = self._csrfRefusal(request)
+            if why is not None:
+                self.log.info(
+                    "refused {method} {path}: {why}",
+                    method=_text(request.method),
+                    path=_text(request.path),
+                    why=why,
+                )
+                self._errorPage(request, FORBIDDEN, _CSRF_REFUSED, None)
+                return NOT_DONE_YET
         try:
             result = handler(request)
         except Exception:
@@ -409,6 +491,12 @@ class ServiceResource(Resource):
 def _databaseOf(request: IRequest) -> IDatabase | None:
     """The database of the site serving C{request}, if it has one."""
     return IDatabase(getattr(getattr(request, "site", None), "db", None), None)
+
+
+def _csrfKeyOf(request: IRequest) -> CsrfKey | None:
+    """The CSRF key of the site serving C{request}, if it has one."""
+    key = getattr(getattr(request, "site", None), "csrf", None)
+    return key if isinstance(key, CsrfKey) else None
 
 
 def _templatesOf(request: IRequest) -> ITemplates | None:

@@ -26,6 +26,7 @@ holds them, answers C{503}.  The handoff channel is never reset for that.
 
 from __future__ import annotations
 
+import base64
 import socket
 from typing import Any, Callable
 
@@ -41,6 +42,7 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.service.budget import BodyFiles, FdBudget
 from okws_twisted.service.connection import ServiceConnection
+from okws_twisted.service.csrf import CsrfKey
 from okws_twisted.service.dbclient import DatabaseClient
 from okws_twisted.service.templateclient import PublisherClient
 from okws_twisted.service.web import MountRoot, ServiceSite
@@ -76,6 +78,7 @@ class ServiceRuntime:
         resource: IResource,
         exited: Callable[[], None] = lambda: None,
         records: RecordSender | None = None,
+        csrf_secret: bytes | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = site_config
@@ -93,6 +96,8 @@ class ServiceRuntime:
         self.site = ServiceSite(self.root, self.templates, reactor=reactor)
         self.site.stamp = self.stamp = ResponseStamp(reactor, site_config.server_header)
         self.site.records = records
+        if csrf_secret is not None:
+            self.site.csrf = CsrfKey(service.name, csrf_secret)
         self.site.access_records = site_config.access_log or site_config.access_log_json
         self.site.request_ids = RequestIds()
         database = site_config.database(service.db) if service.db else None
@@ -429,13 +434,26 @@ def start_role(
     stopped: Callable[[], None],
     records: RecordSender | None = None,
 ) -> ServiceRuntime:
-    """A service instance child: import and build the service's resource, then serve."""
-    from okws_twisted.bootstrap import load_resource
+    """A service instance child: import and build the service's resource, then serve.
+
+    A static pool's resource is built in (L{okws_twisted.config.site.STATIC_RESOURCE}): it is
+    imported by name from okws, never from the site directory, and built with the root the
+    launcher named (C{/files} in its jail), the pool's C{max_age}, and C{keepalive_timeout} as
+    the longest a client may read nothing of a file.
+    """
+    from okws_twisted.bootstrap import import_spec, load_resource
 
     name, index = str(meta["service"]), int(meta["index"])
     service = next(s for s in site.services if s.name == name)
-    resource = load_resource(service.resource, site.base_dir)()
-    return ServiceRuntime(reactor, site, service, index, resource, exited=stopped, records=records)
+    if service.kind == "static":
+        resource = import_spec(service.resource)(str(meta["root"]), service.max_age, site.keepalive_timeout)
+    else:
+        resource = load_resource(service.resource, site.base_dir)()
+    secret = meta.get("csrf_secret")
+    return ServiceRuntime(
+        reactor, site, service, index, resource, exited=stopped, records=records,
+        csrf_secret=base64.b64decode(secret) if isinstance(secret, str) else None,
+    )
 
 
 def _answer_and_close(sock: socket.socket, response: bytes) -> None:

@@ -19,6 +19,7 @@ from twisted.web.resource import IResource, NoResource, Resource
 from okws_twisted.config.site import DEFAULT_SERVER_HEADER
 from okws_twisted.interfaces import ITemplates
 from okws_twisted.service.budget import BodyFiles
+from okws_twisted.service.csrf import CsrfKey
 from okws_twisted.wire.errorpage import RFC9110_PHRASES
 from okws_twisted.wire.handoff import tls_summary
 from okws_twisted.wire.httpframe import (
@@ -203,6 +204,9 @@ class ServiceSite(server.Site):
         #: Every response's Date and Server (the runtime's, from [okws] server_header).
         self.stamp = ResponseStamp(self.reactor, DEFAULT_SERVER_HEADER)
 
+    #: The service's CSRF key (set by the runtime from the secret the launcher sent);
+    #: L{None}: every CSRF check fails (closed).
+    csrf: CsrfKey | None = None
     #: The log client (set by the runtime); L{None}: no access records.
     records: RecordSender | None = None
     #: What C{self.db} calls (an L{okws_twisted.interfaces.IDatabase}, set by the runtime for a

@@ -20,7 +20,7 @@ from okws_twisted.dbproxy.pool import Database
 from okws_twisted.dbproxy.proxy import DatabaseProxy
 from okws_twisted.sqlqueries import parse
 from okws_twisted.wire import channel, dbchannel
-from okws_twisted.wire.channel import Message, MessageChannel
+from okws_twisted.wire.channel import ChannelLimits, Message, MessageChannel
 from okws_twisted.wire.dbchannel import Grant
 from tests.sites.database import QUERIES, SQLITE_SCHEMA, SQLITE_SLOW
 
@@ -35,7 +35,7 @@ class Peer:
         self.closed = defer.Deferred()
         self._waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.channel = MessageChannel(reactor, ours, self._received, lambda reason: self.closed.callback(None),
-                                      name=f"test:{name}")
+                                      name=f"test:{name}", limits=ChannelLimits(max_payload=64 << 20))
         self.sock = ours
         proxy.peer("db", {"role": "service", "service": service, "name": name, "pid": 1}, theirs)
         self.ids = iter(range(1, 10**9))

@@ -180,7 +180,7 @@ class ReturnTypeTests(SynchronousTestCase):
                 request.setResponseCode(204)
                 return b""
 
-        response = self.successResultOf(render(Empty(), "DELETE"))
+        response = self.successResultOf(render(Empty(), "DELETE", csrf=True))
         self.assertEqual(response.code, 204)
         self.assertEqual(response.body, b"")
         self.assertIsNone(header(response, "content-length"))
@@ -325,7 +325,7 @@ class MethodTests(SynchronousTestCase):
 
     def test_dispatch(self) -> None:
         response = self.successResultOf(
-            render(self.GetAndPost(), "POST", body=b"data")
+            render(self.GetAndPost(), "POST", body=b"data", csrf=True)
         )
         self.assertEqual(response.body, b"posted data")
 

@@ -159,7 +159,7 @@ class Evil(ServiceResource):
                     sock.send(datagram)
             deadline = started + 60
             while answered < expected and time.monotonic() < deadline:
-                msg = wirechannel.read_one_blocking(sock, max(0.1, deadline - time.monotonic()))
+                msg = wirechannel.read_one_blocking(sock, max(0.1, deadline - time.monotonic()), wirechannel.ChannelLimits(max_payload=1 << 30))
                 if msg.kind != dbchannel.REPLIES:
                     continue
                 for reply in dbchannel.parse_replies(msg):

@@ -78,6 +78,8 @@ def _back(sock, conn_id, fd, path):
 
 class Hostile(ServiceResource):
     isLeaf = True
+    # A target for slow bodies, not a form: no CSRF token.
+    csrf_methods = frozenset()
 
     def render_POST(self, request):
         return json.dumps({"read": len(request.content.read())}).encode()

@@ -24,7 +24,7 @@ def wire(outgoing: tuple[dict[str, Any], bytes]) -> Message:
         sender = threading.Thread(target=lambda: [left.send(d) for d in channel.encode(meta, payload)])
         sender.start()
         try:
-            return channel.read_one_blocking(right, 5)
+            return channel.read_one_blocking(right, 5, channel.ChannelLimits(max_payload=1 << 30))
         finally:
             sender.join(5)
 
