@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import Site, read_response, request_bytes
+from tests.e2e import E2ETestCase, Site, read_response, request_bytes
 from tests.pgcluster import PostgresCluster
 from tests.sites.database import write_database_files
 
@@ -78,7 +78,7 @@ class DatabaseE2EMixin:
             write_database_files(site.dir, cls.engine)
             with open(site.ini, "a") as f:
                 f.write(cls.db_section(site.dir))
-            atexit.register(site.kill)
+            atexit.register(site.close)
             cls._site = site
             site.start()
         return cls._site
@@ -185,7 +185,7 @@ class DatabaseE2EMixin:
         case.assertFalse(any("hello" in line for line in wired), wired)
 
 
-class SQLiteE2E(DatabaseE2EMixin, SynchronousTestCase):
+class SQLiteE2E(DatabaseE2EMixin, E2ETestCase):
     engine = "sqlite"
 
     @classmethod
@@ -208,7 +208,7 @@ class SQLiteE2E(DatabaseE2EMixin, SynchronousTestCase):
             self.assertEqual(os.stat(os.path.join(data, "site.db")).st_uid, uid)
 
 
-class PostgresE2E(DatabaseE2EMixin, SynchronousTestCase):
+class PostgresE2E(DatabaseE2EMixin, E2ETestCase):
     engine = "postgresql"
     cluster: PostgresCluster | None = None
     if not PostgresCluster.available():
@@ -229,7 +229,7 @@ class PostgresE2E(DatabaseE2EMixin, SynchronousTestCase):
                 "queries = sql/queries.sql\nschema = sql/schema.sql\npool = 4\nqueue_max = 500\n")
 
 
-class ReloadTests(SynchronousTestCase):
+class ReloadTests(E2ETestCase):
     """okws-ctl reload: a changed queries or schema file relaunches the proxy (gracefully); grants
     change with the services; a broken file is refused and the site keeps running."""
 
@@ -238,7 +238,7 @@ class ReloadTests(SynchronousTestCase):
         write_database_files(site.dir, "sqlite")
         with open(site.ini, "a") as f:
             f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         self.site = site.start()
 
     def ctl(self, *args: str) -> Any:

@@ -16,9 +16,8 @@ import threading
 import time
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import Site, process_exists
+from tests.e2e import E2ETestCase, Site, process_exists
 from tests.pgcluster import PostgresCluster
 from tests.sites.database import write_database_files
 from tests.test_e2e_database import post
@@ -69,7 +68,7 @@ class Burst(threading.Thread):
         return self.answer
 
 
-class ProxyKilledTests(SynchronousTestCase):
+class ProxyKilledTests(E2ETestCase):
     """kill -9 of the SQLite proxy during 1,000 writes."""
 
     def test_kill_9_during_1000_writes(self) -> None:
@@ -78,7 +77,7 @@ class ProxyKilledTests(SynchronousTestCase):
         with open(site.ini, "a") as f:
             f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n"
                     "queue_max = 1000\nquery_timeout = 5\n")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.start()
         path = os.path.join(site.dir, "data", "site.db")
         pids = site.pids()
@@ -122,7 +121,7 @@ class ProxyKilledTests(SynchronousTestCase):
         self.assertEqual(int(post(site, "/b", {"op": "call", "query": "count_tokens"})["result"]), len(stored))
 
 
-class QueryTimeoutSQLiteTests(SynchronousTestCase):
+class QueryTimeoutSQLiteTests(E2ETestCase):
     """A query past query_timeout is stopped in SQLite: the pool's only connection is free at once."""
 
     def test_interrupted(self) -> None:
@@ -131,7 +130,7 @@ class QueryTimeoutSQLiteTests(SynchronousTestCase):
         with open(site.ini, "a") as f:
             f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n"
                     "pool = 1\nquery_timeout = 1\n")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.start()
         started = time.monotonic()
         slow = post(site, "/a", {"op": "call", "query": "slow", "params": {"n": 10**12}})
@@ -144,7 +143,7 @@ class QueryTimeoutSQLiteTests(SynchronousTestCase):
         self.assertLess(time.monotonic() - started, 1.0, "the one connection was free again")
 
 
-class PostgresFaultTests(SynchronousTestCase):
+class PostgresFaultTests(E2ETestCase):
     if not PostgresCluster.available():
         skip = "PostgreSQL's server is not installed (apt-get install postgresql; .ci/run does)"
 
@@ -159,7 +158,7 @@ class PostgresFaultTests(SynchronousTestCase):
         with open(site.ini, "a") as f:
             f.write(f"\n[db:main]\nurl = {info.tcp_url()}\npassword_file = db.password\nqueries = sql/queries.sql\n"
                     f"schema = sql/schema.sql\n{extra}")
-        self.addCleanup(site.kill)
+        self.addCleanup(site.close)
         site.start()
         return site, cluster
 

@@ -22,9 +22,8 @@ import re
 import threading
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import Site, process_exists
+from tests.e2e import E2ETestCase, Site, process_exists
 from tests.pgcluster import Conninfo, PostgresCluster
 from tests.sites.database import write_database_files
 from tests.test_e2e_database import post
@@ -59,7 +58,7 @@ def rss_kib(pid: int) -> int:
         return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
 
 
-class CompromisedServiceTests(SynchronousTestCase):
+class CompromisedServiceTests(E2ETestCase):
     if not IS_ROOT:
         skip = "needs root: the launcher only jails children when it runs as root"
 
@@ -89,7 +88,7 @@ class CompromisedServiceTests(SynchronousTestCase):
                     f.write(f"\n[db:pgsock]\nurl = {cls.pg.socket_url()}\npassword_file = secrets/pg.password\n"
                             "queries = sql/pg.sql\n\n[service:pgs]\nresource = tests.sites.database:Calls\n"
                             "paths = /pgs\ndb = pgsock\nqueries = one\n")
-            atexit.register(site.kill)
+            atexit.register(site.close)
             cls._site = site
             site.start()
         return cls._site

@@ -416,9 +416,38 @@ class FleetTests(E2ETestCase):
         self.assertIn(pids_a, loop.served_by[:stopped_at])
 
     def test_shared_database(self) -> None:
-        # TODO(issue 13, database proxy): the second half of issue 15 item 16.  Start one
-        # throwaway PostgreSQL cluster (initdb as an unprivileged uid, see TWISTED-NOTES), give
-        # both sites a [db:guestbook] section pointing at it, post a message through HAProxy
-        # pinned to site a, read it back through site b.  The fleet above is ready for it.
-        raise self.skipTest("waits for the database proxy (issue 13): a message posted through one site, "
-                            "read through the other, from one PostgreSQL")
+        """Two sites, one PostgreSQL, each through its own database proxy: what one site stores,
+        the other reads (the second half of growing past one machine)."""
+        from tests.pgcluster import PostgresCluster
+        from tests.sites.database import write_database_files
+        from tests.test_e2e_database import post
+
+        if not PostgresCluster.available():
+            raise self.skipTest("needs PostgreSQL's server (apt-get install postgresql, as .ci/run does)")
+        cluster = PostgresCluster()
+        info = cluster.start()
+        self.addCleanup(cluster.stop)
+        services = SERVICES + "\n[service:notes]\nresource = tests.sites.database:Calls\npaths = /notes\ndb = main\nqueries = add_token count_tokens\n"
+        sites = []
+        for uid_first in (53200, 53300):
+            site = Site(
+                services,
+                f"uid_range = {uid_first}-{uid_first + 99}\n"
+                f"\n[db:main]\nurl = {info.tcp_url()}\npassword_file = db.password\n"
+                "queries = sql/queries.sql\nschema = sql/schema.sql\n",
+            )
+            self.addCleanup(site.close)
+            write_database_files(site.dir, "postgresql")
+            with open(os.path.join(site.dir, "db.password"), "w") as f:
+                f.write(info.password + "\n")
+            os.chmod(os.path.join(site.dir, "db.password"), 0o600)
+            sites.append(site.start())
+        a, b = sites
+        before = int(post(b, "/notes", {"op": "call", "query": "count_tokens", "params": {}})["result"])
+        for n in range(3):
+            answer = post(a, "/notes", {"op": "call", "query": "add_token", "params": {"token": f"fleet-{n}", "service": "a"}})
+            self.assertEqual(answer["result"], "1")
+        after = int(post(b, "/notes", {"op": "call", "query": "count_tokens", "params": {}})["result"])
+        self.assertEqual(after, before + 3, "site b reads what site a stored, through its own proxy")
+        # Each site reached the database through its own proxy process.
+        self.assertNotEqual(a.pids()["db.main"], b.pids()["db.main"])

@@ -67,6 +67,9 @@ def _connect_unix(path):
 
 
 class Evil(ServiceResource):
+
+    # A JSON test API driven by the tests, not a browser form: no CSRF token.
+    csrf_methods = frozenset()
     isLeaf = True
 
     async def render_POST(self, request):
