@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, text TEXT);
 
 SERVICE = """
 [service:guestbook]
-resource = services.form:Guestbook
+resource = services.form:Form
 paths = /guestbook
 db = main
 queries = add_message recent_messages

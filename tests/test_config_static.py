@@ -89,7 +89,7 @@ class StaticSectionTests(SynchronousTestCase):
     def test_section_suggestion(self) -> None:
         self.error("[statc:assets]\nroot = static\n",
                    "site.ini: [statc:assets] unknown section; did you mean [static:assets]? "
-                   "(sections are [okws], [service:NAME] and [static:NAME])")
+                   "(sections are [okws], [service:NAME], [static:NAME] and [db:NAME])")
 
     def test_values_check_themselves(self) -> None:
         """A static ServiceConfig cannot carry a site resource, a relative root, a body or the network."""

@@ -275,9 +275,9 @@ class ReloadTests(E2ETestCase):
             with open(os.path.join(site.dir, "sql", "queries.sql"), "a") as f:
                 f.write("\n-- name: count_tokens_again()$\nSELECT count(*) FROM tokens;\n")
             mark = site.mark()
-            p = self.ctl("reload")
+            p = self.ctl("reload", "--json")
             self.assertEqual(p.returncode, 0, p.stderr)
-            self.assertEqual(json.loads(p.stdout)["databases"], ["db.main"])
+            self.assertEqual(json.loads(p.stdout)["result"]["databases"], ["db.main"])
             site.wait_for(r"db\.main pid %d exited after retiring" % pids["db.main"], after=mark)
         finally:
             stop.set()
@@ -297,9 +297,9 @@ class ReloadTests(E2ETestCase):
         with open(site.ini, "w") as f:
             f.write(text.replace("queries = count_tokens\n", "queries = count_tokens add_token\n"))
         mark = site.mark()
-        p = self.ctl("reload")
+        p = self.ctl("reload", "--json")
         self.assertEqual(p.returncode, 0, p.stderr)
-        result = json.loads(p.stdout)
+        result = json.loads(p.stdout)["result"]
         self.assertEqual((result["changed"], result["databases"]), (["b"], []))
         site.wait_for(r"wired b\.0 pid \d+ to the db\.main \(db\)", after=mark)
         self.assertEqual(post(site, "/b", {"op": "call", "query": "add_token",

@@ -26,7 +26,7 @@ resource = services.hello:Hello
 paths = /hello
 
 [service:form]
-resource = services.form:Guestbook
+resource = services.form:Form
 paths = /form
 max_body = 100
 

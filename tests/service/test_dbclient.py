@@ -49,7 +49,7 @@ class FakeProxy:
 
     def messages(self) -> list[Message]:
         out = []
-        assembler = channel._Assembler()
+        assembler = channel._Assembler(channel.ChannelLimits(max_payload=1 << 30))
         while True:
             try:
                 data, anc, _flags, _ = self.sock.recvmsg(channel._RECV_SIZE, channel._ANC_SIZE)
