@@ -180,7 +180,7 @@ class StaticServingTests(E2ETestCase):
         mark = site.mark()
         assert site.proc is not None
         site.proc.send_signal(signal.SIGHUP)
-        site.wait_for(r"reloaded .*'changed': \['assets'\]", after=mark)
+        site.wait_for(r"reloaded .*: changed assets", after=mark)
         site.wait_for(r"assets\.0 pid \d+ exited after retiring", after=mark)
         self.assertEqual(site.get("/static/v.txt").body, b"three")
 
