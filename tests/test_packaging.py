@@ -124,11 +124,14 @@ class PluginInstallTests(E2ETestCase):
         self.assertIn(b"install", r.body)
         # The guestbook keeps its messages in SQLite: the first start created the database
         # (no PostgreSQL driver needed), its directory the proxy's alone.
-        from tests.e2e import request_bytes, read_response
+        from urllib.parse import quote
 
+        from tests.e2e import form_token, read_response, request_bytes
+
+        cookie, token = form_token(site, "/guestbook")
         with site.connect() as s:
-            body = b"message=%3Cb%3Efirst%3C%2Fb%3E"
-            s.sendall(request_bytes("POST", "/guestbook", {"Connection": "close",
+            body = b"message=%3Cb%3Efirst%3C%2Fb%3E&csrf_token=" + quote(token).encode()
+            s.sendall(request_bytes("POST", "/guestbook", {"Connection": "close", "Cookie": cookie,
                                     "Content-Type": "application/x-www-form-urlencoded"}, body))
             posted = read_response(s)
         self.assertEqual(posted.status, 200, site.log_text())

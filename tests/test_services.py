@@ -156,13 +156,13 @@ class FormTests(SynchronousTestCase):
 
     def test_formCarriesToken(self) -> None:
         """The form's hidden csrf_token and the cookie set with it make a POST that passes."""
-        response = self.successResultOf(render(Guestbook(), templates=TEMPLATES))
+        response = self.successResultOf(render(Form(), templates=TEMPLATES))
         token = re.search(r'name="csrf_token" value="([^"]+)"', response.text())
         assert token is not None
         [cookie] = response.headers.getRawHeaders("set-cookie")
         self.assertRegex(cookie, r"^okws-csrf-test=[A-Za-z0-9_-]{24}; Path=/; HttpOnly; SameSite=lax$")
         posted = self.successResultOf(render(
-            Guestbook(), "POST", headers={**FORM, "Cookie": cookie.split(";")[0]},
+            Form(), "POST", headers={**FORM, "Cookie": cookie.split(";")[0]},
             body=urlencode({"message": "signed", "csrf_token": token.group(1)}).encode(), templates=TEMPLATES,
         ))
         self.assertEqual(posted.code, 200)
@@ -171,7 +171,7 @@ class FormTests(SynchronousTestCase):
     def test_postWithoutToken(self) -> None:
         """A POST without its token (a form on another site) gets the site's 403 page, not the service."""
         response = self.successResultOf(render(
-            Guestbook(), "POST", headers=FORM, body=b"message=forged", templates=TEMPLATES,
+            Form(), "POST", headers=FORM, body=b"message=forged", templates=TEMPLATES,
         ))
         self.assertEqual(response.code, 403)
         self.assertIn("403 Forbidden", response.text())

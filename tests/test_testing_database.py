@@ -81,7 +81,7 @@ class InMemoryDatabaseTests(SynchronousTestCase):
             InMemoryDatabase(self.queries)
 
     def test_through_render(self) -> None:
-        self.assertEqual(self.successResultOf(render(Notes(), "POST", db=self.db)).text(), "ok")
+        self.assertEqual(self.successResultOf(render(Notes(), "POST", db=self.db, csrf=True)).text(), "ok")
         self.assertEqual(self.successResultOf(render(Notes(), db=self.db)).text(), "from a request")
         self.assertEqual(self.db.connection.execute("SELECT count(*) FROM names").fetchone()[0], 1)
 
