@@ -35,7 +35,6 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from twisted.internet import threads
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -177,6 +176,7 @@ class DatabaseProxy:
         self.queries = queries
         self.database = database
         self.pool = database.open_pool(reactor)
+        self.pool.start()
         self.running = engine.Running()
         self.queue: CallQueue[_Pending] = CallQueue(config.pool, config.queue_max)
         self.links: set[_Link] = set()
@@ -310,14 +310,12 @@ class DatabaseProxy:
                 return
             pending = waiting.item
             self.running.handed(pending.key)
-            # Straight to the pool's threads (not runWithConnection: execute commits, rolls back and
-            # replaces a dead connection itself, and never raises).
-            d = threads.deferToThreadPool(
-                self.reactor, self.pool.threadpool, engine.execute, self.pool, pending.query,
-                self.database.sql(pending.query), pending.params, self.running, pending.key,
-                self.config.max_result_bytes, self.config.query_timeout, max(0.0, pending.deadline - self.reactor.seconds()),
+            self.pool.submit(
+                engine.execute, pending.query, self.database.sql(pending.query), pending.params, self.running,
+                pending.key, self.config.max_result_bytes, self.config.query_timeout,
+                max(0.0, pending.deadline - self.reactor.seconds()),
+                done=lambda outcome, pending=pending: self._done(outcome, pending),
             )
-            d.addBoth(self._done, pending)
 
     def _done(self, outcome: object, pending: _Pending) -> None:
         self._cancel_timer(pending)
@@ -402,7 +400,7 @@ class DatabaseProxy:
         for link in list(self.links):
             link.flush()
             link.close()
-        self.pool.close()
+        self.pool.stop()
         stopped, self._stopped = self._stopped, lambda: None
         stopped()
 
