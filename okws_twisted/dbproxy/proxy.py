@@ -100,12 +100,18 @@ class _Link:
     def connected(self) -> bool:
         return self.channel.connected
 
+    @property
+    def pending(self) -> bool:
+        """Replies wait to be sent."""
+        return bool(self._out)
+
     def send_grants(self, grants: Mapping[str, NamedQuery]) -> None:
         table = {name: Grant(q.suffix, q.params) for name, q in grants.items()}
         self.channel.send(*dbchannel.grants(table))
 
     def answer(self, entry: bytes) -> None:
-        """Queue one reply entry; everything answered in one reactor turn leaves together."""
+        """Queue one reply entry: the proxy flushes after each batch it handles (else the next reactor
+        turn does), so everything answered together leaves as one message."""
         if not self.connected:
             return
         if self._out and (self._out_size + len(entry) + 1 > self.reply_limit or len(self._out) >= dbchannel.MAX_BATCH):
@@ -176,6 +182,8 @@ class DatabaseProxy:
         self.queries = queries
         self.database = database
         self.pool = database.open_pool(reactor)
+        # The replies of a batch of completions leave together, at once (not a reactor turn later).
+        self.pool.after_batch = self._flush_links
         self.pool.start()
         self.running = engine.Running()
         self.queue: CallQueue[_Pending] = CallQueue(config.pool, config.queue_max)
@@ -242,6 +250,13 @@ class DatabaseProxy:
                 self.counts["calls"] += 1
                 self._accept(link, call)
         self._pump()
+        self._flush_links()
+
+    def _flush_links(self) -> None:
+        """Send every reply waiting on any channel, one message per channel (per limit)."""
+        for link in list(self.links):
+            if link.pending:
+                link.flush()
 
     def _accept(self, link: _Link, call: dbchannel.Call) -> None:
         if call.id <= link.last_id:

@@ -61,8 +61,11 @@ class Workers:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, size: int, connect: Callable[[], Any], name: str = "db") -> None:
+    def __init__(self, reactor: Any, size: int, connect: Callable[[], Any], name: str = "db",
+                 after_batch: Callable[[], None] = lambda: None) -> None:
         self.reactor = reactor
+        #: Called in the reactor thread after each batch of completions (the proxy sends its replies then).
+        self.after_batch = after_batch
         self._connect = connect
         self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Callable[[Any], None]] | None] = (
             queue.SimpleQueue()
@@ -126,3 +129,4 @@ class Workers:
                 callback(result)
             except Exception:
                 self.log.failure("a database call's completion failed")
+        self.after_batch()
