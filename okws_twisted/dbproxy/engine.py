@@ -2,9 +2,9 @@
 """
 Running one named query on one connection, in a pool thread (the proxy's side of OKWS's ezdb).
 
-The database proxy runs each call in a thread of C{twisted.enterprise.adbapi}'s
-C{ConnectionPool}: one pool thread, one connection of its own (the pool's
-C{connect()}), one transaction.  L{execute} is what runs in that thread: it runs a
+The database proxy runs each call in one of its pool's threads
+(L{okws_twisted.dbproxy.workers}): one thread, one connection of its own, one
+transaction.  L{execute} is what runs in that thread: it runs a
 L{NamedQuery}'s SQL with the caller's parameters, commits (or rolls back), and
 shapes the result by the query's suffix, the same way on both engines, as the
 encoded JSON of wire values (L{okws_twisted.wire.dbvalues}), so nothing
@@ -221,9 +221,9 @@ class Running:
 
 
 class Connections(Protocol):
-    """Where a pool thread gets its connection: adbapi's C{ConnectionPool} (C{connect()} gives
-    this thread's connection, opening it if need be; C{disconnect()} drops a dead one), or
-    L{OneConnection}."""
+    """Where a pool thread gets its connection: C{connect()} gives this thread's connection,
+    opening it if need be; C{disconnect()} drops a dead one (the proxy's pool threads, or
+    L{OneConnection})."""
 
     def connect(self) -> Any: ...
 

@@ -4,9 +4,9 @@ One database as its proxy opens it: the connection pool, the schema, each engine
 
 SQLite comes with Python (the default: nothing to install); PostgreSQL goes
 through psycopg 3, imported only for a C{postgresql:} url (it costs about
-10 MiB).  Either way the blocking driver runs in the threads of a
-C{twisted.enterprise.adbapi.ConnectionPool} (one connection per thread, as
-many as C{pool}), never on the reactor.
+10 MiB).  Either way the blocking driver runs in the proxy's pool threads
+(L{okws_twisted.dbproxy.workers}: one connection per thread, as many as
+C{pool}), never on the reactor.
 
 L{Database.prepare} runs before the proxy says it is ready: the SQLite file's
 directory is made (0700) and the file created 0600 (the proxy's umask is
@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from twisted.enterprise import adbapi
 from twisted.logger import Logger
 
 from okws_twisted.config.databases import DatabaseConfig
 from okws_twisted.dbproxy import engine
+from okws_twisted.dbproxy.workers import Workers
 from okws_twisted.sqlqueries import NamedQuery
 
 
@@ -116,18 +116,21 @@ class Database:
 
     # -- serving
 
-    def open_pool(self, reactor: Any) -> adbapi.ConnectionPool:
-        """The pool of C{pool} connections (threads), opened lazily, never reconnecting by itself
-        (L{engine.execute} reconnects a dead connection before anything was committed)."""
-        common = {"cp_min": self.config.pool, "cp_max": self.config.pool, "cp_noisy": False, "cp_reconnect": False,
-                  "cp_reactor": reactor}
+    def connect(self) -> Any:
+        """A new connection, set up for the proxy (called in a pool thread, on first use and after
+        a dead connection was dropped)."""
+        if self.engine == "sqlite":
+            return engine.sqlite_connect(self.config.path, self.config.query_timeout)
+        import psycopg
+
+        return psycopg.connect(self.config.url, **self._pg_kwargs())
+
+    def open_pool(self, reactor: Any) -> Workers:
+        """The pool: C{pool} threads, each opening its connection when it first runs a call
+        (L{engine.execute} replaces a dead one before anything was committed)."""
         if self.engine == "sqlite":
             engine.register_sqlite_types()
-            return adbapi.ConnectionPool(
-                "sqlite3", self.config.path, cp_openfun=engine.sqlite_open,
-                **engine.sqlite_connect_kwargs(self.config.query_timeout), **common,
-            )
-        return adbapi.ConnectionPool("psycopg", self.config.url, **self._pg_kwargs(), **common)
+        return Workers(reactor, self.config.pool, self.connect, name=f"db.{self.config.name}")
 
     def cancel(self, reactor: Any, running: engine.Running, key: object) -> None:
         """Stop call C{key} in the database: SQLite's interrupt is instant; PostgreSQL's cancel

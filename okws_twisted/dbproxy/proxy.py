@@ -35,7 +35,6 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from twisted.internet import threads
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -101,12 +100,18 @@ class _Link:
     def connected(self) -> bool:
         return self.channel.connected
 
+    @property
+    def pending(self) -> bool:
+        """Replies wait to be sent."""
+        return bool(self._out)
+
     def send_grants(self, grants: Mapping[str, NamedQuery]) -> None:
         table = {name: Grant(q.suffix, q.params) for name, q in grants.items()}
         self.channel.send(*dbchannel.grants(table))
 
     def answer(self, entry: bytes) -> None:
-        """Queue one reply entry; everything answered in one reactor turn leaves together."""
+        """Queue one reply entry: the proxy flushes after each batch it handles (else the next reactor
+        turn does), so everything answered together leaves as one message."""
         if not self.connected:
             return
         if self._out and (self._out_size + len(entry) + 1 > self.reply_limit or len(self._out) >= dbchannel.MAX_BATCH):
@@ -177,6 +182,9 @@ class DatabaseProxy:
         self.queries = queries
         self.database = database
         self.pool = database.open_pool(reactor)
+        # The replies of a batch of completions leave together, at once (not a reactor turn later).
+        self.pool.after_batch = self._flush_links
+        self.pool.start()
         self.running = engine.Running()
         self.queue: CallQueue[_Pending] = CallQueue(config.pool, config.queue_max)
         self.links: set[_Link] = set()
@@ -242,6 +250,13 @@ class DatabaseProxy:
                 self.counts["calls"] += 1
                 self._accept(link, call)
         self._pump()
+        self._flush_links()
+
+    def _flush_links(self) -> None:
+        """Send every reply waiting on any channel, one message per channel (per limit)."""
+        for link in list(self.links):
+            if link.pending:
+                link.flush()
 
     def _accept(self, link: _Link, call: dbchannel.Call) -> None:
         if call.id <= link.last_id:
@@ -310,14 +325,12 @@ class DatabaseProxy:
                 return
             pending = waiting.item
             self.running.handed(pending.key)
-            # Straight to the pool's threads (not runWithConnection: execute commits, rolls back and
-            # replaces a dead connection itself, and never raises).
-            d = threads.deferToThreadPool(
-                self.reactor, self.pool.threadpool, engine.execute, self.pool, pending.query,
-                self.database.sql(pending.query), pending.params, self.running, pending.key,
-                self.config.max_result_bytes, self.config.query_timeout, max(0.0, pending.deadline - self.reactor.seconds()),
+            self.pool.submit(
+                engine.execute, pending.query, self.database.sql(pending.query), pending.params, self.running,
+                pending.key, self.config.max_result_bytes, self.config.query_timeout,
+                max(0.0, pending.deadline - self.reactor.seconds()),
+                done=lambda outcome, pending=pending: self._done(outcome, pending),
             )
-            d.addBoth(self._done, pending)
 
     def _done(self, outcome: object, pending: _Pending) -> None:
         self._cancel_timer(pending)
@@ -402,7 +415,7 @@ class DatabaseProxy:
         for link in list(self.links):
             link.flush()
             link.close()
-        self.pool.close()
+        self.pool.stop()
         stopped, self._stopped = self._stopped, lambda: None
         stopped()
 

@@ -2,9 +2,9 @@
 """
 Which call runs next in the database proxy, and how many may wait (pure logic).
 
-adbapi's own queue is one FIFO for every caller, unbounded: a service that
-sends 100,000 calls would sit in front of every other service's first.  So
-the proxy keeps its own queues and hands adbapi at most C{slots} calls at a
+A pool's queue is one FIFO for every caller, unbounded: a service that sends
+100,000 calls would sit in front of every other service's first.  So the
+proxy keeps its own queues and hands its pool at most C{slots} calls at a
 time (one per pool connection):
 
     - each service has its own FIFO; the next call comes from the services

@@ -114,10 +114,10 @@ class DatabaseClient:
         call = _Call(next(self._ids), query, args, kwargs, Deferred(lambda d: self._cancelled(call)))
         if grant is not None and not self._encode(call, grant, params):
             return call.answer
-        call.timer = self.reactor.callLater(self.timeout, self._expire, call)
         if self.ready:
-            self._queue(call)
+            self._queue(call)  # its timer starts when it is sent, in this reactor turn
         else:
+            call.timer = self.reactor.callLater(self.timeout, self._expire, call)
             self._waiting[call.id] = call
         return call.answer
 
@@ -150,6 +150,8 @@ class DatabaseClient:
         channel = self._channel
         if channel is None or not channel.connected:
             for call in outbox:
+                if call.timer is None:
+                    call.timer = self.reactor.callLater(self.timeout, self._expire, call)
                 self._waiting[call.id] = call
             return
         batch: list[_Call] = []
@@ -168,6 +170,8 @@ class DatabaseClient:
             channel.send(*dbchannel.calls([c.entry for c in batch]))
         except error.ConnectionDone:
             for call in batch:  # never left: wait for the next channel
+                if call.timer is None:
+                    call.timer = self.reactor.callLater(self.timeout, self._expire, call)
                 self._waiting[call.id] = call
             return
         for call in batch:
@@ -235,6 +239,8 @@ class DatabaseClient:
             else:
                 old.close()
         for call in self._outbox:
+            if call.timer is None:
+                call.timer = self.reactor.callLater(self.timeout, self._expire, call)
             self._waiting[call.id] = call
         self._outbox = []
 

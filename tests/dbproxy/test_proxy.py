@@ -99,7 +99,6 @@ class ProxyTests(TestCase):
         database.prepare(queries)
         self.stopped = defer.Deferred()
         proxy = DatabaseProxy(reactor, site, db, queries, database, lambda: self.stopped.callback(None))
-        proxy.pool.start()
         self.addCleanup(self.shutdown, proxy)
         return proxy
 
