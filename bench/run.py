@@ -363,6 +363,8 @@ class OkwsSite(Server):
         self.log_path = os.path.join(workdir, "okws.log")
         extra = "".join(f"{key} = {value}\n" for key, value in settings)
         if static_dir:
+            # No templates of its own: an empty tree (else the publisher warns, and the log is kept).
+            os.makedirs(os.path.join(workdir, "templates"), exist_ok=True)
             section = f"[static:files]\nroot = {static_dir}\npaths = {STATIC_PATH.rstrip('/')}\ninstances = {instances}\n"
         else:
             section = f"[service:hello]\nresource = {RESOURCE}\npaths = {PATH}\ninstances = {instances}\n"
