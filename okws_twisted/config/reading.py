@@ -269,7 +269,16 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
             if word not in _BOOL_WORDS:
                 raise fail(name, key, f"expected yes or no, got {section[key]!r}")
             kwargs[key] = _BOOL_WORDS[word]
-    for key, number in _SERVICE_NUMBERS.items():
+    _read_numbers(section, name, _SERVICE_NUMBERS, kwargs, fail)
+    try:
+        return ServiceConfig(**kwargs)
+    except _FieldError as e:
+        raise fail(name, e.key, e.message) from None
+
+
+def _read_numbers(section: Any, name: str, numbers: dict[str, Any], kwargs: dict[str, Any], fail: Any) -> None:
+    """Each of C{numbers} the section gives, read and checked into C{kwargs}; the first mistake fails."""
+    for key, number in numbers.items():
         if key in section:
             try:
                 kwargs[key] = number.convert(section[key])
@@ -278,10 +287,6 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
             problem = number.check(kwargs[key], section[key])
             if problem:
                 raise fail(name, key, problem)
-    try:
-        return ServiceConfig(**kwargs)
-    except _FieldError as e:
-        raise fail(name, e.key, e.message) from None
 
 
 def _parse_static(section: Any, name: str, base_dir: str, fail: Any) -> ServiceConfig:
@@ -312,15 +317,7 @@ def _parse_static(section: Any, name: str, base_dir: str, fail: Any) -> ServiceC
             raise fail(name, "lazy", f"expected yes or no, got {section['lazy']!r}")
         kwargs["lazy"] = _BOOL_WORDS[word]
     numbers = {key: _SERVICE_NUMBERS[key] for key in _STATIC_NUMBERS} | {"max_age": _MAX_AGE}
-    for key, number in numbers.items():
-        if key in section:
-            try:
-                kwargs[key] = number.convert(section[key])
-            except _FieldError as e:
-                raise fail(name, key, e.message) from None
-            problem = number.check(kwargs[key], section[key])
-            if problem:
-                raise fail(name, key, problem)
+    _read_numbers(section, name, numbers, kwargs, fail)
     try:
         return ServiceConfig(**kwargs)
     except _FieldError as e:
