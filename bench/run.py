@@ -1526,6 +1526,8 @@ def parse_args(argv: list[str] | None) -> Options:
         p.error("--threads must not exceed --connections")
     if a.static and a.tls:
         p.error("--static measures plain HTTP; leave out --tls")
+    if a.static and a.db:
+        p.error("--static and --db are separate benchmarks; give one")
     repeat = a.repeat if a.repeat is not None else (1 if a.quick else 2)
     if repeat < 1:
         p.error("--repeat must be at least 1")

@@ -78,6 +78,16 @@ class StaticSectionTests(SynchronousTestCase):
         self.error(STATIC + "max_agee = 1\n", "site.ini: [static:assets] max_agee: unknown key; did you mean max_age?")
         self.error(STATIC + "log_dir = x\n", "site.ini: [static:assets] log_dir: unknown key here; log_dir belongs in [okws]")
 
+    def test_root_never_the_sites_own_files(self) -> None:
+        """The site directory (site.ini, code), logs, state (secrets) and jails are never served."""
+        for root in (".", "static/..", "/"):
+            e = self.assertRaises(ConfigError, self.parse, STATIC.replace("root = static", f"root = {root}"))
+            self.assertIn("holds the site's own directory", str(e))
+        for okws in ("log_dir = static/logs", "state_dir = static", "jail_root = static/jails"):
+            e = self.assertRaises(ConfigError, self.parse, STATIC, okws)
+            self.assertIn("overlaps", str(e))
+            self.assertEqual((e.section, e.key), ("static:assets", "root"))
+
     def test_one_name_space(self) -> None:
         """Services and static pools are pools, routes and log fields by name: one name space, one path each."""
         self.error(STATIC.replace("assets", "hello"),

@@ -54,6 +54,8 @@ def fill(root: str) -> None:
     write(os.path.join(root, "favicon.ico"), b"\0\0\1\0icon")
     write(os.path.join(root, "robots.txt"), b"User-agent: *\n")
     write(os.path.join(root, ".env"), b"SECRET=1\n")
+    write(os.path.join(root, "css", "private.css"), b"p { }\n")
+    os.chmod(os.path.join(root, "css", "private.css"), 0o600)  # not readable by others
     with open(os.path.join(root, "huge.bin"), "wb") as f:
         f.truncate(HUGE)
     # Ways out that resolve inside a jail (its own /dev/urandom, the okws package) and out of it.
@@ -223,9 +225,11 @@ class StaticJailTests(E2ETestCase):
             self.assertRegex(f.read(), r"Max open files\s+2256\s+2256")
 
     def test_root_readable_by_its_group_only_added(self) -> None:
-        """The root's files are given to the pool's group for reading; nothing gets write permission."""
+        """A root the pool's uid could not read is given to its group for reading; nothing gets
+        write permission; and the pool serves what was private before."""
         site = shared()
         gid = int(status_of(site.pids()["assets.0"])["Gid"].split()[0])
-        st = os.stat(os.path.join(site.dir, "assets", "css", "app.css"))
+        st = os.stat(os.path.join(site.dir, "assets", "css", "private.css"))
         self.assertEqual(st.st_gid, gid)
-        self.assertEqual(st.st_mode & 0o070, 0o040)
+        self.assertEqual(st.st_mode & 0o077, 0o040)
+        self.assertEqual(site.get("/static/css/private.css").body, b"p { }\n")

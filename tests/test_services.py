@@ -220,6 +220,14 @@ class GuestbookTests(SynchronousTestCase):
         self.assertIn("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;</li>", page)
         self.assertNotIn("<script", page)
 
+    def test_forged_post_stores_nothing(self) -> None:
+        """A post without the form's CSRF token gets 403 before the service runs: nothing stored."""
+        response = self.successResultOf(render(
+            Guestbook(), "POST", headers=FORM, body=b"message=forged", templates=TEMPLATES, db=self.db,
+        ))
+        self.assertEqual(response.code, 403)
+        self.assertEqual(self.stored(), [])
+
     def test_empty_message_not_stored(self) -> None:
         self.post(message="   ")
         self.assertEqual(self.stored(), [])

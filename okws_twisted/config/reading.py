@@ -219,12 +219,37 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             services.append(_parse_static(parser[section], section, base_dir, fail))
     site["services"] = tuple(services)
     config = SiteConfig(**site)
+    _check_static_roots(config, fail)
     for service in config.services:
         database = config.database(service.db)
         if database is not None:
             written = parser[DB_PREFIX + database.name]["queries"].strip()
             check_grants(database, _SERVICE_PREFIX + service.name, service.queries, fail, written)
     return config
+
+
+def _check_static_roots(site: SiteConfig, fail: Any) -> None:
+    """A static pool serves everything under its root: never the site's own files.
+
+    Its root may not be or contain the site directory (site.ini, the services' code), and may
+    not overlap the logs, the state (the CSRF secrets), the jails or an SQLite database's
+    directory (which the launcher gives to other uids).
+    """
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    private = [("log_dir", site.log_dir), ("state_dir", site.state_dir), ("jail_root", site.jail_root)]
+    private += [(f"[db:{d.name}]'s directory", os.path.dirname(d.path)) for d in site.databases if d.path]
+    for service in site.services:
+        if service.kind != "static":
+            continue
+        if inside(site.base_dir, service.root):
+            raise fail(service.section, "root", f"{service.root!r} holds the site's own directory (site.ini, the "
+                       "services' code); serve a directory of its own, e.g. root = static")
+        for what, folder in private:
+            if inside(service.root, folder) or inside(folder, service.root):
+                raise fail(service.section, "root", f"{service.root!r} overlaps {what} ({folder}); "
+                           "serve a directory of its own, e.g. root = static")
 
 
 def _check_pairs(site: dict[str, Any], okws: Any, fail: Any) -> None:

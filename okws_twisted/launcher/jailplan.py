@@ -121,9 +121,21 @@ def service_binds(site: SiteConfig, service: ServiceConfig) -> list[Bind]:
 STATIC_ROOT = "/files"
 
 
-def static_binds(service: ServiceConfig, gid: int) -> list[Bind]:
-    """A static pool's one directory: its root, read-only, readable by its group, at L{STATIC_ROOT}."""
-    grant_read(service.root, gid)
+def static_binds(service: ServiceConfig, uid: int, gid: int) -> list[Bind]:
+    """A static pool's one directory: its root, read-only, at L{STATIC_ROOT}.
+
+    As the templates are for the publisher: a tree the pool's uid can already read is left
+    alone; otherwise its group is given read access (never write).
+    """
+    if not readable_tree(service.root, uid, gid):
+        changed = grant_read(service.root, gid)
+        if changed:
+            log.info(
+                "static:{name}: gave group {gid} read access to {root} ({changed} files and directories; "
+                "directories set-group-id) so the static pool (uid {uid}) can read it; "
+                "a tree others may read (chmod -R o+rX) is left as it is",
+                name=service.name, root=service.root, gid=gid, uid=uid, changed=changed,
+            )
     return [Bind(service.root, target=STATIC_ROOT)]
 
 

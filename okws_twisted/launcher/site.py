@@ -244,7 +244,7 @@ class Launcher(Service):
             # The built-in resource over its root: no site code, no network, no forks.
             uid, gid = self._uids.ids_for(service.section, service)
             spec = jailplan.jail_for(
-                site, slot.name, uid, gid, jailplan.static_binds(service, gid), new_net=True,
+                site, slot.name, uid, gid, jailplan.static_binds(service, uid, gid), new_net=True,
                 nofile=2 * service.max_connections + 256, may_fork=False,
             )
             if resources is not None:
