@@ -1600,6 +1600,7 @@ class OkwsDbSite(OkwsSite):
 
         sys.path.remove(HERE)
         self.label, self.dir, self.instances = "okws (database proxy)", workdir, 1
+        self.pool = self.service
         shutil.copy(os.path.join(HERE, "dbpage.py"), os.path.join(workdir, "dbpage.py"))
         for name, text in (("bench.sql", dbpage.QUERIES), ("bench-schema.sql", dbpage.SCHEMA)):
             with open(os.path.join(workdir, name), "w") as f:
