@@ -1693,13 +1693,19 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
             for server in order:
                 log(f"keepalive / {server.label} (repeat {r + 1}/{opts.repeat}): warm-up {opts.warmup}s, run {opts.duration}s")
                 run_wrk(server.url, opts.warmup, opts.connections, opts.threads, False, latency=False)
+                procs = server.processes()
+                cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
                 busy0, _ = machine_cpu()
                 t0 = time.monotonic()
                 result = run_wrk(server.url, opts.duration, opts.connections, opts.threads, False)
                 others = (machine_cpu()[0] - busy0) / CLK_TCK / (time.monotonic() - t0)
+                # CPU per request of each process that did any work (where the time goes).
+                cpu = {name: (cpu_seconds(pid) - cpu0[name]) / max(1, result.requests) * 1e6 for name, pid in procs.items()}
+                cpu = {name: round(us, 1) for name, us in cpu.items() if us >= 0.5}
                 log(f"  {result.rps:.0f} req/s, p99 {result.p99_ms:.1f} ms, errors {result.error_count}, "
-                    f"machine cores busy {others:.2f}")
-                runs.append({"server": server.name, "repeat": r, "machine_cores_busy": round(others, 2), **result.as_dict()})
+                    f"machine cores busy {others:.2f}, CPU us/request {cpu}")
+                runs.append({"server": server.name, "repeat": r, "machine_cores_busy": round(others, 2),
+                             "cpu_us_per_request": cpu, **result.as_dict()})
         n = 500 if opts.quick else 3000
         log(f"round trips: {n} calls of SELECT 1 from the service at 1000/s")
         rt = round_trips(site, n, 1000)
@@ -1728,6 +1734,11 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
         values = [run["rps"] for run in runs if run["server"] == name]
         return mean(values) if values else 0.0
 
+    def cpu_mean(name: str) -> dict[str, float]:
+        per = [run["cpu_us_per_request"] for run in runs if run["server"] == name]
+        keys = sorted({k for p in per for k in p})
+        return {k: mean([p.get(k, 0.0) for p in per]) for k in keys} if per else {}
+
     ratio = rps(OKWS) / rps(PEER_NAME) if rps(PEER_NAME) else 0.0
     errors = sum(sum(run["errors"].values()) for run in runs)
     rss_mib = max(memory.values()) / 1024
@@ -1748,6 +1759,8 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
         f"  twisted.web  {rps(PEER_NAME):8.0f} req/s   p99 {mean([r['p99_ms'] for r in runs if r['server'] == PEER_NAME]):6.1f} ms",
         f"  ratio okws/twisted.web {ratio:.2f}x; errors {errors}; machine cores busy during runs "
         + ", ".join(f"{r['machine_cores_busy']:.2f}" for r in runs),
+        *(f"  CPU us per request, {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu_mean(name).items())
+          for name in (OKWS, PEER_NAME)),
         f"proxy round trip (service -> proxy -> service, SELECT 1), {rt['n']} calls at {rt['rate']:.0f}/s: "
         f"p50 {rt['p50_us']:.0f} us, p90 {rt['p90_us']:.0f} us, p99 {rt['p99_us']:.0f} us, max {rt['max_us']:.0f} us",
         "idle proxy RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in memory.items()),

@@ -181,12 +181,17 @@ class DatabaseProxy:
         self.config = config
         self.queries = queries
         self.database = database
-        self.pool = database.open_pool(reactor)
-        # The replies of a batch of completions leave together, at once (not a reactor turn later).
-        self.pool.after_batch = self._flush_links
-        self.pool.start()
         self.running = engine.Running()
+        #: Shared with the pool's threads, which take their next call themselves: only under L{pool}.lock.
         self.queue: CallQueue[_Pending] = CallQueue(config.pool, config.queue_max)
+        self._sql = {name: database.sql(q) for name, q in queries.items()}
+        self.pool = database.open_pool(reactor)
+        self.pool.take = self._take
+        self.pool.release = self._release
+        self.pool.completed = self._done
+        # The replies of a batch of completions leave together, at once (not a reactor turn later).
+        self.pool.after_batch = self._after_batch
+        self.pool.start()
         self.links: set[_Link] = set()
         self._keys = itertools.count(1)
         self._stopped = stopped
@@ -228,10 +233,12 @@ class DatabaseProxy:
     def link_lost(self, link: _Link, reason: Failure) -> None:
         """A channel closed: its queued calls are dropped; its running ones finish (their replies are lost)."""
         self.links.discard(link)
-        for waiting in list(self.queue.queued_items()):
-            if waiting.item.link is link:
+        with self.pool.lock:
+            dropped = [w for w in self.queue.queued_items() if w.item.link is link]
+            for waiting in dropped:
                 self.queue.drop(waiting)
-                self._cancel_timer(waiting.item)
+        for waiting in dropped:
+            self._cancel_timer(waiting.item)
         self._maybe_stopped()
 
     # -- calls
@@ -246,10 +253,12 @@ class DatabaseProxy:
                                instance=link.name, error=e, service=link.service)
                 link.close()
                 return
+            admitted = 0
             for call in calls:
                 self.counts["calls"] += 1
-                self._accept(link, call)
-        self._pump()
+                admitted += self._accept(link, call)
+            if admitted:
+                self.pool.wake(admitted)
         self._flush_links()
 
     def _flush_links(self) -> None:
@@ -258,24 +267,29 @@ class DatabaseProxy:
             if link.pending:
                 link.flush()
 
-    def _accept(self, link: _Link, call: dbchannel.Call) -> None:
+    def _accept(self, link: _Link, call: dbchannel.Call) -> bool:
+        """Queue C{call} (C{True}), or answer it at once (C{False})."""
         if call.id <= link.last_id:
             self._refuse(link, call, f"call id {call.id} is not above the previous one ({link.last_id})")
-            return
+            return False
         link.last_id = call.id
         query = self.grants_for(link.service).get(call.name)
         if query is None:
             self._refuse(link, call, f"{call.name[:dbchannel.MAX_NAME]!r} is not a query service {link.service} "
                                      f"was granted on [db:{self.config.name}]")
-            return
+            return False
         try:
             params = self._params(query, call.params)
         except ValueError as e:
             self._refuse(link, call, str(e))
-            return
+            return False
         pending = _Pending(link, call.id, query, params, next(self._keys), self.reactor.seconds() + self.config.query_timeout)
-        pending.waiting = self.queue.admit(link.service, pending)
+        # The timer first: a pool thread may take the call, and even finish it, as soon as it is admitted.
+        pending.timer = self.reactor.callLater(self.config.query_timeout, self._expire, pending)
+        with self.pool.lock:
+            pending.waiting = self.queue.admit(link.service, pending)
         if pending.waiting is None:
+            self._cancel_timer(pending)
             self._answer_error(link, call.id, UNAVAILABLE, f"queue full: service {link.service} already has "
                                f"queue_max ({self.config.queue_max}) calls waiting or running")
             now = self.reactor.seconds()
@@ -284,8 +298,8 @@ class DatabaseProxy:
                 self.log.warn("queue full for {service}: {query} from {instance} not run{more}",
                               service=link.service, query=call.name, instance=link.name,
                               more=f" ({suppressed} more refusals not logged)" if suppressed else "")
-            return
-        pending.timer = self.reactor.callLater(self.config.query_timeout, self._expire, pending)
+            return False
+        return True
 
     def _params(self, query: NamedQuery, raw: object) -> Any:
         """The call's parameters, decoded, if they are exactly the query's; raise C{ValueError}."""
@@ -317,25 +331,29 @@ class DatabaseProxy:
         self.counts[status] += 1
         link.answer(dbchannel.reply_error(call_id, status, message))
 
-    def _pump(self) -> None:
-        """Hand the pool as many calls as it has free connections, services in turn."""
-        while True:
-            waiting = self.queue.take()
-            if waiting is None:
-                return
-            pending = waiting.item
-            self.running.handed(pending.key)
-            self.pool.submit(
-                engine.execute, pending.query, self.database.sql(pending.query), pending.params, self.running,
-                pending.key, self.config.max_result_bytes, self.config.query_timeout,
-                max(0.0, pending.deadline - self.reactor.seconds()),
-                done=lambda outcome, pending=pending: self._done(outcome, pending),
-            )
+    # -- the pool's threads (under pool.lock) and its completions
 
-    def _done(self, outcome: object, pending: _Pending) -> None:
-        self._cancel_timer(pending)
+    def _take(self) -> Any:
+        """The next call to run, services in turn, if a connection is free (in a pool thread)."""
+        waiting = self.queue.take()
+        if waiting is None:
+            return None
+        pending = waiting.item
+        # Handed while the lock is held: a cancel at its deadline now reaches it, running or not.
+        self.running.handed(pending.key)
+        query = pending.query
+        return pending, engine.execute, (
+            query, self._sql[query.name], pending.params, self.running, pending.key, self.config.max_result_bytes,
+            self.config.query_timeout, max(0.0, pending.deadline - self.reactor.seconds()),
+        )
+
+    def _release(self, pending: _Pending) -> None:
+        """A call's statement is over: its connection and its place in its service's quota are free."""
         assert pending.waiting is not None
         self.queue.finished(pending.waiting)
+
+    def _done(self, pending: _Pending, outcome: object) -> None:
+        self._cancel_timer(pending)
         if isinstance(outcome, Failure):
             self.log.failure("running {query} for {instance} failed", failure=outcome, query=pending.query.name,
                              instance=pending.link.name)
@@ -347,7 +365,9 @@ class DatabaseProxy:
             pending.link.answer(dbchannel.reply_ok(pending.call_id, value))  # type: ignore[arg-type]
         else:
             self._answer_error(pending.link, pending.call_id, status, str(value))
-        self._pump()
+
+    def _after_batch(self) -> None:
+        self._flush_links()
         self._maybe_stopped()
 
     def _expire(self, pending: _Pending) -> None:
@@ -355,11 +375,16 @@ class DatabaseProxy:
         one is stopped in the database (its reply says so)."""
         pending.timer = None
         waiting = pending.waiting
-        if waiting is not None and self.queue.drop(waiting):
+        if waiting is None:
+            return
+        with self.pool.lock:
+            dropped = self.queue.drop(waiting)
+            running = waiting.state == "running"
+        if dropped:
             self._answer_error(pending.link, pending.call_id, UNAVAILABLE,
                                f"no connection was free within query_timeout ({self.config.query_timeout:g}s); it did not run")
             self._maybe_stopped()
-        elif waiting is not None and waiting.state == "running":
+        elif running:
             self.log.warn("{query} for {instance} ran past query_timeout ({timeout:g}s): cancelling it in the database",
                           query=pending.query.name, instance=pending.link.name, timeout=self.config.query_timeout)
             self.database.cancel(self.reactor, self.running, pending.key)
@@ -375,12 +400,14 @@ class DatabaseProxy:
     def stats(self) -> dict[str, Any]:
         """For okws-ctl status: its channels (CONNS), calls queued or running (IN-FLIGHT), calls answered
         with a result (SERVED), and every count by outcome."""
+        with self.pool.lock:
+            running, queued = self.queue.running, self.queue.queued
         return {
             "connections": len(self.links),
-            "in_flight": self.queue.running + self.queue.queued,
+            "in_flight": running + queued,
             "served": self.counts[OK],
-            "running": self.queue.running,
-            "queued": self.queue.queued,
+            "running": running,
+            "queued": queued,
             **self.counts,
         }
 
@@ -409,7 +436,11 @@ class DatabaseProxy:
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
-        if not self._grace_passed or self.queue.running or self.queue.queued or self._finished:
+        if not self._grace_passed or self._finished:
+            return
+        with self.pool.lock:
+            busy = self.queue.running or self.queue.queued or self.pool.pending
+        if busy:
             return
         self._finished = True
         for link in list(self.links):

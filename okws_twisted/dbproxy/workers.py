@@ -4,23 +4,24 @@ The proxy's connection pool: C{size} threads, each with a database connection of
 
 The database drivers block, so calls run off the reactor, one per thread, each thread on its
 own connection (sqlite3 and psycopg connections are not shared between threads).  This is
-what C{twisted.enterprise.adbapi.ConnectionPool} does too; it is done here with one queue and
-batched completions because the proxy's calls are small and many.  Measured on the
-development machine (2 cores, 20,000 trivial calls in batches of 100): Twisted's thread pool
-and C{deferToThreadPool} cost about 19 us of CPU per call, one C{SimpleQueue} and one
-C{callFromThread} per batch of completions about 3 us, and fewer thread wake-ups fighting
-for the GIL.
+what C{twisted.enterprise.adbapi.ConnectionPool} does too; it is done here differently because
+the proxy's calls are small and many, and each hop between threads is a context switch that
+costs more than a small query (measured under C{bench/run.py --db}: over half of the proxy's
+CPU was the kernel switching threads and handing the GIL over).
 
-Jobs run in arrival order (the proxy's own scheduler decides what arrives, and hands over at
-most C{size} at a time).  A job is C{fn(connections, *args)}: C{connections} is the thread's
-L{engine.Connections}, which opens its connection on first use and again after a dead one is
-dropped.  Completions reach the reactor thread in batches: the first completion of a batch
-schedules one C{callFromThread}, and every completion that lands before it runs rides along.
+The threads pull their work: a thread that finishes a call takes the next one itself
+(C{take}, under L{Workers.lock}, which also guards the caller's queue), so a busy pool never
+waits for the reactor thread between two calls.  The reactor thread only L{wake}s idle threads
+when it queued calls.  Completions reach the reactor thread in batches: the first completion
+of a batch schedules one C{callFromThread}, and every completion that lands before it runs
+rides along; L{Workers.after_batch} then runs once (the proxy sends its replies).
+
+A job is C{fn(connections, *args)}: C{connections} is the thread's L{engine.Connections},
+which opens its connection on first use and again after a dead one is dropped.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 from typing import Any, Callable
 
@@ -56,22 +57,43 @@ class _ThreadConnections:
             self.disconnect(self._conn)
 
 
+#: One job as C{take} gives it: C{(token, fn, args)}; C{token} comes back with its result.
+Job = tuple[Any, Callable[..., Any], tuple[Any, ...]]
+
+
 class Workers:
-    """C{size} threads running jobs on their own connections; completions back on the reactor."""
+    """C{size} threads running jobs on their own connections; completions back on the reactor.
+
+    @param take: called in a worker thread, with L{lock} held: the next job, or C{None}.
+    @param release: called in the worker thread, with L{lock} held, as soon as a job's C{fn}
+        returned (its slot is free: the thread takes its next job right after).
+    @param completed: called in the reactor thread with each job's token and result (or a
+        L{Failure}), in batches.
+    """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, size: int, connect: Callable[[], Any], name: str = "db",
-                 after_batch: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        size: int,
+        connect: Callable[[], Any],
+        name: str = "db",
+        after_batch: Callable[[], None] = lambda: None,
+    ) -> None:
         self.reactor = reactor
         #: Called in the reactor thread after each batch of completions (the proxy sends its replies then).
         self.after_batch = after_batch
+        self.take: Callable[[], Job | None] = lambda: None
+        self.release: Callable[[Any], None] = lambda token: None
+        self.completed: Callable[[Any, Any], None] = lambda token, result: None
+        #: Guards the jobs' source (the caller's queue) as well as the pool's own state.
+        self.lock = threading.Lock()
+        self._cond = threading.Condition(self.lock)
         self._connect = connect
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Callable[[Any], None]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._lock = threading.Lock()
-        self._done: list[tuple[Callable[[Any], None], Any]] = []
+        self._idle = 0
+        self._stopping = False
+        self._done: list[tuple[Any, Any]] = []
         self._delivery_scheduled = False
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(size)]
         self.started = False
@@ -81,15 +103,22 @@ class Workers:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, fn: Callable[..., Any], *args: Any, done: Callable[[Any], None]) -> None:
-        """Run C{fn(connections, *args)} in a thread; call C{done} with its result (or a L{Failure})
-        in the reactor thread."""
-        self._jobs.put((fn, args, done))
+    @property
+    def pending(self) -> bool:
+        """Completions not yet delivered to the reactor thread (read with L{lock} held)."""
+        return bool(self._done)
+
+    def wake(self, count: int = 1) -> None:
+        """New jobs may be there: wake up to C{count} idle threads (reactor thread)."""
+        with self._cond:
+            if self._idle:
+                self._cond.notify(min(count, self._idle))
 
     def stop(self) -> None:
         """Let every thread finish its job, close its connection and end (bounded; call when idle)."""
-        for _ in self._threads:
-            self._jobs.put(None)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
         if self.started:
             for thread in self._threads:
                 thread.join(STOP_TIMEOUT)
@@ -97,36 +126,60 @@ class Workers:
 
     # -- in the threads
 
+    def _next(self) -> Job | None:
+        """The next job, or C{None} to end the thread (lock held)."""
+        while not self._stopping:
+            try:
+                job = self.take()
+            except Exception:
+                job = None
+                self.reactor.callFromThread(self.log.failure, "taking a database call failed", Failure())
+            if job is not None:
+                return job
+            self._idle += 1
+            try:
+                self._cond.wait()
+            finally:
+                self._idle -= 1
+        return None
+
     def _run(self) -> None:
         connections = _ThreadConnections(self._connect)
         try:
-            while True:
-                job = self._jobs.get()
-                if job is None:
-                    return
-                fn, args, done = job
+            with self._cond:
+                job = self._next()
+            while job is not None:
+                token, fn, args = job
                 try:
                     result: Any = fn(connections, *args)
                 except BaseException:
                     result = Failure()
-                with self._lock:
-                    self._done.append((done, result))
+                with self._cond:
+                    try:
+                        self.release(token)
+                    except Exception:
+                        pass  # the slot bookkeeping is the caller's; the completion still goes back
+                    self._done.append((token, result))
                     schedule = not self._delivery_scheduled
                     self._delivery_scheduled = True
+                    job = self._next() if not schedule else None
                 if schedule:
+                    # Outside the lock: waking the reactor is a syscall.
                     self.reactor.callFromThread(self._deliver)
+                    with self._cond:
+                        job = self._next()
         finally:
             connections.close()
 
     # -- in the reactor thread
 
     def _deliver(self) -> None:
-        with self._lock:
+        with self.lock:
             done, self._done = self._done, []
             self._delivery_scheduled = False
-        for callback, result in done:
+        for token, result in done:
             try:
-                callback(result)
+                self.completed(token, result)
             except Exception:
                 self.log.failure("a database call's completion failed")
         self.after_batch()

@@ -134,15 +134,21 @@ def decode_rows(raw: object) -> list[dict[str, Value]]:
     return out
 
 
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Built once: json.dumps/json.loads with any option build a new encoder or decoder per call,
+# which cost more than the encoding of a small call itself.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def dumps(obj: object) -> bytes:
     """Compact JSON; NaN/Infinity never appear bare (L{to_wire} tags them)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(obj).encode("utf-8")
 
 
 def loads(data: bytes) -> Any:
-    """JSON from a peer; bare NaN/Infinity are refused, duplicates keep the last."""
-
-    def no_constants(name: str) -> object:
-        raise ValueError(f"{name} is not JSON")
-
-    return json.loads(data, parse_constant=no_constants)
+    """JSON from a peer (UTF-8); bare NaN/Infinity are refused, duplicates keep the last."""
+    return _DECODER.decode(data.decode("utf-8"))

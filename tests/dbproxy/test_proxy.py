@@ -163,8 +163,19 @@ class ProxyTests(TestCase):
         self.assertEqual({link.name for link in proxy.links}, {"b.0"})
 
     async def test_queue_max_holds_and_others_are_served(self) -> None:
-        """10,000 calls at once: queue_max are taken, the rest refused at once; B is served meanwhile."""
+        """10,000 calls at once: never more than queue_max held (queued or running), the rest refused
+        at once; B is served meanwhile.  (The pool's thread frees a place as each call ends, so a
+        few more than queue_max of the burst may run, one after another.)"""
         proxy = self.make(pool=1, queue_max=50)
+        peak = [0]
+        admit = proxy.queue.admit
+
+        def observed(service: str, item: Any) -> Any:
+            waiting = admit(service, item)
+            peak[0] = max(peak[0], proxy.queue.held(service))
+            return waiting
+
+        proxy.queue.admit = observed  # type: ignore[method-assign]
         a, b = Peer(proxy, "a", "a.0"), Peer(proxy, "b", "b.0")
         await deferLater(reactor, 0.05, lambda: None)
         a.send(*[("count_names", {})] * 10_000)
@@ -174,8 +185,10 @@ class ProxyTests(TestCase):
         statuses: dict[str, int] = {}
         for reply in a.replies.values():
             statuses[reply.status] = statuses.get(reply.status, 0) + 1
-        self.assertEqual(statuses["ok"], 50)
-        self.assertEqual(statuses["unavailable"], 9_950)
+        self.assertEqual(peak[0], 50)
+        self.assertGreaterEqual(statuses["ok"], 50)
+        self.assertGreater(statuses["unavailable"], 9_000)
+        self.assertEqual(statuses["ok"] + statuses["unavailable"], 10_000)
         self.assertIn("queue full: service a already has queue_max (50)",
                       next(r.value for r in a.replies.values() if r.status == "unavailable"))
 
