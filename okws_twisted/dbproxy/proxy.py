@@ -70,7 +70,6 @@ class _Pending:
     params: Any
     key: int
     deadline: float
-    timer: IDelayedCall | None = None
     waiting: Waiting["_Pending"] | None = None
 
 
@@ -194,6 +193,8 @@ class DatabaseProxy:
         self.pool.start()
         self.links: set[_Link] = set()
         self._keys = itertools.count(1)
+        self._deadlines: dict[int, _Pending] = {}
+        self._sweep_call: IDelayedCall | None = None
         self._stopped = stopped
         self.stopping = False
         self._finished = False
@@ -284,8 +285,8 @@ class DatabaseProxy:
             self._refuse(link, call, str(e))
             return False
         pending = _Pending(link, call.id, query, params, next(self._keys), self.reactor.seconds() + self.config.query_timeout)
-        # The timer first: a pool thread may take the call, and even finish it, as soon as it is admitted.
-        pending.timer = self.reactor.callLater(self.config.query_timeout, self._expire, pending)
+        # Watched first: a pool thread may take the call, and even finish it, as soon as it is admitted.
+        self._watch(pending)
         with self.pool.lock:
             pending.waiting = self.queue.admit(link.service, pending)
         if pending.waiting is None:
@@ -370,10 +371,27 @@ class DatabaseProxy:
         self._flush_links()
         self._maybe_stopped()
 
+    def _watch(self, pending: _Pending) -> None:
+        """Stop C{pending} at its deadline.  One timer for all: C{_deadlines} is in arrival order,
+        and every call gets the same C{query_timeout}, so the oldest is due first."""
+        self._deadlines[pending.key] = pending
+        if self._sweep_call is None:
+            self._sweep_call = self.reactor.callLater(max(0.0, pending.deadline - self.reactor.seconds()), self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = self.reactor.seconds()
+        while self._deadlines:
+            pending = next(iter(self._deadlines.values()))
+            if pending.deadline > now:
+                self._sweep_call = self.reactor.callLater(pending.deadline - now, self._sweep)
+                return
+            self._expire(pending)
+
     def _expire(self, pending: _Pending) -> None:
         """C{query_timeout} after it arrived: a queued call is answered and never runs; a running
         one is stopped in the database (its reply says so)."""
-        pending.timer = None
+        self._cancel_timer(pending)
         waiting = pending.waiting
         if waiting is None:
             return
@@ -389,11 +407,13 @@ class DatabaseProxy:
                           query=pending.query.name, instance=pending.link.name, timeout=self.config.query_timeout)
             self.database.cancel(self.reactor, self.running, pending.key)
 
-    @staticmethod
-    def _cancel_timer(pending: _Pending) -> None:
-        if pending.timer is not None and pending.timer.active():
-            pending.timer.cancel()
-        pending.timer = None
+    def _cancel_timer(self, pending: _Pending) -> None:
+        """C{pending} needs no stopping any more (answered, dropped, or being stopped)."""
+        self._deadlines.pop(pending.key, None)
+        if not self._deadlines and self._sweep_call is not None:
+            if self._sweep_call.active():
+                self._sweep_call.cancel()
+            self._sweep_call = None
 
     # -- IChildRole
 

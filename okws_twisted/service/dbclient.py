@@ -63,6 +63,8 @@ class _Call:
     grant: Grant | None = None
     entry: bytes = b""
     channel: MessageChannel | None = None
+    #: When a sent call is given up on (the sweep's, not a timer per call).
+    deadline: float = 0.0
 
 
 @implementer(IDatabase)
@@ -86,6 +88,7 @@ class DatabaseClient:
         self._outbox: list[_Call] = []
         self._sent: dict[int, _Call] = {}
         self._flush_call: IDelayedCall | None = None
+        self._sweep_call: IDelayedCall | None = None
         self._old: set[MessageChannel] = set()
 
     def configure(self, config: DatabaseConfig) -> None:
@@ -174,15 +177,40 @@ class DatabaseClient:
                     call.timer = self.reactor.callLater(self.timeout, self._expire, call)
                 self._waiting[call.id] = call
             return
+        deadline = self.reactor.seconds() + self.timeout + BACKSTOP
         for call in batch:
+            if call.timer is not None:  # it waited for a proxy: that wait is over
+                if call.timer.active():
+                    call.timer.cancel()
+                call.timer = None
             call.channel = channel
+            call.deadline = deadline
             self._sent[call.id] = call
-            self._rearm(call, self.timeout + BACKSTOP)
+        self._arm_sweep()
 
-    def _rearm(self, call: _Call, delay: float) -> None:
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        call.timer = self.reactor.callLater(delay, self._expire, call)
+    def _arm_sweep(self) -> None:
+        """One timer for every sent call: at the deadline of the oldest (C{_sent} is in sending
+        order, so deadlines only grow along it, but for a reload that shortened the timeout)."""
+        if self._sweep_call is None and self._sent:
+            oldest = next(iter(self._sent.values()))
+            self._sweep_call = self.reactor.callLater(max(0.0, oldest.deadline - self.reactor.seconds()), self._sweep)
+
+    def _unarm_sweep(self) -> None:
+        """Nothing sent waits: no timer left behind."""
+        if not self._sent and self._sweep_call is not None:
+            if self._sweep_call.active():
+                self._sweep_call.cancel()
+            self._sweep_call = None
+
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = self.reactor.seconds()
+        while self._sent:
+            call = next(iter(self._sent.values()))
+            if call.deadline > now:
+                break
+            self._expire(call)
+        self._arm_sweep()
 
     def _expire(self, call: _Call) -> None:
         call.timer = None
@@ -211,7 +239,8 @@ class DatabaseClient:
             call.timer.cancel()
         call.timer = None
         self._waiting.pop(call.id, None)
-        self._sent.pop(call.id, None)
+        if self._sent.pop(call.id, None) is not None:
+            self._unarm_sweep()
         if call in self._outbox:
             self._outbox.remove(call)
 
@@ -296,9 +325,8 @@ class DatabaseClient:
         if call is None or call.channel is not channel:
             return  # its caller gave up, or a forged id: nothing waits for it
         del self._sent[reply.id]
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        call.timer = None
+        if not self._sent:
+            self._unarm_sweep()
         if reply.status == OK:
             assert call.grant is not None
             try:
@@ -328,6 +356,7 @@ class DatabaseClient:
             call.answer.errback(self._unavailable(
                 "the database proxy went away during this call; it may or may not have run", call.name
             ))
+        self._unarm_sweep()
 
     def stats(self) -> dict[str, int]:
         return {"waiting": len(self._waiting) + len(self._outbox), "sent": len(self._sent)}

@@ -41,7 +41,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from okws_twisted.wire import dbvalues
 from okws_twisted.wire.channel import ChannelError, Message
@@ -61,6 +61,7 @@ UNAVAILABLE = "unavailable"
 #: The database's own error (a constraint, a syntax error): L{QueryFailed}.
 FAILED = "failed"
 ERRORS = (REFUSED, UNAVAILABLE, FAILED)
+_STATUSES = frozenset((OK, *ERRORS))
 
 #: The suffixes of aiosql's query names that can be granted (C{#} scripts cannot).
 SUFFIXES = ("", "^", "$", "!", "<!", "*!")
@@ -96,17 +97,16 @@ class Grant:
     params: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Call:
-    """One call as the proxy receives it: shape checked, content not yet."""
+class Call(NamedTuple):
+    """One call as the proxy receives it: shape checked, content not yet.  (Tuples: one is
+    built per call, and a frozen dataclass costs several times as much to build.)"""
 
     id: int
     name: str
     params: Any  # an object of wire values, or a list of them for *!
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """One answer as the service receives it."""
 
     id: int
@@ -187,9 +187,11 @@ def parse_calls(msg: Message) -> list[Call]:
 
 def parse_replies(msg: Message) -> list[Reply]:
     """The answers in a C{replies} message (the service's side)."""
+    if msg.kind != REPLIES:
+        raise ChannelError(f"unexpected {msg.kind!r} message from the proxy")
     out = []
     for entry in _list_payload(msg):
-        if type(entry) is not list or len(entry) != 3 or entry[1] not in (OK, *ERRORS):
+        if type(entry) is not list or len(entry) != 3 or entry[1] not in _STATUSES:
             raise ChannelError("a reply is not [id, status, value]")
         if entry[1] != OK and type(entry[2]) is not str:
             raise ChannelError("an error reply without a message")
