@@ -174,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="okws-ctl", description="Operate a running okws site.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", parents=[common], help="services, instances, pids, state, uptime, restarts, load")
-    relaunch = sub.add_parser("relaunch", parents=[common], help="gracefully relaunch a service's instances")
-    relaunch.add_argument("service", nargs="?")
-    relaunch.add_argument("--all", action="store_true", help="every service")
+    relaunch = sub.add_parser("relaunch", parents=[common],
+                              help="gracefully relaunch a service's instances, or a database proxy (db.NAME)")
+    relaunch.add_argument("service", nargs="?", help="a service, or db.NAME for the proxy of [db:NAME]")
+    relaunch.add_argument("--all", action="store_true", help="every service (not the database proxies)")
     sub.add_parser("reload", parents=[common], help="re-read the site file and apply the changes")
     sub.add_parser("rotate-logs", parents=[common], help="make the log daemon reopen its files")
     sub.add_parser("stop", parents=[common], help="stop the site gracefully")

@@ -79,6 +79,9 @@ class CtlTests(E2ETestCase):
     def test_errors_are_plain(self) -> None:
         p = ctl(self.live(), "relaunch", "nosuch")
         self.assertEqual((p.returncode, p.stderr), (1, "okws-ctl: no service named 'nosuch'\n"))
+        p = ctl(self.live(), "relaunch", "db.nosuch")
+        self.assertEqual((p.returncode, p.stderr),
+                         (1, "okws-ctl: no database proxy 'db.nosuch' (no [db:nosuch] section); the proxies are none\n"))
 
     def test_could_not_reach_is_2(self) -> None:
         d = tempfile.mkdtemp(prefix="okws-ctl-")

@@ -59,12 +59,19 @@ class Burst(threading.Thread):
         self.answer: dict[str, Any] = {}
 
     def run(self) -> None:
-        self.answer = post(self.site, self.path, self.command, timeout=120)
+        try:
+            self.answer = post(self.site, self.path, self.command, timeout=120)
+        except Exception as e:
+            self.error = e
+
+    error: Exception | None = None
 
     def result(self, timeout: float = 120) -> dict[str, Any]:
         self.join(timeout)
         if self.is_alive():
             raise AssertionError(f"the burst on {self.path} did not finish within {timeout}s")
+        if self.error is not None:
+            raise AssertionError(f"the burst on {self.path} failed: {self.error}")
         return self.answer
 
 
@@ -119,6 +126,58 @@ class ProxyKilledTests(E2ETestCase):
         self.assertFalse(process_exists(proxy))
         self.assertEqual((now["a.0"], now["b.0"]), (pids["a.0"], pids["b.0"]))
         self.assertEqual(int(post(site, "/b", {"op": "call", "query": "count_tokens"})["result"]), len(stored))
+
+
+class ProxyRelaunchedTests(E2ETestCase):
+    """okws-ctl relaunch db.main during 1,000 writes: graceful, so nothing fails and nothing is lost."""
+
+    def test_relaunch_during_1000_writes(self) -> None:
+        from tests.test_e2e_operations import ctl
+
+        site = Site(SERVICES, "")
+        write_database_files(site.dir, "sqlite")
+        with open(site.ini, "a") as f:
+            f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n"
+                    "queue_max = 1000\nquery_timeout = 5\n")
+        self.addCleanup(site.close)
+        site.start()
+        path = os.path.join(site.dir, "data", "site.db")
+        pids = site.pids()
+        proxy = pids["db.main"]
+
+        def rows() -> int:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+                return conn.execute("SELECT count(*) FROM tokens").fetchone()[0]
+
+        # As for kill -9: each answer carries 1 MB, so calls are often between their commit and
+        # their reply when the services move to the new proxy; one resent would be written twice.
+        burst = Burst(site, "/a", 1000, window=4, pace=0.004, pad=1_000_000)
+        burst.start()
+        wait_until(lambda: rows() >= 150, 60, "150 writes")
+        mark = site.mark()
+        p = ctl(site, "relaunch", "db:main")  # the section's name; db.main (status's) works too
+        self.assertEqual((p.returncode, p.stdout), (0, "relaunching db.main\n"), p.stderr)
+        at_relaunch = rows()
+        site.wait_for(r"db\.main pid %d exited after retiring" % proxy, timeout=30, after=mark)
+        try:
+            answer = burst.result()
+        except AssertionError as e:
+            raise AssertionError(f"{e}; log:\n{site.log_text()}") from None
+
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            stored = dict(conn.execute("SELECT token, count(*) FROM tokens GROUP BY token").fetchall())
+        self.assertEqual(answer["failed"], {}, "a graceful relaunch fails no call")
+        self.assertEqual(len(answer["acked"]), 1000)
+        self.assertEqual([t for t, n in stored.items() if n != 1], [], "nothing written twice")
+        self.assertEqual(set(stored), set(answer["acked"]), "every write acknowledged, exactly once")
+        self.assertLess(at_relaunch, 1000, "the relaunch happened during the writes")
+        now = site.pids()
+        self.assertNotEqual(now["db.main"], proxy)
+        self.assertFalse(process_exists(proxy))
+        self.assertEqual((now["a.0"], now["b.0"]), (pids["a.0"], pids["b.0"]), "the services were not relaunched")
+        p = ctl(site, "relaunch", "db.main")
+        self.assertEqual((p.returncode, p.stdout), (0, "relaunching db.main\n"), p.stderr)
+        self.assertEqual(int(post(site, "/b", {"op": "call", "query": "count_tokens"})["result"]), 1000)
 
 
 class QueryTimeoutSQLiteTests(E2ETestCase):

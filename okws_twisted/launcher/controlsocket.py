@@ -10,7 +10,7 @@ checked: only root and the launcher's own user may give commands.
 One request per line, one answer per line, both JSON::
 
     {"cmd": "status"}                      -> {"ok": true, "result": {...}}
-    {"cmd": "relaunch", "service": "hello"} (or "all": true)
+    {"cmd": "relaunch", "service": "hello"} (or "all": true; or "db.main": a database's proxy)
     {"cmd": "reload"}
     {"cmd": "rotate-logs"}
     {"cmd": "stop"}

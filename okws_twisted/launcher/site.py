@@ -489,7 +489,17 @@ class Launcher(Service):
         }
 
     def relaunch(self, service: str | None) -> list[str]:
-        """Gracefully relaunch every instance of C{service} (C{None}: all services)."""
+        """Gracefully relaunch every instance of C{service} (C{None}: all services), or the proxy
+        of a database: C{db.NAME}, as C{okws-ctl status} shows it, or C{db:NAME}, as site.ini
+        names its section.  A proxy's successor starts, the services move to it, and the calls
+        already sent finish on the old one."""
+        if service is not None and service[:3] in ("db.", "db:"):
+            name = service[3:]
+            slots = [s for s in self.databases if s.db == name]
+            if not slots:
+                known = ", ".join(f"db.{s.db}" for s in self.databases) or "none"
+                raise LookupError(f"no database proxy {service!r} (no [db:{name}] section); the proxies are {known}")
+            return [slot.name for slot in slots if slot.relaunch("operator request")]
         slots = [s for s in self.instances if service is None or s.service == service]
         if service is not None and not slots:
             raise LookupError(f"no service named {service!r}")

@@ -201,7 +201,8 @@ class Calls(ServiceResource):
         pace = command.get("pace", 0)
         calls = []
         for i in range(n):
-            calls.append(window.run(one, i))
+            # Only whether it worked is kept: 1,000 padded answers kept would be 1 GB.
+            calls.append(window.run(one, i).addCallback(lambda _: True))
             if pace:
                 await task.deferLater(reactor, pace, lambda: None)
         results = await defer.DeferredList(calls, consumeErrors=True)
