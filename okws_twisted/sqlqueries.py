@@ -11,6 +11,16 @@ parses by default: a parameter list in every name but C{#}, C{*!} and C{<!}::
     -- name: add_message(text)!
     INSERT INTO messages (text) VALUES (:text);
 
+Each query is one SQL statement that the proxy runs as one transaction of its own (its
+parameters bound by the driver, server-side on PostgreSQL).  So that a query means the same
+on both engines and cannot change the connection it runs on, L{parse} refuses, naming the
+file and the query's line: more than one statement; C{EXPLAIN} (its answer is each engine's
+own plan format, and C{EXPLAIN ANALYZE} runs the statement); transaction control (C{BEGIN},
+C{COMMIT}, C{ROLLBACK}, C{SAVEPOINT}, ...: the proxy commits or rolls back each call); and
+what changes the session of a pooled connection (C{SET}, C{RESET}, C{PRAGMA}, C{ATTACH},
+...: the next call on that connection would run under it).  C{#} scripts are not checked:
+they cannot be granted, so the proxy never runs them.
+
 aiosql is used for what it is good at: names, suffixes, parameters.  The
 proxy runs the SQL itself (L{okws_twisted.dbproxy.engine}), because aiosql's
 own functions answer differently per driver (its sqlite3 C{<!} returns the
@@ -43,6 +53,27 @@ _SUFFIX = {
 }
 
 _LOCATED = re.compile(r" at \S+:\d+")
+
+#: What a query may not start with (see the module's docstring), by the reason given.
+_REFUSED_FIRST = {
+    "EXPLAIN": "EXPLAIN is refused: its answer is each engine's own plan, and EXPLAIN ANALYZE runs the statement",
+    **dict.fromkeys(
+        ("BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE", "PREPARE", "EXECUTE",
+         "DEALLOCATE"),
+        "transaction control is refused: the proxy runs each call as one transaction and commits or rolls it back",
+    ),
+    **dict.fromkeys(
+        ("SET", "RESET", "DISCARD", "PRAGMA", "ATTACH", "DETACH", "VACUUM", "LISTEN", "UNLISTEN", "LOAD"),
+        "statements that change the connection's session are refused: the pool's connections serve every call",
+    ),
+}
+
+#: What SQL text is not code: comments, quoted strings and identifiers, PostgreSQL's dollar quotes.
+_SQL_OPAQUE = re.compile(
+    r"--[^\n]*|/\*.*?(?:\*/|\Z)|[Ee]'(?:\\.|''|[^'\\])*'?|'(?:''|[^'])*'?|\"(?:\"\"|[^\"])*\"?|`[^`]*`?"
+    r"|\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?(?:\$(?P=tag)\$|\Z)",
+    re.DOTALL,
+)
 _NAME_LINE = re.compile(r"\s*--\s*name\s*:\s*([\w-]+)")
 
 
@@ -94,10 +125,37 @@ def parse(text: str, path: str) -> Mapping[str, NamedQuery]:
             continue
         signature = getattr(fn, "__signature__", None) or inspect.Signature()
         params = tuple(p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY)
-        out[name] = NamedQuery(name, _SUFFIX[fn.operation.name], params, fn.sql, lines.get(name, [0])[0])
+        query = NamedQuery(name, _SUFFIX[fn.operation.name], params, fn.sql, lines.get(name, [0])[0])
+        if not query.script:
+            problem = statement_problem(query.sql)
+            if problem:
+                raise QueriesError(f"query {name}: {problem} at {path}:{query.line}")
+        out[name] = query
     if not out:
         raise QueriesError(f"no queries in {path} (each starts with a line like '-- name: recent_messages(limit)')")
     return MappingProxyType(dict(sorted(out.items())))
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of C{sql}, with comments, strings and quoted names blanked out."""
+    code = _SQL_OPAQUE.sub(lambda m: " " if m.group(0).startswith(("--", "/*")) else "''", sql)
+    return [part.strip() for part in code.split(";") if part.strip()]
+
+
+def statement_problem(sql: str) -> str | None:
+    """Why C{sql} may not be a query (see the module's docstring), or C{None}."""
+    found = statements(sql)
+    if not found:
+        return "no SQL statement"
+    if len(found) > 1:
+        return (f"{len(found)} statements; a query is one statement (a call is one transaction: "
+                "put each statement in a query of its own)")
+    first = re.match(r"[A-Za-z]+", found[0])
+    if first is not None:
+        reason = _REFUSED_FIRST.get(first.group(0).upper())
+        if reason:
+            return f"{first.group(0).upper()}: {reason}"
+    return None
 
 
 def load(path: str) -> tuple[str, Mapping[str, NamedQuery]]:

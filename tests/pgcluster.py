@@ -108,6 +108,11 @@ class PostgresCluster:
             log = self._server_log()
             raise RuntimeError(f"{argv[0]} failed ({result.returncode}): {result.stdout.decode(errors='replace')}\n{log}")
 
+    def server_log(self) -> str:
+        """Everything the server logged so far (what it says it received, with log_statement)."""
+        with open(os.path.join(self.root or "", "server.log"), errors="replace") as f:
+            return f.read()
+
     def _server_log(self) -> str:
         try:
             with open(os.path.join(self.root or "", "server.log")) as f:

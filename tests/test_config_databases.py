@@ -154,6 +154,18 @@ class DatabaseSectionTests(SynchronousTestCase):
         self.assertError("site.ini: [db:main] queries: no queries in sql/q.sql (each starts with a line like "
                          "'-- name: recent_messages(limit)')", service="")
 
+    def test_one_statement_per_query_on_both_engines(self) -> None:
+        """Refused before any engine is involved: the same line for SQLite and PostgreSQL."""
+        self.write("sql/q.sql", QUERIES + "\n-- name: purge(id)!\nDELETE FROM messages WHERE id = :id; VACUUM;\n"
+                   "\n-- name: plan(id)\nEXPLAIN ANALYZE SELECT * FROM messages WHERE id = :id;\n")
+        for url in ("sqlite:///data/site.db", "postgresql://okws@127.0.0.1:5432/site"):
+            self.assertError("site.ini: [db:main] queries: query plan: EXPLAIN: EXPLAIN is refused: its answer is "
+                             "each engine's own plan, and EXPLAIN ANALYZE runs the statement at sql/q.sql:13",
+                             db=DB.replace("sqlite:///data/site.db", url), service="")
+        self.write("sql/q.sql", QUERIES + "\n-- name: purge(id)!\nDELETE FROM messages WHERE id = :id; VACUUM;\n")
+        self.assertError("site.ini: [db:main] queries: query purge: 2 statements; a query is one statement (a call is "
+                         "one transaction: put each statement in a query of its own) at sql/q.sql:10", service="")
+
     def test_bad_urls(self) -> None:
         for url, message in (
             ("mysql://x/y", "'mysql://x/y': unknown scheme 'mysql'; expected sqlite: or postgresql:"),

@@ -140,6 +140,18 @@ class DatabaseE2EMixin:
             case.assertEqual(self.call("names_like", pattern=text)["result"], repr([{"name": text}]))
         case.assertGreater(int(self.call("count_names")["result"]), 3)
 
+    def test_queries_compiled_at_start(self) -> None:
+        """Each query is compiled against the database at start-up, on both engines (SQLite's
+        EXPLAIN, PostgreSQL's PREPARE): a misspelt column is a warning naming the file and line."""
+        case: SynchronousTestCase = self  # type: ignore[assignment]
+        site = self.site()
+        site.wait_for(r"\[db\.main pid \d+\] query misspelt \(\S*sql/queries\.sql:\d+\) does not compile against the "
+                      r"database: .*nmae", timeout=30)
+        text = site.log_text()
+        case.assertNotIn("query get_name (", text)  # what compiles is not mentioned
+        # zeroblob() is SQLite's own: only PostgreSQL says so.
+        case.assertEqual("query add_token_padded (" in text, self.engine == "postgresql")
+
     def test_wrong_calls_raise_in_the_service(self) -> None:
         """Not granted: QueryRefused; a wrong parameter: TypeError; neither reaches the proxy."""
         case: SynchronousTestCase = self  # type: ignore[assignment]
@@ -227,6 +239,36 @@ class PostgresE2E(DatabaseE2EMixin, E2ETestCase):
         os.chmod(os.path.join(secrets, "db.password"), 0o600)
         return (f"\n[db:main]\nurl = {info.tcp_url()}\npassword_file = secrets/db.password\n"
                 "queries = sql/queries.sql\nschema = sql/schema.sql\npool = 4\nqueue_max = 500\n")
+
+
+    def test_parameters_bound_by_the_server(self) -> None:
+        """PostgreSQL's own log shows what it received: the query's text with $1, and the parameter
+        apart, verbatim; an integer parameter of SQL is the server's type error, and runs nothing."""
+        import psycopg
+
+        self.site()
+        assert self.cluster is not None and self.cluster.info is not None
+        with psycopg.connect(self.cluster.info.dsn(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+            conn.execute("SELECT pg_reload_conf()")
+        try:
+            evil = "1; DROP TABLE names; --"
+            added = self.call("add_name_returning", name=evil)
+            self.assertIn(repr(evil), added["result"])
+            refused = self.call("get_name", id=evil)
+            self.assertEqual(refused["error"], "QueryFailed", refused)
+            self.assertIn("invalid input syntax for type integer", refused["message"])
+            self.assertGreater(int(self.call("count_names")["result"]), 0)  # the table is there
+            log = self.cluster.server_log()
+        finally:
+            with psycopg.connect(self.cluster.info.dsn(), autocommit=True) as conn:
+                conn.execute("ALTER SYSTEM RESET log_statement")
+                conn.execute("SELECT pg_reload_conf()")
+        self.assertRegex(log, r"execute [^:]*: INSERT INTO names \(name\) VALUES \(\$1\) RETURNING id, name")
+        self.assertIn("$1 = '1; DROP TABLE names; --'", log)
+        self.assertRegex(log, r"STATEMENT:  SELECT id, name FROM names WHERE id = \$1")
+        self.assertIn('invalid input syntax for type integer: "1; DROP TABLE names; --"', log)
+        self.assertNotRegex(log, r"(?m)statement: .*DROP TABLE names")
 
 
 class ReloadTests(E2ETestCase):

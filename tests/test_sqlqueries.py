@@ -7,7 +7,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.sqlqueries import NamedQuery, QueriesError, load, parse
+from okws_twisted.sqlqueries import NamedQuery, QueriesError, load, parse, statement_problem, statements
 
 GOOD = """\
 -- name: recent(limit)
@@ -69,6 +69,45 @@ class ParseTests(SynchronousTestCase):
                 parse(text, "sql/q.sql")
             self.assertIn(expected, str(cm.exception))
             self.assertNotIn("\n", str(cm.exception))
+
+
+class OneStatementTests(SynchronousTestCase):
+    """What a query may be: one statement, not EXPLAIN, no transaction or session control."""
+
+    def test_refused_with_file_and_line(self) -> None:
+        head = "-- name: ok()$\nSELECT 1;\n\n"
+        for sql, expected in (
+            ("INSERT INTO t VALUES (:a); DELETE FROM t;", "2 statements; a query is one statement"),
+            ("SELECT :a;\nDROP TABLE t;", "2 statements"),
+            ("EXPLAIN ANALYZE DELETE FROM t WHERE id = :a;", "EXPLAIN: EXPLAIN is refused"),
+            ("explain query plan select * from t where id = :a;", "EXPLAIN: EXPLAIN is refused"),
+            ("BEGIN; DELETE FROM t WHERE id = :a; COMMIT;", "3 statements"),
+            ("COMMIT -- :a", "COMMIT: transaction control is refused"),
+            ("SET statement_timeout = :a;", "SET: statements that change the connection's session are refused"),
+            ("PRAGMA foreign_keys = OFF -- :a", "PRAGMA: statements that change"),
+            ("ATTACH DATABASE :a AS other;", "ATTACH: statements that change"),
+        ):
+            text = head + f"-- name: q(a)\n{sql}\n"
+            with self.assertRaises(QueriesError, msg=sql) as cm:
+                parse(text, "sql/q.sql")
+            self.assertIn(f"query q: {expected}", str(cm.exception))
+            self.assertTrue(str(cm.exception).endswith(" at sql/q.sql:4"), str(cm.exception))
+
+    def test_semicolons_that_end_nothing(self) -> None:
+        """A semicolon in a string, a quoted name, a comment or a dollar quote ends no statement;
+        nor does the last one; a # script may hold several statements (it is never granted)."""
+        text = (
+            "-- name: a(x)$\nSELECT ';' || :x; -- a comment; with semicolons\n\n"
+            "-- name: b()\nSELECT \"odd;name\", 'it''s; fine' /* ; */ FROM t;\n\n"
+            "-- name: c()$\nSELECT $$a;b$$ || $tag$;$tag$;\n\n"
+            "-- name: d()\nWITH x AS (SELECT 1 AS v) SELECT v FROM x\n\n"
+            "-- name: e#\nCREATE TABLE a (x int); CREATE TABLE b (y int);\n"
+        )
+        self.assertEqual(sorted(parse(text, "q.sql")), ["a", "b", "c", "d", "e"])
+
+    def test_statements(self) -> None:
+        self.assertEqual(statements("SELECT 'x;y', \"a;b\" -- ;\n; SELECT 2;"), ["SELECT '', ''", "SELECT 2"])
+        self.assertIsNone(statement_problem("UPDATE t SET a = :a WHERE id = :id RETURNING id;"))
 
 
 class LoadTests(SynchronousTestCase):

@@ -130,6 +130,19 @@ def pg_sql(sql: str) -> str:
     return _PG_TOKENS.sub(sub, sql)
 
 
+def pg_numbered(sql: str, params: Sequence[str]) -> str:
+    """C{:name} -> C{$n} (its place in C{params}), for PostgreSQL's own C{PREPARE}; the rest
+    is left as written (no C{%} doubling: nothing is substituted client-side)."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name and name in params:
+            return f"${params.index(name) + 1}"
+        return m.group(0)
+
+    return _PG_TOKENS.sub(sub, sql)
+
+
 def pg_connect_kwargs(query_timeout: float) -> dict[str, Any]:
     """Session settings sent with each connection (no extra round trip per call): the
     server itself cancels a statement over C{query_timeout}, and a connection that

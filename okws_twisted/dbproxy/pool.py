@@ -11,9 +11,10 @@ C{pool}), never on the reactor.
 L{Database.prepare} runs before the proxy says it is ready: the SQLite file's
 directory is made (0700) and the file created 0600 (the proxy's umask is
 077), the C{schema} runs (it must be idempotent: it runs at every start), and
-for SQLite each query is compiled against it (C{EXPLAIN}) so a query that
-names a missing column is a warning in the error log at start-up, not a
-surprise at the first request.
+each query is compiled against it (SQLite: C{EXPLAIN}; PostgreSQL: C{PREPARE},
+then C{DEALLOCATE}: neither runs it) so a query that names a missing column
+is a warning in the error log at start-up, not a surprise at the first
+request.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Database:
         if self.engine == "sqlite":
             self._prepare_sqlite(queries)
         else:
-            self._prepare_postgresql()
+            self._prepare_postgresql(queries)
 
     def _prepare_sqlite(self, queries: Mapping[str, NamedQuery]) -> None:
         import sqlite3
@@ -85,7 +86,7 @@ class Database:
         finally:
             conn.close()
 
-    def _prepare_postgresql(self) -> None:
+    def _prepare_postgresql(self, queries: Mapping[str, NamedQuery]) -> None:
         import psycopg
 
         if self.config.password_file:
@@ -105,6 +106,21 @@ class Database:
                     conn.commit()
                 except psycopg.Error as e:
                     raise DatabaseOpenError(f"the schema {self.config.schema} failed: {engine._first_line(e)}") from None
+            for query in queries.values():
+                if query.script:
+                    continue
+                try:
+                    conn.execute(f"PREPARE okws_check AS {engine.pg_numbered(query.sql, query.params)}")  # type: ignore[arg-type]
+                    conn.execute("DEALLOCATE okws_check")
+                except psycopg.Error as e:
+                    conn.rollback()
+                    if e.sqlstate == "42P18":
+                        continue  # a parameter whose type only its value gives (SELECT :x): fine at run time
+                    self.log.warn(
+                        "query {query} ({file}:{line}) does not compile against the database: {error}",
+                        query=query.name, file=self.config.queries, line=query.line, error=engine._first_line(e),
+                    )
+            conn.rollback()
         finally:
             conn.close()
 

@@ -64,6 +64,9 @@ SELECT count(*) FROM tokens;
 
 -- name: percent()$
 SELECT count(*) FROM names WHERE name LIKE '%x%';
+
+-- name: misspelt(id)$
+SELECT nmae FROM names WHERE id = :id;
 """
 
 SQLITE_SLOW = """
