@@ -34,14 +34,32 @@ from __future__ import annotations
 import datetime
 import decimal
 import re
-import sqlite3
+import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from okws_twisted.sqlqueries import NamedQuery
 from okws_twisted.wire import dbvalues
 from okws_twisted.wire.dbchannel import FAILED, OK, UNAVAILABLE
+
+if TYPE_CHECKING:
+    import sqlite3
+
+# sqlite3 is imported by the functions that open SQLite, never at import time: a PostgreSQL
+# proxy does not load it (nor does a SQLite proxy load psycopg).  What only tells one engine's
+# objects from the other's looks sqlite3 up in sys.modules: an object of a module that was never
+# imported cannot be one of its.
+
+
+def _sqlite_error(e: BaseException, name: str = "Error") -> bool:
+    module = sys.modules.get("sqlite3")
+    return module is not None and isinstance(e, getattr(module, name))
+
+
+def _is_sqlite(raw: object) -> bool:
+    module = sys.modules.get("sqlite3")
+    return module is not None and isinstance(raw, module.Connection)
 
 # -- SQLite: what goes in and what comes out
 #
@@ -69,6 +87,8 @@ def register_sqlite_types() -> None:
     global _registered
     if _registered:
         return
+    import sqlite3
+
     sqlite3.register_adapter(decimal.Decimal, str)
     sqlite3.register_adapter(datetime.date, lambda d: d.isoformat())
     sqlite3.register_adapter(datetime.datetime, lambda d: d.isoformat(" "))
@@ -77,8 +97,10 @@ def register_sqlite_types() -> None:
     _registered = True
 
 
-def sqlite_connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+def sqlite_connect(path: str, busy_timeout: float) -> "sqlite3.Connection":
     """One connection to the SQLite file C{path}, set up as the proxy's pool sets up each."""
+    import sqlite3
+
     register_sqlite_types()
     conn = sqlite3.connect(path, **sqlite_connect_kwargs(busy_timeout))
     sqlite_open(conn)
@@ -87,16 +109,18 @@ def sqlite_connect(path: str, busy_timeout: float) -> sqlite3.Connection:
 
 def sqlite_connect_kwargs(busy_timeout: float) -> dict[str, Any]:
     """sqlite3.connect's arguments: any thread may interrupt; declared types convert."""
+    import sqlite3
+
     return {"check_same_thread": False, "detect_types": sqlite3.PARSE_DECLTYPES, "timeout": busy_timeout}
 
 
-def sqlite_open(conn: sqlite3.Connection) -> None:
+def sqlite_open(conn: "sqlite3.Connection") -> None:
     """Each connection: WAL (readers never wait for the writer; a crash loses no committed
     transaction), C{synchronous=NORMAL} (durable across a killed process; the last
     transactions may be lost on power loss), foreign keys enforced."""
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if mode != "wal" and conn.execute("PRAGMA database_list").fetchone()[2] != "":
-        raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode})")
+        raise sys.modules["sqlite3"].OperationalError(f"cannot switch to WAL mode (got {mode})")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.commit()
@@ -218,7 +242,7 @@ class Running:
             if raw is None:
                 return
             self._cancelled.add(key)
-            if isinstance(raw, sqlite3.Connection):
+            if _is_sqlite(raw):
                 raw.interrupt()
             else:
                 try:
@@ -342,7 +366,7 @@ def _run(raw: Any, query: NamedQuery, sql: str, params: Any) -> object:
             return _rowcount(cur)
         if suffix == "<!":
             if cur.description is None:
-                return cur.lastrowid if isinstance(raw, sqlite3.Connection) else None
+                return cur.lastrowid if _is_sqlite(raw) else None
             row = cur.fetchone()
             while cur.fetchone() is not None:  # sqlite3 finishes the statement only when drained
                 pass
@@ -388,7 +412,7 @@ def _timed_out(e: Exception) -> bool:
     """The database stopped the statement for time (PostgreSQL's statement_timeout, SQLite's interrupt)."""
     if getattr(e, "sqlstate", None) == "57014":  # query_canceled
         return True
-    return isinstance(e, sqlite3.OperationalError) and str(e) == "interrupted"
+    return _sqlite_error(e, "OperationalError") and str(e) == "interrupted"
 
 
 def _first_line(e: Exception) -> str:
@@ -403,7 +427,7 @@ def _classify(e: Exception) -> tuple[str, str]:
     later).  Anything the statement itself did wrong (a constraint, a syntax
     error, a value the column refuses): C{failed}, with the database's message.
     """
-    if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)):
+    if _sqlite_error(e, "OperationalError") and ("locked" in str(e) or "busy" in str(e)):
         return UNAVAILABLE, f"the database is busy: {_first_line(e)}"
     sqlstate = getattr(e, "sqlstate", None)
     module = type(e).__module__
@@ -412,6 +436,6 @@ def _classify(e: Exception) -> tuple[str, str]:
         or (isinstance(sqlstate, str) and sqlstate[:2] in ("08", "53", "57"))
     ):
         return UNAVAILABLE, f"the database is unreachable: {_first_line(e)}"
-    if isinstance(e, (sqlite3.Error, OverflowError, dbvalues.ValueRefused)) or module.startswith("psycopg"):
+    if _sqlite_error(e) or isinstance(e, (OverflowError, dbvalues.ValueRefused)) or module.startswith("psycopg"):
         return FAILED, _first_line(e)
     return FAILED, f"{type(e).__name__}: {_first_line(e)}"
