@@ -246,12 +246,19 @@ class PostgresE2E(DatabaseE2EMixin, E2ETestCase):
         apart, verbatim; an integer parameter of SQL is the server's type error, and runs nothing."""
         import psycopg
 
-        self.site()
+        from tests.test_e2e_operations import ctl
+
+        site = self.site()
         assert self.cluster is not None and self.cluster.info is not None
+        # Sessions opened from now on log every statement: relaunch the proxy (its pool connects anew).
         with psycopg.connect(self.cluster.info.dsn(), autocommit=True) as conn:
-            conn.execute("ALTER SYSTEM SET log_statement = 'all'")
-            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(f'ALTER DATABASE "{self.cluster.info.dbname}" SET log_statement = \'all\'')
         try:
+            old = site.pids()["db.main"]
+            mark = site.mark()
+            p = ctl(site, "relaunch", "db.main")
+            self.assertEqual(p.returncode, 0, p.stderr)
+            site.wait_for(r"db\.main pid %d exited after retiring" % old, after=mark)
             evil = "1; DROP TABLE names; --"
             added = self.call("add_name_returning", name=evil)
             self.assertIn(repr(evil), added["result"])
@@ -262,8 +269,7 @@ class PostgresE2E(DatabaseE2EMixin, E2ETestCase):
             log = self.cluster.server_log()
         finally:
             with psycopg.connect(self.cluster.info.dsn(), autocommit=True) as conn:
-                conn.execute("ALTER SYSTEM RESET log_statement")
-                conn.execute("SELECT pg_reload_conf()")
+                conn.execute(f'ALTER DATABASE "{self.cluster.info.dbname}" RESET log_statement')
         self.assertRegex(log, r"execute [^:]*: INSERT INTO names \(name\) VALUES \(\$1\) RETURNING id, name")
         self.assertIn("$1 = '1; DROP TABLE names; --'", log)
         self.assertRegex(log, r"STATEMENT:  SELECT id, name FROM names WHERE id = \$1")
