@@ -63,10 +63,20 @@ class BenchHarnessTests(SynchronousTestCase):
         self.assertEqual(
             runs, {(p, w, s) for p in pairings for w in ("keepalive", "newconn") for s in ("okws", "twisted.web")}
         )
-        # The log daemon's CPU counts in okws's CPU per request.
+        # The log daemon's CPU counts in okws's CPU per request; each process's share is reported.
         for run in doc["runs"]:
             if run["server"] == "okws":
                 self.assertIn("logd", run["cpu_seconds"], detail)
+                for process in ("dispatcher", "hello.0", "logd"):
+                    self.assertIn(process, run["cpu_us_per_request_by_process"], detail)
+        # Issue 14's honest pairing, from the same runs: okws with its log against the peer without.
+        honest = doc["results"]["okws log vs no log"]
+        for workload in ("keepalive", "newconn"):
+            self.assertEqual(honest[workload]["okws"], doc["results"]["logging on"][workload]["okws"], detail)
+            self.assertEqual(honest[workload]["twisted.web"], doc["results"]["logging off"][workload]["twisted.web"], detail)
+            self.assertGreater(honest[workload]["ratio"], 0, detail)
+        self.assertIn("okws log vs no log: ratio okws/twisted.web", stdout.decode())
+        self.assertIn("CPU per request during keepalive, logging off: okws", stdout.decode())
 
         memory = doc["memory_kib"]
         for process in ("launcher", "dispatcher", "hello.0", "logd", "nolog:hello.0"):
