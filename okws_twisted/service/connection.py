@@ -18,10 +18,9 @@ from twisted.internet import error
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 
 from okws_twisted.service.budget import BodyDeadline
-from okws_twisted.service.web import origin_form, with_connection_close
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import (
     Body,
@@ -34,6 +33,11 @@ from okws_twisted.wire.transport import SocketTransport
 
 if TYPE_CHECKING:
     from okws_twisted.service.runtime import ServiceRuntime
+    from okws_twisted.service.web import ServiceChannel
+
+#: Bytes of pipelined requests the framer holds while a request is answered, before the
+#: connection stops reading (what twisted.web's channel allows itself, C{_optimisticEagerReadSize}).
+PIPELINE_BUFFER = 0x4000
 
 
 class ServiceConnection:
@@ -49,7 +53,7 @@ class ServiceConnection:
 
     log = Logger()
     transport: SocketTransport
-    channel: http.HTTPChannel
+    channel: "ServiceChannel"
 
     def __init__(
         self, runtime: "ServiceRuntime", routed: bool, conn_id: int | None = None, origin: MessageChannel | None = None
@@ -74,18 +78,16 @@ class ServiceConnection:
         self._body_timer: IDelayedCall | None = None
         self._body: BodyDeadline | None = None
         self._flush_wait = False
+        #: The last request was fed (twisted.web closes after it): take no more.
+        self.closing = False
+        self._pumping = False
 
     def makeConnection(self, transport: SocketTransport) -> None:
         self.transport = transport
         self.channel = self.runtime.site.buildProtocol(transport.getPeer())
         self.channel.okws_connection = self
-        config = self.runtime.config
-        self.channel.timeOut = config.keepalive_timeout
-        # The framer enforces the site's limits; twisted.web's own must never
-        # refuse a head the framer (and the dispatcher) accepted.
-        self.channel.totalHeadersSize = max(config.max_head, http.HTTPChannel.totalHeadersSize)
-        self.channel.MAX_LENGTH = max(config.max_head, http.HTTPChannel.MAX_LENGTH)
-        self.channel.maxHeaders = max(config.max_headers, http.HTTPChannel.maxHeaders)
+        # The framer enforces the site's limits: the channel never parses a head (head_received).
+        self.channel.timeOut = self.runtime.config.keepalive_timeout
         self.channel.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -102,12 +104,34 @@ class ServiceConnection:
         return True
 
     def _pump(self) -> None:
+        """Feed the channel what the framer has, one request at a time.
+
+        Like twisted.web's channel, a request is started only once the one
+        before it is answered; meanwhile the framer holds what follows (at most
+        L{PIPELINE_BUFFER} bytes before the connection stops reading).
+        """
+        if self._pumping:
+            return  # a request finished while being fed: the loop below goes on
+        self._pumping = True
+        try:
+            self._feed()
+        finally:
+            self._pumping = False
+
+    def _feed(self) -> None:
         framer = self.framer
         transport = self.transport
+        channel = self.channel
         last = self.runtime.config.max_requests_per_connection
         while self.handback is None and self.failure is None and transport.connected:
-            if self.fed >= last and not self.in_body:
-                return
+            if not self.in_body:
+                if self.fed >= last or self.closing:
+                    return
+                if self.finished < self.fed:
+                    # Answering: hold the next requests (bounded), as HTTPChannel would.
+                    if framer.buffered() > PIPELINE_BUFFER:
+                        transport.pauseProducing()
+                    return
             try:
                 event = framer.next_event()
             except HTTPError as e:
@@ -116,22 +140,19 @@ class ServiceConnection:
             if event is None:
                 return
             if isinstance(event, Head):
-                if self.owned_next or self.runtime.owns(event.head.path):
+                head = event.head
+                if self.owned_next or self.runtime.owns(head.path):
                     self.owned_next = False
                     self.fed += 1
                     self.in_body = True
-                    raw = origin_form(event.head, event.raw)
-                    if self.fed >= last or not event.head.keep_alive:
-                        # The last request this connection may carry, or the
-                        # client asked to close ("close" anywhere in its
-                        # Connection list: twisted.web only finds it as a
-                        # space-separated word of the first field): twisted.web
-                        # answers it with "Connection: close" and then closes.
-                        raw = with_connection_close(raw)
-                    self.channel.dataReceived(raw)
-                    head = event.head
+                    # The last request this connection may carry, or the client
+                    # asked to close ("close" anywhere in its Connection list),
+                    # or HTTP/1.0: twisted.web answers it, then closes.
+                    persistent = head.keep_alive and head.version == b"HTTP/1.1" and self.fed < last
+                    self.closing = not persistent
                     if head.chunked or head.content_length:
                         self._start_body()
+                    channel.head_received(head, persistent)
                 else:
                     # Bytes read after this point join the framer's buffer; the
                     # whole unread tail is taken at the moment of handing back.
@@ -142,7 +163,7 @@ class ServiceConnection:
             elif isinstance(event, Body):
                 if self._body is not None:
                     self._body.arrived(len(event.data), self.runtime.reactor.seconds())
-                self.channel.dataReceived(event.data)
+                channel.body_received(event.data)
             else:
                 self.in_body = False
                 self._cancel_body_timer()
@@ -203,6 +224,7 @@ class ServiceConnection:
         # 499 (nginx's convention): the client left before the response was complete.
         status = 499 if isinstance(result, Failure) else request.code
         runtime.counts.record(status, runtime.reactor.seconds() - started)
+        self._pump()
         self._maybe_finish()
         if self.runtime.draining:
             self.runtime.drain_connection(self)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.web import http, server
+from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, NoResource, Resource
 
 from okws_twisted.config.site import DEFAULT_SERVER_HEADER
@@ -32,30 +33,17 @@ if TYPE_CHECKING:
     from okws_twisted.service.connection import ServiceConnection
 
 
-def origin_form(head: RequestHead, raw: bytes) -> bytes:
-    """The raw head with an absolute-form target rewritten to origin form.
+def origin_target(head: RequestHead) -> bytes:
+    """The request target twisted.web gets: an absolute-form target in origin form.
 
     The dispatcher routes C{GET http://host/p?q HTTP/1.1} by its path; the
     framer has already checked that the authority equals C{Host}.  twisted.web
-    would take the whole URL as the path, so it gets C{GET /p?q HTTP/1.1}.
+    would take the whole URL as the path, so it gets C{/p?q}.
     """
     target = head.target
     if target[:1] == b"/" or target == b"*":
-        return raw
-    origin = head.path + (b"?" + head.query if head.query else b"")
-    line_end = raw.index(b"\r\n", raw.index(target))
-    first = raw[:line_end].replace(b" " + target + b" ", b" " + origin + b" ", 1)
-    return first + raw[line_end:]
-
-
-def with_connection_close(raw: bytes) -> bytes:
-    """The raw head with C{Connection: close} as its first field.
-
-    twisted.web decides persistence from the first C{Connection} field, so the
-    one put first wins over any the client sent.
-    """
-    line_end = raw.index(b"\r\n", raw.index(b"HTTP/"))
-    return raw[: line_end + 2] + b"Connection: close\r\n" + raw[line_end + 2 :]
+        return target
+    return head.path + (b"?" + head.query if head.query else b"")
 
 
 class ServiceRequest(server.Request):
@@ -166,14 +154,71 @@ class MountRoot(Resource):
 
 
 class ServiceChannel(http.HTTPChannel):
-    """twisted.web's channel, with its idle timeout kept to idle time.
+    """twisted.web's channel, fed requests the framer has already parsed.
+
+    The framer (L{okws_twisted.wire.httpframe.RequestFramer}) is the one
+    authority on framing, and its head has every field twisted.web's line
+    parser would find: L{head_received} builds the request from it, as
+    C{lineReceived}, C{headerReceived} and C{allHeadersReceived} would from the
+    same bytes, so a head is parsed once.  The body, as the framer passes it
+    on, goes through twisted.web's own transfer decoders (L{body_received}).
+    C{tests.service.test_channel} checks that twisted.web's parser builds the
+    same request from the same bytes (it catches a Twisted upgrade changing the
+    steps this class repeats).
 
     C{timeOut} (C{keepalive_timeout}) is reset only when bytes are fed; while
     a request body is arriving, C{body_timeout} (L{ServiceConnection}'s body
-    timer) decides, so the idle timer is re-armed instead of closing.
+    deadline) decides, so the idle timer is re-armed instead of closing.
     """
 
     okws_connection: "ServiceConnection | None" = None
+
+    def head_received(self, head: RequestHead, persistent: bool) -> None:
+        """Start a request from a framed head (the connection feeds one at a time).
+
+        @param persistent: the connection may carry another request after this
+            one (HTTP/1.1, no C{close}, under C{max_requests_per_connection}).
+        """
+        self.resetTimeout()
+        if INonQueuedRequestFactory.providedBy(self.requestFactory):
+            request = self.requestFactory(self)
+        else:
+            request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        add = request.requestHeaders.addRawHeader
+        for name, value in head.headers:
+            add(name, value)
+        # What lineReceived keeps for allContentReceived.
+        self._command = head.method
+        self._path = origin_target(head)
+        self._version = head.version
+        request.parseCookies()
+        self.persistent = persistent
+        if not persistent and head.version == b"HTTP/1.1":
+            # As checkPersistence answers a request that asked to close.
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        if head.chunked:
+            self.length = None
+            self._transferDecoder = http._ChunkedTransferDecoder(request.handleContentChunk, self._finishRequestBody)
+        elif head.content_length:
+            self.length = head.content_length
+            self._transferDecoder = http._IdentityTransferDecoder(
+                head.content_length, request.handleContentChunk, self._finishRequestBody
+            )
+        else:
+            self.length = 0
+        request.gotLength(self.length)
+        if head.expect_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+
+    def body_received(self, data: bytes) -> None:
+        """Body bytes exactly as received (chunk framing included), as framed."""
+        self.resetTimeout()
+        self.rawDataReceived(data)
 
     def timeoutConnection(self) -> None:
         conn = self.okws_connection
