@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from okws_twisted.dispatcher.proxyproto import ProxyError, ProxyHeaderReader
+from okws_twisted.wire.deadlines import Deadline
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import HeadReader, HTTPError, Limits, RequestHead
 from okws_twisted.wire.transport import SocketTransport, address_from_wire, address_of
@@ -129,7 +130,7 @@ class HeadConnection:
         self._proxy: ProxyHeaderReader | None = ProxyHeaderReader() if proxy else None
         self._limits = limits
         self._reader = HeadReader(limits)
-        self._timer: IDelayedCall | None = dispatcher.reactor.callLater(deadline, self._timed_out)
+        self._timer: Deadline | None = dispatcher.deadlines.call_later(deadline, self._timed_out)
         self.started = dispatcher.reactor.seconds()
         self.head: RequestHead | None = None
         self.service: str | None = None
@@ -172,7 +173,7 @@ class HeadConnection:
             self.idle = False
             self.started = self._dispatcher.reactor.seconds()
             self._cancel_timer()
-            self._timer = self._dispatcher.reactor.callLater(self._dispatcher.config.head_timeout, self._timed_out)
+            self._timer = self._dispatcher.deadlines.call_later(self._dispatcher.config.head_timeout, self._timed_out)
         self._read(data)
 
     def _read(self, data: bytes) -> None:
@@ -287,10 +288,10 @@ class HeadConnection:
         self.started = dispatcher.reactor.seconds()
         dispatcher.reading.add(self)
         if rest:
-            self._timer = dispatcher.reactor.callLater(dispatcher.config.head_timeout, self._timed_out)
+            self._timer = dispatcher.deadlines.call_later(dispatcher.config.head_timeout, self._timed_out)
         else:
             self.idle = True
-            self._timer = dispatcher.reactor.callLater(dispatcher.config.keepalive_timeout, self._timed_out)
+            self._timer = dispatcher.deadlines.call_later(dispatcher.config.keepalive_timeout, self._timed_out)
         # The next request may go to a service, which writes to the socket
         # itself: read it only once our answer is all in the kernel, so the
         # answers leave in order.

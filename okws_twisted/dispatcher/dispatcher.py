@@ -39,6 +39,7 @@ from okws_twisted.interfaces import IChildRole
 from okws_twisted.wire import control, handoff, limits, templatechannel
 from okws_twisted.wire.channel import ChannelError, ChannelViolation, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
+from okws_twisted.wire.deadlines import Deadlines
 from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
 from okws_twisted.wire.httpframe import Limits
 from okws_twisted.wire.logsender import RecordSender, RequestIds
@@ -67,6 +68,8 @@ class Dispatcher:
         records: RecordSender | None = None,
     ):
         self.reactor = reactor
+        #: Head and keep-alive deadlines: one timer per length, not one per connection.
+        self.deadlines = Deadlines(reactor)
         self.config = config
         self.stamp = ResponseStamp(reactor, config.server_header)
         self.records = records

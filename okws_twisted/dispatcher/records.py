@@ -49,7 +49,9 @@ def socket_identity(fd: int) -> Identity:
 
     @raise OSError: if C{fd} is not a socket (C{ENOTSOCK}) or not open.
     """
-    sock = socket.socket(fileno=fd)
+    # Family and type given: no probing system calls (getsockopt itself fails with ENOTSOCK on
+    # anything but a socket).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
     try:
         try:
             return _COOKIE.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, _COOKIE.size))[0]

@@ -1,0 +1,98 @@
+"""
+L{okws_twisted.wire.deadlines}: deadlines run exactly when due, as C{callLater} would, with one
+reactor timer per length.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from okws_twisted.wire.deadlines import Deadlines
+
+
+class DeadlineTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000.3)
+        self.deadlines = Deadlines(self.clock)
+        self.fired: list[str] = []
+
+    def later(self, delay: float, name: str):  # type: ignore[no-untyped-def]
+        return self.deadlines.call_later(delay, lambda: self.fired.append(name))
+
+    def test_exactlyWhenDue(self) -> None:
+        self.later(5, "a")
+        self.clock.advance(2)
+        self.later(5, "b")
+        self.clock.advance(2.9)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.fired, ["a"])
+        self.clock.advance(1.9)
+        self.assertEqual(self.fired, ["a"])
+        self.clock.advance(0.1)
+        self.assertEqual(self.fired, ["a", "b"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_oneTimerPerLength(self) -> None:
+        for i in range(100):
+            self.later(5, f"h{i}")
+            self.later(30, f"k{i}")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        self.clock.advance(5)
+        self.assertEqual(self.fired, [f"h{i}" for i in range(100)])
+        self.clock.advance(25)
+        self.assertEqual(len(self.fired), 200)
+
+    def test_cancel(self) -> None:
+        a = self.later(5, "a")
+        b = self.later(5, "b")
+        self.assertTrue(a.active())
+        a.cancel()
+        a.cancel()  # twice is harmless
+        self.assertFalse(a.active())
+        self.clock.advance(5)
+        self.assertEqual(self.fired, ["b"])
+        self.assertFalse(b.active())
+        b.cancel()  # after it ran: nothing
+
+    def test_allCancelledLeavesNoTimer(self) -> None:
+        calls = [self.later(5, str(i)) for i in range(3)]
+        for call in calls:
+            call.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.later(5, "again")
+        self.clock.advance(5)
+        self.assertEqual(self.fired, ["again"])
+
+    def test_cancelledAreCompacted(self) -> None:
+        """A queue of mostly cancelled deadlines does not grow (a dispatcher under load)."""
+        keep = self.later(5, "keep")
+        for i in range(10_000):
+            self.later(5, str(i)).cancel()
+        queue = self.deadlines._queues[5]
+        self.assertLess(len(queue._entries), 200)
+        self.clock.advance(5)
+        self.assertEqual(self.fired, ["keep"])
+        self.assertFalse(keep.active())
+
+    def test_setWhileSweeping(self) -> None:
+        """A deadline set or cancelled by one that runs keeps its own time."""
+        later: list[object] = []
+
+        def first() -> None:
+            self.fired.append("first")
+            later.append(self.later(5, "set by first"))
+            second.cancel()
+
+        self.deadlines.call_later(5, first)
+        second = self.later(5, "second")
+        self.clock.advance(1)
+        self.later(5, "third")
+        self.clock.advance(4)
+        self.assertEqual(self.fired, ["first"])
+        self.clock.advance(1)
+        self.assertEqual(self.fired, ["first", "third"])
+        self.clock.advance(4)
+        self.assertEqual(self.fired, ["first", "third", "set by first"])
