@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import io
+import json
 import socket
 
 from twisted.internet.address import IPv4Address
@@ -23,7 +24,7 @@ from okws_twisted.config import parse
 from okws_twisted.service.budget import RESERVED_FDS, FdBudget
 from okws_twisted.service.runtime import DONE_REPORT_DELAY, ServiceRuntime
 from okws_twisted.service.web import ServiceRequest, ServiceSite
-from okws_twisted.wire import channel, handoff, limits
+from okws_twisted.wire import channel, handoff, limits, logchannel
 from okws_twisted.wire.channel import Message, encode, read_one_blocking
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 
@@ -42,7 +43,8 @@ class AccessRecordTests(SynchronousTestCase):
         self.request.requestHeaders.setRawHeaders(b"user-agent", [b"ua \xff"])
 
     def records(self) -> list[dict[str, object]]:
-        return self.site.records.buffer.pending  # type: ignore[union-attr]
+        """The records sent, as the log daemon reads them (access records are sent as JSON text)."""
+        return json.loads(logchannel.encode_records(self.site.records.buffer.pending))  # type: ignore[union-attr]
 
     def test_record(self) -> None:
         self.reactor.advance(0.25)
@@ -54,6 +56,26 @@ class AccessRecordTests(SynchronousTestCase):
               "status": 200, "bytes": 12, "request_id": "p-1", "response_time": 250_000, "user_agent": "ua \u00ff"}],
         )
         self.assertEqual(self.request.request_id, "p-1")
+
+    def test_hostileValuesStayValues(self) -> None:
+        """The record is built as JSON text: quotes, backslashes and control bytes in what the client
+        sent are escaped, never markup; bytes arrive as latin-1 characters."""
+        self.request.uri = b'/x?a="b"\\,"status":999'
+        self.request.requestHeaders.setRawHeaders(b"referer", [b'"},{"kind":"event"\t\x7f\x01'])
+        self.request.requestHeaders.setRawHeaders(b"user-agent", [b"\\\"\xe9"])
+        self.request.code, self.request.sentLength = 200, 0
+        self.site.log(self.request)
+        [record] = self.records()
+        self.assertEqual(record["request"], 'GET /x?a="b"\\,"status":999 HTTP/1.1')
+        self.assertEqual(record["status"], 200)
+        self.assertEqual(record["referer"], '"},{"kind":"event"\t\x7f\x01')
+        self.assertEqual(record["user_agent"], '\\"\u00e9')
+
+    def test_tls(self) -> None:
+        self.request.channel.transport.tls = {"sni": "a", "cipher": "TLS_AES_128_GCM_SHA256", "version": "TLSv1.3", "alpn": ""}
+        self.request.code = 200
+        self.site.log(self.request)
+        self.assertEqual(self.records()[0]["tls"], "TLSv1.3/TLS_AES_128_GCM_SHA256")
 
     def test_accessLogOff(self) -> None:
         """With no access log, only error statuses are sent (they go to error.log)."""
