@@ -17,6 +17,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable
 
+from twisted.logger import Logger
+
+log = Logger()
+
 #: Cancelled deadlines kept before the queue is compacted (also: more than half the queue).
 _COMPACT_AT = 64
 
@@ -86,14 +90,18 @@ class _Queue:
                 entries.popleft()
                 deadline._expired = None
                 self._live -= 1
-                expired()
+                try:
+                    expired()
+                except Exception:
+                    # One deadline's failure must not stop the others.
+                    log.failure("a deadline's call failed")
                 entries = self._entries  # compacted meanwhile?
         finally:
             self._sweeping = False
-        if self._entries and self._call is None:
-            # The first entry may be cancelled: the sweep it causes just skips it.
-            due = self._entries[0][0]
-            self._call = self._reactor.callLater(max(0.0, due - self._reactor.seconds()), self._sweep)
+            if self._entries and self._call is None:
+                # The first entry may be cancelled: the sweep it causes just skips it.
+                due = self._entries[0][0]
+                self._call = self._reactor.callLater(max(0.0, due - self._reactor.seconds()), self._sweep)
 
 
 class Deadlines:

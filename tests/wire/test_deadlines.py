@@ -96,3 +96,13 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(self.fired, ["first", "third"])
         self.clock.advance(4)
         self.assertEqual(self.fired, ["first", "third", "set by first"])
+
+    def test_oneFailureStopsNoOther(self) -> None:
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        self.deadlines.call_later(5, boom)
+        self.later(5, "after")
+        self.clock.advance(5)
+        self.assertEqual(self.fired, ["after"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
