@@ -50,6 +50,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "Body",
@@ -114,10 +115,11 @@ class HTTPError(Exception):
         return f"{self.status} {self.reason}"
 
 
-@dataclass(frozen=True)
-class RequestHead:
+class RequestHead(NamedTuple):
     """
-    A parsed, validated request head.
+    A parsed, validated request head (immutable; a named tuple, which is built several times
+    faster than a frozen dataclass: every request builds one in the dispatcher and one in the
+    service).
 
     @ivar method: e.g. C{b"GET"}.
     @ivar target: the request-target exactly as sent.
@@ -159,16 +161,14 @@ class RequestHead:
         return None
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(NamedTuple):
     """A request head, and its bytes exactly as received."""
 
     head: RequestHead
     raw: bytes
 
 
-@dataclass(frozen=True)
-class Body:
+class Body(NamedTuple):
     """
     Body bytes exactly as received, chunk lines, extensions and trailers
     included, so they can be passed on verbatim to a parser that decodes them.
