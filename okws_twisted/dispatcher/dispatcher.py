@@ -45,7 +45,7 @@ from okws_twisted.wire.httpframe import Limits
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import RouteTable
 from okws_twisted.wire.stamp import ResponseStamp
-from okws_twisted.wire.transport import transport_for
+from okws_twisted.wire.transport import READ_SIZE, transport_for
 
 #: At most this much of an unparsable request line goes to the access log.
 REQUEST_LINE_LOGGED = 8192
@@ -121,7 +121,15 @@ class Dispatcher:
             acceptor.start()
 
     def _accepted(self, sock: socket.socket, peer: Any, host: Any) -> None:
-        self._start(sock, peer, host, b"")
+        # The fast path: a client sends its request with the connection, so the head (a GET's
+        # is all of it) is usually there already.  Read it now: a complete head is routed and
+        # handed off without the socket ever being registered with the reactor.  Nothing
+        # there yet, end of stream or an error: the ordinary path reads (and sees) it.
+        try:
+            data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except OSError:
+            data = b""
+        self._start(sock, peer, host, data)
 
     def _accepted_proxied(self, sock: socket.socket, peer: Any, host: Any) -> None:
         # A Unix listener's peers are whoever its file permissions let in.
