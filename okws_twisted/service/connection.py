@@ -88,6 +88,9 @@ class ServiceConnection:
         self.channel.okws_connection = self
         # The framer enforces the site's limits: the channel never parses a head (head_received).
         self.channel.timeOut = self.runtime.config.keepalive_timeout
+        # Its idle timer (reset, cancelled and set again on every request) on the runtime's
+        # deadline queues: no DelayedCall per connection or per request.
+        self.channel.callLater = self.runtime.deadlines.call_later
         self.channel.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:

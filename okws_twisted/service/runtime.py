@@ -49,6 +49,7 @@ from okws_twisted.service.web import MountRoot, ServiceSite
 from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
+from okws_twisted.wire.deadlines import Deadlines
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import (
     Limits,
@@ -81,6 +82,8 @@ class ServiceRuntime:
         csrf_secret: bytes | None = None,
     ) -> None:
         self.reactor = reactor
+        #: The connections' idle timers (one reactor timer per length).
+        self.deadlines = Deadlines(reactor)
         self.config = site_config
         self.service = service
         self.index = index

@@ -9,7 +9,11 @@ L{twisted.internet.base.DelayedCall} and a heap push, and its cancellation a hea
 later.  Deadlines of one length are due in the order they were set, so a queue per length
 suffices: setting one appends, cancelling one marks it, and one reactor timer, armed for the
 earliest live deadline, runs the due ones.  A deadline runs exactly when it is due, as a
-C{callLater} would.
+C{callLater} would.  A service instance runs its channels' idle timers on them too
+(L{twisted.protocols.policies.TimeoutMixin} resets, cancels and sets its timer on every
+request): resetting one appends a new entry and leaves the old one stale; stale and
+cancelled entries are dropped as the queue is swept, or compacted away once they are more
+than half of it.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ _COMPACT_AT = 64
 
 
 class Deadline:
-    """One pending deadline (as much of L{twisted.internet.interfaces.IDelayedCall} as callers use)."""
+    """One pending deadline: as much of L{twisted.internet.interfaces.IDelayedCall} as its
+    callers use (C{cancel}, C{active}, C{reset}: L{twisted.protocols.policies.TimeoutMixin}'s
+    idle timer is one of these when a protocol's C{callLater} is L{Deadlines.call_later})."""
 
-    __slots__ = ("_queue", "_expired")
+    __slots__ = ("_queue", "_expired", "_due")
 
-    def __init__(self, queue: "_Queue", expired: Callable[[], Any]) -> None:
+    def __init__(self, queue: "_Queue", expired: Callable[[], Any], due: float) -> None:
         self._queue = queue
         self._expired: Callable[[], Any] | None = expired
+        self._due = due
 
     def active(self) -> bool:
         return self._expired is not None
@@ -42,28 +49,51 @@ class Deadline:
             self._expired = None
             self._queue.cancelled()
 
+    def reset(self, delay: float) -> None:
+        """Due C{delay} seconds from now instead (its entry in the queue goes stale)."""
+        if self._expired is None:
+            return
+        self._queue.moved(self, delay)
+
 
 class _Queue:
     """The deadlines of one length, due in the order they were set."""
 
-    def __init__(self, reactor: Any, delay: float) -> None:
-        self._reactor = reactor
+    def __init__(self, owner: "Deadlines", delay: float) -> None:
+        self._owner = owner
+        self._reactor = owner._reactor
         self._delay = delay
+        #: (due, deadline): an entry whose due is not its deadline's any more is stale
         self._entries: deque[tuple[float, Deadline]] = deque()
         self._live = 0
         self._call: Any = None
         self._sweeping = False
 
     def add(self, expired: Callable[[], Any]) -> Deadline:
-        deadline = Deadline(self, expired)
-        self._entries.append((self._reactor.seconds() + self._delay, deadline))
+        due = self._reactor.seconds() + self._delay
+        deadline = Deadline(self, expired, due)
+        self._append(due, deadline)
+        return deadline
+
+    def _append(self, due: float, deadline: Deadline) -> None:
+        self._entries.append((due, deadline))
         self._live += 1
         if self._call is None and not self._sweeping:
             self._call = self._reactor.callLater(self._delay, self._sweep)
-        return deadline
+
+    def moved(self, deadline: Deadline, delay: float) -> None:
+        self._live -= 1
+        queue = self if delay == self._delay else self._owner._queue(delay)
+        deadline._queue = queue
+        deadline._due = due = self._reactor.seconds() + delay
+        queue._append(due, deadline)
+        self._maybe_compact()
 
     def cancelled(self) -> None:
         self._live -= 1
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
         entries = self._entries
         if not self._live and not self._sweeping:
             # Nothing pending: no timer either (an idle process never wakes for nothing).
@@ -72,7 +102,7 @@ class _Queue:
                 self._call.cancel()
                 self._call = None
         elif len(entries) > _COMPACT_AT and len(entries) > 2 * self._live:
-            self._entries = deque(e for e in entries if e[1]._expired is not None)
+            self._entries = deque(e for e in entries if e[1]._expired is not None and e[1]._due == e[0])
 
     def _sweep(self) -> None:
         self._call = None
@@ -82,8 +112,8 @@ class _Queue:
             while entries:
                 due, deadline = entries[0]
                 expired = deadline._expired
-                if expired is None:
-                    entries.popleft()
+                if expired is None or deadline._due != due:
+                    entries.popleft()  # cancelled, or reset to a later entry
                     continue
                 if due > self._reactor.seconds() + 1e-9:  # (a float step past due is due)
                     break
@@ -99,7 +129,7 @@ class _Queue:
         finally:
             self._sweeping = False
             if self._entries and self._call is None:
-                # The first entry may be cancelled: the sweep it causes just skips it.
+                # The first entry may be stale: the sweep it causes just skips it.
                 due = self._entries[0][0]
                 self._call = self._reactor.callLater(max(0.0, due - self._reactor.seconds()), self._sweep)
 
@@ -111,9 +141,12 @@ class Deadlines:
         self._reactor = reactor
         self._queues: dict[float, _Queue] = {}
 
-    def call_later(self, delay: float, expired: Callable[[], Any]) -> Deadline:
-        """Call C{expired} in C{delay} seconds, unless the returned deadline is cancelled first."""
+    def _queue(self, delay: float) -> _Queue:
         queue = self._queues.get(delay)
         if queue is None:
-            queue = self._queues[delay] = _Queue(self._reactor, delay)
-        return queue.add(expired)
+            queue = self._queues[delay] = _Queue(self, delay)
+        return queue
+
+    def call_later(self, delay: float, expired: Callable[[], Any]) -> Deadline:
+        """Call C{expired} in C{delay} seconds, unless the returned deadline is cancelled first."""
+        return self._queue(delay).add(expired)

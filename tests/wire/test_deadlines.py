@@ -106,3 +106,58 @@ class DeadlineTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertEqual(self.fired, ["after"])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_reset(self) -> None:
+        a = self.later(5, "a")
+        self.later(5, "b")
+        self.clock.advance(3)
+        a.reset(5)  # due at 8 now
+        self.clock.advance(2)
+        self.assertEqual(self.fired, ["b"])
+        self.assertTrue(a.active())
+        self.clock.advance(3)
+        self.assertEqual(self.fired, ["b", "a"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_resetToAnotherLength(self) -> None:
+        a = self.later(60, "a")
+        a.reset(1)
+        self.clock.advance(1)
+        self.assertEqual(self.fired, ["a"])
+        self.clock.advance(60)
+        self.assertEqual(self.fired, ["a"])
+
+    def test_resetOftenStaysSmall(self) -> None:
+        """An idle timer reset on every request (keep-alive) keeps the queue bounded."""
+        timers = [self.later(60, f"c{i}") for i in range(50)]
+        for n in range(20_000):
+            timers[n % 50].reset(60)
+            self.clock.advance(0.0001)
+        self.assertLess(len(self.deadlines._queues[60]._entries), 300)
+        self.clock.advance(60)
+        self.assertEqual(sorted(self.fired), sorted(f"c{i}" for i in range(50)))
+
+    def test_timeoutMixin(self) -> None:
+        """A protocol's idle timer (TimeoutMixin) runs on these deadlines: set, reset, cancel, fire."""
+        from twisted.protocols.policies import TimeoutMixin
+
+        class Idle(TimeoutMixin):
+            timedOut = 0
+
+            def timeoutConnection(self) -> None:
+                self.timedOut += 1
+
+        idle = Idle()
+        idle.callLater = self.deadlines.call_later  # type: ignore[method-assign]
+        idle.setTimeout(10)
+        self.clock.advance(9)
+        idle.resetTimeout()
+        self.clock.advance(9)
+        self.assertEqual(idle.timedOut, 0)
+        saved = idle.setTimeout(None)
+        self.clock.advance(30)
+        self.assertEqual(idle.timedOut, 0)
+        idle.setTimeout(saved)
+        self.clock.advance(10)
+        self.assertEqual(idle.timedOut, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
