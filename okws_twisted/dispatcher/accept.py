@@ -130,7 +130,9 @@ class HeadConnection:
         self._proxy: ProxyHeaderReader | None = ProxyHeaderReader() if proxy else None
         self._limits = limits
         self._reader = HeadReader(limits)
-        self._timer: Deadline | None = dispatcher.deadlines.call_later(deadline, self._timed_out)
+        self._deadline = deadline
+        #: Armed by L{start_deadline} once the bytes read with the connection did not complete the head.
+        self._timer: Deadline | None = None
         self.started = dispatcher.reactor.seconds()
         self.head: RequestHead | None = None
         self.service: str | None = None
@@ -150,6 +152,14 @@ class HeadConnection:
 
     def makeConnection(self, transport: SocketTransport) -> None:
         self.transport = transport
+
+    def start_deadline(self) -> None:
+        """The head must arrive within the deadline (from now: the connection was just accepted).
+
+        Not armed when the head came with the connection (the usual case): it is routed at once.
+        """
+        if self._timer is None and self.head is None and not self.done:
+            self._timer = self._dispatcher.deadlines.call_later(self._deadline, self._timed_out)
 
     def dataReceived(self, data: bytes) -> None:
         if self.head is not None or self.done:

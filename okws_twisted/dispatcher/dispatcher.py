@@ -202,6 +202,7 @@ class Dispatcher:
             for acceptor in self.acceptors:
                 acceptor.stop()
         transport_for(self.reactor, sock, conn, peer, host, tls).start(data)
+        conn.start_deadline()
 
     def closed(self) -> None:
         """A connection left the dispatcher (answered, handed off, or lost)."""
