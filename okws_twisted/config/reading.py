@@ -22,6 +22,7 @@ from okws_twisted.config.listeners import (
     trusted_networks,
 )
 from okws_twisted.config.site import (
+    ISOLATIONS,
     _BOOL_WORDS,
     _FALSE,
     _OKWS_BOOLEANS,
@@ -192,6 +193,13 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
         except ValueError as e:
             raise fail("okws", "proxy_trusted", str(e)) from None
         site["proxy_trusted"] = trusted
+    if "isolation" in okws:
+        site["isolation"] = _isolation(okws["isolation"], "okws", fail)
+    if "default_host" in okws:
+        words = okws["default_host"].split()
+        if len(words) != 1:
+            raise fail("okws", "default_host", f"expected one host name, got {okws['default_host']!r}")
+        site["default_host"] = words[0]
 
     services = []
     for section in parser.sections():
@@ -222,6 +230,13 @@ def _check_pairs(site: dict[str, Any], okws: Any, fail: Any) -> None:
             raise fail("okws", key, f"{shown(key)} is {relation} {other} ({shown(other)}){why}")
 
 
+def _isolation(text: str, section: str, fail: Any) -> str:
+    word = text.strip().lower()
+    if word not in ISOLATIONS:
+        raise fail(section, "isolation", f"expected one of {', '.join(ISOLATIONS)}, got {text!r}")
+    return word
+
+
 def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
     _check_keys(section, name, _SERVICE_KEYS, _OKWS_KEYS, "[okws]", fail)
     service_name = name[len(_SERVICE_PREFIX):]
@@ -231,6 +246,13 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
             raise fail(name, key, f"missing; expected {example}")
     kwargs["resource"] = section["resource"]
     kwargs["paths"] = tuple(section["paths"].split())
+    if "hosts" in section:
+        kwargs["hosts"] = tuple(section["hosts"].split())
+        if not kwargs["hosts"]:
+            raise fail(name, "hosts", "expected one or more host names like www.example.com *.example.org, got none; "
+                       "leave hosts out to serve every host")
+    if "isolation" in section:
+        kwargs["isolation"] = _isolation(section["isolation"], name, fail)
     if "network" in section:
         kwargs["network"] = section["network"].strip()
     for key in _SERVICE_BOOLEANS:

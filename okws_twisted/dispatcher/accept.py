@@ -23,6 +23,7 @@ from zope.interface import implementer
 from okws_twisted.dispatcher.proxyproto import ProxyError, ProxyHeaderReader
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import HeadReader, HTTPError, Limits, RequestHead
+from okws_twisted.wire.routing import Route
 from okws_twisted.wire.transport import SocketTransport, address_from_wire, address_of
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ class HeadConnection:
         self.started = dispatcher.reactor.seconds()
         self.head: RequestHead | None = None
         self.service: str | None = None
+        #: How the head was routed (its service and the host pattern that chose it).
+        self.route: Route | None = None
         self.queue_timer: IDelayedCall | None = None
         self.done = False
 

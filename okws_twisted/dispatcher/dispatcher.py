@@ -36,13 +36,13 @@ from okws_twisted.dispatcher.metrics import ServiceTotals
 from okws_twisted.dispatcher.pool import InstanceLink, ServicePool
 from okws_twisted.dispatcher.records import ConnectionLedger
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.wire import control, handoff, limits, templatechannel
+from okws_twisted.wire import certs, control, handoff, limits, templatechannel
 from okws_twisted.wire.channel import ChannelError, ChannelViolation, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
 from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
 from okws_twisted.wire.httpframe import Limits
 from okws_twisted.wire.logsender import RecordSender, RequestIds
-from okws_twisted.wire.routing import RouteTable
+from okws_twisted.wire.routing import ANY_HOST, RouteTable, host_key
 from okws_twisted.wire.transport import transport_for
 
 #: At most this much of an unparsable request line goes to the access log.
@@ -89,7 +89,8 @@ class Dispatcher:
         self.accepting_paused = False
         self.handoff_failures = 0
         self.gone_log_dropped = 0
-        self.own_counts: dict[str, RequestCounts] = {}
+        #: The dispatcher's own answers, by service ("-": none) and host pattern ("-": none).
+        self.own_counts: dict[tuple[str, str], RequestCounts] = {}
         self.service_totals: dict[str, ServiceTotals] = {}
         self.launcher_view: dict[str, dict[str, Any]] = {}
         self.admin: AdminListener | None = None
@@ -98,6 +99,9 @@ class Dispatcher:
         self.proxy_trusted = trusted_networks(config.proxy_trusted)
         self.proxy_refused = 0
         self.tls_fronts: set[MessageChannel] = set()
+        #: Per TLS front channel, per C{tls:} listener (its index among the TLS listeners), the
+        #: certificates that front shows (for 421); a new front's ids are its own.
+        self.cert_tables: dict[MessageChannel, dict[int, certs.CertificateTable]] = {}
         self.from_tls = 0
 
     # -- listening
@@ -125,7 +129,9 @@ class Dispatcher:
             return
         self._start(sock, peer, host, b"", proxy=True)
 
-    def adopt(self, fd: int, peer: Any, host: Any, data: bytes, tls: dict[str, str] | None = None) -> None:
+    def adopt(
+        self, fd: int, peer: Any, host: Any, data: bytes, tls: dict[str, str] | None = None, cert: Any = None
+    ) -> None:
         """Take back a connection a service handed back; route its next request."""
         try:
             sock = socket.socket(fileno=fd)
@@ -137,15 +143,24 @@ class Dispatcher:
             self.log.info("closing a handed-back connection: the server is stopping")
             sock.close()
             return
-        self._start(sock, peer, host, data, tls=tls)
+        self._start(sock, peer, host, data, tls=tls, cert=cert)
 
-    def _from_tls(self, batch: list[Message]) -> None:
-        """Decrypted connections from the TLS front: each one end of a socket pair."""
+    def _from_tls(self, channel: MessageChannel, batch: list[Message]) -> None:
+        """Decrypted connections from the TLS front (each one end of a socket pair), and the
+        certificates of its C{tls:} listeners."""
+        tables = self.cert_tables.setdefault(channel, {})
         for msg in batch:
             try:
+                if msg.kind == certs.CERTS:
+                    listener, table = certs.parse_certs(msg)
+                    if listener not in self._sni_listeners():
+                        raise ChannelError(f"certs for listener {listener}, which is not a tls: listener")
+                    tables[listener] = table
+                    continue
                 if msg.kind != handoff.CONN:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
                 conn = handoff.parse_connection(msg)
+                cert = self._chosen_cert(tables, msg.meta)
             except ChannelError as e:
                 msg.close_fds()
                 self.log.error("bad message from the TLS front: {error}", error=e)
@@ -155,16 +170,34 @@ class Dispatcher:
                 sock.close()
                 continue
             self.from_tls += 1
-            self._start(sock, conn.peer, conn.host, conn.data, tls=conn.tls or None)
+            self._start(sock, conn.peer, conn.host, conn.data, tls=conn.tls or None, cert=cert)
+
+    def _sni_listeners(self) -> set[int]:
+        """The indices (among the TLS listeners, as the front numbers them) of the C{tls:} ones."""
+        return {i for i, listener in enumerate(l for l in self.config.listen if l.tls) if listener.sni_dir is not None}
+
+    @staticmethod
+    def _chosen_cert(tables: dict[int, certs.CertificateTable], meta: dict[str, Any]) -> Any:
+        """The C{(table, id)} of a connection from the front, or L{None} (an C{ssl:} listener)."""
+        table = tables.get(meta.get("listener"))  # type: ignore[arg-type]
+        if table is None:
+            return None
+        cert = meta.get("cert")
+        if cert not in table.ids or isinstance(cert, bool):
+            raise ChannelError(f"a connection with certificate {cert!r}, which the front never named")
+        return (table, cert)
 
     def set_tls_front(self, sock: socket.socket, pid: object = None) -> None:
         """A (new) channel from the TLS front; an old one stays until the old front exits."""
 
         def lost(reason: Failure) -> None:
             self.tls_fronts.discard(channel)
+            self.cert_tables.pop(channel, None)
             self.peer_lost(channel, "tls", pid, reason)
 
-        channel = MessageChannel(self.reactor, sock, self._from_tls, lost, name="tls", limits=limits.TLS_DISPATCHER)
+        channel = MessageChannel(
+            self.reactor, sock, lambda batch: self._from_tls(channel, batch), lost, name="tls", limits=limits.TLS_DISPATCHER
+        )
         self.tls_fronts.add(channel)
 
     def peer_lost(self, channel: MessageChannel, what: str, pid: object, reason: Failure) -> None:
@@ -174,7 +207,14 @@ class Dispatcher:
             control.report_lost(self.to_launcher, channel, what, pid, reason)
 
     def _start(
-        self, sock: socket.socket, peer: Any, host: Any, data: bytes, proxy: bool = False, tls: dict[str, str] | None = None
+        self,
+        sock: socket.socket,
+        peer: Any,
+        host: Any,
+        data: bytes,
+        proxy: bool = False,
+        tls: dict[str, str] | None = None,
+        cert: Any = None,
     ) -> None:
         conn = HeadConnection(self, self.limits, self.config.head_timeout, proxy)
         self.reading.add(conn)
@@ -186,7 +226,9 @@ class Dispatcher:
             self.log.warn("{n} open connections: not accepting until {low}", n=self.open_connections, low=self.config.resume_connections)
             for acceptor in self.acceptors:
                 acceptor.stop()
-        transport_for(self.reactor, sock, conn, peer, host, tls).start(data)
+        transport = transport_for(self.reactor, sock, conn, peer, host, tls)
+        transport.cert = cert
+        transport.start(data)
 
     def closed(self) -> None:
         """A connection left the dispatcher (answered, handed off, or lost)."""
@@ -207,10 +249,21 @@ class Dispatcher:
             # about the server, not a resource: the dispatcher answers it.
             conn.answer_options()
             return
-        name = self.routes.route(head.path)
-        if name is None:
+        key = host_key(head.host)
+        cert = conn.transport.cert
+        if cert is not None and key is not None:
+            table, chosen = cert
+            if table.cert_for(key) != chosen:
+                # RFC 9110 15.5.20: this connection's certificate is not the one the host gets;
+                # the client must open a connection of its own for that host.
+                conn.answer(421, "This host is not served on this connection.")
+                return
+        route = self.routes.route_key(key, head.path)
+        if route is None:
             conn.answer(404, "No service here.")
             return
+        conn.route = route
+        name = route.service
         pool = self.pools[name]
         if head.content_length is not None and head.content_length > pool.max_body:
             conn.answer(413, "The request body is too large.")
@@ -242,7 +295,8 @@ class Dispatcher:
         """The dispatcher answered C{conn} itself: log it, forget it."""
         if self.records is not None:
             self.records.emit(self._access_record(conn, status, reason, sent))
-        counts = self.own_counts.setdefault(conn.service or "-", RequestCounts())
+        pattern = conn.route.hosts if conn.route is not None else "-"
+        counts = self.own_counts.setdefault((conn.service or "-", pattern), RequestCounts())
         counts.record(status, None)
         self.reading.discard(conn)
         if conn.service is not None:
@@ -270,6 +324,9 @@ class Dispatcher:
         head = conn.head
         if head is not None:
             record["request"] = b"%s %s %s" % (head.method, head.target, head.version)
+            key = host_key(head.host)
+            if key is not None:
+                record["host"] = key
             for name, value in head.headers:
                 if name == b"referer":
                     record["referer"] = value
@@ -279,7 +336,7 @@ class Dispatcher:
             first = conn.data[:REQUEST_LINE_LOGGED].split(b"\n", 1)[0].rstrip(b"\r")
             if first:
                 record["request"] = first
-        for key in ("request", "referer", "user_agent"):
+        for key in ("request", "referer", "user_agent", "host"):
             if key in record:
                 record[key] = record[key].decode("latin-1")
         return record
@@ -427,6 +484,13 @@ class Dispatcher:
 
     def totals(self, service: str) -> ServiceTotals:
         return self.service_totals.setdefault(service, ServiceTotals())
+
+    def host_patterns(self, service: str) -> frozenset[str]:
+        """The host patterns C{service}'s instances may count requests under (the metrics' C{host})."""
+        for s in self.config.services:
+            if s.name == service:
+                return frozenset(s.hosts or (ANY_HOST,))
+        return frozenset()
 
     def listen_admin(self, sock: socket.socket) -> None:
         self.admin = AdminListener(self, sock)

@@ -20,25 +20,32 @@ from okws_twisted.wire.counts import BUCKETS, Histogram, RequestCounts
 
 @dataclass
 class ServiceTotals:
-    """Per service: totals left by instances that are gone, plus each live one's latest report."""
+    """Per service and host pattern: totals left by instances that are gone, plus each live
+    one's latest report."""
 
-    gone: RequestCounts = field(default_factory=RequestCounts)
-    live: dict[int, RequestCounts] = field(default_factory=dict)
+    gone: dict[str, RequestCounts] = field(default_factory=dict)
+    live: dict[int, dict[str, RequestCounts]] = field(default_factory=dict)
 
-    def report(self, pid: int, counts: RequestCounts) -> None:
-        self.live[pid] = counts
+    def report(self, pid: int, by_host: dict[str, RequestCounts]) -> None:
+        self.live[pid] = by_host
 
     def instance_gone(self, pid: int) -> None:
         last = self.live.pop(pid, None)
         if last is not None:
-            self.gone.add(last)
+            _add_into(self.gone, last)
 
-    def total(self) -> RequestCounts:
-        out = RequestCounts()
-        out.add(self.gone)
-        for counts in self.live.values():
-            out.add(counts)
+    def total(self) -> dict[str, RequestCounts]:
+        """Counts by host pattern."""
+        out: dict[str, RequestCounts] = {}
+        _add_into(out, self.gone)
+        for by_host in self.live.values():
+            _add_into(out, by_host)
         return out
+
+
+def _add_into(total: dict[str, RequestCounts], more: dict[str, RequestCounts]) -> None:
+    for host, counts in more.items():
+        total.setdefault(host, RequestCounts()).add(counts)
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -87,29 +94,38 @@ class Exposition:
 
 def render(
     services: Iterable[str],
-    requests: dict[str, RequestCounts],
+    requests: dict[str, dict[str, RequestCounts]],
     gauges: dict[str, dict[str, float]],
     counters: dict[str, dict[str, float]],
     site: dict[str, float],
 ) -> str:
     """The Prometheus page.
 
-    @param requests: per service, requests by status and latency (services'
-        own answers plus the dispatcher's answers for that service).
+    @param requests: per service and host pattern (a configured C{hosts} item, C{*} for
+        services without hosts, C{-} for the dispatcher's answers to unrouted requests),
+        requests by status and latency (services' own answers plus the dispatcher's answers
+        for that service).  Durations are per service.
     @param gauges: per metric name (without the ``okws_`` prefix), a value per service.
     @param counters: likewise, for counters (names end in ``_total``).
     @param site: site-wide gauges and counters (name -> value).
     """
     page = Exposition()
     names = sorted(services)
-    page.family("okws_requests_total", "counter", "Responses sent, by service and status code.")
+    page.family("okws_requests_total", "counter", "Responses sent, by service, host pattern and status code.")
     for service in names:
-        counts = requests.get(service, RequestCounts())
-        for status in sorted(counts.by_status):
-            page.sample("okws_requests_total", counts.by_status[status], {"service": service, "code": str(status)})
+        by_host = requests.get(service, {})
+        for host in sorted(by_host):
+            counts = by_host[host]
+            for status in sorted(counts.by_status):
+                page.sample(
+                    "okws_requests_total", counts.by_status[status], {"service": service, "host": host, "code": str(status)}
+                )
     page.family("okws_request_duration_seconds", "histogram", "Time from a complete request to its response's last byte, in the service.")
     for service in names:
-        page.histogram("okws_request_duration_seconds", requests.get(service, RequestCounts()).latency, {"service": service})
+        latency = Histogram()
+        for counts in requests.get(service, {}).values():
+            latency.add(counts.latency)
+        page.histogram("okws_request_duration_seconds", latency, {"service": service})
     for metric, per_service in sorted(gauges.items()):
         page.family(f"okws_{metric}", "gauge", _HELP.get(metric, metric.replace("_", " ")))
         for service in names:

@@ -29,7 +29,7 @@ from okws_twisted.dispatcher.accept import HeadConnection
 from okws_twisted.dispatcher.records import ConnectionRecord, HandbackRefused, socket_identity
 from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
-from okws_twisted.wire.counts import RequestCounts
+from okws_twisted.wire.counts import counts_by_host
 
 if TYPE_CHECKING:
     from okws_twisted.dispatcher.dispatcher import Dispatcher
@@ -82,7 +82,9 @@ class InstanceLink:
         fd = transport.fileno()
         self.pending[conn_id] = conn
         # The cookie is read now: the dispatcher closes its copy at the ack.
-        record = ConnectionRecord(conn_id, socket_identity(fd), transport.getPeer(), transport.getHost(), transport.tls, self)
+        record = ConnectionRecord(
+            conn_id, socket_identity(fd), transport.getPeer(), transport.getHost(), transport.tls, self, transport.cert
+        )
         self.dispatcher.ledger.handed(record)
         meta = handoff.connection_meta(handoff.CONN, conn_id, record.peer, record.host, record.tls)
         self.channel.send(meta, conn.data, [fd])
@@ -134,7 +136,8 @@ class InstanceLink:
                     cap = msg.meta.get("conn_cap")
                     if cap is not None:
                         self.conn_cap = _count(cap)
-                    self.dispatcher.totals(self.service).report(self.pid, RequestCounts.from_json(msg.meta.get("counts")))
+                    patterns = self.dispatcher.host_patterns(self.service)
+                    self.dispatcher.totals(self.service).report(self.pid, counts_by_host(msg.meta.get("counts"), patterns))
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
@@ -180,7 +183,7 @@ class InstanceLink:
         for record, fd, data in taken:
             try:
                 # The facts are the record's: what the service said is not looked at.
-                self.dispatcher.adopt(fd, record.peer, record.host, data, record.tls)
+                self.dispatcher.adopt(fd, record.peer, record.host, data, record.tls, record.cert)
             except Exception:
                 # One connection's failure must not close this instance's channel.
                 self.log.failure("taking back connection {id} from {link} failed", id=record.id, link=self.name)

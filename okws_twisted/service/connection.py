@@ -30,6 +30,7 @@ from okws_twisted.wire.httpframe import (
     RequestFramer,
 )
 from okws_twisted.wire.channel import MessageChannel
+from okws_twisted.wire.routing import ANY_HOST, host_key
 from okws_twisted.wire.transport import SocketTransport
 
 if TYPE_CHECKING:
@@ -65,6 +66,11 @@ class ServiceConnection:
         self.handed_back = False
         self.framer = RequestFramer(runtime.limits)
         self.owned_next = routed
+        #: The host of the first request (as routing compares it): a request for another host
+        #: goes back to the dispatcher, which alone decides host routing (and 421).
+        self.host: bytes | None = None
+        #: The host pattern that routed this connection's requests here (the metrics' label).
+        self.pattern = ANY_HOST
         self.fed = 0
         self.finished = 0
         self.in_body = False
@@ -116,8 +122,17 @@ class ServiceConnection:
             if event is None:
                 return
             if isinstance(event, Head):
-                if self.owned_next or self.runtime.owns(event.head.path):
+                key = host_key(event.head.host)
+                if self.owned_next:
+                    # Routed here by the dispatcher: this connection's host from now on.
                     self.owned_next = False
+                    self.host = key
+                    route = self.runtime.route(key, event.head.path)
+                    self.pattern = route.hosts if route is not None else ANY_HOST
+                    owned = True
+                else:
+                    owned = key == self.host and self.runtime.owns(key, event.head.path)
+                if owned:
                     self.fed += 1
                     self.in_body = True
                     raw = origin_form(event.head, event.raw)
@@ -202,7 +217,7 @@ class ServiceConnection:
         runtime.served += 1
         # 499 (nginx's convention): the client left before the response was complete.
         status = 499 if isinstance(result, Failure) else request.code
-        runtime.counts.record(status, runtime.reactor.seconds() - started)
+        runtime.count(self.pattern, status, runtime.reactor.seconds() - started)
         self._maybe_finish()
         if self.runtime.draining:
             self.runtime.drain_connection(self)

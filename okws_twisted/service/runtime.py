@@ -51,7 +51,7 @@ from okws_twisted.wire.httpframe import (
     Limits,
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
-from okws_twisted.wire.routing import RouteTable
+from okws_twisted.wire.routing import ANY_HOST, Route, RouteTable
 from okws_twisted.wire.transport import transport_for
 
 STATS_INTERVAL = 1.0
@@ -110,7 +110,8 @@ class ServiceRuntime:
         self._exited = exited
         self.draining = False
         self.handing_back = False
-        self.counts = RequestCounts()
+        #: Requests answered, by the host pattern that routed them (the metrics' C{host}).
+        self.counts: dict[str, RequestCounts] = {}
         self._stats_sent: object = None
         self._stats_loop = LoopingCall(self._send_stats)
         self._stats_loop.clock = reactor
@@ -122,8 +123,21 @@ class ServiceRuntime:
     def name(self) -> str:
         return f"{self.service.name}.{self.index}"
 
-    def owns(self, path: bytes) -> bool:
-        return self.routes.route(path) == self.service.name
+    def route(self, host: bytes | None, path: bytes) -> Route | None:
+        """How the shared table routes a request (host as L{okws_twisted.wire.routing.host_key} gives it)."""
+        return self.routes.route_key(host, path)
+
+    def owns(self, host: bytes | None, path: bytes) -> bool:
+        """Does a request for C{path} on C{host} (a host key) belong to this service?"""
+        route = self.routes.route_key(host, path)
+        return route is not None and route.service == self.service.name
+
+    def count(self, pattern: str, status: int, seconds: float) -> None:
+        """One request answered, routed by host C{pattern}."""
+        counts = self.counts.get(pattern)
+        if counts is None:
+            counts = self.counts[pattern] = RequestCounts()
+        counts.record(status, seconds)
 
     # -- the dispatcher link
 
@@ -235,7 +249,7 @@ class ServiceRuntime:
         self.link.send(
             {
                 "k": handoff.STATS,
-                "counts": self.counts.to_json(),
+                "counts": {pattern: counts.to_json() for pattern, counts in self.counts.items()},
                 "in_flight": self.in_flight,
                 "connections": len(self.connections),
                 "log_buffered": records.held if records is not None else 0,

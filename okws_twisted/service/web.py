@@ -23,6 +23,7 @@ from okws_twisted.wire.httpframe import (
     RequestHead,
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
+from okws_twisted.wire.routing import host_key
 
 if TYPE_CHECKING:
     from okws_twisted.service.connection import ServiceConnection
@@ -203,7 +204,11 @@ class ServiceSite(server.Site):
         tls = getattr(request.channel.transport, "tls", None) if request.channel is not None else None
         if tls is not None:
             record["tls"] = tls_summary(tls)
-        for key in ("request", "referer", "user_agent"):
+        conn = getattr(request.channel, "okws_connection", None)
+        host = conn.host if conn is not None else host_key(request.getHeader(b"host"))
+        if host is not None:
+            record["host"] = host
+        for key in ("request", "referer", "user_agent", "host"):
             if key in record:
                 record[key] = record[key].decode("latin-1")
         records.emit(record)
