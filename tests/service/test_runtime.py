@@ -83,7 +83,7 @@ PEER = IPv4Address("TCP", "192.0.2.7", 40001)
 HOST = IPv4Address("TCP", "192.0.2.1", 80)
 
 
-class HandoffSideTests(SynchronousTestCase):
+class _HandoffSide(SynchronousTestCase):
     """The instance's end of the handoff channel: the test plays the dispatcher."""
 
     def setUp(self) -> None:
@@ -140,6 +140,11 @@ class HandoffSideTests(SynchronousTestCase):
     def assertClosedForClient(self, client: socket.socket) -> None:
         client.settimeout(2)
         self.assertEqual(client.recv(100), b"", "the instance still holds the connection")
+
+
+
+class HandoffSideTests(_HandoffSide):
+    """What the instance acknowledges, refuses, reports closed and hands back."""
 
     def test_pastTheCapRefused(self) -> None:
         """Past its descriptor budget the instance refuses (the dispatcher answers 503) and keeps its channel."""
@@ -210,3 +215,40 @@ class HandoffSideTests(SynchronousTestCase):
         self.nothing()
         self.assertClosedForClient(client)
         self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]
+
+
+class HostChangeTests(_HandoffSide):
+    """A connection keeps to its first request's host: another host goes back to the dispatcher."""
+
+    def serve(self, client: socket.socket, data: bytes) -> None:
+        """The client sends C{data}; the instance reads and answers (the reactor turned by hand)."""
+        client.sendall(data)
+        (conn,) = self.runtime.connections
+        conn.transport.doRead()
+        self.reactor.advance(0)
+
+    def test_otherHostHandedBack(self) -> None:
+        first = b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n"
+        client, server = socket.socketpair()
+        self.addCleanup(client.close)
+        meta = handoff.connection_meta(handoff.CONN, 9, PEER, HOST)
+        self.dispatcher.sendmsg([encode(meta, first)[0]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))])
+        server.close()
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [9])
+        self.reactor.advance(0)
+        (conn,) = self.runtime.connections
+        self.assertEqual((conn.host, conn.pattern), (b"a.example", "*"))
+        # Same host, another spelling: still this connection's.
+        self.serve(client, b"GET /hello HTTP/1.1\r\nHost: A.EXAMPLE:80\r\n\r\n")
+        self.assertEqual(conn.fed, 2)
+        other = b"GET /hello HTTP/1.1\r\nHost: b.example\r\n\r\n"
+        self.serve(client, other)
+        back = self.receive()
+        self.assertEqual((back.kind, back.meta["id"], back.payload), (handoff.BACK, 9, other))
+        socket.socket(fileno=back.fds[0]).close()
+        self.assertEqual(conn.fed, 2)
+        self.runtime._send_stats()
+        stats = self.receive()
+        self.assertEqual(list(stats.meta["counts"]), ["*"])
+        self.assertEqual(sum(stats.meta["counts"]["*"]["status"].values()), 2)
