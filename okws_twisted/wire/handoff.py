@@ -34,8 +34,9 @@ L{okws_twisted.wire.channel.MessageChannel}.  Message kinds:
     handbacks it did not take (it closed its copy).  Either way the service
     closes its own copy.
 ``stats`` (service -> dispatcher)
-    Cumulative counters for the admin listener's metrics: C{counts} (see
-    L{okws_twisted.dispatcher.metrics.RequestCounts}), C{in_flight}, C{connections},
+    Cumulative counters for the admin listener's metrics: C{counts}, by host
+    pattern (see L{okws_twisted.wire.counts}; the dispatcher keeps only its
+    service's own patterns), C{in_flight}, C{connections},
     and C{conn_cap}: the most connections the instance takes (from its
     descriptor limit).  Sent at once on a new channel, then at most once a
     second, and only when something changed.
