@@ -13,7 +13,8 @@ cipher, version, ALPN protocol), and relays plaintext between the client's
 TLS session and the other end.  From there on the dispatcher and the services
 treat the socket as the client's connection.
 
-The relay never buffers without bound: each side is the other's streaming
+The relay (L{okws_twisted.wire.relay.Splice}, which the dispatcher uses too)
+never buffers without bound: each side is the other's streaming
 producer, so a client that reads slowly fills the TLS transport's buffer,
 which pauses reading from the socket pair, which (once the kernel's socket
 buffer is full) makes the service's writes wait; and a service that reads
@@ -57,6 +58,7 @@ from okws_twisted.interfaces import IChildRole
 from okws_twisted.wire import certs, handoff, limits
 from okws_twisted.wire.channel import Message, MessageChannel
 from okws_twisted.wire.logsender import RecordSender
+from okws_twisted.wire.relay import Splice
 
 #: The only application protocol offered: the dispatcher and services speak HTTP/1.1.
 ALPN = [b"http/1.1"]
@@ -247,7 +249,8 @@ class PlainSide(Protocol):
         self.client = client
 
     def dataReceived(self, data: bytes) -> None:
-        self.client.transport.write(data)
+        assert self.client.splice is not None
+        self.client.splice.from_b(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.client.plain_lost()
@@ -269,6 +272,8 @@ class TLSClient(Protocol):
         #: The index of its listener among the TLS listeners.
         self.listener = listener
         self.plain: PlainSide | None = None
+        #: The relay between the TLS session (C{a}) and the socket pair (C{b}).
+        self.splice: Splice | None = None
         self._timer: IDelayedCall | None = None
         self.closed = False
 
@@ -312,20 +317,16 @@ class TLSClient(Protocol):
             self.front.reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, _One(plain))
         finally:
             mine.close()
-        # Back-pressure both ways: each transport pauses the other when its
-        # write buffer is full.
-        self.transport.registerProducer(plain.transport, True)
-        plain.transport.registerProducer(self.transport, True)
+        self.splice = Splice(self.transport, plain.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.plain is not None:
-            self.plain.transport.write(data)
+        if self.splice is not None:
+            self.splice.from_a(data)
 
     def plain_lost(self) -> None:
         """The dispatcher or a service closed the connection: close the TLS session (after what is buffered)."""
-        if not self.closed:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+        if not self.closed and self.splice is not None:
+            self.splice.lost(self.splice.b)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
@@ -333,9 +334,8 @@ class TLSClient(Protocol):
             self._timer.cancel()
             self._timer = None
         self.front.clients.discard(self)
-        if self.plain is not None and self.plain.transport is not None:
-            self.plain.transport.unregisterProducer()
-            self.plain.transport.loseConnection()
+        if self.splice is not None:
+            self.splice.lost(self.splice.a)
         self.front.client_gone()
 
 
