@@ -28,6 +28,8 @@ from okws_twisted.wire.transport import SocketTransport, address_from_wire, addr
 
 if TYPE_CHECKING:
     from okws_twisted.dispatcher.dispatcher import Dispatcher
+    from okws_twisted.dispatcher.pool import InstanceLink
+    from okws_twisted.dispatcher.relay import RelayStart
 
 ACCEPTS_PER_WAKEUP = 64
 #: The methods a service may implement, as the answer to C{OPTIONS *} says.
@@ -127,6 +129,10 @@ class HeadConnection:
         self.service: str | None = None
         #: How the head was routed (its service and the host pattern that chose it).
         self.route: Route | None = None
+        #: For a service with C{isolation = request}: its first request, framed.
+        self.relay: "RelayStart | None" = None
+        #: While handed to an instance for a relay: the socket pair (ours, the instance's).
+        self.pair: tuple[socket.socket, socket.socket] | None = None
         self.queue_timer: IDelayedCall | None = None
         self.done = False
 
@@ -184,8 +190,22 @@ class HeadConnection:
             self._timer.cancel()
             self._timer = None
 
+    def open_pair(self) -> socket.socket:
+        """A fresh socket pair for a relay; returns the instance's end (the dispatcher keeps the other)."""
+        self.drop_pair()
+        self.pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return self.pair[1]
+
+    def drop_pair(self) -> None:
+        """Close a relay's pair that no instance took (refused, lost, or the handoff failed)."""
+        pair, self.pair = self.pair, None
+        if pair is not None:
+            for end in pair:
+                end.close()
+
     def answer(self, status: int, message: str = "", retry_after: int | None = None) -> None:
         """Answer with an okws error page and close."""
+        self.drop_pair()
         if self.done:
             return
         self.done = True
@@ -211,14 +231,25 @@ class HeadConnection:
         )
         self.transport.close_lingering()
 
-    def release(self) -> None:
-        """The service holds the connection now: drop our copy, shutting nothing down."""
+    def release(self, link: "InstanceLink", conn_id: int) -> None:
+        """The instance acknowledged the connection.
+
+        Handed off: the service holds it now; drop our copy, shutting nothing down.  Relayed:
+        the instance holds its end of the pair; the dispatcher relays over ours.
+        """
         self.done = True
         self._cancel_timer()
+        if self.pair is not None:
+            mine, theirs = self.pair
+            self.pair = None
+            theirs.close()
+            self._dispatcher.start_relay(self, link, conn_id, mine)
+            return
         self.transport.detach().close()
         self._dispatcher.closed()
 
     def connectionLost(self, reason: Failure) -> None:
+        self.drop_pair()
         self._cancel_timer()
         if not self.done:
             self.done = True

@@ -147,6 +147,7 @@ def exposition(dispatcher: "Dispatcher") -> str:
         + sum(l.log_dropped for l in links),
         "up": 1,
         "dispatcher_open_connections": dispatcher.open_connections,
+        "dispatcher_relayed_connections": len(dispatcher.relayed),
         "dispatcher_accepting": int(not dispatcher.accepting_paused and not dispatcher.draining),
         "handoff_failures_total": dispatcher.handoff_failures,
     }

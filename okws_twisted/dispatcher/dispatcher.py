@@ -35,12 +35,13 @@ from okws_twisted.dispatcher.admin import AdminListener, exposition, health
 from okws_twisted.dispatcher.metrics import ServiceTotals
 from okws_twisted.dispatcher.pool import InstanceLink, ServicePool
 from okws_twisted.dispatcher.records import ConnectionLedger
+from okws_twisted.dispatcher.relay import RelayedConnection, first_request
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.wire import certs, control, handoff, limits, templatechannel
 from okws_twisted.wire.channel import ChannelError, ChannelViolation, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
 from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
-from okws_twisted.wire.httpframe import Limits
+from okws_twisted.wire.httpframe import HTTPError, Limits
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import ANY_HOST, RouteTable, host_key
 from okws_twisted.wire.transport import transport_for
@@ -75,11 +76,16 @@ class Dispatcher:
             max_head=config.max_head,
             max_headers=config.max_headers,
         )
-        self.pools = {s.name: ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy) for s in config.services}
+        self.pools = {
+            s.name: ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy, s.isolation or "connection")
+            for s in config.services
+        }
         #: Every connection handed to an instance and not yet back or ended.
         self.ledger = ConnectionLedger()
         self.acceptors: list[Acceptor] = []
         self.reading: set[HeadConnection] = set()
+        #: Client connections whose requests the dispatcher relays (C{isolation = request}).
+        self.relayed: set[RelayedConnection] = set()
         self._ids = itertools.count(1)
         self._stopped = stopped
         self.stopping = False
@@ -272,12 +278,21 @@ class Dispatcher:
             conn.answer(503, "The server is shutting down.", retry_after=self.config.retry_after)
             return
         conn.service = name
+        if pool.isolation == "request":
+            # Relayed: only this request goes to the instance; what follows it stays here.
+            try:
+                conn.relay = first_request(conn.data, self.limits, pool.max_body)
+            except HTTPError as e:
+                conn.answer(e.status, e.reason)
+                return
         pool.assign(conn)
 
     def hand(self, link: InstanceLink, conn: HeadConnection) -> None:
         self.reading.discard(conn)
         conn_id = next(self._ids)
         try:
+            if conn.relay is not None:
+                conn.open_pair()
             link.hand(conn_id, conn)
         except Exception:
             # A lost channel does not raise (link_lost re-queues what the link
@@ -290,6 +305,16 @@ class Dispatcher:
             return
         self.handed_off += 1
         self.pools[link.service].handed_off += 1
+
+    def start_relay(self, conn: HeadConnection, link: InstanceLink, conn_id: int, mine: socket.socket) -> None:
+        """C{link}'s instance acknowledged its end of C{conn}'s pair: relay over C{mine}."""
+        try:
+            RelayedConnection.take_over(self, conn, link, conn_id, mine)
+        except Exception:
+            self.log.failure("relaying connection {id} to {link} failed", id=conn_id, link=link.name)
+            mine.close()
+            self.ledger.drop(link, conn_id)
+            conn.transport.abortConnection()
 
     def answered(self, conn: HeadConnection, status: int, reason: str = "", sent: int = 0) -> None:
         """The dispatcher answered C{conn} itself: log it, forget it."""
@@ -365,12 +390,18 @@ class Dispatcher:
         pool.flush()
 
     def retire(self, pid: int) -> None:
-        """Give no new connections to instance C{pid}; it still hands connections back."""
+        """Give no new connections to instance C{pid}; it still hands connections back.
+
+        The client connections relayed to it end their visit: now if idle, else after the
+        response in flight (their next request goes to another instance).
+        """
         for pool in self.pools.values():
             link = pool.links.get(pid)
             if link is not None:
                 link.retiring = True
                 self.log.info("instance {link} (pid {pid}) is retiring", link=link.name, pid=pid)
+                for relayed in list(link.visits):
+                    relayed.retire()
 
     def link_lost(self, link: InstanceLink, reason: Failure) -> None:
         pool = self.pools[link.service]
@@ -385,10 +416,13 @@ class Dispatcher:
         self.ledger.holder_gone(link)
         self.totals(link.service).instance_gone(link.pid)
         self.gone_log_dropped += link.log_dropped
+        for relayed in list(link.visits):
+            relayed.retire()
         pending, link.pending = link.pending, {}
         for conn in pending.values():
             # Never acknowledged, so never touched: another instance may take it.
             if not conn.done:
+                conn.drop_pair()
                 pool.assign(conn)
         self._maybe_stopped()
 
@@ -409,10 +443,11 @@ class Dispatcher:
         self.limits = Limits(max_request_line=site.max_request_line, max_head=site.max_head, max_headers=site.max_headers)
         for s in site.services:
             pool = self.pools.get(s.name)
+            isolation = s.isolation or "connection"
             if pool is None:
-                self.pools[s.name] = ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy)
+                self.pools[s.name] = ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy, isolation)
             else:
-                pool.max_body, pool.max_connections = s.max_body, s.max_connections
+                pool.max_body, pool.max_connections, pool.isolation = s.max_body, s.max_connections, isolation
         # Pools of removed services stay until their instances are gone (they
         # still hand connections back); no route leads to them any more.
 
@@ -420,6 +455,7 @@ class Dispatcher:
         return {
             "handed_off": self.handed_off,
             "open_connections": self.open_connections,
+            "relayed_connections": len(self.relayed),
             "queued": {name: len(pool.queue) for name, pool in self.pools.items()},
         }
 
@@ -521,6 +557,8 @@ class Dispatcher:
         for conn in list(self.reading):
             if conn.head is None:
                 conn.transport.abortConnection()
+        for relayed in list(self.relayed):
+            relayed.drain()
 
     def stop(self, drain: float = 0.0, handback: bool = False) -> None:
         """Drain, then exit once nothing is in transit."""
@@ -536,6 +574,8 @@ class Dispatcher:
         if any(link.pending for pool in self.pools.values() for link in pool.links.values()):
             return
         if any(conn.head is not None and not conn.done for conn in self.reading):
+            return
+        if any(relayed.outstanding for relayed in self.relayed):
             return
         stopped, self._stopped = self._stopped, lambda: None
         stopped()

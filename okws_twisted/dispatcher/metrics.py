@@ -152,7 +152,8 @@ _HELP = {
     "handoff_failures_total": "Connections that could not be handed to an instance.",
     "misbehaviour_total": "Messages refused from the service's instances (forged or repeated handbacks, "
     "descriptors where none belong, channels closed for breaking their limits).",
-    "dispatcher_open_connections": "Connections the dispatcher holds (reading heads, queued, in transit).",
+    "dispatcher_open_connections": "Connections the dispatcher holds (reading heads, queued, in transit, relayed).",
+    "dispatcher_relayed_connections": "Client connections whose requests the dispatcher relays (isolation = request).",
     "dispatcher_accepting": "1 while the dispatcher accepts new connections.",
     "log_records_buffered": "Log records waiting in senders for the log daemon.",
     "log_records_dropped_total": "Log records senders dropped because their buffer was full.",

@@ -15,12 +15,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.internet import error
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 
-from okws_twisted.service.budget import BodyDeadline
 from okws_twisted.service.web import origin_form, with_connection_close
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import (
@@ -29,6 +27,7 @@ from okws_twisted.wire.httpframe import (
     HTTPError,
     RequestFramer,
 )
+from okws_twisted.wire.bodytime import BodyTimer
 from okws_twisted.wire.channel import MessageChannel
 from okws_twisted.wire.routing import ANY_HOST, host_key
 from okws_twisted.wire.transport import SocketTransport
@@ -53,14 +52,24 @@ class ServiceConnection:
     channel: http.HTTPChannel
 
     def __init__(
-        self, runtime: "ServiceRuntime", routed: bool, conn_id: int | None = None, origin: MessageChannel | None = None
+        self,
+        runtime: "ServiceRuntime",
+        routed: bool,
+        conn_id: int | None = None,
+        origin: MessageChannel | None = None,
+        relay: bool = False,
     ) -> None:
         """
         @param conn_id: the dispatcher's id of this connection (a handback names it).
         @param origin: the handoff channel it came on: only that dispatcher
             knows the connection, so only over it can it be handed back.
+        @param relay: a socket pair the dispatcher relays requests over
+            (C{isolation = request}): every request on it is this service's
+            (the dispatcher routed it), it is never handed back, and it has no
+            idle timeout here (the dispatcher has one, and closes the pair).
         """
         self.runtime = runtime
+        self.relay = relay
         self.conn_id = conn_id
         self.origin = origin
         self.handed_back = False
@@ -77,8 +86,7 @@ class ServiceConnection:
         self.handback: bytes | None = None
         self.failure: HTTPError | None = None
         self.client_done = False
-        self._body_timer: IDelayedCall | None = None
-        self._body: BodyDeadline | None = None
+        self._body: BodyTimer | None = None
         self._flush_wait = False
 
     def makeConnection(self, transport: SocketTransport) -> None:
@@ -86,7 +94,7 @@ class ServiceConnection:
         self.channel = self.runtime.site.buildProtocol(transport.getPeer())
         self.channel.okws_connection = self
         config = self.runtime.config
-        self.channel.timeOut = config.keepalive_timeout
+        self.channel.timeOut = None if self.relay else config.keepalive_timeout
         # The framer enforces the site's limits; twisted.web's own must never
         # refuse a head the framer (and the dispatcher) accepted.
         self.channel.totalHeadersSize = max(config.max_head, http.HTTPChannel.totalHeadersSize)
@@ -131,7 +139,7 @@ class ServiceConnection:
                     self.pattern = route.hosts if route is not None else ANY_HOST
                     owned = True
                 else:
-                    owned = key == self.host and self.runtime.owns(key, event.head.path)
+                    owned = self.relay or (key == self.host and self.runtime.owns(key, event.head.path))
                 if owned:
                     self.fed += 1
                     self.in_body = True
@@ -156,42 +164,25 @@ class ServiceConnection:
                     return
             elif isinstance(event, Body):
                 if self._body is not None:
-                    self._body.arrived(len(event.data), self.runtime.reactor.seconds())
+                    self._body.arrived(len(event.data))
                 self.channel.dataReceived(event.data)
             else:
                 self.in_body = False
                 self._cancel_body_timer()
 
     def _start_body(self) -> None:
-        """A body must keep arriving (L{BodyDeadline}): cut it at its deadline.
-
-        One timer per body, moved only when it fires early: the reads
-        themselves never touch it.
-        """
+        """A body must keep arriving (L{BodyTimer}): cut it at its deadline."""
         config = self.runtime.config
-        self._body = BodyDeadline(config.body_timeout, config.body_min_rate, self.runtime.reactor.seconds())
-        self._arm_body_timer()
-
-    def _arm_body_timer(self) -> None:
-        assert self._body is not None
-        delay = max(0.0, self._body.deadline() - self.runtime.reactor.seconds())
-        self._body_timer = self.runtime.reactor.callLater(delay, self._body_due)
+        self._body = BodyTimer(self.runtime.reactor, config.body_timeout, config.body_min_rate, self._body_due)
 
     def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None and self._body_timer.active():
-            self._body_timer.cancel()
-        self._body_timer = None
-        self._body = None
+        if self._body is not None:
+            self._body.cancel()
+            self._body = None
 
-    def _body_due(self) -> None:
-        self._body_timer = None
-        body = self._body
-        if body is None or not self.in_body or not self.transport.connected:
-            return
-        why = body.expired(self.runtime.reactor.seconds())
-        if why is None:
-            self._arm_body_timer()
-        else:
+    def _body_due(self, why: str) -> None:
+        self._body = None
+        if self.in_body and self.transport.connected:
             self._fail(HTTPError(408, why))
 
     def _fail(self, e: HTTPError) -> None:

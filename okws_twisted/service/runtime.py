@@ -3,7 +3,11 @@
 The service runtime: one long-lived process serving one web service (OKWS's libaok).
 
 It adopts each client connection the dispatcher hands over, replays the bytes
-the dispatcher already read, and serves the connection with twisted.web.
+the dispatcher already read, and serves the connection with twisted.web.  For
+C{isolation = request} what it adopts is one end of a socket pair over which
+the dispatcher relays one client's requests for this service (and host), and
+never a client's socket: such a connection is never handed back, and closed
+only by the dispatcher (or after C{Connection: close}).
 Its resources render templates that the template publisher sends over the
 templates channel (L{okws_twisted.service.templateclient}).
 The strict framer (L{okws_twisted.wire.httpframe.RequestFramer}) sits in front of
@@ -273,7 +277,9 @@ class ServiceRuntime:
     def adopt(self, conn: handoff.Connection, origin: MessageChannel | None = None) -> None:
         """Serve a connection the dispatcher handed over (on channel C{origin})."""
         sock = socket.socket(fileno=conn.fd)
-        if self.draining:
+        if self.draining and not (conn.relay and self.handing_back):
+            # (A relayed request is served: the dispatcher, told we retire, ends that visit
+            # after its response.)
             if self.handing_back:
                 # The dispatcher sent it before it learnt we are retiring: our
                 # successor will take it.
@@ -284,7 +290,7 @@ class ServiceRuntime:
                 503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after
             ))
             return
-        protocol = ServiceConnection(self, routed=True, conn_id=conn.id, origin=origin)
+        protocol = ServiceConnection(self, routed=True, conn_id=conn.id, origin=origin, relay=conn.relay)
         try:
             transport = transport_for(self.reactor, sock, protocol, conn.peer, conn.host, conn.tls)
         except OSError as e:
@@ -407,7 +413,10 @@ class ServiceRuntime:
 
     def drain_connection(self, conn: ServiceConnection) -> None:
         if self.handing_back:
-            conn.hand_back_when_idle()
+            if not conn.relay:
+                conn.hand_back_when_idle()
+            # A relay pair is the dispatcher's to close: closing it here would race a request
+            # the dispatcher is sending on it.
         else:
             conn.close_when_idle()
 

@@ -708,6 +708,11 @@ class RequestFramer:
         """Every byte fed but not yet returned in an event."""
         return bytes(self._buf)
 
+    @property
+    def buffered(self) -> int:
+        """How many bytes were fed but not yet returned in an event (without copying them)."""
+        return len(self._buf)
+
     def next_event(self) -> Head | Body | End | None:
         """
         The next event, or L{None} until more bytes are fed.
