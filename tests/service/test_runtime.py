@@ -252,3 +252,47 @@ class HostChangeTests(_HandoffSide):
         stats = self.receive()
         self.assertEqual(list(stats.meta["counts"]), ["*"])
         self.assertEqual(sum(stats.meta["counts"]["*"]["status"].values()), 2)
+
+
+class RelayPairTests(_HandoffSide):
+    """A relay pair (isolation = request): every request on it is the service's; never handed back."""
+
+    def relay(self, conn_id: int, data: bytes) -> socket.socket:
+        ours, end = socket.socketpair()
+        self.addCleanup(ours.close)
+        meta = handoff.connection_meta(handoff.CONN, conn_id, PEER, HOST, relay=True)
+        self.dispatcher.sendmsg([encode(meta, data)[0]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [end.fileno()]))])
+        end.close()
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [conn_id])
+        self.reactor.advance(0)
+        return ours
+
+    def test_everyRequestIsMine(self) -> None:
+        """Another host or path on a pair is served, not handed back: the dispatcher routed it."""
+        ours = self.relay(11, b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        (conn,) = self.runtime.connections
+        self.assertTrue(conn.relay)
+        self.assertIsNone(conn.channel.timeOut)  # the dispatcher closes idle pairs
+        ours.sendall(b"GET /other HTTP/1.1\r\nHost: b.example\r\n\r\n")
+        conn.transport.doRead()
+        self.reactor.advance(0)
+        self.assertEqual((conn.fed, conn.handback), (2, None))
+        self.nothing()
+
+    def test_drainWaitsForTheDispatcher(self) -> None:
+        """Retiring (hand back), the instance neither hands back nor closes a pair: the dispatcher does."""
+        ours = self.relay(12, b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        self.reactor.advance(1)
+        self.runtime.drain(handback=True)
+        self.reactor.advance(1)
+        (conn,) = self.runtime.connections
+        self.assertTrue(conn.transport.connected)
+        self.assertEqual(self.receive().kind, handoff.STATS)  # and no handback
+        self.nothing()
+        ours.settimeout(2)
+        self.assertIn(b"HTTP/1.1 405", ours.recv(65536))  # the dispatcher read the response
+        ours.close()  # and ends the visit
+        self.assertIsNone(conn.transport.doRead())  # EOF: answered everything, so it closes
+        self.reactor.advance(1)
+        self.assertEqual(self.runtime.connections, set())
