@@ -151,4 +151,8 @@ def exposition(dispatcher: "Dispatcher") -> str:
         "dispatcher_accepting": int(not dispatcher.accepting_paused and not dispatcher.draining),
         "handoff_failures_total": dispatcher.handoff_failures,
     }
-    return render(sorted(names | set(requests)), requests, gauges, counters, site)
+    info = {
+        s.name: {"isolation": s.isolation or "connection", "hosts": " ".join(s.hosts) or "*"}
+        for s in dispatcher.config.services
+    }
+    return render(sorted(names | set(requests)), requests, gauges, counters, site, info)

@@ -593,6 +593,12 @@ def start_role(
 
     count = int(meta.get("listeners", 0))
     dispatcher = Dispatcher(reactor, site, stopped=stopped, records=records)
+    for service in site.services:
+        Dispatcher.log.info(
+            "service {service}: hosts {hosts}, paths {paths}, isolation {isolation}",
+            service=service.name, hosts=" ".join(service.hosts) or "*", paths=" ".join(service.paths),
+            isolation=service.isolation,
+        )
     proxy = meta.get("proxy")
     dispatcher.listen(
         [socket.socket(fileno=FIRST_LISTEN_FD + i) for i in range(count)],

@@ -98,6 +98,7 @@ def render(
     gauges: dict[str, dict[str, float]],
     counters: dict[str, dict[str, float]],
     site: dict[str, float],
+    info: dict[str, dict[str, str]] | None = None,
 ) -> str:
     """The Prometheus page.
 
@@ -108,9 +109,14 @@ def render(
     @param gauges: per metric name (without the ``okws_`` prefix), a value per service.
     @param counters: likewise, for counters (names end in ``_total``).
     @param site: site-wide gauges and counters (name -> value).
+    @param info: per service, its configured facts as labels (C{okws_service_info}, always 1).
     """
     page = Exposition()
     names = sorted(services)
+    if info:
+        page.family("okws_service_info", "gauge", _HELP["service_info"])
+        for service in sorted(info):
+            page.sample("okws_service_info", 1, {"service": service, **info[service]})
     page.family("okws_requests_total", "counter", "Responses sent, by service, host pattern and status code.")
     for service in names:
         by_host = requests.get(service, {})
@@ -142,6 +148,7 @@ def render(
 
 
 _HELP = {
+    "service_info": "A service's configuration: isolation (connection or request) and hosts (its hosts items, * for every host).",
     "in_flight_requests": "Requests being answered now.",
     "connections": "Client connections held by the service's instances.",
     "queue_depth": "Connections waiting in the dispatcher for a ready instance.",

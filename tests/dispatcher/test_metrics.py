@@ -90,6 +90,10 @@ class RenderTests(SynchronousTestCase):
         self.assertIn("okws_up 1", lines)
         self.assertTrue(page.endswith("\n"))
 
+    def test_service_info(self) -> None:
+        page = render(["a"], {}, {}, {}, {}, {"a": {"isolation": "request", "hosts": "admin.example.com"}})
+        self.assertIn('okws_service_info{service="a",isolation="request",hosts="admin.example.com"} 1', page.splitlines())
+
     def test_label_escaping(self) -> None:
         page = render(['we"ird\\'], {}, {}, {}, {})
         self.assertIn('service="we\\"ird\\\\"', page)
