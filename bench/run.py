@@ -5,6 +5,7 @@ okws-twisted benchmark harness: okws against one plain twisted.web process.
     .venv/bin/python bench/run.py [--quick] [--duration S] [--connections 50]
         [--threads 1] [--instances 1] [--repeat N] [--only keepalive|newconn]
         [--handoff-growth N] [--json PATH] [--peer-access-log PATH]
+        [--isolation request]
 
 In one invocation it starts (a) an okws site (``twistd -n okws``) serving the
 plain hello service (``services.plain:Hello``) on a free loopback port, and (b) one
@@ -21,6 +22,11 @@ memory of every okws process, and, in a separate phase, drives N
 new-connection requests through okws to measure how the dispatcher's memory
 grows.  It reports PASS/MISS against the project's targets; it never fails
 on a miss (exit status 0), only on a harness error (1) or a broken server.
+
+With C{--isolation request} a third server runs in each pairing: the same okws
+site with C{isolation = request} (the dispatcher relays every request), and the
+report adds its ratios against C{connection} mode (the default site) and plain
+twisted.web, with the p99 difference.
 
 Everything is bounded in time and every process it starts is killed (by
 process group) on exit, on an error and on Ctrl-C.  See bench/README.md.
@@ -65,6 +71,10 @@ RESOURCE = "services.plain:Hello"
 PATH = "/hello"
 OKWS, PEER_NAME = "okws", "twisted.web"
 SERVERS = (OKWS, PEER_NAME)
+#: The okws site with isolation = request (--isolation request), measured beside the other two.
+RELAYED = "okws-request"
+#: Prefix of the relaying okws site's process names in memory readings.
+RELAY_PREFIX = "request:"
 WORKLOADS = ("keepalive", "newconn")
 #: Each pairing compares okws and the peer doing the same logging work:
 #: "logging on": okws's default (access log on, written by the log daemon) against the peer
@@ -88,6 +98,8 @@ STALL_FRACTION = 0.8  # warn when fewer connections than this were busy on avera
 TARGETS = {
     "keepalive": 1.0,  # okws/twisted.web req/s
     "newconn": 0.8,
+    "isolation_keepalive": 0.7,  # isolation = request / connection, keep-alive req/s (issue 16)
+    "isolation_p99_ms": 1.0,  # isolation = request p99 minus connection's, at most
     "idle_instance_rss_mib": 40.0,
     "dispatcher_growth_mib": 10.0,  # over 100k connections
 }
@@ -334,7 +346,7 @@ class OkwsSite(Server):
 
     def __init__(
         self, workdir: str, instances: int, settings: list[tuple[str, str]] = [], label: str = "okws",
-        tls: tuple[str, str] | None = None,
+        tls: tuple[str, str] | None = None, isolation: str = "connection",
     ) -> None:
         os.makedirs(workdir, exist_ok=True)
         self.label = label
@@ -359,6 +371,7 @@ class OkwsSite(Server):
                     resource = {RESOURCE}
                     paths = {PATH}
                     instances = {instances}
+                    isolation = {isolation}
                     """
                 )
             )
@@ -608,6 +621,8 @@ class Options:
     pairings: tuple[str, ...] = PAIRINGS
     #: TLS workloads: okws with an ssl: listener (its TLS front) vs the peer terminating TLS itself
     tls: bool = False
+    #: "request": also measure the site with isolation = request (RELAYED)
+    isolation: str = "connection"
 
 
 @dataclass
@@ -615,6 +630,8 @@ class Bench:
     opts: Options
     #: pairing -> (the okws site, the twisted.web peer) measured against each other
     pairs: dict[str, tuple[OkwsSite, Peer]]
+    #: pairing -> the okws site with isolation = request (only with --isolation request)
+    relayed: dict[str, OkwsSite] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     handoff: dict[str, Any] | None = None
@@ -625,10 +642,17 @@ class Bench:
         """The main okws site (logging on, unless only logging off is measured)."""
         return self.pairs[self.opts.pairings[0]][0]
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The servers measured in each pairing."""
+        return SERVERS + ((RELAYED,) if self.relayed else ())
+
     def servers(self) -> list[Server]:
-        return [server for pair in self.pairs.values() for server in pair]
+        return [server for pair in self.pairs.values() for server in pair] + list(self.relayed.values())
 
     def server(self, pairing: str, name: str) -> Server:
+        if name == RELAYED:
+            return self.relayed[pairing]
         okws, peer = self.pairs[pairing]
         return okws if name == OKWS else peer
 
@@ -639,6 +663,10 @@ class Bench:
                 self.memory.setdefault(prefix + proc_name, {})[label] = rss_kib(pid)
             key = "twisted.web peer" + (" (access log)" if pairing == LOG_ON else "")
             self.memory.setdefault(key, {})[label] = rss_kib(peer.proc.pid if peer.proc else 0)
+            relayed = self.relayed.get(pairing)
+            if relayed is not None:
+                for proc_name, pid in relayed.processes().items():
+                    self.memory.setdefault(RELAY_PREFIX + prefix + proc_name, {})[label] = rss_kib(pid)
 
     def measure(self, workload: str, pairing: str, server_name: str, repeat: int) -> dict[str, Any]:
         server = self.server(pairing, server_name)
@@ -695,7 +723,7 @@ class Bench:
         o = self.opts
         for w_index, workload in enumerate(o.workloads):
             for r in range(o.repeat):
-                order = SERVERS if (r + w_index) % 2 == 0 else tuple(reversed(SERVERS))
+                order = self.names if (r + w_index) % 2 == 0 else tuple(reversed(self.names))
                 for pairing in o.pairings:
                     for name in order:
                         self.measure(workload, pairing, name, r)
@@ -779,7 +807,7 @@ def summarize_pairing(bench: Bench, pairing: str) -> dict[str, Any]:
     all_runs = [r for r in bench.runs if r["pairing"] == pairing]
     for workload in bench.opts.workloads:
         entry: dict[str, Any] = {}
-        for name in SERVERS:
+        for name in bench.names:
             runs = [r for r in all_runs if r["workload"] == workload and r["server"] == name]
             errs: dict[str, int] = {}
             for r in runs:
@@ -811,8 +839,36 @@ def summarize_pairing(bench: Bench, pairing: str) -> dict[str, Any]:
         # A ratio over failing responses means nothing: any error makes the target a MISS.
         entry["errors_invalidate"] = bool(entry[OKWS]["errors"] or entry[PEER_NAME]["errors"])
         entry["pass"] = ratio >= TARGETS[workload] and not entry["errors_invalidate"]
+        if RELAYED in entry:
+            entry["isolation"] = isolation_entry(bench, workload, entry, all_runs)
         results[workload] = entry
     return results
+
+
+def isolation_entry(bench: Bench, workload: str, entry: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """isolation = request against connection mode (the default site) and twisted.web, one workload."""
+    relayed, conn, peer = entry[RELAYED], entry[OKWS], entry[PEER_NAME]
+    per_repeat = []
+    for r in range(bench.opts.repeat):
+        a = [x for x in runs if x["workload"] == workload and x["repeat"] == r and x["server"] == RELAYED]
+        b = [x for x in runs if x["workload"] == workload and x["repeat"] == r and x["server"] == OKWS]
+        if a and b and b[0]["rps"]:
+            per_repeat.append(round(a[0]["rps"] / b[0]["rps"], 3))
+    vs_conn = relayed["rps"] / conn["rps"] if conn["rps"] else 0.0
+    vs_peer = relayed["rps"] / peer["rps"] if peer["rps"] else 0.0
+    p99_delta = relayed["p99_ms"] - conn["p99_ms"]
+    errors = bool(relayed["errors"] or conn["errors"])
+    passed = p99_delta <= TARGETS["isolation_p99_ms"] and not errors
+    if workload == "keepalive":
+        passed = passed and vs_conn >= TARGETS["isolation_keepalive"]
+    return {
+        "vs_connection": round(vs_conn, 3),
+        "vs_twisted_web": round(vs_peer, 3),
+        "vs_connection_per_repeat": per_repeat,
+        "p99_delta_ms": round(p99_delta, 3),
+        "errors_invalidate": errors,
+        "pass": passed,
+    }
 
 
 def targets(bench: Bench, results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -831,10 +887,37 @@ def targets(bench: Bench, results: dict[str, Any]) -> list[dict[str, Any]]:
                     "pass": r["pass"],
                 }
             )
+    for pairing in bench.opts.pairings:
+        for workload in bench.opts.workloads:
+            iso = results[pairing][workload].get("isolation")
+            if iso is None:
+                continue
+            label = "keep-alive" if workload == "keepalive" else "new-connection"
+            bad = " (errors)" if iso["errors_invalidate"] else ""
+            out.append(
+                {
+                    "name": f"{label} req/s isolation=request/connection, {pairing}",
+                    "pairing": pairing,
+                    "value": iso["vs_connection"],
+                    "shown": f"{iso['vs_connection']:.2f}x{bad}",
+                    "target": f">= {TARGETS['isolation_keepalive']:.1f}x" if workload == "keepalive" else "(reported)",
+                    "pass": iso["pass"] if workload == "keepalive" else not iso["errors_invalidate"],
+                }
+            )
+            out.append(
+                {
+                    "name": f"{label} p99 isolation=request minus connection, {pairing}",
+                    "pairing": pairing,
+                    "value": iso["p99_delta_ms"],
+                    "shown": f"{iso['p99_delta_ms']:+.2f} ms{bad}",
+                    "target": f"<= +{TARGETS['isolation_p99_ms']:.0f} ms",
+                    "pass": iso["p99_delta_ms"] <= TARGETS["isolation_p99_ms"] and not iso["errors_invalidate"],
+                }
+            )
     instance_rss = {
         name: max(v.get("VmRSS", 0) for label, v in readings.items() if label in ("start", "after runs"))
         for name, readings in bench.memory.items()
-        if re.fullmatch(r"(?:" + NOLOG_PREFIX + r")?hello\.\d+", name)
+        if re.fullmatch(r"(?:" + RELAY_PREFIX + r")?(?:" + NOLOG_PREFIX + r")?hello\.\d+", name)
     }
     if instance_rss:
         worst = max(instance_rss.values()) / 1024
@@ -946,6 +1029,7 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
         f"settings: {o.duration}s runs after a {o.warmup}s warm-up, {o.repeat} repeat(s) with alternating order, "
         f"wrk -t{o.threads} -c{o.connections}, okws hello instances {o.instances}, resource {RESOURCE}"
         + (", TLS (okws: ssl: listener, TLS front; twisted.web: listenSSL; RSA 2048, wrk over https)" if o.tls else "")
+        + (f", and {RELAYED}: the same okws site with isolation = request" if bench.relayed else "")
         + ("".join(f", okws {k} = {v}" for k, v in o.okws_settings))
         + (f", peer access log {o.peer_access_log}" if o.peer_access_log else "")
     )
@@ -955,7 +1039,7 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
     add(f"{'workload':<12} {'server':<13} " + "".join(f"{p:>44}" for p in o.pairings))
     add(f"{'':<12} {'':<13} " + f"{'req/s':>12}  {'p99':>8}  {'errors':>8}  {'cpu/req':>8}" * len(o.pairings))
     for workload in o.workloads:
-        for name in SERVERS:
+        for name in bench.names:
             row = f"{workload:<12} {name:<13} "
             for pairing in o.pairings:
                 s = results[pairing][workload][name]
@@ -976,9 +1060,18 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
                 f"(target >= {r['target']:.1f}x: {'PASS' if r['pass'] else 'MISS'}"
                 f"{', because of errors' if r['errors_invalidate'] else ''}){cpu_ratio}{per}"
             )
+            iso = r.get("isolation")
+            if iso is not None:
+                per_iso = ""
+                if len(iso["vs_connection_per_repeat"]) > 1:
+                    per_iso = "   (per repeat: " + " ".join(f"{x:.2f}x" for x in iso["vs_connection_per_repeat"]) + ")"
+                add(
+                    f"{'':<12} {pairing}: isolation = request is {iso['vs_connection']:.2f}x connection mode, "
+                    f"{iso['vs_twisted_web']:.2f}x twisted.web, p99 {iso['p99_delta_ms']:+.2f} ms{per_iso}"
+                )
     for pairing in o.pairings:
         for workload in o.workloads:
-            for name in SERVERS:
+            for name in bench.names:
                 busy = results[pairing][workload][name]["busy_connections"]
                 if busy < STALL_FRACTION * o.connections:
                     add(
@@ -1009,10 +1102,20 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
                     r for r in bench.runs if r["workload"] == workload and r["server"] == PEER_NAME and r["pairing"] == pairing
                 ]
                 peer_used = mean([sum(r["cpu_cores_used"].values()) for r in peer_runs])
+                relayed_runs = [
+                    r for r in bench.runs if r["workload"] == workload and r["server"] == RELAYED and r["pairing"] == pairing
+                ]
+                relayed_used = ""
+                if relayed_runs:
+                    rnames = list(relayed_runs[0]["cpu_cores_used"])
+                    relayed_used = f"; {RELAYED} " + ", ".join(
+                        f"{n} {mean([r['cpu_cores_used'].get(n, 0.0) for r in relayed_runs]):.2f}" for n in rnames
+                    )
                 add(
                     f"cores used during {workload}, {pairing}: okws "
                     + ", ".join(f"{n} {c:.2f}" for n, c in used.items())
                     + f"; twisted.web {peer_used:.2f}"
+                    + relayed_used
                 )
     add("")
     add("memory (VmRSS, MiB)")
@@ -1057,7 +1160,7 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
     for problem in bench.problems:
         add("")
         add(f"PROBLEM: {problem}")
-    for pairing, (okws, _peer) in bench.pairs.items():
+    for pairing, (okws, _peer) in [*bench.pairs.items(), *((p, (s, None)) for p, s in bench.relayed.items())]:
         incidents = okws.incidents() if okws.out else []
         if incidents:
             add("")
@@ -1116,6 +1219,13 @@ def parse_args(argv: list[str] | None) -> Options:
         help="an extra [okws] setting for the benchmarked site (repeatable), e.g. max_requests_per_connection=100000",
     )
     p.add_argument(
+        "--isolation",
+        choices=("connection", "request"),
+        default="connection",
+        help="request: also measure the same okws site with isolation = request (the dispatcher relays every "
+        "request) and report it against connection mode and twisted.web",
+    )
+    p.add_argument(
         "--source",
         metavar="DIR",
         help="benchmark the okws code and services in DIR (e.g. a `git archive` snapshot of a commit) "
@@ -1167,6 +1277,7 @@ def parse_args(argv: list[str] | None) -> Options:
         okws_settings=okws_settings,
         pairings={"both": PAIRINGS, "on": (LOG_ON,), "off": (LOG_OFF,)}[a.logging],
         tls=a.tls,
+        isolation=a.isolation,
     )
 
 
@@ -1218,6 +1329,14 @@ def main(argv: list[str] | None = None) -> int:
                 Peer(workdir, None, tls=tls),
             )
     bench = Bench(opts, pairs)
+    if opts.isolation == "request":
+        for pairing, (o_site, _peer) in pairs.items():
+            bench.relayed[pairing] = OkwsSite(
+                o_site.dir + "-request", opts.instances,
+                [kv for kv in opts.okws_settings if pairing != LOG_OFF or kv[0] != "access_log"]
+                + ([("access_log", "no")] if pairing == LOG_OFF else []),
+                label=f"{o_site.label} (isolation = request)", tls=tls, isolation="request",
+            )
 
     keep_workdir = False
     try:
@@ -1244,10 +1363,12 @@ def main(argv: list[str] | None = None) -> int:
         before = {
             pairing: {OKWS: dict(o_site.processes()), PEER_NAME: peer.processes()} for pairing, (o_site, peer) in pairs.items()
         }
+        for pairing, relayed in bench.relayed.items():
+            before[pairing][RELAYED] = dict(relayed.processes())
         results = summarize(bench)
         goals = targets(bench, results)
         report = render(bench, info, results, goals)
-        if any(o_site.incidents() for o_site, _peer in pairs.values()):
+        if any(o_site.incidents() for o_site, _peer in pairs.values()) or any(r.incidents() for r in bench.relayed.values()):
             keep_workdir = True
         if opts.json_path:
             doc = {
@@ -1267,8 +1388,12 @@ def main(argv: list[str] | None = None) -> int:
                     "okws_settings": dict(opts.okws_settings),
                     "pairings": list(opts.pairings),
                     "tls": opts.tls,
+                    "isolation": opts.isolation,
                 },
-                "urls": {pairing: {OKWS: o_site.url, PEER_NAME: peer.url} for pairing, (o_site, peer) in pairs.items()},
+                "urls": {
+                    pairing: {OKWS: o_site.url, PEER_NAME: peer.url, **({RELAYED: bench.relayed[pairing].url} if bench.relayed else {})}
+                    for pairing, (o_site, peer) in pairs.items()
+                },
                 "processes": before,
                 "results": results,
                 "runs": bench.runs,

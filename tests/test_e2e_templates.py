@@ -17,6 +17,7 @@ import time
 from urllib.parse import urlencode
 
 import okws_twisted
+from okws_twisted.wire.errorpage import STATUSES
 from tests.e2e import E2ETestCase, Response, Site
 
 SERVICES = """
@@ -59,7 +60,7 @@ def shared_site() -> Site:
             f.write("SECRET-7f3a")
         _shared = site.start()
         atexit.register(_shared.close)
-        _shared.wait_for(r"\[dispatcher pid \d+\].*received 9 error pages")
+        _shared.wait_for(r"\[dispatcher pid \d+\].*received %d error pages" % len(STATUSES))
     return _shared
 
 
@@ -196,7 +197,7 @@ class PublisherDownTests(E2ETestCase):
             templates={"a.html": "held {{ n }}", "b.html": "fetched later", "errors/404.html": "site 404"},
         ).start()
         self.addCleanup(site.close)
-        site.wait_for(r"\[dispatcher pid \d+\].*received 9 error pages")
+        site.wait_for(r"\[dispatcher pid \d+\].*received %d error pages" % len(STATUSES))
         warm = page(site, "a.html", n="1")
         self.assertEqual(warm.body, b"held 1")
         pubd = site.pids()["pubd"]

@@ -341,7 +341,7 @@ class RelayedConnection:
         if self.done:
             return
         self.done = True
-        self._cancel_wait()
+        self._stop_wait()
         self._cancel_body()
         self._end_visit()
         self.dispatcher.relayed.discard(self)
@@ -351,11 +351,16 @@ class RelayedConnection:
     # -- states
 
     def _settle(self) -> None:
-        """After any event: hold or read the client, arm the idle or head deadline."""
+        """After any event: hold or read the client, arm the idle or head deadline.
+
+        While a response is due the client is still read (a client that waits sends nothing,
+        and pausing and resuming it would cost two system calls a request), but only until
+        it has sent anything past the current request: then at most one read is buffered.
+        """
         if self.done or self.switching:
             return
-        hold = self.closing or self.client_eof or (self.outstanding and not self.in_body)
-        self._hold(hold)
+        waiting = self.outstanding and not self.in_body
+        self._hold(self.closing or self.client_eof or (waiting and self.framer.buffered > 0))
         if not self.outstanding and not self.in_body and not self.closing:
             if self.framer.buffered:
                 if self._waiting_for != "head":
@@ -376,22 +381,30 @@ class RelayedConnection:
             self.transport.resumeProducing()
 
     def _wait_for(self, what: str, seconds: float) -> None:
-        self._cancel_wait()
+        """Arm the one deadline timer (moved, not replaced: one per connection, not per request)."""
         self._waiting_for = what
-        self._wait = self.dispatcher.reactor.callLater(seconds, self._waited, what)
+        wait = self._wait
+        if wait is not None and wait.active():
+            wait.reset(seconds)
+        else:
+            self._wait = self.dispatcher.reactor.callLater(seconds, self._waited)
 
     def _cancel_wait(self) -> None:
+        """No deadline now (a request is outstanding); the timer, if it fires meanwhile, does nothing."""
+        self._waiting_for = ""
+
+    def _stop_wait(self) -> None:
         wait, self._wait = self._wait, None
         self._waiting_for = ""
         if wait is not None and wait.active():
             wait.cancel()
 
-    def _waited(self, what: str) -> None:
+    def _waited(self) -> None:
         self._wait = None
-        self._waiting_for = ""
+        what, self._waiting_for = self._waiting_for, ""
         if what == "idle":
             self._close()  # an idle keep-alive connection: closed without an answer
-        else:
+        elif what == "head":
             self._refuse(408, "The request head did not arrive in time.")
 
     def _body_late(self, why: str) -> None:
@@ -445,7 +458,7 @@ class RelayedConnection:
         """The next request is another visit's: once the responses so far are flushed, the
         socket goes back through the front door with every unread byte."""
         self.switching = True
-        self._cancel_wait()
+        self._stop_wait()
         self._cancel_body()
         self._hold(True)
         self._end_visit()
@@ -465,7 +478,7 @@ class RelayedConnection:
 
     def _close(self) -> None:
         """Close the client's connection once what is written is sent, and the visit."""
-        self._cancel_wait()
+        self._stop_wait()
         self._cancel_body()
         self._end_visit()
         self.closing = True
@@ -477,7 +490,7 @@ class RelayedConnection:
             "cutting a relayed connection to {service} (instance pid {pid}): {why}",
             service=self.service, pid=self.link.pid, why=why,
         )
-        self._cancel_wait()
+        self._stop_wait()
         self._cancel_body()
         self._end_visit()
         self.transport.abortConnection()
@@ -504,7 +517,7 @@ class RelayedConnection:
             return
         if head is not None:
             self.head = head
-        self._cancel_wait()
+        self._stop_wait()
         self._cancel_body()
         self._end_visit()
         self.closing = True
