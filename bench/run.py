@@ -1164,7 +1164,7 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
         incidents = okws.incidents() if okws.out else []
         if incidents:
             add("")
-            add(f"okws ({pairing}) log lines worth a look ({len(incidents)}; full log: {okws.log_path}):")
+            add(f"{okws.label} ({pairing}) log lines worth a look ({len(incidents)}; full log: {okws.log_path}):")
             for line in incidents[:10]:
                 add("  " + line[:200])
     return "\n".join(lines)

@@ -106,6 +106,28 @@ class BenchHarnessTests(SynchronousTestCase):
                 self.assertEqual(result["errors"], 0, f"{workload}/{server}: {result['error_kinds']}{detail}")
         self.assertIn("tls", doc["processes"]["logging off"]["okws"])
 
+    def test_quick_isolation_run(self) -> None:
+        """C{bench/run.py --isolation request}: the relaying site measured beside connection mode and twisted.web."""
+        out = os.path.abspath(self.mktemp())
+        argv = [sys.executable, RUN, "--quick", "--duration", "1", "--isolation", "request", "--logging", "off",
+                "--handoff-growth", "0", "--json", out]
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=TIMEOUT)
+        detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
+        self.assertEqual(proc.returncode, 0, detail)
+        with open(out) as f:
+            doc = json.load(f)
+        self.assertEqual(doc["settings"]["isolation"], "request")
+        for workload in ("keepalive", "newconn"):
+            result = doc["results"]["logging off"][workload]
+            relayed = result["okws-request"]
+            self.assertGreater(relayed["rps"], 0, f"{workload}{detail}")
+            self.assertEqual(relayed["errors"], 0, f"{workload}: {relayed['error_kinds']}{detail}")
+            self.assertGreater(result["isolation"]["vs_connection"], 0, detail)
+            self.assertIn("p99_delta_ms", result["isolation"])
+        self.assertIn("isolation = request is", proc.stdout.decode())
+        for pid in doc["processes"]["logging off"]["okws-request"].values():
+            self.assertFalse(_alive(pid, b"okws"), f"okws process {pid} outlived the harness")
+
 
 def _alive(pid: int, marker: bytes) -> bool:
     """True if C{pid} runs and its command line contains C{marker} (not a reused pid)."""
