@@ -21,10 +21,11 @@ bytes (L{okws_twisted.dispatcher.dispatcher.Dispatcher.adopt}), as a service's h
 so routing, 404, 421, queueing and a handoff to a C{connection} service work as for any
 request.  Keep-alive and pipelining hold across services of either mode, in order.
 
-What one relayed connection may cost the dispatcher is bounded: the client is not read while
-a response is outstanding (except the current request's body), so the request framer holds at
-most a head and one read; response heads are bounded by the response framer, bodies pass
-through; each transport's write buffer pauses the other side past its high-water mark.  Idle
+What one relayed connection may cost the dispatcher is bounded: while a response is
+outstanding the client is read only until it sends anything past the current request (its
+body), so the request framer holds at most a head and one read; response heads are bounded by
+the response framer, bodies pass through; each transport's write buffer pauses the other side
+past its high-water mark.  Idle
 time between requests is bounded by C{keepalive_timeout}, a next head by C{head_timeout}, a
 body by C{body_timeout} and C{body_min_rate} (L{okws_twisted.wire.bodytime}).
 """
