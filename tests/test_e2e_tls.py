@@ -38,6 +38,11 @@ paths = /big
 [service:compromised]
 resource = tests.sites.compromised:Evil
 paths = /compromised
+
+[service:relayed]
+resource = tests.sites.echo:Echo
+paths = /relayed
+isolation = request
 """
 
 OKWS = """
@@ -147,6 +152,20 @@ class PythonClientTests(E2ETestCase):
                     seen = json.loads(r.body)
                     self.assertTrue(seen["secure"])
                     self.assertEqual(seen["client"], ["127.0.0.1", s.getsockname()[1]])
+
+    def test_relayed_over_tls(self) -> None:
+        """Two relays in series (TLS front, dispatcher): an isolation = request service sees a secure
+        request with the client's address and TLS facts, on one connection with a connection service."""
+        with self.connect() as s:
+            for path in ("/relayed/1", "/echo", "/relayed/2", "/relayed/3"):
+                s.sendall(request_bytes("GET", path))
+                r = read_response(s)
+                self.assertEqual(r.status, 200, r)
+                seen = json.loads(r.body)
+                self.assertEqual(seen["path"], path)
+                self.assertTrue(seen["secure"])
+                self.assertEqual(seen["client"], ["127.0.0.1", s.getsockname()[1]])
+                self.assertEqual(seen["tls"]["sni"], "localhost")
 
     def test_access_log(self) -> None:
         with self.connect() as s:
