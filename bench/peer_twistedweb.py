@@ -1,11 +1,12 @@
 """
 The benchmark's peer: one plain twisted.web process serving the same resource as okws.
 
-    python bench/peer_twistedweb.py [--port 0] [--resource services.plain:Hello]
+    python bench/peer_twistedweb.py [--port 0] [--resource services.plain:Hello | --static DIR]
                                     [--access-log PATH] [--backlog 2048]
                                     [--tls-key KEY.pem --tls-cert CERT.pem]
 
-It builds ``twisted.web.server.Site(Hello())`` and listens on 127.0.0.1 only.
+It builds ``twisted.web.server.Site(Hello())`` (with ``--static DIR``: ``static.File(DIR)`` at
+``/static``, for ``bench/run.py --static``) and listens on 127.0.0.1 only.
 With ``--port 0`` (the default) the kernel picks a free port; the process
 prints ``listening on 127.0.0.1:PORT`` on stdout once it accepts connections,
 which is what ``bench/run.py`` waits for.
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backlog", type=int, default=2048, help="listen backlog (default 2048, okws's default; twisted's is 50)"
     )
+    parser.add_argument("--static", metavar="DIR", help="serve DIR at /static with twisted.web's static.File instead of --resource")
     parser.add_argument("--tls-key", metavar="PATH", help="terminate TLS with this PEM key (needs --tls-cert)")
     parser.add_argument("--tls-cert", metavar="PATH", help="the PEM certificate for --tls-key")
     args = parser.parse_args(argv)
@@ -67,12 +69,19 @@ def main(argv: list[str] | None = None) -> None:
     from twisted.internet import reactor
     from twisted.web import server
 
-    resource_class = load(args.resource)
+    if args.static:
+        from twisted.web.resource import Resource
+        from twisted.web.static import File
+
+        root = Resource()
+        root.putChild(b"static", File(os.path.abspath(args.static)))
+    else:
+        root = load(args.resource)()
 
     if args.access_log:
-        site = server.Site(resource_class(), logPath=args.access_log)
+        site = server.Site(root, logPath=args.access_log)
     else:
-        site = server.Site(resource_class())
+        site = server.Site(root)
         site.log = lambda request: None  # type: ignore[method-assign]
 
     if args.tls_key:

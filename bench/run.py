@@ -4,7 +4,7 @@ okws-twisted benchmark harness: okws against one plain twisted.web process.
 
     .venv/bin/python bench/run.py [--quick] [--duration S] [--connections 50]
         [--threads 1] [--instances 1] [--repeat N] [--only keepalive|newconn]
-        [--handoff-growth N] [--json PATH] [--peer-access-log PATH]
+        [--handoff-growth N] [--json PATH] [--peer-access-log PATH] [--static]
         [--isolation request]
 
 In one invocation it starts (a) an okws site (``twistd -n okws``) serving the
@@ -23,7 +23,13 @@ new-connection requests through okws to measure how the dispatcher's memory
 grows.  It reports PASS/MISS against the project's targets; it never fails
 on a miss (exit status 0), only on a harness error (1) or a broken server.
 
-With C{--isolation request} a third server runs in each pairing: the same okws
+With --static it measures static files instead: a static pool (``[static:files]``)
+against twisted.web's ``static.File`` in one process and nginx with one worker
+(the anchor, if installed), serving the same 4 KiB and 1 MiB files, keep-alive
+and new connection; logging on (each writes its access log) unless
+``--logging off``.
+
+With --isolation request a third server runs in each pairing: the same okws
 site with C{isolation = request} (the dispatcher relays every request), and the
 report adds its ratios against C{connection} mode (the default site) and plain
 twisted.web, with the p99 difference.
@@ -69,6 +75,8 @@ LIMIT_LUA = os.path.join(HERE, "wrk_limit.lua")
 
 RESOURCE = "services.plain:Hello"
 PATH = "/hello"
+#: --static: where every server serves the generated files.
+STATIC_PATH = "/static/"
 OKWS, PEER_NAME = "okws", "twisted.web"
 SERVERS = (OKWS, PEER_NAME)
 #: The okws site with isolation = request (--isolation request), measured beside the other two.
@@ -343,18 +351,22 @@ class OkwsSite(Server):
     """An okws site with only the hello service, in a scratch directory."""
 
     name = OKWS
+    #: The benchmarked service's name (its instances must be up before measuring).
+    service = "hello"
 
     def __init__(
         self, workdir: str, instances: int, settings: list[tuple[str, str]] = [], label: str = "okws",
-        tls: tuple[str, str] | None = None, isolation: str = "connection",
+        tls: tuple[str, str] | None = None, static_dir: str | None = None, isolation: str = "connection",
     ) -> None:
         os.makedirs(workdir, exist_ok=True)
         self.label = label
         self.dir = workdir
         self.instances = instances
+        #: The pool measured: the hello service, or (--static) a static pool serving static_dir.
+        self.pool = "files" if static_dir else self.service
         os.symlink(os.path.join(SOURCE, "services"), os.path.join(workdir, "services"))
         self.port = free_port()
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}{PATH}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}{STATIC_PATH if static_dir else PATH}"
         self.ini = os.path.join(workdir, "site.ini")
         if tls:
             listen = f"ssl:{self.port}:interface=127.0.0.1:privateKey={tls[0]}:certKey={tls[1]}"
@@ -362,19 +374,15 @@ class OkwsSite(Server):
             listen = f"tcp:{self.port}:interface=127.0.0.1"
         self.log_path = os.path.join(workdir, "okws.log")
         extra = "".join(f"{key} = {value}\n" for key, value in settings)
+        if static_dir:
+            # No templates of its own: an empty tree (else the publisher warns, and the log is kept).
+            os.makedirs(os.path.join(workdir, "templates"), exist_ok=True)
+            section = f"[static:files]\nroot = {static_dir}\npaths = {STATIC_PATH.rstrip('/')}\ninstances = {instances}\n"
+        else:
+            section = f"[service:hello]\nresource = {RESOURCE}\npaths = {PATH}\ninstances = {instances}\n"
+        section += f"isolation = {isolation}\n"
         with open(self.ini, "w") as f:
-            f.write(
-                f"[okws]\nlisten = {listen}\n{extra}\n"
-                + textwrap.dedent(
-                    f"""\
-                    [service:hello]
-                    resource = {RESOURCE}
-                    paths = {PATH}
-                    instances = {instances}
-                    isolation = {isolation}
-                    """
-                )
-            )
+            f.write(f"[okws]\nlisten = {listen}\n{extra}\n" + section)
         self.proc: subprocess.Popen[bytes] | None = None
         self.out: Lines | None = None
 
@@ -392,7 +400,7 @@ class OkwsSite(Server):
         self.out.wait_for(r"site ready", START_TIMEOUT, self.label)
         for name, pid in self.children().items():
             REAPER.watch(pid, "okws_twisted")
-        want = {"dispatcher"} | {f"hello.{i}" for i in range(self.instances)}
+        want = {"dispatcher"} | {f"{self.pool}.{i}" for i in range(self.instances)}
         missing = want - set(self.children())
         if missing:
             raise HarnessError(f"{self.label}: site ready but no pid seen for {sorted(missing)}:\n" + self.out.tail())
@@ -440,16 +448,19 @@ class Peer(Server):
 
     name = PEER_NAME
 
-    def __init__(self, workdir: str, access_log: str | None, tls: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: str, access_log: str | None, tls: tuple[str, str] | None = None, static_dir: str | None = None
+    ) -> None:
         self.dir = workdir
         self.access_log = access_log
         self.tls = tls
+        self.static_dir = static_dir
         self.label = "twisted.web peer" + (" (access log)" if access_log else "")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self) -> None:
-        argv = [*PEER, "--port", "0", "--resource", RESOURCE]
+        argv = [*PEER, "--port", "0", *(["--static", self.static_dir] if self.static_dir else ["--resource", RESOURCE])]
         if self.access_log:
             argv += ["--access-log", os.path.abspath(self.access_log)]
         if self.tls:
@@ -459,7 +470,7 @@ class Peer(Server):
         self.proc = REAPER.popen(argv, cwd=SOURCE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self.out = Lines(self.proc, os.path.join(self.dir, "peer-log.txt" if self.access_log else "peer.txt"))
         m = self.out.wait_for(r"listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT, self.label)
-        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{m.group(1)}{PATH}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{m.group(1)}{STATIC_PATH if self.static_dir else PATH}"
 
     def processes(self) -> dict[str, int]:
         assert self.proc is not None
@@ -623,6 +634,10 @@ class Options:
     tls: bool = False
     #: "request": also measure the site with isolation = request (RELAYED)
     isolation: str = "connection"
+    #: The database proxy's benchmark (run_db) instead of the hello workloads
+    db: bool = False
+    #: --static: static files (a static pool, static.File, nginx) instead of the hello service
+    static: bool = False
 
 
 @dataclass
@@ -1171,6 +1186,356 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
 
 
 # ---------------------------------------------------------------------------------------------
+# --static: a static pool against twisted.web's static.File, with nginx as the anchor
+
+#: The files served, by workload prefix.
+STATIC_FILES = {"4k": ("f4k.bin", 4096), "1m": ("f1m.bin", 1 << 20)}
+STATIC_WORKLOADS = tuple(f"{size}-{kind}" for size in STATIC_FILES for kind in WORKLOADS)
+NGINX = "nginx"
+STATIC_TARGETS = {"4k-keepalive": 1.0}  # okws/twisted.web req/s
+
+
+def make_static_files(workdir: str) -> str:
+    """The files every server serves: random bytes, readable by anyone (nginx's workers are nobody)."""
+    folder = os.path.join(workdir, "files")
+    os.makedirs(folder)
+    for name, size in STATIC_FILES.values():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(os.urandom(size))
+        os.chmod(os.path.join(folder, name), 0o644)
+    for path in (workdir, folder):
+        os.chmod(path, 0o755)
+    return folder
+
+
+class Nginx(Server):
+    """nginx from the distribution (the anchor): one worker process, sendfile on, the same files."""
+
+    name = NGINX
+
+    def __init__(self, workdir: str, folder: str, access_log: bool) -> None:
+        self.dir = os.path.join(workdir, "nginx")
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}{STATIC_PATH}"
+        self.conf = os.path.join(self.dir, "nginx.conf")
+        log_line = f"access_log {self.dir}/access.log;" if access_log else "access_log off;"
+        temp = "".join(f"    {kind}_temp_path {self.dir}/{kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        with open(self.conf, "w") as f:
+            f.write(
+                f"daemon off;\nmaster_process on;\nworker_processes 1;\npid {self.dir}/nginx.pid;\n"
+                f"error_log {self.dir}/error.log warn;\n"
+                "events { worker_connections 4096; }\n"
+                "http {\n"
+                f"    {log_line}\n    sendfile on;\n    tcp_nopush on;\n    keepalive_requests 1000;\n"
+                "    default_type application/octet-stream;\n"
+                + temp
+                + f"    server {{\n        listen 127.0.0.1:{self.port} backlog=2048;\n"
+                f"        location {STATIC_PATH} {{ alias {folder}/; }}\n    }}\n}}\n"
+            )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = REAPER.popen([binary, "-c", self.conf, "-e", os.path.join(self.dir, "error.log")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise HarnessError(f"nginx did not listen on {self.port}: see {self.dir}/error.log") from None
+                time.sleep(0.05)
+
+    def processes(self) -> dict[str, int]:
+        assert self.proc is not None
+        out = {"nginx master": self.proc.pid}
+        for pid in _children_of(self.proc.pid):
+            out[f"nginx worker {pid}"] = pid
+        return out
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self.proc.poll()
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def check_static(server: Server, folder: str) -> None:
+    """Each file, whole: or a HarnessError."""
+    host, port = server.url.split("//")[1].split("/")[0].split(":")
+    for name, _size in STATIC_FILES.values():
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.request("GET", STATIC_PATH + name)
+            resp = conn.getresponse()
+            body = resp.read()
+        except OSError as e:
+            raise HarnessError(f"{server.name}: GET {STATIC_PATH}{name} failed: {e}") from None
+        finally:
+            conn.close()
+        with open(os.path.join(folder, name), "rb") as f:
+            want = f.read()
+        if resp.status != 200 or body != want:
+            raise HarnessError(f"{server.name}: GET {STATIC_PATH}{name} answered {resp.status}, {len(body)} bytes, not the file")
+
+
+@dataclass
+class StaticBench:
+    opts: Options
+    folder: str
+    #: pairing -> server name -> server
+    servers: dict[str, dict[str, Server]]
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def all(self) -> list[Server]:
+        return [s for by_name in self.servers.values() for s in by_name.values()]
+
+    def measure(self, workload: str, pairing: str, name: str, repeat: int) -> None:
+        o = self.opts
+        server = self.servers[pairing][name]
+        size, kind = workload.split("-")
+        url = server.url + STATIC_FILES[size][0]
+        close = kind == "newconn"
+        log(f"{workload} / {pairing} / {name} (repeat {repeat + 1}/{o.repeat}): warm-up {o.warmup}s, run {o.duration}s")
+        run_wrk(url, o.warmup, o.connections, o.threads, close, latency=False)
+        procs = server.processes()
+        cpu0 = {n: cpu_seconds(p) for n, p in procs.items()}
+        busy0, _ = machine_cpu()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        result = run_wrk(url, o.duration, o.connections, o.threads, close, latency=True)
+        wall = time.monotonic() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy1, _ = machine_cpu()
+        cpu = {n: round(cpu_seconds(p) - cpu0[n], 3) for n, p in procs.items()}
+        wrk_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        machine_cores = (busy1 - busy0) / CLK_TCK / wall
+        run = {
+            "workload": workload, "pairing": pairing, "server": name, "repeat": repeat, **result.as_dict(),
+            "mb_per_s": round(result.rps * STATIC_FILES[size][1] / 1e6, 1),
+            "cpu_seconds": cpu,
+            "cpu_us_per_request": round(sum(cpu.values()) / result.requests * 1e6, 1) if result.requests else None,
+            "other_cores_busy": round(max(0.0, machine_cores - (sum(cpu.values()) + wrk_cpu) / wall), 2),
+        }
+        log(f"  {result.rps:.0f} req/s ({run['mb_per_s']:.0f} MB/s), p99 {result.p99_ms:.1f} ms, errors {result.error_count}, "
+            f"others on the machine {run['other_cores_busy']:.2f} cores")
+        self.runs.append(run)
+
+    def workloads(self) -> None:
+        o = self.opts
+        for w_index, workload in enumerate(o.workloads):
+            for r in range(o.repeat):
+                order = list(STATIC_SERVERS_PRESENT(self))
+                shift = (r + w_index) % len(order)
+                order = order[shift:] + order[:shift]
+                for pairing in o.pairings:
+                    for name in order:
+                        self.measure(workload, pairing, name, r)
+
+    def summarize(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for pairing in self.opts.pairings:
+            out[pairing] = {}
+            for workload in self.opts.workloads:
+                entry: dict[str, Any] = {}
+                for name in self.servers[pairing]:
+                    runs = [r for r in self.runs if (r["pairing"], r["workload"], r["server"]) == (pairing, workload, name)]
+                    cpu = [r["cpu_us_per_request"] for r in runs if r["cpu_us_per_request"]]
+                    entry[name] = {
+                        "rps": round(mean([r["rps"] for r in runs]), 1),
+                        "mb_per_s": round(mean([r["mb_per_s"] for r in runs]), 1),
+                        "p99_ms": round(mean([r["p99_ms"] for r in runs]), 3),
+                        "errors": sum(r["error_count"] for r in runs),
+                        "cpu_us_per_request": round(mean(cpu), 1) if cpu else None,
+                        "runs": len(runs),
+                    }
+                peer = entry[PEER_NAME]["rps"]
+                entry["ratio"] = round(entry[OKWS]["rps"] / peer, 3) if peer else 0.0
+                if NGINX in entry and entry[NGINX]["rps"]:
+                    entry["okws_per_nginx"] = round(entry[OKWS]["rps"] / entry[NGINX]["rps"], 3)
+                target = STATIC_TARGETS.get(workload)
+                entry["target"] = target
+                errors = any(entry[n]["errors"] for n in (OKWS, PEER_NAME))
+                entry["pass"] = None if target is None else (entry["ratio"] >= target and not errors)
+                out[pairing][workload] = entry
+        return out
+
+    def render(self, info: dict[str, Any], results: dict[str, Any], memory: dict[str, dict[str, int]]) -> str:
+        o = self.opts
+        lines = [
+            "okws-twisted static-file benchmark: a static pool vs twisted.web's static.File, nginx as the anchor (bench/run.py --static)",
+            f"machine: nproc {info['nproc']} ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}, "
+            f"Twisted {info['twisted']}, wrk {info['wrk']}, {info.get('nginx', 'no nginx')}",
+            f"load average at start: {info['loadavg_at_start']}",
+            "NOTE: absolute numbers on a shared machine mean little; the ratios matter (servers measured back to back, "
+            "order rotating, same client, same files).",
+            f"settings: {o.duration}s runs after a {o.warmup}s warm-up, {o.repeat} repeat(s), wrk -t{o.threads} -c{o.connections}; "
+            f"okws: one static pool instance; twisted.web: one process; nginx: one worker, sendfile on",
+            f"okws code: {info['okws_code']}",
+            "",
+        ]
+        add = lines.append
+        names = [n for n in (OKWS, PEER_NAME, NGINX) if any(n in self.servers[p] for p in o.pairings)]
+        for pairing in o.pairings:
+            add(f"{pairing}:")
+            add(f"  {'workload':<15}" + "".join(f"{n + ' req/s':>22}" for n in names) + f"{'okws/twisted.web':>18}  target")
+            for workload in o.workloads:
+                r = results[pairing][workload]
+                cells = []
+                for n in names:
+                    s = r.get(n)
+                    if s is None:
+                        cells.append(f"{'-':>22}")
+                        continue
+                    text = f"{s['rps']:.0f}"
+                    if workload.startswith("1m"):
+                        text += f" ({s['mb_per_s']:.0f} MB/s)"
+                    if s["errors"]:
+                        text += f" ({s['errors']} err)"
+                    cells.append(f"{text:>22}")
+                target = "" if r["target"] is None else f">= {r['target']:.1f}x {'PASS' if r['pass'] else 'MISS'}"
+                add(f"  {workload:<15}" + "".join(cells) + f"{r['ratio']:>17.2f}x  {target}")
+            for workload in o.workloads:
+                r = results[pairing][workload]
+                cpu = ", ".join(
+                    f"{n} {r[n]['cpu_us_per_request']:.0f}us" for n in names if n in r and r[n]["cpu_us_per_request"]
+                )
+                p99 = ", ".join(f"{n} {fmt_ms(r[n]['p99_ms'])}" for n in names if n in r)
+                add(f"  {workload:<15} CPU per request: {cpu}; p99: {p99}")
+            add("")
+        other = mean([r["other_cores_busy"] for r in self.runs])
+        add(f"other processes on this machine used {other:.2f} of {info['nproc']} cores on average during the measured runs"
+            + ("  (BUSY MACHINE: treat the numbers with extra care)" if other > 0.25 else ""))
+        add("okws CPU is every okws process (launcher, dispatcher, static pool, log daemon, publisher); nginx's its master and worker.")
+        if memory:
+            add("")
+            add("okws static pool memory (VmRSS / peak VmHWM, MiB): " + ", ".join(
+                f"{name} {v.get('VmRSS', 0) / 1024:.1f} / {v.get('VmHWM', 0) / 1024:.1f}" for name, v in memory.items()))
+        for problem in self.problems:
+            add(f"PROBLEM: {problem}")
+        return "\n".join(lines)
+
+
+def STATIC_SERVERS_PRESENT(bench: StaticBench) -> tuple[str, ...]:
+    """The servers measured, in their base order (nginx only if it is installed)."""
+    first = bench.servers[bench.opts.pairings[0]]
+    return tuple(n for n in (OKWS, PEER_NAME, NGINX) if n in first)
+
+
+def static_main(opts: Options) -> int:
+    """bench/run.py --static."""
+    info = machine_info()
+    nginx = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
+    if nginx:
+        try:
+            version = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10).stderr.strip()
+            info["nginx"] = version.replace("nginx version: ", "")
+        except (OSError, subprocess.TimeoutExpired):
+            info["nginx"] = "nginx"
+    else:
+        log("nginx is not installed (apt-get install -y nginx-light): no anchor")
+    workdir = tempfile.mkdtemp(prefix="okws-bench-static-")
+    folder = make_static_files(workdir)
+    servers: dict[str, dict[str, Server]] = {}
+    for pairing in opts.pairings:
+        logging_on = pairing == LOG_ON
+        tag = "" if logging_on else "-nolog"
+        settings = [kv for kv in opts.okws_settings if kv[0] != "access_log"] + ([] if logging_on else [("access_log", "no")])
+        by_name: dict[str, Server] = {
+            OKWS: OkwsSite(os.path.join(workdir, "okws" + tag), 1, settings, label=f"okws static ({pairing})", static_dir=folder),
+            PEER_NAME: Peer(workdir, os.path.join(workdir, f"peer-access{tag}.log") if logging_on else None, static_dir=folder),
+        }
+        if nginx:
+            nginx_dir = os.path.join(workdir, "n" + tag)
+            os.makedirs(nginx_dir)
+            os.chmod(nginx_dir, 0o755)
+            by_name[NGINX] = Nginx(nginx_dir, folder, access_log=logging_on)
+        servers[pairing] = by_name
+    bench = StaticBench(opts, folder, servers)
+    keep = False
+    try:
+        for server in bench.all():
+            server.start()  # type: ignore[attr-defined]
+        for server in bench.all():
+            check_static(server, folder)
+        bench.workloads()
+        for server in bench.all():
+            try:
+                check_static(server, folder)
+            except HarnessError as e:
+                bench.problems.append(f"after the runs: {e}")
+        memory = {}
+        for pairing in opts.pairings:
+            okws = servers[pairing][OKWS]
+            assert isinstance(okws, OkwsSite)
+            for name, pid in okws.children().items():
+                if name.startswith("files."):
+                    memory[f"{name} ({pairing})"] = rss_kib(pid)
+        results = bench.summarize()
+        report = bench.render(info, results, memory)
+        incidents = [line for p in opts.pairings for line in servers[p][OKWS].incidents()]  # type: ignore[attr-defined]
+        if opts.json_path:
+            with open(opts.json_path, "w") as f:
+                json.dump({
+                    "machine": info,
+                    "settings": {"static": True, "duration_s": opts.duration, "warmup_s": opts.warmup,
+                                 "connections": opts.connections, "threads": opts.threads, "repeat": opts.repeat,
+                                 "workloads": list(opts.workloads), "pairings": list(opts.pairings), "quick": opts.quick},
+                    "processes": {p: {n: s.processes() for n, s in by.items()} for p, by in servers.items()},
+                    "results": results, "runs": bench.runs, "static_pool_memory_kib": memory,
+                    "okws_incidents": incidents, "problems": bench.problems,
+                }, f, indent=2)
+                f.write("\n")
+        print(report, flush=True)
+        if incidents:
+            keep = True
+            print(f"\nokws log lines worth a look ({len(incidents)}); logs kept in {workdir}:", flush=True)
+            for line in incidents[:10]:
+                print("  " + line[:200], flush=True)
+        return 1 if bench.problems else 0
+    except HarnessError as e:
+        keep = True
+        print(f"bench/run.py: {e}", file=sys.stderr)
+        print(f"(scratch dir kept: {workdir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench/run.py: interrupted; stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for server in bench.all():
+                server.stop()  # type: ignore[attr-defined]
+        finally:
+            REAPER.kill_all()
+            if not keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -1193,6 +1558,12 @@ def parse_args(argv: list[str] | None) -> Options:
         help="new-connection requests for the dispatcher memory phase (default 100000; 5000 with --quick; 0 skips)",
     )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="static files instead: a [static:NAME] pool vs twisted.web's static.File vs nginx (one worker), "
+        "4 KiB and 1 MiB files, keep-alive and new connection (--only keepalive|newconn picks one kind)",
+    )
     p.add_argument(
         "--tls",
         action="store_true",
@@ -1226,6 +1597,13 @@ def parse_args(argv: list[str] | None) -> Options:
         "request) and report it against connection mode and twisted.web",
     )
     p.add_argument(
+        "--db",
+        action="store_true",
+        help="the database proxy instead: a page doing one SELECT by primary key through okws's proxy vs "
+        "twisted.web doing it in process (adbapi) on the same SQLite file; keep-alive ratio, the proxy's "
+        "round trip at 1,000 calls/s, the idle proxy's memory (see bench/README.md)",
+    )
+    p.add_argument(
         "--source",
         metavar="DIR",
         help="benchmark the okws code and services in DIR (e.g. a `git archive` snapshot of a commit) "
@@ -1256,6 +1634,12 @@ def parse_args(argv: list[str] | None) -> Options:
             p.error(f"{name} must be at least {low}")
     if a.threads > a.connections:
         p.error("--threads must not exceed --connections")
+    if a.static and a.tls:
+        p.error("--static measures plain HTTP; leave out --tls")
+    if a.static and a.db:
+        p.error("--static and --db are separate benchmarks; give one")
+    if a.isolation == "request" and (a.static or a.db):
+        p.error("--isolation request measures the hello service; leave out --static and --db")
     repeat = a.repeat if a.repeat is not None else (1 if a.quick else 2)
     if repeat < 1:
         p.error("--repeat must be at least 1")
@@ -1269,16 +1653,227 @@ def parse_args(argv: list[str] | None) -> Options:
         threads=a.threads,
         instances=a.instances,
         repeat=repeat,
-        workloads=(a.only,) if a.only else WORKLOADS,
+        workloads=(
+            tuple(w for w in STATIC_WORKLOADS if not a.only or w.endswith(a.only)) if a.static
+            else ((a.only,) if a.only else WORKLOADS)
+        ),
         handoff=handoff,
         json_path=a.json,
         peer_access_log=a.peer_access_log,
         quick=a.quick,
         okws_settings=okws_settings,
-        pairings={"both": PAIRINGS, "on": (LOG_ON,), "off": (LOG_OFF,)}[a.logging],
+        pairings=(
+            {"both": PAIRINGS, "on": (LOG_ON,), "off": (LOG_OFF,)}[a.logging if not (a.static and a.logging == "both") else "on"]
+        ),
         tls=a.tls,
         isolation=a.isolation,
+        db=a.db,
+        static=a.static,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# --db: the database proxy
+
+
+DB_URL_PATH = "/row?id=4242"
+DB_EXPECT = b"<p>4242: item 4242 costs 29694</p>"
+DB_TARGETS = {
+    "keepalive": 0.8,  # okws/twisted.web req/s, the page doing one SELECT
+    "round_trip_p50_us": 150.0,  # service -> proxy -> service, SELECT 1, at 1,000 calls/s
+    "round_trip_p99_us": 1000.0,
+    "idle_proxy_rss_mib": 40.0,
+}
+
+
+def check_db_page(label: str, url: str) -> None:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", DB_URL_PATH)
+        resp = conn.getresponse()
+        body = resp.read()
+    except OSError as e:
+        raise HarnessError(f"{label}: GET {DB_URL_PATH} failed: {e}") from None
+    finally:
+        conn.close()
+    if resp.status != 200 or body != DB_EXPECT:
+        raise HarnessError(f"{label}: GET {DB_URL_PATH} answered {resp.status}: {body[:200]!r}")
+
+
+class OkwsDbSite(OkwsSite):
+    """An okws site with one service whose page does one SELECT through the proxy of [db:bench] (SQLite)."""
+
+    service = "row"
+
+    def __init__(self, workdir: str) -> None:
+        os.makedirs(workdir, exist_ok=True)
+        sys.path.insert(0, HERE)
+        import dbpage
+
+        sys.path.remove(HERE)
+        self.label, self.dir, self.instances = "okws (database proxy)", workdir, 1
+        shutil.copy(os.path.join(HERE, "dbpage.py"), os.path.join(workdir, "dbpage.py"))
+        for name, text in (("bench.sql", dbpage.QUERIES), ("bench-schema.sql", dbpage.SCHEMA)):
+            with open(os.path.join(workdir, name), "w") as f:
+                f.write(text)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = self.base + DB_URL_PATH
+        self.ini = os.path.join(workdir, "site.ini")
+        self.log_path = os.path.join(workdir, "okws.log")
+        self.db_file = os.path.join(workdir, "data", "bench.db")
+        with open(self.ini, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                [okws]
+                listen = tcp:{self.port}:interface=127.0.0.1
+                access_log = no
+
+                [service:row]
+                resource = dbpage:Row
+                paths = /row
+                db = bench
+                queries = get_item one
+
+                [db:bench]
+                url = sqlite:///data/bench.db
+                queries = bench.sql
+                schema = bench-schema.sql
+                pool = 4
+                """))
+        self.proc = None
+        self.out = None
+
+    def check(self) -> None:
+        check_db_page(self.label, self.url)
+
+
+class DbPeer(Peer):
+    """bench/peer_twistedweb.py serving dbpage:PeerRow: the SELECT in process, adbapi, the same file."""
+
+    def __init__(self, workdir: str, db_file: str) -> None:
+        super().__init__(workdir, None)
+        self.label = "twisted.web peer (adbapi in process)"
+        self.db_file = db_file
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([HERE, SOURCE, env.get("PYTHONPATH", "")])
+        env["OKWS_BENCH_DB"] = self.db_file
+        self.proc = REAPER.popen([*PEER, "--port", "0", "--resource", "dbpage:PeerRow"], cwd=SOURCE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        self.out = Lines(self.proc, os.path.join(self.dir, "peer-db.txt"))
+        m = self.out.wait_for(r"listening on 127\.0\.0\.1:(\d+)", START_TIMEOUT, self.label)
+        self.url = f"http://127.0.0.1:{m.group(1)}{DB_URL_PATH}"
+
+    def check(self) -> None:
+        check_db_page(self.label, self.url)
+
+
+def round_trips(site: OkwsDbSite, n: int, rate: int) -> dict[str, Any]:
+    """The service's own timing of C{n} trivial calls through the proxy, paced at C{rate} per second."""
+    conn = http.client.HTTPConnection("127.0.0.1", site.port, timeout=n / rate + 60)
+    try:
+        conn.request("GET", f"/row/rt?n={n}&rate={rate}")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise HarnessError(f"round trips: {resp.status} {body[:300]!r}")
+    return json.loads(body)
+
+
+def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
+    """``--db``: okws's database proxy against twisted.web doing the same SELECT in process."""
+    site = OkwsDbSite(os.path.join(workdir, "okws-db"))
+    peer = DbPeer(workdir, site.db_file)
+    keep = False
+    runs: list[dict[str, Any]] = []
+    memory: dict[str, int] = {}
+    try:
+        log(f"starting okws with a database proxy and the twisted.web peer; scratch dir {workdir}")
+        site.start()
+        site.check()  # the schema ran: the file exists for the peer
+        peer.start()
+        peer.check()
+        time.sleep(SETTLE)
+        proxy_pid = site.children()["db.bench"]
+        memory["idle proxy at start"] = rss_kib(proxy_pid).get("VmRSS", 0)
+        for r in range(opts.repeat):
+            order = [site, peer] if r % 2 == 0 else [peer, site]
+            for server in order:
+                log(f"keepalive / {server.label} (repeat {r + 1}/{opts.repeat}): warm-up {opts.warmup}s, run {opts.duration}s")
+                run_wrk(server.url, opts.warmup, opts.connections, opts.threads, False, latency=False)
+                busy0, _ = machine_cpu()
+                t0 = time.monotonic()
+                result = run_wrk(server.url, opts.duration, opts.connections, opts.threads, False)
+                others = (machine_cpu()[0] - busy0) / CLK_TCK / (time.monotonic() - t0)
+                log(f"  {result.rps:.0f} req/s, p99 {result.p99_ms:.1f} ms, errors {result.error_count}, "
+                    f"machine cores busy {others:.2f}")
+                runs.append({"server": server.name, "repeat": r, "machine_cores_busy": round(others, 2), **result.as_dict()})
+        n = 500 if opts.quick else 3000
+        log(f"round trips: {n} calls of SELECT 1 from the service at 1000/s")
+        rt = round_trips(site, n, 1000)
+        time.sleep(SETTLE)
+        memory["idle proxy after runs"] = rss_kib(proxy_pid).get("VmRSS", 0)
+        site.check()
+        peer.check()
+    except HarnessError as e:
+        keep = True
+        print(f"bench/run.py --db: {e}", file=sys.stderr)
+        print(f"(scratch dir kept: {workdir})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for server in (site, peer):
+            try:
+                server.stop()
+            except Exception:
+                pass
+        REAPER.kill_all()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def rps(name: str) -> float:
+        values = [run["rps"] for run in runs if run["server"] == name]
+        return mean(values) if values else 0.0
+
+    ratio = rps(OKWS) / rps(PEER_NAME) if rps(PEER_NAME) else 0.0
+    errors = sum(sum(run["errors"].values()) for run in runs)
+    rss_mib = max(memory.values()) / 1024
+    goals = [
+        {"target": "keep-alive okws/twisted.web >= 0.8x (one SELECT per page)", "value": round(ratio, 3),
+         "pass": ratio >= DB_TARGETS["keepalive"] and not errors},
+        {"target": "proxy round trip p50 < 150 us at 1,000 calls/s", "value": round(rt["p50_us"], 1),
+         "pass": rt["p50_us"] < DB_TARGETS["round_trip_p50_us"]},
+        {"target": "proxy round trip p99 < 1 ms at 1,000 calls/s", "value": round(rt["p99_us"], 1),
+         "pass": rt["p99_us"] < DB_TARGETS["round_trip_p99_us"]},
+        {"target": "idle proxy RSS < 40 MiB", "value": round(rss_mib, 1), "pass": rss_mib < DB_TARGETS["idle_proxy_rss_mib"]},
+    ]
+    lines = [
+        "okws database proxy vs twisted.web with adbapi in process (bench/run.py --db)",
+        f"machine: {info.get('nproc')} cores, {info.get('cpu')}, load {info.get('loadavg_at_start')}; code {info.get('okws_code')}",
+        f"keepalive, wrk -t{opts.threads} -c{opts.connections} -d{opts.duration}s, GET {DB_URL_PATH}, {opts.repeat} repeat(s):",
+        f"  okws         {rps(OKWS):8.0f} req/s   p99 {mean([r['p99_ms'] for r in runs if r['server'] == OKWS]):6.1f} ms",
+        f"  twisted.web  {rps(PEER_NAME):8.0f} req/s   p99 {mean([r['p99_ms'] for r in runs if r['server'] == PEER_NAME]):6.1f} ms",
+        f"  ratio okws/twisted.web {ratio:.2f}x; errors {errors}; machine cores busy during runs "
+        + ", ".join(f"{r['machine_cores_busy']:.2f}" for r in runs),
+        f"proxy round trip (service -> proxy -> service, SELECT 1), {rt['n']} calls at {rt['rate']:.0f}/s: "
+        f"p50 {rt['p50_us']:.0f} us, p90 {rt['p90_us']:.0f} us, p99 {rt['p99_us']:.0f} us, max {rt['max_us']:.0f} us",
+        "idle proxy RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in memory.items()),
+        "targets:",
+        *(f"  {'PASS' if g['pass'] else 'MISS'}  {g['target']}: {g['value']}" for g in goals),
+    ]
+    report = "\n".join(lines)
+    if opts.json_path:
+        with open(opts.json_path, "w") as f:
+            json.dump({"machine": info, "runs": runs, "round_trips": rt, "memory_kib": memory, "ratio": ratio,
+                       "targets": goals}, f, indent=2)
+            f.write("\n")
+    print(report, flush=True)
+    return 0
 
 
 def make_certificate(workdir: str) -> tuple[str, str]:
@@ -1312,8 +1907,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
 
+    if opts.static:
+        return static_main(opts)
     info = machine_info()
     workdir = tempfile.mkdtemp(prefix="okws-bench-")
+    if opts.db:
+        return run_db(opts, info, workdir)
     pairs: dict[str, tuple[OkwsSite, Peer]] = {}
     tls = make_certificate(workdir) if opts.tls else None
     for pairing in opts.pairings:

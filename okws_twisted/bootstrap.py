@@ -38,6 +38,8 @@ CONFIG_TIMEOUT = 30.0
 EXIT_TERMINATED = 128 + signal.SIGTERM
 #: The exit status of a child that ran out of memory (EX_SOFTWARE).
 EXIT_OUT_OF_MEMORY = 70
+#: Every child's umask, whatever the launcher's (docs/security.md).
+CHILD_UMASK = 0o027
 
 #: Each role's C{start_role}, imported only in a child of that role (the
 #: dispatcher never imports service code, jinja2 or the author API).
@@ -47,13 +49,36 @@ ROLES = {
     "service": "okws_twisted.service:start_role",
     "pubd": "okws_twisted.pubd:start_role",
     "tls": "okws_twisted.tlsfront:start_role",
+    "dbproxy": "okws_twisted.dbproxy:start_role",
 }
 
 
-def _log_to_stderr() -> None:
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+def bare_lines(event: dict[str, Any]) -> str:
+    """A child's log event for its stderr: each line C{LEVEL text}, no time, no namespace.
 
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    The launcher adds its own (twistd's) timestamp and the child's name and pid
+    (L{okws_twisted.launcher.children.ChildProcess}), so every line reaches
+    twistd's log once, with one of each.
+    """
+    from twisted.logger import LogLevel, eventAsText
+
+    text = eventAsText(event, includeTimestamp=False, includeSystem=False, includeTraceback=True)
+    level = event.get("log_level", LogLevel.info)
+    name = level.name if isinstance(level, LogLevel) else "info"
+    return "".join(f"{name} {line}\n" for line in text.rstrip("\n").split("\n"))
+
+
+def _log_to_stderr() -> None:
+    from twisted.logger import (
+        FileLogObserver,
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+    )
+
+    observer = FilteringLogObserver(FileLogObserver(sys.stderr, bare_lines), [LogLevelFilterPredicate(LogLevel.info)])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def _exit_on_memory_error(event: dict[str, Any]) -> None:
@@ -73,6 +98,48 @@ def load_resource(spec: str, base_dir: str) -> Any:
     if base_dir not in sys.path:
         sys.path.insert(0, base_dir)
     return import_spec(spec)
+
+
+def describe_failure(error: BaseException, base_dir: str) -> str:
+    """One line naming where the site's code failed: C{services/x.py:12: SyntaxError: invalid syntax}.
+
+    The place is the syntax error's own, else the last frame of the traceback
+    inside the site's directory (shown relative to it); an error with no such
+    frame (a module that does not exist) is shown alone.
+    """
+    import traceback
+
+    what = traceback.format_exception_only(type(error), error)[-1].strip()
+    if isinstance(error, SyntaxError) and error.filename:
+        place: tuple[str, int | None] | None = (error.filename, error.lineno)
+        what = f"{type(error).__name__}: {error.msg}"
+    else:
+        place = None
+        for frame in traceback.extract_tb(error.__traceback__):
+            if _inside(frame.filename, base_dir):
+                place = (frame.filename, frame.lineno)
+    if place is None or not _inside(place[0], base_dir):
+        return what
+    return f"{os.path.relpath(place[0], base_dir)}:{place[1]}: {what}"
+
+
+def site_traceback(error: BaseException, base_dir: str) -> str:
+    """C{error}'s traceback from the first frame of the site's own code (okws's and importlib's left out).
+
+    Empty when no frame is the site's (a module that does not exist).
+    """
+    import traceback
+
+    tb = error.__traceback__
+    while tb is not None and not _inside(tb.tb_frame.f_code.co_filename, base_dir):
+        tb = tb.tb_next
+    if tb is None and not isinstance(error, SyntaxError):
+        return ""  # nothing of the site's: the one line says it all (a module that does not exist)
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.isabs(path) and os.path.commonpath([path, directory]) == directory
 
 
 def import_spec(spec: str) -> Any:
@@ -101,6 +168,9 @@ def main(argv: list[str]) -> NoReturn:
     from okws_twisted.wire import control, limits
     from okws_twisted.wire.channel import Message, MessageChannel, read_one_blocking
 
+    # Children never inherit the launcher's umask (twistd's daemon default is
+    # 077): what a child creates is the owner's and its group's, at most.
+    os.umask(CHILD_UMASK)
     role = argv[1] if len(argv) > 1 else ""
     ctl_sock = socket.socket(fileno=control.CONTROL_FD)
     first = read_one_blocking(ctl_sock, CONFIG_TIMEOUT, limits.CONTROL_CHILD)
@@ -164,7 +234,17 @@ def main(argv: list[str]) -> NoReturn:
             records.idle().addBoth(lambda _: stop_reactor())
 
     start_role = import_spec(spec)
-    child = IChildRole(start_role(reactor, site, first.meta, stopped, records))
+    try:
+        child = IChildRole(start_role(reactor, site, first.meta, stopped, records))
+    except Exception as e:
+        # A service that no longer imports (changed on disk since the check):
+        # where, in one line, then the traceback.
+        name = argv[2] if len(argv) > 2 else role
+        trace = site_traceback(e, site.base_dir).rstrip("\n")
+        lines = [f"{name} cannot start: {describe_failure(e, site.base_dir)}", *(trace.split("\n") if trace else [])]
+        sys.stderr.write("".join(f"error {line}\n" for line in lines))
+        sys.stderr.flush()
+        os._exit(1)
 
     def on_control(batch: list[Message]) -> None:
         for msg in batch:

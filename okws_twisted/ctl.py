@@ -6,7 +6,9 @@ Talks to the launcher over its control socket (see
 L{okws_twisted.launcher.controlsocket}); the socket's path comes from ``--socket`` or
 from the site's ini file (``--config``, default ``site.ini``, key
 ``control_socket``).  Exit status: 0 on success, 1 when the launcher refused
-or failed the command, 2 when it could not be reached.
+or failed the command, 2 when it could not be reached (no site file, no
+socket, nobody listening).  ``okws-ctl check`` talks to no launcher: it runs the
+start-up checks on a site file and starts nothing (exit 0 or 1).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from typing import Any
 
 TIMEOUT = 120.0
+DEFAULT_CONFIG = "site.ini"
 
 
 def call(path: str, request: dict[str, Any], timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -84,58 +87,143 @@ def format_status(status: dict[str, Any]) -> str:
     return head + "\n" + "\n".join(lines)
 
 
+def format_reload(result: dict[str, Any]) -> str:
+    """One line saying what a reload changed: C{reloaded site.ini: added form; removed delay}."""
+    parts = []
+    for key, verb in (("added", "added"), ("removed", "removed"), ("changed", "changed")):
+        names = result.get(key) or []
+        if names:
+            parts.append(f"{verb} {', '.join(names)}")
+    if result.get("site_changed"):
+        parts.append("[okws] changed")
+    if result.get("relaunched"):
+        parts.append(f"relaunched {', '.join(result['relaunched'])}")
+    where = f" {result['file']}" if isinstance(result.get("file"), str) else ""
+    return f"reloaded{where}: " + ("; ".join(parts) if parts else "nothing changed")
+
+
+class Unreachable(Exception):
+    """The launcher cannot be found or reached (exit status 2)."""
+
+
 def _socket_path(args: argparse.Namespace) -> str:
-    if args.socket:
-        return args.socket
+    socket_path = getattr(args, "socket", None)
+    if socket_path:
+        return socket_path
     from okws_twisted.config import ConfigError, load
 
+    config = getattr(args, "config", DEFAULT_CONFIG)
     try:
-        return load(args.config).control_socket
+        return load(config).control_socket
     except ConfigError as e:
-        raise SystemExit(f"okws-ctl: {e}") from None
+        # A site file with a mistake in it: the running launcher may still be
+        # reached (to refuse a reload with that very mistake, say).
+        found = _lenient_socket_path(config)
+        if found is None:
+            raise Unreachable(str(e)) from None
+        return found
+
+
+def _lenient_socket_path(config: str) -> str | None:
+    """The control socket of a site file that does not pass the checks, if one is there."""
+    import configparser
+    import os
+    import stat
+
+    from okws_twisted.config.reading import _UNIX_PATH_MAX, short_control_socket
+
+    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",),
+                                       inline_comment_prefixes=("#", ";"), default_section="\n")
+    try:
+        parser.read(config, encoding="utf-8")
+        written = parser.get("okws", "control_socket", fallback="okws.ctl").strip() or "okws.ctl"
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return None
+    base = os.path.dirname(os.path.abspath(config))
+    path = os.path.normpath(os.path.join(base, written))
+    if len(path.encode()) > _UNIX_PATH_MAX and written == "okws.ctl":
+        path = short_control_socket(base)
+    try:
+        return path if stat.S_ISSOCK(os.stat(path).st_mode) else None
+    except OSError:
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    """C{okws-ctl check}: the start-up checks, starting nothing (like C{nginx -t})."""
+    from okws_twisted.launcher.resourcecheck import check_site
+
+    config = getattr(args, "config", DEFAULT_CONFIG)
+    site, problems = check_site(config)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    assert site is not None
+    processes = sum(s.instances for s in site.services)
+    print(f"{config}: ok ({len(site.services)} services, {processes} processes)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="okws-ctl", description="Operate a running okws site.")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--config", "-c", default="site.ini", help="the site's ini file (default: site.ini)")
-    where.add_argument("--socket", "-s", help="the launcher's control socket (default: from the config)")
-    parser.add_argument("--json", action="store_true", help="print the launcher's answer as JSON")
+    # The options may come before the command or after it (okws-ctl status --json).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=f"the site's ini file (default: {DEFAULT_CONFIG})")
+    common.add_argument("--socket", "-s", default=argparse.SUPPRESS, help="the launcher's control socket (default: from the config)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the launcher's answer as JSON")
+    parser = argparse.ArgumentParser(prog="okws-ctl", description="Operate a running okws site.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="services, instances, pids, state, uptime, restarts, load")
-    relaunch = sub.add_parser("relaunch", help="gracefully relaunch a service's instances")
+    sub.add_parser("status", parents=[common], help="services, instances, pids, state, uptime, restarts, load")
+    relaunch = sub.add_parser("relaunch", parents=[common], help="gracefully relaunch a service's instances")
     relaunch.add_argument("service", nargs="?")
     relaunch.add_argument("--all", action="store_true", help="every service")
-    sub.add_parser("reload", help="re-read the site file and apply the changes")
-    sub.add_parser("rotate-logs", help="make the log daemon reopen its files")
-    sub.add_parser("stop", help="stop the site gracefully")
+    sub.add_parser("reload", parents=[common], help="re-read the site file and apply the changes")
+    sub.add_parser("rotate-logs", parents=[common], help="make the log daemon reopen its files")
+    sub.add_parser("stop", parents=[common], help="stop the site gracefully")
+    sub.add_parser("check", parents=[common], help="check the site file and every service's resource, starting nothing")
     args = parser.parse_args(argv)
+    if getattr(args, "config", None) and getattr(args, "socket", None):
+        parser.error("give --config or --socket, not both")
+    as_json = getattr(args, "json", False)
 
+    if args.command == "check":
+        return _check(args)
     request: dict[str, Any] = {"cmd": args.command}
     if args.command == "relaunch":
         if args.all == bool(args.service):
             parser.error("relaunch takes a service name or --all")
         request.update({"all": True} if args.all else {"service": args.service})
-    path = _socket_path(args)
+    try:
+        path = _socket_path(args)
+    except Unreachable as e:
+        print(f"okws-ctl: {e}", file=sys.stderr)
+        return 2
     try:
         answer = call(path, request)
     except (OSError, ConnectionError, ValueError) as e:
-        print(f"okws-ctl: cannot reach the launcher at {path}: {e}", file=sys.stderr)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else e
+        print(f"okws-ctl: cannot reach the launcher at {path}: {why}", file=sys.stderr)
         return 2
-    if args.json:
+    if as_json:
         print(json.dumps(answer, indent=2, sort_keys=True))
         return 0 if answer.get("ok") else 1
     if not answer.get("ok"):
         print(f"okws-ctl: {answer.get('error')}", file=sys.stderr)
         return 1
     result = answer.get("result")
+    if not isinstance(result, dict):
+        result = {}
     if args.command == "status":
         print(format_status(result))
     elif args.command == "relaunch":
         names = result.get("relaunched", [])
         print("relaunching " + ", ".join(names) if names else "nothing to relaunch (already relaunching?)")
-    else:
-        print(json.dumps(result, indent=2, sort_keys=True) if isinstance(result, (dict, list)) else result)
+    elif args.command == "reload":
+        print(format_reload(result))
+    elif args.command == "rotate-logs":
+        print("log files reopened" if result.get("reopened") else "the log daemon is being relaunched; it opens the files afresh")
+    elif args.command == "stop":
+        print("stopping")
     return 0
 
 

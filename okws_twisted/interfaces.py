@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING, Any, Mapping
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -67,3 +67,22 @@ class ITemplates(Interface):
     def error_page(status: int, message: str) -> str:
         """The site's HTML page for error C{status}, showing C{message}
         (escaped); the built-in page when the site has none."""
+
+
+class IDatabase(Interface):
+    """The database a L{okws_twisted.service.resource.ServiceResource}'s C{self.db} calls.
+
+    The twisted.web C{Site} serving a resource carries one as its C{db}
+    attribute: in a service process, the database proxy's client
+    (L{okws_twisted.service.dbclient.DatabaseClient}); under
+    L{okws_twisted.testing.render}, the in-memory database the test gave.
+    """
+
+    name = Attribute("The C{[db:NAME]} it reaches (for logs and errors).")
+
+    def call(query: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> "Deferred[Any]":
+        """Run the named C{query} with C{kwargs} (a C{*!} query: C{args} is one list of
+        parameter dicts).  Fires with the result shaped by the query's suffix
+        (L{okws_twisted.service.database.decode_result}); fails with a
+        L{okws_twisted.service.database.DatabaseError}.  Raises C{TypeError} at
+        once for a value or a parameter name the query cannot take."""

@@ -166,14 +166,34 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
     _check(result, f"mount {source} on {target}")
 
 
+def make_dirs(path: str, mode: int = 0o755) -> None:
+    """C{mkdir -p} where every directory it makes gets C{mode}, whatever the umask.
+
+    C{os.makedirs(mode=)} gives intermediate directories C{0777 & ~umask} and
+    masks the leaf too: under twistd's daemon umask (077) the jail's skeleton
+    came out root-only, and the child, once unprivileged, could not reach its
+    own bind mounts (its first import after the chroot failed).
+    """
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            pass
+        os.chmod(d, mode)
+
+
 def _make_mount_point(jail: str, path: str, is_dir: bool) -> str:
     target = os.path.join(jail, path.lstrip("/"))
-    os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+    make_dirs(os.path.dirname(target))
     if is_dir:
-        os.makedirs(target, mode=0o755, exist_ok=True)
+        make_dirs(target)
     elif not os.path.exists(target):
-        with open(target, "w"):
-            pass
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+        os.chmod(target, 0o644)
     return target
 
 
@@ -184,7 +204,7 @@ def enter(spec: JailSpec) -> None:
     _check(libc.unshare(ctypes.c_int(flags)), "unshare")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
 
-    os.makedirs(spec.root, mode=0o755, exist_ok=True)
+    make_dirs(spec.root)
     _mount("okws-jail", spec.root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,uid=0,gid=0")
     for bind in spec.binds:
         real = os.path.realpath(bind.path)

@@ -34,6 +34,26 @@ publisher sends (same names refused, same autoescaping, same error pages)::
         })
     )
 
+A service that uses C{self.db} is tested with an L{InMemoryDatabase}: an
+SQLite database in memory, built from the site's own queries and schema
+files, granting what the service's section grants, run by the proxy's own
+code (same results, same types, same errors)::
+
+    db = InMemoryDatabase.for_service("site.ini", "guestbook")
+    response = self.successResultOf(render(Guestbook(), "POST", body=..., db=db, templates="templates"))
+    self.assertEqual(db.connection.execute("SELECT count(*) FROM messages").fetchone()[0], 1)
+
+A service is served with a CSRF secret (the fixed L{TEST_CSRF_SECRET}, for the service named
+C{service}, C{"test"} by default), so its forms get tokens and its POSTs are checked as in
+production: a POST without a token gets the 403 page. C{csrf=True} sends a valid CSRF cookie
+and token with the request; L{csrf} makes a pair for a test that builds its own::
+
+    response = self.successResultOf(
+        render(Guestbook(), "POST", body=b"message=hi", csrf=True, headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+        }, templates="templates")
+    )
+
 This module belongs to the author's one-process world: it imports nothing from
 the launcher, the dispatcher or the process runtime.
 """
@@ -50,8 +70,14 @@ from typing import Any, Union
 from urllib.parse import quote, urlencode
 
 from jinja2 import BaseLoader
+from okws_twisted import sqlqueries
+from okws_twisted.dbproxy import engine
+from okws_twisted.interfaces import IDatabase
+from okws_twisted.service.database import ERROR_CLASSES, QueryRefused, check_call, decode_result
+from okws_twisted.wire import dbvalues
+from okws_twisted.wire.dbchannel import OK, Grant
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress, IProtocol, IReactorTime
 from twisted.internet.testing import StringTransport
@@ -64,6 +90,7 @@ from zope.interface import implementer
 
 from okws_twisted.interfaces import ITemplates
 from okws_twisted.pubd.tree import TemplateTree, etag_of
+from okws_twisted.service.csrf import CsrfKey, cookie_name, new_nonce
 from okws_twisted.service.rendering import TemplateRenderer
 from okws_twisted.service.templatecache import TemplateCache
 from okws_twisted.service.web import ServiceRequest, ServiceSite
@@ -83,7 +110,10 @@ from okws_twisted.wire.templatechannel import (
     check_name,
 )
 
-__all__ = ["RenderedResponse", "render"]
+__all__ = ["InMemoryDatabase", "TEST_CSRF_SECRET", "RenderedResponse", "csrf", "render"]
+
+#: The CSRF secret L{render} serves with: public, for tests only.
+TEST_CSRF_SECRET = b"okws_twisted.testing CSRF secret"
 
 _Text = Union[str, bytes]
 _HeaderValues = Union[_Text, Sequence[_Text]]
@@ -132,6 +162,9 @@ def render(
     client: tuple[str, int] = ("127.0.0.1", 40000),
     reactor: IReactorTime | None = None,
     templates: _TemplateSources | ITemplates | None = None,
+    db: IDatabase | None = None,
+    csrf: bool = False,
+    service: str = "test",
 ) -> Deferred[RenderedResponse]:
     """
     Send one HTTP/1.1 request to C{resource}, the root of a fresh L{Site}.
@@ -156,6 +189,13 @@ def render(
         L{ITemplates} provider is used as it is. Without it,
         C{render_template} fails (a 500) and error pages are the built-in
         ones.
+    @param db: what C{self.db} calls: an L{InMemoryDatabase} (or any
+        L{IDatabase}). Without it, every C{self.db} call fails with
+        L{QueryRefused}.
+    @param csrf: send a valid CSRF cookie and C{X-CSRF-Token} header (made
+        with L{csrf}), as a form rendered by the service would.
+    @param service: the service name the CSRF secret is for (cookie names
+        and tokens depend on it).
 
     @return: a L{Deferred} that fires with the L{RenderedResponse} once the
         response is complete, however late the resource finishes it. It fails
@@ -173,7 +213,17 @@ def render(
     if not _TOKEN.fullmatch(rawMethod):
         raise ValueError(f"not an HTTP method: {method!r}")
     target = _target(path, query)
-    allHeaders = _headerLines(headers or {}, body, rawMethod)
+    given = dict(headers or {})
+    if csrf:
+        cookie, token = _csrfPair(service, False)
+        for name in list(given):
+            if _asBytes(name).lower() == b"cookie":
+                old = given.pop(name)
+                olds = [old] if isinstance(old, (str, bytes)) else list(old)
+                cookie = "; ".join([*(v.decode("latin-1") if isinstance(v, bytes) else v for v in olds), cookie])
+        given["Cookie"] = cookie
+        given["X-CSRF-Token"] = token
+    allHeaders = _headerLines(given, body, rawMethod)
     request = b"".join(
         [rawMethod, b" ", target, b" HTTP/1.1\r\n", *allHeaders, b"\r\n", body]
     )
@@ -190,13 +240,29 @@ def render(
     site = ServiceSite(resource, reactor=reactor)
     site.requestFactory = exchange.requestFactory  # type: ignore[assignment]
     site.request_ids = RequestIds("test")
+    site.csrf = CsrfKey(service, TEST_CSRF_SECRET)
     if templates is not None:
         site.templates = (
             templates if ITemplates.providedBy(templates) else _LocalTemplates(templates)
         )
+    site.db = db  # type: ignore[attr-defined]
     exchange.connect(site.buildProtocol(peer), local, peer)
     exchange.send(request)
     return exchange.result
+
+
+def csrf(service: str = "test", secure: bool = False) -> tuple[str, str]:
+    """A CSRF cookie (the C{Cookie} header's value) and its token, as L{render} checks them.
+
+    @param secure: the C{__Host-} cookie of a TLS connection.
+    """
+    return _csrfPair(service, secure)
+
+
+def _csrfPair(service: str, secure: bool) -> tuple[str, str]:
+    nonce = new_nonce()
+    token = CsrfKey(service, TEST_CSRF_SECRET).token(nonce)
+    return (cookie_name(service, secure) + b"=" + nonce).decode("ascii"), token.decode("ascii")
 
 
 @implementer(ITemplates)
@@ -441,3 +507,94 @@ def _headerLines(
     if not framed and (body or method in _BODY_METHODS):
         lines.append(b"Content-Length: %d\r\n" % (len(body),))
     return defaults + lines
+
+
+@implementer(IDatabase)
+class InMemoryDatabase:
+    """
+    A service's database for tests: SQLite in memory, from the site's own files.
+
+    Built from the same queries file (and schema) a C{[db:NAME]} section
+    names, granting the same queries a service's section grants, and run by
+    the database proxy's own code: results have production's shapes and
+    types, errors are the same classes (L{QueryRefused}, L{QueryFailed},
+    ...), and a value the channel would not carry is the same C{TypeError}.
+    Each call runs at once, in the calling thread, and its L{Deferred} has
+    already fired, so C{successResultOf} works in a C{SynchronousTestCase}.
+
+    @ivar connection: the C{sqlite3} connection, for the test's own checks
+        and set-up (C{db.connection.execute(...)}).
+
+    Like the proxy, it registers sqlite3 adapters and converters for
+    C{Decimal}, C{date} and C{datetime} (and the declared types C{BOOLEAN},
+    C{DATE}, C{TIMESTAMP}, C{TIMESTAMPTZ}, C{DECIMAL}); sqlite3 keeps these
+    per process, so they apply to the test process's other sqlite3
+    connections too.
+    """
+
+    def __init__(
+        self,
+        queries: str | os.PathLike[str],
+        schema: str | os.PathLike[str] | None = None,
+        grants: Sequence[str] | None = None,
+        *,
+        name: str = "main",
+        max_result_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        """
+        @param queries: the queries file (aiosql's format), as in C{[db:NAME] queries}.
+        @param schema: the schema file, run once, as in C{[db:NAME] schema}.
+        @param grants: the queries the service may run, as in C{[service:NAME]
+            queries}; all of the file's (but scripts) by default.
+        @raise sqlqueries.QueriesError: for a file aiosql refuses.
+        @raise ValueError: for a grant that is not a query of the file.
+        """
+        _text, self.queries = sqlqueries.load(os.fspath(queries))
+        self.name = name
+        self.max_result_bytes = max_result_bytes
+        self.connection = engine.sqlite_connect(":memory:", 5.0)
+        if schema is not None:
+            with open(os.fspath(schema), encoding="utf-8") as f:
+                self.connection.executescript(f.read())
+            self.connection.commit()
+        names = [n for n, q in self.queries.items() if not q.script] if grants is None else list(grants)
+        for granted in names:
+            query = self.queries.get(granted)
+            if query is None or query.script:
+                raise ValueError(f"grants: {granted!r} is not a query of {os.fspath(queries)} (or is a script)")
+        self.grants = {n: Grant(self.queries[n].suffix, self.queries[n].params) for n in names}
+        self._running = engine.Running()
+        self._keys = iter(range(1, 2**62))
+
+    @classmethod
+    def for_service(cls, site_ini: str | os.PathLike[str], service: str) -> "InMemoryDatabase":
+        """The database C{service} of the site C{site_ini} uses (its files and its grants), in memory.
+
+        @raise ValueError: if the service has no C{db}.
+        """
+        from okws_twisted.config import load
+
+        config = load(os.fspath(site_ini))
+        section = next((s for s in config.services if s.name == service), None)
+        if section is None or not section.db:
+            raise ValueError(f"{os.fspath(site_ini)}: [service:{service}] has no db")
+        database = config.database(section.db)
+        assert database is not None
+        return cls(database.queries, database.schema or None, section.queries, name=database.name,
+                   max_result_bytes=database.max_result_bytes)
+
+    def call(self, query: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Deferred[Any]:
+        grant = self.grants.get(query)
+        if grant is None:
+            return fail(QueryRefused("not a query this service was granted (its queries key in site.ini)", query,
+                                     self.name))
+        wire = check_call(grant, query, args, kwargs)
+        # Through the wire's encoding, as production's parameters go.
+        sent = dbvalues.loads(dbvalues.dumps(wire))
+        params = [dbvalues.decode_params(p) for p in sent] if grant.suffix == "*!" else dbvalues.decode_params(sent)
+        named = self.queries[query]
+        status, value = engine.execute(engine.OneConnection(self.connection), named, named.sql, params, self._running,
+                                       next(self._keys), self.max_result_bytes, 0.0)
+        if status != OK:
+            return fail(ERROR_CLASSES[status](str(value), query, self.name))
+        return succeed(decode_result(grant.suffix, dbvalues.loads(value)))  # type: ignore[arg-type]

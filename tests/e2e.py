@@ -187,8 +187,11 @@ class Site:
         self._new: queue.Queue[str | None] = queue.Queue()
 
     @classmethod
-    def launch(cls, command: list[str], cwd: str, port: int, env: dict[str, str]) -> "Site":
-        """Watch an okws started by C{command} in C{cwd} (a site this harness did not write)."""
+    def launch(cls, command: list[str], cwd: str, port: int, env: dict[str, str], pass_fds: tuple[int, ...] = ()) -> "Site":
+        """Watch an okws started by C{command} in C{cwd} (a site this harness did not write).
+
+        @param pass_fds: descriptors the command inherits (a socket, as systemd passes one).
+        """
         site = cls.__new__(cls)
         site.dir, site.port, site.ini, site.logfile = cwd, port, os.path.join(cwd, "site.ini"), None
         site.owned, site.jail_root = False, ""
@@ -197,7 +200,7 @@ class Site:
         site.prefix, site.lines, site._new = [], [], queue.Queue()
         site.proc = subprocess.Popen(
             command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True,
+            env=env, start_new_session=True, pass_fds=pass_fds,
         )
         threading.Thread(target=site._read, daemon=True).start()
         return site
@@ -415,6 +418,15 @@ class Response:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+
+def form_token(site: "Site", path: str) -> tuple[str, str]:
+    """A form's CSRF cookie (a C{Cookie} header's value) and token, as a browser gets them: GET the page."""
+    page = site.get(path)
+    cookie = page.header("set-cookie")
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', page.body)
+    assert cookie is not None and token is not None, f"no CSRF cookie or token in GET {path}: {page.status} {page.body[:300]!r}"
+    return cookie.split(";")[0], token.group(1).decode("ascii")
 
 
 def request_bytes(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:

@@ -10,7 +10,10 @@ requests (L{Exchange}) in a single write, optionally followed by a half-close
     connection stays usable.
   - C{service} None: okws itself refuses the request (the dispatcher for a
     first request, the service's framer for a later one on a kept-alive
-    connection) with C{status}, says C{Connection: close}, and closes.
+    connection) with C{status}, says C{Connection: close}, and closes;
+    except where C{kept} says the framing is intact (404 and C{OPTIONS *}
+    for a kept-alive request with no body): the dispatcher answers and the
+    connection stays usable.
 
 The bytes of each exchange are exactly one request as RFC 9112 frames it (head
 and body), so the framing tests can check where a reader cuts the stream.
@@ -60,7 +63,7 @@ resource = tests.sites.echo:Echo
 paths = /echo
 
 [service:form]
-resource = services.form:Guestbook
+resource = tests.sites.unchecked:UncheckedGuestbook
 paths = /form
 max_body = 1000
 """
@@ -88,6 +91,8 @@ class Exchange:
     service: str | None = None
     #: The path the request is routed by (for valid requests).
     path: bytes | None = None
+    #: okws answers this one itself and keeps the connection open.
+    kept: bool = False
 
     @property
     def refused(self) -> bool:
@@ -177,14 +182,14 @@ def ok(name: str, rfc: str, request: bytes, service: str, path: bytes, status: i
     return Case(name, rfc, (Exchange(request, status, service, path),), why=why)
 
 
-def refused(name: str, rfc: str, request: bytes, status: int, why: str = "", half_close: bool = False) -> Case:
-    """One request okws refuses with C{status} and closes."""
-    return Case(name, rfc, (Exchange(request, status),), half_close=half_close, why=why)
+def refused(name: str, rfc: str, request: bytes, status: int, why: str = "", half_close: bool = False, kept: bool = False) -> Case:
+    """One request okws refuses with C{status} and closes (or keeps the connection: C{kept})."""
+    return Case(name, rfc, (Exchange(request, status, kept=kept),), half_close=half_close, why=why)
 
 
 def not_found(name: str, rfc: str, request: bytes, why: str = "") -> Case:
-    """A well-formed request no service owns: the dispatcher answers 404."""
-    return refused(name, rfc, request, 404, why)
+    """A well-formed kept-alive request no service owns: the dispatcher answers 404 and keeps the connection."""
+    return refused(name, rfc, request, 404, why, kept=True)
 
 
 def after_ok(
@@ -310,8 +315,8 @@ _NOT_FOUND = [
     not_found("head_unrouted", "9110 9.3.2", head(b"HEAD /nothing HTTP/1.1", HOST)),
     not_found("absolute_form_empty_path", "9112 3.2.2", get(b"http://localhost"),
               why="an empty path is '/', which no service owns here"),
-    refused("options_asterisk", "9110 9.3.7", head(b"OPTIONS * HTTP/1.1", HOST), 200,
-            why="OPTIONS * asks about the server: the dispatcher answers 200 with Allow and closes"),
+    refused("options_asterisk", "9110 9.3.7", head(b"OPTIONS * HTTP/1.1", HOST), 200, kept=True,
+            why="OPTIONS * asks about the server: the dispatcher answers 200 with Allow"),
 ]
 
 _REQUEST_LINE = [

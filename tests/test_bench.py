@@ -129,6 +129,36 @@ class BenchHarnessTests(SynchronousTestCase):
             self.assertFalse(_alive(pid, b"okws"), f"okws process {pid} outlived the harness")
 
 
+class StaticBenchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if shutil.which("wrk") is None:
+            raise self.skipTest("wrk is not installed (apt-get install -y wrk); bench/run.py drives its load with wrk")
+
+    def test_quick_static_run(self) -> None:
+        """C{bench/run.py --static}: a static pool, static.File and nginx on the same files, every workload."""
+        out = os.path.abspath(self.mktemp())
+        argv = [sys.executable, RUN, "--static", "--quick", "--duration", "1", "--json", out]
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=TIMEOUT)
+        detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
+        self.assertEqual(proc.returncode, 0, detail)
+        with open(out) as f:
+            doc = json.load(f)
+        self.assertTrue(doc["settings"]["static"])
+        servers = ("okws", "twisted.web", "nginx") if shutil.which("nginx") or os.path.exists("/usr/sbin/nginx") else ("okws", "twisted.web")
+        results = doc["results"]["logging on"]
+        self.assertEqual(sorted(results), ["1m-keepalive", "1m-newconn", "4k-keepalive", "4k-newconn"])
+        for workload, entry in results.items():
+            for server in servers:
+                self.assertGreater(entry[server]["rps"], 0, f"{workload}/{server}{detail}")
+                self.assertEqual(entry[server]["errors"], 0, f"{workload}/{server}{detail}")
+        self.assertIsNotNone(results["4k-keepalive"]["pass"])
+        self.assertIn("okws/twisted.web", proc.stdout.decode())
+        for name, pids in doc["processes"]["logging on"].items():
+            for pid in pids.values():
+                self.assertFalse(_alive(pid, b"okws" if name == "okws" else (b"peer_twistedweb" if name == "twisted.web" else b"nginx")),
+                                 f"{name} process {pid} outlived the harness")
+
+
 def _alive(pid: int, marker: bytes) -> bool:
     """True if C{pid} runs and its command line contains C{marker} (not a reused pid)."""
     try:
@@ -139,3 +169,20 @@ def _alive(pid: int, marker: bytes) -> bool:
             return marker in f.read()
     except FileNotFoundError:
         return False
+
+    def test_db_run(self) -> None:
+        """C{bench/run.py --db --quick}: the database page through okws's proxy and through adbapi in the peer."""
+        out = os.path.join(self.mktemp() + ".json")
+        argv = [sys.executable, RUN, "--db", "--quick", "--duration", "1", "--json", out]
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        doc = json.loads(open(out).read())
+        servers = {run["server"] for run in doc["runs"]}
+        self.assertEqual(servers, {"okws", "twisted.web"})
+        for run in doc["runs"]:
+            self.assertGreater(run["requests"], 0, run)
+            self.assertEqual(sum(run["errors"].values()), 0, run)
+        self.assertEqual(doc["round_trips"]["n"], 500)
+        self.assertGreater(doc["memory_kib"]["idle proxy at start"], 0)
+        self.assertEqual(len(doc["targets"]), 4)
+        self.assertIn("proxy round trip p50", proc.stdout)

@@ -286,8 +286,14 @@ class ListenerParseTests(SynchronousTestCase):
                                                "port, path, interface, backlog",
             "haproxy:tls:443:path=k": "haproxy:tls: is not supported; put the PROXY listener "
                                       "and the TLS listener on separate ports",
-            "systemd:domain=INET:index=0": "systemd listeners are not supported yet; "
-                                           "supported now: tcp, tcp6, unix, ssl, tls",
+            "npipe:foo": "npipe listeners are not supported yet; "
+                         "supported now: tcp, tcp6, unix, ssl, tls, systemd",
+            "systemd:domain=INET": "a systemd listener needs index=N or name=NAME (one of them)",
+            "systemd:domain=INET:index=0:name=http": "a systemd listener needs index=N or name=NAME (one of them)",
+            "systemd:domain=IPX:index=0": "domain must be one of INET, INET6, UNIX, got 'IPX'",
+            "systemd:index=0": "missing the domain (domain=INET, INET6 or UNIX)",
+            "systemd:domain=INET:index=-1": "index must be a whole number, got '-1'",
+            "systemd:domain=INET:port=80": "unknown option 'port' for systemd; options are domain, index, name",
             "8080": "a bare port; write tcp:8080:interface=ADDR",
             "tcp": "missing the port",
             "tcp:": "missing the port",
@@ -317,7 +323,7 @@ class ListenerParseTests(SynchronousTestCase):
             "unix:/" + "a" * 107: f"the socket path '/{'a' * 107}' is longer than 107 bytes, "
                                   "the limit of a Unix socket address; use a shorter path",
             "tcp:80\\": "ends with a lone backslash",
-            "": "expected KIND:... with KIND one of tcp, tcp6, unix",
+            "": "expected KIND:... with KIND one of tcp, tcp6, unix, systemd",
         }
         for description, message in cases.items():
             e = self.assertRaises(ValueError, parse_listener, description, BASE)
@@ -337,9 +343,23 @@ class ListenerConfigTests(SynchronousTestCase, ErrorMixin):
 
     def test_unsupportedKind(self) -> None:
         self.assertConfigError(
-            "[okws]\nlisten = systemd:domain=INET:index=0\n" + SERVICE,
-            "site.ini: [okws] listen: 'systemd:domain=INET:index=0': systemd listeners are not "
-            "supported yet; supported now: tcp, tcp6, unix, ssl, tls",
+            "[okws]\nlisten = npipe:foo\n" + SERVICE,
+            "site.ini: [okws] listen: 'npipe:foo': npipe listeners are not "
+            "supported yet; supported now: tcp, tcp6, unix, ssl, tls, systemd",
+        )
+
+    def test_systemd(self) -> None:
+        """Socket activation, as Twisted's systemd: endpoint: by index or by name, PROXY or not."""
+        config = site("listen = systemd:domain=INET:index=0\n  haproxy:systemd:domain=INET6:name=http\n")
+        first, second = config.listen
+        self.assertEqual((first.kind, first.domain, first.fd_index, first.proxy), ("systemd", "INET", 0, False))
+        self.assertEqual((second.domain, second.fd_name, second.proxy), ("INET6", "http", True))
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+
+    def test_systemdTwice(self) -> None:
+        self.assertConfigError(
+            "[okws]\nlisten = systemd:domain=INET:index=0\n  systemd:INET:index=0\n" + SERVICE,
+            "site.ini: [okws] listen: 'systemd:INET:index=0' is listed twice (as 'systemd:domain=INET:index=0')",
         )
 
     def test_ssl(self) -> None:
@@ -475,22 +495,22 @@ class ErrorTests(SynchronousTestCase, ErrorMixin):
 
     def test_noService(self) -> None:
         self.assertConfigError(
-            "[okws]\n", "site.ini: no [service:NAME] section; at least one service is required"
+            "[okws]\n", "site.ini: no [service:NAME] or [static:NAME] section; at least one is required"
         )
 
     def test_unknownSection(self) -> None:
         self.assertConfigError(
             "[okws]\n[services:hello]\n",
             "site.ini: [services:hello] unknown section; did you mean [service:hello]? "
-            "(sections are [okws] and [service:NAME])",
+            "(sections are [okws], [service:NAME], [static:NAME] and [db:NAME])",
         )
         self.assertConfigError(
             "[okw]\n", "site.ini: [okw] unknown section; did you mean [okws]? "
-            "(sections are [okws] and [service:NAME])",
+            "(sections are [okws], [service:NAME], [static:NAME] and [db:NAME])",
         )
         self.assertConfigError(
             "[okws]\n[DEFAULT]\nlog_dir = x\n",
-            "site.ini: [DEFAULT] unknown section (sections are [okws] and [service:NAME])",
+            "site.ini: [DEFAULT] unknown section (sections are [okws], [service:NAME], [static:NAME] and [db:NAME])",
         )
 
     def test_unknownKey(self) -> None:
@@ -705,8 +725,8 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(str(e), "site.ini: [okws] log_dir: expected an absolute directory, "
                                  "got 'logs'")
         e = self.assertRaises(ConfigError, self.make, services=())
-        self.assertEqual(str(e), "site.ini: no [service:NAME] section; at least one service "
-                                 "is required")
+        self.assertEqual(str(e), "site.ini: no [service:NAME] or [static:NAME] section; "
+                                 "at least one is required")
         e = self.assertRaises(ConfigError, self.make, restart_delay_min=2.0, restart_delay_max=1.0)
         self.assertEqual(str(e), "site.ini: [okws] restart_delay_min: 2 is above "
                                  "restart_delay_max (1)")

@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import e2e
-from tests.e2e import E2ETestCase, Response, Site, read_response, request_bytes, wait_until
-from tests.http_corpus import CORPUS, SERVICES_INI, Case
+from tests.e2e import E2ETestCase, Response, Site, form_token, read_response, request_bytes, wait_until
+from tests.http_corpus import CORPUS, HELLO_GET, SERVICES_INI, Case
 
 # -- the sites -------------------------------------------------------------------
 
@@ -284,6 +284,13 @@ class CorpusTests(E2ETestCase):
                 except (ConnectionError, socket.timeout) as e:
                     self.fail(f"{what}: no response ({e!r}); expected {exchange.status}")
                 self.assertEqual(r.status, exchange.status, f"{what}: {r.reason} {r.body[:300]!r}")
+                if exchange.kept:
+                    # Framing intact: the same connection carries the next request.
+                    self.assertIsNone(r.header("connection"), what)
+                    self.assertEqual(i, len(case.exchanges) - 1)
+                    s.sendall(HELLO_GET)
+                    self.assertEqual(read_final(s, False).status, 200, f"{what}: the next request on the connection")
+                    continue
                 if exchange.refused:
                     self.assertEqual(r.header("connection"), "close", what)
                     self.assertEqual(i, len(case.exchanges) - 1)
@@ -389,9 +396,11 @@ class SlowClientTests(E2ETestCase):
 
     def test_body_timeout_is_between_reads(self) -> None:
         """A body that keeps arriving, each piece within body_timeout, is not cut."""
+        cookie, token = form_token(self.site, "/form")
         body = b"message=" + b"x" * 7
         pieces = [body[i : i + 5] for i in range(0, len(body), 5)]
-        s = self.socks.open(request_bytes("POST", "/form", {"Content-Length": str(len(body))}))
+        s = self.socks.open(request_bytes("POST", "/form", {"Content-Length": str(len(body)), "Cookie": cookie,
+                                                            "X-CSRF-Token": token}))
         start = time.monotonic()
         # Gaps longer than keepalive_timeout, shorter than body_timeout: the
         # idle timeout is for between requests, not inside one.

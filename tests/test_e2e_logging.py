@@ -161,7 +161,7 @@ class AccessAndErrorLogTests(E2ETestCase):
         pid = self.site.pids()["boom.0"]
         prefix = rf"{ISO} \[critical\] \[boom\.0 pid {pid}\] "
         lines = [line for line in errors.splitlines() if re.match(prefix, line)]
-        self.assertRegex(lines[0], prefix + "render GET /boom failed$")
+        self.assertRegex(lines[0], prefix + r"render GET /boom failed \[request_id \S+\]$")
         self.assertRegex(lines[1], prefix + "  Traceback \\(most recent call last\\):$")
         self.assertRegex(lines[-1], prefix + "  builtins.ValueError: kaboom: the service broke on purpose$")
         self.assertRegex(line_with(errors, "case=tb"), rf'^{ISO} \[error\] \[boom\.0 pid {pid}\] 500 "GET /boom\?case=tb HTTP/1\.1"')

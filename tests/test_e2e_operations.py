@@ -255,9 +255,9 @@ class IdleKeepAliveTests(E2ETestCase):
         with open(self.site.ini, "w") as f:
             f.write(text.replace("paths = /hello\n", "paths = /hello /hi\n", 1))
         mark = self.site.mark()
-        p = ctl(self.site, "reload")
+        p = ctl(self.site, "reload", "--json")
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(json.loads(p.stdout)["changed"], ["hello"])
+        self.assertEqual(json.loads(p.stdout)["result"]["changed"], ["hello"])
         for pid in old:
             self.site.wait_for(rf"hello\.\d pid {pid} exited after retiring", after=mark, timeout=60)
         self.assertAnsweredByTheNewInstances(held, old)
@@ -342,14 +342,14 @@ paths = /hello
 instances = 2
 
 [service:form]
-resource = services.form:Guestbook
+resource = services.form:Form
 paths = /form
 """
         )
         mark = self.site.mark()
-        p = ctl(self.site, "reload")
+        p = ctl(self.site, "reload", "--json")
         self.assertEqual(p.returncode, 0, p.stderr)
-        result = json.loads(p.stdout)
+        result = json.loads(p.stdout)["result"]
         self.assertEqual((result["added"], result["removed"], result["changed"]), (["form"], ["delay"], []))
         self.site.wait_for(r"wired form\.0 pid \d+", after=mark)
         self.assertEqual(self.site.get("/form").status, 200)

@@ -60,7 +60,7 @@ def shared_site() -> Site:
             f.write("SECRET-7f3a")
         _shared = site.start()
         atexit.register(_shared.close)
-        _shared.wait_for(r"\[dispatcher pid \d+\].*received %d error pages" % len(STATUSES))
+        _shared.wait_for(r"\[dispatcher pid \d+\].*received " + str(len(STATUSES)) + " error pages")
     return _shared
 
 
@@ -197,7 +197,7 @@ class PublisherDownTests(E2ETestCase):
             templates={"a.html": "held {{ n }}", "b.html": "fetched later", "errors/404.html": "site 404"},
         ).start()
         self.addCleanup(site.close)
-        site.wait_for(r"\[dispatcher pid \d+\].*received %d error pages" % len(STATUSES))
+        site.wait_for(r"\[dispatcher pid \d+\].*received " + str(len(STATUSES)) + " error pages")
         warm = page(site, "a.html", n="1")
         self.assertEqual(warm.body, b"held 1")
         pubd = site.pids()["pubd"]

@@ -288,6 +288,27 @@ class FloodTests(WallsTestCase):
     def test_templates_endless_messages(self) -> None:
         self.flood("pubd", "templates", "endless", r"templates:evil\.\d")
 
+    def test_control_announced_too_large(self) -> None:
+        """The root launcher reads nothing unbounded: a service announcing 10^12 bytes on its control
+        channel is cut off at the first datagram, killed and relaunched; the launcher stays flat."""
+        site = self.site
+        assert site.proc is not None
+        launcher = site.proc.pid
+        rss = vm(launcher)
+        mark = site.mark()
+        try:
+            self.evil("flood", channel="control", mode="announce", seconds=3)
+        except (ConnectionError, OSError, AssertionError):
+            pass  # the instance may be gone before it answers
+        told = site.wait_for(r"(evil\.\d) pid (\d+) broke the rules of its control channel", WAIT, mark)
+        name, offender = told.group(1), int(told.group(2))
+        site.wait_for(rf"{name} pid {offender} (crashed|exited)", WAIT, mark)
+        site.wait_for(rf"{name} pid \d+ is ready", WAIT, mark)
+        wait_until(lambda: offender not in {self.evil("whoami")["pid"] for _ in range(4)}, WAIT, f"{name} relaunched and answering")
+        grown = vm(launcher, "VmHWM") - rss
+        self.assertLess(grown, RSS_GROWTH, f"the launcher grew by {grown >> 20} MiB at its peak")
+        self.assertEqual(site.get("/hello").status, 200)
+
 
 SLOW_SERVICES = """
 [service:slow]

@@ -269,7 +269,7 @@ class ResponseTests(SynchronousTestCase):
         self.assertEqual(response.code, 404)
 
     def test_exports(self) -> None:
-        self.assertEqual(sorted(testing.__all__), ["RenderedResponse", "render"])
+        self.assertEqual(sorted(testing.__all__), ["InMemoryDatabase", "RenderedResponse", "TEST_CSRF_SECRET", "csrf", "render"])
 
     def test_noRuntimeImports(self) -> None:
         """

@@ -22,9 +22,9 @@ from tests.e2e import REPO
 PACKAGE = os.path.join(REPO, "okws_twisted")
 
 #: The process subpackages: none may import another.
-PROCESSES = ("launcher", "dispatcher", "service", "logd", "pubd", "tlsfront")
+PROCESSES = ("launcher", "dispatcher", "service", "logd", "pubd", "tlsfront", "dbproxy", "static")
 #: What every process may use.
-SHARED = ("wire", "config", "bootstrap", "jail", "interfaces", "faces", "templating")
+SHARED = ("wire", "config", "bootstrap", "jail", "interfaces", "faces", "templating", "sqlqueries")
 
 
 def modules_after_import(module: str) -> set[str]:
@@ -151,6 +151,32 @@ class ImportWallTests(SynchronousTestCase):
         for needed in ("jinja2.debug", "encodings.unicode_escape"):
             self.assertIn(needed, loaded)
 
+    def test_database_proxy_runs_no_site_code_and_no_web(self) -> None:
+        """The process holding the database loads no service code, no web code, no templates."""
+        loaded = modules_after_import("okws_twisted.dbproxy.proxy")
+        self.assertIn("okws_twisted.dbproxy.engine", loaded)
+        self.assertEqual(_loaded_from(loaded, "okws_twisted.service", "okws_twisted.dispatcher", "okws_twisted.launcher",
+                                      "okws_twisted.pubd", "okws_twisted.testing", "okws_twisted.templating",
+                                      "okws_twisted.wire.transport", "twisted.web", "jinja2", "services"), set())
+        # psycopg only for a postgresql: url (it costs about 10 MiB).
+        self.assertEqual(_loaded_from(loaded, "psycopg"), set())
+
+    def test_services_reach_no_database_themselves(self) -> None:
+        """A service process loads no database driver, no queries reader and nothing of the proxy."""
+        loaded = modules_after_import("okws_twisted.service.runtime")
+        self.assertIn("okws_twisted.service.dbclient", loaded)
+        self.assertEqual(_loaded_from(loaded, "okws_twisted.dbproxy", "okws_twisted.sqlqueries", "aiosql", "sqlite3",
+                                      "_sqlite3", "psycopg"), set())
+
+    def test_static_files_load_no_service_code(self) -> None:
+        """The static pools' resource is okws's own: it loads nothing of the service runtime, no
+        jinja2 and no site code (the runtime loads it by name; no import arrow joins them)."""
+        loaded = modules_after_import("okws_twisted.static.resource")
+        self.assertIn("okws_twisted.static.beneath", loaded)
+        self.assertEqual(_loaded_from(loaded, "okws_twisted.service", "okws_twisted.dispatcher", "okws_twisted.launcher",
+                                      "okws_twisted.pubd", "okws_twisted.templating", "okws_twisted.testing", "jinja2",
+                                      "markupsafe", "services"), set())
+
     def test_launcher_runs_no_site_code(self) -> None:
         loaded = modules_after_import("okws_twisted.launcher.tap")
         self.assertIn("okws_twisted.launcher.site", loaded)
@@ -173,7 +199,8 @@ class ImportWallTests(SynchronousTestCase):
     def test_faces_load_nothing_until_used(self) -> None:
         """Importing a subpackage's face loads none of its modules (so its pure modules stay pure)."""
         for package in ("okws_twisted.launcher", "okws_twisted.dispatcher", "okws_twisted.service",
-                        "okws_twisted.logd", "okws_twisted.pubd", "okws_twisted.tlsfront", "okws_twisted.wire"):
+                        "okws_twisted.logd", "okws_twisted.pubd", "okws_twisted.tlsfront", "okws_twisted.wire",
+                        "okws_twisted.dbproxy", "okws_twisted.static"):
             loaded = modules_after_import(package)
             self.assertEqual(_loaded_from(loaded, package) - {package}, set(), package)
 
@@ -187,10 +214,18 @@ class ImportWallTests(SynchronousTestCase):
     def test_public_api(self) -> None:
         import okws_twisted
 
-        self.assertEqual(sorted(okws_twisted.__all__), ["ServiceResource", "__version__"])
+        self.assertEqual(
+            sorted(okws_twisted.__all__),
+            ["DatabaseError", "DatabaseUnavailable", "QueryFailed", "QueryRefused", "ServiceResource", "__version__"],
+        )
+        from okws_twisted.service import database
         from okws_twisted.service.resource import ServiceResource
 
         self.assertIs(okws_twisted.ServiceResource, ServiceResource)
+        for name in ("DatabaseError", "DatabaseUnavailable", "QueryFailed", "QueryRefused"):
+            self.assertIs(getattr(okws_twisted, name), getattr(database, name))
+        for name in ("DatabaseUnavailable", "QueryFailed", "QueryRefused"):
+            self.assertTrue(issubclass(getattr(okws_twisted, name), okws_twisted.DatabaseError), name)
         with self.assertRaises(AttributeError):
             okws_twisted.NoSuchThing  # noqa: B018
 
@@ -198,7 +233,7 @@ class ImportWallTests(SynchronousTestCase):
         """Every name in a subpackage's C{__all__} resolves (the lazy faces have no typo)."""
         import importlib
 
-        for package in ("launcher", "dispatcher", "service", "logd", "pubd", "tlsfront"):
+        for package in ("launcher", "dispatcher", "service", "logd", "pubd", "tlsfront", "dbproxy"):
             face = importlib.import_module(f"okws_twisted.{package}")
             for name in face.__all__:
                 self.assertIsNotNone(getattr(face, name), f"{package}.{name}")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 __all__ = ["ConfigError"]
 
 
@@ -37,3 +39,10 @@ class _FieldError(ValueError):
         self.key = key
         self.message = message
 
+
+def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    lowered = {choice.lower(): choice for choice in choices}
+    if word.lower() in lowered:
+        return f"; did you mean {lowered[word.lower()]}?"
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]}?" if close else ""

@@ -29,7 +29,9 @@ __all__ = [
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
-_SUPPORTED_KINDS = ("tcp", "tcp6", "unix")
+_SUPPORTED_KINDS = ("tcp", "tcp6", "unix", "systemd")
+#: A C{systemd:} listener's address family, as Twisted's C{systemd:} endpoint spells it.
+SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
 #: Twisted's spelling of a PROXY protocol listener: ``haproxy:`` before the endpoint.
 PROXY_PREFIX = "haproxy:"
 #: The default of [okws] proxy_trusted: the load balancer runs on this host.
@@ -66,6 +68,12 @@ class Listener:
     #: A C{tls:} listener: the TLS front picks the certificate by SNI among the PEM
     #: files of this directory (absolute path), as Twisted's C{tls:} endpoint does.
     sni_dir: str | None = None
+    #: A C{systemd:} listener (socket activation): the inherited socket's address family
+    #: (one of L{SYSTEMD_DOMAINS}), and either its index among the sockets systemd
+    #: passed (C{LISTEN_FDS}) or its name (C{LISTEN_FDNAMES}, the unit's C{FileDescriptorName}).
+    domain: str | None = None
+    fd_index: int | None = None
+    fd_name: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -85,7 +93,7 @@ class Listener:
                 raise ValueError(f"a certificate directory must be an absolute path, got {self.sni_dir!r}")
             if self.private_key is not None:
                 raise ValueError("a TLS listener has either privateKey/certKey or a certificate directory")
-        if self.tls and (self.kind == "unix" or self.proxy):
+        if self.tls and (self.kind in ("unix", "systemd") or self.proxy):
             raise ValueError("TLS listeners are TCP, without haproxy:")
         if self.kind not in _SUPPORTED_KINDS:
             raise ValueError(
@@ -100,6 +108,8 @@ class Listener:
             )
         if self.kind == "unix":
             self._check_unix()
+        elif self.kind == "systemd":
+            self._check_systemd()
         else:
             self._check_tcp()
         if not isinstance(self.description, str):
@@ -128,6 +138,20 @@ class Listener:
             )
             raise ValueError(f"interface must be {want}, got {self.interface!r}") from None
 
+    def _check_systemd(self) -> None:
+        if self.port is not None or self.interface or self.path is not None or self.mode != 0o666:
+            raise ValueError("a systemd listener has a domain and an index or a name, nothing else")
+        if self.domain not in SYSTEMD_DOMAINS:
+            raise ValueError(f"domain must be one of {', '.join(SYSTEMD_DOMAINS)}, got {self.domain!r}")
+        if (self.fd_index is None) == (self.fd_name is None):
+            raise ValueError("a systemd listener needs index=N or name=NAME (one of them)")
+        if self.fd_index is not None and (isinstance(self.fd_index, bool) or not isinstance(self.fd_index, int)
+                                          or not 0 <= self.fd_index < 1024):
+            raise ValueError(f"index must be a whole number from 0 to 1023, got {self.fd_index!r}")
+        if self.fd_name is not None and (not isinstance(self.fd_name, str)
+                                         or not re.fullmatch(r"[\x21-\x7e]{1,255}", self.fd_name) or ":" in self.fd_name):
+            raise ValueError(f"name must be the socket unit's FileDescriptorName (printable, no ':'), got {self.fd_name!r}")
+
     def _check_unix(self) -> None:
         if self.port is not None or self.interface:
             raise ValueError("a unix listener has a path, not a port or an interface")
@@ -146,6 +170,9 @@ class Listener:
 
     def _canonical(self) -> str:
         prefix = PROXY_PREFIX if self.proxy else ""
+        if self.kind == "systemd":
+            which = f"index={self.fd_index}" if self.fd_index is not None else f"name={_escape(self.fd_name or '')}"
+            return f"{prefix}systemd:domain={self.domain}:{which}"
         if self.kind == "unix":
             assert self.path is not None
             return f"{prefix}unix:{_escape(self.path)}:mode={self.mode:o}:backlog={self.backlog}"
@@ -165,6 +192,8 @@ class Listener:
         """What the kernel would refuse to bind twice (L{SiteConfig} checks overlaps)."""
         if self.kind == "unix":
             return ("unix", self.path)
+        if self.kind == "systemd":
+            return ("systemd", self.fd_index if self.fd_index is not None else self.fd_name)
         return (self.kind, self.port)
 
 
@@ -212,7 +241,11 @@ _LISTENER_OPTIONS = {
     "unix": ("address", "mode", "backlog"),
     "ssl": ("port", "interface", "backlog", "privateKey", "certKey"),
     "tls": ("port", "path", "interface", "backlog"),
+    "systemd": ("domain", "index", "name"),
 }
+
+
+_FIRST_FIELD = {"unix": "socket path", "systemd": "domain (domain=INET, INET6 or UNIX)"}
 
 
 def parse_listener(description: str, base_dir: str) -> Listener:
@@ -223,6 +256,7 @@ def parse_listener(description: str, base_dir: str) -> Listener:
     C{tcp:PORT[:interface=ADDR][:backlog=N]}, C{tcp6:...} likewise, and
     C{unix:PATH[:mode=666][:backlog=N]}, the TLS forms C{ssl:PORT:privateKey=KEY[:certKey=CHAIN]...}
     and C{tls:PORT:path=DIR...} (the certificate chosen by SNI from a directory of PEM files),
+    C{systemd:domain=INET:index=N} or C{systemd:domain=INET:name=NAME} (socket activation),
     or the same with every field named
     (C{tcp:port=8080:interface=127.0.0.1}, C{unix:address=PATH}).  Only the first field may be
     positional: Twisted's positional order differs between tcp and tcp6, so naming is safer.
@@ -282,9 +316,18 @@ def _parse_listener(description: str, base_dir: str) -> Listener:
             raise ValueError(f"{options[0]} is given twice")
         named[options[0]] = positional[0]
     if options[0] not in named or not named[options[0]]:
-        raise ValueError(f"missing the {'port' if kind != 'unix' else 'socket path'}")
+        raise ValueError(f"missing the {_FIRST_FIELD.get(kind, 'port')}")
 
     kwargs: dict[str, Any] = {"kind": kind, "description": description, "proxy": proxy}
+    if kind == "systemd":
+        # Socket activation, as Twisted's systemd: endpoint: the launcher listens on
+        # nothing itself and takes the socket systemd passed it.
+        kwargs["domain"] = named["domain"]
+        if "index" in named:
+            kwargs["fd_index"] = _listener_int("index", named["index"])
+        if "name" in named:
+            kwargs["fd_name"] = named["name"]
+        return Listener(**kwargs)
     if "backlog" in named:
         kwargs["backlog"] = _listener_int("backlog", named["backlog"])
     if kind == "unix":

@@ -15,7 +15,8 @@ import os
 import re
 from typing import Any
 
-from okws_twisted.config.errors import ConfigError, _FieldError
+from okws_twisted.config.databases import DB_PREFIX, check_grants, parse_database
+from okws_twisted.config.errors import ConfigError, _FieldError, _suggest
 from okws_twisted.config.listeners import (
     DEFAULT_LISTEN,
     parse_listener,
@@ -32,7 +33,12 @@ from okws_twisted.config.site import (
     _SERVICE_KEYS,
     _SERVICE_NUMBERS,
     _SERVICE_PREFIX,
+    _STATIC_KEYS,
+    _STATIC_NUMBERS,
+    _STATIC_PREFIX,
+    _MAX_AGE,
     _TRUE,
+    STATIC_RESOURCE,
     ServiceConfig,
     SiteConfig,
     parse_access_fields,
@@ -94,7 +100,7 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
         return ConfigError(file, section, key, message)
 
     for section in parser.sections():
-        if section != "okws" and not section.startswith(_SERVICE_PREFIX):
+        if section != "okws" and not section.startswith((_SERVICE_PREFIX, _STATIC_PREFIX, DB_PREFIX)):
             raise fail(section, None, "unknown section" + _suggest_section(section))
     if not parser.has_section("okws"):
         raise fail(None, None, "no [okws] section; it is required (it may be empty)")
@@ -115,7 +121,7 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             raise fail("okws", "listen", str(e)) from None
     site["listen"] = tuple(listeners)
 
-    for key, default in (("log_dir", "logs"), ("templates", "templates")):
+    for key, default in (("log_dir", "logs"), ("templates", "templates"), ("state_dir", "state")):
         value = okws.get(key, default)
         if not value:
             raise fail("okws", key, "expected a directory, got nothing")
@@ -156,7 +162,7 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             # The admin listener serves metrics: loopback unless asked otherwise.
             admin = dataclasses.replace(admin, interface="127.0.0.1")
         for listener in listeners:
-            if listener.kind == admin.kind and listener.port == admin.port and listener.path == admin.path:
+            if listener._binds() == admin._binds():
                 raise fail("okws", "admin", f"{description!r} is also a public listener ({listener.description}); "
                            "the admin listener must be separate")
         site["admin"] = admin
@@ -201,12 +207,57 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
             raise fail("okws", "default_host", f"expected one host name, got {okws['default_host']!r}")
         site["default_host"] = words[0]
 
+    if "server_header" in okws:
+        # Written as is: "server_header =" (nothing) sends no Server field.
+        site["server_header"] = okws["server_header"].strip()
+    if "health" in okws:
+        site["health"] = okws["health"].strip()
+    databases = []
+    reserved = (base_dir, site["log_dir"], site["templates"])
+    for section in parser.sections():
+        if section.startswith(DB_PREFIX):
+            databases.append(parse_database(parser[section], section, base_dir, fail, reserved))
+    site["databases"] = tuple(databases)
+
     services = []
     for section in parser.sections():
         if section.startswith(_SERVICE_PREFIX):
             services.append(_parse_service(parser[section], section, fail))
+        elif section.startswith(_STATIC_PREFIX):
+            services.append(_parse_static(parser[section], section, base_dir, fail))
     site["services"] = tuple(services)
-    return SiteConfig(**site)
+    config = SiteConfig(**site)
+    _check_static_roots(config, fail)
+    for service in config.services:
+        database = config.database(service.db)
+        if database is not None:
+            written = parser[DB_PREFIX + database.name]["queries"].strip()
+            check_grants(database, _SERVICE_PREFIX + service.name, service.queries, fail, written)
+    return config
+
+
+def _check_static_roots(site: SiteConfig, fail: Any) -> None:
+    """A static pool serves everything under its root: never the site's own files.
+
+    Its root may not be or contain the site directory (site.ini, the services' code), and may
+    not overlap the logs, the state (the CSRF secrets), the jails or an SQLite database's
+    directory (which the launcher gives to other uids).
+    """
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    private = [("log_dir", site.log_dir), ("state_dir", site.state_dir), ("jail_root", site.jail_root)]
+    private += [(f"[db:{d.name}]'s directory", os.path.dirname(d.path)) for d in site.databases if d.path]
+    for service in site.services:
+        if service.kind != "static":
+            continue
+        if inside(site.base_dir, service.root):
+            raise fail(service.section, "root", f"{service.root!r} holds the site's own directory (site.ini, the "
+                       "services' code); serve a directory of its own, e.g. root = static")
+        for what, folder in private:
+            if inside(service.root, folder) or inside(folder, service.root):
+                raise fail(service.section, "root", f"{service.root!r} overlaps {what} ({folder}); "
+                           "serve a directory of its own, e.g. root = static")
 
 
 def _check_pairs(site: dict[str, Any], okws: Any, fail: Any) -> None:
@@ -237,6 +288,17 @@ def _isolation(text: str, section: str, fail: Any) -> str:
     return word
 
 
+def _read_routing(section: Any, name: str, kwargs: dict[str, Any], fail: Any) -> None:
+    """C{hosts} and C{isolation}, which services and static pools both take, into C{kwargs}."""
+    if "hosts" in section:
+        kwargs["hosts"] = tuple(section["hosts"].split())
+        if not kwargs["hosts"]:
+            raise fail(name, "hosts", "expected one or more host names like www.example.com *.example.org, got none; "
+                       "leave hosts out to serve every host")
+    if "isolation" in section:
+        kwargs["isolation"] = _isolation(section["isolation"], name, fail)
+
+
 def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
     _check_keys(section, name, _SERVICE_KEYS, _OKWS_KEYS, "[okws]", fail)
     service_name = name[len(_SERVICE_PREFIX):]
@@ -246,22 +308,29 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
             raise fail(name, key, f"missing; expected {example}")
     kwargs["resource"] = section["resource"]
     kwargs["paths"] = tuple(section["paths"].split())
-    if "hosts" in section:
-        kwargs["hosts"] = tuple(section["hosts"].split())
-        if not kwargs["hosts"]:
-            raise fail(name, "hosts", "expected one or more host names like www.example.com *.example.org, got none; "
-                       "leave hosts out to serve every host")
-    if "isolation" in section:
-        kwargs["isolation"] = _isolation(section["isolation"], name, fail)
+    _read_routing(section, name, kwargs, fail)
     if "network" in section:
         kwargs["network"] = section["network"].strip()
+    if "db" in section:
+        kwargs["db"] = section["db"].strip()
+    if "queries" in section:
+        kwargs["queries"] = tuple(section["queries"].split())
     for key in _SERVICE_BOOLEANS:
         if key in section:
             word = section[key].strip().lower()
             if word not in _BOOL_WORDS:
                 raise fail(name, key, f"expected yes or no, got {section[key]!r}")
             kwargs[key] = _BOOL_WORDS[word]
-    for key, number in _SERVICE_NUMBERS.items():
+    _read_numbers(section, name, _SERVICE_NUMBERS, kwargs, fail)
+    try:
+        return ServiceConfig(**kwargs)
+    except _FieldError as e:
+        raise fail(name, e.key, e.message) from None
+
+
+def _read_numbers(section: Any, name: str, numbers: dict[str, Any], kwargs: dict[str, Any], fail: Any) -> None:
+    """Each of C{numbers} the section gives, read and checked into C{kwargs}; the first mistake fails."""
+    for key, number in numbers.items():
         if key in section:
             try:
                 kwargs[key] = number.convert(section[key])
@@ -270,6 +339,38 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
             problem = number.check(kwargs[key], section[key])
             if problem:
                 raise fail(name, key, problem)
+
+
+def _parse_static(section: Any, name: str, base_dir: str, fail: Any) -> ServiceConfig:
+    """A C{[static:NAME]} section: a pool serving the files under C{root}."""
+    others = tuple(k for k in _SERVICE_KEYS if k not in _STATIC_KEYS)
+    for key in section:
+        if key in others:
+            raise fail(name, key, f"a [static:NAME] section has no {key} (keys: {', '.join(_STATIC_KEYS)})")
+    _check_keys(section, name, _STATIC_KEYS, _OKWS_KEYS, "[okws]", fail)
+    kwargs: dict[str, Any] = {
+        "name": name[len(_STATIC_PREFIX):], "kind": "static", "resource": STATIC_RESOURCE,
+        "max_body": 0, "max_processes": 16,
+    }
+    for key, example in (("root", "static"), ("paths", "/static /favicon.ico")):
+        if key not in section or not section[key].strip():
+            raise fail(name, key, f"missing; expected {example}")
+    root = section["root"].strip()
+    if "\n" in root:
+        raise fail(name, "root", f"expected one directory on one line, got {root!r}")
+    root = os.path.normpath(os.path.join(base_dir, root))
+    if not os.path.isdir(root):
+        raise fail(name, "root", f"{root!r} is not a directory")
+    kwargs["root"] = root
+    kwargs["paths"] = tuple(section["paths"].split())
+    _read_routing(section, name, kwargs, fail)
+    if "lazy" in section:
+        word = section["lazy"].strip().lower()
+        if word not in _BOOL_WORDS:
+            raise fail(name, "lazy", f"expected yes or no, got {section['lazy']!r}")
+        kwargs["lazy"] = _BOOL_WORDS[word]
+    numbers = {key: _SERVICE_NUMBERS[key] for key in _STATIC_NUMBERS} | {"max_age": _MAX_AGE}
+    _read_numbers(section, name, numbers, kwargs, fail)
     try:
         return ServiceConfig(**kwargs)
     except _FieldError as e:
@@ -342,19 +443,14 @@ def _check_keys(
         raise fail(name, key, "unknown key" + _suggest(key, valid))
 
 
-def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    lowered = {choice.lower(): choice for choice in choices}
-    if word.lower() in lowered:
-        return f"; did you mean {lowered[word.lower()]}?"
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
 def _suggest_section(section: str) -> str:
-    allowed = " (sections are [okws] and [service:NAME])"
+    allowed = " (sections are [okws], [service:NAME], [static:NAME] and [db:NAME])"
     head, colon, rest = section.partition(":")
-    if colon and difflib.get_close_matches(head.strip().lower(), ["service"], n=1):
-        return f"; did you mean [service:{rest.strip()}]?{allowed}"
+    if colon and head.strip().lower() in ("database", "dbs", "sql", "sqlite", "postgresql"):
+        return f"; did you mean [db:{rest.strip()}]?{allowed}"
+    close = difflib.get_close_matches(head.strip().lower(), ["service", "static"], n=1) if colon else []
+    if close:
+        return f"; did you mean [{close[0]}:{rest.strip()}]?{allowed}"
     if not colon and difflib.get_close_matches(section.strip().lower(), ["okws"], n=1):
         return f"; did you mean [okws]?{allowed}"
     return allowed

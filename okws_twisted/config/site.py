@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import keyword
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from okws_twisted.config.databases import DB_PREFIX, DatabaseConfig
 from okws_twisted.config.errors import ConfigError, _FieldError
+from okws_twisted.config.numbers import _SECONDS_OR_ZERO, _SECONDS_POSITIVE, _Number
 from okws_twisted.config.listeners import (
     DEFAULT_LISTEN,
     DEFAULT_PROXY_TRUSTED,
@@ -47,81 +48,15 @@ __all__ = [
 _JSON_FORMAT = 1
 
 _SERVICE_PREFIX = "service:"
+_STATIC_PREFIX = "static:"
+#: The resource every C{[static:NAME]} pool serves (built in, loaded by name like a site's).
+STATIC_RESOURCE = "okws_twisted.static.resource:StaticFiles"
+#: The kinds of pool a section makes: C{[service:NAME]} and C{[static:NAME]}.
+KINDS = ("service", "static")
 _SERVICE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 # ---------------------------------------------------------------------------------------------
-# Numbers
-
-
-@dataclass(frozen=True)
-class _Number:
-    """How one numeric key is written and which values make sense."""
-
-    kind: type  # int or float
-    minimum: float
-    unit: str
-    maximum: float | None = None
-    exclusive: bool = False  # True: the value must be strictly above C{minimum}
-
-    @property
-    def is_size(self) -> bool:
-        """Sizes in bytes may be written with a K, M or G suffix (KiB, MiB, GiB)."""
-        return self.unit == "bytes"
-
-    def expected(self) -> str:
-        noun = "a whole number of" if self.kind is int else "a number of"
-        unit = f"{self.unit} (or K, M, G)" if self.is_size else self.unit
-        low, high = self._shown(self.minimum), self._shown(self.maximum)
-        if self.maximum is not None:
-            return f"{noun} {unit} from {low} to {high}"
-        if self.exclusive:
-            return f"{noun} {unit} above {low}"
-        return f"{noun} {unit}, {low} or more"
-
-    def _shown(self, value: float | None) -> str:
-        if value is None:
-            return ""
-        if self.is_size and value:
-            for suffix, scale in reversed(_SIZE_SUFFIXES.items()):
-                if value % scale == 0:
-                    return f"{value // scale:g}{suffix}"
-        return f"{value:g}"
-
-    def check(self, value: object, written: str | None = None) -> str | None:
-        """Return why C{value} is wrong (quoting C{written}, the ini text, if given), or L{None}."""
-        shown = repr(written) if written is not None else repr(value)
-        wrong = f"expected {self.expected()}, got {shown}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return wrong
-        if self.kind is int and not isinstance(value, int):
-            return wrong
-        if not math.isfinite(value):
-            return wrong
-        too_low = value <= self.minimum if self.exclusive else value < self.minimum
-        if too_low or (self.maximum is not None and value > self.maximum):
-            return wrong
-        return None
-
-    def convert(self, text: str) -> int | float:
-        """Read the ini spelling: plain digits (C{_} separators allowed), a point for floats,
-        a K, M or G suffix for sizes."""
-        if self.is_size:
-            match = _SIZE_TEXT.fullmatch(text)
-            if match:
-                return int(match.group(1)) * _SIZE_SUFFIXES.get(match.group(2).upper(), 1)
-        pattern = _INT_TEXT if self.kind is int else _FLOAT_TEXT
-        if not pattern.fullmatch(text):
-            raise _FieldError(None, f"expected {self.expected()}, got {text!r}")
-        return self.kind(text)
-
-
-_INT_TEXT = re.compile(r"[0-9]+(?:_[0-9]+)*")
-_SIZE_TEXT = re.compile(r"([0-9]+(?:_[0-9]+)*) ?([KMGkmg]?)")
-_SIZE_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-_FLOAT_TEXT = re.compile(r"[0-9]+(?:_[0-9]+)*(?:\.[0-9]*)?|\.[0-9]+")
-
-_SECONDS_POSITIVE = _Number(float, 0, "seconds", exclusive=True)
-_SECONDS_OR_ZERO = _Number(float, 0, "seconds")
+# Numbers (how each is written and checked: L{okws_twisted.config.numbers})
 
 #: Every numeric [okws] key, in the order of the docs.
 _OKWS_NUMBERS: dict[str, _Number] = {
@@ -177,16 +112,30 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
 }
 
 _OKWS_KEYS = (
-    "listen", "log_dir", "templates", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted",
-    *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields", "default_host", "isolation",
+    "listen", "log_dir", "templates", "state_dir", "control_socket", "admin", "jail_root", "uid_range",
+    "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields", "server_header", "health",
+    "default_host", "isolation",
 )
 _SERVICE_BOOLEANS = ("scratch", "lazy", "fork")
-_SERVICE_KEYS = ("resource", "paths", "hosts", "isolation", "network", *_SERVICE_BOOLEANS, *_SERVICE_NUMBERS)
+_SERVICE_KEYS = (
+    "resource", "paths", "hosts", "isolation", "network", *_SERVICE_BOOLEANS, "db", "queries", *_SERVICE_NUMBERS,
+)
 #: The values of C{isolation}: C{connection} hands the client's socket to the service (it may
 #: see later requests on that connection); C{request} keeps it in the dispatcher, which relays
 #: each request to the service and its response back.
 ISOLATIONS = ("connection", "request")
 _NETWORK_CHOICES = ("none", "host")
+#: [okws] health: what /health calls healthy (docs/operations.md).
+HEALTH_CHOICES = ("all", "any")
+#: The default of [okws] server_header: the software, never its version.
+DEFAULT_SERVER_HEADER = "okws-twisted"
+#: A Server value: visible ASCII and inner spaces (RFC 9110 5.5, without obs-text).
+_SERVER_HEADER = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?)?")
+
+#: The keys of a C{[static:NAME]} section: the numbers and yes/no keys are a service's.
+_STATIC_NUMBERS = ("instances", "max_connections", "uid", "gid", "memory_limit")
+_STATIC_KEYS = ("root", "paths", "hosts", "isolation", "max_age", "lazy", *_STATIC_NUMBERS)
+_MAX_AGE = _Number(int, 0, "seconds")
 _BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
 
@@ -359,7 +308,13 @@ def _check_resource(resource: object) -> None:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """One service from a C{[service:NAME]} section.
+    """One pool of instances: a service from a C{[service:NAME]} section, or a static-file
+    server from a C{[static:NAME]} section (C{kind = "static"}).
+
+    A static pool is a service whose resource is the built-in L{STATIC_RESOURCE}: it runs the
+    same runtime, is routed, pooled, limited, relaunched and logged the same way, and shares
+    the services' name space.  It has no body (C{max_body = 0}), no network, no scratch
+    directory, may not fork, and its C{root} is the absolute directory it serves.
 
     C{paths} are normalised at construction (see L{normalize_path}), so two spellings of the
     same prefix compare equal.
@@ -386,6 +341,19 @@ class ServiceConfig:
     fork: bool = False
     memory_limit: int = 1 << 30
     max_processes: int = 64
+    #: The C{[db:NAME]} this service reaches ("" for none) and the queries it may run there.
+    db: str = ""
+    queries: tuple[str, ...] = ()
+    kind: str = "service"
+    #: C{static} only: the directory served (absolute).
+    root: str = ""
+    #: C{static} only: C{Cache-Control: public, max-age=N}; 0 means C{no-cache}.
+    max_age: int = 3600
+
+    @property
+    def section(self) -> str:
+        """The ini section it came from: C{service:hello}, C{static:assets}."""
+        return f"{self.kind}:{self.name}"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _SERVICE_NAME.fullmatch(self.name):
@@ -408,6 +376,38 @@ class ServiceConfig:
             problem = number.check(getattr(self, key))
             if problem:
                 raise _FieldError(key, problem)
+        if not isinstance(self.db, str):
+            raise _FieldError("db", f"expected the name of a [db:NAME] section, got {self.db!r}")
+        queries = self.queries
+        if isinstance(queries, (str, bytes)) or not isinstance(queries, (tuple, list)) or not all(
+            isinstance(q, str) and q.isidentifier() for q in queries
+        ):
+            raise _FieldError("queries", f"expected query names separated by spaces, got {queries!r}")
+        object.__setattr__(self, "queries", tuple(queries))
+        if len(set(self.queries)) != len(self.queries):
+            raise _FieldError("queries", "a query is listed twice")
+        if self.db and not self.queries:
+            raise _FieldError("queries", f"missing; a service with db = {self.db} lists the queries it may run")
+        if self.queries and not self.db:
+            raise _FieldError("db", "missing; queries are granted on a database: add db = NAME")
+        if self.kind not in KINDS:
+            raise _FieldError(None, f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        problem = _MAX_AGE.check(self.max_age)
+        if problem:
+            raise _FieldError("max_age", problem)
+        if self.kind == "static":
+            self._check_static()
+        elif self.root:
+            raise _FieldError("root", "only a [static:NAME] section has a root")
+
+    def _check_static(self) -> None:
+        if self.resource != STATIC_RESOURCE:
+            raise _FieldError("resource", f"a static pool serves {STATIC_RESOURCE}, not {self.resource!r}")
+        if not isinstance(self.root, str) or not os.path.isabs(self.root):
+            raise _FieldError("root", f"expected an absolute directory, got {self.root!r}")
+        for key, fixed in (("max_body", 0), ("network", "none"), ("scratch", False), ("fork", False), ("db", "")):
+            if getattr(self, key) != fixed:
+                raise _FieldError(key, f"a static pool has {key} = {fixed!r}, got {getattr(self, key)!r}")
 
 
 def _normalize_paths(paths: object) -> tuple[str, ...]:
@@ -463,6 +463,8 @@ class SiteConfig:
     )
     log_dir: str
     templates: str
+    #: Where the launcher keeps what must outlive a restart (the services' CSRF secrets).
+    state_dir: str = "/var/lib/okws/state"
     max_head: int = 16384
     max_request_line: int = 8192
     max_headers: int = 100
@@ -502,11 +504,14 @@ class SiteConfig:
     access_log_fields: tuple[str, ...] = COMBINED
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     tls_handshake_timeout: float = 10.0
+    server_header: str = DEFAULT_SERVER_HEADER
+    health: str = "all"
     #: The host whose services answer requests for hosts no service names (L{None}: a 404).
     default_host: str | None = None
     #: The C{isolation} of services that do not say (L{ISOLATIONS}).
     isolation: str = "connection"
     services: tuple[ServiceConfig, ...]
+    databases: tuple[DatabaseConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.file, str) or not self.file:
@@ -517,7 +522,7 @@ class SiteConfig:
 
         if not isinstance(self.base_dir, str) or not os.path.isabs(self.base_dir):
             raise fail(None, None, f"base_dir must be an absolute directory, got {self.base_dir!r}")
-        for key in ("log_dir", "templates"):
+        for key in ("log_dir", "templates", "state_dir"):
             value = getattr(self, key)
             if not isinstance(value, str) or not os.path.isabs(value):
                 raise fail("okws", key, f"expected an absolute directory, got {value!r}")
@@ -559,6 +564,11 @@ class SiteConfig:
         if not trusted and any(listener.proxy for listener in self.listen):
             raise fail("okws", "proxy_trusted", "is empty, so no load balancer could connect to the "
                        "haproxy: listeners; list the balancers' addresses")
+        problem = server_header_problem(self.server_header)
+        if problem:
+            raise fail("okws", "server_header", problem)
+        if self.health not in HEALTH_CHOICES:
+            raise fail("okws", "health", f"expected one of {', '.join(HEALTH_CHOICES)}, got {self.health!r}")
         if self.restart_delay_min > self.restart_delay_max:
             raise fail(
                 "okws",
@@ -586,28 +596,42 @@ class SiteConfig:
         ):
             raise fail(None, None, f"services must be ServiceConfig values, got {services!r}")
         if not services:
-            raise fail(None, None, "no [service:NAME] section; at least one service is required")
+            raise fail(None, None, "no [service:NAME] or [static:NAME] section; at least one is required")
         if self.isolation not in ISOLATIONS:
             raise fail("okws", "isolation", f"expected one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
-        # Services that leave isolation out take the site's.
+        # Services and static pools that leave isolation out take the site's.
         services = tuple(
             s if s.isolation is not None else dataclasses.replace(s, isolation=self.isolation) for s in services
         )
         object.__setattr__(self, "services", services)
+        databases = self.databases
+        if not isinstance(databases, (tuple, list)) or not all(isinstance(d, DatabaseConfig) for d in databases):
+            raise fail(None, None, f"databases must be DatabaseConfig values, got {databases!r}")
+        object.__setattr__(self, "databases", tuple(databases))
+        db_names = [d.name for d in self.databases]
+        for name in db_names:
+            if db_names.count(name) > 1:
+                raise fail(DB_PREFIX + name, None, "this database is defined twice")
         owners: dict[tuple[str | None, str], str] = {}
-        names: set[str] = set()
+        names: dict[str, str] = {}
         for service in self.services:
-            section = _SERVICE_PREFIX + service.name
+            section = service.section
             if service.name in names:
-                raise fail(section, None, "this service is defined twice")
-            names.add(service.name)
+                if names[service.name] == section:
+                    raise fail(section, None, "this service is defined twice" if service.kind == "service" else "this static pool is defined twice")
+                raise fail(section, None, f"the name {service.name!r} is already used by [{names[service.name]}]; "
+                           "services and static pools share one name space")
+            names[service.name] = section
+            if service.db and service.db not in db_names:
+                raise fail(section, "db", f"no [{DB_PREFIX}{service.db}] section"
+                           + (f"; the databases are {', '.join(db_names)}" if db_names else ""))
             for host in service.hosts or (None,):
                 for path in service.paths:
                     owner = owners.get((host, path))
                     if owner is not None:
                         on = "" if host is None else f" on host {host}"
-                        raise fail(section, "paths", f"{path!r}{on} is already claimed by [{_SERVICE_PREFIX}{owner}]")
-                    owners[(host, path)] = service.name
+                        raise fail(section, "paths", f"{path!r}{on} is already claimed by [{owner}]")
+                    owners[(host, path)] = section
         if self.default_host is not None:
             self._check_default_host(fail)
 
@@ -619,20 +643,32 @@ class SiteConfig:
             raise fail("okws", "default_host", str(e)) from None
         if name.startswith("*."):
             raise fail("okws", "default_host", f"{self.default_host!r} must be a host name, not a wildcard")
-        everywhere = [s.name for s in self.services if not s.hosts]
+        everywhere = [s.section for s in self.services if not s.hosts]
         if everywhere:
             raise fail(
                 "okws", "default_host",
-                f"would never be used: [{_SERVICE_PREFIX}{everywhere[0]}] has no hosts, so it serves every host "
+                f"would never be used: [{everywhere[0]}] has no hosts, so it serves every host "
                 "that no service names",
             )
         if not any(host_pattern_matches(p, name) for s in self.services for p in s.hosts):
             raise fail("okws", "default_host", f"{self.default_host!r} is not in any service's hosts")
         object.__setattr__(self, "default_host", name)
 
-    def to_json(self) -> str:
-        """Serialise for a child process; L{from_json} gives back an equal value."""
-        document = dataclasses.asdict(self)
+    def database(self, name: str) -> DatabaseConfig | None:
+        """The C{[db:NAME]} called C{name}, if there is one."""
+        return next((d for d in self.databases if d.name == name), None)
+
+    def to_json(self, sql_for: str | None = None) -> str:
+        """Serialise for a child process; L{from_json} gives back an equal value.
+
+        The SQL texts of the databases' queries and schema files are left out,
+        except those of database C{sql_for}, for its proxy: no other process
+        ever receives SQL.
+        """
+        site = dataclasses.replace(
+            self, databases=tuple(d if d.name == sql_for else d.without_sql() for d in self.databases)
+        )
+        document = dataclasses.asdict(site)
         document["format"] = _JSON_FORMAT
         return json.dumps(document, sort_keys=True, separators=(",", ":"))
 
@@ -655,12 +691,26 @@ class SiteConfig:
             if isinstance(document.get("access_log_fields"), list):
                 document["access_log_fields"] = tuple(document["access_log_fields"])
             document["services"] = tuple(
-                ServiceConfig(**{**item, "paths": tuple(item["paths"]), "hosts": tuple(item.get("hosts", ()))})
+                ServiceConfig(**{
+                    **item, "paths": tuple(item["paths"]), "hosts": tuple(item.get("hosts", ())),
+                    "queries": tuple(item.get("queries", ())),
+                })
                 for item in document["services"]
             )
+            document["databases"] = tuple(DatabaseConfig(**item) for item in document.get("databases", ()))
             return cls(**document)
         except (ValueError, TypeError, KeyError, AttributeError, ConfigError) as e:
             raise ValueError(f"invalid site config JSON: {e}") from e
+
+
+def server_header_problem(value: object) -> str | None:
+    """Why C{value} cannot be the C{Server} field's value, or L{None}."""
+    if not isinstance(value, str) or not _SERVER_HEADER.fullmatch(value):
+        return (
+            f"expected printable ASCII (at most 256 characters, no leading or trailing space), "
+            f"or nothing for no Server field, got {value!r}"
+        )
+    return None
 
 
 def _check_overlaps(listeners: tuple[Listener, ...], fail: Any) -> None:

@@ -5,8 +5,10 @@ The dispatcher's front door (OKWS's okd): accepting connections and reading requ
 L{Acceptor} accepts on a listening socket the launcher opened, in batches;
 L{HeadConnection} reads one client's request head, bounded in bytes and by one
 deadline for the whole head, then asks the dispatcher to route it, or answers
-itself (400, 404, 408, 413, 414, 431, 503, C{OPTIONS *}) with the error pages the
-template publisher rendered.
+itself (400, 404, 408, 413, 414, 421, 431, 501, 503, C{OPTIONS *}) with the error pages the
+template publisher rendered.  A 404 (or C{OPTIONS *}) on a kept-alive connection leaves it
+open for the next request, as nginx does: a page whose favicon is missing costs no new
+connection.
 """
 
 from __future__ import annotations
@@ -114,6 +116,12 @@ class HeadConnection:
     PROXY protocol header, within the same deadline as the head; its source
     address becomes the transport's peer, and a bad or missing header closes
     the connection without an answer.
+
+    An answer that leaves the connection's framing intact (404 for a request
+    without a body, C{OPTIONS *}) on a kept-alive HTTP/1.1 connection does not
+    close it: answered -> idle (kept alive, at most C{keepalive_timeout}
+    seconds until the next request's first byte, then closed without an
+    answer) -> reading the head again.  Every other answer closes.
     """
 
     transport: SocketTransport
@@ -122,6 +130,7 @@ class HeadConnection:
     def __init__(self, dispatcher: "Dispatcher", limits: Limits, deadline: float, proxy: bool = False) -> None:
         self._dispatcher = dispatcher
         self._proxy: ProxyHeaderReader | None = ProxyHeaderReader() if proxy else None
+        self._limits = limits
         self._reader = HeadReader(limits)
         self._timer: IDelayedCall | None = dispatcher.reactor.callLater(deadline, self._timed_out)
         self.started = dispatcher.reactor.seconds()
@@ -135,10 +144,16 @@ class HeadConnection:
         self.pair: tuple[socket.socket, socket.socket] | None = None
         self.queue_timer: IDelayedCall | None = None
         self.done = False
+        #: Answers given on this connection while it stayed open.
+        self.answers = 0
+        #: Kept alive after an answer, and no byte of the next request has come yet.
+        self.idle = False
+        self._reading = False
+        self._carry: bytes | None = None
 
     @property
     def data(self) -> bytes:
-        """Every byte read from the client so far."""
+        """Every byte of the current request read from the client so far."""
         return self._reader.buffered
 
     def makeConnection(self, transport: SocketTransport) -> None:
@@ -161,16 +176,36 @@ class HeadConnection:
                 self.transport.set_peer(address_from_wire(list(header.source)))
             if not data:
                 return
-        try:
-            head = self._reader.feed(data)
-        except HTTPError as e:
-            self.answer(e.status, e.reason)
-            return
-        if head is not None:
-            self.head = head
-            self.transport.pauseProducing()
+        if self.idle:
+            # The next request has begun: its head has head_timeout, from now.
+            self.idle = False
+            self.started = self._dispatcher.reactor.seconds()
             self._cancel_timer()
-            self._dispatcher.route(self)
+            self._timer = self._dispatcher.reactor.callLater(self._dispatcher.config.head_timeout, self._timed_out)
+        self._read(data)
+
+    def _read(self, data: bytes) -> None:
+        """Feed the head reader; route each complete head (pipelined ones after a kept answer too)."""
+        self._reading = True
+        try:
+            while True:
+                try:
+                    head = self._reader.feed(data)
+                except HTTPError as e:
+                    self.answer(e.status, e.reason)
+                    return
+                if head is None:
+                    return
+                self.head = head
+                self.transport.pauseProducing()
+                self._cancel_timer()
+                self._dispatcher.route(self)
+                carry, self._carry = self._carry, None
+                if carry is None:
+                    return  # queued, handed off or closed: not ours to read any more
+                data = carry
+        finally:
+            self._reading = False
 
     def _refuse(self, why: str) -> None:
         """Close a connection whose PROXY header is bad or late: no answer, no access record."""
@@ -180,7 +215,12 @@ class HeadConnection:
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self._proxy is not None and not self.done:
+        if self.idle and not self.done:
+            # A kept-alive connection that sent nothing more: close it, no answer.
+            self.done = True
+            self._dispatcher.lost(self)
+            self.transport.loseConnection()
+        elif self._proxy is not None and not self.done:
             self._refuse("no PROXY header in time")
         elif self.head is None and not self.done:
             self.answer(408, "The request head did not arrive in time.")
@@ -203,33 +243,91 @@ class HeadConnection:
             for end in pair:
                 end.close()
 
+    def _may_keep(self) -> bool:
+        """Whether the connection may carry another request after this answer.
+
+        Only where framing is beyond doubt: a complete HTTP/1.1 head with no
+        body, a client that keeps the connection, a dispatcher that is not
+        stopping, and the connection under C{max_requests_per_connection}.
+        """
+        head = self.head
+        dispatcher = self._dispatcher
+        return (
+            head is not None
+            and head.version == b"HTTP/1.1"
+            and head.keep_alive
+            and not head.chunked
+            and not head.content_length
+            and not dispatcher.draining
+            and self.answers + 1 < dispatcher.config.max_requests_per_connection
+        )
+
     def answer(self, status: int, message: str = "", retry_after: int | None = None) -> None:
-        """Answer with an okws error page and close."""
+        """Answer with an okws error page; close, unless a 404 leaves the connection reusable."""
         self.drop_pair()
         if self.done:
             return
         self.done = True
         self._cancel_timer()
+        keep = status == 404 and self._may_keep()
         head_only = self.head is not None and self.head.method == b"HEAD"
         response = error_response(
-            status, message, pages=self._dispatcher.pages, retry_after=retry_after, head_only=head_only
+            status, message, pages=self._dispatcher.pages, retry_after=retry_after, head_only=head_only,
+            fields=self._dispatcher.stamp.fields(), close=not keep,
         )
         body = 0 if head_only else len(response) - response.index(b"\r\n\r\n") - 4
         self._dispatcher.answered(self, status, message, body)
         self.transport.write(response)
-        self.transport.close_lingering()
+        self._after_answer(keep)
 
     def answer_options(self) -> None:
-        """C{OPTIONS *}: which methods this server's services may implement; then close."""
+        """C{OPTIONS *}: which methods this server's services may implement."""
         if self.done:
             return
         self.done = True
         self._cancel_timer()
+        keep = self._may_keep()
         self._dispatcher.answered(self, 200, "OPTIONS *", 0)
         self.transport.write(
-            b"HTTP/1.1 200 OK\r\nAllow: " + SERVER_METHODS.encode() + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\n" + self._dispatcher.stamp.fields()
+            + b"Allow: " + SERVER_METHODS.encode() + b"\r\nContent-Length: 0\r\n"
+            + (b"" if keep else b"Connection: close\r\n") + b"\r\n"
         )
-        self.transport.close_lingering()
+        self._after_answer(keep)
+
+    def _after_answer(self, keep: bool) -> None:
+        if not keep:
+            self.transport.close_lingering()
+            return
+        assert self.head is not None
+        rest = self._reader.buffered[self.head.size:]
+        dispatcher = self._dispatcher
+        self.answers += 1
+        self._reader = HeadReader(self._limits)
+        self.head = None
+        self.service = None
+        self.route = None
+        self.done = False
+        self.started = dispatcher.reactor.seconds()
+        dispatcher.reading.add(self)
+        if rest:
+            self._timer = dispatcher.reactor.callLater(dispatcher.config.head_timeout, self._timed_out)
+        else:
+            self.idle = True
+            self._timer = dispatcher.reactor.callLater(dispatcher.config.keepalive_timeout, self._timed_out)
+        # The next request may go to a service, which writes to the socket
+        # itself: read it only once our answer is all in the kernel, so the
+        # answers leave in order.
+        self.transport.notify_flushed(lambda: self._next_request(rest))
+
+    def _next_request(self, rest: bytes) -> None:
+        if self.done or not self.transport.connected:
+            return
+        self.transport.resumeProducing()
+        if self._reading:
+            self._carry = rest
+        elif rest:
+            self._read(rest)
 
     def release(self, link: "InstanceLink", conn_id: int) -> None:
         """The instance acknowledged the connection.

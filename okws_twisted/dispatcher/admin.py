@@ -62,15 +62,19 @@ class AdminConnection:
         self._finish()
         data = body.encode("utf-8")
         headers = (
-            f"HTTP/1.1 {status} {phrase(status)}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-        ).encode("latin-1")
+            f"HTTP/1.1 {status} {phrase(status)}\r\n".encode("latin-1")
+            + self._dispatcher.stamp.fields()
+            + (
+                f"Content-Type: {content_type}\r\n"
+                f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+            ).encode("latin-1")
+        )
         self.transport.write(headers if head_only else headers + data)
         self.transport.close_lingering()
 
     def _error(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self._finish()
-        self.transport.write(error_response(status, message, extra_headers=headers))
+        self.transport.write(error_response(status, message, extra_headers=headers, fields=self._dispatcher.stamp.fields()))
         self.transport.close_lingering()
 
     def _finish(self) -> None:
@@ -103,17 +107,41 @@ class AdminListener:
         self._acceptor.close()
 
 
+def service_states(dispatcher: "Dispatcher") -> dict[str, str]:
+    """Each routed service's state for health: ready, dormant (lazy, not started yet), failed or starting."""
+    states = {}
+    for service in dispatcher.config.services:
+        pool = dispatcher.pools.get(service.name)
+        if pool is None:
+            continue
+        if any(not link.retiring for link in pool.links.values()):
+            states[service.name] = "ready"
+        elif pool.failed:
+            states[service.name] = "failed"
+        elif dispatcher.launcher_view.get(service.name, {}).get("dormant"):
+            states[service.name] = "dormant"
+        else:
+            states[service.name] = "starting"
+    return states
+
+
 def health(dispatcher: "Dispatcher") -> tuple[int, str]:
-    """503 while stopping or before every service has an instance; 200 otherwise."""
+    """What a load balancer is told (C{[okws] health}): 200 or 503, and a line per problem.
+
+    C{all}: every service has a ready instance (a lazy one not started yet
+    counts: its first request starts it).  C{any}: at least one does.  A
+    stopping dispatcher is never healthy.
+    """
     if dispatcher.draining:
         return 503, "draining"
-    waiting = [
-        name for name, pool in dispatcher.pools.items()
-        if not pool.links and not pool.failed and dispatcher.routes_to(name)
-    ]
-    if waiting:
-        return 503, "starting: no ready instance of " + ", ".join(sorted(waiting))
-    return 200, "ok"
+    states = service_states(dispatcher)
+    serving = [name for name, state in states.items() if state in ("ready", "dormant")]
+    problems = [f"{state}: {name}" for name, state in sorted(states.items()) if state in ("failed", "starting")]
+    if dispatcher.config.health == "any":
+        healthy = bool(serving)
+    else:
+        healthy = not problems
+    return (200 if healthy else 503), "\n".join(["ok" if healthy else "unhealthy", *problems])
 
 
 def exposition(dispatcher: "Dispatcher") -> str:
@@ -155,4 +183,16 @@ def exposition(dispatcher: "Dispatcher") -> str:
         s.name: {"isolation": s.isolation or "connection", "hosts": " ".join(s.hosts) or "*"}
         for s in dispatcher.config.services
     }
-    return render(sorted(names | set(requests)), requests, gauges, counters, site, info)
+    return render(sorted(names | set(requests)), requests, gauges, counters, site, info,
+                  processes=dispatcher.process_samples, build=build_info())
+
+
+def build_info() -> dict[str, str]:
+    """The labels of C{okws_build_info}."""
+    import platform
+
+    import twisted
+
+    import okws_twisted
+
+    return {"version": okws_twisted.__version__, "twisted": twisted.__version__, "python": platform.python_version()}

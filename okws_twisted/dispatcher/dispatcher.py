@@ -32,7 +32,7 @@ from zope.interface import implementer
 from okws_twisted.config import SiteConfig, is_trusted, trusted_networks
 from okws_twisted.dispatcher.accept import Acceptor, HeadConnection
 from okws_twisted.dispatcher.admin import AdminListener, exposition, health
-from okws_twisted.dispatcher.metrics import ServiceTotals
+from okws_twisted.dispatcher.metrics import ProcessMetrics, ServiceTotals, process_samples
 from okws_twisted.dispatcher.pool import InstanceLink, ServicePool
 from okws_twisted.dispatcher.records import ConnectionLedger
 from okws_twisted.dispatcher.relay import RelayedConnection, first_request
@@ -44,6 +44,7 @@ from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
 from okws_twisted.wire.httpframe import HTTPError, Limits
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import ANY_HOST, RouteTable, host_key
+from okws_twisted.wire.stamp import ResponseStamp
 from okws_twisted.wire.transport import transport_for
 
 #: At most this much of an unparsable request line goes to the access log.
@@ -68,6 +69,7 @@ class Dispatcher:
     ):
         self.reactor = reactor
         self.config = config
+        self.stamp = ResponseStamp(reactor, config.server_header)
         self.records = records
         self.request_ids = RequestIds()
         self.routes = RouteTable.from_config(config)
@@ -99,6 +101,8 @@ class Dispatcher:
         self.own_counts: dict[tuple[str, str], RequestCounts] = {}
         self.service_totals: dict[str, ServiceTotals] = {}
         self.launcher_view: dict[str, dict[str, Any]] = {}
+        #: Every process's memory, CPU and open files, as the launcher last sampled them.
+        self.process_samples: list[ProcessMetrics] = []
         self.admin: AdminListener | None = None
         self.pages: ErrorPages = NO_PAGES
         self.publisher: MessageChannel | None = None
@@ -438,6 +442,7 @@ class Dispatcher:
                 for link in pool.links.values():
                     link.channel.set_limits(limits.handoff(site.max_head))
         self.config = site
+        self.stamp = ResponseStamp(self.reactor, site.server_header)
         self.routes = RouteTable.from_config(site)
         self.proxy_trusted = trusted_networks(site.proxy_trusted)
         self.limits = Limits(max_request_line=site.max_request_line, max_head=site.max_head, max_headers=site.max_headers)
@@ -466,6 +471,7 @@ class Dispatcher:
             self.retire(int(meta["pid"]))
         elif kind == "status":
             self.launcher_view = {k: v for k, v in dict(meta.get("services", {})).items() if isinstance(v, dict)}
+            self.process_samples = process_samples(meta.get("processes"))
             for name, info in dict(meta.get("services", {})).items():
                 pool = self.pools.get(name)
                 if pool is not None and isinstance(info, dict):

@@ -2,6 +2,11 @@
 """
 Counters and the Prometheus text format for the admin listener (no I/O).
 
+Besides okws's own families (C{okws_...}), each process's memory, CPU time and open files
+appear under the names of Prometheus's process collector, labelled by role, service and
+instance (sampled by the launcher, L{okws_twisted.launcher.procstats}), and
+C{okws_build_info} says which okws runs.
+
 Service instances count their requests (by status) and time them into a
 L{Histogram}; they send cumulative snapshots to the dispatcher, which adds its
 own counters and the launcher's restart counts and renders them all with
@@ -41,6 +46,38 @@ class ServiceTotals:
         for by_host in self.live.values():
             _add_into(out, by_host)
         return out
+
+
+@dataclass(frozen=True)
+class ProcessMetrics:
+    """One process's numbers, as the launcher sampled them (L{okws_twisted.launcher.procstats})."""
+
+    role: str
+    service: str
+    instance: str
+    rss: int
+    cpu: float
+    fds: int | None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"role": self.role, "service": self.service, "instance": self.instance}
+
+
+def process_samples(value: object) -> list[ProcessMetrics]:
+    """The launcher's C{processes} list, keeping only well-formed entries (at most 4096)."""
+    out = []
+    for item in value[:4096] if isinstance(value, list) else []:
+        if not isinstance(item, dict):
+            continue
+        labels = [item.get(k) for k in ("role", "service", "instance")]
+        rss, cpu, fds = item.get("rss"), item.get("cpu"), item.get("fds")
+        if not all(isinstance(l, str) and len(l) <= 64 for l in labels):
+            continue
+        if type(rss) is not int or not isinstance(cpu, (int, float)) or isinstance(cpu, bool):
+            continue
+        out.append(ProcessMetrics(*labels, rss, float(cpu), fds if type(fds) is int else None))  # type: ignore[arg-type]
+    return out
 
 
 def _add_into(total: dict[str, RequestCounts], more: dict[str, RequestCounts]) -> None:
@@ -99,6 +136,8 @@ def render(
     counters: dict[str, dict[str, float]],
     site: dict[str, float],
     info: dict[str, dict[str, str]] | None = None,
+    processes: Iterable[ProcessMetrics] = (),
+    build: dict[str, str] | None = None,
 ) -> str:
     """The Prometheus page.
 
@@ -110,6 +149,8 @@ def render(
     @param counters: likewise, for counters (names end in ``_total``).
     @param site: site-wide gauges and counters (name -> value).
     @param info: per service, its configured facts as labels (C{okws_service_info}, always 1).
+    @param processes: each process's memory, CPU time and open files (labels role, service, instance).
+    @param build: the labels of C{okws_build_info} (version, ...).
     """
     page = Exposition()
     names = sorted(services)
@@ -144,6 +185,20 @@ def render(
         kind = "counter" if metric.endswith("_total") else "gauge"
         page.family(f"okws_{metric}", kind, _HELP.get(metric, metric.replace("_", " ")))
         page.sample(f"okws_{metric}", value)
+    if build:
+        page.family("okws_build_info", "gauge", "Always 1; the labels say which okws, Twisted and Python run.")
+        page.sample("okws_build_info", 1, dict(build))
+    # The names of Prometheus's own process collector, one series per okws process.
+    page.family("process_resident_memory_bytes", "gauge", "Resident memory of each okws process, in bytes.")
+    for proc in processes:
+        page.sample("process_resident_memory_bytes", proc.rss, proc.labels)
+    page.family("process_cpu_seconds_total", "counter", "User and system CPU time of each okws process, in seconds.")
+    for proc in processes:
+        page.sample("process_cpu_seconds_total", round(proc.cpu, 2), proc.labels)
+    page.family("process_open_fds", "gauge", "Open file descriptors of each okws process.")
+    for proc in processes:
+        if proc.fds is not None:
+            page.sample("process_open_fds", proc.fds, proc.labels)
     return page.text()
 
 

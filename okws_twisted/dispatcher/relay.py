@@ -523,7 +523,10 @@ class RelayedConnection:
         self._end_visit()
         self.closing = True
         head_only = head is not None and head.method == b"HEAD"
-        response = error_response(status, reason, pages=self.dispatcher.pages, retry_after=retry_after, head_only=head_only)
+        response = error_response(
+            status, reason, pages=self.dispatcher.pages, retry_after=retry_after, head_only=head_only,
+            fields=self.dispatcher.stamp.fields(),
+        )
         body = 0 if head_only else len(response) - response.index(b"\r\n\r\n") - 4
         self.dispatcher.answered(self, status, reason, body)  # type: ignore[arg-type]
         self.transport.write(response)

@@ -17,6 +17,7 @@ its output reaches the log through an L{OutputLimiter}.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -34,11 +35,12 @@ import okws_twisted
 from okws_twisted.config import ServiceConfig
 from okws_twisted.launcher import limits
 from okws_twisted.launcher.cgroups import InstanceCgroup
+from okws_twisted.launcher.jailplan import STATIC_ROOT
 from okws_twisted.launcher.output import LINE_MAX, RATE, OutputLimiter
 from okws_twisted.launcher.pidns import PidNamespaceError
 from okws_twisted.launcher.supervision import Backoff, CrashBudget, Heartbeat
 from okws_twisted.wire import control
-from okws_twisted.wire.channel import Message, MessageChannel, socketpair
+from okws_twisted.wire.channel import ChannelViolation, Message, MessageChannel, socketpair
 from okws_twisted.wire.limits import CONTROL_LAUNCHER
 
 if TYPE_CHECKING:
@@ -54,6 +56,8 @@ MAX_STATS = 16 * 1024
 REFUSALS_LOGGED = 5
 #: How many pids of a slot's exited processes it remembers.
 PAST_PIDS = 8
+
+_LEVELS = {level.name: level for level in LogLevel.iterconstants()}
 
 
 def exit_status(reason: object) -> str:
@@ -132,8 +136,14 @@ class ChildProcess(ProcessProtocol):
             )
 
     def _emit(self, text: str) -> None:
-        self.tail.append(text)
-        self.log.info("[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=text)
+        # A child's log lines are "LEVEL text" (okws_twisted.bootstrap.bare_lines);
+        # anything else it writes (a crash's traceback, a print) is info.
+        word, _, rest = text.partition(" ")
+        level = _LEVELS.get(word)
+        if level is None:
+            level, rest = LogLevel.info, text
+        self.tail.append(rest)
+        self.log.emit(level, "[{child} pid {pid}] {line}", child=self.name, pid=self.pid, line=rest)
 
     def report_dropped(self) -> None:
         """Log what output was dropped since the last report (the watchdog's tick calls this)."""
@@ -235,6 +245,18 @@ class ChildProcess(ProcessProtocol):
             return False
         return True
 
+    def control_lost(self, reason: Failure) -> None:
+        """The control channel is gone.  A child that broke its rules (garbage, a message over the
+        channel's limits) is killed at once and relaunched like any crash; one that closed it is
+        exiting, and its exit says the rest."""
+        if isinstance(reason.value, ChannelViolation) and self.state != "exited":
+            self.killed_because = f"its control channel broke the rules ({reason.getErrorMessage()})"
+            self.slot.launcher.note(
+                LogLevel.warn, "{child} pid {pid} broke the rules of its control channel ({why}); killing it",
+                child=self.slot.name, pid=self.pid, why=reason.getErrorMessage(),
+            )
+            self.signal(signal.SIGKILL)
+
     def signal(self, signum: int) -> None:
         """Signal exactly this process (never a name, never a group)."""
         if self.state != "exited" and self.transport is not None:
@@ -266,11 +288,14 @@ class ChildSlot:
 
     log = Logger(namespace="okws")
 
-    def __init__(self, launcher: "Launcher", role: str, service: str | None = None, index: int = 0):
+    def __init__(self, launcher: "Launcher", role: str, service: str | None = None, index: int = 0,
+                 db: str | None = None):
         self.launcher = launcher
         self.role = role
         self.service = service
         self.index = index
+        #: For a database proxy: its [db:NAME].
+        self.db = db
         cfg = launcher.config
         self.backoff = Backoff(cfg.restart_delay_min, cfg.restart_delay_max, cfg.stable_after)
         self.budget = CrashBudget(cfg.crash_budget, cfg.crash_window)
@@ -290,6 +315,8 @@ class ChildSlot:
 
     @property
     def name(self) -> str:
+        if self.role == "dbproxy":
+            return f"db.{self.db}"
         return f"{self.service}.{self.index}" if self.role == "service" else self.role
 
     @property
@@ -331,6 +358,8 @@ class ChildSlot:
         if self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
+        elif self.role == "dbproxy":
+            meta["db"] = self.db
         return meta
 
     # -- launching
@@ -363,7 +392,18 @@ class ChildSlot:
         elif self.role == "service":
             meta["service"] = self.service
             meta["index"] = self.index
-            extra_paths.append(launcher.config.base_dir)
+            cfg = self.service_config()
+            if cfg is not None and cfg.kind == "static":
+                # okws's own resource over the root: no site directory on its path.
+                meta["root"] = STATIC_ROOT if launcher.jailed else cfg.root
+            else:
+                extra_paths.append(launcher.config.base_dir)
+                secret = launcher.csrf_secrets.get(self.service or "")
+                if secret is not None:
+                    # To this service alone: never in the site configuration every child gets.
+                    meta["csrf_secret"] = base64.b64encode(secret).decode("ascii")
+        elif self.role == "dbproxy":
+            meta["db"] = self.db
         proc = ChildProcess(self, reactor.seconds(), launcher.config.heartbeat_timeout)
         if launcher.jailed:
             proc.cgroup, resources = self._resources()
@@ -400,8 +440,9 @@ class ChildSlot:
                               child=self.name, pid=proc.pid, error=e.strerror or e)
                 proc.killed_because = "it could not be put in its cgroup"
                 proc.signal(signal.SIGKILL)
-        proc.ctl = MessageChannel(reactor, parent, proc.control_received, lambda reason: None, name=f"control:{self.name}", limits=CONTROL_LAUNCHER)
-        proc.ctl.send(meta, launcher.config.to_json().encode("utf-8"))
+        proc.ctl = MessageChannel(reactor, parent, proc.control_received, proc.control_lost, name=f"control:{self.name}", limits=CONTROL_LAUNCHER)
+        # Only a database's proxy is sent that database's SQL.
+        proc.ctl.send(meta, launcher.config.to_json(sql_for=self.db).encode("utf-8"))
         self.launches += 1
         if self.current is None:
             self.current = proc

@@ -105,6 +105,8 @@ class ControlProtocol(LineOnlyReceiver):
 
 
 class ControlFactory(Factory):
+    noisy = False
+
     def __init__(self, launcher: "Launcher") -> None:
         self.launcher = launcher
 

@@ -18,18 +18,24 @@ import grp
 import importlib.machinery
 import os
 import pwd
+import stat
 import sys
 from typing import Iterable
 
-from okws_twisted.config import ServiceConfig, SiteConfig
-from okws_twisted.jail import Bind, JailSpec
+from twisted.logger import Logger
 
-__all__ = ["Bind", "JailSpec", "UidPlan", "jail_for", "service_binds", "role_binds", "python_binds"]
+from okws_twisted.config import ServiceConfig, SiteConfig
+from okws_twisted.config.databases import DatabaseConfig
+from okws_twisted.jail import Bind, JailSpec, make_dirs
+
+__all__ = ["STATIC_ROOT", "Bind", "JailSpec", "UidPlan", "dbproxy_binds", "jail_for", "service_binds", "static_binds", "role_binds", "python_binds"]
 
 #: Host paths every jailed Python process needs, read-only: the dynamic
 #: loader's libraries (twisted.web imports zlib, which links libz) and cache.
 SYSTEM_BINDS = ("/usr/lib", "/lib", "/lib64", "/usr/lib64", "/etc/ld.so.cache")
 ROLE_NOFILE = 4096
+
+log = Logger(namespace="okws")
 
 
 def uids_in_use() -> set[int]:
@@ -56,11 +62,13 @@ class UidPlan:
         self._last = site.uid_range[1]
         fixed = {site.dispatcher_uid, site.logd_uid, site.pubd_uid} - {0}
         self._used = set(used) | fixed | {s.uid for s in site.services if s.uid} | {s.gid for s in site.services if s.gid}
+        self._used |= {d.uid for d in site.databases if d.uid} | {d.gid for d in site.databases if d.gid}
         self._fixed = {"dispatcher": site.dispatcher_uid, "logd": site.logd_uid, "pubd": site.pubd_uid}
         self._given: dict[str, tuple[int, int]] = {}
 
-    def ids_for(self, key: str, service: ServiceConfig | None = None) -> tuple[int, int]:
-        """The (uid, gid) of C{key} (``"dispatcher"``, ``"service:hello"``, ...)."""
+    def ids_for(self, key: str, service: ServiceConfig | DatabaseConfig | None = None) -> tuple[int, int]:
+        """The (uid, gid) of C{key} (``"dispatcher"``, ``"service:hello"``, ``"dbproxy:main"``, ...);
+        C{service} (a service or a database section) may name its own."""
         if key in self._given:
             return self._given[key]
         if service is not None and service.uid:
@@ -109,6 +117,28 @@ def service_binds(site: SiteConfig, service: ServiceConfig) -> list[Bind]:
     return [Bind(found)] if found else []
 
 
+#: Where a static pool's root appears in its jail.
+STATIC_ROOT = "/files"
+
+
+def static_binds(service: ServiceConfig, uid: int, gid: int) -> list[Bind]:
+    """A static pool's one directory: its root, read-only, at L{STATIC_ROOT}.
+
+    As the templates are for the publisher: a tree the pool's uid can already read is left
+    alone; otherwise its group is given read access (never write).
+    """
+    if not readable_tree(service.root, uid, gid):
+        changed = grant_read(service.root, gid)
+        if changed:
+            log.info(
+                "static:{name}: gave group {gid} read access to {root} ({changed} files and directories; "
+                "directories set-group-id) so the static pool (uid {uid}) can read it; "
+                "a tree others may read (chmod -R o+rX) is left as it is",
+                name=service.name, root=service.root, gid=gid, uid=uid, changed=changed,
+            )
+    return [Bind(service.root, target=STATIC_ROOT)]
+
+
 def scratch_dir(site: SiteConfig, service: ServiceConfig) -> str:
     return os.path.join(site.jail_root, "scratch", service.name)
 
@@ -137,7 +167,15 @@ def jail_for(
 def role_binds(site: SiteConfig, role: str, uid: int, gid: int) -> list[Bind]:
     """The directories a helper process's job needs (none for the dispatcher)."""
     if role == "pubd":
-        grant_read(site.templates, gid)
+        if not readable_tree(site.templates, uid, gid):
+            changed = grant_read(site.templates, gid)
+            if changed:
+                log.info(
+                    "templates: gave group {gid} read access to {root} ({changed} files and directories; "
+                    "directories set-group-id) so the template publisher (uid {uid}) can read it; "
+                    "a tree others may read (chmod -R o+rX) is left as it is",
+                    root=site.templates, gid=gid, uid=uid, changed=changed,
+                )
         return [Bind(site.templates)]
     if role == "logd":
         # Only the log daemon's uid may write (or even list) the logs.
@@ -162,6 +200,32 @@ def role_binds(site: SiteConfig, role: str, uid: int, gid: int) -> list[Bind]:
     return []
 
 
+def dbproxy_binds(database: DatabaseConfig, uid: int, gid: int) -> list[Bind]:
+    """What a database proxy's jail shows: for SQLite, only the database file's directory,
+    writable (WAL keeps its -wal and -shm files beside the database), made the proxy's
+    alone (0700, the files 0600); for PostgreSQL, the password file (readable by the
+    proxy's group) and, for a Unix-socket url, the server's socket directory."""
+    if database.engine == "sqlite":
+        folder = os.path.dirname(database.path)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.chown(folder, uid, gid)
+        os.chmod(folder, 0o700)
+        base = os.path.basename(database.path)
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if (name == base or name.startswith(base + "-")) and os.path.isfile(path) and not os.path.islink(path):
+                os.chown(path, uid, gid)
+                os.chmod(path, 0o600)
+        return [Bind(folder, writable=True)]
+    binds = []
+    if database.password_file:
+        grant_file_read(database.password_file, gid)
+        binds.append(Bind(database.password_file))
+    if database.socket_dir:
+        binds.append(Bind(database.socket_dir))
+    return binds
+
+
 def grant_file_read(path: str, gid: int) -> None:
     """Let group C{gid} read the one file C{path} (the TLS front's key or certificate)."""
     real = os.path.realpath(path)
@@ -171,30 +235,59 @@ def grant_file_read(path: str, gid: int) -> None:
     os.chmod(real, (os.stat(real).st_mode & 0o7777) | 0o040)
 
 
-def grant_read(root: str, gid: int) -> None:
-    """Let group C{gid} read the tree at C{root} (and what is added to it later).
+def _may_read(st: os.stat_result, uid: int, gid: int, need: int) -> bool:
+    """Whether a process with C{uid} and C{gid} (no other groups) has the C{need} bits (rwx as 4/2/1)."""
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == gid:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
+
+
+def readable_tree(root: str, uid: int, gid: int) -> bool:
+    """Whether C{uid}/C{gid} can already read every file and enter every directory of the tree."""
+    if not os.path.isdir(root):
+        return True
+    for dirpath, _dirnames, filenames in os.walk(root):
+        if not _may_read(os.lstat(dirpath), uid, gid, 0o5):
+            return False
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if not stat.S_ISLNK(st.st_mode) and not _may_read(st, uid, gid, 0o4):
+                return False
+    return True
+
+
+def grant_read(root: str, gid: int) -> int:
+    """Let group C{gid} read the tree at C{root} (and what is added to it later); how many entries changed.
 
     Directories get the set-group-id bit, so files created in them later
-    belong to the group too.  Write permission is never given.
+    belong to the group too.  Write permission is never given.  Entries
+    that already allow it are left as they are.
     """
     if not os.path.isdir(root):
-        return
+        return 0
+    changed = 0
     for dirpath, dirnames, filenames in os.walk(root):
         for name in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
             st = os.lstat(name)
-            if os.path.islink(name):
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = st.st_mode & 0o7777
+            wanted = mode | (0o2050 if stat.S_ISDIR(st.st_mode) else 0o040)
+            if st.st_gid == gid and mode == wanted:
                 continue
             os.chown(name, -1, gid)
-            mode = st.st_mode & 0o7777
-            if os.path.isdir(name):
-                os.chmod(name, mode | 0o2050)
-            else:
-                os.chmod(name, mode | 0o040)
+            os.chmod(name, wanted)
+            changed += 1
+    return changed
 
 
 def prepare_jail_root(site: SiteConfig) -> None:
     """The jail root: owned by root, not writable by anyone else."""
-    os.makedirs(site.jail_root, mode=0o755, exist_ok=True)
+    make_dirs(site.jail_root)
     os.chown(site.jail_root, 0, 0)
     os.chmod(site.jail_root, 0o755)
 
@@ -202,8 +295,8 @@ def prepare_jail_root(site: SiteConfig) -> None:
 def prepare_scratch(site: SiteConfig, service: ServiceConfig, uid: int, gid: int) -> str:
     """A service's opt-in writable directory, owned by it alone."""
     path = scratch_dir(site, service)
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    make_dirs(os.path.dirname(path))
+    make_dirs(path, 0o700)
     os.chown(path, uid, gid)
     os.chmod(path, 0o700)
     return path

@@ -3,7 +3,8 @@
 The listening sockets, opened by the launcher (OKWS's okld) before anything else starts.
 
 The launcher owns them, so a relaunched dispatcher or TLS front inherits the same sockets and
-no queued connection is lost.  For TLS listeners it checks only that the key and certificate
+no queued connection is lost.  A C{systemd:} listener is not opened but taken from systemd
+(socket activation), the way Twisted's C{systemd:} endpoint finds it.  For TLS listeners it checks only that the key and certificate
 files exist: the launcher never reads a key (the TLS front does).
 """
 
@@ -13,6 +14,8 @@ import os
 import socket
 import stat
 
+from twisted.python.systemd import ListenFDs
+
 from okws_twisted.config import Listener, SiteConfig
 
 
@@ -20,8 +23,10 @@ class ListenError(Exception):
     """A listening socket could not be opened."""
 
 
-def open_listener(listener: Listener) -> socket.socket:
-    """Bind and listen on one configured endpoint; raise L{ListenError}."""
+def open_listener(listener: Listener, systemd: ListenFDs | None = None) -> socket.socket:
+    """Bind and listen on one configured endpoint (or take it from systemd); raise L{ListenError}."""
+    if listener.kind == "systemd":
+        return inherited_listener(listener, systemd)
     try:
         if listener.kind == "unix":
             assert listener.path is not None
@@ -43,6 +48,58 @@ def open_listener(listener: Listener) -> socket.socket:
         sock.listen(listener.backlog)
     except OSError as e:
         raise ListenError(f"cannot listen on {listener.description}: {e.strerror or e}") from None
+    return sock
+
+
+_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+
+def inherited_listener(listener: Listener, systemd: ListenFDs | None = None) -> socket.socket:
+    """The listening socket systemd passed (socket activation), found as Twisted's C{systemd:} endpoint finds it.
+
+    Twisted's L{ListenFDs} reads the environment systemd sets: C{LISTEN_PID}
+    (which must be this process), C{LISTEN_FDS} (how many, from fd 3) and
+    C{LISTEN_FDNAMES} (their names).  The launcher takes the descriptor only:
+    it owns the socket and passes it to the dispatcher like one it opened
+    (Twisted's endpoint would make a listening port in this process).  The
+    socket must be a listening stream socket of the configured domain; it is
+    kept from every child but the one it is passed to.
+
+    @param systemd: what systemd passed; by default, read from this process's environment.
+    """
+    fds = systemd if systemd is not None else ListenFDs.fromEnvironment()
+    where = f"{listener.description}: "
+    if listener.fd_index is not None:
+        found = fds.inheritedDescriptors()
+        if listener.fd_index >= len(found):
+            raise ListenError(
+                f"{where}systemd passed {len(found)} socket(s), so there is no index {listener.fd_index} "
+                "(LISTEN_PID must be this process, and LISTEN_FDS and LISTEN_FDNAMES agree: is the socket unit active?)"
+            )
+        fd = found[listener.fd_index]
+    else:
+        named = fds.inheritedNamedDescriptors()
+        if listener.fd_name not in named:
+            have = ", ".join(sorted(named)) or "none"
+            raise ListenError(
+                f"{where}systemd passed no socket named {listener.fd_name!r} (have: {have}; "
+                "the socket unit's FileDescriptorName=, in LISTEN_FDNAMES, for LISTEN_PID = this process)"
+            )
+        fd = named[listener.fd_name]
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:
+        raise ListenError(f"{where}fd {fd} from systemd is not a socket: {e.strerror or e}") from None
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if sock.family != _FAMILIES[listener.domain or ""] or sock.type != socket.SOCK_STREAM or not listening:
+        kind = f"{socket.AddressFamily(sock.family).name} {socket.SocketKind(sock.type).name}"
+        sock.detach()
+        raise ListenError(f"{where}fd {fd} from systemd is a {kind} socket{'' if listening else ', not listening'}; "
+                          f"expected a listening {listener.domain} stream socket")
+    os.set_inheritable(fd, False)
     return sock
 
 

@@ -43,6 +43,7 @@ from okws_twisted.launcher import cgroups
 from okws_twisted.launcher.children import ChildProcess, ChildSlot
 from okws_twisted.launcher.limits import ResourcePlan
 from okws_twisted.launcher.pidns import PidNamespaces
+from okws_twisted.launcher.secrets import SecretError, csrf_secrets
 from okws_twisted.wire import control, logchannel
 from okws_twisted.wire.channel import MessageChannel, socketpair
 from okws_twisted.wire.logsender import FINAL_FLUSH_TIMEOUT, RecordSender
@@ -59,12 +60,16 @@ LINKS: list[tuple[str, str, str]] = [
     (logchannel.CHANNEL, "logd", "pubd"),
     ("tls", "dispatcher", "tls"),
     (logchannel.CHANNEL, "logd", "tls"),
+    # Only between a service with db = NAME and the proxy of [db:NAME] (see wire()).
+    ("db", "dbproxy", "service"),
+    (logchannel.CHANNEL, "logd", "dbproxy"),
 ]
 
-#: Roles that serve the other children (the template publisher): on stop they
-#: are told to stop only once every other child has exited, so requests that
-#: finish during the drain can still get their templates.
-STOP_LAST = frozenset({"pubd"})
+#: Roles that serve the other children (the template publisher, the database
+#: proxies): on stop they are told to stop only once every other child has
+#: exited, so requests that finish during the drain can still get their
+#: templates and finish their queries.
+STOP_LAST = frozenset({"pubd", "dbproxy"})
 
 #: How long the log daemon gets to exit once told to stop (it has nothing to drain).
 LOGD_STOP_TIMEOUT = 5.0
@@ -82,6 +87,19 @@ LOST_GRACE = 1.0
 
 #: The longest C{why} of a C{lost} message that is logged.
 MAX_WHY = 200
+
+
+def _static_roots(site: SiteConfig) -> dict[str, tuple[int, int] | None]:
+    """Each static pool's root directory as (device, inode); L{None} if it is gone."""
+    roots: dict[str, tuple[int, int] | None] = {}
+    for service in site.services:
+        if service.kind == "static":
+            try:
+                st = os.stat(service.root)
+                roots[service.name] = (st.st_dev, st.st_ino)
+            except OSError:
+                roots[service.name] = None
+    return roots
 
 
 class Launcher(Service):
@@ -114,10 +132,14 @@ class Launcher(Service):
         #: The TLS front, only if some listener is ssl:.
         self.tls: ChildSlot | None = ChildSlot(self, "tls") if any(l.tls for l in config.listen) else None
         self.instances = [ChildSlot(self, "service", s.name, i) for s in config.services for i in range(s.instances)]
+        #: One database proxy per [db:NAME].
+        self.databases = [ChildSlot(self, "dbproxy", db=d.name) for d in config.databases]
         self.stopping = False
         self._site_ready = False
         self.jailed = os.geteuid() == 0
         self._uids: Any = None
+        #: The last sample of every process (L{_sample_processes}), passed to the dispatcher.
+        self.process_samples: list[dict[str, object]] = []
         self._watchdog = LoopingCall(self._tick)
         self._watchdog.clock = reactor
         self.control_port: Any = None
@@ -126,11 +148,16 @@ class Launcher(Service):
         #: Root only, where the kernel offers them: per-instance memory and pids cgroups.
         self.cgroups: cgroups.RunCgroups | None = None
         self._fatal = False
+        #: Each service's CSRF secret (read in startService and on reload), sent to it alone.
+        self.csrf_secrets: dict[str, bytes] = {}
+        #: Each static pool's root as (st_dev, st_ino) when it was last (re)launched: a root
+        #: replaced by another directory is only seen by a relaunch (its bind mount pins it).
+        self.static_roots: dict[str, tuple[int, int] | None] = {}
 
     @property
     def children(self) -> list[ChildSlot]:
         front = [self.tls] if self.tls is not None else []
-        return [self.logd, self.publisher, self.dispatcher, *front, *self.instances]
+        return [self.logd, self.publisher, *self.databases, self.dispatcher, *front, *self.instances]
 
     def listeners(self, tls: bool) -> list[tuple[Listener, socket.socket]]:
         """The configured listeners (and their sockets) that are, or are not, ssl:."""
@@ -153,8 +180,15 @@ class Launcher(Service):
             self.pid_namespaces = PidNamespaces()
             self._start_cgroups()
         self._install_usr1()
+        try:
+            self.csrf_secrets = csrf_secrets(self.config)
+        except SecretError as e:
+            self.fatal(str(e))
+        self.static_roots = _static_roots(self.config)
         self.logd.spawn()
         self.publisher.spawn()
+        for slot in self.databases:
+            slot.spawn()
         for slot in self.instances:
             if not slot.dormant:
                 slot.spawn()
@@ -206,10 +240,21 @@ class Launcher(Service):
         if self._uids is None:
             jailplan.prepare_jail_root(site)
             self._uids = jailplan.UidPlan(site, jailplan.uids_in_use())
+        if slot.role == "service" and (service := slot.service_config()) is not None and service.kind == "static":
+            # The built-in resource over its root: no site code, no network, no forks.
+            uid, gid = self._uids.ids_for(service.section, service)
+            spec = jailplan.jail_for(
+                site, slot.name, uid, gid, jailplan.static_binds(service, uid, gid), new_net=True,
+                nofile=2 * service.max_connections + 256, may_fork=False,
+            )
+            if resources is not None:
+                spec = dataclasses.replace(spec, address_space=resources.address_space, file_size=resources.file_size,
+                                           processes=resources.processes)
+            return spec
         if slot.role == "service":
             service = slot.service_config()
             assert service is not None
-            uid, gid = self._uids.ids_for(f"service:{service.name}", service)
+            uid, gid = self._uids.ids_for(service.section, service)
             binds = jailplan.service_binds(site, service)
             if service.scratch:
                 path = jailplan.prepare_scratch(site, service, uid, gid)
@@ -223,6 +268,13 @@ class Launcher(Service):
                     spec, address_space=resources.address_space, file_size=resources.file_size, processes=resources.processes
                 )
             return spec
+        if slot.role == "dbproxy":
+            database = site.database(slot.db or "")
+            assert database is not None
+            uid, gid = self._uids.ids_for(f"dbproxy:{database.name}", database)
+            # SQLite needs no network at all; PostgreSQL is reached over the host's.
+            return jailplan.jail_for(site, slot.name, uid, gid, jailplan.dbproxy_binds(database, uid, gid),
+                                     new_net=database.engine == "sqlite")
         uid, gid = self._uids.ids_for(slot.role)
         nofile = site.max_connections + 1024 if slot.role == "dispatcher" else jailplan.ROLE_NOFILE
         relays = slot.role == "dispatcher" and any(s.isolation == "request" for s in site.services)
@@ -242,7 +294,26 @@ class Launcher(Service):
             slot.tick(now)
         if self.cgroups is not None:
             self.cgroups.sweep()
+        self._sample_processes()
         self._push_status()
+
+    def _sample_processes(self) -> None:
+        """Each current process's memory, CPU and open files (and the launcher's own), for /metrics."""
+        from okws_twisted.launcher.procstats import sample
+
+        samples = []
+        me = sample(os.getpid())
+        if me is not None:
+            samples.append(me.to_json("launcher", "", ""))
+        for slot in self.children:
+            proc = slot.current
+            if proc is None or proc.pid is None:
+                continue
+            found = sample(proc.pid)
+            if found is not None:
+                instance = str(slot.index) if slot.role == "service" else ""
+                samples.append(found.to_json(slot.role, slot.service or "", instance))
+        self.process_samples = samples
 
     # -- logging
 
@@ -317,6 +388,11 @@ class Launcher(Service):
         """Give two ready processes the two ends of a new channel of C{kind}."""
         if self.stopping:
             return
+        if kind == "db":
+            # A service reaches the proxy of its own [db:NAME] only; one without db, none.
+            service = right.service_config()
+            if service is None or not service.db or service.db != left.db:
+                return
         a, b = socketpair()
         try:
             ok = lproc.send(right.peer_meta(rproc, kind), [a.fileno()]) and rproc.send(left.peer_meta(lproc, kind), [b.fileno()])
@@ -396,11 +472,12 @@ class Launcher(Service):
             return
         services: dict[str, dict[str, Any]] = {}
         for slot in self.instances:
-            entry = services.setdefault(slot.service or "", {"failed": True, "restarts": 0, "crashes": 0})
+            entry = services.setdefault(slot.service or "", {"failed": True, "dormant": True, "restarts": 0, "crashes": 0})
             entry["failed"] = entry["failed"] and slot.failed
+            entry["dormant"] = entry["dormant"] and slot.dormant
             entry["restarts"] += max(0, slot.launches - 1)
             entry["crashes"] += slot.crashes
-        proc.send({"k": control.STATUS, "services": services})
+        proc.send({"k": control.STATUS, "services": services, "processes": self.process_samples})
 
     # -- operator commands (okws-ctl)
 
@@ -417,7 +494,7 @@ class Launcher(Service):
         """Gracefully relaunch every instance of C{service} (C{None}: all services)."""
         slots = [s for s in self.instances if service is None or s.service == service]
         if service is not None and not slots:
-            raise KeyError(f"no service named {service!r}")
+            raise LookupError(f"no service named {service!r}")
         return [slot.name for slot in slots if slot.relaunch("operator request")]
 
     def rotate_logs(self) -> dict[str, Any]:
@@ -434,7 +511,7 @@ class Launcher(Service):
         restart and are refused.
         """
         from okws_twisted.config import ConfigError, load
-        from okws_twisted.launcher.resourcecheck import check_resources_async
+        from okws_twisted.launcher.resourcecheck import check_resources_async, summaries
 
         if self.stopping:
             raise ValueError("the site is stopping")
@@ -448,12 +525,23 @@ class Launcher(Service):
             raise ValueError(f"{new.file}: [okws] control_socket: changing it needs a restart")
         problems = yield check_resources_async(new, self.reactor)
         if problems:
-            raise ValueError("; ".join(problems))
+            for problem in problems:
+                if "\n" in problem:
+                    # The traceback of an import failure, for the logs; the refusal says where.
+                    self.note(LogLevel.error, "{problem}", problem=summaries([problem])[0], traceback=problem)
+            raise ValueError("; ".join(summaries(problems)))
+        try:
+            self.csrf_secrets = csrf_secrets(new)
+        except SecretError as e:
+            raise ValueError(str(e)) from None
         result = self.apply(new)
         if self.tls is not None and self.tls.relaunch("reload: reading the certificates again"):
             result["relaunched"] = [self.tls.name]
-        self.log.info("reloaded {file}: {result}", file=new.file, result=result)
-        return result
+        from okws_twisted.ctl import format_reload
+
+        answer: dict[str, Any] = {"file": new.file, **result}
+        self.log.info("{text}", text=format_reload(answer))
+        return answer
 
     def apply(self, new: SiteConfig) -> dict[str, list[str]]:
         old = self.config
@@ -465,6 +553,11 @@ class Launcher(Service):
             k: v for k, v in dataclasses.asdict(new).items() if k != "services"
         }
         changed = [n for n in new_services if n in old_services and new_services[n] != old_services[n]]
+        roots = _static_roots(new)
+        # A static root replaced by another directory (mv static.new static): its pool still
+        # sees the old one through its bind mount until it is relaunched.
+        changed += [n for n, root in roots.items() if n in old_services and n not in changed and root != self.static_roots.get(n)]
+        self.static_roots = roots
         self.config = new
         # Every surviving process learns the new routes and limits first, so
         # the dispatcher already routes removed paths away (404) when their
@@ -481,6 +574,7 @@ class Launcher(Service):
             elif slot.service in changed:
                 if not slot.relaunch("its configuration changed"):
                     slot.spawn() if slot.current is None and slot.relaunch_call is None else None
+        databases = self._apply_databases(old, new)
         for name, cfg in new_services.items():
             have = {s.index for s in self.instances if s.service == name}
             for index in range(cfg.instances):
@@ -489,7 +583,35 @@ class Launcher(Service):
                     self.instances.append(slot)
                     slot.spawn()
         self._push_status()
-        return {"added": added, "removed": removed, "changed": changed, "site_changed": [new.file] if site_changed else []}
+        return {"added": added, "removed": removed, "changed": changed, "site_changed": [new.file] if site_changed else [],
+                "databases": databases}
+
+    def _apply_databases(self, old: SiteConfig, new: SiteConfig) -> list[str]:
+        """Relaunch the proxy of each database whose section, queries or schema changed (gracefully:
+        calls in flight finish on the old one); start new ones, retire removed ones."""
+        touched = []
+        for slot in list(self.databases):
+            before, after = old.database(slot.db or ""), new.database(slot.db or "")
+            if after is None:
+                slot.removed = True
+                if slot.relaunch_call is not None and slot.relaunch_call.active():
+                    slot.relaunch_call.cancel()
+                for proc in slot.processes():
+                    slot.retire(proc, handback=False)
+                self.databases.remove(slot)
+                touched.append(slot.name)
+            elif after != before:
+                if not slot.relaunch("its queries, schema or settings changed"):
+                    if slot.current is None and slot.relaunch_call is None:
+                        slot.spawn()
+                touched.append(slot.name)
+        for database in new.databases:
+            if not any(slot.db == database.name for slot in self.databases):
+                slot = ChildSlot(self, "dbproxy", db=database.name)
+                self.databases.append(slot)
+                slot.spawn()
+                touched.append(slot.name)
+        return touched
 
     def _remove(self, slot: ChildSlot) -> None:
         slot.removed = True

@@ -4,7 +4,8 @@
 
 Everything that can be wrong with a site is found here, before twistd starts
 anything: the config file, each service's resource (checked in a separate
-process, see L{okws_twisted.launcher.resourcecheck}) and the listening sockets.  A
+process, see L{okws_twisted.launcher.resourcecheck}), the services' CSRF
+secrets (L{okws_twisted.launcher.secrets}) and the listening sockets.  A
 problem prints one line naming the file, section and key, and twistd exits
 with status 1.
 """
@@ -15,9 +16,10 @@ import sys
 
 from twisted.python import usage
 
-from okws_twisted.config import ConfigError, SiteConfig, load
-from okws_twisted.launcher.listeners import ListenError, check_tls_files, open_listener
-from okws_twisted.launcher.resourcecheck import check_resources
+from okws_twisted.config import SiteConfig
+from okws_twisted.launcher.listeners import ListenError, open_listener
+from okws_twisted.launcher.resourcecheck import check_site
+from okws_twisted.launcher.secrets import SecretError, csrf_secrets
 from okws_twisted.launcher.site import Launcher
 
 
@@ -41,18 +43,17 @@ class Options(usage.Options):
     site: SiteConfig
 
     def postOptions(self) -> None:
-        try:
-            self.site = load(self["config"])
-        except ConfigError as e:
-            _fail(str(e))
-        missing = check_tls_files(self.site)
-        if missing:
-            _fail(missing[0])
-        found = check_resources(self.site)
-        if found:
-            for line in found[:-1]:
+        site, problems = check_site(self["config"])
+        if problems:
+            for line in problems[:-1]:
                 print(f"okws: {line}", file=sys.stderr)
-            _fail(found[-1])
+            _fail(problems[-1])
+        assert site is not None
+        self.site = site
+        try:
+            csrf_secrets(self.site)
+        except SecretError as e:
+            _fail(str(e))
 
 
 def _refuse_if_running(site: SiteConfig) -> None:

@@ -43,6 +43,9 @@ class LogFile:
     def open(self) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         st = os.fstat(fd)
+        if st.st_size == 0 and st.st_mode & 0o777 != FILE_MODE:
+            # A file just made: the promised mode whatever the umask (0640, not 0600 under 077).
+            os.fchmod(fd, FILE_MODE)
         self.close()
         self.fd, self.size, self.dev, self.ino = fd, st.st_size, st.st_dev, st.st_ino
 

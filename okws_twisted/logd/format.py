@@ -341,9 +341,10 @@ def _prefix(micros: int | None, level: str, sender: Sender, times: TimeFormats) 
 
 
 def event_lines(fields: Mapping[str, Any], sender: Sender, times: TimeFormats) -> str:
-    """error.log lines for a checked event: the text, then each traceback line, all prefixed."""
+    """error.log lines for a checked event: the text (and its request's id), then each traceback line, all prefixed."""
     prefix = _prefix(fields.get("time"), fields["level"], sender, times)
-    out = [prefix + escape_text(fields["text"]) + "\n"]
+    request = f" [request_id {_bare(fields, 'request_id')}]" if "request_id" in fields else ""
+    out = [prefix + escape_text(fields["text"]) + request + "\n"]
     traceback = fields.get("traceback")
     if traceback:
         out.extend(prefix + "  " + escape_text(line) + "\n" for line in traceback.rstrip("\n").split("\n"))

@@ -2,8 +2,8 @@
 
 One long-lived process per instance of a web service: it adopts the client connections the
 dispatcher hands over and serves them with the author's L{ServiceResource} on twisted.web.
-Channels: handoff (to the dispatcher), templates (to the publisher), log (to the log daemon),
-control (to the launcher).
+Channels: handoff (to the dispatcher), templates (to the publisher), db (to its database proxy,
+for a service with C{db}), log (to the log daemon), control (to the launcher).
 """
 
 from typing import TYPE_CHECKING

@@ -236,7 +236,9 @@ class ServiceConnection:
             return
         if self.failure is not None:
             self.channel.setTimeout(None)
-            response = error_response(self.failure.status, self.failure.reason, pages=self.runtime.templates.pages)
+            response = error_response(
+                self.failure.status, self.failure.reason, pages=self.runtime.templates.pages, fields=self.runtime.stamp.fields()
+            )
             self.runtime.answered(self, self.failure.status, self.failure.reason, response)
             self.transport.write(response)
             self.transport.close_lingering()

@@ -6,7 +6,8 @@ an ordinary C{twisted.web} L{Site}; everything here runs inside that one
 process, so this module imports nothing from the launcher or the dispatcher.
 Its templates come from the site serving it (L{ITemplates}): the template
 publisher's in a service process, the test's under
-L{okws_twisted.testing.render}.
+L{okws_twisted.testing.render}; so does its database (C{self.db}, an
+L{IDatabase}): the database proxy's client, or a test's in-memory database.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.reflect import prefixedMethodNames
-from twisted.web import pages
-from twisted.web.http import INTERNAL_SERVER_ERROR, NO_BODY_CODES, NOT_ALLOWED
+from twisted.web.http import FORBIDDEN, INTERNAL_SERVER_ERROR, NO_BODY_CODES, NOT_ALLOWED
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from okws_twisted.interfaces import ITemplates
+from okws_twisted.interfaces import IDatabase, ITemplates
+from okws_twisted.service.csrf import FIELD, HEADER, CsrfKey, cookie_name, new_nonce, valid_nonce
+from okws_twisted.service.database import DatabaseError, DatabaseUnavailable, Queries
 from okws_twisted.templating import (
     PublisherUnavailable,
     TemplateFailure,
@@ -51,6 +53,15 @@ _UNAVAILABLE = "A part of this page is not available right now; try again shortl
 # render_template (which takes no request).  It is set around each call of a
 # render_<METHOD>, and a coroutine keeps the value it started with.
 _serving: ContextVar[ITemplates | None] = ContextVar("okws_serving_templates", default=None)
+# The same for the database of that site, for self.db.
+_servingDatabase: ContextVar[IDatabase | None] = ContextVar("okws_serving_database", default=None)
+# The request being rendered, for the csrf_token() that render_template gives templates.
+_rendering: ContextVar[IRequest | None] = ContextVar("okws_rendering_request", default=None)
+
+#: What a request refused for its CSRF token is told (with the site's 403 page).
+_CSRF_REFUSED = "The form has expired or did not come from this site; reload the page and try again."
+#: The methods checked by default: those that change state.
+UNSAFE_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 
 
 class ServiceResource(Resource):
@@ -90,18 +101,58 @@ class ServiceResource(Resource):
         C{HEAD} is answered by C{render_GET} without the body unless the
         class defines C{render_HEAD}.
 
+    Data comes from the service's database proxy: C{self.db.NAME(**params)}
+    runs the named query C{NAME} this service was granted (see L{db}).
+
     Children work as in twisted.web (C{putChild}, C{getChild}), with one
     addition: a trailing slash renders the resource it follows (C{/} the root,
     C{/a/} the child C{a}) unless a child was put at C{b""}, where plain
     twisted.web answers 404.
+
+    Forms are protected against cross-site request forgery by default: a
+    request whose method is in C{csrf_methods} (POST, PUT, PATCH, DELETE)
+    reaches its C{render_<METHOD>} only if it carries this service's token
+    (the form field C{csrf_token}, or the C{X-CSRF-Token} header) for the
+    nonce in its CSRF cookie; otherwise it gets the site's 403 page. A form
+    gets its token from L{csrf_token} (templates call C{csrf_token()}). A
+    resource serving an API with its own authentication opts out with
+    C{csrf_methods = frozenset()}, or for some methods only.
     """
 
     log: ClassVar[Logger] = Logger()
+
+    #: The methods whose requests must carry a CSRF token (checked after 405, before the render).
+    csrf_methods: ClassVar[frozenset[bytes]] = UNSAFE_METHODS
 
     # The templates of the site that last rendered this resource, for a
     # render_template called later from a plain Deferred callback (outside
     # the context the render ran in).
     _okwsTemplates: ITemplates | None = None
+    # The same for the site's database.
+    _okwsDatabase: IDatabase | None = None
+
+    @property
+    def db(self) -> Queries:
+        """
+        The named queries this service may run: C{self.db.NAME(**params)}.
+
+        C{NAME} is a query of the site's queries file (aiosql's format) that
+        the service's C{queries} key grants; the call returns a L{Deferred}
+        (await it) of its result, shaped by the query's suffix: no suffix, a
+        list of dicts (column name -> value); C{^} one dict or None; C{$} one
+        value; C{!} the number of rows affected; C{<!} the returned id or row;
+        C{*!} takes one list of parameter dicts. Each call is one
+        transaction. Values may be None, bool, int, float, str, bytes,
+        Decimal, date and datetime; any other type, or a wrong parameter
+        name, raises C{TypeError} before anything is sent.
+
+        It fails with L{QueryRefused} (not granted), L{DatabaseUnavailable}
+        (the proxy or the database away, the queue full, C{query_timeout}
+        passed; uncaught: 503 with C{Retry-After}) or L{QueryFailed} (the
+        database's own error; uncaught: 500). No SQL, credential or database
+        file ever reaches the service.
+        """
+        return Queries(_servingDatabase.get() or self._okwsDatabase)
 
     def render_template(self, template: str, /, **context: Any) -> Deferred[str]:
         """
@@ -128,7 +179,56 @@ class ServiceResource(Resource):
                     template,
                 )
             )
+        if "csrf_token" not in context:
+            context["csrf_token"] = self._tokenFor(_rendering.get())
         return templates.render(template, context)
+
+    def csrf_token(self, request: IRequest) -> str:
+        """This service's CSRF token for C{request}'s client, for a form's C{csrf_token} field.
+
+        It sets the CSRF cookie (once per response) if the request did not
+        carry a valid one. Templates rendered with L{render_template} call
+        C{csrf_token()} instead: C{<input type="hidden" name="csrf_token"
+        value="{{ csrf_token() }}">}.
+
+        @raise LookupError: the resource is not served with a CSRF secret
+            (neither by okws nor by L{okws_twisted.testing.render}).
+        """
+        key = _csrfKeyOf(request)
+        if key is None:
+            raise LookupError("no CSRF secret: this resource is not being served by okws")
+        nonce = getattr(request, "okws_csrf_nonce", None)
+        if nonce is None:
+            secure = request.isSecure()
+            name = cookie_name(key.service, secure)
+            nonce = request.getCookie(name)
+            if not valid_nonce(nonce):
+                nonce = new_nonce()
+                request.addCookie(name, nonce, path=b"/", secure=True if secure else None, httpOnly=True, sameSite="lax")
+            request.okws_csrf_nonce = nonce
+        return key.token(nonce).decode("ascii")
+
+    def _tokenFor(self, request: IRequest | None) -> Any:
+        """The C{csrf_token()} a template gets: bound to the request being rendered."""
+
+        def csrf_token() -> str:
+            if request is None:
+                raise LookupError(
+                    "csrf_token() has no request: render_template was called outside the render of one"
+                    " (from a plain Deferred callback); pass csrf_token=self.csrf_token(request)"
+                )
+            return self.csrf_token(request)
+
+        return csrf_token
+
+    def _csrfRefusal(self, request: IRequest) -> str | None:
+        """Why C{request} fails its CSRF check, or L{None} if it passes."""
+        key = _csrfKeyOf(request)
+        if key is None:
+            return "no CSRF secret: this resource is not being served by okws (in a test, use okws_twisted.testing.render)"
+        nonce = request.getCookie(cookie_name(key.service, request.isSecure()))
+        sent = (request.args.get(FIELD) or [None])[0] or request.getHeader(HEADER)
+        return key.check(nonce, sent)
 
     @staticmethod
     def tls(request: IRequest) -> dict[str, str] | None:
@@ -162,10 +262,17 @@ class ServiceResource(Resource):
         templates = _templatesOf(request)
         if templates is not None:
             self._okwsTemplates = templates
+        database = _databaseOf(request)
+        if database is not None:
+            self._okwsDatabase = database
         token = _serving.set(templates)
+        dbToken = _servingDatabase.set(database)
+        current = _rendering.set(request)
         try:
             return self._renderMethod(request)
         finally:
+            _rendering.reset(current)
+            _servingDatabase.reset(dbToken)
             _serving.reset(token)
 
     def _renderMethod(self, request: IRequest) -> Any:
@@ -174,9 +281,21 @@ class ServiceResource(Resource):
             allowed = self._allowedMethods()
             request.setHeader(b"Allow", b", ".join(allowed))
             detail = "This resource allows " + ", ".join(m.decode() for m in allowed)
-            return pages.errorPage(NOT_ALLOWED, "Method Not Allowed", detail).render(
-                request
-            )
+            # The site's 405 page, with Content-Length like every body okws
+            # makes (twisted.web.pages would stream it chunked).
+            self._errorPage(request, NOT_ALLOWED, detail, None)
+            return NOT_DONE_YET
+        if request.method in self.csrf_methods:
+            why = self._csrfRefusal(request)
+            if why is not None:
+                self.log.info(
+                    "refused {method} {path}: {why}",
+                    method=_text(request.method),
+                    path=_text(request.path),
+                    why=why,
+                )
+                self._errorPage(request, FORBIDDEN, _CSRF_REFUSED, None)
+                return NOT_DONE_YET
         try:
             result = handler(request)
         except Exception:
@@ -308,6 +427,21 @@ class ServiceResource(Resource):
                 message=problem.message,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
+            )
+        elif isinstance(problem, DatabaseError):
+            if isinstance(problem, DatabaseUnavailable):
+                status, message, retryAfter = 503, _UNAVAILABLE, problem.retry_after
+            self.log.failure(
+                "database call {query} on [db:{db}] failed ({kind}) for {method} {path}: {message}",
+                failure=reason,
+                level=LogLevel.warn if isinstance(problem, DatabaseUnavailable) else LogLevel.error,
+                query=problem.query,
+                db=problem.db,
+                kind=type(problem).__name__,
+                message=problem.message,
+                method=_text(request.method),
+                path=_text(request.path),
             )
         elif isinstance(problem, TemplateFailure):
             self.log.failure(
@@ -320,6 +454,7 @@ class ServiceResource(Resource):
                 message=problem.message,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
             )
         else:
             self.log.failure(
@@ -327,6 +462,7 @@ class ServiceResource(Resource):
                 failure=reason,
                 method=_text(request.method),
                 path=_text(request.path),
+                request_id=_requestId(request),
             )
         if clientGone or request.finished:
             return
@@ -352,6 +488,17 @@ class ServiceResource(Resource):
         self._respond(request, body)
 
 
+def _databaseOf(request: IRequest) -> IDatabase | None:
+    """The database of the site serving C{request}, if it has one."""
+    return IDatabase(getattr(getattr(request, "site", None), "db", None), None)
+
+
+def _csrfKeyOf(request: IRequest) -> CsrfKey | None:
+    """The CSRF key of the site serving C{request}, if it has one."""
+    key = getattr(getattr(request, "site", None), "csrf", None)
+    return key if isinstance(key, CsrfKey) else None
+
+
 def _templatesOf(request: IRequest) -> ITemplates | None:
     """The templates of the site serving C{request}, if it has any."""
     return ITemplates(getattr(getattr(request, "site", None), "templates", None), None)
@@ -372,6 +519,12 @@ def _discardResponse(request: IRequest) -> None:
     request.cookies = []
     request.etag = None
     request.lastModified = None
+
+
+def _requestId(request: IRequest) -> str | None:
+    """okws's id of C{request} (as in its access record), if it has one."""
+    rid = getattr(request, "request_id", None)
+    return rid if isinstance(rid, str) else None
 
 
 def _text(raw: bytes) -> str:

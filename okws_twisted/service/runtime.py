@@ -30,6 +30,7 @@ holds them, answers C{503}.  The handoff channel is never reset for that.
 
 from __future__ import annotations
 
+import base64
 import socket
 from typing import Any, Callable
 
@@ -45,6 +46,8 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.service.budget import BodyFiles, FdBudget
 from okws_twisted.service.connection import ServiceConnection
+from okws_twisted.service.csrf import CsrfKey
+from okws_twisted.service.dbclient import DatabaseClient
 from okws_twisted.service.templateclient import PublisherClient
 from okws_twisted.service.web import MountRoot, ServiceSite
 from okws_twisted.wire import handoff, limits
@@ -56,6 +59,7 @@ from okws_twisted.wire.httpframe import (
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import ANY_HOST, Route, RouteTable
+from okws_twisted.wire.stamp import ResponseStamp
 from okws_twisted.wire.transport import transport_for
 
 STATS_INTERVAL = 1.0
@@ -78,6 +82,7 @@ class ServiceRuntime:
         resource: IResource,
         exited: Callable[[], None] = lambda: None,
         records: RecordSender | None = None,
+        csrf_secret: bytes | None = None,
     ) -> None:
         self.reactor = reactor
         self.config = site_config
@@ -93,9 +98,15 @@ class ServiceRuntime:
         self.templates = PublisherClient(reactor, site_config.template_timeout, site_config.retry_after)
         self.root = MountRoot(resource, service.paths)
         self.site = ServiceSite(self.root, self.templates, reactor=reactor)
+        self.site.stamp = self.stamp = ResponseStamp(reactor, site_config.server_header)
         self.site.records = records
+        if csrf_secret is not None:
+            self.site.csrf = CsrfKey(service.name, csrf_secret)
         self.site.access_records = site_config.access_log or site_config.access_log_json
         self.site.request_ids = RequestIds()
+        database = site_config.database(service.db) if service.db else None
+        self.db = DatabaseClient(reactor, database, site_config.retry_after) if database is not None else None
+        self.site.db = self.db
         self.site.doStart()
         self.fds = FdBudget.for_process(service.max_connections)
         self.bodies = BodyFiles(self.fds.memfd_cap)
@@ -232,7 +243,10 @@ class ServiceRuntime:
         return len(self.connections) + len(self._unacked_backs) + arriving >= self.fds.conn_cap
 
     def _unavailable(self) -> bytes:
-        return error_response(503, "The service is busy; try again shortly.", pages=self.templates.pages, retry_after=self.config.retry_after)
+        return error_response(
+            503, "The service is busy; try again shortly.", pages=self.templates.pages, retry_after=self.config.retry_after,
+            fields=self.stamp.fields(),
+        )
 
     def _send_stats(self) -> None:
         """Report cumulative counters to the dispatcher, if they changed."""
@@ -287,7 +301,8 @@ class ServiceRuntime:
                 return
             # The site is stopping (the dispatcher stops first); never drop it silently.
             _answer_and_close(sock, error_response(
-                503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after
+                503, "The service is restarting.", pages=self.templates.pages, retry_after=self.config.retry_after,
+                fields=self.stamp.fields(),
             ))
             return
         protocol = ServiceConnection(self, routed=True, conn_id=conn.id, origin=origin, relay=conn.relay)
@@ -357,6 +372,8 @@ class ServiceRuntime:
             self.set_dispatcher(sock)
         elif channel == "templates":
             self.templates.set_channel(sock)
+        elif channel == "db" and self.db is not None:
+            self.db.set_channel(sock)
         else:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()
@@ -372,9 +389,13 @@ class ServiceRuntime:
         if site.max_head > self.config.max_head and self.link is not None:
             self.link.set_limits(limits.handoff(site.max_head))
         self.config = site
+        self.site.stamp = self.stamp = ResponseStamp(self.reactor, site.server_header)
         self.routes = RouteTable.from_config(site)
         self.service = next((s for s in site.services if s.name == self.service.name), self.service)
         self.root.mount_at(self.service.paths)
+        database = site.database(self.service.db) if self.service.db else None
+        if self.db is not None and database is not None:
+            self.db.configure(database)
         self.limits = Limits(
             max_request_line=site.max_request_line,
             max_head=site.max_head,
@@ -436,13 +457,26 @@ def start_role(
     stopped: Callable[[], None],
     records: RecordSender | None = None,
 ) -> ServiceRuntime:
-    """A service instance child: import and build the service's resource, then serve."""
-    from okws_twisted.bootstrap import load_resource
+    """A service instance child: import and build the service's resource, then serve.
+
+    A static pool's resource is built in (L{okws_twisted.config.site.STATIC_RESOURCE}): it is
+    imported by name from okws, never from the site directory, and built with the root the
+    launcher named (C{/files} in its jail), the pool's C{max_age}, and C{keepalive_timeout} as
+    the longest a client may read nothing of a file.
+    """
+    from okws_twisted.bootstrap import import_spec, load_resource
 
     name, index = str(meta["service"]), int(meta["index"])
     service = next(s for s in site.services if s.name == name)
-    resource = load_resource(service.resource, site.base_dir)()
-    return ServiceRuntime(reactor, site, service, index, resource, exited=stopped, records=records)
+    if service.kind == "static":
+        resource = import_spec(service.resource)(str(meta["root"]), service.max_age, site.keepalive_timeout)
+    else:
+        resource = load_resource(service.resource, site.base_dir)()
+    secret = meta.get("csrf_secret")
+    return ServiceRuntime(
+        reactor, site, service, index, resource, exited=stopped, records=records,
+        csrf_secret=base64.b64decode(secret) if isinstance(secret, str) else None,
+    )
 
 
 def _answer_and_close(sock: socket.socket, response: bytes) -> None:

@@ -143,7 +143,8 @@ class PublisherClient:
                     self.cache.invalidate(templatechannel.parse_changed(msg))
                 elif msg.kind == templatechannel.PAGES:
                     self.pages = ErrorPages(templatechannel.parse_pages(msg))
-                    self.log.info("received {count} error pages from the publisher", count=len(self.pages.pages))
+                    # The dispatcher says so once for the site; every instance saying it too is noise.
+                    self.log.debug("received {count} error pages from the publisher", count=len(self.pages.pages))
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:

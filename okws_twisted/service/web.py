@@ -16,14 +16,18 @@ from typing import TYPE_CHECKING, Any
 from twisted.web import http, server
 from twisted.web.resource import IResource, NoResource, Resource
 
+from okws_twisted.config.site import DEFAULT_SERVER_HEADER
 from okws_twisted.interfaces import ITemplates
 from okws_twisted.service.budget import BodyFiles
+from okws_twisted.service.csrf import CsrfKey
+from okws_twisted.wire.errorpage import RFC9110_PHRASES
 from okws_twisted.wire.handoff import tls_summary
 from okws_twisted.wire.httpframe import (
     RequestHead,
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import host_key
+from okws_twisted.wire.stamp import ResponseStamp
 
 if TYPE_CHECKING:
     from okws_twisted.service.connection import ServiceConnection
@@ -91,6 +95,37 @@ class ServiceRequest(server.Request):
             conn.request_started()
             self.notifyFinish().addBoth(conn.request_finished, self, conn.runtime.reactor.seconds())
         super().process()
+
+    # twisted.web's process() sets Server (its name and exact version) and Date
+    # (formatted per response), then calls render(), or processingFailed() if
+    # finding the resource raised: both are public steps after that, where the
+    # site's stamp replaces the two.  (Twisted still formats its own Date first;
+    # avoiding that would mean copying process(), which uses private names.)
+
+    def render(self, resrc: Any) -> None:
+        self._stamp()
+        super().render(resrc)
+
+    def processingFailed(self, reason: Any) -> Any:
+        self._stamp()
+        return super().processingFailed(reason)
+
+    def _stamp(self) -> None:
+        stamp = getattr(getattr(self, "site", None), "stamp", None)
+        if stamp is None:
+            return
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"date", [stamp.date()])
+        if stamp.server is None:
+            headers.removeHeader(b"server")
+        else:
+            headers.setRawHeaders(b"server", [stamp.server])
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """As twisted.web's, with RFC 9110's reason phrase where twisted.web has an older one."""
+        if message is None and code in RFC9110_PHRASES:
+            message = RFC9110_PHRASES[code].encode("ascii")
+        super().setResponseCode(code, message)
 
 
 class MountRoot(Resource):
@@ -161,13 +196,23 @@ class ServiceSite(server.Site):
     requestFactory = ServiceRequest
     protocol = ServiceChannel
     displayTracebacks = False
+    #: No "Starting factory <...ServiceSite object at 0x...>" in the log per process.
+    noisy = False
 
     def __init__(self, resource: IResource, templates: ITemplates | None = None, reactor: Any = None) -> None:
         super().__init__(resource, reactor=reactor)
         self.templates = templates
+        #: Every response's Date and Server (the runtime's, from [okws] server_header).
+        self.stamp = ResponseStamp(self.reactor, DEFAULT_SERVER_HEADER)
 
+    #: The service's CSRF key (set by the runtime from the secret the launcher sent);
+    #: L{None}: every CSRF check fails (closed).
+    csrf: CsrfKey | None = None
     #: The log client (set by the runtime); L{None}: no access records.
     records: RecordSender | None = None
+    #: What C{self.db} calls (an L{okws_twisted.interfaces.IDatabase}, set by the runtime for a
+    #: service with C{db}); L{None}: no database.
+    db: Any = None
     #: Send records for every response (else only for status 400 and up, for error.log).
     access_records = True
     request_ids = RequestIds("-")

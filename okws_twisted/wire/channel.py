@@ -436,6 +436,12 @@ class MessageChannel:
         self._sock.close()
         self._lost(reason)
 
+    @property
+    def backlog(self) -> int:
+        """Datagrams queued because the peer is not reading (each at most L{CHUNK} bytes of payload):
+        a sender that must not buffer without bound checks this and gives up on the peer."""
+        return len(self._outq)
+
     def fileno(self) -> int:
         return self._fd if self.connected else -1
 

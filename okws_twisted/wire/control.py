@@ -87,6 +87,7 @@ FROM_CHILD: dict[str, frozenset[str]] = {
     "service": frozenset({READY, PONG}),
     "pubd": frozenset({READY, PONG, LOST}),
     "tls": frozenset({READY, PONG}),
+    "dbproxy": frozenset({READY, PONG}),
 }
 
 

@@ -2,10 +2,11 @@
 """
 Complete HTTP error responses written by okws itself (OKWS's okd error pages).
 
-The dispatcher answers 400/404/408/413/414/421/431/503/505 before any service
+The dispatcher answers 400/404/408/413/414/421/431/501/503/505 before any service
 sees a request, and a service answers 400 when a later request on its
-connection is malformed, 500 when its render fails and 503 when a template
-cannot be had.  All of them write these responses.
+connection is malformed, 403 when a form's CSRF token is missing or wrong,
+500 when its render fails and 503 when a template cannot be had; a static
+pool answers 404 and 405.  All of them write these responses.
 
 The page itself comes from the site's error templates
 (C{templates/errors/<status>.html}), which the template publisher renders
@@ -30,7 +31,19 @@ from typing import Mapping
 MESSAGE_MARKER = "\x00\x1e\x00"
 
 #: The statuses the site's error templates cover.
-STATUSES = (400, 404, 408, 413, 414, 421, 431, 500, 503, 505)
+STATUSES = (400, 403, 404, 405, 408, 413, 414, 421, 431, 500, 501, 503, 505)
+STATUSES = (400, 403, 404, 405, 408, 413, 414, 431, 500, 501, 503, 505)
+
+#: RFC 9110's reason phrases where Python's C{HTTPStatus} (and twisted.web) still
+#: carry the older ones (C{413 Request Entity Too Large}, C{414 Request-URI Too Long}).
+RFC9110_PHRASES = {
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+    505: "HTTP Version Not Supported",
+}
 
 _PAGE = (
     "<!DOCTYPE html>\n<html><head><title>{code} {phrase}</title></head>\n"
@@ -39,7 +52,9 @@ _PAGE = (
 
 
 def phrase(status: int) -> str:
-    """The standard reason phrase for C{status} (``"Unknown"`` if none)."""
+    """The RFC 9110 reason phrase for C{status} (``"Unknown"`` if none)."""
+    if status in RFC9110_PHRASES:
+        return RFC9110_PHRASES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -81,24 +96,34 @@ def error_response(
     retry_after: int | None = None,
     head_only: bool = False,
     extra_headers: tuple[tuple[str, str], ...] = (),
+    fields: bytes = b"",
+    close: bool = True,
 ) -> bytes:
-    """The whole HTTP/1.1 response for an error C{status}, closing the connection.
+    """The whole HTTP/1.1 response for an error C{status}.
 
     @param message: a short explanation shown on the page (escaped here).
     @param pages: the site's error pages; the built-in page where it has none.
     @param head_only: leave the body out (the request was HEAD).
+    @param fields: the process's C{Date} and C{Server} lines
+        (L{okws_twisted.wire.stamp.ResponseStamp.fields}), right after the status line.
+    @param close: say C{Connection: close} (the caller closes); C{False} only where
+        the connection's framing is intact and it stays open.
     """
     text = phrase(status)
     body = pages.body(status, message).encode("utf-8")
     headers = [
-        f"HTTP/1.1 {status} {text}",
         "Content-Type: text/html; charset=utf-8",
         f"Content-Length: {len(body)}",
-        "Connection: close",
-        "Cache-Control: no-store",
     ]
+    if close:
+        headers.append("Connection: close")
+    headers.append("Cache-Control: no-store")
     if retry_after is not None:
         headers.append(f"Retry-After: {retry_after}")
     headers.extend(f"{k}: {v}" for k, v in extra_headers)
-    head = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
+    head = (
+        f"HTTP/1.1 {status} {text}\r\n".encode("latin-1")
+        + fields
+        + ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1")
+    )
     return head if head_only else head + body

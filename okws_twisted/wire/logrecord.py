@@ -41,13 +41,15 @@ ACCESS_RECORD: dict[str, type] = {
     "host": str,
 }
 
-#: An error-log event (``kind = "event"``): C{level} one of L{LEVELS}.
+#: An error-log event (``kind = "event"``): C{level} one of L{LEVELS}; C{request_id}
+#: when the event is about one request (a failed render), as in its access record.
 EVENT_RECORD: dict[str, type] = {
     "kind": str,
     "time": int,
     "level": str,
     "text": str,
     "traceback": str,
+    "request_id": str,
 }
 
 #: A sender's report that its buffer was full and it dropped C{count} records.

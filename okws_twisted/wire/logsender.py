@@ -145,11 +145,13 @@ class RecordSender:
         elif self._timer is None:
             self._timer = self.reactor.callLater(self.interval, self.flush)
 
-    def event(self, level: str, text: str, traceback: str | None = None) -> None:
+    def event(self, level: str, text: str, traceback: str | None = None, request_id: str | None = None) -> None:
         """Queue an error-log event (cut to the daemon's limits, so a batch stays bounded)."""
         record: dict[str, Any] = {"kind": "event", "time": now_us(self.reactor), "level": level, "text": text[:MAX_TEXT]}
         if traceback:
             record["traceback"] = traceback[-MAX_TRACEBACK:]
+        if request_id:
+            record["request_id"] = request_id[:MAX_TEXT]
         self.emit(record)
 
     @property
@@ -249,7 +251,8 @@ class EventForwarder:
 
     A service's failed render is logged by L{okws_twisted.service.resource} with
     C{log.failure}; this turns such events (and any other at level warn or
-    above) into C{event} records with the traceback.
+    above) into C{event} records with the traceback, and the event's
+    C{request_id} field, if any, so the id a user reports finds the traceback.
     """
 
     def __init__(self, sender: RecordSender) -> None:
@@ -267,7 +270,8 @@ class EventForwarder:
             traceback = failure.getTraceback() if isinstance(failure, Failure) else None
             if isinstance(failure, Failure) and not text:
                 text = failure.getErrorMessage()
-            self.sender.event(level.name, text, traceback)
+            request_id = event.get("request_id")
+            self.sender.event(level.name, text, traceback, request_id if isinstance(request_id, str) else None)
         finally:
             self._busy = False
 

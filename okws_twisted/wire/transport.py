@@ -11,6 +11,8 @@ producer and consumer, and it can L{detach <SocketTransport.detach>} the
 socket (stop using it, flush nothing more, shut nothing down) so that the
 socket can be passed on.  The dispatcher reads request heads through it; a
 service process serves HTTP through it and hands kept-alive connections back.
+It also sends a file's bytes straight from the page cache (L{SocketTransport.send_file},
+C{os.sendfile}), which the static pools serve their larger files with.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 from typing import Callable
 
 from twisted.internet import error
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import (
     IAddress,
@@ -41,6 +44,8 @@ READ_SIZE = 65536
 WRITE_HIGH_WATER = 256 * 1024
 #: A write outside a read smaller than this waits for the end of the reactor iteration.
 BATCH_LIMIT = 64 * 1024
+#: The most one C{sendfile} call moves (a fast reader still lets the loop turn).
+SENDFILE_CHUNK = 1 << 20
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
 
@@ -88,7 +93,7 @@ class _Flusher:
         for transport in pending:
             transport._flush_scheduled = False
             transport._flush_batch()
-            if transport.disconnecting and transport._lingering is None and not transport._buffer:
+            if transport.disconnecting and transport._lingering is None and not transport._unsent:
                 # loseConnection() was called: everything is sent, close.
                 transport._lose_now(error.ConnectionDone())
 
@@ -101,6 +106,22 @@ def _flusher(reactor: object) -> _Flusher:
     if f is None or f.reactor is not reactor:
         f = _flushers[id(reactor)] = _Flusher(reactor)
     return f
+
+
+class FileShrank(Exception):
+    """The file ended before the promised count of bytes was sent (it was truncated meanwhile)."""
+
+
+class _FileSegment:
+    """A part of a file being sent (L{SocketTransport.send_file})."""
+
+    def __init__(self, fd: int, offset: int, count: int, progress: Callable[[int], None] | None) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.remaining = count
+        self.sent = 0
+        self.progress = progress
+        self.done: Deferred[int] = Deferred()
 
 
 def address_of(sockaddr: object, family: int) -> IAddress:
@@ -177,6 +198,9 @@ class SocketTransport:
         self._batch_bytes = 0
         self._flush_scheduled = False
         self._flusher = _flusher(reactor)
+        #: The file being sent, and what was written meanwhile (sent after it).
+        self._segment: _FileSegment | None = None
+        self._after: list[bytes] = []
 
     def start(self, data: bytes = b"") -> None:
         """Connect the protocol, replay C{data} already read elsewhere, then read."""
@@ -261,6 +285,11 @@ class SocketTransport:
                 self._buffer[0] = first[sent:]
                 return None
             del self._buffer[0]
+        if self._segment is not None:
+            if not self._pump_file():
+                return None
+            if self._buffer or self._segment is not None:
+                return None  # what was written after the file, or the next file, is going
         self._stop_writing()
         if self._producer is not None and self._producer_paused:
             self._producer_paused = False
@@ -285,6 +314,10 @@ class SocketTransport:
         self._stop_writing()
         self._buffer.clear()
         self._buffered = 0
+        segment, self._segment = self._segment, None
+        self._after = []
+        if segment is not None:
+            segment.done.errback(Failure(error.ConnectionLost("the connection closed while a file was being sent")))
         try:
             self.socket.close()
         except OSError:
@@ -326,6 +359,10 @@ class SocketTransport:
 
     def _send(self, data: bytes) -> None:
         if not self.connected or self.detached:
+            return
+        if self._segment is not None:
+            # Behind the file being sent.
+            self._after.append(bytes(data))
             return
         if not self._buffer:
             try:
@@ -384,7 +421,7 @@ class SocketTransport:
         self._flush_batch()
         self.disconnecting = True
         self._lingering = True
-        if not self._buffer:
+        if not self._unsent:
             self._begin_linger()
 
     def _begin_linger(self) -> None:
@@ -415,7 +452,7 @@ class SocketTransport:
     def _lose_now(self, why: Exception) -> None:
         if not self.connected or self.detached:
             return
-        if self._buffer and isinstance(why, error.ConnectionDone):
+        if self._unsent and isinstance(why, error.ConnectionDone):
             return  # doWrite closes once the rest is sent
         self._close_now(why)
 
@@ -479,17 +516,90 @@ class SocketTransport:
     # -- handing the socket on
 
     @property
+    def _unsent(self) -> bool:
+        """Something written (or a file being sent) is not yet with the kernel."""
+        return bool(self._buffer) or self._segment is not None
+
+    @property
     def write_buffer_size(self) -> int:
-        """Bytes written but not yet accepted by the kernel."""
-        return self._buffered + sum(map(len, self._batch or ()))
+        """Bytes written but not yet accepted by the kernel (a file being sent is not buffered)."""
+        return self._buffered + sum(map(len, self._batch or ())) + sum(map(len, self._after))
 
     def notify_flushed(self, callback: Callable[[], None]) -> None:
-        """Call C{callback} once the write buffer is empty (now, if it is)."""
+        """Call C{callback} once the write buffer is empty and no file is being sent (now, if so)."""
         self._flush_batch()
-        if not self._buffer:
+        if not self._unsent:
             callback()
         else:
             self._flushed.append(callback)
+
+    # -- sending a file
+
+    def send_file(self, fd: int, offset: int, count: int, progress: Callable[[int], None] | None = None) -> "Deferred[int]":
+        """Send C{count} bytes of file C{fd} from C{offset}, after everything written so far.
+
+        The bytes go from the page cache to the socket (C{os.sendfile}), never through a
+        buffer of ours: back-pressure is the socket's own buffer, so a slow reader of a huge
+        file costs a descriptor and an offset.  What is written meanwhile goes after the file.
+        C{progress(n)} is called as each C{n} bytes are accepted by the kernel.  The caller
+        keeps C{fd} (and closes it once the result is in).
+
+        @return: fires with C{count}; fails with C{ConnectionLost} if the connection ends
+            first, with L{FileShrank} if the file ends early (the caller promised a length: it
+            must abort the connection), or with the C{OSError} of a failed read.
+        """
+        if self._segment is not None:
+            raise RuntimeError("a file is already being sent on this connection")
+        if not self.connected or self.detached or self.disconnecting:
+            return fail(error.ConnectionLost("the connection is closing"))
+        self._flush_batch()  # the response head, before the file
+        segment = self._segment = _FileSegment(fd, offset, count, progress)
+        if not self._buffer:
+            self._pump_file()
+        else:
+            self._start_writing()
+        return segment.done
+
+    def _pump_file(self) -> bool:
+        """Send from the file until it is done or the socket is full; C{True} when done."""
+        segment = self._segment
+        assert segment is not None
+        while segment.remaining > 0:
+            try:
+                sent = os.sendfile(self._fd, segment.fd, segment.offset, min(segment.remaining, SENDFILE_CHUNK))
+            except BlockingIOError:
+                self._start_writing()
+                return False
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno in _DISCONNECTED:
+                    self._end_segment(Failure(error.ConnectionLost(str(e))))
+                    self.reactor.callLater(0, self._lose_now, error.ConnectionLost(str(e)))  # type: ignore[attr-defined]
+                else:
+                    self._end_segment(Failure(e))
+                return True
+            if sent == 0:
+                self._end_segment(Failure(FileShrank(f"the file ended {segment.remaining} bytes early")))
+                return True
+            segment.offset += sent
+            segment.remaining -= sent
+            segment.sent += sent
+            if segment.progress is not None:
+                segment.progress(sent)
+        self._end_segment(segment.sent)
+        return True
+
+    def _end_segment(self, result: "int | Failure") -> None:
+        segment, self._segment = self._segment, None
+        after, self._after = self._after, []
+        assert segment is not None
+        for data in after:
+            self._send(data)
+        if isinstance(result, Failure):
+            segment.done.errback(result)
+        else:
+            segment.done.callback(result)
 
     def _on_flushed(self) -> None:
         callbacks, self._flushed = self._flushed, []
@@ -505,6 +615,8 @@ class SocketTransport:
         """
         if not self.connected or self.detached:
             raise RuntimeError("not connected")
+        if self._segment is not None:
+            raise RuntimeError("a file is being sent on this connection")
         self._flush_batch()
         self._stop_reading()
         self._stop_writing()

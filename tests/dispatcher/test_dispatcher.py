@@ -49,7 +49,7 @@ paths = /hello
 max_body = 100
 
 [service:form]
-resource = services.form:Guestbook
+resource = services.form:Form
 paths = /form
 """
 
@@ -143,6 +143,24 @@ class DispatcherTestCase(SynchronousTestCase):
         self.assertEqual(headers.get("connection"), "close")
         self.assertEqual(int(headers["content-length"]), len(body))
         return headers, body
+
+    def assertAnsweredKept(self, client: socket.socket, status: int, responses: int = 1) -> list[tuple[dict[str, str], bytes]]:
+        """The client got C{responses} answers with C{status}, and the connection stays open."""
+        self.reactor.advance(0)  # the transport sends what it wrote at the end of the iteration
+        data = self.written(client)
+        self.assertIsNotNone(data, "nothing was written to the client")
+        assert data is not None
+        self.assertFalse(data.endswith(b"<EOF>"), f"closed after a {status}: {data!r}")
+        out = []
+        for _ in range(responses):
+            got, headers, rest = parse_response(data)
+            self.assertEqual(got, status, data)
+            self.assertNotIn("connection", headers)
+            length = int(headers["content-length"])
+            out.append((headers, rest[:length]))
+            data = rest[length:]
+        self.assertEqual(data, b"", "more than the expected answers")
+        return out
 
     # -- service instances
 
@@ -293,15 +311,19 @@ class HeadErrorTests(DispatcherTestCase):
 
     def test_unknownPath(self) -> None:
         client, conn = self.connect(request("/nowhere"))
-        headers, body = self.assertAnswered(client, 404)
+        [(headers, body)] = self.assertAnsweredKept(client, 404)
         self.assertNotIn("retry-after", headers)
+
+    def test_unknownPathConnectionClose(self) -> None:
+        client, conn = self.connect(request("/nowhere", extra="Connection: close\r\n"))
+        self.assertAnswered(client, 404)
 
     def test_prefixIsNotAPath(self) -> None:
         client, conn = self.connect(request("/helloworld"))
-        self.assertAnswered(client, 404)
+        self.assertAnsweredKept(client, 404)
 
     def test_headRequestErrorHasNoBody(self) -> None:
-        client, conn = self.connect(request("/nowhere", method="HEAD"))
+        client, conn = self.connect(request("/nowhere", method="HEAD", extra="Connection: close\r\n"))
         data = self.written(client)
         assert data is not None
         self.assertTrue(data.startswith(b"HTTP/1.1 404 "))
@@ -514,7 +536,7 @@ class HandoffTests(DispatcherTestCase):
         link, theirs = self.instance()
         client, conn_id, fd = self.handed(link, theirs)
         self.back(link, theirs, conn_id, fd, request("/nowhere"))
-        self.assertAnswered(client, 404)
+        self.assertAnsweredKept(client, 404)
         backack = self.receive(theirs)
         self.assertEqual((backack.kind, backack.meta["ids"], backack.meta["refused"]), (handoff.BACKACK, [conn_id], []))
         self.assertEqual((link.active, len(self.dispatcher.ledger)), (0, 0))
@@ -634,7 +656,7 @@ class HandbackCheckTests(DispatcherTestCase):
         link, theirs = self.instance()
         client, conn_id, fd = self.handed(link, theirs)
         self.back(link, theirs, conn_id, fd, request("/nowhere"))
-        self.assertAnswered(client, 404)
+        self.assertAnsweredKept(client, 404)
         self.assertEqual(self.receive(theirs).meta["ids"], [conn_id])
         with capturedLogs() as events:
             self.back(link, theirs, conn_id, fd, request("/hello"))
@@ -869,6 +891,192 @@ class StopTests(DispatcherTestCase):
         self.assertEqual(headers["retry-after"], "7")
 
 
+class KeepAliveTests(DispatcherTestCase):
+    """A 404 or C{OPTIONS *} leaves a kept-alive connection open; answers where framing is in doubt close it."""
+
+    def test_nextRequestIsRouted(self) -> None:
+        link, theirs = self.instance()
+        client, conn = self.connect(request("/favicon.ico"))
+        self.assertAnsweredKept(client, 404)
+        self.assertIn(conn, self.dispatcher.reading)
+        self.send(client, conn, request())
+        msg = self.receive(theirs)
+        self.assertEqual(msg.payload, request(), "only the second request's bytes go to the service")
+
+    def test_pipelined(self) -> None:
+        """
+        Pipelined after a 404, more answers than a socket buffer holds: each
+        answered, and the last request handed off only once every answer is
+        in the kernel (the service writes to the socket itself: its answer
+        must not overtake ours).  (Fails while the next request is routed at
+        once: the service gets it while 404s still wait in the dispatcher.)
+        """
+        link, theirs = self.instance()
+        count = 800
+        client, conn = self.connect(request("/nope") * count + request())
+        got = b""
+        for _ in range(10 * count):
+            self.reactor.advance(0)
+            got += self.written(client) or b""
+            if got.count(b"HTTP/1.1 404 ") == count:
+                break
+            self.nothing_for(theirs)
+            # The client reads; the kernel takes more.
+            self.assertIn(conn.transport, self.reactor.getWriters(), "the dispatcher stopped writing")
+            conn.transport.doWrite()
+        self.assertEqual(got.count(b"HTTP/1.1 404 "), count)
+        self.assertNotIn(b"Connection: close", got)
+        self.assertEqual(self.receive(theirs).payload, request())
+
+    def test_oneRecordPerAnswer(self) -> None:
+        records: list[dict] = []
+        self.dispatcher.records = type("R", (), {"emit": staticmethod(records.append)})()  # type: ignore[assignment]
+        client, conn = self.connect(request("/a") + request("/b"))
+        self.assertAnsweredKept(client, 404, responses=2)
+        self.assertEqual([r["request"] for r in records], ["GET /a HTTP/1.1", "GET /b HTTP/1.1"])
+        self.assertEqual(self.dispatcher.open_connections, 1)
+
+    def test_options(self) -> None:
+        client, conn = self.connect(request("*", method="OPTIONS"))
+        [(headers, body)] = self.assertAnsweredKept(client, 200)
+        self.assertEqual(body, b"")
+        self.assertIn("GET", headers["allow"])
+
+    def test_idleCloses(self) -> None:
+        """Kept alive and nothing more comes: closed after keepalive_timeout, with no answer."""
+        self.configure(keepalive_timeout=3)
+        client, conn = self.connect(request("/nope"))
+        self.assertAnsweredKept(client, 404)
+        self.reactor.advance(2.9)
+        self.assertTrue(conn.transport.connected)
+        self.reactor.advance(0.2)
+        self.reactor.advance(0)
+        self.assertEqual(self.written(client), b"<EOF>")
+        self.assertNotIn(conn, self.dispatcher.reading)
+
+    def test_startedRequestGetsHeadTimeout(self) -> None:
+        """Once the next request's first byte arrives, its head has head_timeout (408), as any head."""
+        self.configure(keepalive_timeout=60)
+        client, conn = self.connect(request("/nope"))
+        self.assertAnsweredKept(client, 404)
+        self.send(client, conn, b"GET /hel")
+        self.reactor.advance(5)
+        self.assertAnswered(client, 408)
+
+    def test_closes(self) -> None:
+        """Every answer whose framing is in doubt, or that the client or the limits end, closes."""
+        cases = {
+            "a body": request("/nope", method="POST", extra="Content-Length: 3\r\n") + b"abc",
+            "a chunked body": request("/nope", method="POST", extra="Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n",
+            "HTTP/1.0": b"GET /nope HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+            "Connection: close": request("/nope", extra="Connection: close\r\n"),
+            "400": b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "413": request("/hello", method="POST", extra="Content-Length: 101\r\n"),
+        }
+        for why, data in cases.items():
+            client, conn = self.connect(data)
+            data = self.written(client)
+            self.assertTrue(data is not None and data.endswith(b"<EOF>"), f"{why}: {data!r}")
+            self.assertIn(b"\r\nConnection: close\r\n", data, why)
+
+    def test_maxRequestsPerConnection(self) -> None:
+        self.configure(max_requests_per_connection=2)
+        client, conn = self.connect(request("/a"))
+        self.assertAnsweredKept(client, 404)
+        self.send(client, conn, request("/b"))
+        self.assertAnswered(client, 404)
+
+    def test_drainingCloses(self) -> None:
+        link, theirs = self.instance()
+        self.dispatcher.drain()
+        client, server = socket.socketpair()
+        self.addCleanup(client.close)
+        conn = HeadConnection(self.dispatcher, self.dispatcher.limits, 5)
+        from okws_twisted.wire.transport import SocketTransport
+
+        SocketTransport(self.reactor, server, conn, PEER, HOST).start(request("/nope"))
+        self.assertAnswered(client, 404)
+
+
+class HealthTests(DispatcherTestCase):
+    """C{/health}: C{[okws] health = all} (every service) or C{any}; never healthy while draining."""
+
+    def status(self, **services: dict) -> None:
+        self.dispatcher.control("status", {"services": services})
+
+    def test_all(self) -> None:
+        self.assertEqual(self.dispatcher.health(), (503, "unhealthy\nstarting: form\nstarting: hello"))
+        self.instance("hello")
+        self.instance("form")
+        self.assertEqual(self.dispatcher.health(), (200, "ok"))
+
+    def test_failedServiceUnderAll(self) -> None:
+        """
+        A service whose crash budget is spent makes the host unhealthy.
+        (Fails while health ignores failed services: 200 with a service that 503s.)
+        """
+        self.instance("hello")
+        self.status(form={"failed": True})
+        self.assertEqual(self.dispatcher.health(), (503, "unhealthy\nfailed: form"))
+
+    def test_any(self) -> None:
+        self.configure(health="any")
+        self.status(form={"failed": True})
+        self.assertEqual(self.dispatcher.health()[0], 503)
+        self.instance("hello")
+        self.assertEqual(self.dispatcher.health(), (200, "ok\nfailed: form"))
+
+    def test_lazyNotStartedIsHealthy(self) -> None:
+        self.instance("hello")
+        self.status(form={"dormant": True})
+        self.assertEqual(self.dispatcher.health(), (200, "ok"))
+
+    def test_retiringInstanceIsNotReady(self) -> None:
+        link, _ = self.instance("hello")
+        self.instance("form", pid=200)
+        self.dispatcher.retire(link.pid)
+        self.assertEqual(self.dispatcher.health(), (503, "unhealthy\nstarting: hello"))
+
+    def test_draining(self) -> None:
+        self.configure(health="any")
+        self.instance("hello")
+        self.dispatcher.drain()
+        self.assertEqual(self.dispatcher.health(), (503, "draining"))
+
+
+class StampTests(DispatcherTestCase):
+    """Every answer the dispatcher writes carries one Date (formatted once a second) and the site's Server."""
+
+    def answers(self) -> list[bytes]:
+        out = []
+        for data in (request("/nope"), b"GET /a HTTP/1.1\r\n\r\n", request("*", method="OPTIONS"),
+                     request("/hello", method="POST", extra="Content-Length: 101\r\n"), b"GET / HTTP/2.0\r\n\r\n"):
+            client, conn = self.connect(data)
+            self.reactor.advance(0)
+            written = self.written(client)
+            assert written is not None
+            out.append(written)
+        return out
+
+    def test_dateAndServer(self) -> None:
+        self.reactor.advance(784111777.5)
+        for data in self.answers():
+            head = data.split(b"\r\n\r\n")[0].split(b"\r\n")
+            self.assertEqual(head[1], b"Date: Sun, 06 Nov 1994 08:49:37 GMT", data)
+            self.assertEqual(head[2], b"Server: okws-twisted", data)
+
+    def test_noServer(self) -> None:
+        self.configure(server_header="")
+        for data in self.answers():
+            self.assertNotIn(b"\r\nServer:", data)
+            self.assertIn(b"\r\nDate: ", data)
+
+    def test_ownServer(self) -> None:
+        self.configure(server_header="acme")
+        for data in self.answers():
+            self.assertIn(b"\r\nServer: acme\r\n", data)
+
+
 class ProxyTests(DispatcherTestCase):
     """Listeners marked C{haproxy:}: a PROXY header first, from trusted addresses only."""
 
@@ -938,7 +1146,7 @@ class ProxyTests(DispatcherTestCase):
         client, conn = self.proxied()
         self.dispatcher.records = type("R", (), {"emit": staticmethod(records.append)})()  # type: ignore[assignment]
         self.send(client, conn, b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\n" + request("/nowhere"))
-        self.assertAnswered(client, 404)
+        self.assertAnsweredKept(client, 404)
         self.assertEqual([r["client"] for r in records], ["203.0.113.7"])
 
     def test_noHeaderCloses(self) -> None:
@@ -1028,7 +1236,7 @@ class HostRoutingTests(DispatcherTestCase):
         config = parse("[okws]\n[service:www]\nresource = a:B\npaths = /a\nhosts = www.example.com\n", "site.ini", "/srv")
         self.dispatcher.update_config(config)
         client, conn = self.connect(b"GET /a HTTP/1.1\r\nHost: nowhere.Example:80\r\n\r\n")
-        self.assertAnswered(client, 404)
+        self.assertAnsweredKept(client, 404)
         self.assertEqual(records[-1]["host"], "nowhere.example")
         self.assertEqual(self.dispatcher.own_counts[("-", "-")].by_status, {404: 1})
 

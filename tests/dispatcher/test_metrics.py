@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.dispatcher.metrics import ServiceTotals, render
+from okws_twisted.dispatcher.metrics import ServiceTotals, process_samples, render
 from okws_twisted.wire.counts import BUCKETS, Histogram, RequestCounts, counts_by_host
 
 
@@ -97,3 +97,22 @@ class RenderTests(SynchronousTestCase):
     def test_label_escaping(self) -> None:
         page = render(['we"ird\\'], {}, {}, {}, {})
         self.assertIn('service="we\\"ird\\\\"', page)
+
+    def test_processes_and_build(self) -> None:
+        processes = process_samples([
+            {"role": "dispatcher", "service": "", "instance": "", "rss": 20_000_000, "cpu": 1.234, "fds": 12},
+            {"role": "service", "service": "hello", "instance": "0", "rss": 30_000_000, "cpu": 0.5, "fds": None},
+            {"role": "service", "service": "x" * 65, "instance": "0", "rss": 1, "cpu": 1, "fds": 1},
+            {"role": "service", "service": "bad", "instance": "0", "rss": "1", "cpu": 1, "fds": 1},
+            "garbage",
+        ])
+        self.assertEqual(len(processes), 2)
+        page = render([], {}, {}, {}, {}, processes=processes, build={"version": "0.1.0"})
+        lines = page.splitlines()
+        self.assertIn('okws_build_info{version="0.1.0"} 1', lines)
+        self.assertIn("# TYPE process_resident_memory_bytes gauge", lines)
+        self.assertIn('process_resident_memory_bytes{role="dispatcher",service="",instance=""} 20000000', lines)
+        self.assertIn('process_cpu_seconds_total{role="service",service="hello",instance="0"} 0.5', lines)
+        self.assertIn("# TYPE process_cpu_seconds_total counter", lines)
+        self.assertIn('process_open_fds{role="dispatcher",service="",instance=""} 12', lines)
+        self.assertFalse([l for l in lines if l.startswith('process_open_fds{role="service"')], "an unknown count is left out")

@@ -306,6 +306,12 @@ class ControlRoleTests(SynchronousTestCase):
         self.assertTrue(all(control.may_send(r, control.READY) for r in control.FROM_CHILD))
         self.assertFalse(control.may_send("service", control.CONFIG))
 
+    def test_every_role_may_say_it_is_ready(self) -> None:
+        """A role missing from the table could never start (its ready would be refused)."""
+        from okws_twisted.bootstrap import ROLES
+
+        self.assertEqual(set(control.FROM_CHILD), set(ROLES))
+
 
 class OutputTests(SynchronousTestCase):
     def test_dropped_output_in_status(self) -> None:

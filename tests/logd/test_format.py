@@ -262,6 +262,18 @@ class ErrorLineTests(SynchronousTestCase):
             "[2000-10-10T13:55:36.123456Z] [critical] [hello.0 pid 1234]   ValueError: bad\\x1b[31m\n",
         )
 
+    def test_eventRequestId(self) -> None:
+        """The request's id goes on the event's first line, escaped like any bare value."""
+        fields = checked({"kind": "event", "time": T, "level": "error", "text": "render GET /x failed",
+                          "request_id": "3f9a-1a", "traceback": "ValueError: bad\n"})
+        self.assertEqual(
+            event_lines(fields, SERVICE, TimeFormats()).splitlines()[0],
+            "[2000-10-10T13:55:36.123456Z] [error] [hello.0 pid 1234] render GET /x failed [request_id 3f9a-1a]",
+        )
+        fields = checked({"kind": "event", "time": T, "level": "error", "text": "x", "request_id": "a b]\n"})
+        self.assertEqual(event_lines(fields, SERVICE, TimeFormats()),
+                         "[2000-10-10T13:55:36.123456Z] [error] [hello.0 pid 1234] x [request_id a\\x20b]\\x0a]\n")
+
     def test_forgedSourceImpossible(self) -> None:
         """Every line starts with the daemon's prefix naming the real sender."""
         fields = checked({"kind": "event", "time": T, "level": "info",

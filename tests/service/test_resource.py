@@ -50,10 +50,13 @@ SECRET = "secret-detail-7f3a"
 class PackageTests(SynchronousTestCase):
     def test_exports(self) -> None:
         """
-        The package's face is C{ServiceResource} and C{__version__}, nothing
-        else.
+        The package's face is C{ServiceResource}, the database errors its
+        C{self.db} calls fail with, and C{__version__}, nothing else.
         """
-        self.assertEqual(okws_twisted.__all__, ["ServiceResource", "__version__"])
+        self.assertEqual(
+            okws_twisted.__all__,
+            ["DatabaseError", "DatabaseUnavailable", "QueryFailed", "QueryRefused", "ServiceResource", "__version__"],
+        )
         self.assertIs(okws_twisted.ServiceResource, ServiceResource)
         self.assertEqual(okws_twisted.__version__, "0.1.0")
 
@@ -177,7 +180,7 @@ class ReturnTypeTests(SynchronousTestCase):
                 request.setResponseCode(204)
                 return b""
 
-        response = self.successResultOf(render(Empty(), "DELETE"))
+        response = self.successResultOf(render(Empty(), "DELETE", csrf=True))
         self.assertEqual(response.code, 204)
         self.assertEqual(response.body, b"")
         self.assertIsNone(header(response, "content-length"))
@@ -322,7 +325,7 @@ class MethodTests(SynchronousTestCase):
 
     def test_dispatch(self) -> None:
         response = self.successResultOf(
-            render(self.GetAndPost(), "POST", body=b"data")
+            render(self.GetAndPost(), "POST", body=b"data", csrf=True)
         )
         self.assertEqual(response.body, b"posted data")
 

@@ -59,6 +59,9 @@ def _runtime(request):
 
 def _channel_socket(request, which):
     runtime = _runtime(request)
+    if which == "control":
+        # The launcher's end of it: fd 3, as every child gets it.
+        return socket.socket(fileno=os.dup(3))
     ch = runtime.link if which == "handoff" else runtime.templates._channel
     return ch._sock
 
@@ -75,6 +78,8 @@ def _back(sock, conn_id, fd, path):
 
 class Hostile(ServiceResource):
     isLeaf = True
+    # A target for slow bodies, not a form: no CSRF token.
+    csrf_methods = frozenset()
 
     def render_POST(self, request):
         return json.dumps({"read": len(request.content.read())}).encode()
@@ -103,8 +108,9 @@ class Hostile(ServiceResource):
             # Our own runtime must not send on that channel meanwhile (its
             # messages would break the flood's sequence): silence it.
             runtime = _runtime(request)
-            channel = runtime.link if which == "handoff" else runtime.templates._channel
-            channel.send = lambda *a, **kw: None
+            if which != "control":
+                channel = runtime.link if which == "handoff" else runtime.templates._channel
+                channel.send = lambda *a, **kw: None
             d = deferToThread(_flood, sock, which, args.get("mode", "announce"), float(args.get("seconds", "5")))
             return d.addCallback(lambda report: json.dumps(report).encode())
         request.setResponseCode(404)

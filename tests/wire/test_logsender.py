@@ -12,6 +12,7 @@ import socket
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, LogLevel, LogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.wire import limits, logchannel
@@ -285,12 +286,19 @@ class EventForwarderTests(SynchronousTestCase):
         self.log.error("bad")
         self.assertEqual([(r["level"], r["text"]) for r in self.records()], [("warn", "careful 1"), ("error", "bad")])
 
+    def test_requestId(self) -> None:
+        """An event about one request (a failed render) carries its id to the error log."""
+        self.log.failure("render failed", failure=Failure(ValueError("x")), request_id="abc-1")
+        [record] = self.records()
+        self.assertEqual(record["request_id"], "abc-1")
+        self.assertIn("ValueError", record["traceback"])
+
     def test_noLoop(self) -> None:
         """An error logged while forwarding is not forwarded again."""
         forwarder = EventForwarder(self.sender)
         calls = []
 
-        def emitting(level: str, text: str, traceback: str | None = None) -> None:
+        def emitting(level: str, text: str, traceback: str | None = None, request_id: str | None = None) -> None:
             calls.append(text)
             forwarder({"log_level": LogLevel.error, "log_format": "inner"})
 

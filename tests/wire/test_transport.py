@@ -805,3 +805,101 @@ class PauseAndAddressTests(TransportTestCase):
         self.assertEqual(t.logPrefix(), "SocketTransport")
         self.assertEqual(t.fileno(), server.fileno())
         self.assertFalse(server.getblocking())
+
+
+class SendFileTests(TransportTestCase):
+    """L{SocketTransport.send_file}: a file's bytes from the page cache, in order, bounded."""
+
+    def file(self, data: bytes) -> int:
+        fd = os.memfd_create("send-file-test")
+        self.addCleanup(os.close, fd)
+        os.write(fd, data)
+        return fd
+
+    async def test_orderHeadFileAfter(self) -> None:
+        """What was written before goes first (the head), what is written meanwhile after."""
+        a, b = self.unix_pair()
+        t, proto = self.transport(a)
+        t.start()
+        data = os.urandom(300_000)
+        t.write(b"HEAD")  # batched until the end of this reactor turn
+        sent = t.send_file(self.file(data), 1000, 200_000)
+        t.write(b"AFTER")
+        p = self.peer(b)
+        await p.wait(4 + 200_000 + 5)
+        self.assertEqual(await sent, 200_000)
+        self.assertEqual(bytes(p.data), b"HEAD" + data[1000:201_000] + b"AFTER")
+
+    async def test_slowReaderCostsNoBuffer(self) -> None:
+        """A 32 MiB file to a slow reader: nothing of it is ever held in the process."""
+        a, b = self.unix_pair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        t, proto = self.transport(a)
+        t.start()
+        size = 32 << 20
+        fd = os.memfd_create("big")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, size)
+        seen: list[int] = []
+        progress: list[int] = []
+
+        def noted(n: int) -> None:
+            progress.append(n)
+            seen.append(t.write_buffer_size)
+
+        sent = t.send_file(fd, 0, size, noted)
+        self.assertIn(t, reactor.getWriters())
+        p = self.peer(b, per_read=256 * 1024)
+        await p.wait(size)
+        self.assertEqual(await sent, size)
+        self.assertEqual(sum(progress), size)
+        self.assertGreater(len(progress), 10)
+        self.assertEqual(set(seen), {0})
+        self.assertNotIn(t, reactor.getWriters())
+
+    async def test_fileShrank(self) -> None:
+        """A file that ends before the count fails the send (the caller aborts: a length was promised)."""
+        a, b = self.unix_pair()
+        t, proto = self.transport(a)
+        t.start()
+        failure = await self.assertFailure(t.send_file(self.file(b"0123456789"), 0, 100), transport_module.FileShrank)
+        self.assertIn("90 bytes early", str(failure))
+
+    async def test_peerGoneMidFile(self) -> None:
+        server, client = self.tcp_pair()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        t, proto = self.transport(server)
+        t.start()
+        fd = os.memfd_create("big")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, 64 << 20)
+        sent = t.send_file(fd, 0, 64 << 20)
+        self.assertFalse(sent.called)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset
+        await self.assertFailure(sent, error.ConnectionLost)
+        await proto.wait_lost()
+
+    async def test_flushedDetachAndCloseWaitForTheFile(self) -> None:
+        """Until the file is sent the transport is not flushed, cannot be handed on, and closes only after it."""
+        a, b = self.unix_pair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        t, proto = self.transport(a)
+        t.start()
+        size = 8 << 20
+        data = os.urandom(size)
+        sent = t.send_file(self.file(data), 0, size)
+        flushed: list[bool] = []
+        t.notify_flushed(lambda: flushed.append(True))
+        self.assertEqual(flushed, [])
+        self.assertRaises(RuntimeError, t.detach)
+        self.assertRaises(RuntimeError, t.send_file, 0, 0, 1)
+        t.loseConnection()
+        await self.spin()
+        self.assertTrue(t.connected)
+        p = self.peer(b)
+        await p.wait("eof")
+        self.assertEqual(await sent, size)
+        self.assertEqual(flushed, [True])
+        self.assertEqual(hashlib.sha256(p.data).digest(), hashlib.sha256(data).digest())
+        self.assertFalse(t.connected)

@@ -1,0 +1,218 @@
+"""
+Tests for L{okws_twisted.dbproxy.proxy}: a L{DatabaseProxy} in this process, with a real SQLite
+file and pool, over real seqpacket socket pairs; the test plays the services, well-behaved or not.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from okws_twisted.config import ServiceConfig, SiteConfig
+from okws_twisted.config.databases import DatabaseConfig
+from okws_twisted.dbproxy.pool import Database
+from okws_twisted.dbproxy.proxy import DatabaseProxy
+from okws_twisted.sqlqueries import parse
+from okws_twisted.wire import channel, dbchannel
+from okws_twisted.wire.channel import ChannelLimits, Message, MessageChannel
+from okws_twisted.wire.dbchannel import Grant
+from tests.sites.database import QUERIES, SQLITE_SCHEMA, SQLITE_SLOW
+
+
+class Peer:
+    """The service's end of one db channel, driven by the test."""
+
+    def __init__(self, proxy: DatabaseProxy, service: str, name: str) -> None:
+        ours, theirs = channel.socketpair()
+        self.messages: list[Message] = []
+        self.replies: dict[int, dbchannel.Reply] = {}
+        self.closed = defer.Deferred()
+        self._waiters: list[tuple[int, defer.Deferred[None]]] = []
+        self.channel = MessageChannel(reactor, ours, self._received, lambda reason: self.closed.callback(None),
+                                      name=f"test:{name}", limits=ChannelLimits(max_payload=64 << 20))
+        self.sock = ours
+        proxy.peer("db", {"role": "service", "service": service, "name": name, "pid": 1}, theirs)
+        self.ids = iter(range(1, 10**9))
+
+    def _received(self, batch: list[Message]) -> None:
+        for msg in batch:
+            self.messages.append(msg)
+            if msg.kind == dbchannel.REPLIES:
+                for reply in dbchannel.parse_replies(msg):
+                    self.replies[reply.id] = reply
+        for want, d in list(self._waiters):
+            if len(self.replies) >= want:
+                self._waiters.remove((want, d))
+                d.callback(None)
+
+    def grants(self) -> dict[str, Grant]:
+        return dbchannel.parse_grants(self.messages[0])
+
+    def send(self, *calls: tuple[str, Any]) -> list[int]:
+        """Send C{calls}, 2,000 to a message (under the test's max_call_bytes of 64 KiB)."""
+        ids = [next(self.ids) for _ in calls]
+        entries = [dbchannel.call_entry(i, name, params) for i, (name, params) in zip(ids, calls)]
+        for start in range(0, len(entries), 2000):
+            self.channel.send(*dbchannel.calls(entries[start:start + 2000]))
+        return ids
+
+    def answered(self, count: int) -> defer.Deferred[None]:
+        if len(self.replies) >= count:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiters.append((count, d))
+        return d
+
+    async def call(self, name: str, params: Any) -> dbchannel.Reply:
+        [call_id] = self.send((name, params))
+        await self.answered(len(self.replies) + 1)
+        while call_id not in self.replies:
+            await self.answered(len(self.replies) + 1)
+        return self.replies[call_id]
+
+
+class ProxyTests(TestCase):
+    timeout = 60
+
+    def make(self, pool: int = 2, queue_max: int = 50, query_timeout: float = 5.0) -> DatabaseProxy:
+        folder = tempfile.mkdtemp()
+        queries_text = QUERIES + SQLITE_SLOW
+        self.path = os.path.join(folder, "x.db")
+        db = DatabaseConfig(name="main", url="sqlite:///x.db", queries="/q.sql", path=self.path, pool=pool,
+                            queue_max=queue_max, query_timeout=query_timeout, max_call_bytes=64 * 1024,
+                            queries_text=queries_text, schema_text=SQLITE_SCHEMA)
+        services = (
+            ServiceConfig(name="a", resource="x:Y", paths=("/a",), db="main", queries=("add_name", "count_names", "slow")),
+            ServiceConfig(name="b", resource="x:Y", paths=("/b",), db="main", queries=("count_names", "get_name")),
+            ServiceConfig(name="c", resource="x:Y", paths=("/c",)),
+        )
+        site = SiteConfig(file="site.ini", base_dir=folder, log_dir=folder, templates=folder, services=services,
+                          databases=(db,))
+        queries = parse(queries_text, "q.sql")
+        database = Database(db)
+        database.prepare(queries)
+        self.stopped = defer.Deferred()
+        proxy = DatabaseProxy(reactor, site, db, queries, database, lambda: self.stopped.callback(None))
+        self.addCleanup(self.shutdown, proxy)
+        return proxy
+
+    async def shutdown(self, proxy: DatabaseProxy) -> None:
+        if not self.stopped.called:
+            proxy.stop()
+            await self.stopped
+
+    def names(self) -> list[str]:
+        with sqlite3.connect(self.path) as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM names ORDER BY id")]
+
+    async def test_grants_are_per_service(self) -> None:
+        proxy = self.make()
+        a, b, c = Peer(proxy, "a", "a.0"), Peer(proxy, "b", "b.0"), Peer(proxy, "c", "c.0")
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(a.grants(), {"add_name": Grant("!", ("name",)), "count_names": Grant("$", ()),
+                                      "slow": Grant("$", ("n",))})
+        self.assertEqual(set(b.grants()), {"count_names", "get_name"})
+        self.assertEqual(c.grants(), {}, "a service without db gets nothing (the launcher gives it no channel anyway)")
+
+    async def test_calls_and_refusals(self) -> None:
+        proxy = self.make()
+        a, b = Peer(proxy, "a", "a.0"), Peer(proxy, "b", "b.0")
+        self.assertEqual(await a.call("add_name", {"name": "x"}), dbchannel.Reply(1, "ok", 1))
+        self.assertEqual((await b.call("count_names", {})).value, 1)
+        for peer, name, params, why in (
+            (b, "add_name", {"name": "y"}, "'add_name' is not a query service b was granted on [db:main]"),
+            (a, "get_name", {"id": 1}, "'get_name' is not a query service a was granted"),
+            (a, "SELECT * FROM names", {}, "is not a query"),
+            (a, "add_name", {"name": "y", "extra": 1}, "add_name takes exactly (name), not (extra, name)"),
+            (a, "add_name", {}, "add_name takes exactly (name), not ()"),
+            (a, "add_name", {"name": {"T": "never"}}, "bad 'T' value"),
+            (a, "add_name", {"name": [1, 2]}, "not a database value"),
+            (a, "add_name", [{"name": "y"}], "parameters are not an object"),
+        ):
+            reply = await peer.call(name, params)
+            self.assertEqual(reply.status, "refused", (name, params))
+            self.assertIn(why, reply.value)
+        self.assertEqual(self.names(), ["x"], "nothing refused touched the data")
+        # A repeated id is refused too.
+        a.channel.send(*dbchannel.calls([dbchannel.call_entry(1, "add_name", {"name": "again"})]))
+        self.assertEqual((await a.call("count_names", {})).value, 1)
+        self.assertEqual(self.names(), ["x"])
+        self.assertEqual(proxy.counts["refused"], 9)
+
+    async def test_malformed_or_huge_closes_only_that_channel(self) -> None:
+        proxy = self.make()
+        evil, b = Peer(proxy, "a", "a.0"), Peer(proxy, "b", "b.0")
+        await evil.call("count_names", {})
+        evil.sock.send(b"\x01\x00\x05junk!")
+        await evil.closed
+        self.assertEqual((await b.call("count_names", {})).status, "ok")
+        evil2 = Peer(proxy, "a", "a.1")
+        head = b'{"k":"calls","more":104857600}'
+        evil2.sock.send(b"\x01\x00" + bytes([len(head)]) + head + b"x" * 1000)
+        await evil2.closed
+        evil3 = Peer(proxy, "a", "a.2")
+        evil3.channel.send(*dbchannel.replies([dbchannel.reply_ok(1, b"1")]))
+        await evil3.closed
+        self.assertEqual((await b.call("count_names", {})).status, "ok")
+        self.assertEqual({link.name for link in proxy.links}, {"b.0"})
+
+    async def test_queue_max_holds_and_others_are_served(self) -> None:
+        """10,000 calls at once: queue_max are taken, the rest refused at once; B is served meanwhile."""
+        proxy = self.make(pool=1, queue_max=50)
+        a, b = Peer(proxy, "a", "a.0"), Peer(proxy, "b", "b.0")
+        await deferLater(reactor, 0.05, lambda: None)
+        a.send(*[("count_names", {})] * 10_000)
+        b_reply = await b.call("count_names", {})
+        self.assertEqual(b_reply.status, "ok")
+        await a.answered(10_000)
+        statuses: dict[str, int] = {}
+        for reply in a.replies.values():
+            statuses[reply.status] = statuses.get(reply.status, 0) + 1
+        self.assertEqual(statuses["ok"], 50)
+        self.assertEqual(statuses["unavailable"], 9_950)
+        self.assertIn("queue full: service a already has queue_max (50)",
+                      next(r.value for r in a.replies.values() if r.status == "unavailable"))
+
+    async def test_query_timeout(self) -> None:
+        """Past query_timeout a running call is cancelled in SQLite; one still queued never runs."""
+        proxy = self.make(pool=1, query_timeout=0.5)
+        a = Peer(proxy, "a", "a.0")
+        [slow, queued] = a.send(("slow", {"n": 10**12}), ("add_name", {"name": "late"}))
+        await a.answered(2)
+        self.assertEqual(a.replies[slow].status, "unavailable")
+        self.assertIn("cancelled in the database after query_timeout (0.5s)", a.replies[slow].value)
+        self.assertEqual(a.replies[queued].status, "unavailable")
+        self.assertIn("it did not run", a.replies[queued].value)
+        self.assertEqual(self.names(), [])
+        self.assertEqual((await a.call("count_names", {})).value, 0, "the connection is free again")
+
+    async def test_stop_finishes_calls_in_flight(self) -> None:
+        proxy = self.make(pool=1)
+        a = Peer(proxy, "a", "a.0")
+        ids = a.send(*[("add_name", {"name": f"n{i}"}) for i in range(20)])
+        await deferLater(reactor, 0, lambda: None)
+        proxy.stop()
+        await self.stopped
+        self.assertEqual(len(self.names()), 20)
+        self.assertEqual({a.replies[i].status for i in ids}, {"ok"})
+
+    async def test_peer_not_reading_is_given_up(self) -> None:
+        proxy = self.make(pool=2, queue_max=100_000)
+        a = Peer(proxy, "a", "a.0")
+        reactor.removeReader(a.channel)  # a service that never reads its replies
+        a.send(*[("count_names", {})] * 200_000)
+        for _ in range(600):
+            if not proxy.links:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(proxy.links, set(), "the proxy gave up on a peer that leaves its replies unread")
+        b = Peer(proxy, "b", "b.0")
+        self.assertEqual((await b.call("count_names", {})).status, "ok")
+
+

@@ -1,0 +1,263 @@
+"""
+Tests for L{okws_twisted.service.dbclient} and L{okws_twisted.service.database}: a service's side
+of its db channel, over a real seqpacket pair whose other end the test plays (the proxy).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from okws_twisted import DatabaseUnavailable, QueryFailed, QueryRefused
+from okws_twisted.config.databases import DatabaseConfig
+from okws_twisted.service.database import Queries, decode_result
+from okws_twisted.service.dbclient import DatabaseClient
+from okws_twisted.wire import channel, dbchannel, dbvalues
+from okws_twisted.wire.channel import Message
+from okws_twisted.wire.dbchannel import Grant
+
+GRANTS = {
+    "recent": Grant("", ("limit",)),
+    "one": Grant("^", ("id",)),
+    "count": Grant("$", ()),
+    "add": Grant("!", ("text",)),
+    "add_returning": Grant("<!", ("text",)),
+    "add_many": Grant("*!", ("text",)),
+}
+
+
+class FakeProxy:
+    """The proxy's end of one db channel: the test reads calls and writes grants and replies."""
+
+    def __init__(self, client: DatabaseClient) -> None:
+        ours, theirs = channel.socketpair()
+        self.sock = ours
+        ours.setblocking(False)
+        client.set_channel(theirs)
+
+    def send(self, outgoing: tuple[dict[str, Any], bytes]) -> None:
+        for datagram in channel.encode(*outgoing):
+            self.sock.send(datagram)
+
+    def grant(self, table: dict[str, Grant] = GRANTS) -> None:
+        self.send(dbchannel.grants(table))
+
+    def messages(self) -> list[Message]:
+        out = []
+        assembler = channel._Assembler(channel.ChannelLimits(max_payload=1 << 30))
+        while True:
+            try:
+                data, anc, _flags, _ = self.sock.recvmsg(channel._RECV_SIZE, channel._ANC_SIZE)
+            except BlockingIOError:
+                return out
+            if not data:
+                return out
+            msg = assembler.add(data, ())
+            if msg is not None:
+                out.append(msg)
+
+    def calls(self) -> list[dbchannel.Call]:
+        return [c for m in self.messages() for c in dbchannel.parse_calls(m)]
+
+    def reply(self, *entries: bytes) -> None:
+        self.send(dbchannel.replies(list(entries)))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def config(timeout: float = 5.0, max_call_bytes: int = 1024 * 1024) -> DatabaseConfig:
+    return DatabaseConfig(name="main", url="sqlite:///d/x.db", queries="/q.sql", path="/d/x.db",
+                          query_timeout=timeout, max_call_bytes=max_call_bytes)
+
+
+def turn() -> Any:
+    return deferLater(reactor, 0.02, lambda: None)
+
+
+class ClientTests(TestCase):
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.client = DatabaseClient(reactor, config(), retry_after=7)
+        self.db = Queries(self.client)
+
+    async def ready(self) -> FakeProxy:
+        proxy = FakeProxy(self.client)
+        proxy.grant()
+        await turn()
+        self.addCleanup(proxy.close)
+        return proxy
+
+    async def test_a_batch_per_turn_and_results_by_suffix(self) -> None:
+        proxy = await self.ready()
+        calls = [self.db.recent(limit=i) for i in range(100)]
+        calls.append(self.db.one(id=1))
+        calls.append(self.db.count())
+        calls.append(self.db.add_many([{"text": "a"}, {"text": b"\x00"}]))
+        await turn()
+        messages = proxy.messages()
+        self.assertEqual(len(messages), 1, "everything called in one reactor turn leaves as one message")
+        sent = dbchannel.parse_calls(messages[0])
+        self.assertEqual(len(sent), 103)
+        self.assertEqual(sent[-1].params, [{"text": "a"}, {"text": {"b": "AA=="}}])
+        rows = dbvalues.dumps(dbvalues.encode_rows(["id", "when"], [[1, datetime.date(2024, 1, 2)]]))
+        proxy.reply(*(dbchannel.reply_ok(c.id, rows) for c in sent[:100]),
+                    dbchannel.reply_ok(sent[100].id, b"null"),
+                    dbchannel.reply_ok(sent[101].id, dbvalues.dumps({"d": "1.10"})),
+                    dbchannel.reply_ok(sent[102].id, b"2"))
+        self.assertEqual(await calls[0], [{"id": 1, "when": datetime.date(2024, 1, 2)}])
+        self.assertIsNone(await calls[100])
+        self.assertEqual(str(await calls[101]), "1.10")
+        self.assertIsInstance(await calls[101], decimal.Decimal)
+        self.assertEqual(await calls[102], 2)
+
+    async def test_errors(self) -> None:
+        proxy = await self.ready()
+        calls = [self.db.add(text="a"), self.db.add(text="b"), self.db.add(text="c")]
+        await turn()
+        ids = [c.id for c in proxy.calls()]
+        proxy.reply(dbchannel.reply_error(ids[0], "failed", "UNIQUE constraint failed: t.text"),
+                    dbchannel.reply_error(ids[1], "unavailable", "queue full"),
+                    dbchannel.reply_error(ids[2], "refused", "not granted"))
+        e0 = await self.assertFailure(calls[0], QueryFailed)
+        self.assertEqual((e0.query, e0.db, e0.message), ("add", "main", "UNIQUE constraint failed: t.text"))
+        self.assertEqual(str(e0), "add on [db:main]: UNIQUE constraint failed: t.text")
+        e1 = await self.assertFailure(calls[1], DatabaseUnavailable)
+        self.assertEqual(e1.retry_after, 7)
+        await self.assertFailure(calls[2], QueryRefused)
+
+    async def test_checked_before_sending(self) -> None:
+        """A wrong value or parameter is a TypeError at the call; a query not granted, QueryRefused: nothing sent."""
+        proxy = await self.ready()
+        with self.assertRaises(TypeError) as cm:
+            self.db.add(text=[1, 2])
+        self.assertIn("parameter 'text'", str(cm.exception))
+        with self.assertRaises(TypeError) as cm:
+            self.db.add(txt="x")
+        self.assertEqual(str(cm.exception), "add() takes (text): missing text; unexpected txt")
+        with self.assertRaises(TypeError):
+            self.db.add("positional")
+        with self.assertRaises(TypeError):
+            self.db.add_many(text="not a list")
+        await self.assertFailure(self.db.drop_everything(), QueryRefused)
+        await turn()
+        self.assertEqual(proxy.messages(), [])
+
+    async def test_too_large(self) -> None:
+        self.client = DatabaseClient(reactor, config(max_call_bytes=1024))
+        self.db = Queries(self.client)
+        proxy = await self.ready()
+        e = await self.assertFailure(self.db.add(text="x" * 2000), QueryRefused)
+        self.assertIn("max_call_bytes is 1024", e.message)
+        calls = [self.db.add(text="y" * 300) for _ in range(10)]
+        await turn()
+        messages = proxy.messages()
+        self.assertGreater(len(messages), 2, "batches are split under max_call_bytes")
+        self.assertTrue(all(len(m.payload) <= 1024 for m in messages))
+        for c in calls:
+            c.addErrback(lambda f: None)
+
+    async def test_waits_for_a_proxy_then_gives_up(self) -> None:
+        self.client = DatabaseClient(reactor, config(timeout=0.3))
+        self.db = Queries(self.client)
+        with self.assertRaises(TypeError):
+            self.db.add(text=object())  # checked even before the grants are known
+        e = await self.assertFailure(self.db.add(text="x"), DatabaseUnavailable)
+        self.assertIn("did not answer within query_timeout (0.3s); the call was not sent", e.message)
+
+    async def test_calls_wait_for_the_grants(self) -> None:
+        proxy = FakeProxy(self.client)
+        self.addCleanup(proxy.close)
+        good, wrong, unknown = self.db.add(text="x"), self.db.add(nope=1), self.db.nothing()
+        await turn()
+        self.assertEqual(proxy.messages(), [])
+        proxy.grant()
+        await turn()
+        await self.assertFailure(wrong, TypeError)
+        await self.assertFailure(unknown, QueryRefused)
+        [call] = proxy.calls()
+        self.assertEqual(call.params, {"text": "x"})
+        proxy.reply(dbchannel.reply_ok(call.id, b"1"))
+        self.assertEqual(await good, 1)
+
+    async def test_never_resent(self) -> None:
+        """The proxy goes away mid-call: the call fails at once, and the next proxy never sees it."""
+        proxy = await self.ready()
+        lost = self.db.add(text="maybe")
+        await turn()
+        self.assertEqual(len(proxy.calls()), 1)
+        proxy.close()
+        e = await self.assertFailure(lost, DatabaseUnavailable)
+        self.assertIn("may or may not have run", e.message)
+        later = self.db.add(text="later")
+        second = await self.ready()
+        calls = second.calls()
+        self.assertEqual([c.params for c in calls], [{"text": "later"}])
+        second.reply(dbchannel.reply_ok(calls[0].id, b"1"))
+        self.assertEqual(await later, 1)
+
+    async def test_graceful_switch(self) -> None:
+        """A new proxy while calls are in flight on the old one: they are answered there; new ones go to the new."""
+        old = await self.ready()
+        first = self.db.add(text="old")
+        await turn()
+        [call] = old.calls()
+        new = await self.ready()
+        second = self.db.add(text="new")
+        await turn()
+        self.assertEqual(old.calls(), [])
+        [call2] = new.calls()
+        old.reply(dbchannel.reply_ok(call.id, b"1"))
+        new.reply(dbchannel.reply_ok(call2.id, b"1"))
+        self.assertEqual((await first, await second), (1, 1))
+        await turn()
+        with self.assertRaises((ConnectionResetError, BrokenPipeError, OSError)):
+            old.sock.send(b"x")  # the client closed the old channel once it was answered
+
+    async def test_bad_proxy_message_closes_the_channel(self) -> None:
+        proxy = await self.ready()
+        pending = self.db.add(text="x")
+        await turn()
+        proxy.send(({"k": dbchannel.CALLS}, b"[]"))
+        e = await self.assertFailure(pending, DatabaseUnavailable)
+        self.assertIn("went away", e.message)
+        self.flushLoggedErrors()
+
+    async def test_cancelled_call_ignores_its_reply(self) -> None:
+        proxy = await self.ready()
+        gone = self.db.add(text="x")
+        await turn()
+        [call] = proxy.calls()
+        gone.cancel()
+        self.failureResultOf(gone)
+        proxy.reply(dbchannel.reply_ok(call.id, b"1"), dbchannel.reply_ok(10**6, b"1"))
+        await turn()
+        self.assertEqual(self.client.stats(), {"waiting": 0, "sent": 0})
+
+
+class DecodeTests(SynchronousTestCase):
+    def test_by_suffix(self) -> None:
+        rows = {"c": ["a"], "r": [[1]]}
+        self.assertEqual(decode_result("", rows), [{"a": 1}])
+        self.assertEqual(decode_result("^", rows), {"a": 1})
+        self.assertIsNone(decode_result("^", None))
+        self.assertEqual(decode_result("$", {"b": "AA=="}), b"\x00")
+        self.assertEqual(decode_result("<!", 5), 5)
+        self.assertEqual(decode_result("<!", rows), {"a": 1})
+        self.assertEqual(decode_result("!", 3), 3)
+        for suffix, bad in (("!", "3"), ("^", {"c": ["a"], "r": [[1], [2]]}), ("", [1]), ("#", None)):
+            with self.assertRaises(ValueError):
+                decode_result(suffix, bad)
+
+    def test_no_database(self) -> None:
+        d = Queries(None).anything(x=1)
+        self.assertIn("this resource has no database", str(self.failureResultOf(d, QueryRefused).value))
+        with self.assertRaises(AttributeError):
+            Queries(None)._private  # noqa: B018
+
