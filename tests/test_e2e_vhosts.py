@@ -10,10 +10,23 @@ own word.  421 over TLS is in L{tests.test_e2e_tls}.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
-from tests.e2e import E2ETestCase, Response, Site, free_port, read_response, request_bytes
+from twisted.trial.unittest import SkipTest
+
+from tests.e2e import (
+    E2ETestCase,
+    Response,
+    Site,
+    free_port,
+    pids_holding_socket,
+    read_response,
+    request_bytes,
+    socket_inode_of_server_side,
+    wait_until,
+)
 from tests.test_e2e_operations import _metric
 
 #: www and admin are named exactly, tenants by a wildcard; other serves every other host.
@@ -164,10 +177,15 @@ class DefaultHostTests(E2ETestCase):
         site = Site(self.SERVICES, OKWS)
         self.addCleanup(site.close)
         site.start()
+        by_pid = {pid: name.rsplit(".", 1)[0] for name, pid in site.pids().items()}
         with site.connect() as s:
             r = ask(s, "elsewhere.example")
             self.assertEqual(r.status, 404)
-            self.assertEqual(r.header("connection"), "close")
+            # The dispatcher's 404 keeps the connection; the next request is routed by its own host.
+            self.assertNotEqual(r.header("connection"), "close")
+            r = ask(s, "www.example.test")
+            self.assertEqual((r.status, by_pid.get(int(r.header("x-okws-pid") or 0))), (200, "www"))
+            self.assertEqual(ask(s, "elsewhere.example").status, 404)
         with site.connect() as s:
             self.assertEqual(ask(s, None, "/x", "HTTP/1.0").status, 404)
 
@@ -180,3 +198,104 @@ class DefaultHostTests(E2ETestCase):
             self.assertEqual(r.status, 200)
             self.assertEqual(json.loads(r.body)["path"], "/x")
             self.assertEqual(r.header("x-okws-pid"), str(site.pids()["www.0"]))
+
+
+class StaticPoolHostTests(E2ETestCase):
+    """A static pool routes by host as a service does: its C{hosts}, or with the hostless fallback.
+
+    C{[static:assets]} serves C{/static} on www and admin (relayed: C{isolation = request});
+    C{[static:public]} has no hosts, so it serves C{/public} on every host nobody names, and
+    never on www, which its own service takes whole.  Which root a file came from is told by
+    its bytes, which service answered by C{X-Okws-Pid}.
+    """
+
+    SERVICES = """
+    [service:www]
+    resource = tests.sites.echo:Echo
+    paths = /
+    hosts = www.example.test
+
+    [service:admin]
+    resource = tests.sites.echo:Echo
+    paths = /
+    hosts = admin.example.test
+
+    [static:assets]
+    root = assets
+    paths = /static
+    hosts = www.example.test admin.example.test
+    isolation = request
+
+    [static:public]
+    root = public
+    paths = /public
+    """
+
+    #: Big enough to take many reads through the relay.
+    BIG = bytes(range(256)) * 4096
+
+    def setUp(self) -> None:
+        self.site = Site(self.SERVICES, OKWS)
+        self.addCleanup(self.site.close)
+        for root, text in (("assets", b"from assets\n"), ("public", b"from public\n")):
+            os.makedirs(os.path.join(self.site.dir, root))
+            with open(os.path.join(self.site.dir, root, "a.txt"), "wb") as f:
+                f.write(text)
+        with open(os.path.join(self.site.dir, "assets", "big.bin"), "wb") as f:
+            f.write(self.BIG)
+        self.site.start()
+        self.by_pid = {pid: name.rsplit(".", 1)[0] for name, pid in self.site.pids().items()}
+
+    def fetch(self, host: str, target: str) -> tuple[int, bytes, str | None]:
+        with self.site.connect() as s:
+            r = ask(s, host, target)
+        pid = r.header("x-okws-pid")
+        return r.status, r.body, (self.by_pid.get(int(pid)) if pid else None)
+
+    def test_hostsAndFallback(self) -> None:
+        for host in ("www.example.test", "ADMIN.example.test:8080"):
+            self.assertEqual(self.fetch(host, "/static/a.txt")[:2], (200, b"from assets\n"), host)
+        for host in ("elsewhere.example", "127.0.0.1"):
+            self.assertEqual(self.fetch(host, "/public/a.txt")[:2], (200, b"from public\n"), host)
+            # assets names its hosts: no other host reaches it.
+            self.assertEqual(self.fetch(host, "/static/a.txt")[0], 404, host)
+        # www is named: the hostless pool's path is www's service's there, no fall-through.
+        status, body, served = self.fetch("www.example.test", "/public/a.txt")
+        self.assertEqual((status, served), (200, "www"))
+        self.assertNotIn(b"from public", body)
+
+    def test_oneConnectionAcrossServicesAndPools(self) -> None:
+        """www's service, the relayed pool on www then admin, admin's service: in order, pipelined too."""
+        with self.site.connect() as s:
+            steps = [
+                ("www.example.test", "/x"), ("www.example.test", "/static/big.bin"),
+                ("admin.example.test", "/static/a.txt"), ("admin.example.test", "/y"),
+            ]
+            got = [ask(s, host, target) for host, target in steps]
+            self.assertEqual([r.status for r in got], [200] * 4)
+            self.assertEqual(got[1].body, self.BIG)
+            self.assertEqual(got[2].body, b"from assets\n")
+            self.assertEqual([self.by_pid[int(got[i].header("x-okws-pid"))] for i in (0, 3)], ["www", "admin"])
+            s.sendall(b"".join(request_bytes("GET", t, headers={"Host": h}) for h, t in reversed(steps)))
+            again = [read_response(s) for _ in steps]
+            self.assertEqual([r.status for r in again], [200] * 4)
+            self.assertEqual((again[0].header("x-okws-pid") is not None, again[1].body, again[2].body),
+                             (True, b"from assets\n", self.BIG))
+            self.assertEqual(self.by_pid[int(again[3].header("x-okws-pid"))], "www")
+
+    def test_relayedPoolNeverHoldsTheSocket(self) -> None:
+        """/proc: after the relayed pool's answer the client's TCP socket is the dispatcher's alone;
+        after www's (a connection service) it is www's, and back again after the pool's."""
+        if os.geteuid() != 0:
+            raise SkipTest("needs root: services must run jailed, as in production")
+        pids = self.site.pids()
+        with self.site.connect() as s:
+            for host, target, holder in (
+                ("www.example.test", "/static/a.txt", "dispatcher"),
+                ("www.example.test", "/x", "www.0"),
+                ("admin.example.test", "/static/a.txt", "dispatcher"),
+            ):
+                self.assertEqual(ask(s, host, target).status, 200)
+                inode = socket_inode_of_server_side(self.site.port, s.getsockname()[1])
+                wait_until(lambda: set(pids_holding_socket(inode)) == {pids[holder]}, 10,
+                           f"{host}{target}: the client's socket held by {holder} alone")
