@@ -1712,7 +1712,7 @@ class OkwsDbSite(OkwsSite):
         import dbpage
 
         sys.path.remove(HERE)
-        self.label, self.dir, self.instances = "okws (database proxy)", workdir, 1
+        self.label, self.dir, self.instances, self.pool = "okws (database proxy)", workdir, 1, self.service
         shutil.copy(os.path.join(HERE, "dbpage.py"), os.path.join(workdir, "dbpage.py"))
         for name, text in (("bench.sql", dbpage.QUERIES), ("bench-schema.sql", dbpage.SCHEMA)):
             with open(os.path.join(workdir, name), "w") as f:

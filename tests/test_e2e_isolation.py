@@ -28,6 +28,7 @@ from tests.e2e import (
     read_response,
     request_bytes,
     socket_inode_of_server_side,
+    socket_inodes,
     wait_until,
 )
 
@@ -76,19 +77,6 @@ def shared_site() -> Site:
 def get(sock: socket.socket, path: str, **headers: str) -> Response:
     sock.sendall(request_bytes("GET", path, headers))
     return read_response(sock)
-
-
-def socket_inodes(pid: int) -> set[int]:
-    """The inodes of every socket C{pid} holds, from /proc/PID/fd."""
-    out = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            out.add(int(target[8:-1]))
-    return out
 
 
 def tcp_inodes() -> set[int]:

@@ -209,27 +209,18 @@ class StaticPoolHostTests(E2ETestCase):
     its bytes, which service answered by C{X-Okws-Pid}.
     """
 
-    SERVICES = """
-    [service:www]
-    resource = tests.sites.echo:Echo
-    paths = /
-    hosts = www.example.test
+    #: www and admin as in L{SERVICES}, with the two pools.
+    SERVICES = SERVICES[: SERVICES.index("[service:tenants]")] + """
+[static:assets]
+root = assets
+paths = /static
+hosts = www.example.test admin.example.test
+isolation = request
 
-    [service:admin]
-    resource = tests.sites.echo:Echo
-    paths = /
-    hosts = admin.example.test
-
-    [static:assets]
-    root = assets
-    paths = /static
-    hosts = www.example.test admin.example.test
-    isolation = request
-
-    [static:public]
-    root = public
-    paths = /public
-    """
+[static:public]
+root = public
+paths = /public
+"""
 
     #: Big enough to take many reads through the relay.
     BIG = bytes(range(256)) * 4096

@@ -411,36 +411,30 @@ class ServiceConfig:
 
 
 def _normalize_paths(paths: object) -> tuple[str, ...]:
-    if isinstance(paths, (str, bytes)) or not isinstance(paths, (tuple, list)):
-        raise _FieldError("paths", f"expected a sequence of path strings, got {paths!r}")
-    if not paths:
-        raise _FieldError("paths", "expected one or more paths like /hello, got none")
-    seen: dict[str, str] = {}
-    for path in paths:
-        try:
-            canonical = normalize_path(path)
-        except ValueError as e:
-            raise _FieldError("paths", str(e)) from None
-        if canonical in seen:
-            same = "" if seen[canonical] == path else f" (as {seen[canonical]!r})"
-            raise _FieldError("paths", f"{path!r} is listed twice{same}")
-        seen[canonical] = path
-    return tuple(seen)
+    return _normalized("paths", paths, normalize_path, "path strings", "paths like /hello")
 
 
 def _normalize_hosts(hosts: object) -> tuple[str, ...]:
-    if isinstance(hosts, (str, bytes)) or not isinstance(hosts, (tuple, list)):
-        raise _FieldError("hosts", f"expected a sequence of host names, got {hosts!r}")
+    return _normalized("hosts", hosts, normalize_host, "host names", None)
+
+
+def _normalized(key: str, items: object, normalize: Any, what: str, example: str | None) -> tuple[str, ...]:
+    """C{items} (a C{paths} or C{hosts} list) in canonical spelling, each once; C{example}:
+    what the error says when the list must not be empty."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, (tuple, list)):
+        raise _FieldError(key, f"expected a sequence of {what}, got {items!r}")
+    if not items and example is not None:
+        raise _FieldError(key, f"expected one or more {example}, got none")
     seen: dict[str, str] = {}
-    for host in hosts:
+    for item in items:
         try:
-            canonical = normalize_host(host)
+            canonical = normalize(item)
         except ValueError as e:
-            raise _FieldError("hosts", str(e)) from None
+            raise _FieldError(key, str(e)) from None
         if canonical in seen:
-            same = "" if seen[canonical] == host else f" (as {seen[canonical]!r})"
-            raise _FieldError("hosts", f"{host!r} is listed twice{same}")
-        seen[canonical] = host
+            same = "" if seen[canonical] == item else f" (as {seen[canonical]!r})"
+            raise _FieldError(key, f"{item!r} is listed twice{same}")
+        seen[canonical] = item
     return tuple(seen)
 
 
