@@ -195,6 +195,17 @@ class OrderTests(IsolationTestCase):
             # Still open, still in order.
             self.assertEqual(json.loads(get(s, "/a/6").body)["path"], "/a/6")
 
+    def test_pipelinedThroughTheDispatchersOwn404(self) -> None:
+        """The dispatcher's 404 keeps the connection: relayed and handed-off requests after it, in order."""
+        with self.site.connect() as s:
+            s.sendall(b"".join(request_bytes("GET", p) for p in ("/a/1", "/nowhere", "/a/2", "/b/3", "/nowhere", "/a/4")))
+            got = [read_response(s) for _ in range(6)]
+            self.assertEqual([r.status for r in got], [200, 404, 200, 200, 404, 200])
+            served = [got[i] for i in (0, 2, 3, 5)]
+            self.assertEqual([int(r.header("x-okws-pid")) for r in served],
+                             [self.pid_of(n) for n in ("a.0", "a.0", "b.0", "a.0")])
+            self.assertEqual([json.loads(r.body)["path"] for r in served], ["/a/1", "/a/2", "/b/3", "/a/4"])
+
     def test_oneAtATime(self) -> None:
         with self.site.connect() as s:
             for path, name in (("/a/1", "a.0"), ("/b/2", "b.0"), ("/a/3", "a.0"), ("/a/4", "a.0")):
