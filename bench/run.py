@@ -916,7 +916,9 @@ def targets(bench: Bench, results: dict[str, Any]) -> list[dict[str, Any]]:
                     "value": iso["vs_connection"],
                     "shown": f"{iso['vs_connection']:.2f}x{bad}",
                     "target": f">= {TARGETS['isolation_keepalive']:.1f}x" if workload == "keepalive" else "(reported)",
-                    "pass": iso["pass"] if workload == "keepalive" else not iso["errors_invalidate"],
+                    # This row judges the throughput only; the p99 row below judges the latency.
+                    "pass": not iso["errors_invalidate"]
+                    and (workload != "keepalive" or iso["vs_connection"] >= TARGETS["isolation_keepalive"]),
                 }
             )
             out.append(
