@@ -52,13 +52,15 @@ class PluginInstallTests(E2ETestCase):
         self.addCleanup(shutil.rmtree, d, True)
         src = _copy_checkout(d)
         venv = os.path.join(d, "venv")
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+        # Without our PYTHONPATH (trial -j sets it for its workers): pip would find this
+        # checkout's dependencies there and install none of them, twistd included.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120, env=env)
         pip = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        p = subprocess.run([*pip, *install, src], capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+        p = subprocess.run([*pip, *install, src], capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=env)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
         elsewhere = tempfile.mkdtemp(prefix="okws-cwd-")
         self.addCleanup(shutil.rmtree, elsewhere, True)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         help_ = subprocess.run(
             [os.path.join(venv, "bin", "twistd"), "--help"], capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120
         )

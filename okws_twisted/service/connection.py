@@ -15,12 +15,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.internet import error
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
-from okws_twisted.service.budget import BodyDeadline
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import (
     Body,
@@ -28,7 +26,9 @@ from okws_twisted.wire.httpframe import (
     HTTPError,
     RequestFramer,
 )
+from okws_twisted.wire.bodytime import BodyTimer
 from okws_twisted.wire.channel import MessageChannel
+from okws_twisted.wire.routing import ANY_HOST, host_key
 from okws_twisted.wire.transport import SocketTransport
 
 if TYPE_CHECKING:
@@ -56,27 +56,41 @@ class ServiceConnection:
     channel: "ServiceChannel"
 
     def __init__(
-        self, runtime: "ServiceRuntime", routed: bool, conn_id: int | None = None, origin: MessageChannel | None = None
+        self,
+        runtime: "ServiceRuntime",
+        routed: bool,
+        conn_id: int | None = None,
+        origin: MessageChannel | None = None,
+        relay: bool = False,
     ) -> None:
         """
         @param conn_id: the dispatcher's id of this connection (a handback names it).
         @param origin: the handoff channel it came on: only that dispatcher
             knows the connection, so only over it can it be handed back.
+        @param relay: a socket pair the dispatcher relays requests over
+            (C{isolation = request}): every request on it is this service's
+            (the dispatcher routed it), it is never handed back, and it has no
+            idle timeout here (the dispatcher has one, and closes the pair).
         """
         self.runtime = runtime
+        self.relay = relay
         self.conn_id = conn_id
         self.origin = origin
         self.handed_back = False
         self.framer = RequestFramer(runtime.limits)
         self.owned_next = routed
+        #: The host of the first request (as routing compares it): a request for another host
+        #: goes back to the dispatcher, which alone decides host routing (and 421).
+        self.host: bytes | None = None
+        #: The host pattern that routed this connection's requests here (the metrics' label).
+        self.pattern = ANY_HOST
         self.fed = 0
         self.finished = 0
         self.in_body = False
         self.handback: bytes | None = None
         self.failure: HTTPError | None = None
         self.client_done = False
-        self._body_timer: IDelayedCall | None = None
-        self._body: BodyDeadline | None = None
+        self._body: BodyTimer | None = None
         self._flush_wait = False
         #: The last request was fed (twisted.web closes after it): take no more.
         self.closing = False
@@ -87,7 +101,8 @@ class ServiceConnection:
         self.channel = self.runtime.site.buildProtocol(transport.getPeer())
         self.channel.okws_connection = self
         # The framer enforces the site's limits: the channel never parses a head (head_received).
-        self.channel.timeOut = self.runtime.config.keepalive_timeout
+        # A relayed pair has no idle timeout here (the dispatcher has one, and closes the pair).
+        self.channel.timeOut = None if self.relay else self.runtime.config.keepalive_timeout
         # Its idle timer (reset, cancelled and set again on every request) on the runtime's
         # deadline queues: no DelayedCall per connection or per request.
         self.channel.callLater = self.runtime.deadlines.call_later
@@ -132,7 +147,7 @@ class ServiceConnection:
                     return
                 if self.finished < self.fed:
                     # Answering: hold the next requests (bounded), as HTTPChannel would.
-                    if framer.buffered() > PIPELINE_BUFFER:
+                    if framer.buffered > PIPELINE_BUFFER:
                         transport.pauseProducing()
                     return
             try:
@@ -144,8 +159,17 @@ class ServiceConnection:
                 return
             if isinstance(event, Head):
                 head = event.head
-                if self.owned_next or self.runtime.owns(head.path):
+                key = host_key(head.host)
+                if self.owned_next:
+                    # Routed here by the dispatcher: this connection's host from now on.
                     self.owned_next = False
+                    self.host = key
+                    route = self.runtime.route(key, head.path)
+                    self.pattern = route.hosts if route is not None else ANY_HOST
+                    owned = True
+                else:
+                    owned = self.relay or (key == self.host and self.runtime.owns(key, head.path))
+                if owned:
                     self.fed += 1
                     self.in_body = True
                     # The last request this connection may carry, or the client
@@ -165,42 +189,25 @@ class ServiceConnection:
                     return
             elif isinstance(event, Body):
                 if self._body is not None:
-                    self._body.arrived(len(event.data), self.runtime.reactor.seconds())
+                    self._body.arrived(len(event.data))
                 channel.body_received(event.data)
             else:
                 self.in_body = False
                 self._cancel_body_timer()
 
     def _start_body(self) -> None:
-        """A body must keep arriving (L{BodyDeadline}): cut it at its deadline.
-
-        One timer per body, moved only when it fires early: the reads
-        themselves never touch it.
-        """
+        """A body must keep arriving (L{BodyTimer}): cut it at its deadline."""
         config = self.runtime.config
-        self._body = BodyDeadline(config.body_timeout, config.body_min_rate, self.runtime.reactor.seconds())
-        self._arm_body_timer()
-
-    def _arm_body_timer(self) -> None:
-        assert self._body is not None
-        delay = max(0.0, self._body.deadline() - self.runtime.reactor.seconds())
-        self._body_timer = self.runtime.reactor.callLater(delay, self._body_due)
+        self._body = BodyTimer(self.runtime.reactor, config.body_timeout, config.body_min_rate, self._body_due)
 
     def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None and self._body_timer.active():
-            self._body_timer.cancel()
-        self._body_timer = None
-        self._body = None
+        if self._body is not None:
+            self._body.cancel()
+            self._body = None
 
-    def _body_due(self) -> None:
-        self._body_timer = None
-        body = self._body
-        if body is None or not self.in_body or not self.transport.connected:
-            return
-        why = body.expired(self.runtime.reactor.seconds())
-        if why is None:
-            self._arm_body_timer()
-        else:
+    def _body_due(self, why: str) -> None:
+        self._body = None
+        if self.in_body and self.transport.connected:
             self._fail(HTTPError(408, why))
 
     def _fail(self, e: HTTPError) -> None:
@@ -226,7 +233,7 @@ class ServiceConnection:
         runtime.served += 1
         # 499 (nginx's convention): the client left before the response was complete.
         status = 499 if isinstance(result, Failure) else request.code
-        runtime.counts.record(status, runtime.reactor.seconds() - started)
+        runtime.count(self.pattern, status, runtime.reactor.seconds() - started)
         self._pump()
         self._maybe_finish()
         if self.runtime.draining:

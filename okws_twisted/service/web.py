@@ -28,6 +28,7 @@ from okws_twisted.wire.httpframe import (
     RequestHead,
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
+from okws_twisted.wire.routing import host_key
 from okws_twisted.wire.stamp import ResponseStamp
 
 if TYPE_CHECKING:
@@ -283,6 +284,8 @@ class ServiceSite(server.Site):
         referer = headers.getRawHeaders(b"referer")
         agent = headers.getRawHeaders(b"user-agent")
         tls = getattr(request.channel.transport, "tls", None) if request.channel is not None else None
+        conn = getattr(request.channel, "okws_connection", None)
+        host = conn.host if conn is not None else host_key(request.getHeader(b"host"))
         line = (request.method + b" " + request.uri + b" " + request.clientproto).decode("latin-1")
         text = (
             f'{{"kind":"access","time":{int(started * 1_000_000)},"client":{quote(client)},"request":{quote(line)},'
@@ -291,6 +294,7 @@ class ServiceSite(server.Site):
             + (f',"referer":{quote(referer[0].decode("latin-1"))}' if referer else "")
             + (f',"user_agent":{quote(agent[0].decode("latin-1"))}' if agent else "")
             + (f',"tls":{quote(tls_summary(tls))}' if tls is not None else "")
+            + (f',"host":{quote(host.decode("latin-1"))}' if host is not None else "")
             + "}"
         )
         records.emit(text)

@@ -105,7 +105,7 @@ PEER = IPv4Address("TCP", "192.0.2.7", 40001)
 HOST = IPv4Address("TCP", "192.0.2.1", 80)
 
 
-class HandoffSideTests(SynchronousTestCase):
+class _HandoffSide(SynchronousTestCase):
     """The instance's end of the handoff channel: the test plays the dispatcher."""
 
     def setUp(self) -> None:
@@ -162,6 +162,11 @@ class HandoffSideTests(SynchronousTestCase):
     def assertClosedForClient(self, client: socket.socket) -> None:
         client.settimeout(2)
         self.assertEqual(client.recv(100), b"", "the instance still holds the connection")
+
+
+
+class HandoffSideTests(_HandoffSide):
+    """What the instance acknowledges, refuses, reports closed and hands back."""
 
     def test_pastTheCapRefused(self) -> None:
         """Past its descriptor budget the instance refuses (the dispatcher answers 503) and keeps its channel."""
@@ -232,3 +237,84 @@ class HandoffSideTests(SynchronousTestCase):
         self.nothing()
         self.assertClosedForClient(client)
         self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]
+
+
+class HostChangeTests(_HandoffSide):
+    """A connection keeps to its first request's host: another host goes back to the dispatcher."""
+
+    def serve(self, client: socket.socket, data: bytes) -> None:
+        """The client sends C{data}; the instance reads and answers (the reactor turned by hand)."""
+        client.sendall(data)
+        (conn,) = self.runtime.connections
+        conn.transport.doRead()
+        self.reactor.advance(0)
+
+    def test_otherHostHandedBack(self) -> None:
+        first = b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n"
+        client, server = socket.socketpair()
+        self.addCleanup(client.close)
+        meta = handoff.connection_meta(handoff.CONN, 9, PEER, HOST)
+        self.dispatcher.sendmsg([encode(meta, first)[0]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))])
+        server.close()
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [9])
+        self.reactor.advance(0)
+        (conn,) = self.runtime.connections
+        self.assertEqual((conn.host, conn.pattern), (b"a.example", "*"))
+        # Same host, another spelling: still this connection's.
+        self.serve(client, b"GET /hello HTTP/1.1\r\nHost: A.EXAMPLE:80\r\n\r\n")
+        self.assertEqual(conn.fed, 2)
+        other = b"GET /hello HTTP/1.1\r\nHost: b.example\r\n\r\n"
+        self.serve(client, other)
+        back = self.receive()
+        self.assertEqual((back.kind, back.meta["id"], back.payload), (handoff.BACK, 9, other))
+        socket.socket(fileno=back.fds[0]).close()
+        self.assertEqual(conn.fed, 2)
+        self.runtime._send_stats()
+        stats = self.receive()
+        self.assertEqual(list(stats.meta["counts"]), ["*"])
+        self.assertEqual(sum(stats.meta["counts"]["*"]["status"].values()), 2)
+
+
+class RelayPairTests(_HandoffSide):
+    """A relay pair (isolation = request): every request on it is the service's; never handed back."""
+
+    def relay(self, conn_id: int, data: bytes) -> socket.socket:
+        ours, end = socket.socketpair()
+        self.addCleanup(ours.close)
+        meta = handoff.connection_meta(handoff.CONN, conn_id, PEER, HOST, relay=True)
+        self.dispatcher.sendmsg([encode(meta, data)[0]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [end.fileno()]))])
+        end.close()
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [conn_id])
+        self.reactor.advance(0)
+        return ours
+
+    def test_everyRequestIsMine(self) -> None:
+        """Another host or path on a pair is served, not handed back: the dispatcher routed it."""
+        ours = self.relay(11, b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        (conn,) = self.runtime.connections
+        self.assertTrue(conn.relay)
+        self.assertIsNone(conn.channel.timeOut)  # the dispatcher closes idle pairs
+        ours.sendall(b"GET /other HTTP/1.1\r\nHost: b.example\r\n\r\n")
+        conn.transport.doRead()
+        self.reactor.advance(0)
+        self.assertEqual((conn.fed, conn.handback), (2, None))
+        self.nothing()
+
+    def test_drainWaitsForTheDispatcher(self) -> None:
+        """Retiring (hand back), the instance neither hands back nor closes a pair: the dispatcher does."""
+        ours = self.relay(12, b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        self.reactor.advance(1)
+        self.runtime.drain(handback=True)
+        self.reactor.advance(1)
+        (conn,) = self.runtime.connections
+        self.assertTrue(conn.transport.connected)
+        self.assertEqual(self.receive().kind, handoff.STATS)  # and no handback
+        self.nothing()
+        ours.settimeout(2)
+        self.assertIn(b"HTTP/1.1 405", ours.recv(65536))  # the dispatcher read the response
+        ours.close()  # and ends the visit
+        self.assertIsNone(conn.transport.doRead())  # EOF: answered everything, so it closes
+        self.reactor.advance(1)
+        self.assertEqual(self.runtime.connections, set())
