@@ -524,6 +524,19 @@ def socket_inode_of_server_side(server_port: int, client_port: int) -> int:
     raise AssertionError(f"no server socket for client port {client_port} in /proc/net/tcp")
 
 
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of every socket C{pid} holds, from /proc/PID/fd."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
 def pids_holding_socket(inode: int) -> list[int]:
     """Every process (the launcher and this test included) holding an fd on socket C{inode}, from /proc/PID/fd."""
     target = f"socket:[{inode}]"

@@ -21,11 +21,26 @@ RUN = os.path.join(REPO, "bench", "run.py")
 TIMEOUT = 300
 
 
-class BenchHarnessTests(SynchronousTestCase):
+def run_bench(case: SynchronousTestCase, *flags: str) -> tuple[dict, str, str]:
+    """Run C{bench/run.py --quick --duration 1 FLAGS --json OUT}: its JSON, its stdout, and both
+    outputs to show on a failure (it must exit 0)."""
+    out = os.path.abspath(case.mktemp())
+    argv = [sys.executable, RUN, "--quick", "--duration", "1", *flags, "--json", out]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=TIMEOUT)
+    stdout = proc.stdout.decode()
+    detail = f"\nstdout:\n{stdout}\nstderr:\n{proc.stderr.decode()}"
+    case.assertEqual(proc.returncode, 0, detail)
+    with open(out) as f:
+        return json.load(f), stdout, detail
+
+
+class WrkTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         if shutil.which("wrk") is None:
             raise self.skipTest("wrk is not installed (apt-get install -y wrk); bench/run.py drives its load with wrk")
 
+
+class BenchHarnessTests(WrkTestCase):
     def test_quick_run(self) -> None:
         """C{bench/run.py --quick} measures okws and twisted.web on both workloads and writes JSON."""
         out = os.path.abspath(self.mktemp())
@@ -63,10 +78,20 @@ class BenchHarnessTests(SynchronousTestCase):
         self.assertEqual(
             runs, {(p, w, s) for p in pairings for w in ("keepalive", "newconn") for s in ("okws", "twisted.web")}
         )
-        # The log daemon's CPU counts in okws's CPU per request.
+        # The log daemon's CPU counts in okws's CPU per request; each process's share is reported.
         for run in doc["runs"]:
             if run["server"] == "okws":
                 self.assertIn("logd", run["cpu_seconds"], detail)
+                for process in ("dispatcher", "hello.0", "logd"):
+                    self.assertIn(process, run["cpu_us_per_request_by_process"], detail)
+        # Issue 14's honest pairing, from the same runs: okws with its log against the peer without.
+        honest = doc["results"]["okws log vs no log"]
+        for workload in ("keepalive", "newconn"):
+            self.assertEqual(honest[workload]["okws"], doc["results"]["logging on"][workload]["okws"], detail)
+            self.assertEqual(honest[workload]["twisted.web"], doc["results"]["logging off"][workload]["twisted.web"], detail)
+            self.assertGreater(honest[workload]["ratio"], 0, detail)
+        self.assertIn("okws log vs no log: ratio okws/twisted.web", stdout.decode())
+        self.assertIn("CPU per request during keepalive, logging off: okws", stdout.decode())
 
         memory = doc["memory_kib"]
         for process in ("launcher", "dispatcher", "hello.0", "logd", "nolog:hello.0"):
@@ -89,14 +114,7 @@ class BenchHarnessTests(SynchronousTestCase):
 
     def test_quick_tls_run(self) -> None:
         """C{bench/run.py --tls}: okws behind its TLS front and twisted.web terminating TLS, over https."""
-        out = os.path.abspath(self.mktemp())
-        argv = [sys.executable, RUN, "--quick", "--duration", "1", "--tls", "--logging", "off",
-                "--handoff-growth", "0", "--json", out]
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=TIMEOUT)
-        detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
-        self.assertEqual(proc.returncode, 0, detail)
-        with open(out) as f:
-            doc = json.load(f)
+        doc, _stdout, detail = run_bench(self, "--tls", "--logging", "off", "--handoff-growth", "0")
         self.assertTrue(doc["settings"]["tls"])
         for server in ("okws", "twisted.web"):
             self.assertTrue(doc["urls"]["logging off"][server].startswith("https://127.0.0.1:"), detail)
@@ -106,21 +124,26 @@ class BenchHarnessTests(SynchronousTestCase):
                 self.assertEqual(result["errors"], 0, f"{workload}/{server}: {result['error_kinds']}{detail}")
         self.assertIn("tls", doc["processes"]["logging off"]["okws"])
 
+    def test_quick_isolation_run(self) -> None:
+        """C{bench/run.py --isolation request}: the relaying site measured beside connection mode and twisted.web."""
+        doc, stdout, detail = run_bench(self, "--isolation", "request", "--logging", "off", "--handoff-growth", "0")
+        self.assertEqual(doc["settings"]["isolation"], "request")
+        for workload in ("keepalive", "newconn"):
+            result = doc["results"]["logging off"][workload]
+            relayed = result["okws-request"]
+            self.assertGreater(relayed["rps"], 0, f"{workload}{detail}")
+            self.assertEqual(relayed["errors"], 0, f"{workload}: {relayed['error_kinds']}{detail}")
+            self.assertGreater(result["isolation"]["vs_connection"], 0, detail)
+            self.assertIn("p99_delta_ms", result["isolation"])
+        self.assertIn("isolation = request is", stdout)
+        for pid in doc["processes"]["logging off"]["okws-request"].values():
+            self.assertFalse(_alive(pid, b"okws"), f"okws process {pid} outlived the harness")
 
-class StaticBenchTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        if shutil.which("wrk") is None:
-            raise self.skipTest("wrk is not installed (apt-get install -y wrk); bench/run.py drives its load with wrk")
 
+class StaticBenchTests(WrkTestCase):
     def test_quick_static_run(self) -> None:
         """C{bench/run.py --static}: a static pool, static.File and nginx on the same files, every workload."""
-        out = os.path.abspath(self.mktemp())
-        argv = [sys.executable, RUN, "--static", "--quick", "--duration", "1", "--json", out]
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, timeout=TIMEOUT)
-        detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
-        self.assertEqual(proc.returncode, 0, detail)
-        with open(out) as f:
-            doc = json.load(f)
+        doc, stdout, detail = run_bench(self, "--static")
         self.assertTrue(doc["settings"]["static"])
         servers = ("okws", "twisted.web", "nginx") if shutil.which("nginx") or os.path.exists("/usr/sbin/nginx") else ("okws", "twisted.web")
         results = doc["results"]["logging on"]
@@ -130,11 +153,26 @@ class StaticBenchTests(SynchronousTestCase):
                 self.assertGreater(entry[server]["rps"], 0, f"{workload}/{server}{detail}")
                 self.assertEqual(entry[server]["errors"], 0, f"{workload}/{server}{detail}")
         self.assertIsNotNone(results["4k-keepalive"]["pass"])
-        self.assertIn("okws/twisted.web", proc.stdout.decode())
+        self.assertIn("okws/twisted.web", stdout)
         for name, pids in doc["processes"]["logging on"].items():
             for pid in pids.values():
                 self.assertFalse(_alive(pid, b"okws" if name == "okws" else (b"peer_twistedweb" if name == "twisted.web" else b"nginx")),
                                  f"{name} process {pid} outlived the harness")
+
+
+class DatabaseBenchTests(WrkTestCase):
+    def test_db_run(self) -> None:
+        """C{bench/run.py --db --quick}: the database page through okws's proxy and through adbapi in the peer."""
+        doc, stdout, _detail = run_bench(self, "--db")
+        servers = {run["server"] for run in doc["runs"]}
+        self.assertEqual(servers, {"okws", "twisted.web"})
+        for run in doc["runs"]:
+            self.assertGreater(run["requests"], 0, run)
+            self.assertEqual(sum(run["errors"].values()), 0, run)
+        self.assertEqual(doc["round_trips"]["n"], 500)
+        self.assertGreater(doc["memory_kib"]["idle proxy at start"], 0)
+        self.assertEqual(len(doc["targets"]), 4)
+        self.assertIn("proxy round trip p50", stdout)
 
 
 def _alive(pid: int, marker: bytes) -> bool:
@@ -147,20 +185,3 @@ def _alive(pid: int, marker: bytes) -> bool:
             return marker in f.read()
     except FileNotFoundError:
         return False
-
-    def test_db_run(self) -> None:
-        """C{bench/run.py --db --quick}: the database page through okws's proxy and through adbapi in the peer."""
-        out = os.path.join(self.mktemp() + ".json")
-        argv = [sys.executable, RUN, "--db", "--quick", "--duration", "1", "--json", out]
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
-        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
-        doc = json.loads(open(out).read())
-        servers = {run["server"] for run in doc["runs"]}
-        self.assertEqual(servers, {"okws", "twisted.web"})
-        for run in doc["runs"]:
-            self.assertGreater(run["requests"], 0, run)
-            self.assertEqual(sum(run["errors"].values()), 0, run)
-        self.assertEqual(doc["round_trips"]["n"], 500)
-        self.assertGreater(doc["memory_kib"]["idle proxy at start"], 0)
-        self.assertEqual(len(doc["targets"]), 4)
-        self.assertIn("proxy round trip p50", proc.stdout)

@@ -14,6 +14,8 @@ from okws_twisted.config import (
     ServiceConfig,
     SiteConfig,
     load,
+    host_pattern_matches,
+    normalize_host,
     normalize_path,
     parse,
     parse_listener,
@@ -88,9 +90,10 @@ class DefaultsTests(SynchronousTestCase):
         (service,) = site().services
         self.assertEqual(
             service,
-            ServiceConfig(name="hello", resource="services.hello:Hello", paths=("/hello", "/hi")),
+            ServiceConfig(name="hello", resource="services.hello:Hello", paths=("/hello", "/hi"), isolation="connection"),
         )
         self.assertEqual((service.instances, service.max_body), (1, 2 * 1024 * 1024))
+        self.assertEqual((service.hosts, service.isolation), ((), "connection"))
 
     def test_everyKey(self) -> None:
         config = site("""\
@@ -827,7 +830,7 @@ class LoggingKeyTests(ErrorMixin, SynchronousTestCase):
             ("access_log_fields = client refferer",
              "access_log_fields: unknown access log field 'refferer'; fields are combined, client, ident, "
              "user, time, request, status, bytes, referer, user_agent, service, instance, request_id, "
-             "response_time, tls"),
+             "response_time, tls, host"),
             ("access_log_fields =", "access_log_fields: expected one or more access log fields, e.g. combined"),
             ("log_buffer = 0", "log_buffer: expected a whole number of records, 1 or more, got '0'"),
             ("log_max_size = -1", "log_max_size: expected a whole number of bytes (or K, M, G), 0 or more, got '-1'"),
@@ -947,3 +950,147 @@ class WallKeyTests(ErrorMixin, SynchronousTestCase):
     def test_to_children_and_back(self) -> None:
         config = site("cgroups = no\n", "[service:a]\nresource = a:B\npaths = /\nfork = yes\nmemory_limit = 100M\n")
         self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+
+
+class VirtualHostConfigTests(SynchronousTestCase, ErrorMixin):
+    """[service:NAME] hosts, [okws] default_host: spellings, clashes per host, and their errors."""
+
+    def test_normalize(self) -> None:
+        for written, canonical in {
+            "Admin.Example.COM": "admin.example.com",
+            "admin.example.com.": "admin.example.com",
+            "*.Example.org": "*.example.org",
+            "127.0.0.1": "127.0.0.1",
+            "[::1]": "[::1]",
+            "xn--caf-dma.example": "xn--caf-dma.example",
+            "localhost": "localhost",
+        }.items():
+            self.assertEqual(normalize_host(written), canonical, written)
+
+    def test_rejected(self) -> None:
+        cases = {
+            "admin.example.com:8080": "'admin.example.com:8080' has a port; hosts are compared without their port",
+            "a.*.example": "'a.*.example': a wildcard is only allowed as the whole first label, as in *.example.com",
+            "*": "'*': a wildcard is only allowed as the whole first label, as in *.example.com",
+            "café.example": "'café.example' is not a host name (letters, digits and hyphens in dot-separated labels; "
+                            "write an international name in its xn-- form)",
+            "a..b": "'a..b' is not a host name (letters, digits and hyphens in dot-separated labels; "
+                    "write an international name in its xn-- form)",
+            "-a.example": "'-a.example' is not a host name (letters, digits and hyphens in dot-separated labels; "
+                          "write an international name in its xn-- form)",
+            "*.10.0.0.1": "'*.10.0.0.1': a wildcard cannot stand before an IP address",
+            "": "expected a host name, got ''",
+        }
+        for host, message in cases.items():
+            e = self.assertRaises(ValueError, normalize_host, host)
+            self.assertEqual(str(e), message)
+
+    def test_patternMatches(self) -> None:
+        """One or more labels before a wildcard's suffix, as nginx; never the bare suffix or an empty label."""
+        self.assertTrue(host_pattern_matches("*.example.org", "a.example.org"))
+        self.assertTrue(host_pattern_matches("*.example.org", "a.b.example.org"))
+        self.assertFalse(host_pattern_matches("*.example.org", "example.org"))
+        self.assertFalse(host_pattern_matches("*.example.org", ".example.org"))
+        self.assertFalse(host_pattern_matches("*.example.org", "a..example.org"))
+        self.assertFalse(host_pattern_matches("*.example.org", "aexample.org"))
+        self.assertTrue(host_pattern_matches("www.example.org", "www.example.org"))
+        self.assertFalse(host_pattern_matches("www.example.org", "a.www.example.org"))
+
+    def test_hostsInIni(self) -> None:
+        config = site(services=SERVICE + "[service:admin]\nresource = a:B\npaths = /\n"
+                      "hosts = Admin.Example.com *.admin.example.com\n")
+        self.assertEqual(config.services[0].hosts, ())
+        self.assertEqual(config.services[1].hosts, ("admin.example.com", "*.admin.example.com"))
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+        self.assertIsInstance(SiteConfig.from_json(config.to_json()).services[1].hosts, tuple)
+
+    def test_samePathOnTwoHosts(self) -> None:
+        """Two services may both claim / on different hosts, and a host by different paths."""
+        config = site(services="""
+            [service:www]
+            resource = a:B
+            paths = /
+            hosts = www.example.com
+            [service:admin]
+            resource = a:B
+            paths = /
+            hosts = admin.example.com
+            [service:admin-api]
+            resource = a:B
+            paths = /api
+            hosts = admin.example.com
+            [service:other]
+            resource = a:B
+            paths = /
+            """)
+        self.assertEqual([s.name for s in config.services], ["www", "admin", "admin-api", "other"])
+
+    def test_clashOnOneHost(self) -> None:
+        self.assertConfigError(
+            "[okws]\n[service:a]\nresource = a:B\npaths = /x\nhosts = w.example\n"
+            "[service:b]\nresource = a:B\npaths = /y /x/\nhosts = W.example. other.example\n",
+            "site.ini: [service:b] paths: '/x' on host w.example is already claimed by [service:a]",
+        )
+
+    def test_hostErrors(self) -> None:
+        base = "[okws]\n[service:a]\nresource = a:B\npaths = /\n"
+        self.assertConfigError(base + "hosts = a.example:443\n",
+                               "site.ini: [service:a] hosts: 'a.example:443' has a port; hosts are compared without their port")
+        self.assertConfigError(base + "hosts = a.example A.example\n",
+                               "site.ini: [service:a] hosts: 'A.example' is listed twice (as 'a.example')")
+        self.assertConfigError(base + "hosts =\n",
+                               "site.ini: [service:a] hosts: expected one or more host names like www.example.com "
+                               "*.example.org, got none; leave hosts out to serve every host")
+
+    def test_defaultHost(self) -> None:
+        services = ("[service:www]\nresource = a:B\npaths = /\nhosts = www.example.com\n"
+                    "[service:blog]\nresource = a:B\npaths = /\nhosts = *.blog.example.com\n")
+        self.assertEqual(site("default_host = WWW.example.com\n", services).default_host, "www.example.com")
+        self.assertEqual(site("default_host = me.blog.example.com\n", services).default_host, "me.blog.example.com")
+        self.assertIsNone(site("", services).default_host)
+        config = site("default_host = www.example.com\n", services)
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+
+    def test_defaultHostErrors(self) -> None:
+        services = "[service:www]\nresource = a:B\npaths = /\nhosts = www.example.com\n"
+        cases = {
+            "default_host = nowhere.example.com": "'nowhere.example.com' is not in any service's hosts",
+            "default_host = *.example.com": "'*.example.com' must be a host name, not a wildcard",
+            "default_host = www.example.com:80": "'www.example.com:80' has a port; hosts are compared without their port",
+            "default_host = a b": "expected one host name, got 'a b'",
+        }
+        for line, message in cases.items():
+            self.assertConfigError(f"[okws]\n{line}\n{services}", f"site.ini: [okws] default_host: {message}")
+        self.assertConfigError(
+            "[okws]\ndefault_host = www.example.com\n" + services + SERVICE,
+            "site.ini: [okws] default_host: would never be used: [service:hello] has no hosts, so it serves "
+            "every host that no service names",
+        )
+
+
+class IsolationConfigTests(SynchronousTestCase, ErrorMixin):
+    """[service:NAME] isolation and the site's default, [okws] isolation."""
+
+    def test_siteDefault(self) -> None:
+        services = SERVICE + "[service:b]\nresource = a:B\npaths = /b\nisolation = connection\n"
+        config = site("isolation = request\n", services)
+        self.assertEqual([s.isolation for s in config.services], ["request", "connection"])
+        self.assertEqual(config.isolation, "request")
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+        self.assertEqual([s.isolation for s in site().services], ["connection"])
+
+    def test_perService(self) -> None:
+        config = site(services=SERVICE.replace("paths", "isolation = Request\npaths"))
+        self.assertEqual(config.services[0].isolation, "request")
+
+    def test_programmatic(self) -> None:
+        """A SiteConfig built in code fills in its default too."""
+        config = SiteConfig(file="x.ini", base_dir="/", log_dir="/l", templates="/t", isolation="request",
+                            services=(ServiceConfig(name="a", resource="a:B", paths=("/",)),))
+        self.assertEqual(config.services[0].isolation, "request")
+
+    def test_errors(self) -> None:
+        self.assertConfigError("[okws]\nisolation = process\n" + SERVICE,
+                               "site.ini: [okws] isolation: expected one of connection, request, got 'process'")
+        self.assertConfigError("[okws]\n" + SERVICE + "isolation = none\n",
+                               "site.ini: [service:hello] isolation: expected one of connection, request, got 'none'")

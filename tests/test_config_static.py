@@ -54,6 +54,24 @@ class StaticSectionTests(SynchronousTestCase):
         self.assertEqual((static.max_age, static.instances, static.max_connections, static.lazy, static.uid),
                          (0, 2, 50, True, 7000))
 
+    def test_hosts_and_isolation(self) -> None:
+        """A static pool takes hosts and isolation as a service does; isolation defaults to the site's."""
+        config = self.parse(STATIC + "hosts = WWW.example.com *.example.org\nisolation = request\n")
+        static = config.services[1]
+        self.assertEqual((static.hosts, static.isolation), (("www.example.com", "*.example.org"), "request"))
+        self.assertEqual(SiteConfig.from_json(config.to_json()), config)
+        site = self.parse(STATIC, okws="isolation = request\n")
+        self.assertEqual([s.isolation for s in site.services], ["request", "request"])
+        # A service and a static pool may claim one path on different hosts, never on the same one.
+        both = self.parse(STATIC + "hosts = static.example.com\n" + SERVICE.replace("hello]", "other]").replace("/hello", "/static"))
+        self.assertEqual([s.name for s in both.services], ["hello", "assets", "other"])
+        self.error(STATIC + "hosts = a.example.com\n[service:other]\nresource = a:B\npaths = /static\nhosts = a.example.com\n",
+                   "site.ini: [service:other] paths: '/static' on host a.example.com is already claimed by [static:assets]")
+        self.error(STATIC + "hosts = a.example.com:80\n",
+                   "site.ini: [static:assets] hosts: 'a.example.com:80' has a port; hosts are compared without their port")
+        self.error(STATIC + "isolation = sometimes\n",
+                   "site.ini: [static:assets] isolation: expected one of connection, request, got 'sometimes'")
+
     def test_json(self) -> None:
         config = self.parse(STATIC)
         self.assertEqual(SiteConfig.from_json(config.to_json()), config)
@@ -70,7 +88,7 @@ class StaticSectionTests(SynchronousTestCase):
         self.error("[static:assets]\nroot = static\n", "site.ini: [static:assets] paths: missing; expected /static /favicon.ico")
         self.error(STATIC + "resource = a:B\n",
                    "site.ini: [static:assets] resource: a [static:NAME] section has no resource "
-                   "(keys: root, paths, max_age, lazy, instances, max_connections, uid, gid, memory_limit)")
+                   "(keys: root, paths, hosts, isolation, max_age, lazy, instances, max_connections, uid, gid, memory_limit)")
         for key in ("network = host", "max_body = 10", "scratch = yes", "fork = yes"):
             e = self.assertRaises(ConfigError, self.parse, STATIC + key + "\n")
             self.assertEqual(e.key, key.split()[0])

@@ -57,21 +57,20 @@ class Burst(threading.Thread):
         self.command = {"op": "burst", "query": "add_token_padded" if pad else "add_token", "n": n,
                         "prefix": path.strip("/"), "service": path, "window": window, "pace": pace, "pad": pad}
         self.answer: dict[str, Any] = {}
+        self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             self.answer = post(self.site, self.path, self.command, timeout=120)
-        except Exception as e:
+        except BaseException as e:  # shown by result(), in the test's thread
             self.error = e
-
-    error: Exception | None = None
 
     def result(self, timeout: float = 120) -> dict[str, Any]:
         self.join(timeout)
         if self.is_alive():
             raise AssertionError(f"the burst on {self.path} did not finish within {timeout}s")
         if self.error is not None:
-            raise AssertionError(f"the burst on {self.path} failed: {self.error}")
+            raise AssertionError(f"the burst on {self.path} got no answer: {self.error!r}")
         return self.answer
 
 

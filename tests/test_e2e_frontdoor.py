@@ -142,21 +142,9 @@ def _server_sockets(server_port: int) -> dict[int, int]:
     return out
 
 
-def _socket_inodes(pid: int) -> set[int]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return inodes
-
-
 def held_by_dispatcher(site: Site, client_ports: list[int]) -> set[int]:
     """Which of these client connections the dispatcher process holds an fd for."""
-    held = _socket_inodes(site.pids()["dispatcher"])
+    held = e2e.socket_inodes(site.pids()["dispatcher"])
     servers = _server_sockets(site.port)
     return {p for p in client_ports if servers.get(p) in held}
 

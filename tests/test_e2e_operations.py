@@ -469,8 +469,8 @@ class MetricsTests(E2ETestCase):
         r = self.admin_get("/metrics")
         self.assertEqual(r.status, 200)
         self.assertTrue(r.header("content-type").startswith("text/plain; version=0.0.4"))
-        text = self.wait_metric("okws_requests_total", 7, service="hello", code="200")
-        self.assertEqual(_metric(text, "okws_requests_total", service="-", code="404"), 1)
+        text = self.wait_metric("okws_requests_total", 7, service="hello", host="*", code="200")
+        self.assertEqual(_metric(text, "okws_requests_total", service="-", host="-", code="404"), 1)
         self.assertGreaterEqual(_metric(text, "okws_request_duration_seconds_count", service="hello"), 7)
         self.assertEqual(_metric(text, "okws_request_duration_seconds_bucket", service="hello", le="+Inf"),
                          _metric(text, "okws_request_duration_seconds_count", service="hello"))

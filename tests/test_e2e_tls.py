@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
+from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
@@ -37,6 +38,11 @@ paths = /big
 [service:compromised]
 resource = tests.sites.compromised:Evil
 paths = /compromised
+
+[service:relayed]
+resource = tests.sites.echo:Echo
+paths = /relayed
+isolation = request
 """
 
 OKWS = """
@@ -146,6 +152,20 @@ class PythonClientTests(E2ETestCase):
                     seen = json.loads(r.body)
                     self.assertTrue(seen["secure"])
                     self.assertEqual(seen["client"], ["127.0.0.1", s.getsockname()[1]])
+
+    def test_relayed_over_tls(self) -> None:
+        """Two relays in series (TLS front, dispatcher): an isolation = request service sees a secure
+        request with the client's address and TLS facts, on one connection with a connection service."""
+        with self.connect() as s:
+            for path in ("/relayed/1", "/echo", "/relayed/2", "/relayed/3"):
+                s.sendall(request_bytes("GET", path))
+                r = read_response(s)
+                self.assertEqual(r.status, 200, r)
+                seen = json.loads(r.body)
+                self.assertEqual(seen["path"], path)
+                self.assertTrue(seen["secure"])
+                self.assertEqual(seen["client"], ["127.0.0.1", s.getsockname()[1]])
+                self.assertEqual(seen["tls"]["sni"], "localhost")
 
     def test_access_log(self) -> None:
         with self.connect() as s:
@@ -406,3 +426,65 @@ class SNITests(E2ETestCase):
         self.site.wait_for(r"tls pid \d+ is ready", after=mark)
         self.assertIn("CN = c.example", served_subject(self.port, "c.example"))
         self.assertIn("CN = a.example", served_subject(self.port, "a.example"))
+
+
+class MisdirectedTests(E2ETestCase):
+    """421 (RFC 9110 15.5.20): a Host that gets another certificate than the connection's SNI did."""
+
+    def setUp(self) -> None:
+        if shutil.which("openssl") is None:
+            raise SkipTest("openssl is needed")
+        self.site, self.port = sni_site()
+
+    def connect(self, sni: str | None, port: int | None = None, verify: bool = True) -> ssl.SSLSocket:
+        if verify:
+            ctx = ssl.create_default_context(cafile=os.path.join(self.site.dir, "ca.pem"))
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(("127.0.0.1", port or self.port), timeout=10)
+        return ctx.wrap_socket(raw, server_hostname=sni)
+
+    def ask(self, s: socket.socket, host: str) -> Any:
+        s.sendall(request_bytes("GET", "/echo", {"Host": host}))
+        return read_response(s)
+
+    def test_otherCertificateMisdirected(self) -> None:
+        with self.connect("a.example") as s:
+            r = self.ask(s, "b.example")
+            self.assertEqual(r.status, 421)
+            self.assertEqual(r.header("connection"), "close")
+            self.assertIn(b"421 Misdirected Request", r.body)
+            self.assertEqual(s.recv(100), b"")
+
+    def test_sameCertificateServed(self) -> None:
+        with self.connect("a.example") as s:
+            self.assertEqual(self.ask(s, "a.example").status, 200)
+            self.assertEqual(self.ask(s, "A.EXAMPLE:%d" % self.port).status, 200)
+        # Two names under one wildcard certificate: the browser may share the connection.
+        with self.connect("x.w.example") as s:
+            self.assertEqual(self.ask(s, "y.w.example").status, 200)
+
+    def test_keptAliveConnectionTurnsToAnotherHost(self) -> None:
+        """The service hands the connection back at the host change; the dispatcher answers 421."""
+        with self.connect("a.example") as s:
+            first = self.ask(s, "a.example")
+            self.assertEqual(first.status, 200)
+            r = self.ask(s, "b.example")
+            self.assertEqual(r.status, 421)
+
+    def test_noSniDefaultCertificate(self) -> None:
+        """No SNI (an IP address): the default certificate, which an IP-literal Host gets too."""
+        with self.connect(None, verify=False) as s:
+            self.assertEqual(self.ask(s, "127.0.0.1").status, 200)
+        with self.connect(None, verify=False) as s:
+            self.assertEqual(self.ask(s, "a.example").status, 421)
+
+    def test_oneCertificateListener(self) -> None:
+        """An ssl: listener has one certificate: any Host is served on it."""
+        site, port = shared_site()
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with client_context(site).wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(request_bytes("GET", "/echo", {"Host": "b.example"}))
+            self.assertEqual(read_response(s).status, 200)

@@ -52,8 +52,8 @@ class PluginInstallTests(E2ETestCase):
         self.addCleanup(shutil.rmtree, d, True)
         src = _copy_checkout(d)
         venv = os.path.join(d, "venv")
-        # trial -j sets PYTHONPATH to its own sys.path: pip would find Twisted there, "already
-        # installed", and install no twistd into the new venv.
+        # Without our PYTHONPATH (trial -j sets it for its workers): pip would find this
+        # checkout's dependencies there and install none of them, twistd included.
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120, env=env)
         pip = [os.path.join(venv, "bin", "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]

@@ -23,6 +23,7 @@ from okws_twisted.config.listeners import (
     trusted_networks,
 )
 from okws_twisted.config.site import (
+    ISOLATIONS,
     _BOOL_WORDS,
     _FALSE,
     _OKWS_BOOLEANS,
@@ -198,6 +199,13 @@ def parse(text: str, file: str, base_dir: str) -> SiteConfig:
         except ValueError as e:
             raise fail("okws", "proxy_trusted", str(e)) from None
         site["proxy_trusted"] = trusted
+    if "isolation" in okws:
+        site["isolation"] = _isolation(okws["isolation"], "okws", fail)
+    if "default_host" in okws:
+        words = okws["default_host"].split()
+        if len(words) != 1:
+            raise fail("okws", "default_host", f"expected one host name, got {okws['default_host']!r}")
+        site["default_host"] = words[0]
 
     if "server_header" in okws:
         # Written as is: "server_header =" (nothing) sends no Server field.
@@ -273,6 +281,24 @@ def _check_pairs(site: dict[str, Any], okws: Any, fail: Any) -> None:
             raise fail("okws", key, f"{shown(key)} is {relation} {other} ({shown(other)}){why}")
 
 
+def _isolation(text: str, section: str, fail: Any) -> str:
+    word = text.strip().lower()
+    if word not in ISOLATIONS:
+        raise fail(section, "isolation", f"expected one of {', '.join(ISOLATIONS)}, got {text!r}")
+    return word
+
+
+def _read_routing(section: Any, name: str, kwargs: dict[str, Any], fail: Any) -> None:
+    """C{hosts} and C{isolation}, which services and static pools both take, into C{kwargs}."""
+    if "hosts" in section:
+        kwargs["hosts"] = tuple(section["hosts"].split())
+        if not kwargs["hosts"]:
+            raise fail(name, "hosts", "expected one or more host names like www.example.com *.example.org, got none; "
+                       "leave hosts out to serve every host")
+    if "isolation" in section:
+        kwargs["isolation"] = _isolation(section["isolation"], name, fail)
+
+
 def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
     _check_keys(section, name, _SERVICE_KEYS, _OKWS_KEYS, "[okws]", fail)
     service_name = name[len(_SERVICE_PREFIX):]
@@ -282,6 +308,7 @@ def _parse_service(section: Any, name: str, fail: Any) -> ServiceConfig:
             raise fail(name, key, f"missing; expected {example}")
     kwargs["resource"] = section["resource"]
     kwargs["paths"] = tuple(section["paths"].split())
+    _read_routing(section, name, kwargs, fail)
     if "network" in section:
         kwargs["network"] = section["network"].strip()
     if "db" in section:
@@ -336,6 +363,7 @@ def _parse_static(section: Any, name: str, base_dir: str, fail: Any) -> ServiceC
         raise fail(name, "root", f"{root!r} is not a directory")
     kwargs["root"] = root
     kwargs["paths"] = tuple(section["paths"].split())
+    _read_routing(section, name, kwargs, fail)
     if "lazy" in section:
         word = section["lazy"].strip().lower()
         if word not in _BOOL_WORDS:

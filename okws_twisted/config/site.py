@@ -32,7 +32,17 @@ from okws_twisted.config.listeners import (
     trusted_networks,
 )
 
-__all__ = ["ACCESS_FIELDS", "COMBINED", "ServiceConfig", "SiteConfig", "normalize_path", "parse_access_fields"]
+__all__ = [
+    "ACCESS_FIELDS",
+    "COMBINED",
+    "ISOLATIONS",
+    "ServiceConfig",
+    "SiteConfig",
+    "host_pattern_matches",
+    "normalize_host",
+    "normalize_path",
+    "parse_access_fields",
+]
 
 #: The version of the JSON document L{SiteConfig.to_json} writes.
 _JSON_FORMAT = 1
@@ -101,9 +111,19 @@ _SERVICE_NUMBERS: dict[str, _Number] = {
     "max_processes": _Number(int, 16, "processes and threads"),
 }
 
-_OKWS_KEYS = ("listen", "log_dir", "templates", "state_dir", "control_socket", "admin", "jail_root", "uid_range", "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields", "server_header", "health")
+_OKWS_KEYS = (
+    "listen", "log_dir", "templates", "state_dir", "control_socket", "admin", "jail_root", "uid_range",
+    "proxy_trusted", *_OKWS_NUMBERS, *_OKWS_BOOLEANS, "access_log_fields", "server_header", "health",
+    "default_host", "isolation",
+)
 _SERVICE_BOOLEANS = ("scratch", "lazy", "fork")
-_SERVICE_KEYS = ("resource", "paths", "network", *_SERVICE_BOOLEANS, "db", "queries", *_SERVICE_NUMBERS)
+_SERVICE_KEYS = (
+    "resource", "paths", "hosts", "isolation", "network", *_SERVICE_BOOLEANS, "db", "queries", *_SERVICE_NUMBERS,
+)
+#: The values of C{isolation}: C{connection} hands the client's socket to the service (it may
+#: see later requests on that connection); C{request} keeps it in the dispatcher, which relays
+#: each request to the service and its response back.
+ISOLATIONS = ("connection", "request")
 _NETWORK_CHOICES = ("none", "host")
 #: [okws] health: what /health calls healthy (docs/operations.md).
 HEALTH_CHOICES = ("all", "any")
@@ -114,7 +134,7 @@ _SERVER_HEADER = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?)?
 
 #: The keys of a C{[static:NAME]} section: the numbers and yes/no keys are a service's.
 _STATIC_NUMBERS = ("instances", "max_connections", "uid", "gid", "memory_limit")
-_STATIC_KEYS = ("root", "paths", "max_age", "lazy", *_STATIC_NUMBERS)
+_STATIC_KEYS = ("root", "paths", "hosts", "isolation", "max_age", "lazy", *_STATIC_NUMBERS)
 _MAX_AGE = _Number(int, 0, "seconds")
 _BOOL_WORDS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 
@@ -139,6 +159,7 @@ ACCESS_FIELDS = (
     "request_id",
     "response_time",
     "tls",
+    "host",
 )
 
 #: ``combined``: Apache's combined format, then the service and the response time.
@@ -213,6 +234,58 @@ def normalize_path(path: str) -> str:
     return path
 
 
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_IPV6 = re.compile(r"\[[0-9a-f:.]+\]")
+
+
+def normalize_host(pattern: str) -> str:
+    """Check one C{hosts} item and return its canonical spelling (lower case, no final dot).
+
+    An item is a DNS name (ASCII: write an international name in its C{xn--} form), an IPv4
+    address, a bracketed IPv6 address, or C{*.} followed by a DNS name, which matches one or
+    more labels in front of that name (C{*.example.org}: C{a.example.org},
+    C{a.b.example.org}, not C{example.org}).  No port: hosts are compared without one.
+
+    @raise ValueError: saying what is wrong.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"expected a host name, got {pattern!r}")
+    name = pattern.lower()
+    if name.endswith(".") and not name.endswith(".."):
+        name = name[:-1]
+    if _IPV6.fullmatch(name):
+        return name
+    if ":" in name:
+        raise ValueError(f"{pattern!r} has a port; hosts are compared without their port")
+    wild = name.startswith("*.")
+    rest = name[2:] if wild else name
+    if "*" in rest:
+        raise ValueError(f"{pattern!r}: a wildcard is only allowed as the whole first label, as in *.example.com")
+    if len(rest) > 253 or not _DNS_NAME.fullmatch(rest):
+        raise ValueError(
+            f"{pattern!r} is not a host name (letters, digits and hyphens in dot-separated labels; "
+            "write an international name in its xn-- form)"
+        )
+    if wild and _IPV4.fullmatch(rest):
+        raise ValueError(f"{pattern!r}: a wildcard cannot stand before an IP address")
+    return name
+
+
+def host_pattern_matches(pattern: str, name: str) -> bool:
+    """Does the canonical C{hosts} item C{pattern} take the canonical host C{name}?
+
+    The rule L{okws_twisted.wire.routing.RouteTable} applies with dict probes; here spelt
+    out, for the checks of the configuration.
+    """
+    if not pattern.startswith("*."):
+        return pattern == name
+    suffix = pattern[1:]
+    return name.endswith(suffix) and len(name) > len(suffix) and name[-len(suffix) - 1] != "."
+
+
 _IDENTIFIER = re.compile(r"[^\W\d]\w*")
 
 
@@ -250,6 +323,11 @@ class ServiceConfig:
     name: str
     resource: str
     paths: tuple[str, ...]
+    #: The hosts this service serves (canonical, see L{normalize_host}); empty: every host no
+    #: service names.
+    hosts: tuple[str, ...] = ()
+    #: L{ISOLATIONS}; L{None} until the site fills in its default (L{SiteConfig}).
+    isolation: str | None = None
     instances: int = 1
     max_body: int = 2 * 1024 * 1024
     max_connections: int = 1000
@@ -286,6 +364,9 @@ class ServiceConfig:
             )
         _check_resource(self.resource)
         object.__setattr__(self, "paths", _normalize_paths(self.paths))
+        object.__setattr__(self, "hosts", _normalize_hosts(self.hosts))
+        if self.isolation is not None and self.isolation not in ISOLATIONS:
+            raise _FieldError("isolation", f"expected one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
         if self.network not in _NETWORK_CHOICES:
             raise _FieldError("network", f"expected one of {', '.join(_NETWORK_CHOICES)}, got {self.network!r}")
         for key in _SERVICE_BOOLEANS:
@@ -330,20 +411,30 @@ class ServiceConfig:
 
 
 def _normalize_paths(paths: object) -> tuple[str, ...]:
-    if isinstance(paths, (str, bytes)) or not isinstance(paths, (tuple, list)):
-        raise _FieldError("paths", f"expected a sequence of path strings, got {paths!r}")
-    if not paths:
-        raise _FieldError("paths", "expected one or more paths like /hello, got none")
+    return _normalized("paths", paths, normalize_path, "path strings", "paths like /hello")
+
+
+def _normalize_hosts(hosts: object) -> tuple[str, ...]:
+    return _normalized("hosts", hosts, normalize_host, "host names", None)
+
+
+def _normalized(key: str, items: object, normalize: Any, what: str, example: str | None) -> tuple[str, ...]:
+    """C{items} (a C{paths} or C{hosts} list) in canonical spelling, each once; C{example}:
+    what the error says when the list must not be empty."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, (tuple, list)):
+        raise _FieldError(key, f"expected a sequence of {what}, got {items!r}")
+    if not items and example is not None:
+        raise _FieldError(key, f"expected one or more {example}, got none")
     seen: dict[str, str] = {}
-    for path in paths:
+    for item in items:
         try:
-            canonical = normalize_path(path)
+            canonical = normalize(item)
         except ValueError as e:
-            raise _FieldError("paths", str(e)) from None
+            raise _FieldError(key, str(e)) from None
         if canonical in seen:
-            same = "" if seen[canonical] == path else f" (as {seen[canonical]!r})"
-            raise _FieldError("paths", f"{path!r} is listed twice{same}")
-        seen[canonical] = path
+            same = "" if seen[canonical] == item else f" (as {seen[canonical]!r})"
+            raise _FieldError(key, f"{item!r} is listed twice{same}")
+        seen[canonical] = item
     return tuple(seen)
 
 
@@ -409,6 +500,10 @@ class SiteConfig:
     tls_handshake_timeout: float = 10.0
     server_header: str = DEFAULT_SERVER_HEADER
     health: str = "all"
+    #: The host whose services answer requests for hosts no service names (L{None}: a 404).
+    default_host: str | None = None
+    #: The C{isolation} of services that do not say (L{ISOLATIONS}).
+    isolation: str = "connection"
     services: tuple[ServiceConfig, ...]
     databases: tuple[DatabaseConfig, ...] = ()
 
@@ -496,7 +591,13 @@ class SiteConfig:
             raise fail(None, None, f"services must be ServiceConfig values, got {services!r}")
         if not services:
             raise fail(None, None, "no [service:NAME] or [static:NAME] section; at least one is required")
-        object.__setattr__(self, "services", tuple(services))
+        if self.isolation not in ISOLATIONS:
+            raise fail("okws", "isolation", f"expected one of {', '.join(ISOLATIONS)}, got {self.isolation!r}")
+        # Services and static pools that leave isolation out take the site's.
+        services = tuple(
+            s if s.isolation is not None else dataclasses.replace(s, isolation=self.isolation) for s in services
+        )
+        object.__setattr__(self, "services", services)
         databases = self.databases
         if not isinstance(databases, (tuple, list)) or not all(isinstance(d, DatabaseConfig) for d in databases):
             raise fail(None, None, f"databases must be DatabaseConfig values, got {databases!r}")
@@ -505,7 +606,7 @@ class SiteConfig:
         for name in db_names:
             if db_names.count(name) > 1:
                 raise fail(DB_PREFIX + name, None, "this database is defined twice")
-        owners: dict[str, str] = {}
+        owners: dict[tuple[str | None, str], str] = {}
         names: dict[str, str] = {}
         for service in self.services:
             section = service.section
@@ -518,10 +619,34 @@ class SiteConfig:
             if service.db and service.db not in db_names:
                 raise fail(section, "db", f"no [{DB_PREFIX}{service.db}] section"
                            + (f"; the databases are {', '.join(db_names)}" if db_names else ""))
-            for path in service.paths:
-                if path in owners:
-                    raise fail(section, "paths", f"{path!r} is already claimed by [{owners[path]}]")
-                owners[path] = section
+            for host in service.hosts or (None,):
+                for path in service.paths:
+                    owner = owners.get((host, path))
+                    if owner is not None:
+                        on = "" if host is None else f" on host {host}"
+                        raise fail(section, "paths", f"{path!r}{on} is already claimed by [{owner}]")
+                    owners[(host, path)] = section
+        if self.default_host is not None:
+            self._check_default_host(fail)
+
+    def _check_default_host(self, fail: Any) -> None:
+        """C{default_host} must be a host name that some service's C{hosts} takes, and of use."""
+        try:
+            name = normalize_host(self.default_host)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise fail("okws", "default_host", str(e)) from None
+        if name.startswith("*."):
+            raise fail("okws", "default_host", f"{self.default_host!r} must be a host name, not a wildcard")
+        everywhere = [s.section for s in self.services if not s.hosts]
+        if everywhere:
+            raise fail(
+                "okws", "default_host",
+                f"would never be used: [{everywhere[0]}] has no hosts, so it serves every host "
+                "that no service names",
+            )
+        if not any(host_pattern_matches(p, name) for s in self.services for p in s.hosts):
+            raise fail("okws", "default_host", f"{self.default_host!r} is not in any service's hosts")
+        object.__setattr__(self, "default_host", name)
 
     def database(self, name: str) -> DatabaseConfig | None:
         """The C{[db:NAME]} called C{name}, if there is one."""
@@ -560,7 +685,10 @@ class SiteConfig:
             if isinstance(document.get("access_log_fields"), list):
                 document["access_log_fields"] = tuple(document["access_log_fields"])
             document["services"] = tuple(
-                ServiceConfig(**{**item, "paths": tuple(item["paths"]), "queries": tuple(item.get("queries", ()))})
+                ServiceConfig(**{
+                    **item, "paths": tuple(item["paths"]), "hosts": tuple(item.get("hosts", ())),
+                    "queries": tuple(item.get("queries", ())),
+                })
                 for item in document["services"]
             )
             document["databases"] = tuple(DatabaseConfig(**item) for item in document.get("databases", ()))

@@ -5,7 +5,7 @@ The dispatcher's front door (OKWS's okd): accepting connections and reading requ
 L{Acceptor} accepts on a listening socket the launcher opened, in batches;
 L{HeadConnection} reads one client's request head, bounded in bytes and by one
 deadline for the whole head, then asks the dispatcher to route it, or answers
-itself (400, 404, 408, 413, 414, 431, 503, C{OPTIONS *}) with the error pages the
+itself (400, 404, 408, 413, 414, 421, 431, 501, 503, C{OPTIONS *}) with the error pages the
 template publisher rendered.  A 404 (or C{OPTIONS *}) on a kept-alive connection leaves it
 open for the next request, as nginx does: a page whose favicon is missing costs no new
 connection.
@@ -23,12 +23,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from okws_twisted.dispatcher.proxyproto import ProxyError, ProxyHeaderReader
+from okws_twisted.wire.deadlines import Deadline
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import HeadReader, HTTPError, Limits, RequestHead
+from okws_twisted.wire.routing import Route
 from okws_twisted.wire.transport import SocketTransport, address_from_wire, address_of
 
 if TYPE_CHECKING:
     from okws_twisted.dispatcher.dispatcher import Dispatcher
+    from okws_twisted.dispatcher.pool import InstanceLink
+    from okws_twisted.dispatcher.relay import RelayStart
 
 ACCEPTS_PER_WAKEUP = 64
 #: The methods a service may implement, as the answer to C{OPTIONS *} says.
@@ -129,10 +133,18 @@ class HeadConnection:
         self._proxy: ProxyHeaderReader | None = ProxyHeaderReader() if proxy else None
         self._limits = limits
         self._reader = HeadReader(limits)
-        self._timer: IDelayedCall | None = dispatcher.reactor.callLater(deadline, self._timed_out)
+        self._deadline = deadline
+        #: Armed by L{start_deadline} once the bytes read with the connection did not complete the head.
+        self._timer: Deadline | None = None
         self.started = dispatcher.reactor.seconds()
         self.head: RequestHead | None = None
         self.service: str | None = None
+        #: How the head was routed (its service and the host pattern that chose it).
+        self.route: Route | None = None
+        #: For a service with C{isolation = request}: its first request, framed.
+        self.relay: "RelayStart | None" = None
+        #: While handed to an instance for a relay: the socket pair (ours, the instance's).
+        self.pair: tuple[socket.socket, socket.socket] | None = None
         self.queue_timer: IDelayedCall | None = None
         self.done = False
         #: Answers given on this connection while it stayed open.
@@ -149,6 +161,14 @@ class HeadConnection:
 
     def makeConnection(self, transport: SocketTransport) -> None:
         self.transport = transport
+
+    def start_deadline(self) -> None:
+        """The head must arrive within the deadline (from now: the connection was just accepted).
+
+        Not armed when the head came with the connection (the usual case): it is routed at once.
+        """
+        if self._timer is None and self.head is None and not self.done:
+            self._timer = self._dispatcher.deadlines.call_later(self._deadline, self._timed_out)
 
     def dataReceived(self, data: bytes) -> None:
         if self.head is not None or self.done:
@@ -172,7 +192,7 @@ class HeadConnection:
             self.idle = False
             self.started = self._dispatcher.reactor.seconds()
             self._cancel_timer()
-            self._timer = self._dispatcher.reactor.callLater(self._dispatcher.config.head_timeout, self._timed_out)
+            self._timer = self._dispatcher.deadlines.call_later(self._dispatcher.config.head_timeout, self._timed_out)
         self._read(data)
 
     def _read(self, data: bytes) -> None:
@@ -221,6 +241,19 @@ class HeadConnection:
             self._timer.cancel()
             self._timer = None
 
+    def open_pair(self) -> socket.socket:
+        """A fresh socket pair for a relay; returns the instance's end (the dispatcher keeps the other)."""
+        self.drop_pair()
+        self.pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return self.pair[1]
+
+    def drop_pair(self) -> None:
+        """Close a relay's pair that no instance took (refused, lost, or the handoff failed)."""
+        pair, self.pair = self.pair, None
+        if pair is not None:
+            for end in pair:
+                end.close()
+
     def _may_keep(self) -> bool:
         """Whether the connection may carry another request after this answer.
 
@@ -242,6 +275,7 @@ class HeadConnection:
 
     def answer(self, status: int, message: str = "", retry_after: int | None = None) -> None:
         """Answer with an okws error page; close, unless a 404 leaves the connection reusable."""
+        self.drop_pair()
         if self.done:
             return
         self.done = True
@@ -283,14 +317,15 @@ class HeadConnection:
         self._reader = HeadReader(self._limits)
         self.head = None
         self.service = None
+        self.route = None
         self.done = False
         self.started = dispatcher.reactor.seconds()
         dispatcher.reading.add(self)
         if rest:
-            self._timer = dispatcher.reactor.callLater(dispatcher.config.head_timeout, self._timed_out)
+            self._timer = dispatcher.deadlines.call_later(dispatcher.config.head_timeout, self._timed_out)
         else:
             self.idle = True
-            self._timer = dispatcher.reactor.callLater(dispatcher.config.keepalive_timeout, self._timed_out)
+            self._timer = dispatcher.deadlines.call_later(dispatcher.config.keepalive_timeout, self._timed_out)
         # The next request may go to a service, which writes to the socket
         # itself: read it only once our answer is all in the kernel, so the
         # answers leave in order.
@@ -305,14 +340,25 @@ class HeadConnection:
         elif rest:
             self._read(rest)
 
-    def release(self) -> None:
-        """The service holds the connection now: drop our copy, shutting nothing down."""
+    def release(self, link: "InstanceLink", conn_id: int) -> None:
+        """The instance acknowledged the connection.
+
+        Handed off: the service holds it now; drop our copy, shutting nothing down.  Relayed:
+        the instance holds its end of the pair; the dispatcher relays over ours.
+        """
         self.done = True
         self._cancel_timer()
+        if self.pair is not None:
+            mine, theirs = self.pair
+            self.pair = None
+            theirs.close()
+            self._dispatcher.start_relay(self, link, conn_id, mine)
+            return
         self.transport.detach().close()
         self._dispatcher.closed()
 
     def connectionLost(self, reason: Failure) -> None:
+        self.drop_pair()
         self._cancel_timer()
         if not self.done:
             self.done = True

@@ -147,14 +147,12 @@ def health(dispatcher: "Dispatcher") -> tuple[int, str]:
 def exposition(dispatcher: "Dispatcher") -> str:
     """Every counter and gauge of the site, in the Prometheus text format."""
     names = {s.name for s in dispatcher.config.services}
-    requests: dict[str, RequestCounts] = {}
-    for name in names | set(dispatcher.own_counts):
-        total = RequestCounts()
-        if name in dispatcher.service_totals:
-            total.add(dispatcher.service_totals[name].total())
-        if name in dispatcher.own_counts:
-            total.add(dispatcher.own_counts[name])
-        requests[name] = total
+    requests: dict[str, dict[str, RequestCounts]] = {}
+    for name, totals in dispatcher.service_totals.items():
+        for host, counts in totals.total().items():
+            requests.setdefault(name, {}).setdefault(host, RequestCounts()).add(counts)
+    for (name, host), counts in dispatcher.own_counts.items():
+        requests.setdefault(name, {}).setdefault(host, RequestCounts()).add(counts)
     live = {name: [l for l in pool.links.values()] for name, pool in dispatcher.pools.items() if name in names}
     gauges = {
         "in_flight_requests": {n: sum(l.in_flight for l in ls) for n, ls in live.items()},
@@ -177,10 +175,15 @@ def exposition(dispatcher: "Dispatcher") -> str:
         + sum(l.log_dropped for l in links),
         "up": 1,
         "dispatcher_open_connections": dispatcher.open_connections,
+        "dispatcher_relayed_connections": len(dispatcher.relayed),
         "dispatcher_accepting": int(not dispatcher.accepting_paused and not dispatcher.draining),
         "handoff_failures_total": dispatcher.handoff_failures,
     }
-    return render(sorted(names | set(dispatcher.own_counts)), requests, gauges, counters, site,
+    info = {
+        s.name: {"isolation": s.isolation or "connection", "hosts": " ".join(s.hosts) or "*"}
+        for s in dispatcher.config.services
+    }
+    return render(sorted(names | set(requests)), requests, gauges, counters, site, info,
                   processes=dispatcher.process_samples, build=build_info())
 
 

@@ -35,16 +35,18 @@ from okws_twisted.dispatcher.admin import AdminListener, exposition, health
 from okws_twisted.dispatcher.metrics import ProcessMetrics, ServiceTotals, process_samples
 from okws_twisted.dispatcher.pool import InstanceLink, ServicePool
 from okws_twisted.dispatcher.records import ConnectionLedger
+from okws_twisted.dispatcher.relay import RelayedConnection, first_request
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.wire import control, handoff, limits, templatechannel
+from okws_twisted.wire import certs, control, handoff, limits, templatechannel
 from okws_twisted.wire.channel import ChannelError, ChannelViolation, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
+from okws_twisted.wire.deadlines import Deadlines
 from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
-from okws_twisted.wire.httpframe import Limits
+from okws_twisted.wire.httpframe import HTTPError, Limits
 from okws_twisted.wire.logsender import RecordSender, RequestIds
-from okws_twisted.wire.routing import RouteTable
+from okws_twisted.wire.routing import ANY_HOST, RouteTable, host_key
 from okws_twisted.wire.stamp import ResponseStamp
-from okws_twisted.wire.transport import transport_for
+from okws_twisted.wire.transport import READ_SIZE, transport_for
 
 #: At most this much of an unparsable request line goes to the access log.
 REQUEST_LINE_LOGGED = 8192
@@ -67,6 +69,8 @@ class Dispatcher:
         records: RecordSender | None = None,
     ):
         self.reactor = reactor
+        #: Head and keep-alive deadlines: one timer per length, not one per connection.
+        self.deadlines = Deadlines(reactor)
         self.config = config
         self.stamp = ResponseStamp(reactor, config.server_header)
         self.records = records
@@ -77,11 +81,16 @@ class Dispatcher:
             max_head=config.max_head,
             max_headers=config.max_headers,
         )
-        self.pools = {s.name: ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy) for s in config.services}
+        self.pools = {
+            s.name: ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy, s.isolation or "connection")
+            for s in config.services
+        }
         #: Every connection handed to an instance and not yet back or ended.
         self.ledger = ConnectionLedger()
         self.acceptors: list[Acceptor] = []
         self.reading: set[HeadConnection] = set()
+        #: Client connections whose requests the dispatcher relays (C{isolation = request}).
+        self.relayed: set[RelayedConnection] = set()
         self._ids = itertools.count(1)
         self._stopped = stopped
         self.stopping = False
@@ -91,7 +100,8 @@ class Dispatcher:
         self.accepting_paused = False
         self.handoff_failures = 0
         self.gone_log_dropped = 0
-        self.own_counts: dict[str, RequestCounts] = {}
+        #: The dispatcher's own answers, by service ("-": none) and host pattern ("-": none).
+        self.own_counts: dict[tuple[str, str], RequestCounts] = {}
         self.service_totals: dict[str, ServiceTotals] = {}
         self.launcher_view: dict[str, dict[str, Any]] = {}
         #: Every process's memory, CPU and open files, as the launcher last sampled them.
@@ -102,6 +112,9 @@ class Dispatcher:
         self.proxy_trusted = trusted_networks(config.proxy_trusted)
         self.proxy_refused = 0
         self.tls_fronts: set[MessageChannel] = set()
+        #: Per TLS front channel, per C{tls:} listener (its index among the TLS listeners), the
+        #: certificates that front shows (for 421); a new front's ids are its own.
+        self.cert_tables: dict[MessageChannel, dict[int, certs.CertificateTable]] = {}
         self.from_tls = 0
 
     # -- listening
@@ -118,7 +131,15 @@ class Dispatcher:
             acceptor.start()
 
     def _accepted(self, sock: socket.socket, peer: Any, host: Any) -> None:
-        self._start(sock, peer, host, b"")
+        # The fast path: a client sends its request with the connection, so the head (a GET's
+        # is all of it) is usually there already.  Read it now: a complete head is routed and
+        # handed off without the socket ever being registered with the reactor.  Nothing
+        # there yet, end of stream or an error: the ordinary path reads (and sees) it.
+        try:
+            data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
+        except OSError:
+            data = b""
+        self._start(sock, peer, host, data)
 
     def _accepted_proxied(self, sock: socket.socket, peer: Any, host: Any) -> None:
         # A Unix listener's peers are whoever its file permissions let in.
@@ -129,7 +150,9 @@ class Dispatcher:
             return
         self._start(sock, peer, host, b"", proxy=True)
 
-    def adopt(self, fd: int, peer: Any, host: Any, data: bytes, tls: dict[str, str] | None = None) -> None:
+    def adopt(
+        self, fd: int, peer: Any, host: Any, data: bytes, tls: dict[str, str] | None = None, cert: Any = None
+    ) -> None:
         """Take back a connection a service handed back; route its next request."""
         try:
             sock = socket.socket(fileno=fd)
@@ -141,15 +164,24 @@ class Dispatcher:
             self.log.info("closing a handed-back connection: the server is stopping")
             sock.close()
             return
-        self._start(sock, peer, host, data, tls=tls)
+        self._start(sock, peer, host, data, tls=tls, cert=cert)
 
-    def _from_tls(self, batch: list[Message]) -> None:
-        """Decrypted connections from the TLS front: each one end of a socket pair."""
+    def _from_tls(self, channel: MessageChannel, batch: list[Message]) -> None:
+        """Decrypted connections from the TLS front (each one end of a socket pair), and the
+        certificates of its C{tls:} listeners."""
+        tables = self.cert_tables.setdefault(channel, {})
         for msg in batch:
             try:
+                if msg.kind == certs.CERTS:
+                    listener, table = certs.parse_certs(msg)
+                    if listener not in self._sni_listeners():
+                        raise ChannelError(f"certs for listener {listener}, which is not a tls: listener")
+                    tables[listener] = table
+                    continue
                 if msg.kind != handoff.CONN:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
                 conn = handoff.parse_connection(msg)
+                cert = self._chosen_cert(tables, msg.meta)
             except ChannelError as e:
                 msg.close_fds()
                 self.log.error("bad message from the TLS front: {error}", error=e)
@@ -159,16 +191,34 @@ class Dispatcher:
                 sock.close()
                 continue
             self.from_tls += 1
-            self._start(sock, conn.peer, conn.host, conn.data, tls=conn.tls or None)
+            self._start(sock, conn.peer, conn.host, conn.data, tls=conn.tls or None, cert=cert)
+
+    def _sni_listeners(self) -> set[int]:
+        """The indices (among the TLS listeners, as the front numbers them) of the C{tls:} ones."""
+        return {i for i, listener in enumerate(l for l in self.config.listen if l.tls) if listener.sni_dir is not None}
+
+    @staticmethod
+    def _chosen_cert(tables: dict[int, certs.CertificateTable], meta: dict[str, Any]) -> Any:
+        """The C{(table, id)} of a connection from the front, or L{None} (an C{ssl:} listener)."""
+        table = tables.get(meta.get("listener"))  # type: ignore[arg-type]
+        if table is None:
+            return None
+        cert = meta.get("cert")
+        if cert not in table.ids or isinstance(cert, bool):
+            raise ChannelError(f"a connection with certificate {cert!r}, which the front never named")
+        return (table, cert)
 
     def set_tls_front(self, sock: socket.socket, pid: object = None) -> None:
         """A (new) channel from the TLS front; an old one stays until the old front exits."""
 
         def lost(reason: Failure) -> None:
             self.tls_fronts.discard(channel)
+            self.cert_tables.pop(channel, None)
             self.peer_lost(channel, "tls", pid, reason)
 
-        channel = MessageChannel(self.reactor, sock, self._from_tls, lost, name="tls", limits=limits.TLS_DISPATCHER)
+        channel = MessageChannel(
+            self.reactor, sock, lambda batch: self._from_tls(channel, batch), lost, name="tls", limits=limits.TLS_DISPATCHER
+        )
         self.tls_fronts.add(channel)
 
     def peer_lost(self, channel: MessageChannel, what: str, pid: object, reason: Failure) -> None:
@@ -178,7 +228,14 @@ class Dispatcher:
             control.report_lost(self.to_launcher, channel, what, pid, reason)
 
     def _start(
-        self, sock: socket.socket, peer: Any, host: Any, data: bytes, proxy: bool = False, tls: dict[str, str] | None = None
+        self,
+        sock: socket.socket,
+        peer: Any,
+        host: Any,
+        data: bytes,
+        proxy: bool = False,
+        tls: dict[str, str] | None = None,
+        cert: Any = None,
     ) -> None:
         conn = HeadConnection(self, self.limits, self.config.head_timeout, proxy)
         self.reading.add(conn)
@@ -190,7 +247,10 @@ class Dispatcher:
             self.log.warn("{n} open connections: not accepting until {low}", n=self.open_connections, low=self.config.resume_connections)
             for acceptor in self.acceptors:
                 acceptor.stop()
-        transport_for(self.reactor, sock, conn, peer, host, tls).start(data)
+        transport = transport_for(self.reactor, sock, conn, peer, host, tls)
+        transport.cert = cert
+        transport.start(data)
+        conn.start_deadline()
 
     def closed(self) -> None:
         """A connection left the dispatcher (answered, handed off, or lost)."""
@@ -211,10 +271,21 @@ class Dispatcher:
             # about the server, not a resource: the dispatcher answers it.
             conn.answer_options()
             return
-        name = self.routes.route(head.path)
-        if name is None:
+        key = host_key(head.host)
+        cert = conn.transport.cert
+        if cert is not None and key is not None:
+            table, chosen = cert
+            if table.cert_for(key) != chosen:
+                # RFC 9110 15.5.20: this connection's certificate is not the one the host gets;
+                # the client must open a connection of its own for that host.
+                conn.answer(421, "This host is not served on this connection.")
+                return
+        route = self.routes.route_key(key, head.path)
+        if route is None:
             conn.answer(404, "No service here.")
             return
+        conn.route = route
+        name = route.service
         pool = self.pools[name]
         if head.content_length is not None and head.content_length > pool.max_body:
             conn.answer(413, "The request body is too large.")
@@ -223,12 +294,21 @@ class Dispatcher:
             conn.answer(503, "The server is shutting down.", retry_after=self.config.retry_after)
             return
         conn.service = name
+        if pool.isolation == "request":
+            # Relayed: only this request goes to the instance; what follows it stays here.
+            try:
+                conn.relay = first_request(conn.data, self.limits, pool.max_body)
+            except HTTPError as e:
+                conn.answer(e.status, e.reason)
+                return
         pool.assign(conn)
 
     def hand(self, link: InstanceLink, conn: HeadConnection) -> None:
         self.reading.discard(conn)
         conn_id = next(self._ids)
         try:
+            if conn.relay is not None:
+                conn.open_pair()
             link.hand(conn_id, conn)
         except Exception:
             # A lost channel does not raise (link_lost re-queues what the link
@@ -242,11 +322,22 @@ class Dispatcher:
         self.handed_off += 1
         self.pools[link.service].handed_off += 1
 
+    def start_relay(self, conn: HeadConnection, link: InstanceLink, conn_id: int, mine: socket.socket) -> None:
+        """C{link}'s instance acknowledged its end of C{conn}'s pair: relay over C{mine}."""
+        try:
+            RelayedConnection.take_over(self, conn, link, conn_id, mine)
+        except Exception:
+            self.log.failure("relaying connection {id} to {link} failed", id=conn_id, link=link.name)
+            mine.close()
+            self.ledger.drop(link, conn_id)
+            conn.transport.abortConnection()
+
     def answered(self, conn: HeadConnection, status: int, reason: str = "", sent: int = 0) -> None:
         """The dispatcher answered C{conn} itself: log it, forget it."""
         if self.records is not None:
             self.records.emit(self._access_record(conn, status, reason, sent))
-        counts = self.own_counts.setdefault(conn.service or "-", RequestCounts())
+        pattern = conn.route.hosts if conn.route is not None else "-"
+        counts = self.own_counts.setdefault((conn.service or "-", pattern), RequestCounts())
         counts.record(status, None)
         self.reading.discard(conn)
         if conn.service is not None:
@@ -274,6 +365,9 @@ class Dispatcher:
         head = conn.head
         if head is not None:
             record["request"] = b"%s %s %s" % (head.method, head.target, head.version)
+            key = host_key(head.host)
+            if key is not None:
+                record["host"] = key
             for name, value in head.headers:
                 if name == b"referer":
                     record["referer"] = value
@@ -283,7 +377,7 @@ class Dispatcher:
             first = conn.data[:REQUEST_LINE_LOGGED].split(b"\n", 1)[0].rstrip(b"\r")
             if first:
                 record["request"] = first
-        for key in ("request", "referer", "user_agent"):
+        for key in ("request", "referer", "user_agent", "host"):
             if key in record:
                 record[key] = record[key].decode("latin-1")
         return record
@@ -312,12 +406,18 @@ class Dispatcher:
         pool.flush()
 
     def retire(self, pid: int) -> None:
-        """Give no new connections to instance C{pid}; it still hands connections back."""
+        """Give no new connections to instance C{pid}; it still hands connections back.
+
+        The client connections relayed to it end their visit: now if idle, else after the
+        response in flight (their next request goes to another instance).
+        """
         for pool in self.pools.values():
             link = pool.links.get(pid)
             if link is not None:
                 link.retiring = True
                 self.log.info("instance {link} (pid {pid}) is retiring", link=link.name, pid=pid)
+                for relayed in list(link.visits):
+                    relayed.retire()
 
     def link_lost(self, link: InstanceLink, reason: Failure) -> None:
         pool = self.pools[link.service]
@@ -332,10 +432,13 @@ class Dispatcher:
         self.ledger.holder_gone(link)
         self.totals(link.service).instance_gone(link.pid)
         self.gone_log_dropped += link.log_dropped
+        for relayed in list(link.visits):
+            relayed.retire()
         pending, link.pending = link.pending, {}
         for conn in pending.values():
             # Never acknowledged, so never touched: another instance may take it.
             if not conn.done:
+                conn.drop_pair()
                 pool.assign(conn)
         self._maybe_stopped()
 
@@ -357,10 +460,11 @@ class Dispatcher:
         self.limits = Limits(max_request_line=site.max_request_line, max_head=site.max_head, max_headers=site.max_headers)
         for s in site.services:
             pool = self.pools.get(s.name)
+            isolation = s.isolation or "connection"
             if pool is None:
-                self.pools[s.name] = ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy)
+                self.pools[s.name] = ServicePool(self, s.name, s.max_body, s.max_connections, s.lazy, isolation)
             else:
-                pool.max_body, pool.max_connections = s.max_body, s.max_connections
+                pool.max_body, pool.max_connections, pool.isolation = s.max_body, s.max_connections, isolation
         # Pools of removed services stay until their instances are gone (they
         # still hand connections back); no route leads to them any more.
 
@@ -368,6 +472,7 @@ class Dispatcher:
         return {
             "handed_off": self.handed_off,
             "open_connections": self.open_connections,
+            "relayed_connections": len(self.relayed),
             "queued": {name: len(pool.queue) for name, pool in self.pools.items()},
         }
 
@@ -434,6 +539,13 @@ class Dispatcher:
     def totals(self, service: str) -> ServiceTotals:
         return self.service_totals.setdefault(service, ServiceTotals())
 
+    def host_patterns(self, service: str) -> frozenset[str]:
+        """The host patterns C{service}'s instances may count requests under (the metrics' C{host})."""
+        for s in self.config.services:
+            if s.name == service:
+                return frozenset(s.hosts or (ANY_HOST,))
+        return frozenset()
+
     def listen_admin(self, sock: socket.socket) -> None:
         self.admin = AdminListener(self, sock)
 
@@ -463,6 +575,8 @@ class Dispatcher:
         for conn in list(self.reading):
             if conn.head is None:
                 conn.transport.abortConnection()
+        for relayed in list(self.relayed):
+            relayed.drain()
 
     def stop(self, drain: float = 0.0, handback: bool = False) -> None:
         """Drain, then exit once nothing is in transit."""
@@ -478,6 +592,8 @@ class Dispatcher:
         if any(link.pending for pool in self.pools.values() for link in pool.links.values()):
             return
         if any(conn.head is not None and not conn.done for conn in self.reading):
+            return
+        if any(relayed.outstanding for relayed in self.relayed):
             return
         stopped, self._stopped = self._stopped, lambda: None
         stopped()
@@ -495,6 +611,12 @@ def start_role(
 
     count = int(meta.get("listeners", 0))
     dispatcher = Dispatcher(reactor, site, stopped=stopped, records=records)
+    for service in site.services:
+        Dispatcher.log.info(
+            "service {service}: hosts {hosts}, paths {paths}, isolation {isolation}",
+            service=service.name, hosts=" ".join(service.hosts) or "*", paths=" ".join(service.paths),
+            isolation=service.isolation,
+        )
     proxy = meta.get("proxy")
     dispatcher.listen(
         [socket.socket(fileno=FIRST_LISTEN_FD + i) for i in range(count)],

@@ -25,24 +25,26 @@ from okws_twisted.wire.counts import BUCKETS, Histogram, RequestCounts
 
 @dataclass
 class ServiceTotals:
-    """Per service: totals left by instances that are gone, plus each live one's latest report."""
+    """Per service and host pattern: totals left by instances that are gone, plus each live
+    one's latest report."""
 
-    gone: RequestCounts = field(default_factory=RequestCounts)
-    live: dict[int, RequestCounts] = field(default_factory=dict)
+    gone: dict[str, RequestCounts] = field(default_factory=dict)
+    live: dict[int, dict[str, RequestCounts]] = field(default_factory=dict)
 
-    def report(self, pid: int, counts: RequestCounts) -> None:
-        self.live[pid] = counts
+    def report(self, pid: int, by_host: dict[str, RequestCounts]) -> None:
+        self.live[pid] = by_host
 
     def instance_gone(self, pid: int) -> None:
         last = self.live.pop(pid, None)
         if last is not None:
-            self.gone.add(last)
+            _add_into(self.gone, last)
 
-    def total(self) -> RequestCounts:
-        out = RequestCounts()
-        out.add(self.gone)
-        for counts in self.live.values():
-            out.add(counts)
+    def total(self) -> dict[str, RequestCounts]:
+        """Counts by host pattern."""
+        out: dict[str, RequestCounts] = {}
+        _add_into(out, self.gone)
+        for by_host in self.live.values():
+            _add_into(out, by_host)
         return out
 
 
@@ -76,6 +78,11 @@ def process_samples(value: object) -> list[ProcessMetrics]:
             continue
         out.append(ProcessMetrics(*labels, rss, float(cpu), fds if type(fds) is int else None))  # type: ignore[arg-type]
     return out
+
+
+def _add_into(total: dict[str, RequestCounts], more: dict[str, RequestCounts]) -> None:
+    for host, counts in more.items():
+        total.setdefault(host, RequestCounts()).add(counts)
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -124,33 +131,48 @@ class Exposition:
 
 def render(
     services: Iterable[str],
-    requests: dict[str, RequestCounts],
+    requests: dict[str, dict[str, RequestCounts]],
     gauges: dict[str, dict[str, float]],
     counters: dict[str, dict[str, float]],
     site: dict[str, float],
+    info: dict[str, dict[str, str]] | None = None,
     processes: Iterable[ProcessMetrics] = (),
     build: dict[str, str] | None = None,
 ) -> str:
     """The Prometheus page.
 
-    @param requests: per service, requests by status and latency (services'
-        own answers plus the dispatcher's answers for that service).
+    @param requests: per service and host pattern (a configured C{hosts} item, C{*} for
+        services without hosts, C{-} for the dispatcher's answers to unrouted requests),
+        requests by status and latency (services' own answers plus the dispatcher's answers
+        for that service).  Durations are per service.
     @param gauges: per metric name (without the ``okws_`` prefix), a value per service.
     @param counters: likewise, for counters (names end in ``_total``).
     @param site: site-wide gauges and counters (name -> value).
+    @param info: per service, its configured facts as labels (C{okws_service_info}, always 1).
     @param processes: each process's memory, CPU time and open files (labels role, service, instance).
     @param build: the labels of C{okws_build_info} (version, ...).
     """
     page = Exposition()
     names = sorted(services)
-    page.family("okws_requests_total", "counter", "Responses sent, by service and status code.")
+    if info:
+        page.family("okws_service_info", "gauge", _HELP["service_info"])
+        for service in sorted(info):
+            page.sample("okws_service_info", 1, {"service": service, **info[service]})
+    page.family("okws_requests_total", "counter", "Responses sent, by service, host pattern and status code.")
     for service in names:
-        counts = requests.get(service, RequestCounts())
-        for status in sorted(counts.by_status):
-            page.sample("okws_requests_total", counts.by_status[status], {"service": service, "code": str(status)})
+        by_host = requests.get(service, {})
+        for host in sorted(by_host):
+            counts = by_host[host]
+            for status in sorted(counts.by_status):
+                page.sample(
+                    "okws_requests_total", counts.by_status[status], {"service": service, "host": host, "code": str(status)}
+                )
     page.family("okws_request_duration_seconds", "histogram", "Time from a complete request to its response's last byte, in the service.")
     for service in names:
-        page.histogram("okws_request_duration_seconds", requests.get(service, RequestCounts()).latency, {"service": service})
+        latency = Histogram()
+        for counts in requests.get(service, {}).values():
+            latency.add(counts.latency)
+        page.histogram("okws_request_duration_seconds", latency, {"service": service})
     for metric, per_service in sorted(gauges.items()):
         page.family(f"okws_{metric}", "gauge", _HELP.get(metric, metric.replace("_", " ")))
         for service in names:
@@ -181,6 +203,7 @@ def render(
 
 
 _HELP = {
+    "service_info": "A service's configuration: isolation (connection or request) and hosts (its hosts items, * for every host).",
     "in_flight_requests": "Requests being answered now.",
     "connections": "Client connections held by the service's instances.",
     "queue_depth": "Connections waiting in the dispatcher for a ready instance.",
@@ -191,7 +214,8 @@ _HELP = {
     "handoff_failures_total": "Connections that could not be handed to an instance.",
     "misbehaviour_total": "Messages refused from the service's instances (forged or repeated handbacks, "
     "descriptors where none belong, channels closed for breaking their limits).",
-    "dispatcher_open_connections": "Connections the dispatcher holds (reading heads, queued, in transit).",
+    "dispatcher_open_connections": "Connections the dispatcher holds (reading heads, queued, in transit, relayed).",
+    "dispatcher_relayed_connections": "Client connections whose requests the dispatcher relays (isolation = request).",
     "dispatcher_accepting": "1 while the dispatcher accepts new connections.",
     "log_records_buffered": "Log records waiting in senders for the log daemon.",
     "log_records_dropped_total": "Log records senders dropped because their buffer was full.",

@@ -26,13 +26,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from okws_twisted.dispatcher.accept import HeadConnection
-from okws_twisted.dispatcher.records import ConnectionRecord, HandbackRefused, socket_identity
+from okws_twisted.dispatcher.records import CLIENT, RELAY, ConnectionRecord, HandbackRefused, socket_identity
 from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
-from okws_twisted.wire.counts import RequestCounts
+from okws_twisted.wire.counts import counts_by_host
 
 if TYPE_CHECKING:
     from okws_twisted.dispatcher.dispatcher import Dispatcher
+    from okws_twisted.dispatcher.relay import RelayedConnection
 
 #: Refused messages after which an instance's channel is closed (and the instance relaunched).
 MISBEHAVIOUR_LIMIT = 100
@@ -62,6 +63,8 @@ class InstanceLink:
         self.misbehaviour = 0
         self.refusing = False
         self.pending: dict[int, HeadConnection] = {}
+        #: The client connections relayed to this instance now (C{isolation = request}).
+        self.visits: set["RelayedConnection"] = set()
         self.channel = MessageChannel(
             dispatcher.reactor, sock, self._received, self._lost, name=f"handoff:{service}.{index}",
             limits=limits.handoff(dispatcher.config.max_head),
@@ -77,15 +80,25 @@ class InstanceLink:
         return self.dispatcher.ledger.count(self)
 
     def hand(self, conn_id: int, conn: HeadConnection) -> None:
-        """Send C{conn} to the instance under C{conn_id}, and record what it is."""
+        """Send C{conn} to the instance under C{conn_id}, and record what it is.
+
+        Relayed (C{conn.pair}): the instance gets its end of the pair and only the first request.
+        """
         transport = conn.transport
-        fd = transport.fileno()
+        if conn.pair is not None:
+            assert conn.relay is not None
+            fd, payload, kind = conn.pair[1].fileno(), conn.relay.payload, RELAY
+        else:
+            fd, payload, kind = transport.fileno(), conn.data, CLIENT
         self.pending[conn_id] = conn
         # The cookie is read now: the dispatcher closes its copy at the ack.
-        record = ConnectionRecord(conn_id, socket_identity(fd), transport.getPeer(), transport.getHost(), transport.tls, self)
+        record = ConnectionRecord(
+            conn_id, socket_identity(fd), transport.getPeer(), transport.getHost(), transport.tls, self,
+            transport.cert, kind,
+        )
         self.dispatcher.ledger.handed(record)
-        meta = handoff.connection_meta(handoff.CONN, conn_id, record.peer, record.host, record.tls)
-        self.channel.send(meta, conn.data, [fd])
+        meta = handoff.connection_meta(handoff.CONN, conn_id, record.peer, record.host, record.tls, kind == RELAY)
+        self.channel.send(meta, payload, [fd])
 
     def forget(self, conn_id: int) -> None:
         """The handoff of C{conn_id} failed: it is not the instance's."""
@@ -115,7 +128,7 @@ class InstanceLink:
                         conn = self.pending.pop(conn_id, None)
                         if conn is not None:
                             ledger.acknowledged(self, conn_id)
-                            conn.release()
+                            conn.release(self, conn_id)
                     for conn_id in refused:
                         conn = self.pending.pop(conn_id, None)
                         if conn is not None:
@@ -134,7 +147,8 @@ class InstanceLink:
                     cap = msg.meta.get("conn_cap")
                     if cap is not None:
                         self.conn_cap = _count(cap)
-                    self.dispatcher.totals(self.service).report(self.pid, RequestCounts.from_json(msg.meta.get("counts")))
+                    patterns = self.dispatcher.host_patterns(self.service)
+                    self.dispatcher.totals(self.service).report(self.pid, counts_by_host(msg.meta.get("counts"), patterns))
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
@@ -180,7 +194,7 @@ class InstanceLink:
         for record, fd, data in taken:
             try:
                 # The facts are the record's: what the service said is not looked at.
-                self.dispatcher.adopt(fd, record.peer, record.host, data, record.tls)
+                self.dispatcher.adopt(fd, record.peer, record.host, data, record.tls, record.cert)
             except Exception:
                 # One connection's failure must not close this instance's channel.
                 self.log.failure("taking back connection {id} from {link} failed", id=record.id, link=self.name)
@@ -193,10 +207,15 @@ class InstanceLink:
 class ServicePool:
     """The ready instances of one service and the connections waiting for one."""
 
-    def __init__(self, dispatcher: "Dispatcher", name: str, max_body: int, max_connections: int, lazy: bool = False):
+    def __init__(
+        self, dispatcher: "Dispatcher", name: str, max_body: int, max_connections: int, lazy: bool = False,
+        isolation: str = "connection",
+    ):
         self.dispatcher = dispatcher
         self.name = name
         self.lazy = lazy
+        #: C{connection}: hand the client's socket over; C{request}: relay (L{okws_twisted.dispatcher.relay}).
+        self.isolation = isolation
         self.wanted = False
         self.max_body = max_body
         self.max_connections = max_connections

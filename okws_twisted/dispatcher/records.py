@@ -11,6 +11,11 @@ never reuses, read before the dispatcher closed its own copy).  The client's
 address (the PROXY protocol's, where one was read), the local address and the
 TLS facts come from the record, never from the service's message.
 
+The dispatcher also hands instances one end of a socket pair for each run of
+requests it relays to them (C{isolation = request}); such a record is of kind
+L{RELAY}: an instance never hands a pair back (the dispatcher keeps the
+client's socket), so a handback naming one is refused.
+
 A record lives from the handoff (L{ConnectionLedger.handed}) until the
 connection comes back (L{ConnectionLedger.take_back}), the service reports
 it ended (L{ConnectionLedger.ended}: its ``ack`` lists it in C{closed}) or
@@ -39,6 +44,11 @@ _COOKIE = struct.Struct("=Q")
 
 Identity = int | tuple[int, int]
 
+#: A client's own socket, handed off (C{isolation = connection}).
+CLIENT = "client"
+#: The instance's end of a socket pair the dispatcher relays a client's requests over.
+RELAY = "relay"
+
 
 def socket_identity(fd: int) -> Identity:
     """What tells this socket from every other: its C{SO_COOKIE}.
@@ -49,7 +59,9 @@ def socket_identity(fd: int) -> Identity:
 
     @raise OSError: if C{fd} is not a socket (C{ENOTSOCK}) or not open.
     """
-    sock = socket.socket(fileno=fd)
+    # Family and type given: no probing system calls (getsockopt itself fails with ENOTSOCK on
+    # anything but a socket).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
     try:
         try:
             return _COOKIE.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, _COOKIE.size))[0]
@@ -72,6 +84,10 @@ class ConnectionRecord:
     host: IAddress
     tls: dict[str, str] | None
     holder: Hashable
+    #: The TLS front's certificate choice (L{okws_twisted.wire.transport.SocketTransport.cert}).
+    cert: object = None
+    #: L{CLIENT} or L{RELAY}.
+    kind: str = CLIENT
 
 
 class HandbackRefused(Exception):
@@ -134,6 +150,8 @@ class ConnectionLedger:
             raise HandbackRefused(f"connection {conn_id} is not held by any instance (never handed out, or already back)")
         if record.holder != holder:
             raise HandbackRefused(f"connection {conn_id} is held by another instance")
+        if record.kind == RELAY:
+            raise HandbackRefused(f"connection {conn_id} is a relay pair, which is never handed back")
         if conn_id not in self._acked:
             raise HandbackRefused(f"connection {conn_id} was never acknowledged")
         if identity is None:
@@ -158,7 +176,8 @@ class ConnectionLedger:
         return dropped
 
     def drop(self, holder: Hashable, conn_id: int) -> bool:
-        """Forget C{conn_id} sent to C{holder} (refused, or the handoff failed)."""
+        """Forget C{conn_id} sent to C{holder} (refused, the handoff failed, or the
+        dispatcher closed its end of that relay pair)."""
         record = self._records.get(conn_id)
         if record is None or record.holder != holder:
             return False

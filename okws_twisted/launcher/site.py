@@ -277,8 +277,10 @@ class Launcher(Service):
                                      new_net=database.engine == "sqlite")
         uid, gid = self._uids.ids_for(slot.role)
         nofile = site.max_connections + 1024 if slot.role == "dispatcher" else jailplan.ROLE_NOFILE
-        if slot.role == "tls":
-            # A client's TCP socket and its socket pair end per connection.
+        relays = slot.role == "dispatcher" and any(s.isolation == "request" for s in site.services)
+        if slot.role == "tls" or relays:
+            # A client's TCP socket and its socket pair end per connection (the TLS front's, or
+            # the dispatcher's for a service with isolation = request).
             import resource
 
             nofile = min(2 * site.max_connections + 1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])

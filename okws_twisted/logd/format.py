@@ -288,6 +288,7 @@ _RENDER: dict[str, Callable[[Mapping[str, Any], Sender, TimeFormats], str]] = {
     "request_id": lambda f, s, t: _bare(f, "request_id"),
     "response_time": lambda f, s, t: _bare(f, "response_time"),
     "tls": lambda f, s, t: _bare(f, "tls"),
+    "host": lambda f, s, t: _bare(f, "host"),
 }
 
 
@@ -323,6 +324,7 @@ def access_json(fields: Mapping[str, Any], sender: Sender, times: TimeFormats) -
         "request_id": fields.get("request_id"),
         "response_time_us": fields.get("response_time"),
         "tls": fields.get("tls"),
+        "host": fields.get("host"),
         "source": sender.name,
         "pid": sender.pid,
     }

@@ -11,7 +11,8 @@ L{BodyFiles}).  Clients therefore never run the instance out of descriptors:
 the runtime takes no connection past the cap (the dispatcher answers it
 C{503}) and never opens a body file past its share.
 
-Time: a request body must keep arriving (L{BodyDeadline}): at most
+Time: a request body must keep arriving (L{BodyDeadline}, shared with the
+dispatcher's relay in L{okws_twisted.wire.bodytime}): at most
 C{body_timeout} seconds between two reads, and on average at least
 C{body_min_rate} bytes a second once C{body_timeout} has passed (Apache's
 C{mod_reqtimeout} C{MinRate}).  A client that drips a body costs itself the
@@ -118,38 +119,3 @@ class BodyFiles:
         return _BodyFile(fd, self)
 
 
-class BodyDeadline:
-    """When a request body that is still arriving is cut (C{408}).
-
-    @param timeout: C{body_timeout}: the longest pause between two reads,
-        and the grace before the rate floor applies.
-    @param min_rate: C{body_min_rate}, bytes a second (C{0}: no floor).
-    @param now: when the request head was complete.
-    """
-
-    def __init__(self, timeout: float, min_rate: float, now: float) -> None:
-        self.timeout = timeout
-        self.min_rate = min_rate
-        self.started = now
-        self.last = now
-        self.received = 0
-
-    def arrived(self, size: int, now: float) -> None:
-        """C{size} bytes of body were read at C{now}."""
-        self.received += size
-        self.last = now
-
-    def deadline(self) -> float:
-        """The time at which, if nothing more arrives, the body is cut."""
-        stall = self.last + self.timeout
-        if not self.min_rate:
-            return stall
-        return min(stall, self.started + self.timeout + self.received / self.min_rate)
-
-    def expired(self, now: float) -> str | None:
-        """Why the body is cut at C{now} (the 408's message), or L{None} if it is not."""
-        if now + 1e-6 < self.deadline():
-            return None
-        if now + 1e-6 >= self.last + self.timeout:
-            return "The request body stopped arriving."
-        return "The request body arrived too slowly."

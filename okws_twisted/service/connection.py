@@ -15,13 +15,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.internet import error
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 
-from okws_twisted.service.budget import BodyDeadline
-from okws_twisted.service.web import origin_form, with_connection_close
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import (
     Body,
@@ -29,11 +26,18 @@ from okws_twisted.wire.httpframe import (
     HTTPError,
     RequestFramer,
 )
+from okws_twisted.wire.bodytime import BodyTimer
 from okws_twisted.wire.channel import MessageChannel
+from okws_twisted.wire.routing import ANY_HOST, host_key
 from okws_twisted.wire.transport import SocketTransport
 
 if TYPE_CHECKING:
     from okws_twisted.service.runtime import ServiceRuntime
+    from okws_twisted.service.web import ServiceChannel
+
+#: Bytes of pipelined requests the framer holds while a request is answered, before the
+#: connection stops reading (what twisted.web's channel allows itself, C{_optimisticEagerReadSize}).
+PIPELINE_BUFFER = 0x4000
 
 
 class ServiceConnection:
@@ -49,43 +53,59 @@ class ServiceConnection:
 
     log = Logger()
     transport: SocketTransport
-    channel: http.HTTPChannel
+    channel: "ServiceChannel"
 
     def __init__(
-        self, runtime: "ServiceRuntime", routed: bool, conn_id: int | None = None, origin: MessageChannel | None = None
+        self,
+        runtime: "ServiceRuntime",
+        routed: bool,
+        conn_id: int | None = None,
+        origin: MessageChannel | None = None,
+        relay: bool = False,
     ) -> None:
         """
         @param conn_id: the dispatcher's id of this connection (a handback names it).
         @param origin: the handoff channel it came on: only that dispatcher
             knows the connection, so only over it can it be handed back.
+        @param relay: a socket pair the dispatcher relays requests over
+            (C{isolation = request}): every request on it is this service's
+            (the dispatcher routed it), it is never handed back, and it has no
+            idle timeout here (the dispatcher has one, and closes the pair).
         """
         self.runtime = runtime
+        self.relay = relay
         self.conn_id = conn_id
         self.origin = origin
         self.handed_back = False
         self.framer = RequestFramer(runtime.limits)
         self.owned_next = routed
+        #: The host of the first request (as routing compares it): a request for another host
+        #: goes back to the dispatcher, which alone decides host routing (and 421).
+        self.host: bytes | None = None
+        #: The host pattern that routed this connection's requests here (the metrics' label).
+        self.pattern = ANY_HOST
         self.fed = 0
         self.finished = 0
         self.in_body = False
         self.handback: bytes | None = None
         self.failure: HTTPError | None = None
         self.client_done = False
-        self._body_timer: IDelayedCall | None = None
-        self._body: BodyDeadline | None = None
+        self._body: BodyTimer | None = None
         self._flush_wait = False
+        #: The last request was fed (twisted.web closes after it): take no more.
+        self.closing = False
+        self._pumping = False
 
     def makeConnection(self, transport: SocketTransport) -> None:
         self.transport = transport
         self.channel = self.runtime.site.buildProtocol(transport.getPeer())
         self.channel.okws_connection = self
-        config = self.runtime.config
-        self.channel.timeOut = config.keepalive_timeout
-        # The framer enforces the site's limits; twisted.web's own must never
-        # refuse a head the framer (and the dispatcher) accepted.
-        self.channel.totalHeadersSize = max(config.max_head, http.HTTPChannel.totalHeadersSize)
-        self.channel.MAX_LENGTH = max(config.max_head, http.HTTPChannel.MAX_LENGTH)
-        self.channel.maxHeaders = max(config.max_headers, http.HTTPChannel.maxHeaders)
+        # The framer enforces the site's limits: the channel never parses a head (head_received).
+        # A relayed pair has no idle timeout here (the dispatcher has one, and closes the pair).
+        self.channel.timeOut = None if self.relay else self.runtime.config.keepalive_timeout
+        # Its idle timer (reset, cancelled and set again on every request) on the runtime's
+        # deadline queues: no DelayedCall per connection or per request.
+        self.channel.callLater = self.runtime.deadlines.call_later
         self.channel.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -102,12 +122,34 @@ class ServiceConnection:
         return True
 
     def _pump(self) -> None:
+        """Feed the channel what the framer has, one request at a time.
+
+        Like twisted.web's channel, a request is started only once the one
+        before it is answered; meanwhile the framer holds what follows (at most
+        L{PIPELINE_BUFFER} bytes before the connection stops reading).
+        """
+        if self._pumping:
+            return  # a request finished while being fed: the loop below goes on
+        self._pumping = True
+        try:
+            self._feed()
+        finally:
+            self._pumping = False
+
+    def _feed(self) -> None:
         framer = self.framer
         transport = self.transport
+        channel = self.channel
         last = self.runtime.config.max_requests_per_connection
         while self.handback is None and self.failure is None and transport.connected:
-            if self.fed >= last and not self.in_body:
-                return
+            if not self.in_body:
+                if self.fed >= last or self.closing:
+                    return
+                if self.finished < self.fed:
+                    # Answering: hold the next requests (bounded), as HTTPChannel would.
+                    if framer.buffered > PIPELINE_BUFFER:
+                        transport.pauseProducing()
+                    return
             try:
                 event = framer.next_event()
             except HTTPError as e:
@@ -116,22 +158,28 @@ class ServiceConnection:
             if event is None:
                 return
             if isinstance(event, Head):
-                if self.owned_next or self.runtime.owns(event.head.path):
+                head = event.head
+                key = host_key(head.host)
+                if self.owned_next:
+                    # Routed here by the dispatcher: this connection's host from now on.
                     self.owned_next = False
+                    self.host = key
+                    route = self.runtime.route(key, head.path)
+                    self.pattern = route.hosts if route is not None else ANY_HOST
+                    owned = True
+                else:
+                    owned = self.relay or (key == self.host and self.runtime.owns(key, head.path))
+                if owned:
                     self.fed += 1
                     self.in_body = True
-                    raw = origin_form(event.head, event.raw)
-                    if self.fed >= last or not event.head.keep_alive:
-                        # The last request this connection may carry, or the
-                        # client asked to close ("close" anywhere in its
-                        # Connection list: twisted.web only finds it as a
-                        # space-separated word of the first field): twisted.web
-                        # answers it with "Connection: close" and then closes.
-                        raw = with_connection_close(raw)
-                    self.channel.dataReceived(raw)
-                    head = event.head
+                    # The last request this connection may carry, or the client
+                    # asked to close ("close" anywhere in its Connection list),
+                    # or HTTP/1.0: twisted.web answers it, then closes.
+                    persistent = head.keep_alive and head.version == b"HTTP/1.1" and self.fed < last
+                    self.closing = not persistent
                     if head.chunked or head.content_length:
                         self._start_body()
+                    channel.head_received(head, persistent)
                 else:
                     # Bytes read after this point join the framer's buffer; the
                     # whole unread tail is taken at the moment of handing back.
@@ -141,42 +189,25 @@ class ServiceConnection:
                     return
             elif isinstance(event, Body):
                 if self._body is not None:
-                    self._body.arrived(len(event.data), self.runtime.reactor.seconds())
-                self.channel.dataReceived(event.data)
+                    self._body.arrived(len(event.data))
+                channel.body_received(event.data)
             else:
                 self.in_body = False
                 self._cancel_body_timer()
 
     def _start_body(self) -> None:
-        """A body must keep arriving (L{BodyDeadline}): cut it at its deadline.
-
-        One timer per body, moved only when it fires early: the reads
-        themselves never touch it.
-        """
+        """A body must keep arriving (L{BodyTimer}): cut it at its deadline."""
         config = self.runtime.config
-        self._body = BodyDeadline(config.body_timeout, config.body_min_rate, self.runtime.reactor.seconds())
-        self._arm_body_timer()
-
-    def _arm_body_timer(self) -> None:
-        assert self._body is not None
-        delay = max(0.0, self._body.deadline() - self.runtime.reactor.seconds())
-        self._body_timer = self.runtime.reactor.callLater(delay, self._body_due)
+        self._body = BodyTimer(self.runtime.reactor, config.body_timeout, config.body_min_rate, self._body_due)
 
     def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None and self._body_timer.active():
-            self._body_timer.cancel()
-        self._body_timer = None
-        self._body = None
+        if self._body is not None:
+            self._body.cancel()
+            self._body = None
 
-    def _body_due(self) -> None:
-        self._body_timer = None
-        body = self._body
-        if body is None or not self.in_body or not self.transport.connected:
-            return
-        why = body.expired(self.runtime.reactor.seconds())
-        if why is None:
-            self._arm_body_timer()
-        else:
+    def _body_due(self, why: str) -> None:
+        self._body = None
+        if self.in_body and self.transport.connected:
             self._fail(HTTPError(408, why))
 
     def _fail(self, e: HTTPError) -> None:
@@ -202,7 +233,8 @@ class ServiceConnection:
         runtime.served += 1
         # 499 (nginx's convention): the client left before the response was complete.
         status = 499 if isinstance(result, Failure) else request.code
-        runtime.counts.record(status, runtime.reactor.seconds() - started)
+        runtime.count(self.pattern, status, runtime.reactor.seconds() - started)
+        self._pump()
         self._maybe_finish()
         if self.runtime.draining:
             self.runtime.drain_connection(self)

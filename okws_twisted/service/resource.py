@@ -490,7 +490,9 @@ class ServiceResource(Resource):
 
 def _databaseOf(request: IRequest) -> IDatabase | None:
     """The database of the site serving C{request}, if it has one."""
-    return IDatabase(getattr(getattr(request, "site", None), "db", None), None)
+    db = getattr(getattr(request, "site", None), "db", None)
+    # (Adapting None costs an adapter-registry lookup on every request of a site without one.)
+    return None if db is None else IDatabase(db, None)
 
 
 def _csrfKeyOf(request: IRequest) -> CsrfKey | None:
@@ -501,7 +503,8 @@ def _csrfKeyOf(request: IRequest) -> CsrfKey | None:
 
 def _templatesOf(request: IRequest) -> ITemplates | None:
     """The templates of the site serving C{request}, if it has any."""
-    return ITemplates(getattr(getattr(request, "site", None), "templates", None), None)
+    templates = getattr(getattr(request, "site", None), "templates", None)
+    return None if templates is None else ITemplates(templates, None)
 
 
 def _discardResponse(request: IRequest) -> None:

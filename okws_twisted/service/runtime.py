@@ -3,7 +3,11 @@
 The service runtime: one long-lived process serving one web service (OKWS's libaok).
 
 It adopts each client connection the dispatcher hands over, replays the bytes
-the dispatcher already read, and serves the connection with twisted.web.
+the dispatcher already read, and serves the connection with twisted.web.  For
+C{isolation = request} what it adopts is one end of a socket pair over which
+the dispatcher relays one client's requests for this service (and host), and
+never a client's socket: such a connection is never handed back, and closed
+only by the dispatcher (or after C{Connection: close}).
 Its resources render templates that the template publisher sends over the
 templates channel (L{okws_twisted.service.templateclient}).
 The strict framer (L{okws_twisted.wire.httpframe.RequestFramer}) sits in front of
@@ -49,12 +53,13 @@ from okws_twisted.service.web import MountRoot, ServiceSite
 from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 from okws_twisted.wire.counts import RequestCounts
+from okws_twisted.wire.deadlines import Deadlines
 from okws_twisted.wire.errorpage import error_response
 from okws_twisted.wire.httpframe import (
     Limits,
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
-from okws_twisted.wire.routing import RouteTable
+from okws_twisted.wire.routing import ANY_HOST, Route, RouteTable
 from okws_twisted.wire.stamp import ResponseStamp
 from okws_twisted.wire.transport import transport_for
 
@@ -81,6 +86,8 @@ class ServiceRuntime:
         csrf_secret: bytes | None = None,
     ) -> None:
         self.reactor = reactor
+        #: The connections' idle timers (one reactor timer per length).
+        self.deadlines = Deadlines(reactor)
         self.config = site_config
         self.service = service
         self.index = index
@@ -121,7 +128,8 @@ class ServiceRuntime:
         self._exited = exited
         self.draining = False
         self.handing_back = False
-        self.counts = RequestCounts()
+        #: Requests answered, by the host pattern that routed them (the metrics' C{host}).
+        self.counts: dict[str, RequestCounts] = {}
         self._stats_sent: object = None
         self._stats_loop = LoopingCall(self._send_stats)
         self._stats_loop.clock = reactor
@@ -133,8 +141,21 @@ class ServiceRuntime:
     def name(self) -> str:
         return f"{self.service.name}.{self.index}"
 
-    def owns(self, path: bytes) -> bool:
-        return self.routes.route(path) == self.service.name
+    def route(self, host: bytes | None, path: bytes) -> Route | None:
+        """How the shared table routes a request (host as L{okws_twisted.wire.routing.host_key} gives it)."""
+        return self.routes.route_key(host, path)
+
+    def owns(self, host: bytes | None, path: bytes) -> bool:
+        """Does a request for C{path} on C{host} (a host key) belong to this service?"""
+        route = self.routes.route_key(host, path)
+        return route is not None and route.service == self.service.name
+
+    def count(self, pattern: str, status: int, seconds: float) -> None:
+        """One request answered, routed by host C{pattern}."""
+        counts = self.counts.get(pattern)
+        if counts is None:
+            counts = self.counts[pattern] = RequestCounts()
+        counts.record(status, seconds)
 
     # -- the dispatcher link
 
@@ -249,7 +270,7 @@ class ServiceRuntime:
         self.link.send(
             {
                 "k": handoff.STATS,
-                "counts": self.counts.to_json(),
+                "counts": {pattern: counts.to_json() for pattern, counts in self.counts.items()},
                 "in_flight": self.in_flight,
                 "connections": len(self.connections),
                 "log_buffered": records.held if records is not None else 0,
@@ -273,7 +294,9 @@ class ServiceRuntime:
     def adopt(self, conn: handoff.Connection, origin: MessageChannel | None = None) -> None:
         """Serve a connection the dispatcher handed over (on channel C{origin})."""
         sock = socket.socket(fileno=conn.fd)
-        if self.draining:
+        if self.draining and not (conn.relay and self.handing_back):
+            # (A relayed request is served: the dispatcher, told we retire, ends that visit
+            # after its response.)
             if self.handing_back:
                 # The dispatcher sent it before it learnt we are retiring: our
                 # successor will take it.
@@ -285,7 +308,7 @@ class ServiceRuntime:
                 fields=self.stamp.fields(),
             ))
             return
-        protocol = ServiceConnection(self, routed=True, conn_id=conn.id, origin=origin)
+        protocol = ServiceConnection(self, routed=True, conn_id=conn.id, origin=origin, relay=conn.relay)
         try:
             transport = transport_for(self.reactor, sock, protocol, conn.peer, conn.host, conn.tls)
         except OSError as e:
@@ -414,7 +437,10 @@ class ServiceRuntime:
 
     def drain_connection(self, conn: ServiceConnection) -> None:
         if self.handing_back:
-            conn.hand_back_when_idle()
+            if not conn.relay:
+                conn.hand_back_when_idle()
+            # A relay pair is the dispatcher's to close: closing it here would race a request
+            # the dispatcher is sending on it.
         else:
             conn.close_when_idle()
 

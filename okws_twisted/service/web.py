@@ -11,9 +11,11 @@ author's test runs what production runs.
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
 from twisted.web import http, server
+from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, NoResource, Resource
 
 from okws_twisted.config.site import DEFAULT_SERVER_HEADER
@@ -26,36 +28,24 @@ from okws_twisted.wire.httpframe import (
     RequestHead,
 )
 from okws_twisted.wire.logsender import RecordSender, RequestIds
+from okws_twisted.wire.routing import host_key
 from okws_twisted.wire.stamp import ResponseStamp
 
 if TYPE_CHECKING:
     from okws_twisted.service.connection import ServiceConnection
 
 
-def origin_form(head: RequestHead, raw: bytes) -> bytes:
-    """The raw head with an absolute-form target rewritten to origin form.
+def origin_target(head: RequestHead) -> bytes:
+    """The request target twisted.web gets: an absolute-form target in origin form.
 
     The dispatcher routes C{GET http://host/p?q HTTP/1.1} by its path; the
     framer has already checked that the authority equals C{Host}.  twisted.web
-    would take the whole URL as the path, so it gets C{GET /p?q HTTP/1.1}.
+    would take the whole URL as the path, so it gets C{/p?q}.
     """
     target = head.target
     if target[:1] == b"/" or target == b"*":
-        return raw
-    origin = head.path + (b"?" + head.query if head.query else b"")
-    line_end = raw.index(b"\r\n", raw.index(target))
-    first = raw[:line_end].replace(b" " + target + b" ", b" " + origin + b" ", 1)
-    return first + raw[line_end:]
-
-
-def with_connection_close(raw: bytes) -> bytes:
-    """The raw head with C{Connection: close} as its first field.
-
-    twisted.web decides persistence from the first C{Connection} field, so the
-    one put first wins over any the client sent.
-    """
-    line_end = raw.index(b"\r\n", raw.index(b"HTTP/"))
-    return raw[: line_end + 2] + b"Connection: close\r\n" + raw[line_end + 2 :]
+        return target
+    return head.path + (b"?" + head.query if head.query else b"")
 
 
 class ServiceRequest(server.Request):
@@ -166,14 +156,71 @@ class MountRoot(Resource):
 
 
 class ServiceChannel(http.HTTPChannel):
-    """twisted.web's channel, with its idle timeout kept to idle time.
+    """twisted.web's channel, fed requests the framer has already parsed.
+
+    The framer (L{okws_twisted.wire.httpframe.RequestFramer}) is the one
+    authority on framing, and its head has every field twisted.web's line
+    parser would find: L{head_received} builds the request from it, as
+    C{lineReceived}, C{headerReceived} and C{allHeadersReceived} would from the
+    same bytes, so a head is parsed once.  The body, as the framer passes it
+    on, goes through twisted.web's own transfer decoders (L{body_received}).
+    C{tests.service.test_channel} checks that twisted.web's parser builds the
+    same request from the same bytes (it catches a Twisted upgrade changing the
+    steps this class repeats).
 
     C{timeOut} (C{keepalive_timeout}) is reset only when bytes are fed; while
     a request body is arriving, C{body_timeout} (L{ServiceConnection}'s body
-    timer) decides, so the idle timer is re-armed instead of closing.
+    deadline) decides, so the idle timer is re-armed instead of closing.
     """
 
     okws_connection: "ServiceConnection | None" = None
+
+    def head_received(self, head: RequestHead, persistent: bool) -> None:
+        """Start a request from a framed head (the connection feeds one at a time).
+
+        @param persistent: the connection may carry another request after this
+            one (HTTP/1.1, no C{close}, under C{max_requests_per_connection}).
+        """
+        self.resetTimeout()
+        if INonQueuedRequestFactory.providedBy(self.requestFactory):
+            request = self.requestFactory(self)
+        else:
+            request = self.requestFactory(self, len(self.requests))
+        self.requests.append(request)
+        add = request.requestHeaders.addRawHeader
+        for name, value in head.headers:
+            add(name, value)
+        # What lineReceived keeps for allContentReceived.
+        self._command = head.method
+        self._path = origin_target(head)
+        self._version = head.version
+        request.parseCookies()
+        self.persistent = persistent
+        if not persistent and head.version == b"HTTP/1.1":
+            # As checkPersistence answers a request that asked to close.
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        if head.chunked:
+            self.length = None
+            self._transferDecoder = http._ChunkedTransferDecoder(request.handleContentChunk, self._finishRequestBody)
+        elif head.content_length:
+            self.length = head.content_length
+            self._transferDecoder = http._IdentityTransferDecoder(
+                head.content_length, request.handleContentChunk, self._finishRequestBody
+            )
+        else:
+            self.length = 0
+        request.gotLength(self.length)
+        if head.expect_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.length == 0:
+            self.allContentReceived()
+        else:
+            self.setRawMode()
+
+    def body_received(self, data: bytes) -> None:
+        """Body bytes exactly as received (chunk framing included), as framed."""
+        self.resetTimeout()
+        self.rawDataReceived(data)
 
     def timeoutConnection(self) -> None:
         conn = self.okws_connection
@@ -219,7 +266,11 @@ class ServiceSite(server.Site):
     def log(self, request: server.Request) -> None:
         """Send an access record to the log daemon (instead of twisted.web's own log).
 
-        Called by twisted.web as the response finishes; cheap: it builds a dict.
+        Called by twisted.web as the response finishes, so it is built as JSON
+        text at once (C{encode_basestring} is json's own escaping, in C; bytes
+        as latin-1, every byte one character, as the daemon expects): one
+        format, no dict, no encoding later.  The daemon checks it
+        as any record (L{okws_twisted.logd.format}).
         """
         records = self.records
         code = request.code
@@ -227,28 +278,25 @@ class ServiceSite(server.Site):
             return
         now = self.reactor.seconds()
         started = getattr(request, "okws_started", 0.0) or now
-        client = request.getClientAddress()
-        record: dict[str, Any] = {
-            "kind": "access",
-            "time": int(started * 1_000_000),
-            "client": getattr(client, "host", None) or "-",
-            "request": b"%s %s %s" % (request.method, request.uri, request.clientproto),
-            "status": code,
-            "bytes": request.sentLength,
-            "request_id": getattr(request, "request_id", "-"),
-            "response_time": max(0, int((now - started) * 1_000_000)),
-        }
+        client = getattr(request.getClientAddress(), "host", None) or "-"
+        quote = encode_basestring
         headers = request.requestHeaders
         referer = headers.getRawHeaders(b"referer")
-        if referer:
-            record["referer"] = referer[0]
         agent = headers.getRawHeaders(b"user-agent")
-        if agent:
-            record["user_agent"] = agent[0]
         tls = getattr(request.channel.transport, "tls", None) if request.channel is not None else None
-        if tls is not None:
-            record["tls"] = tls_summary(tls)
-        for key in ("request", "referer", "user_agent"):
-            if key in record:
-                record[key] = record[key].decode("latin-1")
-        records.emit(record)
+        conn = getattr(request.channel, "okws_connection", None)
+        host = conn.host if conn is not None else host_key(request.getHeader(b"host"))
+        line = (request.method + b" " + request.uri + b" " + request.clientproto).decode("latin-1")
+        text = (
+            f'{{"kind":"access","time":{int(started * 1_000_000)},"client":{quote(client)},"request":{quote(line)},'
+            f'"status":{code},"bytes":{request.sentLength},"request_id":{quote(getattr(request, "request_id", "-"))},'
+            f'"response_time":{max(0, int((now - started) * 1_000_000))}'
+            + (f',"referer":{quote(referer[0].decode("latin-1"))}' if referer else "")
+            + (f',"user_agent":{quote(agent[0].decode("latin-1"))}' if agent else "")
+            + (f',"tls":{quote(tls_summary(tls))}' if tls is not None else "")
+            + (f',"host":{quote(host.decode("latin-1"))}' if host is not None else "")
+            + "}"
+        )
+        records.emit(text)
+
+

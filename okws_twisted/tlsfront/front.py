@@ -13,7 +13,8 @@ cipher, version, ALPN protocol), and relays plaintext between the client's
 TLS session and the other end.  From there on the dispatcher and the services
 treat the socket as the client's connection.
 
-The relay never buffers without bound: each side is the other's streaming
+The relay (L{okws_twisted.wire.relay.Splice}, which the dispatcher uses too)
+never buffers without bound: each side is the other's streaming
 producer, so a client that reads slowly fills the TLS transport's buffer,
 which pauses reading from the socket pair, which (once the kernel's socket
 buffer is full) makes the service's writes wait; and a service that reads
@@ -25,6 +26,13 @@ Certificates are read once, at start-up; C{okws-ctl reload} relaunches the
 TLS front gracefully (the old process finishes its connections, the new one
 reads the files afresh).  A C{tls:} listener's directory (L{SNIDirectory}) is
 also read again when a client asks for a name it does not know.
+
+For C{421 Misdirected Request}, the dispatcher must know which certificate
+each C{tls:} listener shows for which name (L{okws_twisted.wire.certs}): the
+front sends it a ``certs`` message per such listener when their channel is new
+and after each reading of the directory (before the connection that caused
+it), and each connection's ``conn`` names the listener and the certificate
+chosen for it.
 """
 
 from __future__ import annotations
@@ -47,9 +55,10 @@ from zope.interface import implementer
 
 from okws_twisted.config import Listener, SiteConfig
 from okws_twisted.interfaces import IChildRole
-from okws_twisted.wire import handoff, limits
+from okws_twisted.wire import certs, handoff, limits
 from okws_twisted.wire.channel import Message, MessageChannel
 from okws_twisted.wire.logsender import RecordSender
+from okws_twisted.wire.relay import Splice
 
 #: The only application protocol offered: the dispatcher and services speak HTTP/1.1.
 ALPN = [b"http/1.1"]
@@ -129,7 +138,13 @@ class SNIDirectory:
 
     log = Logger()
 
-    def __init__(self, listener: Listener, clock: Callable[[], float] = lambda: 0.0) -> None:
+    def __init__(
+        self, listener: Listener, clock: Callable[[], float] = lambda: 0.0, changed: Callable[[], None] = lambda: None
+    ) -> None:
+        """
+        @param changed: called after each reading of the directory but the first (the
+            certificates, and their L{ids}, are new).
+        """
         assert listener.sni_dir is not None
         self.listener = listener
         self.directory = listener.sni_dir
@@ -137,7 +152,11 @@ class SNIDirectory:
         self._last_read = float("-inf")
         self.by_name: dict[str, SSL.Context] = {}
         self.default: SSL.Context | None = None
+        #: A number for each context: how the dispatcher tells certificates apart.
+        self.ids: dict[SSL.Context, int] = {}
+        self._next_id = 0
         self.reload(strict=True)
+        self._changed = changed
 
     def reload(self, strict: bool = False) -> None:
         """Read the directory afresh; at start-up (C{strict}) a directory with no usable file is an error."""
@@ -178,13 +197,22 @@ class SNIDirectory:
                 )
             return  # keep serving what was read before
         self.by_name, self.default = by_name, default or first
+        ids = {}
+        for ctx in [self.default, *by_name.values()]:
+            if ctx not in ids:
+                self._next_id += 1
+                ids[ctx] = self._next_id
+        self.ids = ids
+        if not strict:
+            self._changed()
+
+    def table(self) -> tuple[dict[str, int], int]:
+        """The names and the default as ids, for the dispatcher (L{okws_twisted.wire.certs})."""
+        assert self.default is not None
+        return {name: self.ids[ctx] for name, ctx in self.by_name.items()}, self.ids[self.default]
 
     def lookup(self, name: str) -> SSL.Context | None:
-        name = name.lower().rstrip(".")
-        found = self.by_name.get(name)
-        if found is None and "." in name:
-            found = self.by_name.get("*." + name.split(".", 1)[1])
-        return found
+        return certs.choose(self.by_name, name)
 
     def _servername(self, conn: SSL.Connection) -> None:
         try:
@@ -221,7 +249,8 @@ class PlainSide(Protocol):
         self.client = client
 
     def dataReceived(self, data: bytes) -> None:
-        self.client.transport.write(data)
+        assert self.client.splice is not None
+        self.client.splice.from_b(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.client.plain_lost()
@@ -238,9 +267,13 @@ class TLSClient(Protocol):
 
     log = Logger()
 
-    def __init__(self, front: "TLSFront") -> None:
+    def __init__(self, front: "TLSFront", listener: int) -> None:
         self.front = front
+        #: The index of its listener among the TLS listeners.
+        self.listener = listener
         self.plain: PlainSide | None = None
+        #: The relay between the TLS session (C{a}) and the socket pair (C{b}).
+        self.splice: Splice | None = None
         self._timer: IDelayedCall | None = None
         self.closed = False
 
@@ -265,9 +298,13 @@ class TLSClient(Protocol):
             "version": tls.get_protocol_version_name() or "",
             "alpn": (self.transport.negotiatedProtocol or b"").decode("ascii", "replace"),
         }
+        directory = self.front.directories.get(self.listener)
+        cert = directory.ids.get(tls.get_context()) if directory is not None else None
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sent = self.front.pass_on(theirs.fileno(), self.transport.getPeer(), self.transport.getHost(), facts)
+            sent = self.front.pass_on(
+                theirs.fileno(), self.transport.getPeer(), self.transport.getHost(), facts, self.listener, cert
+            )
         finally:
             theirs.close()
         if not sent:
@@ -280,20 +317,16 @@ class TLSClient(Protocol):
             self.front.reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, _One(plain))
         finally:
             mine.close()
-        # Back-pressure both ways: each transport pauses the other when its
-        # write buffer is full.
-        self.transport.registerProducer(plain.transport, True)
-        plain.transport.registerProducer(self.transport, True)
+        self.splice = Splice(self.transport, plain.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.plain is not None:
-            self.plain.transport.write(data)
+        if self.splice is not None:
+            self.splice.from_a(data)
 
     def plain_lost(self) -> None:
         """The dispatcher or a service closed the connection: close the TLS session (after what is buffered)."""
-        if not self.closed:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+        if not self.closed and self.splice is not None:
+            self.splice.lost(self.splice.b)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
@@ -301,9 +334,8 @@ class TLSClient(Protocol):
             self._timer.cancel()
             self._timer = None
         self.front.clients.discard(self)
-        if self.plain is not None and self.plain.transport is not None:
-            self.plain.transport.unregisterProducer()
-            self.plain.transport.loseConnection()
+        if self.splice is not None:
+            self.splice.lost(self.splice.a)
         self.front.client_gone()
 
 
@@ -318,11 +350,12 @@ class _One(Factory):
 
 
 class _ClientFactory(Factory):
-    def __init__(self, front: "TLSFront") -> None:
+    def __init__(self, front: "TLSFront", listener: int) -> None:
         self.front = front
+        self.listener = listener
 
     def buildProtocol(self, addr: Any) -> TLSClient:
-        return TLSClient(self.front)
+        return TLSClient(self.front, self.listener)
 
 
 @implementer(IChildRole)
@@ -343,30 +376,59 @@ class TLSFront:
         self.handshake_timeouts = 0
         self.refused = 0
         self._ids = 0
+        #: The C{tls:} listeners' directories, by index among the TLS listeners.
+        self.directories: dict[int, SNIDirectory] = {}
 
     def listen(self, pairs: list[tuple[Listener, socket.socket]]) -> None:
-        """Accept on each inherited socket with its listener's key and certificate."""
-        factories = [(sock, TLSMemoryBIOFactory(self.context_factory(l), False, _ClientFactory(self))) for l, sock in pairs]
+        """Accept on each inherited socket with its listener's key and certificate(s).
+
+        C{pairs} are the site's TLS listeners in order: the index is how the
+        dispatcher knows the listener.
+        """
+        factories = [
+            (sock, TLSMemoryBIOFactory(self.context_factory(l, i), False, _ClientFactory(self, i)))
+            for i, (l, sock) in enumerate(pairs)
+        ]
         for sock, factory in factories:
             # Twisted's accept loop runs until EAGAIN: an inherited blocking socket would hang it.
             sock.setblocking(False)
             self.ports.append(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
             sock.close()  # adoptStreamPort made its own copy
 
-    def context_factory(self, listener: Listener) -> Any:
+    def context_factory(self, listener: Listener, index: int = 0) -> Any:
         if listener.sni_dir is not None:
-            return SNIDirectory(listener, self.reactor.seconds)
+            directory = SNIDirectory(listener, self.reactor.seconds, lambda: self.send_certs(index))
+            self.directories[index] = directory
+            return directory
         return _ContextFactory(server_context(listener))
 
-    def pass_on(self, fd: int, peer: Any, host: Any, tls: dict[str, str]) -> bool:
-        """Give one end of a socket pair to the dispatcher; C{False} if there is no dispatcher."""
+    def send_certs(self, index: int) -> None:
+        """Tell the dispatcher which certificate the C{index}-th TLS listener shows for which name."""
+        channel = self.dispatcher
+        if channel is None or not channel.connected:
+            return
+        names, default = self.directories[index].table()
+        meta, payload = certs.certs_message(index, names, default)
+        channel.send(meta, payload)
+
+    def pass_on(
+        self, fd: int, peer: Any, host: Any, tls: dict[str, str], listener: int = 0, cert: int | None = None
+    ) -> bool:
+        """Give one end of a socket pair to the dispatcher; C{False} if there is no dispatcher.
+
+        C{cert}: the certificate chosen (for a C{tls:} listener: L{SNIDirectory.ids}).
+        """
         channel = self.dispatcher
         if channel is None or not channel.connected:
             self.refused += 1
             self.log.warn("no dispatcher to pass a TLS connection to; closing it")
             return False
         self._ids += 1
-        channel.send(handoff.connection_meta(handoff.CONN, self._ids, peer, host, tls), b"", [fd])
+        meta = handoff.connection_meta(handoff.CONN, self._ids, peer, host, tls)
+        meta["listener"] = listener
+        if cert is not None:
+            meta["cert"] = cert
+        channel.send(meta, b"", [fd])
         self.passed_on += 1
         return True
 
@@ -377,6 +439,8 @@ class TLSFront:
             old, self.dispatcher = self.dispatcher, MessageChannel(self.reactor, sock, self._from_dispatcher, name="tls:dispatcher", limits=limits.TLS_FRONT)
             if old is not None:
                 old.close()
+            for index in self.directories:
+                self.send_certs(index)
         else:
             self.log.error("unexpected {channel} channel from the launcher", channel=channel)
             sock.close()

@@ -127,6 +127,10 @@ class Message:
         _close_fds(self.fds)
 
 
+#: One compact encoder for every message (json.dumps with separators builds one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(meta: dict[str, Any], payload: bytes = b"") -> list[bytes]:
     """Encode one logical message into the datagrams that carry it."""
     if len(payload) > CHUNK:
@@ -134,7 +138,7 @@ def encode(meta: dict[str, Any], payload: bytes = b"") -> list[bytes]:
         first, rest = payload[:CHUNK], payload[CHUNK:]
     else:
         first, rest = payload, b""
-    head = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+    head = _ENCODER.encode(meta).encode("utf-8")
     if len(head) > _MAX_META:
         raise ValueError("message metadata too large")
     out = [_HEADER.pack(VERSION, len(head)) + head + first]

@@ -2,8 +2,9 @@
 """
 What a process answered, as it reports it: requests by status and a latency histogram.
 
-Service instances count their requests and send cumulative snapshots to the dispatcher on the
-handoff channel (the ``stats`` message); the dispatcher adds its own and renders the metrics
+Service instances count their requests per host pattern (the configured C{hosts} item that
+routed them, or C{*}) and send cumulative snapshots to the dispatcher on the handoff channel (the
+``stats`` message's C{counts}: pattern -> counts); the dispatcher adds its own and renders the metrics
 (L{okws_twisted.dispatcher.metrics}).  Snapshots are cumulative, so a lost or late report loses
 nothing.  A snapshot comes from a less privileged process: L{RequestCounts.from_json} reads
 anything malformed as empty.
@@ -15,7 +16,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BUCKETS", "Histogram", "RequestCounts"]
+__all__ = ["BUCKETS", "Histogram", "RequestCounts", "counts_by_host"]
 
 #: Prometheus's default buckets, in seconds.
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -87,3 +88,14 @@ class RequestCounts:
         for k, v in other.by_status.items():
             self.by_status[k] = self.by_status.get(k, 0) + v
         self.latency.add(other.latency)
+
+
+def counts_by_host(value: Any, patterns: frozenset[str] | set[str]) -> dict[str, RequestCounts]:
+    """An instance's C{counts} by host pattern, keeping only C{patterns} (its service's own).
+
+    The instance is not believed about which hosts it serves: any other key (an attacker's
+    way to grow the metrics without bound) is dropped, anything malformed reads as empty.
+    """
+    if not isinstance(value, dict):
+        return {}
+    return {k: RequestCounts.from_json(v) for k, v in value.items() if k in patterns}

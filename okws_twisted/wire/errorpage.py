@@ -2,7 +2,7 @@
 """
 Complete HTTP error responses written by okws itself (OKWS's okd error pages).
 
-The dispatcher answers 400/404/408/413/414/431/501/503/505 before any service
+The dispatcher answers 400/404/408/413/414/421/431/501/503/505 before any service
 sees a request, and a service answers 400 when a later request on its
 connection is malformed, 403 when a form's CSRF token is missing or wrong,
 500 when its render fails and 503 when a template cannot be had; a static
@@ -31,6 +31,7 @@ from typing import Mapping
 MESSAGE_MARKER = "\x00\x1e\x00"
 
 #: The statuses the site's error templates cover.
+STATUSES = (400, 403, 404, 405, 408, 413, 414, 421, 431, 500, 501, 503, 505)
 STATUSES = (400, 403, 404, 405, 408, 413, 414, 431, 500, 501, 503, 505)
 
 #: RFC 9110's reason phrases where Python's C{HTTPStatus} (and twisted.web) still

@@ -10,7 +10,14 @@ L{okws_twisted.wire.channel.MessageChannel}.  Message kinds:
     C{host}, and as payload every byte the dispatcher already read.  The
     first request in the payload has been routed to this service.  A
     connection that came through the TLS front also carries C{tls}: the
-    facts of its TLS session (L{TLS_FACTS}), all strings.
+    facts of its TLS session (L{TLS_FACTS}), all strings.  With C{relay}
+    true (a service with C{isolation = request}) the fd is not the client's
+    socket but the service's end of a socket pair over which the dispatcher
+    relays that client's requests for this service and host, one at a time,
+    and the payload is the first of them (its head and the body bytes already
+    read); C{peer}, C{host} and C{tls} are still the client's.  Such a
+    connection is never handed back: it ends when the dispatcher closes its
+    end.
 ``ack`` (service -> dispatcher)
     C{ids}: connections the service now holds (the dispatcher closes its
     copies); C{refused}: connections it will not take (it is at its
@@ -34,8 +41,9 @@ L{okws_twisted.wire.channel.MessageChannel}.  Message kinds:
     handbacks it did not take (it closed its copy).  Either way the service
     closes its own copy.
 ``stats`` (service -> dispatcher)
-    Cumulative counters for the admin listener's metrics: C{counts} (see
-    L{okws_twisted.dispatcher.metrics.RequestCounts}), C{in_flight}, C{connections},
+    Cumulative counters for the admin listener's metrics: C{counts}, by host
+    pattern (see L{okws_twisted.wire.counts}; the dispatcher keeps only its
+    service's own patterns), C{in_flight}, C{connections},
     and C{conn_cap}: the most connections the instance takes (from its
     descriptor limit).  Sent at once on a new channel, then at most once a
     second, and only when something changed.
@@ -80,15 +88,19 @@ class Connection:
     host: IAddress
     data: bytes
     tls: dict[str, str] | None = None
+    #: A socket pair the dispatcher relays requests over (C{isolation = request}).
+    relay: bool = False
 
 
 def connection_meta(
-    kind: str, conn_id: int, peer: IAddress, host: IAddress, tls: dict[str, str] | None = None
+    kind: str, conn_id: int, peer: IAddress, host: IAddress, tls: dict[str, str] | None = None, relay: bool = False
 ) -> dict[str, Any]:
     """The metadata of a C{conn} message."""
-    meta = {"k": kind, "id": conn_id, "peer": address_to_wire(peer), "host": address_to_wire(host)}
+    meta: dict[str, Any] = {"k": kind, "id": conn_id, "peer": address_to_wire(peer), "host": address_to_wire(host)}
     if tls is not None:
         meta["tls"] = tls
+    if relay:
+        meta["relay"] = True
     return meta
 
 
@@ -157,7 +169,9 @@ def parse_connection(msg: Message) -> Connection:
         host = address_from_wire(msg.meta["host"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise ChannelError(f"bad {msg.kind} message: {e!r}") from None
-    return Connection(conn_id, msg.fds[0], peer, host, msg.payload, parse_tls(msg.meta.get("tls")))
+    return Connection(
+        conn_id, msg.fds[0], peer, host, msg.payload, parse_tls(msg.meta.get("tls")), msg.meta.get("relay") is True
+    )
 
 
 def parse_ids(msg: Message, key: str = "ids") -> list[int]:

@@ -6,7 +6,9 @@ Pure logic, no I/O.  The dispatcher reads the head it routes on with
 L{HeadReader}; a service instance puts L{RequestFramer} in front of
 twisted.web's C{HTTPChannel} to find where each pipelined request starts and
 ends, so it can feed the channel only whole requests it owns and hand the
-connection back at a request boundary.  Both sides use this one module, so they
+connection back at a request boundary.  When the dispatcher relays requests
+to a service (C{isolation = request}) it frames them with the same
+L{RequestFramer}, and the service's responses with L{ResponseFramer}.  Both sides use this one module, so they
 can never disagree about framing: any request a smuggling attack could use
 (RFC 9112 section 11.2) is refused here with an L{HTTPError}, before a router
 or twisted.web sees it.
@@ -50,6 +52,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "Body",
@@ -59,8 +62,11 @@ __all__ = [
     "Head",
     "HeadReader",
     "Limits",
+    "Piece",
     "RequestFramer",
     "RequestHead",
+    "ResponseError",
+    "ResponseFramer",
     "parse_head",
 ]
 
@@ -114,10 +120,11 @@ class HTTPError(Exception):
         return f"{self.status} {self.reason}"
 
 
-@dataclass(frozen=True)
-class RequestHead:
+class RequestHead(NamedTuple):
     """
-    A parsed, validated request head.
+    A parsed, validated request head (immutable; a named tuple, which is built several times
+    faster than a frozen dataclass: every request builds one in the dispatcher and one in the
+    service).
 
     @ivar method: e.g. C{b"GET"}.
     @ivar target: the request-target exactly as sent.
@@ -159,16 +166,14 @@ class RequestHead:
         return None
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(NamedTuple):
     """A request head, and its bytes exactly as received."""
 
     head: RequestHead
     raw: bytes
 
 
-@dataclass(frozen=True)
-class Body:
+class Body(NamedTuple):
     """
     Body bytes exactly as received, chunk lines, extensions and trailers
     included, so they can be passed on verbatim to a parser that decodes them.
@@ -677,8 +682,19 @@ class RequestFramer:
         self._search = 0  # bytes of the current chunk or trailer line known to hold no LF
         self._trailer_size = 0
         self._trailer_fields = 0
+        self._body_limit = limits.max_body
         self._eof = False
         self._error: HTTPError | None = None
+
+    def set_body_limit(self, max_body: int | None) -> None:
+        """Bound the body of the request whose L{Head} was just returned (its chunk data).
+
+        For a reader that learns the limit only once it has routed the head (the dispatcher
+        relaying requests: each service has its own C{max_body}).  A declared
+        C{Content-Length} over it is the caller's to refuse, since the head is already
+        returned.  The next head is checked against the L{Limits} again.
+        """
+        self._body_limit = max_body
 
     def feed(self, data: bytes) -> None:
         """Add bytes received from the client.  Never parses, never raises."""
@@ -691,6 +707,11 @@ class RequestFramer:
     def unread(self) -> bytes:
         """Every byte fed but not yet returned in an event."""
         return bytes(self._buf)
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes were fed but not yet returned in an event (without copying them)."""
+        return len(self._buf)
 
     def next_event(self) -> Head | Body | End | None:
         """
@@ -723,6 +744,7 @@ class RequestFramer:
             raw = bytes(buf[: head.size])
             del buf[: head.size]
             self._scanner = _HeadScanner(self._limits)
+            self._body_limit = self._limits.max_body
             if head.chunked:
                 self._state = _CHUNK_SIZE
                 self._body_size = 0
@@ -795,7 +817,7 @@ class RequestFramer:
                         raise _chunk_line_error(bytes(buf[pos : i - 1]))
                     size = int(m.group(1), 16)
                     self._body_size += size
-                    if limits.max_body is not None and self._body_size > limits.max_body:
+                    if self._body_limit is not None and self._body_size > self._body_limit:
                         raise HTTPError(413, "request body too large")
                     pos = i + 1
                     if size:
@@ -863,3 +885,236 @@ def _chunk_line_error(line: bytes) -> HTTPError:
     if digits > 16:
         return _bad("chunk size too long")
     return _bad("invalid chunk extension")
+
+
+# -- framing a service's responses (the dispatcher's relay) ---------------------
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9]) [\t \x21-\x7e\x80-\xff]*\r\n")
+_RESPONSE_FIELD = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*(" + _FIELD_CHAR + rb"*)\r\n")
+_RESPONSE_CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\r\n")
+#: The largest response head (and trailer section) the dispatcher buffers.
+MAX_RESPONSE_HEAD = 65536
+
+
+class ResponseError(Exception):
+    """A service broke HTTP response framing on a relayed connection: its client's
+    connection is cut (never given a stitched or extra response)."""
+
+
+@dataclass
+class Piece:
+    """Response bytes to pass on, in order; C{end}: the response to the current request is
+    complete with them, and C{close}: the connection must close after it."""
+
+    data: bytes
+    end: bool = False
+    close: bool = False
+
+
+class _RState(enum.Enum):
+    IDLE = "no request outstanding"
+    HEAD = "reading the status line and header fields"
+    BODY = "reading a Content-Length body"
+    UNTIL_EOF = "reading a body that ends when the service closes"
+    CHUNK_SIZE = "reading a chunk-size line"
+    CHUNK_DATA = "reading chunk data"
+    CHUNK_CRLF = "reading the CRLF after chunk data"
+    TRAILER = "reading the trailer section"
+
+
+class ResponseFramer:
+    """
+    Frames a service's responses, one request at a time, for a dispatcher that relays them.
+
+    The dispatcher sends a service one request at a time (L{expect} says which method), passes
+    the response's bytes on as they come, and must know where the response ends: to move on to
+    the client's next request, and to notice a service that died in the middle of a response
+    (after C{kill -9}, EOF alone would let the client take the next response as the rest of
+    the cut one) or that sends more than one response (which would answer the client's next
+    request, meant for another service).  It checks only what framing needs: the status line,
+    C{Content-Length} / C{Transfer-Encoding: chunked} (one of them, once), C{Connection:
+    close}, HTTP/1.0, and the statuses and methods without a body; the rest of the head is the
+    service's business and reaches the client unchanged.  A protocol upgrade (101) is refused:
+    the dispatcher relays HTTP only.  Bounded: a head or trailer section of at most
+    L{MAX_RESPONSE_HEAD} bytes is buffered, body bytes pass through.
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._state = _RState.IDLE
+        self._head_only = False
+        self._remaining = 0
+        self._close = False
+
+    @property
+    def idle(self) -> bool:
+        """No response is outstanding."""
+        return self._state is _RState.IDLE
+
+    def expect(self, method: bytes) -> None:
+        """A request for C{method} was sent: its response comes next."""
+        if self._state is not _RState.IDLE:
+            raise RuntimeError("a response is still outstanding")
+        self._state = _RState.HEAD
+        self._head_only = method == b"HEAD"
+
+    def feed(self, data: bytes) -> list[Piece]:
+        """Bytes from the service; the pieces to pass on, in order.  Raises L{ResponseError}."""
+        state = self._state
+        if state is _RState.IDLE:
+            if data:
+                raise ResponseError("bytes with no request outstanding")
+            return []
+        if state is _RState.BODY and not self._buf:
+            # The common case: Content-Length body bytes pass through uncopied.
+            take = min(self._remaining, len(data))
+            self._remaining -= take
+            if take < len(data):
+                raise ResponseError("bytes after the end of the response")
+            if self._remaining:
+                return [Piece(data)]
+            self._state = _RState.IDLE
+            return [Piece(data, True, self._close)]
+        self._buf += data
+        out: list[Piece] = []
+        while self._buf and self._state is not _RState.IDLE:
+            piece = self._step()
+            if piece is None:
+                break
+            out.append(piece)
+        if self._state is _RState.IDLE and self._buf:
+            raise ResponseError("bytes after the end of the response")
+        return out
+
+    def eof(self) -> list[Piece]:
+        """The service closed its end; raises L{ResponseError} if a response was cut short."""
+        if self._state is _RState.UNTIL_EOF and not self._buf:
+            self._state = _RState.IDLE
+            return [Piece(b"", True, True)]
+        if self._state is not _RState.IDLE or self._buf:
+            raise ResponseError("the service closed in the middle of a response")
+        return []
+
+    def _step(self) -> Piece | None:
+        buf = self._buf
+        state = self._state
+        if state is _RState.HEAD:
+            end = buf.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD)
+            if end < 0:
+                if len(buf) >= MAX_RESPONSE_HEAD:
+                    raise ResponseError("response head too large")
+                return None
+            raw = bytes(buf[: end + 4])
+            del buf[: end + 4]
+            return self._head(raw)
+        if state is _RState.BODY or state is _RState.UNTIL_EOF:
+            take = len(buf) if state is _RState.UNTIL_EOF else min(self._remaining, len(buf))
+            data = bytes(buf[:take])
+            del buf[:take]
+            if state is _RState.UNTIL_EOF:
+                return Piece(data)
+            self._remaining -= take
+            if self._remaining:
+                return Piece(data)
+            self._state = _RState.IDLE
+            return Piece(data, True, self._close)
+        if state is _RState.CHUNK_SIZE:
+            m = _RESPONSE_CHUNK.match(buf)
+            if m is None:
+                if b"\n" in buf[:_MAX_CHUNK_LINE] or len(buf) >= _MAX_CHUNK_LINE:
+                    raise ResponseError("bad chunk-size line")
+                return None
+            size = int(m.group(1), 16)
+            line = bytes(buf[: m.end()])
+            del buf[: m.end()]
+            if size:
+                self._remaining, self._state = size, _RState.CHUNK_DATA
+            else:
+                self._remaining, self._state = 0, _RState.TRAILER
+            return Piece(line)
+        if state is _RState.CHUNK_DATA:
+            take = min(self._remaining, len(buf))
+            data = bytes(buf[:take])
+            del buf[:take]
+            self._remaining -= take
+            if not self._remaining:
+                self._state = _RState.CHUNK_CRLF
+            return Piece(data)
+        if state is _RState.CHUNK_CRLF:
+            if buf[:1] != b"\r" or (len(buf) >= 2 and buf[1] != 0x0A):
+                raise ResponseError("chunk data not followed by CRLF")
+            if len(buf) < 2:
+                return None
+            del buf[:2]
+            self._state = _RState.CHUNK_SIZE
+            return Piece(b"\r\n")
+        # The trailer section: field lines until an empty one, bounded like a head.
+        end = buf.find(b"\r\n")
+        if end < 0:
+            if self._remaining + len(buf) >= MAX_RESPONSE_HEAD:
+                raise ResponseError("trailer section too large")
+            return None
+        line = bytes(buf[: end + 2])
+        del buf[: end + 2]
+        self._remaining += len(line)
+        if self._remaining > MAX_RESPONSE_HEAD:
+            raise ResponseError("trailer section too large")
+        if line == b"\r\n":
+            self._state = _RState.IDLE
+            return Piece(line, True, self._close)
+        if _RESPONSE_FIELD.fullmatch(line) is None:
+            raise ResponseError("bad trailer field")
+        return Piece(line)
+
+    def _head(self, raw: bytes) -> Piece:
+        m = _STATUS_LINE.match(raw)
+        if m is None:
+            raise ResponseError("bad status line")
+        status = int(m.group(2))
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        close = m.group(1) == b"0"
+        pos = m.end()
+        while pos < len(raw) - 2:
+            f = _RESPONSE_FIELD.match(raw, pos)
+            if f is None:
+                raise ResponseError("bad response header field")
+            name = f.group(1).lower()
+            if name == b"content-length":
+                lengths.append(f.group(2).rstrip(b" \t"))
+            elif name == b"transfer-encoding":
+                codings.append(f.group(2).rstrip(b" \t").lower())
+            elif name == b"connection":
+                close = close or b"close" in _tokens([f.group(2)])
+            pos = f.end()
+        if status == 101:
+            raise ResponseError("protocol upgrade on a relayed connection")
+        if status < 200:
+            if lengths or codings:
+                raise ResponseError("framing on an interim response")
+            return Piece(raw)  # 100 Continue, 103 Early Hints: the final response still comes
+        self._close = close
+        if (lengths and codings) or len(lengths) > 1 or len(codings) > 1:
+            raise ResponseError("ambiguous response framing")
+        if self._head_only or status in (204, 304):
+            self._state = _RState.IDLE
+            return Piece(raw, True, close)
+        if codings:
+            if codings != [b"chunked"]:
+                raise ResponseError("a transfer coding other than chunked")
+            self._state = _RState.CHUNK_SIZE
+            return Piece(raw)
+        if lengths:
+            value = lengths[0]
+            if not value.isdigit() or len(value.lstrip(b"0")) > _MAX_LENGTH_DIGITS:
+                raise ResponseError("bad Content-Length")
+            self._remaining = int(value)
+            if not self._remaining:
+                self._state = _RState.IDLE
+                return Piece(raw, True, close)
+            self._state = _RState.BODY
+            return Piece(raw)
+        # No framing: the body ends when the service closes, and so does the connection.
+        self._close = True
+        self._state = _RState.UNTIL_EOF
+        return Piece(raw)

@@ -25,7 +25,9 @@ control    launcher (any child)      none: C{ready}, C{pong}, C{want}, C{lost}
 control    child (launcher)          L{CONFIG_MAX}: the site configuration
 log        log daemon (any sender)   L{LOG_BATCH_MAX}: one batch of records
 log        sender (log daemon)       none: acknowledgements
-tls        dispatcher (TLS front)    none: a connection and its TLS facts
+tls        dispatcher (TLS front)    L{CERTS_MAX}: a C{tls:} listener's certificate
+                                     names (``certs``); a connection and its TLS
+                                     facts carry none
 tls        TLS front (dispatcher)    none: the dispatcher sends nothing
 =========  =======================  ===============================================
 
@@ -36,10 +38,12 @@ peer that stops reading (64 MiB).  Pure: no I/O.
 
 from __future__ import annotations
 
+from okws_twisted.wire.certs import CERTS_MAX
 from okws_twisted.wire.channel import MAX_META, ChannelLimits
 from okws_twisted.wire.templatechannel import MAX_TEMPLATE_BYTES
 
 __all__ = [
+    "CERTS_MAX",
     "CONFIG_MAX",
     "CONTROL_CHILD",
     "CONTROL_LAUNCHER",
@@ -95,6 +99,6 @@ LOG_DAEMON = ChannelLimits(max_payload=LOG_BATCH_MAX, send_max_payload=0)
 #: A sender's end of its log channel.
 LOG_SENDER = ChannelLimits(max_payload=0, send_max_payload=LOG_BATCH_MAX)
 #: The dispatcher's end of the channel from the TLS front.
-TLS_DISPATCHER = ChannelLimits(max_payload=0, send_max_payload=0)
+TLS_DISPATCHER = ChannelLimits(max_payload=CERTS_MAX, send_max_payload=0)
 #: The TLS front's end of its channel to the dispatcher.
-TLS_FRONT = ChannelLimits(max_payload=0, send_max_payload=0)
+TLS_FRONT = ChannelLimits(max_payload=0, send_max_payload=CERTS_MAX)

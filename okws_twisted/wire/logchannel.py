@@ -37,9 +37,19 @@ REOPEN = "reopen"
 CHANNEL = "log"
 
 
-def encode_records(records: list[dict[str, Any]]) -> bytes:
-    """The payload of a C{records} message."""
-    return json.dumps(records, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+#: How records are encoded (compact, UTF-8 text as is).
+_RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_records(records: list[dict[str, Any] | str]) -> bytes:
+    """The payload of a C{records} message: a JSON array of the records.
+
+    A record is a dict, or a dict already encoded as JSON text (a service's
+    access records are built as text on the request path: see
+    L{okws_twisted.service.web.ServiceSite.log}).
+    """
+    encode = _RECORD_ENCODER.encode
+    return ("[" + ",".join(r if type(r) is str else encode(r) for r in records) + "]").encode("utf-8")
 
 
 def records_meta(first: int) -> dict[str, Any]:

@@ -22,7 +22,8 @@ LEVELS = ("debug", "info", "warn", "error", "critical")
 
 #: The fields of an access record (``kind = "access"``) and their types.
 #: C{time} and C{response_time} are whole microseconds; C{service} is only
-#: taken from the dispatcher (a service instance's is its launcher-given name).
+#: taken from the dispatcher (a service instance's is its launcher-given name);
+#: C{host} is the request's host as routing compares it (lower case, no port).
 ACCESS_RECORD: dict[str, type] = {
     "kind": str,
     "time": int,
@@ -37,6 +38,7 @@ ACCESS_RECORD: dict[str, type] = {
     "tls": str,
     "service": str,
     "reason": str,
+    "host": str,
 }
 
 #: An error-log event (``kind = "event"``): C{level} one of L{LEVELS}; C{request_id}

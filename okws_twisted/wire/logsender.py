@@ -3,7 +3,7 @@
 The sending side of logging, in every okws process but the log daemon (OKWS's libaok log client).
 
 Logging must not slow serving, so a sender does no formatting and no file
-I/O: L{RecordSender.emit} appends a dict to a list, and a timer sends the
+I/O: L{RecordSender.emit} appends a dict (or its JSON text) to a list, and a timer sends the
 list as one batch (every L{FLUSH_INTERVAL} seconds, or on the next reactor
 turn once L{FLUSH_COUNT} records wait).  The daemon formats and writes.
 
@@ -69,14 +69,15 @@ class RecordBuffer:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.capacity = capacity
-        self.pending: list[dict[str, Any]] = []
+        #: Records not yet sealed: dicts, or dicts already encoded as JSON text.
+        self.pending: list[dict[str, Any] | str] = []
         self.sealed: deque[Batch] = deque()
         self.next_seq = 1
         self.held = 0
         self.dropped = 0
         self.dropped_total = 0
 
-    def add(self, record: dict[str, Any]) -> bool:
+    def add(self, record: dict[str, Any] | str) -> bool:
         """Keep C{record}; when full, drop it and count the drop (C{False})."""
         if self.held >= self.capacity:
             self.dropped += 1
@@ -133,8 +134,8 @@ class RecordSender:
 
     # -- producing records
 
-    def emit(self, record: dict[str, Any]) -> None:
-        """Queue one record (see L{okws_twisted.logd.format} for the fields)."""
+    def emit(self, record: dict[str, Any] | str) -> None:
+        """Queue one record (see L{okws_twisted.logd.format} for the fields): a dict, or its JSON text."""
         if not self.buffer.add(record):
             return
         if len(self.buffer.pending) >= self.count:

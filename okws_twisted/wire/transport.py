@@ -472,6 +472,10 @@ class SocketTransport:
     #: The facts of the TLS session this plaintext connection belongs to (it
     #: came through the TLS front), or C{None}; see L{okws_twisted.wire.handoff.TLS_FACTS}.
     tls: dict[str, str] | None = None
+    #: The certificate the TLS front chose for this connection, as the dispatcher knows it:
+    #: C{(table, id)} (L{okws_twisted.wire.certs.CertificateTable}), or C{None} (plain, or
+    #: a listener with one certificate).  The dispatcher's alone: services never see it.
+    cert: "tuple[object, int] | None" = None
 
     def set_peer(self, peer: IAddress) -> None:
         """The connection's real client is C{peer} (a PROXY protocol header said so)."""

@@ -1180,3 +1180,180 @@ class ProxyTests(DispatcherTestCase):
         """On an unmarked listener a PROXY line is just a bad request line."""
         client, conn = self.connect(b"PROXY TCP4 203.0.113.7 10.0.0.1 5555 80\r\n" + request())
         self.assertAnswered(client, 400)
+
+
+HOSTS_SITE = """
+[okws]
+listen = tcp:80 tls:443:path=/srv/certs ssl:8443:privateKey=/k.pem:certKey=/c.pem
+access_log_fields = combined host
+
+[service:www]
+resource = a:B
+paths = /
+hosts = www.example.com
+
+[service:admin]
+resource = a:B
+paths = /
+hosts = admin.example.com *.admin.example.com
+
+[service:other]
+resource = a:B
+paths = /
+"""
+
+
+class HostRoutingTests(DispatcherTestCase):
+    """The dispatcher routes by host, then path, and says which host pattern it used."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.dispatcher = Dispatcher(self.reactor, parse(textwrap.dedent(HOSTS_SITE), "site.ini", "/srv/site"))
+
+    def routed(self, host: str, target: str = "/x") -> tuple[str, str]:
+        link_of = {name: self.instance(name, index=i) for i, name in enumerate(("www", "admin", "other"))}
+        client, conn = self.connect(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert conn.route is not None
+        theirs = link_of[conn.route.service][1]
+        self.assertEqual(self.receive(theirs).kind, handoff.CONN)
+        return conn.route.service, conn.route.hosts
+
+    def test_exactWildcardAndEveryOtherHost(self) -> None:
+        self.assertEqual(self.routed("www.example.com"), ("www", "www.example.com"))
+        self.assertEqual(self.routed("Admin.Example.COM:8443"), ("admin", "admin.example.com"))
+        self.assertEqual(self.routed("a.b.admin.example.com"), ("admin", "*.admin.example.com"))
+        self.assertEqual(self.routed("unknown.example"), ("other", "*"))
+        self.assertEqual(self.routed("admin.example.com", "http://admin.example.com/x"), ("admin", "admin.example.com"))
+
+    def test_hostInTheAccessRecord(self) -> None:
+        records: list[dict[str, object]] = []
+
+        class Records:
+            def emit(self, record: dict[str, object]) -> None:
+                records.append(record)
+
+        self.dispatcher.records = Records()  # type: ignore[assignment]
+        config = parse("[okws]\n[service:www]\nresource = a:B\npaths = /a\nhosts = www.example.com\n", "site.ini", "/srv")
+        self.dispatcher.update_config(config)
+        client, conn = self.connect(b"GET /a HTTP/1.1\r\nHost: nowhere.Example:80\r\n\r\n")
+        self.assertAnsweredKept(client, 404)
+        self.assertEqual(records[-1]["host"], "nowhere.example")
+        self.assertEqual(self.dispatcher.own_counts[("-", "-")].by_status, {404: 1})
+
+
+class MisdirectedTests(DispatcherTestCase):
+    """421: a request whose host the connection's certificate is not shown for (RFC 9110 15.5.20)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.dispatcher = Dispatcher(self.reactor, parse(textwrap.dedent(HOSTS_SITE), "site.ini", "/srv/site"))
+        self.told: list[dict[str, object]] = []
+        self.dispatcher.to_launcher = self.told.append  # type: ignore[method-assign]
+        mine, self.front = channel.socketpair()
+        self.addCleanup(self.front.close)
+        self.dispatcher.peer("tls", {"k": "peer", "channel": "tls", "pid": 77}, mine)
+        (self.channel,) = self.dispatcher.tls_fronts
+        self.addCleanup(self._close_link_channel)
+        # The tls: listener is the first TLS listener; a.test and *.w.test on 1, b.test on 2 (the default).
+        self.certs(0, {"a.test": 1, "*.w.test": 1, "b.test": 2}, 2)
+
+    def _close_link_channel(self) -> None:
+        if self.channel.connected:
+            self.channel.close()
+
+    def certs(self, listener: int, names: dict[str, int], default: int) -> None:
+        from okws_twisted.wire import certs
+
+        meta, payload = certs.certs_message(listener, names, default)
+        for datagram in encode(meta, payload):
+            self.front.send(datagram)
+        self.read(self.channel)
+
+    def decrypted(self, host: str, listener: int = 0, cert: int | None = 1) -> socket.socket:
+        """A connection from the front whose certificate was C{cert}; the client sends a request for C{host}."""
+        client, plain = socket.socketpair()
+        self.addCleanup(client.close)
+        tls = {"sni": "a.test", "cipher": "TLS_AES_128_GCM_SHA256", "version": "TLSv1.3", "alpn": "http/1.1"}
+        meta = handoff.connection_meta(handoff.CONN, 1, PEER, HOST, tls)
+        meta["listener"] = listener
+        if cert is not None:
+            meta["cert"] = cert
+        before = set(self.dispatcher.reading)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [plain.fileno()]))]
+        self.front.sendmsg([encode(meta)[0]], anc)
+        plain.close()
+        self.read(self.channel)
+        new = set(self.dispatcher.reading) - before
+        for conn in new:
+            self.addCleanup(self._abort, conn)
+            self.send(client, conn, f"GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        return client
+
+    def test_otherCertificate(self) -> None:
+        self.instance("www")
+        client = self.decrypted("b.test")
+        headers, body = self.assertAnswered(client, 421)
+        self.assertIn(b"421 Misdirected Request", body)
+
+    def test_sameCertificate(self) -> None:
+        """A name the connection's certificate is also shown for (a wildcard, a port, case) is not misdirected."""
+        link, theirs = self.instance("other")
+        for host in ("a.test", "A.TEST:443", "x.w.test", "a.test."):
+            client = self.decrypted(host)
+            self.assertIsNone(self.written(client), host)
+            self.assertEqual(self.receive(theirs).kind, handoff.CONN)
+
+    def test_unknownHostGetsTheDefault(self) -> None:
+        """An IP address or an unknown name gets the default certificate: misdirected only if SNI chose another."""
+        link, theirs = self.instance("other")
+        client = self.decrypted("127.0.0.1", cert=2)
+        self.assertIsNone(self.written(client))
+        self.assertAnswered(self.decrypted("127.0.0.1", cert=1), 421)
+        self.assertAnswered(self.decrypted("y.z.w.test", cert=1), 421)  # a wildcard covers one label
+
+    def test_oneCertificateListener(self) -> None:
+        """An ssl: listener (one certificate, no table) never answers 421."""
+        link, theirs = self.instance("other")
+        client = self.decrypted("b.test", listener=1, cert=None)
+        self.assertIsNone(self.written(client))
+        self.assertEqual(self.receive(theirs).kind, handoff.CONN)
+
+    def test_handbackKeepsTheCertificate(self) -> None:
+        """A connection a service hands back is checked against the certificate the dispatcher recorded."""
+        link, theirs = self.instance("other")
+        client = self.decrypted("a.test")
+        msg = self.receive(theirs)
+        self.ack(link, theirs, [msg.meta["id"]])
+        self.back(link, theirs, msg.meta["id"], msg.fds[0], b"GET /x HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        self.assertAnswered(client, 421)
+
+    def test_unknownCertificateRefused(self) -> None:
+        """A connection naming a certificate the front never listed is closed, and said so."""
+        with capturedLogs() as events:
+            client = self.decrypted("a.test", cert=99)
+        self.assertEqual(self.written(client), b"<EOF>")
+        self.assertTrue(any("never named" in str(e.get("error")) for e in events))
+
+    def test_badCertsRefused(self) -> None:
+        from okws_twisted.wire import certs
+
+        for listener, names in ((1, {"a": 1}), (0, {"x" * 256: 1}), (0, {"a": "1"}), (7, {})):
+            meta, payload = certs.certs_message(listener, names, 1)  # type: ignore[arg-type]
+            with capturedLogs() as events:
+                self.front.send(encode(meta, payload)[0])
+                self.read(self.channel)
+            self.assertTrue(any("bad message from the TLS front" in str(e.get("log_format")) for e in events), listener)
+        # The table is unchanged: b.test is still certificate 2.
+        self.instance("other")
+        self.assertAnswered(self.decrypted("b.test"), 421)
+
+    def test_newFrontNewTable(self) -> None:
+        """Each front's ids are its own: a new front's table does not apply to the old one's connections."""
+        mine, front2 = channel.socketpair()
+        self.addCleanup(front2.close)
+        self.dispatcher.peer("tls", {"k": "peer", "channel": "tls", "pid": 78}, mine)
+        self.assertEqual(len(self.dispatcher.tls_fronts), 2)
+        self.assertEqual(len(self.dispatcher.cert_tables), 1)
+        link, theirs = self.instance("other")
+        client = self.decrypted("b.test", cert=2)
+        self.assertIsNone(self.written(client))

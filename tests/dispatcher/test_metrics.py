@@ -3,7 +3,7 @@
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.dispatcher.metrics import ServiceTotals, process_samples, render
-from okws_twisted.wire.counts import BUCKETS, Histogram, RequestCounts
+from okws_twisted.wire.counts import BUCKETS, Histogram, RequestCounts, counts_by_host
 
 
 class HistogramTests(SynchronousTestCase):
@@ -31,25 +31,34 @@ class TotalsTests(SynchronousTestCase):
         a = RequestCounts()
         a.record(200, 0.01)
         a.record(200, 0.02)
-        totals.report(11, a)
+        totals.report(11, {"*": a})
         b = RequestCounts()
         b.record(500, 0.1)
-        totals.report(12, b)
+        totals.report(12, {"*": b, "admin.example": a})
         totals.instance_gone(11)
         total = totals.total()
-        self.assertEqual(total.by_status, {200: 2, 500: 1})
-        self.assertEqual(total.latency.count, 3)
+        self.assertEqual(total["*"].by_status, {200: 2, 500: 1})
+        self.assertEqual(total["*"].latency.count, 3)
+        self.assertEqual(total["admin.example"].by_status, {200: 2})
 
     def test_reports_are_cumulative(self) -> None:
         totals = ServiceTotals()
         for n in (1, 2, 3):
             c = RequestCounts(by_status={200: n})
-            totals.report(5, c)
-        self.assertEqual(totals.total().by_status, {200: 3})
+            totals.report(5, {"*": c})
+        self.assertEqual(totals.total()["*"].by_status, {200: 3})
 
     def test_from_json_ignores_malformed(self) -> None:
         c = RequestCounts.from_json({"status": {"200": 3, "x": 1, "404": -1}, "latency": None})
         self.assertEqual(c.by_status, {200: 3})
+
+    def test_only_configured_hosts(self) -> None:
+        """An instance cannot grow the metrics with host labels of its own choosing."""
+        report = {"*.example.org": {"status": {"200": 1}}, "attacker-1": {"status": {"200": 1}}, "x": "junk"}
+        by_host = counts_by_host(report, frozenset({"*.example.org", "x"}))
+        self.assertEqual(sorted(by_host), ["*.example.org", "x"])
+        self.assertEqual(by_host["x"].by_status, {})
+        self.assertEqual(counts_by_host("junk", frozenset({"*"})), {})
 
 
 class RenderTests(SynchronousTestCase):
@@ -57,25 +66,33 @@ class RenderTests(SynchronousTestCase):
         counts = RequestCounts()
         counts.record(200, 0.02)
         counts.record(404, None)
+        other = RequestCounts()
+        other.record(200, 0.02)
         page = render(
             ["hello"],
-            {"hello": counts},
+            {"hello": {"*": counts, "admin.example": other}},
             {"queue_depth": {"hello": 2}},
             {"restarts_total": {"hello": 1}},
             {"up": 1, "handoff_failures_total": 0},
         )
         lines = page.splitlines()
         self.assertIn("# TYPE okws_requests_total counter", lines)
-        self.assertIn('okws_requests_total{service="hello",code="200"} 1', lines)
-        self.assertIn('okws_requests_total{service="hello",code="404"} 1', lines)
-        self.assertIn('okws_request_duration_seconds_bucket{service="hello",le="0.025"} 1', lines)
-        self.assertIn('okws_request_duration_seconds_bucket{service="hello",le="+Inf"} 1', lines)
-        self.assertIn('okws_request_duration_seconds_count{service="hello"} 1', lines)
+        self.assertIn('okws_requests_total{service="hello",host="*",code="200"} 1', lines)
+        self.assertIn('okws_requests_total{service="hello",host="*",code="404"} 1', lines)
+        self.assertIn('okws_requests_total{service="hello",host="admin.example",code="200"} 1', lines)
+        # Durations per service, over its hosts.
+        self.assertIn('okws_request_duration_seconds_bucket{service="hello",le="0.025"} 2', lines)
+        self.assertIn('okws_request_duration_seconds_bucket{service="hello",le="+Inf"} 2', lines)
+        self.assertIn('okws_request_duration_seconds_count{service="hello"} 2', lines)
         self.assertIn('okws_queue_depth{service="hello"} 2', lines)
         self.assertIn("# TYPE okws_restarts_total counter", lines)
         self.assertIn("# TYPE okws_handoff_failures_total counter", lines)
         self.assertIn("okws_up 1", lines)
         self.assertTrue(page.endswith("\n"))
+
+    def test_service_info(self) -> None:
+        page = render(["a"], {}, {}, {}, {}, {"a": {"isolation": "request", "hosts": "admin.example.com"}})
+        self.assertIn('okws_service_info{service="a",isolation="request",hosts="admin.example.com"} 1', page.splitlines())
 
     def test_label_escaping(self) -> None:
         page = render(['we"ird\\'], {}, {}, {}, {})

@@ -202,10 +202,19 @@ class AccessLineTests(SynchronousTestCase):
         self.assertTrue(line.endswith(" a\\x20b\n"))
         self.assertTrue(all(0x20 <= ord(c) < 0x7f for c in line[:-1]))
 
+    def test_host(self) -> None:
+        """The host field is escaped like any bare field: a hostile Host cannot split the line."""
+        record = access(host="evil.example\n127.0.0.1 - - x")
+        line = access_line(checked(record), SERVICE, ("status", "host"), TimeFormats())
+        self.assertEqual(line, "200 evil.example\\x0a127.0.0.1\\x20-\\x20-\\x20x\n")
+        self.assertEqual(access_line(checked(access()), SERVICE, ("host",), TimeFormats()), "-\n")
+        self.assertEqual(json.loads(access_json(checked(access(host="a.example")), SERVICE, TimeFormats()))["host"], "a.example")
+
     def test_parseFields(self) -> None:
         self.assertEqual(parse_access_fields("combined"), COMBINED)
         self.assertEqual(parse_access_fields("combined request_id"), COMBINED + ("request_id",))
-        self.assertEqual(set(ACCESS_FIELDS), set(COMBINED) | {"instance", "request_id", "tls"})
+        self.assertEqual(set(ACCESS_FIELDS), set(COMBINED) | {"instance", "request_id", "tls", "host"})
+        self.assertNotIn("host", COMBINED)  # existing parsers of combined lines keep working
         for bad in ("", "   ", "client refferer"):
             self.assertRaises(ValueError, parse_access_fields, bad)
         e = self.assertRaises(ValueError, parse_access_fields, "client refferer")
@@ -234,6 +243,7 @@ class AccessJsonTests(SynchronousTestCase):
                 "request_id": "abc-1",
                 "response_time_us": 1520,
                 "tls": None,
+                "host": None,
                 "source": "hello.0",
                 "pid": 1234,
             },

@@ -11,7 +11,8 @@ import resource
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from okws_twisted.service.budget import RESERVED_FDS, SMALL_BODY, BodyDeadline, BodyFiles, FdBudget
+from okws_twisted.service.budget import RESERVED_FDS, SMALL_BODY, BodyFiles, FdBudget
+from okws_twisted.wire.bodytime import BodyDeadline
 
 
 class FdBudgetTests(SynchronousTestCase):

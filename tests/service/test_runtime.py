@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import io
+import json
 import socket
 
 from twisted.internet.address import IPv4Address
@@ -23,7 +24,7 @@ from okws_twisted.config import parse
 from okws_twisted.service.budget import RESERVED_FDS, FdBudget
 from okws_twisted.service.runtime import DONE_REPORT_DELAY, ServiceRuntime
 from okws_twisted.service.web import ServiceRequest, ServiceSite
-from okws_twisted.wire import channel, handoff, limits
+from okws_twisted.wire import channel, handoff, limits, logchannel
 from okws_twisted.wire.channel import Message, encode, read_one_blocking
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 
@@ -42,7 +43,8 @@ class AccessRecordTests(SynchronousTestCase):
         self.request.requestHeaders.setRawHeaders(b"user-agent", [b"ua \xff"])
 
     def records(self) -> list[dict[str, object]]:
-        return self.site.records.buffer.pending  # type: ignore[union-attr]
+        """The records sent, as the log daemon reads them (access records are sent as JSON text)."""
+        return json.loads(logchannel.encode_records(self.site.records.buffer.pending))  # type: ignore[union-attr]
 
     def test_record(self) -> None:
         self.reactor.advance(0.25)
@@ -54,6 +56,26 @@ class AccessRecordTests(SynchronousTestCase):
               "status": 200, "bytes": 12, "request_id": "p-1", "response_time": 250_000, "user_agent": "ua \u00ff"}],
         )
         self.assertEqual(self.request.request_id, "p-1")
+
+    def test_hostileValuesStayValues(self) -> None:
+        """The record is built as JSON text: quotes, backslashes and control bytes in what the client
+        sent are escaped, never markup; bytes arrive as latin-1 characters."""
+        self.request.uri = b'/x?a="b"\\,"status":999'
+        self.request.requestHeaders.setRawHeaders(b"referer", [b'"},{"kind":"event"\t\x7f\x01'])
+        self.request.requestHeaders.setRawHeaders(b"user-agent", [b"\\\"\xe9"])
+        self.request.code, self.request.sentLength = 200, 0
+        self.site.log(self.request)
+        [record] = self.records()
+        self.assertEqual(record["request"], 'GET /x?a="b"\\,"status":999 HTTP/1.1')
+        self.assertEqual(record["status"], 200)
+        self.assertEqual(record["referer"], '"},{"kind":"event"\t\x7f\x01')
+        self.assertEqual(record["user_agent"], '\\"\u00e9')
+
+    def test_tls(self) -> None:
+        self.request.channel.transport.tls = {"sni": "a", "cipher": "TLS_AES_128_GCM_SHA256", "version": "TLSv1.3", "alpn": ""}
+        self.request.code = 200
+        self.site.log(self.request)
+        self.assertEqual(self.records()[0]["tls"], "TLSv1.3/TLS_AES_128_GCM_SHA256")
 
     def test_accessLogOff(self) -> None:
         """With no access log, only error statuses are sent (they go to error.log)."""
@@ -83,7 +105,7 @@ PEER = IPv4Address("TCP", "192.0.2.7", 40001)
 HOST = IPv4Address("TCP", "192.0.2.1", 80)
 
 
-class HandoffSideTests(SynchronousTestCase):
+class _HandoffSide(SynchronousTestCase):
     """The instance's end of the handoff channel: the test plays the dispatcher."""
 
     def setUp(self) -> None:
@@ -140,6 +162,11 @@ class HandoffSideTests(SynchronousTestCase):
     def assertClosedForClient(self, client: socket.socket) -> None:
         client.settimeout(2)
         self.assertEqual(client.recv(100), b"", "the instance still holds the connection")
+
+
+
+class HandoffSideTests(_HandoffSide):
+    """What the instance acknowledges, refuses, reports closed and hands back."""
 
     def test_pastTheCapRefused(self) -> None:
         """Past its descriptor budget the instance refuses (the dispatcher answers 503) and keeps its channel."""
@@ -210,3 +237,84 @@ class HandoffSideTests(SynchronousTestCase):
         self.nothing()
         self.assertClosedForClient(client)
         self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]
+
+
+class HostChangeTests(_HandoffSide):
+    """A connection keeps to its first request's host: another host goes back to the dispatcher."""
+
+    def serve(self, client: socket.socket, data: bytes) -> None:
+        """The client sends C{data}; the instance reads and answers (the reactor turned by hand)."""
+        client.sendall(data)
+        (conn,) = self.runtime.connections
+        conn.transport.doRead()
+        self.reactor.advance(0)
+
+    def test_otherHostHandedBack(self) -> None:
+        first = b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n"
+        client, server = socket.socketpair()
+        self.addCleanup(client.close)
+        meta = handoff.connection_meta(handoff.CONN, 9, PEER, HOST)
+        self.dispatcher.sendmsg([encode(meta, first)[0]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))])
+        server.close()
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [9])
+        self.reactor.advance(0)
+        (conn,) = self.runtime.connections
+        self.assertEqual((conn.host, conn.pattern), (b"a.example", "*"))
+        # Same host, another spelling: still this connection's.
+        self.serve(client, b"GET /hello HTTP/1.1\r\nHost: A.EXAMPLE:80\r\n\r\n")
+        self.assertEqual(conn.fed, 2)
+        other = b"GET /hello HTTP/1.1\r\nHost: b.example\r\n\r\n"
+        self.serve(client, other)
+        back = self.receive()
+        self.assertEqual((back.kind, back.meta["id"], back.payload), (handoff.BACK, 9, other))
+        socket.socket(fileno=back.fds[0]).close()
+        self.assertEqual(conn.fed, 2)
+        self.runtime._send_stats()
+        stats = self.receive()
+        self.assertEqual(list(stats.meta["counts"]), ["*"])
+        self.assertEqual(sum(stats.meta["counts"]["*"]["status"].values()), 2)
+
+
+class RelayPairTests(_HandoffSide):
+    """A relay pair (isolation = request): every request on it is the service's; never handed back."""
+
+    def relay(self, conn_id: int, data: bytes) -> socket.socket:
+        ours, end = socket.socketpair()
+        self.addCleanup(ours.close)
+        meta = handoff.connection_meta(handoff.CONN, conn_id, PEER, HOST, relay=True)
+        self.dispatcher.sendmsg([encode(meta, data)[0]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [end.fileno()]))])
+        end.close()
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [conn_id])
+        self.reactor.advance(0)
+        return ours
+
+    def test_everyRequestIsMine(self) -> None:
+        """Another host or path on a pair is served, not handed back: the dispatcher routed it."""
+        ours = self.relay(11, b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        (conn,) = self.runtime.connections
+        self.assertTrue(conn.relay)
+        self.assertIsNone(conn.channel.timeOut)  # the dispatcher closes idle pairs
+        ours.sendall(b"GET /other HTTP/1.1\r\nHost: b.example\r\n\r\n")
+        conn.transport.doRead()
+        self.reactor.advance(0)
+        self.assertEqual((conn.fed, conn.handback), (2, None))
+        self.nothing()
+
+    def test_drainWaitsForTheDispatcher(self) -> None:
+        """Retiring (hand back), the instance neither hands back nor closes a pair: the dispatcher does."""
+        ours = self.relay(12, b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        self.reactor.advance(1)
+        self.runtime.drain(handback=True)
+        self.reactor.advance(1)
+        (conn,) = self.runtime.connections
+        self.assertTrue(conn.transport.connected)
+        self.assertEqual(self.receive().kind, handoff.STATS)  # and no handback
+        self.nothing()
+        ours.settimeout(2)
+        self.assertIn(b"HTTP/1.1 405", ours.recv(65536))  # the dispatcher read the response
+        ours.close()  # and ends the visit
+        self.assertIsNone(conn.transport.doRead())  # EOF: answered everything, so it closes
+        self.reactor.advance(1)
+        self.assertEqual(self.runtime.connections, set())

@@ -167,8 +167,8 @@ def make_pem(directory: str, filename: str, cn: str, sans: list[str]) -> str:
     return path
 
 
-class SNIDirectoryTests(SynchronousTestCase):
-    """A tls: listener's directory: the certificate by SNI name, wildcard, default, re-read."""
+class _PemDirectory(SynchronousTestCase):
+    """A directory of four PEM files, as a tls: listener's."""
 
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp()
@@ -186,6 +186,10 @@ class SNIDirectoryTests(SynchronousTestCase):
 
     def store(self) -> SNIDirectory:
         return SNIDirectory(self.listener, lambda: self.now)
+
+
+class SNIDirectoryTests(_PemDirectory):
+    """A tls: listener's directory: the certificate by SNI name, wildcard, default, re-read."""
 
     def test_byName(self) -> None:
         store = self.store()
@@ -242,3 +246,66 @@ class SNIDirectoryTests(SynchronousTestCase):
             "(each NAME.pem holds a key and its certificate chain)",
             f"site.ini: [okws] listen: 'tls:446:path=b.pem': path {d}/b.pem is not a directory",
         ])
+
+
+class CertificateTableTests(_PemDirectory):
+    """What the front tells the dispatcher for 421: each name's certificate, and each connection's."""
+
+    def test_table(self) -> None:
+        store = self.store()
+        names, default = store.table()
+        self.assertEqual(sorted(names), ["*.w.example", "a.example", "b", "b.example", "default", "www.b.example"])
+        self.assertEqual(names["b.example"], names["www.b.example"])
+        self.assertEqual(names["default"], default)
+        self.assertEqual(len({names["a.example"], names["b.example"], names["*.w.example"], default}), 4)
+
+    def test_chosenContextHasItsId(self) -> None:
+        """The id of the context the handshake used is the one the table gives that name."""
+        from okws_twisted.wire.certs import CertificateTable
+
+        store = self.store()
+        table = CertificateTable(*store.table())
+        for name in (b"a.example", b"x.w.example", b"nobody.example", b"WWW.b.example"):
+            server, _client = handshake(store.getContext(), SSL.Context(SSL.TLS_CLIENT_METHOD), name)
+            self.assertEqual(store.ids[server.get_context()], table.cert_for(name.lower()), name)
+
+    def test_changedAfterReading(self) -> None:
+        """A directory read again (an unknown name) announces new ids; the first reading does not."""
+        told = []
+        store = SNIDirectory(self.listener, lambda: self.now, lambda: told.append(store.table()))
+        self.assertEqual(told, [])
+        before = store.table()
+        make_pem(self.dir, "new.example.pem", "new.example", [])
+        self.now += 2
+        self.served(store, b"new.example")
+        self.assertEqual(len(told), 1)
+        names, default = told[0]
+        self.assertIn("new.example", names)
+        self.assertNotEqual(names["a.example"], before[0]["a.example"])  # new contexts, new ids
+
+    def test_frontSendsTablesAndChoice(self) -> None:
+        """On a new dispatcher channel the front sends each tls: listener's table; a conn names its choice."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from okws_twisted.config import parse
+        from okws_twisted.tlsfront.front import TLSFront
+        from okws_twisted.wire import certs, limits
+        from okws_twisted.wire.channel import read_one_blocking, socketpair
+
+        site = parse(f"[okws]\nlisten = tls:443:path={self.dir}\n[service:a]\nresource = a.b:C\npaths = /a\n", "site.ini", "/")
+        front = TLSFront(MemoryReactorClock(), site)
+        store = front.context_factory(site.listen[0], 0)
+        mine, theirs = socketpair()
+        self.addCleanup(theirs.close)
+        front.peer("tls", {}, mine)
+        self.addCleanup(front.dispatcher.close)
+        msg = read_one_blocking(theirs, 2, limits.TLS_DISPATCHER)
+        listener, table = certs.parse_certs(msg)
+        self.assertEqual((listener, table.names, table.default), (0, *store.table()))
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        self.addCleanup(os.close, w)
+        front.pass_on(r, IPv4Address("TCP", "1.2.3.4", 1), IPv4Address("TCP", "1.2.3.4", 2), FACTS, 0, table.names["a.example"])
+        conn = read_one_blocking(theirs, 2, limits.TLS_DISPATCHER)
+        conn.close_fds()
+        self.assertEqual((conn.meta["listener"], conn.meta["cert"]), (0, table.names["a.example"]))

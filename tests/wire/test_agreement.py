@@ -40,7 +40,7 @@ from okws_twisted.wire.httpframe import (
     RequestFramer,
     RequestHead,
 )
-from okws_twisted.wire.routing import RouteTable
+from okws_twisted.wire.routing import RouteTable, host_key
 from tests.http_corpus import (
     CORPUS,
     MAX_BODY,
@@ -51,7 +51,7 @@ from tests.http_corpus import (
     Case,
 )
 
-ROUTE_TABLE = RouteTable(ROUTES)
+ROUTE_TABLE = RouteTable([(None, prefix, service) for prefix, service in ROUTES.items()])
 HEAD_LIMITS = Limits(max_request_line=MAX_REQUEST_LINE, max_head=MAX_HEAD, max_headers=MAX_HEADERS)
 
 
@@ -117,10 +117,11 @@ def model(data: bytes, eof: bool = False) -> Outcome:
         if read.path == b"*":
             out.refused = Refused(200, "OPTIONS *", "dispatcher")
             return out
-        service = ROUTE_TABLE.route(read.path)
-        if service is None:
+        route = ROUTE_TABLE.route(read.host, read.path)
+        if route is None:
             out.refused = Refused(404, "no route", "dispatcher")
             return out
+        service = route.service
         if read.content_length is not None and read.content_length > MAX_BODY[service]:
             out.refused = Refused(413, "declared body over max_body", "dispatcher")
             return out
@@ -158,8 +159,10 @@ def _serve(data: bytes, pos: int, first: RequestHead, service: str, eof: bool, o
                 )
             if event.raw != data[offset : offset + event.head.size]:
                 raise Disagreement(f"at byte {offset}: Head.raw is not the bytes received")
-            owner = ROUTE_TABLE.route(event.head.path)
-            if offset != pos and owner != service:
+            # The service's rule (ServiceRuntime.owns): its own route, on the same host as the first request.
+            owner = ROUTE_TABLE.route(event.head.host, event.head.path)
+            mine = owner is not None and owner.service == service and host_key(event.head.host) == host_key(first.host)
+            if offset != pos and not mine:
                 return offset  # handed back with every unread byte
             current = Served(service, event.head, event.raw, 0)
             offset += len(event.raw)

@@ -23,8 +23,11 @@ from okws_twisted.wire.httpframe import (
     HeadReader,
     HTTPError,
     Limits,
+    Piece,
     RequestFramer,
     RequestHead,
+    ResponseError,
+    ResponseFramer,
     _HeadScanner,
     parse_head,
 )
@@ -1049,3 +1052,172 @@ class PropertyTests(SynchronousTestCase):
                     break
                 seen += 1
         self.assertEqual(event.raw + framer.unread(), b"".join(h + b for h, b in reqs[stop:]))
+
+
+class BodyLimitTests(SynchronousTestCase):
+    """L{RequestFramer.set_body_limit}: a limit learnt after the head (the dispatcher relaying)."""
+
+    CHUNKED = get(b"Transfer-Encoding: chunked") + b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n"
+
+    def events(self, framer: RequestFramer) -> list[object]:
+        out = []
+        while True:
+            event = framer.next_event()
+            if event is None:
+                return out
+            out.append(event)
+
+    def test_chunkSumOverTheLimit(self) -> None:
+        framer = RequestFramer()
+        framer.feed(self.CHUNKED)
+        self.assertIsInstance(framer.next_event(), Head)
+        framer.set_body_limit(7)
+        with self.assertRaises(HTTPError) as caught:
+            self.events(framer)
+        self.assertEqual(caught.exception.status, 413)
+
+    def test_perRequest(self) -> None:
+        """The next head gets the framer's own limits again."""
+        framer = RequestFramer(Limits(max_body=100))
+        framer.feed(self.CHUNKED * 3)
+        self.assertIsInstance(framer.next_event(), Head)
+        framer.set_body_limit(None)
+        self.assertIsInstance(framer.next_event(), Body)
+        self.assertIsInstance(framer.next_event(), End)
+        self.assertIsInstance(framer.next_event(), Head)
+        framer.set_body_limit(10)  # exactly the 10 bytes sent
+        self.assertIsInstance(framer.next_event(), Body)
+        self.assertIsInstance(framer.next_event(), End)
+        self.assertIsInstance(framer.next_event(), Head)
+        framer.set_body_limit(9)
+        self.assertEqual(framer.next_event(), Body(b"5\r\nhello\r\n"))  # the valid bytes before the error
+        self.assertEqual(self.assertRaises(HTTPError, framer.next_event).status, 413)
+
+
+def frame_response(data: bytes, method: bytes = b"GET", size: int | None = None) -> list[Piece]:
+    """The pieces of one response, fed whole or C{size} bytes at a time."""
+    framer = ResponseFramer()
+    framer.expect(method)
+    out: list[Piece] = []
+    step = size or len(data) or 1
+    for i in range(0, len(data), step):
+        out += framer.feed(data[i : i + step])
+    return out
+
+
+class ResponseFramerTests(SynchronousTestCase):
+    """The dispatcher's reading of a relayed response: where it ends, and what is refused."""
+
+    OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"
+    CHUNKED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;x=1\r\nabc\r\n"
+               b"0\r\nX-T: 1\r\n\r\n")
+
+    def check(self, data: bytes, method: bytes = b"GET", close: bool = False) -> None:
+        """Whatever the split: the same bytes out, exactly one end, at the last byte."""
+        for size in (None, 1, 2, 7, 64):
+            pieces = frame_response(data, method, size)
+            self.assertEqual(b"".join(p.data for p in pieces), data, size)
+            self.assertEqual([p.end for p in pieces].count(True), 1, size)
+            self.assertTrue(pieces[-1].end, size)
+            self.assertEqual(pieces[-1].close, close, size)
+
+    def test_contentLength(self) -> None:
+        self.check(self.OK)
+        self.check(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def test_chunked(self) -> None:
+        self.check(self.CHUNKED)
+
+    def test_noBody(self) -> None:
+        self.check(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n", method=b"HEAD")
+        self.check(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 500\r\n\r\n")
+        self.check(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def test_interimThenFinal(self) -> None:
+        self.check(b"HTTP/1.1 100 Continue\r\n\r\n" + self.OK)
+
+    def test_close(self) -> None:
+        self.check(self.OK.replace(b"Content-Type", b"Connection: keep-alive, Close\r\nContent-Type"), close=True)
+        self.check(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", close=True)
+
+    def test_untilEof(self) -> None:
+        framer = ResponseFramer()
+        framer.expect(b"GET")
+        pieces = framer.feed(b"HTTP/1.0 200 OK\r\n\r\nabc")
+        self.assertFalse(any(p.end for p in pieces))
+        (last,) = framer.eof()
+        self.assertTrue(last.end and last.close)
+        self.assertTrue(framer.idle)
+
+    def test_oneResponseAtATime(self) -> None:
+        """A service may not answer a request it was never sent (the client's next one)."""
+        for size in (None, 1, 13):
+            with self.assertRaises(ResponseError):
+                frame_response(self.OK + self.OK, size=size)
+            with self.assertRaises(ResponseError):
+                frame_response(self.CHUNKED + b"HTTP/1.1 200 OK\r\n", size=size)
+        with self.assertRaises(ResponseError):
+            ResponseFramer().feed(b"H")
+
+    def test_cutShort(self) -> None:
+        """EOF in the middle of a response (kill -9) is an error, never the end of it."""
+        for cut in (self.OK[:-2], self.OK[:10], self.CHUNKED[:-2]):
+            framer = ResponseFramer()
+            framer.expect(b"GET")
+            framer.feed(cut)
+            self.assertRaises(ResponseError, framer.eof)
+        framer = ResponseFramer()
+        framer.expect(b"GET")
+        self.assertRaises(ResponseError, framer.eof)  # not a byte of it yet
+        self.assertEqual(ResponseFramer().eof(), [])  # idle: a clean close
+
+    def test_refused(self) -> None:
+        for bad in (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\nContent-Length: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\nContent-Length: 1\r\n\r\nx",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nbad trailer\r\n\r\n",
+        ):
+            with self.assertRaises(ResponseError, msg=bad):
+                frame_response(bad)
+
+    def test_bounded(self) -> None:
+        """A head (or trailer section) that never ends is refused at 64 KiB, whatever the split."""
+        framer = ResponseFramer()
+        framer.expect(b"GET")
+        framer.feed(b"HTTP/1.1 200 OK\r\n")
+        with self.assertRaises(ResponseError):
+            for _ in range(100):
+                framer.feed(b"X-A: " + b"a" * 1000 + b"\r\n")
+        framer = ResponseFramer()
+        framer.expect(b"GET")
+        framer.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n")
+        with self.assertRaises(ResponseError):
+            for _ in range(100):
+                framer.feed(b"X-T: " + b"t" * 1000 + b"\r\n")
+
+    def test_bodyPassesThroughUncopied(self) -> None:
+        framer = ResponseFramer()
+        framer.expect(b"GET")
+        framer.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n")
+        chunk = b"x" * 100000
+        (piece,) = framer.feed(chunk)
+        self.assertIs(piece.data, chunk)
+        (last,) = framer.feed(chunk)
+        self.assertTrue(last.end)
+        self.assertTrue(framer.idle)
+
+    def test_nextRequest(self) -> None:
+        framer = ResponseFramer()
+        for method in (b"GET", b"HEAD", b"GET"):
+            framer.expect(method)
+            self.assertRaises(RuntimeError, framer.expect, method)
+            data = self.OK if method == b"GET" else self.OK[: self.OK.index(b"hello")]
+            self.assertTrue(framer.feed(data)[-1].end)
