@@ -282,14 +282,20 @@ class ServiceRuntime:
     def _send_ack(self, ids: list[int], refused: list[int] | None = None) -> None:
         if self.link is None or not self.link.connected:
             return
+        # The report timer (L{connection_ended}) stays armed: when it fires with nothing
+        # left to report it sends nothing, which is cheaper than a cancel and a new timer
+        # for every batch.
         closed, self._closed = self._closed, []
-        timer, self._done_timer = self._done_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
         meta: dict[str, Any] = {"k": handoff.ACK, "ids": ids, "closed": closed}
         if refused:
             meta["refused"] = refused
         self.link.send(meta)
+
+    def _report_closed(self) -> None:
+        """The connections that ended since the last ack, if any (the next batch's ack took them otherwise)."""
+        self._done_timer = None
+        if self._closed:
+            self._send_ack([])
 
     def adopt(self, conn: handoff.Connection, origin: MessageChannel | None = None) -> None:
         """Serve a connection the dispatcher handed over (on channel C{origin})."""
@@ -346,7 +352,7 @@ class ServiceRuntime:
                 # The dispatcher forgets it (a handback names it otherwise).
                 self._closed.append(conn.conn_id)
                 if self._done_timer is None:
-                    self._done_timer = self.reactor.callLater(DONE_REPORT_DELAY, self._send_ack, [])
+                    self._done_timer = self.reactor.callLater(DONE_REPORT_DELAY, self._report_closed)
         if self.draining:
             self._maybe_exit()
 

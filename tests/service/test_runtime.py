@@ -197,6 +197,21 @@ class HandoffSideTests(_HandoffSide):
         ack = self.receive()
         self.assertEqual((ack.meta["ids"], ack.meta["closed"]), ([], [4]))
 
+    def test_endedConnectionsRideOnTheNextAck(self) -> None:
+        """A connection that ended is reported in the next batch's ack; the report timer then
+        sends nothing (one message per batch, not one more per ended connection)."""
+        self.hand(4)
+        self.read()
+        self.receive()
+        (conn,) = self.runtime.connections
+        conn.transport.abortConnection()
+        self.hand(5)
+        self.read()
+        ack = self.receive()
+        self.assertEqual((ack.meta["ids"], ack.meta["closed"]), ([5], [4]))
+        self.reactor.advance(DONE_REPORT_DELAY)
+        self.nothing()
+
     def test_handbackNamesTheConnectionOnly(self) -> None:
         """A handback says which connection (the dispatcher's id) and nothing about it."""
         client = self.hand(5)
