@@ -61,7 +61,7 @@ from okws_twisted.wire.httpframe import (
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import ANY_HOST, Route, RouteTable
 from okws_twisted.wire.stamp import ResponseStamp
-from okws_twisted.wire.transport import transport_for
+from okws_twisted.wire.transport import held_sends, transport_for
 
 STATS_INTERVAL = 1.0
 DONE_REPORT_DELAY = 0.05
@@ -233,13 +233,15 @@ class ServiceRuntime:
         # unacknowledged connection is one the dispatcher may give elsewhere.
         self._send_ack([c.id for c in incoming], refused)
         origin = self.link
-        for conn in incoming:
-            try:
-                self.adopt(conn, origin)
-            except Exception:
-                # One connection's failure must not close the channel that
-                # carries every other connection to this instance.
-                self.log.failure("adopting connection {id} failed", id=conn.id)
+        # Their answers leave together once the whole batch is served, in this iteration.
+        with held_sends(self.reactor):
+            for conn in incoming:
+                try:
+                    self.adopt(conn, origin)
+                except Exception:
+                    # One connection's failure must not close the channel that
+                    # carries every other connection to this instance.
+                    self.log.failure("adopting connection {id} failed", id=conn.id)
 
     def _full(self, arriving: int) -> bool:
         """Would one more connection (after C{arriving} others) pass the cap?"""

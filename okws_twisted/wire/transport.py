@@ -81,11 +81,31 @@ class _Flusher:
         self.reactor = reactor
         self.pending: list["SocketTransport"] = []
         self.call: object = None
+        self._held = 0
 
     def add(self, transport: "SocketTransport") -> None:
         self.pending.append(transport)
-        if self.call is None:
+        if self.call is None and not self._held:
             self.call = self.reactor.callLater(0, self.run)  # type: ignore[attr-defined]
+
+    def hold(self) -> None:
+        """A batch of connections is being served (L{release} ends it): send nothing yet."""
+        self._held += 1
+
+    def release(self) -> None:
+        """The batch is served: send what it wrote now, in this reactor iteration.
+
+        A service instance adopts a batch of connections at one wakeup of its handoff
+        channel; their responses leave when the batch is done rather than one reactor
+        iteration later (an C{epoll_wait} and a timer fewer per batch).
+        """
+        self._held -= 1
+        if self._held or not self.pending:
+            return
+        call, self.call = self.call, None
+        if call is not None and call.active():  # type: ignore[attr-defined]
+            call.cancel()  # type: ignore[attr-defined]
+        self.run()
 
     def run(self) -> None:
         self.call = None
@@ -99,6 +119,24 @@ class _Flusher:
 
 
 _flushers: dict[int, _Flusher] = {}
+
+
+def held_sends(reactor: object) -> "_Holding":
+    """C{with held_sends(reactor):} what transports write inside leaves together at its end."""
+    return _Holding(_flusher(reactor))
+
+
+class _Holding:
+    __slots__ = ("_flusher",)
+
+    def __init__(self, flusher: _Flusher) -> None:
+        self._flusher = flusher
+
+    def __enter__(self) -> None:
+        self._flusher.hold()
+
+    def __exit__(self, *exc: object) -> None:
+        self._flusher.release()
 
 
 def _flusher(reactor: object) -> _Flusher:
