@@ -74,7 +74,7 @@ def _client(addr) -> socket.socket:  # type: ignore[no-untyped-def]
     return client
 
 
-def _read_response(client: socket.socket, timer: Timer, got: list[bytes]) -> bool:
+def _read_response(client: socket.socket, got: list[bytes]) -> bool:
     """Untimed: what the client received; True at end of stream."""
     try:
         while True:
@@ -92,7 +92,7 @@ def _serve_until_closed(clients: list[socket.socket], timer: Timer) -> None:
     for _ in range(10000):
         timer.tick()
         for client in list(open_):
-            if _read_response(client, timer, got[client]):
+            if _read_response(client, got[client]):
                 open_.discard(client)
         if not open_:
             break

@@ -127,6 +127,8 @@ def held_sends(reactor: object) -> "_Holding":
 
 
 class _Holding:
+    """The context manager L{held_sends} returns: holds the reactor's flusher while inside."""
+
     __slots__ = ("_flusher",)
 
     def __init__(self, flusher: _Flusher) -> None:
