@@ -112,10 +112,17 @@ class _Flusher:
         pending, self.pending = self.pending, []
         for transport in pending:
             transport._flush_scheduled = False
-            transport._flush_batch()
-            if transport.disconnecting and transport._lingering is None and not transport._unsent:
-                # loseConnection() was called: everything is sent, close.
-                transport._lose_now(error.ConnectionDone())
+            try:
+                transport._flush_batch()
+                if transport.disconnecting and transport._lingering is None and not transport._unsent:
+                    # loseConnection() was called: everything is sent, close.
+                    transport._lose_now(error.ConnectionDone())
+            except Exception:
+                # One connection's failed send ends that connection only: the others in the
+                # batch are still sent, and (run from a handoff channel's read, L{held_sends})
+                # the channel that brought them stays open.
+                SocketTransport.log.failure("sending on a connection failed; closing it")
+                transport.abortConnection()
 
 
 _flushers: dict[int, _Flusher] = {}

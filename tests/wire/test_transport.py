@@ -8,6 +8,7 @@ under the real reactor.  What the peer sees is read from the peer's socket.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from zope.interface import implementer
 
 from okws_twisted.wire import transport as transport_module
 from okws_twisted.wire.transport import (
+    held_sends,
     WRITE_HIGH_WATER,
     SocketTransport,
     address_from_wire,
@@ -393,6 +395,34 @@ class RegistrationTests(TransportTestCase):
         t.start()
         t.pauseProducing()
         self.assertNotIn(t, clock.readers)
+
+
+class BatchFailureTests(TransportTestCase):
+    """A send that fails with an unexpected error ends that connection only."""
+
+    def test_otherConnectionsStillSent(self) -> None:
+        clock = MemoryReactorClock()
+        (a, b), (c, d) = self.unix_pair(), self.unix_pair()
+        bad = SocketTransport(clock, a, Recorder(), UNIXAddress(None), UNIXAddress(None))
+        good = SocketTransport(clock, c, Recorder(), UNIXAddress(None), UNIXAddress(None))
+        bad.start()
+        good.start()
+
+        class Broken:
+            def __getattr__(self, name: str) -> object:
+                return getattr(a, name)
+
+            def send(self, data: bytes) -> int:
+                raise OSError(errno.EINVAL, "broken")
+
+        bad.socket = Broken()  # type: ignore[assignment]
+        with held_sends(clock):
+            bad.write(b"one")
+            good.write(b"two")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertFalse(bad.connected)
+        self.assertEqual(d.recv(10), b"two")
+        self.assertTrue(good.connected)
 
 
 class WriteTests(TransportTestCase):
