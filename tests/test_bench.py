@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,3 +186,21 @@ def _alive(pid: int, marker: bytes) -> bool:
             return marker in f.read()
     except FileNotFoundError:
         return False
+
+
+class NewConnectionCPUTests(SynchronousTestCase):
+    """C{bench/newconn_cpu.py} (in process, no wrk): each side serves real connections and reports a figure."""
+
+    def test_every_side_runs(self) -> None:
+        script = os.path.join(REPO, "bench", "newconn_cpu.py")
+        for flags, what in (
+            (["--instance", "--log"], "okws instance (access log)"),
+            (["--dispatcher"], "okws dispatcher"),
+            (["--peer", "--batch", "4"], "twisted.web Site"),
+        ):
+            proc = subprocess.run(
+                [sys.executable, script, *flags, "--n", "40"], cwd=REPO, capture_output=True, timeout=TIMEOUT
+            )
+            detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
+            self.assertEqual(proc.returncode, 0, detail)
+            self.assertRegex(proc.stdout.decode(), rf"^{re.escape(what)}: \d+\.\d us CPU per new connection", detail)

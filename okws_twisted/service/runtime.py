@@ -61,7 +61,7 @@ from okws_twisted.wire.httpframe import (
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import ANY_HOST, Route, RouteTable
 from okws_twisted.wire.stamp import ResponseStamp
-from okws_twisted.wire.transport import transport_for
+from okws_twisted.wire.transport import held_sends, transport_for
 
 STATS_INTERVAL = 1.0
 DONE_REPORT_DELAY = 0.05
@@ -233,13 +233,15 @@ class ServiceRuntime:
         # unacknowledged connection is one the dispatcher may give elsewhere.
         self._send_ack([c.id for c in incoming], refused)
         origin = self.link
-        for conn in incoming:
-            try:
-                self.adopt(conn, origin)
-            except Exception:
-                # One connection's failure must not close the channel that
-                # carries every other connection to this instance.
-                self.log.failure("adopting connection {id} failed", id=conn.id)
+        # Their answers leave together once the whole batch is served, in this iteration.
+        with held_sends(self.reactor):
+            for conn in incoming:
+                try:
+                    self.adopt(conn, origin)
+                except Exception:
+                    # One connection's failure must not close the channel that
+                    # carries every other connection to this instance.
+                    self.log.failure("adopting connection {id} failed", id=conn.id)
 
     def _full(self, arriving: int) -> bool:
         """Would one more connection (after C{arriving} others) pass the cap?"""
@@ -282,14 +284,20 @@ class ServiceRuntime:
     def _send_ack(self, ids: list[int], refused: list[int] | None = None) -> None:
         if self.link is None or not self.link.connected:
             return
+        # The report timer (L{connection_ended}) stays armed: when it fires with nothing
+        # left to report it sends nothing, which is cheaper than a cancel and a new timer
+        # for every batch.
         closed, self._closed = self._closed, []
-        timer, self._done_timer = self._done_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
         meta: dict[str, Any] = {"k": handoff.ACK, "ids": ids, "closed": closed}
         if refused:
             meta["refused"] = refused
         self.link.send(meta)
+
+    def _report_closed(self) -> None:
+        """The connections that ended since the last ack, if any (the next batch's ack took them otherwise)."""
+        self._done_timer = None
+        if self._closed:
+            self._send_ack([])
 
     def adopt(self, conn: handoff.Connection, origin: MessageChannel | None = None) -> None:
         """Serve a connection the dispatcher handed over (on channel C{origin})."""
@@ -346,7 +354,7 @@ class ServiceRuntime:
                 # The dispatcher forgets it (a handback names it otherwise).
                 self._closed.append(conn.conn_id)
                 if self._done_timer is None:
-                    self._done_timer = self.reactor.callLater(DONE_REPORT_DELAY, self._send_ack, [])
+                    self._done_timer = self.reactor.callLater(DONE_REPORT_DELAY, self._report_closed)
         if self.draining:
             self._maybe_exit()
 

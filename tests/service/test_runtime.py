@@ -145,13 +145,13 @@ class _HandoffSide(SynchronousTestCase):
             self.dispatcher.setblocking(True)
         self.fail(f"the instance sent {data!r}")
 
-    def hand(self, conn_id: int, with_fd: bool = True) -> socket.socket:
+    def hand(self, conn_id: int, with_fd: bool = True, data: bytes = b"") -> socket.socket:
         """The dispatcher hands over a client connection; returns the client's end."""
         client, server = socket.socketpair()
         self.addCleanup(client.close)
         meta = handoff.connection_meta(handoff.CONN, conn_id, PEER, HOST)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))] if with_fd else []
-        self.dispatcher.sendmsg([encode(meta, b"")[0]], anc)
+        self.dispatcher.sendmsg([encode(meta, data)[0]], anc)
         server.close()  # the dispatcher's copy: the instance holds the only one now
         return client
 
@@ -196,6 +196,35 @@ class HandoffSideTests(_HandoffSide):
         self.reactor.advance(DONE_REPORT_DELAY)
         ack = self.receive()
         self.assertEqual((ack.meta["ids"], ack.meta["closed"]), ([], [4]))
+
+    def test_batchAnsweredWithinItsWakeup(self) -> None:
+        """The answers to a batch of connections leave, and the closed ones close, at the end of
+        the wakeup that brought them: no reactor iteration later, no timer of their own."""
+        request = b"GET /nowhere HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+        clients = [self.hand(i, data=request) for i in (1, 2)]
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [1, 2])
+        now = self.reactor.seconds()
+        self.assertEqual([c for c in self.reactor.getDelayedCalls() if c.getTime() <= now], [])
+        for client in clients:
+            client.setblocking(False)
+            self.assertTrue(client.recv(65536).startswith(b"HTTP/1.1 404 "))
+        self.assertEqual(self.runtime.connections, set())
+
+    def test_endedConnectionsRideOnTheNextAck(self) -> None:
+        """A connection that ended is reported in the next batch's ack; the report timer then
+        sends nothing (one message per batch, not one more per ended connection)."""
+        self.hand(4)
+        self.read()
+        self.receive()
+        (conn,) = self.runtime.connections
+        conn.transport.abortConnection()
+        self.hand(5)
+        self.read()
+        ack = self.receive()
+        self.assertEqual((ack.meta["ids"], ack.meta["closed"]), ([5], [4]))
+        self.reactor.advance(DONE_REPORT_DELAY)
+        self.nothing()
 
     def test_handbackNamesTheConnectionOnly(self) -> None:
         """A handback says which connection (the dispatcher's id) and nothing about it."""

@@ -112,6 +112,31 @@ class EncodeTests(SynchronousTestCase):
         self.assertRaises(ValueError, encode, {"k": "x", "v": "a" * 0x10000})
 
 
+class MetaEncodingTests(SynchronousTestCase):
+    """The reused encoder writes exactly what C{json.JSONEncoder} with compact separators
+    writes, and the decoder reads only UTF-8 JSON."""
+
+    def test_sameAsTheStandardEncoder(self) -> None:
+        standard = json.JSONEncoder(separators=(",", ":"))
+        for meta in (
+            {"k": "conn", "id": 1, "peer": ["tcp", "127.0.0.1", 40001], "host": ["tcp6", "::1", 8080]},
+            {"k": "ack", "ids": [], "closed": [1, 2, 3], "refused": [4]},
+            {"k": "x", "s": "caf\u00e9 \"q\" \\ \n \u2028 \U0001f600", "f": 0.1, "b": [True, False, None], "d": {"a": {}}},
+            {"k": "unix", "peer": ["unix", None], "host": ["unix", "/run/\u00fc.sock"]},
+        ):
+            head = channel.encode(meta)[0][struct.calcsize("!BH"):]
+            self.assertEqual(head, standard.encode(meta).encode("ascii"))
+            self.assertEqual(decode(channel.encode(meta)[0])[0], meta)
+
+    def test_unencodableRaises(self) -> None:
+        self.assertRaises(TypeError, channel.encode, {"k": "x", "v": object()})
+
+    def test_notUtf8Refused(self) -> None:
+        raw = b"\xff\xfe{}"
+        with self.assertRaises(ChannelError):
+            decode(struct.pack("!BH", 1, len(raw)) + raw)
+
+
 class DecodeTests(SynchronousTestCase):
     """L{decode} refuses anything that is not a version 1 message with a kind."""
 

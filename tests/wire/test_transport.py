@@ -8,6 +8,7 @@ under the real reactor.  What the peer sees is read from the peer's socket.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,11 +23,13 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from okws_twisted.wire import transport as transport_module
 from okws_twisted.wire.transport import (
+    held_sends,
     WRITE_HIGH_WATER,
     SocketTransport,
     address_from_wire,
@@ -310,6 +313,116 @@ class StartTests(TransportTestCase):
         self.assertNotIn(t, reactor.getReaders())
         t.resumeProducing()
         self.assertIn(t, reactor.getReaders())
+
+
+class CountingReactor(MemoryReactorClock):
+    """Counts the reactor registrations (each an C{epoll_ctl} on a real reactor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registrations: list[str] = []
+
+    def addReader(self, reader: object) -> None:  # type: ignore[override]
+        if reader not in self.readers:
+            self.registrations.append("add")
+        super().addReader(reader)  # type: ignore[arg-type]
+
+    def removeReader(self, reader: object) -> None:  # type: ignore[override]
+        if reader in self.readers:
+            self.registrations.append("remove")
+        super().removeReader(reader)  # type: ignore[arg-type]
+
+
+class RegistrationTests(TransportTestCase):
+    """Pausing and resuming while the protocol handles bytes changes the registration once, at
+    the end: a connection answered and closed in the read that brought it is never registered
+    (each registration is a system call; on a new connection per request it is most of them)."""
+
+    def counted(self, protocol: Protocol) -> tuple[SocketTransport, CountingReactor]:
+        a, _b = self.unix_pair()
+        clock = CountingReactor()
+        t = SocketTransport(clock, a, protocol, UNIXAddress(None), UNIXAddress(None))
+        return t, clock
+
+    def test_answeredAndClosedNeverRegisters(self) -> None:
+        class AnswerAndClose(Recorder):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.transport.pauseProducing()  # as HTTPChannel while it answers
+                self.transport.write(b"answer")
+                self.transport.resumeProducing()  # the request is done...
+                self.transport.loseConnection()  # ...and it was the last
+
+        t, clock = self.counted(AnswerAndClose())
+        t.start(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(clock.registrations, [])
+        clock.advance(0)
+        self.assertFalse(t.connected)
+        self.assertEqual(clock.registrations, [])
+
+    def test_pauseResumeInOneReadKeepsTheRegistration(self) -> None:
+        class AnswerAtOnce(Recorder):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.transport.pauseProducing()
+                self.transport.resumeProducing()
+
+        t, clock = self.counted(AnswerAtOnce())
+        t.start()
+        self.assertEqual(clock.registrations, ["add"])
+        t._deliver(b"request")
+        self.assertIn(t, clock.readers)
+        self.assertEqual(clock.registrations, ["add"])
+
+    def test_pausedAtTheEndOfARead(self) -> None:
+        """A pause that is not undone within the read takes effect when the read ends."""
+
+        class Pauser(Recorder):
+            def dataReceived(self, data: bytes) -> None:
+                super().dataReceived(data)
+                self.transport.pauseProducing()
+
+        t, clock = self.counted(Pauser())
+        t.start()
+        t._deliver(b"request")
+        self.assertNotIn(t, clock.readers)
+        self.assertEqual(clock.registrations, ["add", "remove"])
+        t.resumeProducing()
+        self.assertIn(t, clock.readers)
+
+    def test_pauseOutsideAReadIsImmediate(self) -> None:
+        t, clock = self.counted(Recorder())
+        t.start()
+        t.pauseProducing()
+        self.assertNotIn(t, clock.readers)
+
+
+class BatchFailureTests(TransportTestCase):
+    """A send that fails with an unexpected error ends that connection only."""
+
+    def test_otherConnectionsStillSent(self) -> None:
+        clock = MemoryReactorClock()
+        (a, b), (c, d) = self.unix_pair(), self.unix_pair()
+        bad = SocketTransport(clock, a, Recorder(), UNIXAddress(None), UNIXAddress(None))
+        good = SocketTransport(clock, c, Recorder(), UNIXAddress(None), UNIXAddress(None))
+        bad.start()
+        good.start()
+
+        class Broken:
+            def __getattr__(self, name: str) -> object:
+                return getattr(a, name)
+
+            def send(self, data: bytes) -> int:
+                raise OSError(errno.EINVAL, "broken")
+
+        bad.socket = Broken()  # type: ignore[assignment]
+        with held_sends(clock):
+            bad.write(b"one")
+            good.write(b"two")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertFalse(bad.connected)
+        self.assertEqual(d.recv(10), b"two")
+        self.assertTrue(good.connected)
 
 
 class WriteTests(TransportTestCase):
