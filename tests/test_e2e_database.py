@@ -196,6 +196,19 @@ class DatabaseE2EMixin:
         case.assertTrue(any("wired b.0" in line for line in wired), wired)
         case.assertFalse(any("hello" in line for line in wired), wired)
 
+    def test_proxy_maps_no_python_ssl(self) -> None:
+        """The proxy never loads Python's ssl nor hashlib's OpenSSL backend (5 MiB of its RSS, for
+        nothing): what the kernel maps into it says so.  (psycopg's binary wheel brings its own
+        libssl: that one is the PostgreSQL proxy's.)"""
+        site = self.site()
+        self.call("count_names")
+        with open(f"/proc/{site.pids()['db.main']}/maps") as f:
+            mapped = {line.split()[-1].rsplit("/", 1)[-1] for line in f if "/" in line}
+        case: SynchronousTestCase = self  # type: ignore[assignment]
+        case.assertEqual([m for m in mapped if m.startswith(("_ssl.", "_hashlib."))], [])
+        if self.engine == "sqlite":
+            case.assertEqual([m for m in mapped if m.startswith(("libssl", "libcrypto"))], [])
+
 
 class SQLiteE2E(DatabaseE2EMixin, E2ETestCase):
     engine = "sqlite"

@@ -19,7 +19,9 @@ request.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from typing import Any, Mapping
 
 from twisted.logger import Logger
@@ -28,6 +30,25 @@ from okws_twisted.config.databases import DatabaseConfig
 from okws_twisted.dbproxy import engine
 from okws_twisted.dbproxy.workers import Workers
 from okws_twisted.sqlqueries import NamedQuery
+
+
+def _psycopg() -> Any:
+    """psycopg, imported on first use.
+
+    The bootstrap keeps C{ssl} out of the proxy (L{okws_twisted.bootstrap.UNUSED_MODULES}):
+    psycopg's binary and C builds link their own libpq and OpenSSL and do without it (asyncio,
+    which psycopg imports, would load it otherwise).  Its pure-Python libpq binding, used
+    without either build, imports it: then it may.
+    """
+    if os.environ.get("PSYCOPG_IMPL") == "python" or (
+        importlib.util.find_spec("psycopg_binary") is None and importlib.util.find_spec("psycopg_c") is None
+    ):
+        for name in ("ssl", "_ssl"):
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    import psycopg
+
+    return psycopg
 
 
 class DatabaseOpenError(Exception):
@@ -87,7 +108,7 @@ class Database:
             conn.close()
 
     def _prepare_postgresql(self, queries: Mapping[str, NamedQuery]) -> None:
-        import psycopg
+        psycopg = _psycopg()
 
         if self.config.password_file:
             try:
@@ -137,9 +158,7 @@ class Database:
         a dead connection was dropped)."""
         if self.engine == "sqlite":
             return engine.sqlite_connect(self.config.path, self.config.query_timeout)
-        import psycopg
-
-        return psycopg.connect(self.config.url, **self._pg_kwargs())
+        return _psycopg().connect(self.config.url, **self._pg_kwargs())
 
     def open_pool(self, reactor: Any) -> Workers:
         """The pool: C{pool} threads, each opening its connection when it first runs a call

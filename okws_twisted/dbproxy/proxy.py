@@ -25,6 +25,13 @@ service sends can change that.  On each channel the proxy:
 
 Everything is checked before it is buffered: the channel refuses a message
 over its limit when the first datagram declares it.
+
+Threads: the reactor thread reads every channel, checks and queues the calls;
+the pool's threads take them and, when they can, send each reply themselves
+(L{_Link.send_now}: one datagram, under the link's lock, only while nothing
+waits in the channel's queue), so a call wakes one thread of the proxy, not
+three.  Everything else (grants, refusals, replies that are too large or meet a
+full socket, timeouts) is the reactor thread's.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -48,7 +57,7 @@ from okws_twisted.dbproxy.scheduler import CallQueue, Waiting
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.sqlqueries import NamedQuery, QueriesError, parse
 from okws_twisted.wire import dbchannel, dbvalues
-from okws_twisted.wire.channel import ChannelError, ChannelLimits, Message, MessageChannel
+from okws_twisted.wire.channel import CHUNK, ChannelError, ChannelLimits, Message, MessageChannel, encode
 from okws_twisted.wire.dbchannel import FAILED, OK, REFUSED, UNAVAILABLE, Grant
 
 #: A peer that leaves this many reply datagrams unread is given up on (its channel closed).
@@ -94,6 +103,14 @@ class _Link:
             proxy.reactor, sock, self._received, self._lost, name=f"db:{name}",
             limits=ChannelLimits(max_payload=dbchannel.proxy_limit(config.max_call_bytes)),
         )
+        #: Every send on this channel holds it: the reactor thread's (through the channel) and the
+        #: pool threads' (L{send_now}, on L{_direct}).  Reentrant: a failing send closes the channel,
+        #: and L{_lost} takes it again.
+        self.lock = threading.RLock()
+        #: The pool threads' own descriptor of the channel's socket (non-blocking, as the channel's):
+        #: closed under L{lock} when the channel is lost, so a thread never writes to a closed (or
+        #: reused) descriptor.
+        self._direct: socket.socket | None = sock.dup()
 
     @property
     def connected(self) -> bool:
@@ -106,7 +123,30 @@ class _Link:
 
     def send_grants(self, grants: Mapping[str, NamedQuery]) -> None:
         table = {name: Grant(q.suffix, q.params) for name, q in grants.items()}
-        self.channel.send(*dbchannel.grants(table))
+        with self.lock:
+            self.channel.send(*dbchannel.grants(table))
+
+    def send_now(self, entry: bytes) -> bool:
+        """In a pool thread: send one reply entry as its own message, at once; C{False} if it must
+        go the reactor thread's way (L{answer}) instead.
+
+        Only when nothing waits in the channel's queue (a split message's continuations must follow
+        it unbroken, and a peer that does not read is the reactor thread's to judge) and the message
+        is one datagram, which the kernel delivers whole whichever thread sends it.
+        """
+        meta, payload = dbchannel.replies([entry])
+        if len(payload) > CHUNK:
+            return False
+        [datagram] = encode(meta, payload)
+        with self.lock:
+            direct = self._direct
+            if direct is None or self.channel.backlog:
+                return False
+            try:
+                direct.send(datagram, socket.MSG_DONTWAIT)
+            except OSError:
+                return False  # its buffer is full (or it is gone): the reactor thread queues it, or drops it
+        return True
 
     def answer(self, entry: bytes) -> None:
         """Queue one reply entry: the proxy flushes after each batch it handles (else the next reactor
@@ -127,7 +167,8 @@ class _Link:
         out, self._out, self._out_size = self._out, [], 0
         if not out or not self.connected:
             return
-        self.channel.send(*dbchannel.replies(out))
+        with self.lock:
+            self.channel.send(*dbchannel.replies(out))
         if self.channel.backlog > MAX_BACKLOG:
             self.proxy.log.error(
                 "closing the db channel of {instance}: it leaves its replies unread ({count} messages queued)",
@@ -153,6 +194,10 @@ class _Link:
         self.proxy.received(self, batch)
 
     def _lost(self, reason: Failure) -> None:
+        with self.lock:
+            if self._direct is not None:
+                self._direct.close()
+                self._direct = None
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush = None
@@ -181,12 +226,14 @@ class DatabaseProxy:
         self.queries = queries
         self.database = database
         self.running = engine.Running()
-        #: Shared with the pool's threads, which take their next call themselves: only under L{pool}.lock.
+        #: Shared with the pool's threads, which take their next call themselves and answer it: only
+        #: under L{pool}.lock, as are L{_deadlines} and L{counts}.
         self.queue: CallQueue[_Pending] = CallQueue(config.pool, config.queue_max)
         self._sql = {name: database.sql(q) for name, q in queries.items()}
         self.pool = database.open_pool(reactor)
         self.pool.take = self._take
         self.pool.release = self._release
+        self.pool.finish = self._finish
         self.pool.completed = self._done
         # The replies of a batch of completions leave together, at once (not a reactor turn later).
         self.pool.after_batch = self._after_batch
@@ -260,6 +307,9 @@ class DatabaseProxy:
                 admitted += self._accept(link, call)
             if admitted:
                 self.pool.wake(admitted)
+                # Hand the GIL over now: the woken thread would otherwise wait for it until this
+                # reactor turn ends (about 20 us of a round trip, measured).
+                time.sleep(0)
         self._flush_links()
 
     def _flush_links(self) -> None:
@@ -328,8 +378,12 @@ class DatabaseProxy:
                 more=f" ({suppressed} more refusals not logged)" if suppressed else "",
             )
 
+    def _count(self, status: str) -> None:
+        with self.pool.lock:
+            self.counts[status] += 1
+
     def _answer_error(self, link: _Link, call_id: int, status: str, message: str) -> None:
-        self.counts[status] += 1
+        self._count(status)
         link.answer(dbchannel.reply_error(call_id, status, message))
 
     # -- the pool's threads (under pool.lock) and its completions
@@ -349,9 +403,26 @@ class DatabaseProxy:
         )
 
     def _release(self, pending: _Pending) -> None:
-        """A call's statement is over: its connection and its place in its service's quota are free."""
+        """A call's statement is over: its connection and its place in its service's quota are free,
+        and it needs no stopping at its deadline."""
         assert pending.waiting is not None
         self.queue.finished(pending.waiting)
+        self._deadlines.pop(pending.key, None)
+
+    def _finish(self, pending: _Pending, outcome: object) -> bool:
+        """In the pool thread that ran the call, right after L{_release}: send its reply from there
+        (C{True}), sparing the reactor thread a wake-up and the caller a thread switch."""
+        if isinstance(outcome, Failure):
+            return False  # logged by the reactor thread (L{_done})
+        status, value = outcome  # type: ignore[misc]
+        if status == OK:
+            entry = dbchannel.reply_ok(pending.call_id, value)
+        else:
+            entry = dbchannel.reply_error(pending.call_id, status, str(value))
+        if not pending.link.send_now(entry):
+            return False
+        self._count(status)
+        return True
 
     def _done(self, pending: _Pending, outcome: object) -> None:
         self._cancel_timer(pending)
@@ -362,7 +433,7 @@ class DatabaseProxy:
         else:
             status, value = outcome  # type: ignore[misc]
         if status == OK:
-            self.counts[OK] += 1
+            self._count(OK)
             pending.link.answer(dbchannel.reply_ok(pending.call_id, value))  # type: ignore[arg-type]
         else:
             self._answer_error(pending.link, pending.call_id, status, str(value))
@@ -374,15 +445,19 @@ class DatabaseProxy:
     def _watch(self, pending: _Pending) -> None:
         """Stop C{pending} at its deadline.  One timer for all: C{_deadlines} is in arrival order,
         and every call gets the same C{query_timeout}, so the oldest is due first."""
-        self._deadlines[pending.key] = pending
+        with self.pool.lock:
+            self._deadlines[pending.key] = pending
         if self._sweep_call is None:
             self._sweep_call = self.reactor.callLater(max(0.0, pending.deadline - self.reactor.seconds()), self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_call = None
         now = self.reactor.seconds()
-        while self._deadlines:
-            pending = next(iter(self._deadlines.values()))
+        while True:
+            with self.pool.lock:
+                if not self._deadlines:
+                    return
+                pending = next(iter(self._deadlines.values()))
             if pending.deadline > now:
                 self._sweep_call = self.reactor.callLater(pending.deadline - now, self._sweep)
                 return
@@ -408,9 +483,12 @@ class DatabaseProxy:
             self.database.cancel(self.reactor, self.running, pending.key)
 
     def _cancel_timer(self, pending: _Pending) -> None:
-        """C{pending} needs no stopping any more (answered, dropped, or being stopped)."""
-        self._deadlines.pop(pending.key, None)
-        if not self._deadlines and self._sweep_call is not None:
+        """C{pending} needs no stopping any more (answered, dropped, or being stopped).  (A call the
+        pool answered leaves L{_deadlines} in its thread: the timer, left armed, finds it gone.)"""
+        with self.pool.lock:
+            self._deadlines.pop(pending.key, None)
+            empty = not self._deadlines
+        if empty and self._sweep_call is not None:
             if self._sweep_call.active():
                 self._sweep_call.cancel()
             self._sweep_call = None
@@ -449,6 +527,8 @@ class DatabaseProxy:
         if self.stopping:
             return
         self.stopping = True
+        # The calls answered in the pool's threads from now on tell the reactor thread, which stops when idle.
+        self.pool.watch_finished = True
         self.reactor.callLater(STOP_GRACE, self._grace_over)
 
     def _grace_over(self) -> None:
@@ -463,6 +543,9 @@ class DatabaseProxy:
         if busy:
             return
         self._finished = True
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
         for link in list(self.links):
             link.flush()
             link.close()

@@ -12,9 +12,11 @@ CPU was the kernel switching threads and handing the GIL over).
 The threads pull their work: a thread that finishes a call takes the next one itself
 (C{take}, under L{Workers.lock}, which also guards the caller's queue), so a busy pool never
 waits for the reactor thread between two calls.  The reactor thread only L{wake}s idle threads
-when it queued calls.  Completions reach the reactor thread in batches: the first completion
-of a batch schedules one C{callFromThread}, and every completion that lands before it runs
-rides along; L{Workers.after_batch} then runs once (the proxy sends its replies).
+when it queued calls.  A thread that finished a call answers it itself when it can
+(L{Workers.finish}: the proxy sends the reply from that thread, so the reactor thread is not
+woken at all).  The others reach the reactor thread in batches: the first of a batch schedules
+one C{callFromThread}, and every completion that lands before it runs rides along;
+L{Workers.after_batch} then runs once (the proxy sends their replies).
 
 A job is C{fn(connections, *args)}: C{connections} is the thread's L{engine.Connections},
 which opens its connection on first use and again after a dead one is dropped.
@@ -67,8 +69,10 @@ class Workers:
     @param take: called in a worker thread, with L{lock} held: the next job, or C{None}.
     @param release: called in the worker thread, with L{lock} held, as soon as a job's C{fn}
         returned (its slot is free: the thread takes its next job right after).
-    @param completed: called in the reactor thread with each job's token and result (or a
-        L{Failure}), in batches.
+    @param finish: called in the worker thread, no lock held, with each job's token and result
+        (or a L{Failure}) after L{release}: C{True} if it answered the job there.
+    @param completed: called in the reactor thread with the token and result of each job
+        L{finish} did not answer, in batches.
     """
 
     log = Logger()
@@ -87,11 +91,18 @@ class Workers:
         self.take: Callable[[], Job | None] = lambda: None
         self.release: Callable[[Any], None] = lambda token: None
         self.completed: Callable[[Any, Any], None] = lambda token, result: None
+        #: Called in the worker thread, no lock held, right after L{release}: C{True} if it answered
+        #: the job there (L{completed} is then not called for it).
+        self.finish: Callable[[Any, Any], bool] = lambda token, result: False
+        #: Set (by the reactor thread) when the caller must hear of every job answered in a thread:
+        #: L{after_batch} then runs after each (a stopping proxy waits until it is idle).
+        self.watch_finished = False
         #: Guards the jobs' source (the caller's queue) as well as the pool's own state.
         self.lock = threading.Lock()
         self._cond = threading.Condition(self.lock)
         self._connect = connect
         self._idle = 0
+        self._finishing = 0
         self._stopping = False
         self._done: list[tuple[Any, Any]] = []
         self._delivery_scheduled = False
@@ -105,8 +116,8 @@ class Workers:
 
     @property
     def pending(self) -> bool:
-        """Completions not yet delivered to the reactor thread (read with L{lock} held)."""
-        return bool(self._done)
+        """Completions not yet answered nor delivered to the reactor thread (read with L{lock} held)."""
+        return bool(self._done) or self._finishing > 0
 
     def wake(self, count: int = 1) -> None:
         """New jobs may be there: wake up to C{count} idle threads (reactor thread)."""
@@ -159,15 +170,28 @@ class Workers:
                         self.release(token)
                     except Exception:
                         pass  # the slot bookkeeping is the caller's; the completion still goes back
-                    self._done.append((token, result))
-                    schedule = not self._delivery_scheduled
-                    self._delivery_scheduled = True
+                    self._finishing += 1
+                # Outside the lock: the reply is a syscall.
+                try:
+                    handled = self.finish(token, result)
+                except Exception:
+                    handled = False
+                    self.reactor.callFromThread(self.log.failure, "answering a database call failed", Failure())
+                with self._cond:
+                    self._finishing -= 1
+                    schedule = False
+                    if not handled:
+                        self._done.append((token, result))
+                        schedule = not self._delivery_scheduled
+                        self._delivery_scheduled = True
                     job = self._next() if not schedule else None
                 if schedule:
                     # Outside the lock: waking the reactor is a syscall.
                     self.reactor.callFromThread(self._deliver)
                     with self._cond:
                         job = self._next()
+                elif handled and self.watch_finished:
+                    self.reactor.callFromThread(self.after_batch)
         finally:
             connections.close()
 

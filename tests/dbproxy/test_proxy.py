@@ -91,6 +91,7 @@ class ProxyTests(TestCase):
             ServiceConfig(name="a", resource="x:Y", paths=("/a",), db="main", queries=("add_name", "count_names", "slow")),
             ServiceConfig(name="b", resource="x:Y", paths=("/b",), db="main", queries=("count_names", "get_name")),
             ServiceConfig(name="c", resource="x:Y", paths=("/c",)),
+            ServiceConfig(name="d", resource="x:Y", paths=("/d",), db="main", queries=("count_names", "all_names")),
         )
         site = SiteConfig(file="site.ini", base_dir=folder, log_dir=folder, templates=folder, services=services,
                           databases=(db,))
@@ -214,6 +215,43 @@ class ProxyTests(TestCase):
         await self.stopped
         self.assertEqual(len(self.names()), 20)
         self.assertEqual({a.replies[i].status for i in ids}, {"ok"})
+
+    async def test_replies_from_threads_and_reactor_never_interleave(self) -> None:
+        """The pool's threads send small replies themselves while the reactor thread sends large ones,
+        split over several datagrams, some queued behind a full socket: every message arrives whole
+        (the peer's channel would close on a stray datagram between a message's parts) and every
+        call is answered once."""
+        proxy = self.make(pool=4, queue_max=100_000)
+        with sqlite3.connect(self.path) as conn:
+            conn.executemany("INSERT INTO names (name) VALUES (?)", [(c * 20_000,) for c in "wxyz"])  # all_names: ~80 KB
+        d = Peer(proxy, "d", "d.0")
+        await d.answered(0)
+        await deferLater(reactor, 0.05, lambda: None)
+        [link] = proxy.links
+        calls = [("all_names", {}) if i % 25 == 0 else ("count_names", {}) for i in range(4000)]
+        reactor.removeReader(d.channel)  # not reading for a while: the large replies queue up in the proxy
+        ids = d.send(*calls)
+        for _ in range(200):
+            if link.channel.backlog:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertTrue(link.channel.backlog, "the proxy never had to queue a reply")
+        reactor.addReader(d.channel)
+        await defer.DeferredList([d.answered(len(ids)), d.closed], fireOnOneCallback=True)
+        self.assertTrue(d.channel.connected, "a message arrived broken (a datagram inside another message)")
+        self.assertEqual(sorted(d.replies), ids, "every call answered once")
+        for call_id, (name, _) in zip(ids, calls):
+            reply = d.replies[call_id]
+            self.assertEqual(reply.status, "ok", reply)
+            if name == "count_names":
+                self.assertEqual(reply.value, 4)
+            else:
+                self.assertEqual(len(reply.value["r"]), 4)
+        replies = [m for m in d.messages if m.kind == dbchannel.REPLIES]
+        self.assertTrue(any(len(m.payload) > channel.CHUNK for m in replies), "no reply was split")
+        self.assertGreater(sum(len(dbchannel.parse_replies(m)) == 1 for m in replies), 100,
+                           "the pool's threads sent no replies themselves")
+        self.assertEqual(proxy.counts["ok"], len(ids))
 
     async def test_peer_not_reading_is_given_up(self) -> None:
         proxy = self.make(pool=2, queue_max=100_000)
