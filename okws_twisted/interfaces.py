@@ -12,6 +12,7 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
 
 
 class IChildRole(Interface):
@@ -61,12 +62,65 @@ class ITemplates(Interface):
 
     def render(name: str, context: Mapping[str, Any]) -> "Deferred[str]":
         """Render template C{name} with C{context}.  Fails with
-        L{okws_twisted.service.rendering.TemplateFailure} (its C{status} says 500 or
+        L{TemplateFailure} (its C{status} says 500 or
         503) when the template is missing, refused, broken or unreachable."""
 
     def error_page(status: int, message: str) -> str:
         """The site's HTML page for error C{status}, showing C{message}
         (escaped); the built-in page when the site has none."""
+
+
+# The failures of ITemplates.render, here rather than in okws_twisted.templating so that a
+# service can tell them apart without loading jinja2 (it loads jinja2 at its first template).
+
+
+class TemplateFailure(Exception):
+    """A template could not be rendered: the client gets C{status}, the log the rest.
+
+    @ivar template: the template the problem is in (or that was asked for).
+    @ivar lineno: the line in C{template}, if known.
+    @ivar cause: the original error with its traceback (through the
+        template's lines), for the log.
+    """
+
+    status = 500
+
+    def __init__(
+        self, message: str, template: str | None = None, lineno: int | None = None, cause: Failure | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.template = template
+        self.lineno = lineno
+        self.cause = cause
+
+    @property
+    def where(self) -> str:
+        """C{"hello.html line 3"}, for a log line."""
+        if self.template is None:
+            return "an unknown template"
+        return self.template if self.lineno is None else f"{self.template} line {self.lineno}"
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class TemplateMissing(TemplateFailure):
+    """No template answers to a name (missing, or refused by the publisher)."""
+
+
+class TemplateBroken(TemplateFailure):
+    """A template has a syntax error, or failed while rendering."""
+
+
+class PublisherUnavailable(TemplateFailure):
+    """The publisher did not answer in time and no copy of the template is held."""
+
+    status = 503
+
+    def __init__(self, template: str, waited: float, retry_after: int) -> None:
+        super().__init__(f"the template publisher did not answer within {waited:g}s", template)
+        self.retry_after = retry_after
 
 
 class IDatabase(Interface):

@@ -30,6 +30,8 @@ from jinja2 import (
 )
 from twisted.python.failure import Failure
 
+# The failures are defined with ITemplates (a service tells them apart without jinja2); named here too.
+from okws_twisted.interfaces import PublisherUnavailable, TemplateBroken, TemplateFailure, TemplateMissing  # noqa: F401
 from okws_twisted.wire.errorpage import MESSAGE_MARKER, STATUSES, phrase
 from okws_twisted.wire.templatechannel import Source, TemplateAbsent
 
@@ -39,55 +41,6 @@ class TemplateReader(Protocol):
 
     def read(self, name: str) -> Source:
         """The template's source; raise L{TemplateAbsent} if there is none."""
-
-
-class TemplateFailure(Exception):
-    """A template could not be rendered: the client gets C{status}, the log the rest.
-
-    @ivar template: the template the problem is in (or that was asked for).
-    @ivar lineno: the line in C{template}, if known.
-    @ivar cause: the original error with its traceback (through the
-        template's lines), for the log.
-    """
-
-    status = 500
-
-    def __init__(
-        self, message: str, template: str | None = None, lineno: int | None = None, cause: Failure | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.template = template
-        self.lineno = lineno
-        self.cause = cause
-
-    @property
-    def where(self) -> str:
-        """C{"hello.html line 3"}, for a log line."""
-        if self.template is None:
-            return "an unknown template"
-        return self.template if self.lineno is None else f"{self.template} line {self.lineno}"
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
-class TemplateMissing(TemplateFailure):
-    """No template answers to a name (missing, or refused by the publisher)."""
-
-
-class TemplateBroken(TemplateFailure):
-    """A template has a syntax error, or failed while rendering."""
-
-
-class PublisherUnavailable(TemplateFailure):
-    """The publisher did not answer in time and no copy of the template is held."""
-
-    status = 503
-
-    def __init__(self, template: str, waited: float, retry_after: int) -> None:
-        super().__init__(f"the template publisher did not answer within {waited:g}s", template)
-        self.retry_after = retry_after
 
 
 def make_environment(loader: BaseLoader) -> Environment:

@@ -51,6 +51,10 @@ paths = /delay
 [service:echo]
 resource = tests.sites.echo:Echo
 paths = /echo
+
+[service:modules]
+resource = tests.sites.modules:Modules
+paths = /modules
 """
 
 FAST = """
@@ -95,6 +99,27 @@ class RoutingTests(E2ETestCase):
         pids = self.site.pids()
         self.assertNotIn(pids["dispatcher"], {hello, form, delay})
         self.assertIn(form, {pids["form.0"]})
+
+    def test_idle_service_loads_no_jinja2_and_no_database_client(self) -> None:
+        """A service that renders no template and has no C{db} never loads jinja2 or the
+        proxy's client (issue 14: idle instance < 40 MiB); one that renders loads them then.
+        jinja2's C extension (markupsafe) shows in the kernel's map of each process."""
+        r = self.site.get("/modules")
+        self.assertEqual(r.status, 200)
+        loaded = set(json.loads(r.body))
+        self.assertIn("okws_twisted.service.runtime", loaded)
+        lazy = {"jinja2", "markupsafe", "okws_twisted.templating", "okws_twisted.service.rendering",
+                "okws_twisted.service.dbclient"}
+        self.assertEqual(loaded & lazy, set())
+
+        def maps_markupsafe(pid: int) -> bool:
+            with open(f"/proc/{pid}/maps") as f:
+                return "/markupsafe/" in f.read()
+
+        self.assertFalse(maps_markupsafe(pid_of(r)))
+        hello = self.site.get("/hello?name=lazy")
+        self.assertIn(b"Hello, lazy!", hello.body)
+        self.assertTrue(maps_markupsafe(pid_of(hello)))
 
     def test_two_instances_both_get_work(self) -> None:
         seen = {pid_of(self.site.get("/hello")) for _ in range(20)}

@@ -146,8 +146,9 @@ class ImportWallTests(SynchronousTestCase):
                                       "okws_twisted.testing", "twisted.web.server", "services"), set())
 
     def test_services_preload_what_jinja2_loads_late(self) -> None:
-        """A jailed service cannot import later: what jinja2 imports lazily is loaded up front."""
-        loaded = modules_after_import("okws_twisted.service.runtime")
+        """What jinja2 imports lazily (a string literal, a template error) is loaded with the
+        service's renderer, so a template never waits on an import mid-render."""
+        loaded = modules_after_import("okws_twisted.service.rendering")
         for needed in ("jinja2.debug", "encodings.unicode_escape"):
             self.assertIn(needed, loaded)
 
@@ -163,10 +164,17 @@ class ImportWallTests(SynchronousTestCase):
 
     def test_services_reach_no_database_themselves(self) -> None:
         """A service process loads no database driver, no queries reader and nothing of the proxy."""
-        loaded = modules_after_import("okws_twisted.service.runtime")
+        loaded = modules_after_import("okws_twisted.service.runtime, okws_twisted.service.dbclient")
         self.assertIn("okws_twisted.service.dbclient", loaded)
         self.assertEqual(_loaded_from(loaded, "okws_twisted.dbproxy", "okws_twisted.sqlqueries", "aiosql", "sqlite3",
                                       "_sqlite3", "psycopg"), set())
+
+    def test_services_load_jinja2_and_the_database_client_when_used(self) -> None:
+        """The runtime loads neither jinja2 nor the proxy's client until a template is rendered or
+        a service has C{db} (issue 14: idle instance RSS): tests.test_e2e_core checks a process."""
+        loaded = modules_after_import("okws_twisted.service.runtime, okws_twisted.service.resource")
+        self.assertEqual(_loaded_from(loaded, "jinja2", "markupsafe", "okws_twisted.templating",
+                                      "okws_twisted.service.rendering", "okws_twisted.service.dbclient"), set())
 
     def test_static_files_load_no_service_code(self) -> None:
         """The static pools' resource is okws's own: it loads nothing of the service runtime, no

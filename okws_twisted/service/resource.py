@@ -27,14 +27,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from okws_twisted.interfaces import IDatabase, ITemplates
+from okws_twisted.interfaces import IDatabase, ITemplates, PublisherUnavailable, TemplateFailure, TemplateMissing
 from okws_twisted.service.csrf import FIELD, HEADER, CsrfKey, cookie_name, new_nonce, valid_nonce
 from okws_twisted.service.database import DatabaseError, DatabaseUnavailable, Queries
-from okws_twisted.templating import (
-    PublisherUnavailable,
-    TemplateFailure,
-    TemplateMissing,
-)
 from okws_twisted.wire.errorpage import builtin_page
 
 __all__ = ["ServiceResource"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import base64
 import socket
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import error
 from twisted.internet.interfaces import IDelayedCall
@@ -47,7 +47,6 @@ from okws_twisted.interfaces import IChildRole
 from okws_twisted.service.budget import BodyFiles, FdBudget
 from okws_twisted.service.connection import ServiceConnection
 from okws_twisted.service.csrf import CsrfKey
-from okws_twisted.service.dbclient import DatabaseClient
 from okws_twisted.service.templateclient import PublisherClient
 from okws_twisted.service.web import MountRoot, ServiceSite
 from okws_twisted.wire import handoff, limits
@@ -62,6 +61,9 @@ from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import ANY_HOST, Route, RouteTable
 from okws_twisted.wire.stamp import ResponseStamp
 from okws_twisted.wire.transport import held_sends, transport_for
+
+if TYPE_CHECKING:
+    from okws_twisted.service.dbclient import DatabaseClient
 
 STATS_INTERVAL = 1.0
 DONE_REPORT_DELAY = 0.05
@@ -108,7 +110,12 @@ class ServiceRuntime:
         self.site.access_records = site_config.access_log or site_config.access_log_json
         self.site.request_ids = RequestIds()
         database = site_config.database(service.db) if service.db else None
-        self.db = DatabaseClient(reactor, database, site_config.retry_after) if database is not None else None
+        self.db: DatabaseClient | None = None
+        if database is not None:
+            # Only a service with C{db} loads the proxy's client (about 0.6 MiB).
+            from okws_twisted.service.dbclient import DatabaseClient
+
+            self.db = DatabaseClient(reactor, database, site_config.retry_after)
         self.site.db = self.db
         self.site.doStart()
         self.fds = FdBudget.for_process(service.max_connections)

@@ -6,7 +6,9 @@ L{PublisherClient} is the service process's L{ITemplates}: it asks the
 publisher for templates by name, keeps what it gets in a
 L{okws_twisted.service.templatecache.TemplateCache}, renders through a
 L{okws_twisted.service.rendering.TemplateRenderer}, forgets what the publisher says
-changed, and keeps the site's error pages the publisher pushes.
+changed, and keeps the site's error pages the publisher pushes.  The renderer (and
+with it jinja2, about 1 MiB) is loaded at the first template a resource renders:
+a service that renders none never loads it.
 
 While there is no publisher (it crashed and is being relaunched), requests
 for templates wait for the next channel, each for at most C{timeout}
@@ -21,7 +23,7 @@ from __future__ import annotations
 import itertools
 import socket
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred
@@ -30,14 +32,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted.interfaces import ITemplates
-from okws_twisted.service.rendering import TemplateRenderer
+from okws_twisted.interfaces import ITemplates, PublisherUnavailable
 from okws_twisted.service.templatecache import TemplateCache
-from okws_twisted.templating import PublisherUnavailable
 from okws_twisted.wire import limits, templatechannel
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
 from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
 from okws_twisted.wire.templatechannel import Absent, Source
+
+if TYPE_CHECKING:
+    from okws_twisted.service.rendering import TemplateRenderer
 
 
 @dataclass
@@ -63,11 +66,20 @@ class PublisherClient:
         self.timeout = timeout
         self.retry_after = retry_after
         self.cache = TemplateCache()
-        self.renderer = TemplateRenderer(self.cache, self.fetch, lambda: self.connected)
+        self._renderer: TemplateRenderer | None = None
         self.pages: ErrorPages = NO_PAGES
         self._channel: MessageChannel | None = None
         self._ids = itertools.count(1)
         self._requests: dict[int, _Request] = {}
+
+    @property
+    def renderer(self) -> TemplateRenderer:
+        """The renderer, made (and jinja2 imported) on first use."""
+        if self._renderer is None:
+            from okws_twisted.service.rendering import TemplateRenderer
+
+            self._renderer = TemplateRenderer(self.cache, self.fetch, lambda: self.connected)
+        return self._renderer
 
     @property
     def connected(self) -> bool:
