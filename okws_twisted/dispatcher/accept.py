@@ -52,6 +52,8 @@ class Acceptor:
         self._sock = sock
         self._fd = sock.fileno()
         self._family = sock.family
+        # What socket.accept() reads from properties (each an enum conversion) on every call.
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
         self._host = address_of(sock.getsockname(), sock.family)
         self._accepted = accepted
         self.accepting = False
@@ -85,7 +87,8 @@ class Acceptor:
                 # was called): leave the rest in the kernel's queue.
                 return
             try:
-                conn, addr = self._sock.accept()
+                # socket.accept() without its per-call property reads: the same C accept4 (close-on-exec).
+                fd, addr = self._sock._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -96,6 +99,7 @@ class Acceptor:
                     self.stop()
                     self._reactor.callLater(ACCEPT_PAUSE, self._resume)
                 return
+            conn = socket.socket(*self._kind, fd)
             if self._family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._accepted(conn, address_of(addr, self._family), self._host)

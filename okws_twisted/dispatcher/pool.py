@@ -87,13 +87,14 @@ class InstanceLink:
         transport = conn.transport
         if conn.pair is not None:
             assert conn.relay is not None
-            fd, payload, kind = conn.pair[1].fileno(), conn.relay.payload, RELAY
+            sock, payload, kind = conn.pair[1], conn.relay.payload, RELAY
         else:
-            fd, payload, kind = transport.fileno(), conn.data, CLIENT
+            sock, payload, kind = transport.socket, conn.data, CLIENT
+        fd = sock.fileno()
         self.pending[conn_id] = conn
         # The cookie is read now: the dispatcher closes its copy at the ack.
         record = ConnectionRecord(
-            conn_id, socket_identity(fd), transport.getPeer(), transport.getHost(), transport.tls, self,
+            conn_id, socket_identity(sock), transport.getPeer(), transport.getHost(), transport.tls, self,
             transport.cert, kind,
         )
         self.dispatcher.ledger.handed(record)

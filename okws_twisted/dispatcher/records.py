@@ -50,28 +50,35 @@ CLIENT = "client"
 RELAY = "relay"
 
 
-def socket_identity(fd: int) -> Identity:
+def socket_identity(fd: int | socket.socket) -> Identity:
     """What tells this socket from every other: its C{SO_COOKIE}.
 
     The same socket passed between processes or duplicated keeps its
     cookie; another socket never has it.  On a kernel without cookies, the
-    socket's C{(st_dev, st_ino)}, unique while the socket exists.
+    socket's C{(st_dev, st_ino)}, unique while the socket exists.  Given the
+    socket object the dispatcher already holds, no wrapper is made for the read.
 
     @raise OSError: if C{fd} is not a socket (C{ENOTSOCK}) or not open.
     """
+    if isinstance(fd, socket.socket):
+        return _identity(fd)
     # Family and type given: no probing system calls (getsockopt itself fails with ENOTSOCK on
     # anything but a socket).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
     try:
-        try:
-            return _COOKIE.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, _COOKIE.size))[0]
-        except OSError as e:
-            if e.errno != getattr(os, "ENOPROTOOPT", 92):
-                raise
-        st = os.fstat(fd)
-        return (st.st_dev, st.st_ino)
+        return _identity(sock)
     finally:
         sock.detach()
+
+
+def _identity(sock: socket.socket) -> Identity:
+    try:
+        return _COOKIE.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, _COOKIE.size))[0]
+    except OSError as e:
+        if e.errno != getattr(os, "ENOPROTOOPT", 92):
+            raise
+    st = os.fstat(sock.fileno())
+    return (st.st_dev, st.st_ino)
 
 
 @dataclass(frozen=True)

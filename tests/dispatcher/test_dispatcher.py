@@ -828,6 +828,12 @@ class AcceptTests(DispatcherTestCase):
         self.assertEqual(conn.transport.getPeer(), IPv4Address("TCP", "127.0.0.1", client.getsockname()[1]))
         self.assertEqual(conn.transport.getHost(), IPv4Address("TCP", "127.0.0.1", listener.getsockname()[1]))
         self.assertTrue(conn.transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        # The acceptor builds the socket object itself (no socket.accept()): what the kernel says of it.
+        accepted = conn.transport.socket
+        self.assertEqual((accepted.family, accepted.type), (socket.AF_INET, socket.SOCK_STREAM))
+        self.assertEqual(accepted.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE), socket.SOCK_STREAM)
+        self.assertFalse(os.get_inheritable(accepted.fileno()))  # close-on-exec, as accept4 made it
+        self.assertFalse(os.get_blocking(accepted.fileno()))
         acceptor.doRead()  # nothing more queued: returns quietly
         self.assertEqual(len(self.dispatcher.reading), 1)
 

@@ -157,6 +157,13 @@ class SocketIdentityTests(SynchronousTestCase):
         self.assertIsInstance(socket_identity(accepted.fileno()), int)
         self.assertNotEqual(socket_identity(accepted.fileno()), socket_identity(client.fileno()))
 
+    def test_socketObjectSameAsItsDescriptor(self) -> None:
+        """Given the socket object (the dispatcher's hot path) or its descriptor: the same identity."""
+        a, b = self.pair()
+        self.assertEqual(socket_identity(a), socket_identity(a.fileno()))
+        self.assertNotEqual(socket_identity(a), socket_identity(b))
+        self.assertGreaterEqual(a.fileno(), 0)  # read through, not detached
+
     def test_notASocket(self) -> None:
         r, w = os.pipe()
         self.addCleanup(os.close, r)
