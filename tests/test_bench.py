@@ -204,3 +204,14 @@ class NewConnectionCPUTests(SynchronousTestCase):
             detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
             self.assertEqual(proc.returncode, 0, detail)
             self.assertRegex(proc.stdout.decode(), rf"^{re.escape(what)}: \d+\.\d us CPU per new connection", detail)
+
+
+class IdleRssTests(SynchronousTestCase):
+    """C{bench/idle_rss.py}: starts the bench's site, reads the instance's VmRSS, stops it."""
+
+    def test_runs(self) -> None:
+        script = os.path.join(REPO, "bench", "idle_rss.py")
+        proc = subprocess.run([sys.executable, script, "--requests", "3"], cwd=REPO, capture_output=True, timeout=TIMEOUT)
+        detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
+        self.assertEqual(proc.returncode, 0, detail)
+        self.assertRegex(proc.stdout.decode(), r"^hello\.0 VmRSS: \d+\.\d MiB at start, \d+\.\d MiB after 3 requests", detail)

@@ -362,7 +362,7 @@ class StopTests(E2ETestCase):
         site = Site(SERVICES, FAST).start()
         self.addCleanup(site.close)
         pids = site.all_pids()
-        self.assertEqual(len(pids), 8)  # log daemon, publisher, dispatcher, 5 service instances
+        self.assertEqual(len(pids), 9)  # log daemon, publisher, dispatcher, 6 service instances
         # A slow request in flight when SIGTERM arrives still gets its answer.
         s = site.connect(timeout=20)
         self.addCleanup(s.close)
