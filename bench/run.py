@@ -60,7 +60,7 @@ import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -1511,6 +1511,19 @@ class StaticBench:
         return "\n".join(lines)
 
 
+def tear_down(servers: Iterable[Any], workdir: str, keep: bool) -> None:
+    """Stop every server with Ctrl-C held off, reap what is left, and drop the scratch dir unless kept."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for server in servers:
+            server.stop()
+    finally:
+        REAPER.kill_all()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def STATIC_SERVERS_PRESENT(bench: StaticBench) -> tuple[str, ...]:
     """The servers measured, in their base order (nginx only if it is installed)."""
     first = bench.servers[bench.opts.pairings[0]]
@@ -1597,15 +1610,7 @@ def static_main(opts: Options) -> int:
         print("bench/run.py: interrupted; stopping everything", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for server in bench.all():
-                server.stop()  # type: ignore[attr-defined]
-        finally:
-            REAPER.kill_all()
-            if not keep:
-                shutil.rmtree(workdir, ignore_errors=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        tear_down(bench.all(), workdir, keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2104,15 +2109,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/run.py: interrupted; stopping everything", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for server in bench.servers():
-                server.stop()  # type: ignore[attr-defined]
-        finally:
-            REAPER.kill_all()
-            if not keep_workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        tear_down(bench.servers(), workdir, keep_workdir)
 
 
 if __name__ == "__main__":

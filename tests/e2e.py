@@ -99,13 +99,13 @@ class E2ETestCase(SynchronousTestCase):
         raise Overran(f"{self.id()} ran past its bound of {self.bound:g}s (tracebacks on stderr)")
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(check: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> None:
     """Poll C{check} (a fact with no event to wait on) until true, within C{timeout}."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 def free_port() -> int:

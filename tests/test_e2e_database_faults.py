@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 
-from tests.e2e import E2ETestCase, Site, process_exists
+from tests.e2e import E2ETestCase, Site, process_exists, wait_until
 from tests.pgcluster import PostgresCluster
 from tests.sites.database import write_database_files
 from tests.test_e2e_database import post
@@ -37,15 +37,22 @@ queries = add_token count_tokens
 """
 
 
-def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(interval)
+def sqlite_site(testcase: E2ETestCase, settings: str) -> tuple[Site, str]:
+    """The two services on a started site with C{[db:main]} in SQLite (C{settings} added to it), and the file's path."""
+    site = Site(SERVICES, "")  # the default restart_delay_min (1 s)
+    write_database_files(site.dir, "sqlite")
+    with open(site.ini, "a") as f:
+        f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n"
+                + settings)
+    testcase.addCleanup(site.close)
+    site.start()
+    return site, os.path.join(site.dir, "data", "site.db")
+
+
+def token_rows(path: str) -> int:
+    """How many tokens the SQLite file holds, read by the test itself (read-only)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+        return conn.execute("SELECT count(*) FROM tokens").fetchone()[0]
 
 
 class Burst(threading.Thread):
@@ -78,29 +85,18 @@ class ProxyKilledTests(E2ETestCase):
     """kill -9 of the SQLite proxy during 1,000 writes."""
 
     def test_kill_9_during_1000_writes(self) -> None:
-        site = Site(SERVICES, "")  # the default restart_delay_min (1 s)
-        write_database_files(site.dir, "sqlite")
-        with open(site.ini, "a") as f:
-            f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n"
-                    "queue_max = 1000\nquery_timeout = 5\n")
-        self.addCleanup(site.close)
-        site.start()
-        path = os.path.join(site.dir, "data", "site.db")
+        site, path = sqlite_site(self, "queue_max = 1000\nquery_timeout = 5\n")
         pids = site.pids()
         proxy = pids["db.main"]
-
-        def rows() -> int:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-                return conn.execute("SELECT count(*) FROM tokens").fetchone()[0]
 
         # Each write answers with 1 MB of padding: the proxy spends a while between a commit and
         # its reply, so the kill often falls there, where a client that resent calls would write twice.
         burst = Burst(site, "/a", 1000, window=4, pace=0.004, pad=1_000_000)
         burst.start()
-        wait_until(lambda: rows() >= 150, 60, "150 writes")
+        wait_until(lambda: token_rows(path) >= 150, 60, "150 writes")
         mark = site.mark()
         os.kill(proxy, signal.SIGKILL)
-        at_kill = rows()
+        at_kill = token_rows(path)
         killed = time.monotonic()
         site.wait_for(r"db\.main pid \d+ is ready", timeout=30, after=mark)
         back = time.monotonic() - killed
@@ -133,30 +129,19 @@ class ProxyRelaunchedTests(E2ETestCase):
     def test_relaunch_during_1000_writes(self) -> None:
         from tests.test_e2e_operations import ctl
 
-        site = Site(SERVICES, "")
-        write_database_files(site.dir, "sqlite")
-        with open(site.ini, "a") as f:
-            f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n"
-                    "queue_max = 1000\nquery_timeout = 5\n")
-        self.addCleanup(site.close)
-        site.start()
-        path = os.path.join(site.dir, "data", "site.db")
+        site, path = sqlite_site(self, "queue_max = 1000\nquery_timeout = 5\n")
         pids = site.pids()
         proxy = pids["db.main"]
-
-        def rows() -> int:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-                return conn.execute("SELECT count(*) FROM tokens").fetchone()[0]
 
         # As for kill -9: each answer carries 1 MB, so calls are often between their commit and
         # their reply when the services move to the new proxy; one resent would be written twice.
         burst = Burst(site, "/a", 1000, window=4, pace=0.004, pad=1_000_000)
         burst.start()
-        wait_until(lambda: rows() >= 150, 60, "150 writes")
+        wait_until(lambda: token_rows(path) >= 150, 60, "150 writes")
         mark = site.mark()
         p = ctl(site, "relaunch", "db:main")  # the section's name; db.main (status's) works too
         self.assertEqual((p.returncode, p.stdout), (0, "relaunching db.main\n"), p.stderr)
-        at_relaunch = rows()
+        at_relaunch = token_rows(path)
         site.wait_for(r"db\.main pid %d exited after retiring" % proxy, timeout=30, after=mark)
         try:
             answer = burst.result()
@@ -183,13 +168,7 @@ class QueryTimeoutSQLiteTests(E2ETestCase):
     """A query past query_timeout is stopped in SQLite: the pool's only connection is free at once."""
 
     def test_interrupted(self) -> None:
-        site = Site(SERVICES, "")
-        write_database_files(site.dir, "sqlite")
-        with open(site.ini, "a") as f:
-            f.write("\n[db:main]\nurl = sqlite:///data/site.db\nqueries = sql/queries.sql\nschema = sql/schema.sql\n"
-                    "pool = 1\nquery_timeout = 1\n")
-        self.addCleanup(site.close)
-        site.start()
+        site, _path = sqlite_site(self, "pool = 1\nquery_timeout = 1\n")
         started = time.monotonic()
         slow = post(site, "/a", {"op": "call", "query": "slow", "params": {"n": 10**12}})
         took = time.monotonic() - started

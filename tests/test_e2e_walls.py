@@ -25,10 +25,9 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Callable
 
 
-from tests.e2e import E2ETestCase, Site, free_port, read_response, request_bytes
+from tests.e2e import E2ETestCase, Site, free_port, read_response, request_bytes, wait_until
 
 IS_ROOT = os.geteuid() == 0
 
@@ -74,15 +73,6 @@ def vm(pid: int, key: str = "VmRSS") -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll C{check} (a kernel fact or a counter, with no event to wait on) until true, within C{timeout}."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def close_wait(port: int) -> list[str]:
