@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.e2e import E2ETestCase, Site, read_response, request_bytes
+from tests.e2e import E2ETestCase, Site, read_response, request_bytes, wait_until
 from tests.pgcluster import PostgresCluster
 from tests.sites.database import write_database_files
 
@@ -312,12 +312,18 @@ class ReloadTests(E2ETestCase):
         table = self.ctl("status")
         self.assertEqual(table.returncode, 0, table.stderr)
         self.assertRegex(table.stdout, r"\ndb\.main\s+%d\s+ready" % self.site.pids()["db.main"])
-        p = self.ctl("--json", "status")
-        [proxy] = [c for c in json.loads(p.stdout)["result"]["children"] if c["name"] == "db.main"]
+
+        def proxy_row() -> dict[str, Any]:
+            p = self.ctl("--json", "status")
+            [row] = [c for c in json.loads(p.stdout)["result"]["children"] if c["name"] == "db.main"]
+            return row
+
+        proxy = proxy_row()
         self.assertEqual((proxy["role"], proxy["state"], proxy["pid"]), ("dbproxy", "ready", self.site.pids()["db.main"]))
-        # The heartbeat brings the proxy's counters (every heartbeat_interval, 5 s by default).
-        if proxy["stats"]:
-            self.assertEqual(proxy["stats"]["connections"], 2)
+        # The heartbeat brings the proxy's counters (every heartbeat_interval, 5 s by default); one
+        # taken before both services' channels were attached says fewer, so wait for a later one.
+        wait_until(lambda: (proxy_row()["stats"] or {}).get("connections") == 2, 30,
+                   "the proxy's heartbeat counting both services' channels", interval=0.5)
 
     def test_changed_queries_relaunch_the_proxy_without_a_failed_call(self) -> None:
         site = self.site
