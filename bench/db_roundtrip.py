@@ -36,6 +36,26 @@ import time
 QUERIES = "-- name: one()$\nSELECT 1;\n"
 
 
+def run_echo(fd: int) -> None:
+    """The child for C{--echo}: no proxy, one blocking thread answering each call C{1} at once,
+    through the same codec: the floor under the proxy (the client's side, two wake-ups)."""
+    from okws_twisted.wire import dbchannel
+    from okws_twisted.wire.channel import Message, decode, encode
+
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    sock.send(encode(*dbchannel.grants({"one": dbchannel.Grant("$", ())}))[0])
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return
+        meta, payload = decode(data)
+        msg = Message(meta["k"], meta, payload)
+        entries = [dbchannel.reply_ok(call.id, b"1") for call in dbchannel.parse_calls(msg)]
+        for datagram in encode(*dbchannel.replies(entries)):
+            sock.send(datagram)
+
+
 def run_proxy(fd: int, folder: str, pool: int, stamps: str) -> None:
     """The child: a proxy serving one service, ``rt``, on the channel at C{fd}."""
     from twisted.internet import epollreactor
@@ -106,9 +126,9 @@ def _wrap_proxy(marks: list[tuple[str, float]]) -> None:
     _wrap(engine, "_run", "p_exec", "p_exec_end", marks)
     if hasattr(proxy._Link, "send_now"):
         _wrap(proxy._Link, "send_now", "p_reply", "p_sent", marks)
-    for name in ("_read_calls", "_serve_link"):  # a thread reading its channel itself, if there is one
-        if hasattr(proxy, "_ThreadReader") and hasattr(proxy._ThreadReader, name):
-            _wrap(proxy._ThreadReader, name, "p_read", None, marks)
+    if hasattr(proxy._Link, "read_ready"):  # the pool's threads read the channels themselves
+        _wrap(proxy._Link, "read_ready", "p_read", None, marks)
+    _wrap(proxy.DatabaseProxy, "received", "p_received", None, marks)
 
 
 def run_client(args: argparse.Namespace) -> dict[str, float]:
@@ -126,7 +146,7 @@ def run_client(args: argparse.Namespace) -> dict[str, float]:
     stamps = os.path.join(folder, "stamps.json") if args.stamps else ""
     child = subprocess.Popen(
         [sys.executable, __file__, "--proxy", str(theirs.fileno()), folder, "--pool", str(args.pool),
-         "--stamp-file", stamps],
+         "--stamp-file", stamps] + (["--echo"] if args.echo else []),
         pass_fds=[theirs.fileno()],
     )
     theirs.close()
@@ -135,7 +155,8 @@ def run_client(args: argparse.Namespace) -> dict[str, float]:
         from okws_twisted.wire import channel as ch
 
         _wrap(ch.MessageChannel, "doRead", "c_read", None, marks)
-        _wrap(ch.MessageChannel, "send", None, "c_sent", marks)
+        _wrap(ch.MessageChannel, "send", "c_send", "c_sent", marks)
+        _wrap(DatabaseClient, "_received", "c_received", None, marks)
     config = DatabaseConfig(name="rt", url="sqlite:///rt.db", queries="/q.sql", path=os.path.join(folder, "rt.db"))
     client = DatabaseClient(reactor, config)
     client.set_channel(ours)
@@ -152,6 +173,7 @@ def run_client(args: argparse.Namespace) -> dict[str, float]:
             await client.call("one", (), {})
         del marks[:]
         latencies: list[float] = []
+        cpu_before = _cpu(child.pid), _cpu(os.getpid())
 
         def one() -> defer.Deferred:
             started = time.perf_counter()
@@ -173,6 +195,8 @@ def run_client(args: argparse.Namespace) -> dict[str, float]:
             await task.deferLater(reactor, max(0.0, wait), lambda: None)
         await defer.gatherResults(calls)
         elapsed = time.perf_counter() - started
+        result["proxy_cpu_us"] = (_cpu(child.pid) - cpu_before[0]) / args.n * 1e6
+        result["client_cpu_us"] = (_cpu(os.getpid()) - cpu_before[1]) / args.n * 1e6
         latencies.sort()
 
         def pct(p: float) -> float:
@@ -192,13 +216,20 @@ def run_client(args: argparse.Namespace) -> dict[str, float]:
     for c in list(client._sent.values()):  # pragma: no cover - nothing should be left
         print("unanswered", c.id)
     client_marks = marks[:]
-    if child.wait(10) != 0:
+    if child.wait(10) != 0 and not args.echo:
         raise SystemExit(f"proxy exited {child.returncode}")
     if args.stamps:
         with open(stamps) as f:
             proxy_marks = [tuple(m) for m in json.load(f)]
         _report_stamps(client_marks, proxy_marks)
     return result
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) process C{pid} used so far, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _report_stamps(client: list, proxy: list) -> None:  # type: ignore[type-arg]
@@ -218,8 +249,8 @@ def _report_stamps(client: list, proxy: list) -> None:  # type: ignore[type-arg]
             j += 1
         if j < len(events):
             seen.setdefault("c_result", events[j][1])
-        order = ["c_call", "c_sent", "p_read", "p_accepted", "p_exec", "p_exec_end", "p_reply", "p_sent", "c_read",
-                 "c_result"]
+        order = ["c_call", "c_send", "c_sent", "p_read", "p_received", "p_accepted", "p_exec", "p_exec_end", "p_reply", "p_sent", "c_read",
+                 "c_received", "c_result"]
         have = [k for k in order if k in seen]
         for a, b in zip(have, have[1:]):
             steps.setdefault(f"{a} -> {b}", []).append((seen[b] - seen[a]) * 1e6)
@@ -236,15 +267,22 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--stamps", action="store_true", help="timestamp each hop (see the module's docstring)")
+    parser.add_argument("--echo", action="store_true",
+                        help="no proxy: a blocking thread answering at once (the floor under the proxy)")
     parser.add_argument("--proxy", nargs=2, metavar=("FD", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--stamp-file", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.proxy and args.echo:
+        run_echo(int(args.proxy[0]))
+        return
     if args.proxy:
         run_proxy(int(args.proxy[0]), args.proxy[1], args.pool, args.stamp_file)
         return
     result = run_client(args)
     print(f"round trip, {result['n']} calls at {result['rate']:.0f}/s: p50 {result['p50_us']:.0f} us, "
-          f"p90 {result['p90_us']:.0f} us, p99 {result['p99_us']:.0f} us, max {result['max_us']:.0f} us")
+          f"p90 {result['p90_us']:.0f} us, p99 {result['p99_us']:.0f} us, max {result['max_us']:.0f} us; "
+          f"CPU per call: {'echo' if args.echo else 'proxy'} {result['proxy_cpu_us']:.0f} us, "
+          f"client {result['client_cpu_us']:.0f} us")
 
 
 if __name__ == "__main__":

@@ -236,21 +236,25 @@ class _Link:
             self._reader = None
         self._assembler.discard()
 
-    def reply(self, entry: bytes) -> None:
-        """In a pool thread: send one reply entry now if it can go as one datagram, else through
-        the reactor thread (L{answer})."""
-        if not self.send_now(entry):
-            self.proxy.reactor.callFromThread(self.answer, entry)
+    def reply(self, entries: list[bytes]) -> None:
+        """In a pool thread: send reply entries now, as one message, if they fit one datagram,
+        else through the reactor thread (L{answer}: as few messages as the limits allow)."""
+        if entries and not self.send_now(*entries):
+            self.proxy.reactor.callFromThread(self._answer_all, entries)
 
-    def send_now(self, entry: bytes) -> bool:
-        """In a pool thread: send one reply entry as its own message, at once; C{False} if it must
-        go the reactor thread's way (L{answer}) instead.
+    def _answer_all(self, entries: list[bytes]) -> None:
+        for entry in entries:
+            self.answer(entry)
+
+    def send_now(self, *entries: bytes) -> bool:
+        """In a pool thread: send reply entries as one message, at once; C{False} if they must go
+        the reactor thread's way (L{answer}) instead.
 
         Only when nothing waits in the channel's queue (a split message's continuations must follow
         it unbroken, and a peer that does not read is the reactor thread's to judge) and the message
         is one datagram, which the kernel delivers whole whichever thread sends it.
         """
-        meta, payload = dbchannel.replies([entry])
+        meta, payload = dbchannel.replies(entries)
         if len(payload) > CHUNK:
             return False
         [datagram] = encode(meta, payload)
@@ -419,19 +423,24 @@ class DatabaseProxy:
 
     def received(self, link: _Link, batch: list[Message]) -> bool:
         """In the pool thread reading C{link}: queue or answer its calls; C{False} if it broke the
-        protocol (its channel is then closed)."""
-        for msg in batch:
-            try:
-                calls = dbchannel.parse_calls(msg)
-            except ChannelError as e:
-                msg.close_fds()
-                self.reactor.callFromThread(self.log.error, "bad message from {instance}: {error}; closing its db channel",
-                                            instance=link.name, error=e, service=link.service)
-                return False
-            with self.pool.lock:
-                self.counts["calls"] += len(calls)
-            for call in calls:
-                self._accept(link, call)
+        protocol (its channel is then closed).  The calls answered at once (refused, queue full)
+        are answered together, after the batch."""
+        answers: list[bytes] = []
+        try:
+            for msg in batch:
+                try:
+                    calls = dbchannel.parse_calls(msg)
+                except ChannelError as e:
+                    msg.close_fds()
+                    self.reactor.callFromThread(self.log.error, "bad message from {instance}: {error}; closing its db channel",
+                                                instance=link.name, error=e, service=link.service)
+                    return False
+                with self.pool.lock:
+                    self.counts["calls"] += len(calls)
+                for call in calls:
+                    self._accept(link, call, answers)
+        finally:
+            link.reply(answers)
         return True
 
     def _flush_links(self) -> None:
@@ -440,21 +449,21 @@ class DatabaseProxy:
             if link.pending:
                 link.flush()
 
-    def _accept(self, link: _Link, call: dbchannel.Call) -> bool:
+    def _accept(self, link: _Link, call: dbchannel.Call, answers: list[bytes]) -> bool:
         """Queue C{call} (C{True}), or answer it at once (C{False}).  In the pool thread reading C{link}."""
         if call.id <= link.last_id:
-            self._refuse(link, call, f"call id {call.id} is not above the previous one ({link.last_id})")
+            self._refuse(link, call, f"call id {call.id} is not above the previous one ({link.last_id})", answers)
             return False
         link.last_id = call.id
         query = self.grants_for(link.service).get(call.name)
         if query is None:
             self._refuse(link, call, f"{call.name[:dbchannel.MAX_NAME]!r} is not a query service {link.service} "
-                                     f"was granted on [db:{self.config.name}]")
+                                     f"was granted on [db:{self.config.name}]", answers)
             return False
         try:
             params = self._params(query, call.params)
         except ValueError as e:
-            self._refuse(link, call, str(e))
+            self._refuse(link, call, str(e), answers)
             return False
         pending = _Pending(link, call.id, query, params, next(self._keys), self.reactor.seconds() + self.config.query_timeout)
         # Watched first: a pool thread may take the call, and even finish it, as soon as it is admitted.
@@ -463,8 +472,9 @@ class DatabaseProxy:
             pending.waiting = self.queue.admit(link.service, pending)
         if pending.waiting is None:
             self._cancel_timer(pending)
-            self._reply_error(link, call.id, UNAVAILABLE, f"queue full: service {link.service} already has "
-                              f"queue_max ({self.config.queue_max}) calls waiting or running")
+            self._count(UNAVAILABLE)
+            answers.append(dbchannel.reply_error(call.id, UNAVAILABLE, f"queue full: service {link.service} already "
+                                                 f"has queue_max ({self.config.queue_max}) calls waiting or running"))
             now = self.reactor.seconds()
             log_it, suppressed = link.note_refusal(now)
             if log_it:
@@ -492,8 +502,9 @@ class DatabaseProxy:
             return [one(item) for item in raw]
         return one(raw)
 
-    def _refuse(self, link: _Link, call: dbchannel.Call, reason: str) -> None:
-        self._reply_error(link, call.id, REFUSED, reason)
+    def _refuse(self, link: _Link, call: dbchannel.Call, reason: str, answers: list[bytes]) -> None:
+        self._count(REFUSED)
+        answers.append(dbchannel.reply_error(call.id, REFUSED, reason))
         log_it, suppressed = link.note_refusal(self.reactor.seconds())
         if log_it:
             self.reactor.callFromThread(
@@ -511,11 +522,6 @@ class DatabaseProxy:
         """In the reactor thread."""
         self._count(status)
         link.answer(dbchannel.reply_error(call_id, status, message))
-
-    def _reply_error(self, link: _Link, call_id: int, status: str, message: str) -> None:
-        """In a pool thread."""
-        self._count(status)
-        link.reply(dbchannel.reply_error(call_id, status, message))
 
     # -- the pool's threads (under pool.lock) and its completions
 
@@ -555,7 +561,7 @@ class DatabaseProxy:
             entry = dbchannel.reply_ok(pending.call_id, value)
         else:
             entry = dbchannel.reply_error(pending.call_id, status, str(value))
-        if not pending.link.send_now(entry):
+        if not pending.link.send_now(entry):  # one datagram: the usual case
             return False
         self._count(status)
         return True
