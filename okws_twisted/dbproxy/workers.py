@@ -189,6 +189,8 @@ class Workers:
     def stop(self) -> None:
         """Let every thread finish its job, close the connections and end (bounded; call when idle)."""
         with self.lock:
+            if self._stopping:
+                return
             self._stopping = True
             for fd in list(self._sources):
                 self._poll.unregister(fd)
@@ -198,6 +200,10 @@ class Workers:
             for thread in self._threads:
                 thread.join(STOP_TIMEOUT)
         self.started = False
+        if not any(thread.is_alive() for thread in self._threads):
+            self._poll.close()
+            os.close(self._work)
+            os.close(self._stop)
         with self.lock:
             conns, self._idle_conns = self._idle_conns, []
         for conn in conns:
