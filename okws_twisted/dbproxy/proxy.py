@@ -60,6 +60,8 @@ from okws_twisted.dbproxy.scheduler import CallQueue, Waiting
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.sqlqueries import NamedQuery, QueriesError, parse
 from okws_twisted.wire import dbchannel, dbvalues
+# The channel's own reader parts (its private names): the pool's threads read a db channel as
+# MessageChannel.doRead does, with the same buffer sizes, assembler and limits.
 from okws_twisted.wire.channel import (
     _ANC_SIZE,
     _RECV_SIZE,
