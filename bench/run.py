@@ -1780,11 +1780,15 @@ def check_db_page(label: str, url: str) -> None:
 
 
 class OkwsDbSite(OkwsSite):
-    """An okws site with one service whose page does one SELECT through the proxy of [db:bench] (SQLite)."""
+    """An okws site with one service whose page does one SELECT through the proxy of [db:bench] (SQLite).
+
+    With C{pg} (a throwaway PostgreSQL cluster's L{tests.pgcluster.Conninfo}), also a proxy of
+    C{[db:pg]} on it and a service C{pgrow} that may call C{one} there: the idle PostgreSQL proxy's
+    memory is measured on it (it serves no load)."""
 
     service = "row"
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, pg: Any = None) -> None:
         os.makedirs(workdir, exist_ok=True)
         sys.path.insert(0, HERE)
         import dbpage
@@ -1819,6 +1823,28 @@ class OkwsDbSite(OkwsSite):
                 schema = bench-schema.sql
                 pool = 4
                 """))
+            if pg is not None:
+                secrets = os.path.join(workdir, "secrets")
+                os.makedirs(secrets, mode=0o700, exist_ok=True)
+                with open(os.path.join(secrets, "pg.password"), "w") as p:
+                    p.write(pg.password + "\n")
+                os.chmod(os.path.join(secrets, "pg.password"), 0o600)
+                with open(os.path.join(workdir, "bench-pg.sql"), "w") as q:
+                    q.write(dbpage.QUERIES[dbpage.QUERIES.index("-- name: one"):])
+                f.write(textwrap.dedent(f"""\
+
+                    [service:pgrow]
+                    resource = dbpage:Row
+                    paths = /pgrow
+                    db = pg
+                    queries = one
+
+                    [db:pg]
+                    url = {pg.tcp_url()}
+                    password_file = secrets/pg.password
+                    queries = bench-pg.sql
+                    pool = 4
+                    """))
         self.proc = None
         self.out = None
 
@@ -1848,11 +1874,11 @@ class DbPeer(Peer):
         check_db_page(self.label, self.url)
 
 
-def round_trips(site: OkwsDbSite, n: int, rate: int) -> dict[str, Any]:
+def round_trips(site: OkwsDbSite, n: int, rate: int, service: str = "row") -> dict[str, Any]:
     """The service's own timing of C{n} trivial calls through the proxy, paced at C{rate} per second."""
     conn = http.client.HTTPConnection("127.0.0.1", site.port, timeout=n / rate + 60)
     try:
-        conn.request("GET", f"/row/rt?n={n}&rate={rate}")
+        conn.request("GET", f"/{service}/rt?n={n}&rate={rate}")
         resp = conn.getresponse()
         body = resp.read()
     finally:
@@ -1864,20 +1890,39 @@ def round_trips(site: OkwsDbSite, n: int, rate: int) -> dict[str, Any]:
 
 def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
     """``--db``: okws's database proxy against twisted.web doing the same SELECT in process."""
-    site = OkwsDbSite(os.path.join(workdir, "okws-db"))
-    peer = DbPeer(workdir, site.db_file)
+    sys.path.insert(0, SOURCE)
+    from tests.pgcluster import PostgresCluster
+
+    sys.path.remove(SOURCE)
+    cluster = PostgresCluster() if PostgresCluster.available() else None
     keep = False
     runs: list[dict[str, Any]] = []
     memory: dict[str, int] = {}
+    pg_memory: dict[str, int] = {}
+    site = peer = None
     try:
+        if cluster is not None:
+            log("starting a throwaway PostgreSQL cluster (tests/pgcluster.py) for the PostgreSQL proxy's memory")
+            pg = cluster.start()
+        else:
+            log("PostgreSQL's server is not installed: the PostgreSQL proxy's memory is not measured")
+            pg = None
+        site = OkwsDbSite(os.path.join(workdir, "okws-db"), pg)
+        peer = DbPeer(workdir, site.db_file)
         log(f"starting okws with a database proxy and the twisted.web peer; scratch dir {workdir}")
         site.start()
         site.check()  # the schema ran: the file exists for the peer
         peer.start()
         peer.check()
+        if pg is not None:
+            round_trips(site, 20, 1000, service="pgrow")  # its pool connected
         time.sleep(SETTLE)
-        proxy_pid = site.children()["db.bench"]
+        children = site.children()
+        proxy_pid = children["db.bench"]
         memory["idle proxy at start"] = rss_kib(proxy_pid).get("VmRSS", 0)
+        if pg is not None:
+            pg_pid = children["db.pg"]
+            pg_memory["idle PostgreSQL proxy at start"] = rss_kib(pg_pid).get("VmRSS", 0)
         for r in range(opts.repeat):
             order = [site, peer] if r % 2 == 0 else [peer, site]
             for server in order:
@@ -1901,6 +1946,10 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
         rt = round_trips(site, n, 1000)
         time.sleep(SETTLE)
         memory["idle proxy after runs"] = rss_kib(proxy_pid).get("VmRSS", 0)
+        if pg is not None:
+            round_trips(site, 20, 1000, service="pgrow")
+            time.sleep(SETTLE)
+            pg_memory["idle PostgreSQL proxy after runs"] = rss_kib(pg_pid).get("VmRSS", 0)
         site.check()
         peer.check()
     except HarnessError as e:
@@ -1913,10 +1962,13 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
     finally:
         for server in (site, peer):
             try:
-                server.stop()
+                if server is not None:
+                    server.stop()
             except Exception:
                 pass
         REAPER.kill_all()
+        if cluster is not None:
+            cluster.stop()
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -1941,6 +1993,10 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
          "pass": rt["p99_us"] < DB_TARGETS["round_trip_p99_us"]},
         {"target": "idle proxy RSS < 40 MiB", "value": round(rss_mib, 1), "pass": rss_mib < DB_TARGETS["idle_proxy_rss_mib"]},
     ]
+    if pg_memory:
+        pg_mib = max(pg_memory.values()) / 1024
+        goals.append({"target": "idle PostgreSQL proxy RSS < 40 MiB", "value": round(pg_mib, 1),
+                      "pass": pg_mib < DB_TARGETS["idle_proxy_rss_mib"]})
     lines = [
         "okws database proxy vs twisted.web with adbapi in process (bench/run.py --db)",
         f"machine: {info.get('nproc')} cores, {info.get('cpu')}, load {info.get('loadavg_at_start')}; code {info.get('okws_code')}",
@@ -1953,14 +2009,14 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
           for name in (OKWS, PEER_NAME)),
         f"proxy round trip (service -> proxy -> service, SELECT 1), {rt['n']} calls at {rt['rate']:.0f}/s: "
         f"p50 {rt['p50_us']:.0f} us, p90 {rt['p90_us']:.0f} us, p99 {rt['p99_us']:.0f} us, max {rt['max_us']:.0f} us",
-        "idle proxy RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in memory.items()),
+        "idle proxy RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in {**memory, **pg_memory}.items()),
         "targets:",
         *(f"  {'PASS' if g['pass'] else 'MISS'}  {g['target']}: {g['value']}" for g in goals),
     ]
     report = "\n".join(lines)
     if opts.json_path:
         with open(opts.json_path, "w") as f:
-            json.dump({"machine": info, "runs": runs, "round_trips": rt, "memory_kib": memory, "ratio": ratio,
+            json.dump({"machine": info, "runs": runs, "round_trips": rt, "memory_kib": {**memory, **pg_memory}, "ratio": ratio,
                        "targets": goals}, f, indent=2)
             f.write("\n")
     print(report, flush=True)

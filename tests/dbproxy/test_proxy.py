@@ -278,3 +278,61 @@ class ProxyTests(TestCase):
         self.assertEqual((await b.call("count_names", {})).status, "ok")
 
 
+
+
+class BusyPoolTests(TestCase):
+    """The pool's threads read the channels themselves: one more thread than connections."""
+
+    timeout = 60
+
+    make = ProxyTests.make
+    shutdown = ProxyTests.shutdown
+
+    async def test_read_while_every_connection_is_busy(self) -> None:
+        """Both connections run slow calls: a flood is still read and refused past queue_max at once,
+        and another service's call is read and queued (answered when a connection frees), not left
+        in the kernel until then."""
+        proxy = self.make(pool=2, queue_max=3, query_timeout=3.0)
+        a, b = Peer(proxy, "a", "a.0"), Peer(proxy, "b", "b.0")
+        await deferLater(reactor, 0.05, lambda: None)
+        slow = a.send(("slow", {"n": 10**12}), ("slow", {"n": 10**12}))
+        for _ in range(200):
+            if proxy.stats()["running"] == 2:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(proxy.stats()["running"], 2, "both connections busy")
+        flood = a.send(*[("count_names", {})] * 6)
+        await a.answered(5)
+        refused = [a.replies[i] for i in flood if i in a.replies]
+        self.assertEqual(len(refused), 5, "queue_max (3: 2 running, 1 queued) held while the pool was busy")
+        self.assertTrue(all("queue full" in r.value for r in refused), refused)
+        self.assertNotIn(slow[0], a.replies, "answered while the slow calls still ran")
+        [other] = b.send(("count_names", {}))
+        for _ in range(200):
+            if proxy.stats()["queued"] == 2:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(proxy.stats()["queued"], 2, "b's call was read and queued while the pool was busy")
+        await b.answered(1)
+        self.assertEqual(b.replies[other].status, "ok")
+
+    async def test_at_most_pool_connections(self) -> None:
+        """The threads share the pool's connections: never more open than C{pool}."""
+        proxy = self.make(pool=2, queue_max=10_000)
+        opened = []
+        connect = proxy.pool._connect
+
+        def counted() -> Any:
+            conn = connect()
+            opened.append(conn)
+            return conn
+
+        proxy.pool._connect = counted  # type: ignore[method-assign]
+        peers = [Peer(proxy, "a", f"a.{i}") for i in range(3)]
+        await deferLater(reactor, 0.05, lambda: None)
+        for peer in peers:
+            peer.send(*[("count_names", {})] * 300)
+        for peer in peers:
+            await peer.answered(300)
+            self.assertEqual({r.status for r in peer.replies.values()}, {"ok"})
+        self.assertLessEqual(len(opened), 2)
