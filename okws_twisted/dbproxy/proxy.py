@@ -179,6 +179,15 @@ class _Link:
                 self._reading = False
                 if self._reader_dead:
                     self._close_reader()
+            if self.proxy.stopping:
+                # It was busy while this thread read: now the calls read are queued (or refused).
+                self.proxy.reactor.callFromThread(self.proxy._maybe_stopped)
+
+    @property
+    def reading(self) -> bool:
+        """A pool thread is reading this channel: calls may be read but not yet queued."""
+        with self._reader_guard:
+            return self._reading
 
     def _read(self, sock: socket.socket) -> None:
         batch: list[Message] = []
@@ -688,7 +697,7 @@ class DatabaseProxy:
             return
         with self.pool.lock:
             busy = self.queue.running or self.queue.queued or self.pool.pending
-        if busy:
+        if busy or any(link.reading for link in self.links):
             return
         self._finished = True
         if self._sweep_call is not None and self._sweep_call.active():

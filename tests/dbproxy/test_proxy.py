@@ -307,6 +307,10 @@ class BusyPoolTests(TestCase):
         self.assertEqual(len(refused), 5, "queue_max (3: 2 running, 1 queued) held while the pool was busy")
         self.assertTrue(all("queue full" in r.value for r in refused), refused)
         self.assertNotIn(slow[0], a.replies, "answered while the slow calls still ran")
+        # b's query_timeout must end well after the slow calls' (which free the connections when
+        # they are interrupted): a margin, not a synchronisation; the queue is checked below.
+        await deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual(proxy.stats()["running"], 2, "both connections still busy")
         [other] = b.send(("count_names", {}))
         for _ in range(200):
             if proxy.stats()["queued"] == 2:
