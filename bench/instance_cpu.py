@@ -7,7 +7,7 @@ process, with the production classes (the framer, the channel, twisted.web, the 
 resource, the access record when C{--log}), over a real socket pair, the reactor replaced by a
 clock: each round feeds one request and sends its response; the client's end is drained.
 Its twin, C{--peer}, times a plain C{twisted.web.server.Site} serving the same resource (as
-bench/peer_twistedweb.py does) the same way.  Best of 7.
+bench/peer_twistedweb.py does, with no access log: C{Site.log} a no-op) the same way.  Best of 7.
 
     .venv/bin/python bench/instance_cpu.py [--log] [--peer]
     PYTHONPATH=/tmp/snap .venv/bin/python bench/instance_cpu.py   # another tree's code
@@ -72,6 +72,9 @@ def peer():  # type: ignore[no-untyped-def]
 
     reactor = MemoryReactorClock()
     site = web.Site(Hello(), reactor=reactor)
+    # No access log, exactly as bench/peer_twistedweb.py: a stock Site without logPath still
+    # formats a combined-log line per request for twisted's legacy log.
+    site.log = lambda request: None  # type: ignore[method-assign]
     site.startFactory()
     client, server = socket.socketpair()
     protocol = site.buildProtocol(PEER)
