@@ -49,7 +49,7 @@ def okws(log: bool):  # type: ignore[no-untyped-def]
     [conn] = runtime.connections
 
     def one() -> None:
-        conn.dataReceived(REQUEST)
+        conn.transport._deliver(REQUEST)  # as a read delivers it (the peer's too)
         reactor.advance(0)
         if not conn.transport.connected:
             raise SystemExit("the instance closed the connection")

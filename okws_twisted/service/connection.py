@@ -179,7 +179,12 @@ class ServiceConnection:
                     self.closing = not persistent
                     if head.chunked or head.content_length:
                         self._start_body()
-                    channel.head_received(head, persistent)
+                        channel.head_received(head, persistent)
+                    else:
+                        channel.head_received(head, persistent)
+                        # Its End, as the next event would give it (one framer call fewer).
+                        if self.handback is None and self.failure is None and transport.connected and framer.take_end():
+                            self.in_body = False
                 else:
                     # Bytes read after this point join the framer's buffer; the
                     # whole unread tail is taken at the moment of handing back.

@@ -18,9 +18,11 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http import NO_BODY_CODES, NO_CONTENT, NOT_MODIFIED, parse_qs, toChunk
 from twisted.web.http_headers import Headers, _nameEncoder
 from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource, NoResource, Resource, _IEncodingResource
+from zope.interface import provider
 
 from okws_twisted.config.site import DEFAULT_SERVER_HEADER
 from okws_twisted.interfaces import ITemplates
@@ -52,6 +54,7 @@ def origin_target(head: RequestHead) -> bytes:
     return head.path + (b"?" + head.query if head.query else b"")
 
 
+@provider(INonQueuedRequestFactory)
 class ServiceRequest(server.Request):
     """A twisted.web request that tells its connection when it is answered.
 
@@ -171,6 +174,31 @@ class ServiceRequest(server.Request):
         else:
             headers.setRawHeaders(b"server", [stamp.server])
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """As twisted.web's; only a POST can carry form arguments in its body, so only
+        a POST goes through twisted.web's (which reads the body's size and type)."""
+        if command == b"POST":
+            super().requestReceived(command, path, version)
+            return
+        self.content.seek(0, 0)
+        self.method, self.uri = command, path
+        self.clientproto = version
+        if b"?" in path:
+            self.path, query = path.split(b"?", 1)
+            self.args = parse_qs(query, 1)
+        else:
+            self.path = path
+            self.args = {}
+        self.process()
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        """As twisted.web's (C{responseHeaders.setRawHeaders(name, [value])}), inlined for bytes."""
+        if type(value) is bytes:
+            # Headers' _sanitizeLinearWhitespace: line breaks become one space.
+            self.responseHeaders._rawHeaders[_nameEncoder.encode(name)] = [b" ".join(value.splitlines())]
+        else:
+            super().setHeader(name, value)
+
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         """As twisted.web's, with RFC 9110's reason phrase where twisted.web has an older one."""
         if message is None and code in RFC9110_PHRASES:
@@ -206,7 +234,7 @@ class ServiceRequest(server.Request):
         self.startedWriting = 1
         version = self.clientproto
         method = self.method
-        if version == b"HTTP/1.1" and not length and method != b"HEAD" and code not in http.NO_BODY_CODES:
+        if version == b"HTTP/1.1" and not length and method != b"HEAD" and code not in NO_BODY_CODES:
             raw[b"Transfer-Encoding"] = [b"chunked"]
             self.chunked = 1
         if self.cookies:
@@ -217,14 +245,14 @@ class ServiceRequest(server.Request):
                 parts += (name, b": ", value, b"\r\n")
         parts.append(b"\r\n")
         channel = self.channel
-        if method == b"HEAD" or code in http.NO_BODY_CODES:
+        if method == b"HEAD" or code in NO_BODY_CODES:
             channel.writeSequence(parts)
             self.write = _discard  # type: ignore[method-assign]
             return
         self.sentLength += len(data)
         if data:
             if self.chunked:
-                parts += http.toChunk(data)
+                parts += toChunk(data)
             else:
                 parts.append(data)
         channel.writeSequence(parts)
@@ -251,7 +279,7 @@ def _discard(data: bytes) -> None:
 
 
 #: The codes server.Request.write gives no default Content-Type.
-_NO_DEFAULT_TYPE = (http.NOT_MODIFIED, http.NO_CONTENT)
+_NO_DEFAULT_TYPE = (NOT_MODIFIED, NO_CONTENT)
 
 
 class MountRoot(Resource):
