@@ -126,7 +126,7 @@ class ServiceRequest(server.Request):
             self._okws_processed = conn.runtime.reactor.seconds()
         site = channel.site
         stamp = getattr(site, "stamp", None)
-        if stamp is None or self.path == b"*":
+        if stamp is None:
             super().process()
             return
         # server.Request.process, with the stamp's Server and Date set once.
@@ -138,6 +138,12 @@ class ServiceRequest(server.Request):
         self._okws_stamped = True
         self.prepath = []
         self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            # twisted.web's answer to OPTIONS * (empty 200; 405 for another method), with the
+            # stamp's Server and Date (through super().process() it kept twisted.web's own:
+            # its name and version).
+            self._handleStar()
+            return
         try:
             resrc = site.getResourceFor(self)
             if _IEncodingResource.providedBy(resrc):
@@ -151,7 +157,7 @@ class ServiceRequest(server.Request):
     # twisted.web's process() sets Server (its name and exact version) and Date
     # (formatted per response), then calls render(), or processingFailed() if
     # finding the resource raised: where process() above did not stamp the
-    # response (an OPTIONS *), the stamp replaces the two there.
+    # response (a site without a stamp), the stamp replaces the two there.
 
     def render(self, resrc: Any) -> None:
         if not self._okws_stamped:

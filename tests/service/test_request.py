@@ -146,7 +146,6 @@ REQUESTS = [
     b"POST /a/ HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nk=v",
     b"PUT /a/ HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody",
     b"PUT /a/ HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
-    b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
 ]
 
 
@@ -204,6 +203,15 @@ class LeanAgreementTests(SynchronousTestCase):
         self.assertEqual(lean.count(b"Server:"), 1)
         self.assertNotIn(b"TwistedWeb", lean)
 
+    def test_optionsStar(self) -> None:
+        """OPTIONS * gets twisted.web's answer with the stamp's Server and Date (twisted.web's
+        own process would send its name and version)."""
+        lean, _ = answer(ServiceRequest, b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertEqual(
+            lean,
+            b"HTTP/1.1 200 OK\r\nServer: okws-twisted\r\nDate: Tue, 14 Nov 2023 22:13:20 GMT\r\nContent-Length: 0\r\n\r\n",
+        )
+
     def test_notifyFinishStillFires(self) -> None:
         """notifyFinish is made only when asked for, and fires as twisted.web's: on finish, or
         with the failure when the connection is lost first."""
@@ -253,6 +261,7 @@ class TwistedPinsTests(SynchronousTestCase):
             self.assertTrue(hasattr(server.Request, name), name)
         self.assertTrue(INonQueuedRequestFactory.providedBy(ServiceRequest))
         self.assertTrue(callable(resource._IEncodingResource.providedBy))
+        self.assertTrue(callable(server.Request._handleStar))
 
     def test_channelTimerCalls(self) -> None:
         """HTTPChannel pauses its idle timer with setTimeout(None) per request and restores it
