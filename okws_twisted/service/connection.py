@@ -103,8 +103,8 @@ class ServiceConnection:
         # The framer enforces the site's limits: the channel never parses a head (head_received).
         # A relayed pair has no idle timeout here (the dispatcher has one, and closes the pair).
         self.channel.timeOut = None if self.relay else self.runtime.config.keepalive_timeout
-        # Its idle timer (reset, cancelled and set again on every request) on the runtime's
-        # deadline queues: no DelayedCall per connection or per request.
+        # Its idle timer (kept lazily: ServiceChannel.setTimeout) armed on the runtime's
+        # deadline queues: no DelayedCall per connection, no timer operation per request.
         self.channel.callLater = self.runtime.deadlines.call_later
         self.channel.makeConnection(transport)
 
@@ -179,7 +179,12 @@ class ServiceConnection:
                     self.closing = not persistent
                     if head.chunked or head.content_length:
                         self._start_body()
-                    channel.head_received(head, persistent)
+                        channel.head_received(head, persistent)
+                    else:
+                        channel.head_received(head, persistent)
+                        # Its End, as the next event would give it (one framer call fewer).
+                        if self.handback is None and self.failure is None and transport.connected and framer.take_end():
+                            self.in_body = False
                 else:
                     # Bytes read after this point join the framer's buffer; the
                     # whole unread tail is taken at the moment of handing back.

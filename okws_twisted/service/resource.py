@@ -16,6 +16,7 @@ import inspect
 import re
 from contextvars import ContextVar
 from typing import Any, ClassVar
+from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.logger import Logger, LogLevel
@@ -254,10 +255,11 @@ class ServiceResource(Resource):
         produces, now or when it is ready. Authors override C{render_<METHOD>},
         not this.
         """
-        templates = _templatesOf(request)
+        site = getattr(request, "site", None)
+        templates = _templatesOfSite(site)
         if templates is not None:
             self._okwsTemplates = templates
-        database = _databaseOf(request)
+        database = _databaseOfSite(site)
         if database is not None:
             self._okwsDatabase = database
         token = _serving.set(templates)
@@ -271,7 +273,8 @@ class ServiceResource(Resource):
             _serving.reset(token)
 
     def _renderMethod(self, request: IRequest) -> Any:
-        handler = self._handlerFor(request.method)
+        method = request.method
+        handler = self._handlerFor(method)
         if handler is None:
             allowed = self._allowedMethods()
             request.setHeader(b"Allow", b", ".join(allowed))
@@ -280,7 +283,7 @@ class ServiceResource(Resource):
             # makes (twisted.web.pages would stream it chunked).
             self._errorPage(request, NOT_ALLOWED, detail, None)
             return NOT_DONE_YET
-        if request.method in self.csrf_methods:
+        if method in self.csrf_methods:
             why = self._csrfRefusal(request)
             if why is not None:
                 self.log.info(
@@ -295,15 +298,18 @@ class ServiceResource(Resource):
             result = handler(request)
         except Exception:
             self._fail(request, Failure())
+            return NOT_DONE_YET
+        if result is NOT_DONE_YET:
+            return NOT_DONE_YET
+        if type(result) is str or type(result) is bytes:
+            self._respond(request, result)
+            return NOT_DONE_YET
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            self._respondLater(request, result)
         else:
-            if result is NOT_DONE_YET:
-                return NOT_DONE_YET
-            if inspect.iscoroutine(result):
-                result = Deferred.fromCoroutine(result)
-            if isinstance(result, Deferred):
-                self._respondLater(request, result)
-            else:
-                self._respond(request, result)
+            self._respond(request, result)
         return NOT_DONE_YET
 
     def _handlerFor(self, method: bytes) -> Any:
@@ -311,14 +317,16 @@ class ServiceResource(Resource):
         The bound C{render_<METHOD>} for C{method}, or L{None} if this class
         does not answer it.
         """
-        name = method.decode("ascii", "replace")
-        if not _METHOD_NAME.fullmatch(name):
-            return None
-        if name == "HEAD" and type(self).render_HEAD is Resource.render_HEAD:
-            # twisted.web's default render_HEAD calls render_GET even when
-            # there is none; go there directly so a GET-less class gives 405.
-            name = "GET"
-        return getattr(self, "render_" + name, None)
+        cls = type(self)
+        names = _handlerNames.get(cls)
+        if names is None:
+            names = _handlerNames[cls] = {}
+        name = names.get(method, _UNKNOWN)
+        if name is _UNKNOWN:
+            name = _handlerName(cls, method)
+            if len(names) < _MAX_HANDLER_NAMES:
+                names[method] = name
+        return None if name is None else getattr(self, name, None)
 
     def _allowedMethods(self) -> list[bytes]:
         """
@@ -483,9 +491,28 @@ class ServiceResource(Resource):
         self._respond(request, body)
 
 
-def _databaseOf(request: IRequest) -> IDatabase | None:
-    """The database of the site serving C{request}, if it has one."""
-    db = getattr(getattr(request, "site", None), "db", None)
+#: Per class: a request method -> the name of its render method (None: none answers it).
+_handlerNames: "WeakKeyDictionary[type, dict[bytes, str | None]]" = WeakKeyDictionary()
+#: Methods remembered per class (a client names any it likes).
+_MAX_HANDLER_NAMES = 64
+_UNKNOWN = object()
+
+
+def _handlerName(cls: type, method: bytes) -> str | None:
+    """The name of C{cls}'s render method for C{method} (the class decides, not the instance)."""
+    name = method.decode("ascii", "replace")
+    if not _METHOD_NAME.fullmatch(name):
+        return None
+    if name == "HEAD" and cls.render_HEAD is Resource.render_HEAD:  # type: ignore[attr-defined]
+        # twisted.web's default render_HEAD calls render_GET even when
+        # there is none; go there directly so a GET-less class gives 405.
+        name = "GET"
+    return "render_" + name
+
+
+def _databaseOfSite(site: Any) -> IDatabase | None:
+    """The database of C{site}, if it has one."""
+    db = getattr(site, "db", None)
     # (Adapting None costs an adapter-registry lookup on every request of a site without one.)
     return None if db is None else IDatabase(db, None)
 
@@ -498,7 +525,12 @@ def _csrfKeyOf(request: IRequest) -> CsrfKey | None:
 
 def _templatesOf(request: IRequest) -> ITemplates | None:
     """The templates of the site serving C{request}, if it has any."""
-    templates = getattr(getattr(request, "site", None), "templates", None)
+    return _templatesOfSite(getattr(request, "site", None))
+
+
+def _templatesOfSite(site: Any) -> ITemplates | None:
+    """The templates of C{site}, if it has any."""
+    templates = getattr(site, "templates", None)
     return None if templates is None else ITemplates(templates, None)
 
 

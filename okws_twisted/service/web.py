@@ -14,9 +14,15 @@ from __future__ import annotations
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
+from urllib.parse import unquote_to_bytes
+
+from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http import NO_BODY_CODES, NO_CONTENT, NOT_MODIFIED, parse_qs, toChunk
+from twisted.web.http_headers import Headers, _nameEncoder
 from twisted.web.iweb import INonQueuedRequestFactory
-from twisted.web.resource import IResource, NoResource, Resource
+from twisted.web.resource import IResource, NoResource, Resource, _IEncodingResource
+from zope.interface import provider
 
 from okws_twisted.config.site import DEFAULT_SERVER_HEADER
 from okws_twisted.interfaces import ITemplates
@@ -48,6 +54,7 @@ def origin_target(head: RequestHead) -> bytes:
     return head.path + (b"?" + head.query if head.query else b"")
 
 
+@provider(INonQueuedRequestFactory)
 class ServiceRequest(server.Request):
     """A twisted.web request that tells its connection when it is answered.
 
@@ -56,22 +63,54 @@ class ServiceRequest(server.Request):
     temporary file: a jailed service has no writable directory.  The framer
     has already bounded the body by the service's C{max_body}.
 
+    Served by a L{ServiceSite}, its hot steps are lean (issue 14), with the
+    results of twisted.web's own: C{__init__} sets twisted.web's attributes
+    directly; C{process} sets the stamp's C{Server} and C{Date} once (twisted.web
+    sets its own, then the stamp replaced them); the connection learns that the
+    request is answered from C{finish}/C{connectionLost}, without a
+    C{notifyFinish} Deferred per request; the first C{write} serialises the head
+    straight from the response headers, in the same send as the body.
+    C{tests.service.test_request} compares each with twisted.web's, and pins the
+    private names they rely on.
+
     @ivar request_id: okws's id of this request, as in the access log (okws
         makes every id; a client's X-Request-Id header is not used).
     """
 
     #: Where bodies go when no instance runtime is behind the request (an author's test).
     unbudgeted = BodyFiles(cap=1 << 30)
+    #: The stamp has set Server and Date (process).
+    _okws_stamped = False
+    #: The connection to tell when this request is answered, and when it started (process).
+    _okws_conn: "ServiceConnection | None" = None
+    _okws_processed = 0.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        site = getattr(self.channel, "factory", None)
-        if isinstance(site, ServiceSite):
-            self.okws_started = site.reactor.seconds()
-            self.request_id = site.request_ids.next()
-        else:
-            self.okws_started = 0.0
-            self.request_id = "-"
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        site = getattr(channel, "factory", None)
+        if args or kwargs or not isinstance(site, ServiceSite):
+            super().__init__(channel, *args, **kwargs)
+            if isinstance(site, ServiceSite):
+                self.okws_started = site.reactor.seconds()
+                self.request_id = site.request_ids.next()
+            else:
+                self.okws_started = 0.0
+                self.request_id = "-"
+            return
+        # What http.Request.__init__ and server.Request.__init__ (with Componentized's) set.
+        self.notifications = []
+        self.channel = channel
+        self.client = channel.getPeer()
+        self.host = channel.getHost()
+        self.requestHeaders = Headers()
+        self.received_cookies = {}
+        self.responseHeaders = Headers()
+        self.cookies = []
+        self.transport = channel.transport
+        self.queued = False
+        self._parsePOSTFormSubmission = channel.site._parsePOSTFormSubmission
+        self._adapterCache = {}
+        self.okws_started = site.reactor.seconds()
+        self.request_id = site.request_ids.next()
 
     def gotLength(self, length: int | None) -> None:
         conn = getattr(self.channel, "okws_connection", None)
@@ -79,24 +118,55 @@ class ServiceRequest(server.Request):
         self.content = files.new(length)
 
     def process(self) -> None:
-        conn = getattr(self.channel, "okws_connection", None)
+        channel = self.channel
+        conn = getattr(channel, "okws_connection", None)
         if conn is not None:
             conn.request_started()
-            self.notifyFinish().addBoth(conn.request_finished, self, conn.runtime.reactor.seconds())
-        super().process()
+            self._okws_conn = conn
+            self._okws_processed = conn.runtime.reactor.seconds()
+        site = channel.site
+        stamp = getattr(site, "stamp", None)
+        if stamp is None:
+            super().process()
+            return
+        # server.Request.process, with the stamp's Server and Date set once.
+        self.site = site
+        raw = self.responseHeaders._rawHeaders
+        if stamp.server is not None:
+            raw[b"Server"] = [stamp.server]
+        raw[b"Date"] = [stamp.date()]
+        self._okws_stamped = True
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            # twisted.web's answer to OPTIONS * (empty 200; 405 for another method), with the
+            # stamp's Server and Date (through super().process() it kept twisted.web's own:
+            # its name and version).
+            self._handleStar()
+            return
+        try:
+            resrc = site.getResourceFor(self)
+            if _IEncodingResource.providedBy(resrc):
+                encoder = resrc.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resrc)
+        except BaseException:
+            self.processingFailed(Failure())
 
     # twisted.web's process() sets Server (its name and exact version) and Date
     # (formatted per response), then calls render(), or processingFailed() if
-    # finding the resource raised: both are public steps after that, where the
-    # site's stamp replaces the two.  (Twisted still formats its own Date first;
-    # avoiding that would mean copying process(), which uses private names.)
+    # finding the resource raised: where process() above did not stamp the
+    # response (a site without a stamp), the stamp replaces the two there.
 
     def render(self, resrc: Any) -> None:
-        self._stamp()
+        if not self._okws_stamped:
+            self._stamp()
         super().render(resrc)
 
     def processingFailed(self, reason: Any) -> Any:
-        self._stamp()
+        if not self._okws_stamped:
+            self._stamp()
         return super().processingFailed(reason)
 
     def _stamp(self) -> None:
@@ -110,11 +180,112 @@ class ServiceRequest(server.Request):
         else:
             headers.setRawHeaders(b"server", [stamp.server])
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """As twisted.web's; only a POST can carry form arguments in its body, so only
+        a POST goes through twisted.web's (which reads the body's size and type)."""
+        if command == b"POST":
+            super().requestReceived(command, path, version)
+            return
+        self.content.seek(0, 0)
+        self.method, self.uri = command, path
+        self.clientproto = version
+        if b"?" in path:
+            self.path, query = path.split(b"?", 1)
+            self.args = parse_qs(query, 1)
+        else:
+            self.path = path
+            self.args = {}
+        self.process()
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        """As twisted.web's (C{responseHeaders.setRawHeaders(name, [value])}), inlined for bytes."""
+        if type(value) is bytes:
+            # Headers' _sanitizeLinearWhitespace: line breaks become one space.
+            self.responseHeaders._rawHeaders[_nameEncoder.encode(name)] = [b" ".join(value.splitlines())]
+        else:
+            super().setHeader(name, value)
+
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         """As twisted.web's, with RFC 9110's reason phrase where twisted.web has an older one."""
         if message is None and code in RFC9110_PHRASES:
             message = RFC9110_PHRASES[code].encode("ascii")
         super().setResponseCode(code, message)
+
+    def write(self, data: bytes) -> None:
+        """As twisted.web's; the first write of a plain response sends head and body at once."""
+        if (
+            self.startedWriting
+            or self._inFakeHead
+            or self._encoder is not None
+            or self.finished
+            or self._disconnected
+            or self.lastModified is not None
+            or self.etag is not None
+            or not self._okws_stamped
+        ):
+            super().write(data)
+            return
+        # server.Request.write's default Content-Type, then http.Request.write's head.
+        headers = self.responseHeaders
+        raw = headers._rawHeaders
+        code = self.code
+        length = raw.get(b"Content-Length")
+        if (
+            code not in _NO_DEFAULT_TYPE
+            and not raw.get(b"Content-Type")
+            and self.defaultContentType is not None
+            and not (length and length[0] == b"0")
+        ):
+            raw[b"Content-Type"] = [self.defaultContentType]
+        self.startedWriting = 1
+        version = self.clientproto
+        method = self.method
+        if version == b"HTTP/1.1" and not length and method != b"HEAD" and code not in NO_BODY_CODES:
+            raw[b"Transfer-Encoding"] = [b"chunked"]
+            self.chunked = 1
+        if self.cookies:
+            headers.setRawHeaders(b"Set-Cookie", self.cookies)
+        parts = [version, b" %d " % code, self.code_message, b"\r\n"]
+        for name, values in raw.items():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        channel = self.channel
+        if method == b"HEAD" or code in NO_BODY_CODES:
+            channel.writeSequence(parts)
+            self.write = _discard  # type: ignore[method-assign]
+            return
+        self.sentLength += len(data)
+        if data:
+            if self.chunked:
+                parts += toChunk(data)
+            else:
+                parts.append(data)
+        channel.writeSequence(parts)
+
+    def finish(self) -> None:
+        super().finish()
+        if self.finished:
+            self._answered(None)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._answered(reason)
+
+    def _answered(self, result: Any) -> None:
+        """Tell the connection, once, that this request is over (L{None}: answered; else why not)."""
+        conn = self._okws_conn
+        if conn is not None:
+            self._okws_conn = None
+            conn.request_finished(result, self, self._okws_processed)
+
+
+def _discard(data: bytes) -> None:
+    """A HEAD or bodiless response's write (as twisted.web's C{lambda data: None})."""
+
+
+#: The codes server.Request.write gives no default Content-Type.
+_NO_DEFAULT_TYPE = (NOT_MODIFIED, NO_CONTENT)
 
 
 class MountRoot(Resource):
@@ -174,6 +345,13 @@ class ServiceChannel(http.HTTPChannel):
     """
 
     okws_connection: "ServiceConnection | None" = None
+    #: Whether requestFactory takes no queue position (INonQueuedRequestFactory), asked once.
+    _nonqueued: bool | None = None
+    #: The pending idle check (a deadline or a DelayedCall), when it is due, and when the
+    #: idle period began (see setTimeout).
+    _idle_call: Any = None
+    _idle_due = 0.0
+    _active_at = 0.0
 
     def head_received(self, head: RequestHead, persistent: bool) -> None:
         """Start a request from a framed head (the connection feeds one at a time).
@@ -182,19 +360,31 @@ class ServiceChannel(http.HTTPChannel):
             one (HTTP/1.1, no C{close}, under C{max_requests_per_connection}).
         """
         self.resetTimeout()
-        if INonQueuedRequestFactory.providedBy(self.requestFactory):
+        nonqueued = self._nonqueued
+        if nonqueued is None:
+            nonqueued = self._nonqueued = INonQueuedRequestFactory.providedBy(self.requestFactory)
+        if nonqueued:
             request = self.requestFactory(self)
         else:
             request = self.requestFactory(self, len(self.requests))
         self.requests.append(request)
-        add = request.requestHeaders.addRawHeader
+        # As addRawHeader would: the canonical name; the framer has refused any value with a
+        # CR or LF, so there is no line break for _sanitizeLinearWhitespace to replace.
+        fields = request.requestHeaders._rawHeaders
+        canonical = _nameEncoder.encode
         for name, value in head.headers:
-            add(name, value)
+            key = canonical(name)
+            values = fields.get(key)
+            if values is None:
+                fields[key] = [value]
+            else:
+                values.append(value)
         # What lineReceived keeps for allContentReceived.
         self._command = head.method
         self._path = origin_target(head)
         self._version = head.version
-        request.parseCookies()
+        if b"Cookie" in fields:
+            request.parseCookies()
         self.persistent = persistent
         if not persistent and head.version == b"HTTP/1.1":
             # As checkPersistence answers a request that asked to close.
@@ -222,12 +412,73 @@ class ServiceChannel(http.HTTPChannel):
         self.resetTimeout()
         self.rawDataReceived(data)
 
+    # The idle timer (TimeoutMixin's API: twisted.web pauses it with setTimeout(None) for
+    # each request and restores it after, and resets it when bytes arrive), kept lazily:
+    # setting, pausing and resetting only note the time; one check, due at the end of
+    # the idle period it was armed for, times the connection out if it has been idle for
+    # timeOut since, or waits for the rest.  A busy connection costs one timer per
+    # timeOut seconds, not two per request.
+
+    def setTimeout(self, period: float | None) -> float | None:
+        previous = self.timeOut
+        self.timeOut = period
+        if period is not None:
+            now = self._now()
+            self._active_at = now
+            call = self._idle_call
+            if call is None:
+                self._idle_due = now + period
+                self._idle_call = self.callLater(period, self._idle_check)
+            elif now + period < self._idle_due - 1e-9:
+                # Sooner than the pending check: one for the new period instead.
+                call.cancel()
+                self._idle_due = now + period
+                self._idle_call = self.callLater(period, self._idle_check)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None and self._idle_call is not None:
+            self._active_at = self._now()
+
+    def _now(self) -> float:
+        return self._clock().seconds()  # type: ignore[no-any-return]
+
+    def _clock(self) -> Any:
+        """The site's reactor (the global one for a channel without a site)."""
+        site = getattr(self, "site", None)
+        if site is not None:
+            return site.reactor
+        from twisted.internet import reactor
+
+        return reactor
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        period = self.timeOut
+        if period is None:
+            return  # paused (a request is being answered): armed again by setTimeout
+        due = self._active_at + period
+        now = self._now()
+        if now + 1e-9 >= due:
+            self.timeoutConnection()
+            return
+        # Active since: check again at the end of this idle period (an arbitrary delay,
+        # so on the reactor itself, not on the deadline queues, which are per delay).
+        self._idle_due = due
+        self._idle_call = self._clock().callLater(due - now, self._idle_check)
+
     def timeoutConnection(self) -> None:
         conn = self.okws_connection
         if conn is not None and conn.in_body:
             self.setTimeout(self.timeOut)
             return
         super().timeoutConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        call, self._idle_call = self._idle_call, None
+        if call is not None and call.active():
+            call.cancel()
 
 
 class ServiceSite(server.Site):

@@ -9,11 +9,11 @@ L{twisted.internet.base.DelayedCall} and a heap push, and its cancellation a hea
 later.  Deadlines of one length are due in the order they were set, so a queue per length
 suffices: setting one appends, cancelling one marks it, and one reactor timer, armed for the
 earliest live deadline, runs the due ones.  A deadline runs exactly when it is due, as a
-C{callLater} would.  A service instance runs its channels' idle timers on them too
-(L{twisted.protocols.policies.TimeoutMixin} resets, cancels and sets its timer on every
-request): resetting one appends a new entry and leaves the old one stale; stale and
-cancelled entries are dropped as the queue is swept, or compacted away once they are more
-than half of it.
+C{callLater} would.  A service instance arms its channels' idle timers on them too (kept
+lazily there: L{okws_twisted.service.web.ServiceChannel.setTimeout}), and any
+L{twisted.protocols.policies.TimeoutMixin} may use them: resetting one appends a new entry
+and leaves the old one stale; stale and cancelled entries are dropped as the queue is swept,
+or compacted away once they are more than half of it.
 """
 
 from __future__ import annotations

@@ -501,10 +501,13 @@ class _HeadScanner:
     line-by-line scan runs on partial heads and to name the first error.
     """
 
-    __slots__ = ("_limits", "_term_from", "_pos", "_searched", "_empty", "_line", "_fields")
+    __slots__ = ("_limits", "_term_from", "_pos", "_searched", "_empty", "_line", "_fields", "used")
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
+        #: Its state moved on: the next head needs a new scanner (one whose first call
+        #: parsed a whole head is as new, and serves the next head too).
+        self.used = False
         self._term_from = 0  # where the next search for CRLF CRLF starts
         self._pos = 0  # start of the line being read
         self._searched = 0  # bytes before this hold no LF and no bare CR
@@ -522,6 +525,7 @@ class _HeadScanner:
                 return head
         else:
             self._term_from = max(0, min(len(buf), max_head) - 3)
+        self.used = True
         return self._scan(buf)
 
     def _scan(self, buf: bytes | bytearray) -> RequestHead | None:
@@ -732,6 +736,14 @@ class RequestFramer:
             raise
         return event
 
+    def take_end(self) -> bool:
+        """Take the L{End} that L{next_event} would return next, if it would (the
+        message was its head alone): a service skips a call per bodiless request."""
+        if self._state is _END and self._error is None:
+            self._state = _HEAD
+            return True
+        return False
+
     def _next(self) -> Head | Body | End | None:
         state = self._state
         buf = self._buf
@@ -743,7 +755,8 @@ class RequestFramer:
                 return None
             raw = bytes(buf[: head.size])
             del buf[: head.size]
-            self._scanner = _HeadScanner(self._limits)
+            if self._scanner.used:
+                self._scanner = _HeadScanner(self._limits)
             self._body_limit = self._limits.max_body
             if head.chunked:
                 self._state = _CHUNK_SIZE

@@ -31,6 +31,7 @@ from okws_twisted.wire.httpframe import (
     _HeadScanner,
     parse_head,
 )
+from tests import http_corpus
 
 STATUSES = {400, 413, 414, 431, 501, 505}
 GET = b"GET / HTTP/1.1"
@@ -1221,3 +1222,50 @@ class ResponseFramerTests(SynchronousTestCase):
             self.assertRaises(RuntimeError, framer.expect, method)
             data = self.OK if method == b"GET" else self.OK[: self.OK.index(b"hello")]
             self.assertTrue(framer.feed(data)[-1].end)
+
+
+class TakeEndTests(SynchronousTestCase):
+    """L{RequestFramer.take_end} (a service's shortcut for a bodiless request) gives the same
+    events as L{RequestFramer.next_event}; a scanner kept across heads (one whose first call
+    parsed a whole head) frames as a new one would."""
+
+    @staticmethod
+    def framed(pieces: Sequence[bytes], take: bool) -> tuple[list[tuple], tuple | None]:
+        framer = RequestFramer()
+        events: list[Head | Body | End] = []
+        try:
+            for piece in pieces:
+                framer.feed(piece)
+                while (event := framer.next_event()) is not None:
+                    events.append(event)
+                    if take and isinstance(event, Head) and framer.take_end():
+                        events.append(End())
+            framer.eof()
+            while (event := framer.next_event()) is not None:
+                events.append(event)
+        except HTTPError as e:
+            return normalise(events), (e.status, e.reason)
+        return normalise(events), None
+
+    def test_corpus(self) -> None:
+        taken = 0
+        for case in http_corpus.CORPUS:
+            for pieces in ([case.raw], split(case.raw, range(0, len(case.raw), 7))):
+                expected = self.framed(pieces, take=False)
+                self.assertEqual(self.framed(pieces, take=True), expected, case.name)
+                self.assertEqual(frame(pieces), expected, case.name)
+                taken += sum(1 for e in expected[0] if e[0] == "end")
+        self.assertGreater(taken, 50)
+
+    def test_onlyAtAnEnd(self) -> None:
+        framer = RequestFramer()
+        self.assertFalse(framer.take_end())
+        framer.feed(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab" + get())
+        self.assertIsInstance(framer.next_event(), Head)
+        self.assertFalse(framer.take_end())  # the body is next
+        self.assertEqual(framer.next_event(), Body(b"ab"))
+        self.assertTrue(framer.take_end())
+        self.assertFalse(framer.take_end())
+        self.assertIsInstance(framer.next_event(), Head)
+        self.assertTrue(framer.take_end())
+        self.assertIsNone(framer.next_event())
