@@ -42,8 +42,8 @@ import socket
 from typing import Any, Callable
 
 from OpenSSL import SSL
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHandshakeListener,
     IOpenSSLContextFactory,
 )
@@ -58,10 +58,14 @@ from okws_twisted.interfaces import IChildRole
 from okws_twisted.wire import certs, handoff, limits
 from okws_twisted.wire.channel import Message, MessageChannel
 from okws_twisted.wire.logsender import RecordSender
+from okws_twisted.wire.deadlines import Deadline, Deadlines
 from okws_twisted.wire.relay import Splice
+from okws_twisted.wire.transport import SocketTransport
 
 #: The only application protocol offered: the dispatcher and services speak HTTP/1.1.
 ALPN = [b"http/1.1"]
+#: The address of either end of a socket pair (it has none).
+_PAIR = UNIXAddress(None)
 
 
 class CertificateError(Exception):
@@ -274,13 +278,14 @@ class TLSClient(Protocol):
         self.plain: PlainSide | None = None
         #: The relay between the TLS session (C{a}) and the socket pair (C{b}).
         self.splice: Splice | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
         self.closed = False
 
     def connectionMade(self) -> None:
         self.transport.setTcpNoDelay(True)
         self.front.clients.add(self)
-        self._timer = self.front.reactor.callLater(self.front.config.tls_handshake_timeout, self._handshake_late)
+        # One timer sweep for all handshakes (L{Deadlines}), not a callLater per connection.
+        self._timer = self.front.deadlines.call_later(self.front.config.tls_handshake_timeout, self._handshake_late)
 
     def _handshake_late(self) -> None:
         self._timer = None
@@ -311,13 +316,15 @@ class TLSClient(Protocol):
             mine.close()
             self.transport.abortConnection()
             return
-        try:
-            plain = PlainSide(self)
-            self.plain = plain
-            self.front.reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, _One(plain))
-        finally:
-            mine.close()
-        self.splice = Splice(self.transport, plain.transport)
+        # The front's end on the one transport the dispatcher and the services use too: no
+        # dup of the descriptor, and writes leave at the end of the reactor's iteration with
+        # no epoll registration per write (Twisted's Unix transport adds and removes a writer
+        # for each).
+        plain = PlainSide(self)
+        self.plain = plain
+        transport = SocketTransport(self.front.reactor, mine, plain, _PAIR, _PAIR)
+        transport.start()
+        self.splice = Splice(self.transport, transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.splice is not None:
@@ -337,16 +344,6 @@ class TLSClient(Protocol):
         if self.splice is not None:
             self.splice.lost(self.splice.a)
         self.front.client_gone()
-
-
-class _One(Factory):
-    """A factory whose one protocol already exists (for adoptStreamConnection)."""
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self._protocol
 
 
 class _ClientFactory(Factory):
@@ -376,6 +373,7 @@ class TLSFront:
         self.handshake_timeouts = 0
         self.refused = 0
         self._ids = 0
+        self.deadlines = Deadlines(reactor)
         #: The C{tls:} listeners' directories, by index among the TLS listeners.
         self.directories: dict[int, SNIDirectory] = {}
 
