@@ -4,8 +4,9 @@ The TLS front (OKWS's okssld): the only process that reads the private keys.
 
 It accepts on the C{ssl:} listening sockets the launcher opened, terminates
 TLS with pyOpenSSL through Twisted (TLS 1.2 or newer, ALPN offering
-C{http/1.1}, no renegotiation, no compression), and cuts a client whose
-handshake is not done within C{tls_handshake_timeout}.  For each connection
+C{http/1.1}, no renegotiation, no compression) over
+L{okws_twisted.wire.transport.SocketTransport} on both sides of the relay, and
+cuts a client whose handshake is not done within C{tls_handshake_timeout}.  For each connection
 whose handshake completed it makes a Unix socket pair, passes one end to the
 dispatcher over the ``tls`` channel (a handoff ``conn`` message with the
 client's address, the listener's address and the session's facts: SNI name,
@@ -37,6 +38,7 @@ chosen for it.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from typing import Any, Callable
@@ -45,6 +47,7 @@ from OpenSSL import SSL
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import (
     IHandshakeListener,
+    IReadDescriptor,
     IOpenSSLContextFactory,
 )
 from twisted.internet.protocol import Factory, Protocol
@@ -60,7 +63,7 @@ from okws_twisted.wire.channel import Message, MessageChannel
 from okws_twisted.wire.logsender import RecordSender
 from okws_twisted.wire.deadlines import Deadline, Deadlines
 from okws_twisted.wire.relay import Splice
-from okws_twisted.wire.transport import SocketTransport
+from okws_twisted.wire.transport import SocketTransport, address_of
 
 #: The only application protocol offered: the dispatcher and services speak HTTP/1.1.
 ALPN = [b"http/1.1"]
@@ -282,7 +285,6 @@ class TLSClient(Protocol):
         self.closed = False
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
         self.front.clients.add(self)
         # One timer sweep for all handshakes (L{Deadlines}), not a callLater per connection.
         self._timer = self.front.deadlines.call_later(self.front.config.tls_handshake_timeout, self._handshake_late)
@@ -355,6 +357,88 @@ class _ClientFactory(Factory):
         return TLSClient(self.front, self.listener)
 
 
+#: Connections accepted per wakeup of a listening socket (the rest wait for the next one).
+ACCEPTS_PER_WAKEUP = 64
+#: Seconds accepting pauses when the process is out of descriptors or memory.
+ACCEPT_PAUSE = 1.0
+
+
+@implementer(IReadDescriptor)
+class _Listening:
+    """Accepts on one inherited C{ssl:} socket; each TLS session runs on a L{SocketTransport}.
+
+    Twisted's TCP transport sends nothing when it is written to: it registers for writing and
+    sends at the next wakeup, so each of a TLS session's flights (the server's handshake
+    messages, the session tickets, the response, the close) cost an C{epoll_ctl} pair and a
+    wakeup.  On L{SocketTransport} what is written in a reactor iteration leaves at its end.
+    (The dispatcher's accept loop, L{okws_twisted.dispatcher.accept.Acceptor}, is the same
+    loop; the front may not import the dispatcher's package.)
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, sock: socket.socket, factory: TLSMemoryBIOFactory) -> None:
+        sock.setblocking(False)
+        self._reactor = reactor
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._family = sock.family
+        self._host = address_of(sock.getsockname(), sock.family)
+        self._factory = factory
+        self._accepting = False
+        self._closed = False
+
+    def start(self) -> None:
+        if not self._accepting and not self._closed:
+            self._accepting = True
+            self._reactor.addReader(self)
+
+    def _pause(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self._reactor.removeReader(self)
+
+    def stopListening(self) -> None:
+        if not self._closed:
+            self._pause()
+            self._closed = True
+            self._sock.close()
+            self._factory.doStop()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "TLSListener"
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._accepting = False
+
+    def doRead(self) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            if not self._accepting:
+                return
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # The socket stays readable: pause instead of spinning.
+                    self.log.warn("accept failed ({error}); pausing accepts for {t}s", error=e, t=ACCEPT_PAUSE)
+                    self._pause()
+                    self._reactor.callLater(ACCEPT_PAUSE, self.start)
+                return
+            if self._family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = address_of(addr, self._family)
+            protocol = self._factory.buildProtocol(peer)
+            if protocol is None:
+                conn.close()
+                continue
+            SocketTransport(self._reactor, conn, protocol, peer, self._host).start()
+
+
 @implementer(IChildRole)
 class TLSFront:
     """The TLS front's state: its listening ports, TLS sessions, the channel to the dispatcher."""
@@ -388,10 +472,10 @@ class TLSFront:
             for i, (l, sock) in enumerate(pairs)
         ]
         for sock, factory in factories:
-            # Twisted's accept loop runs until EAGAIN: an inherited blocking socket would hang it.
-            sock.setblocking(False)
-            self.ports.append(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
-            sock.close()  # adoptStreamPort made its own copy
+            factory.doStart()
+            port = _Listening(self.reactor, sock, factory)
+            port.start()
+            self.ports.append(port)
 
     def context_factory(self, listener: Listener, index: int = 0) -> Any:
         if listener.sni_dir is not None:
