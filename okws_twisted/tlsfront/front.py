@@ -6,7 +6,8 @@ It accepts on the C{ssl:} listening sockets the launcher opened, terminates
 TLS with pyOpenSSL through Twisted (TLS 1.2 or newer, ALPN offering
 C{http/1.1}, no renegotiation, no compression) over
 L{okws_twisted.wire.transport.SocketTransport} on both sides of the relay, and
-cuts a client whose handshake is not done within C{tls_handshake_timeout}.  For each connection
+cuts a client whose handshake is not done within C{tls_handshake_timeout} (and one that
+has not closed within as long after the front began closing its session).  For each connection
 whose handshake completed it makes a Unix socket pair, passes one end to the
 dispatcher over the ``tls`` channel (a handoff ``conn`` message with the
 client's address, the listener's address and the session's facts: SNI name,
@@ -333,9 +334,23 @@ class TLSClient(Protocol):
             self.splice.from_a(data)
 
     def plain_lost(self) -> None:
-        """The dispatcher or a service closed the connection: close the TLS session (after what is buffered)."""
+        """The dispatcher or a service closed the connection: close the TLS session (after what is
+        buffered), and cut it if the client has not closed it within C{tls_handshake_timeout}.
+
+        Twisted's TLS sends the front's close_notify, then waits for the client's (or for its TCP
+        close) with no limit of its own: a client that does neither would keep its descriptor
+        and its memory in the front for ever (and hold up a graceful stop).
+        """
         if not self.closed and self.splice is not None:
             self.splice.lost(self.splice.b)
+            if not self.closed and self._timer is None:
+                # The closing handshake gets the opening handshake's bound, on the same sweep.
+                self._timer = self.front.deadlines.call_later(self.front.config.tls_handshake_timeout, self._close_late)
+
+    def _close_late(self) -> None:
+        self._timer = None
+        self.front.close_timeouts += 1
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
@@ -455,6 +470,8 @@ class TLSFront:
         self.stopping = False
         self.passed_on = 0
         self.handshake_timeouts = 0
+        #: Sessions cut because the client neither answered the front's close_notify nor closed.
+        self.close_timeouts = 0
         self.refused = 0
         self._ids = 0
         self.deadlines = Deadlines(reactor)
@@ -542,6 +559,7 @@ class TLSFront:
             "connections": len(self.clients),
             "passed_on": self.passed_on,
             "handshake_timeouts": self.handshake_timeouts,
+            "close_timeouts": self.close_timeouts,
             "refused": self.refused,
         }
 

@@ -393,8 +393,8 @@ class SessionTests(SynchronousTestCase):
                 return out + b"<EOF>"
             out += data
 
-    def test_relayBothWaysThenClose(self) -> None:
-        """The plaintext reaches the dispatcher's end of the pair and back; the pair's close ends the session."""
+    def session(self):  # type: ignore[no-untyped-def]
+        """A TLS client whose handshake completed, and the dispatcher's end of its socket pair."""
         import socket
 
         from okws_twisted.wire import channel, handoff, limits
@@ -416,6 +416,11 @@ class SessionTests(SynchronousTestCase):
         end = socket.socket(fileno=msg.fds[0])
         self.addCleanup(end.close)
         end.setblocking(False)
+        return client, end
+
+    def test_relayBothWaysThenClose(self) -> None:
+        """The plaintext reaches the dispatcher's end of the pair and back; the pair's close ends the session."""
+        client, end = self.session()
         client.sendall(b"GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n")
         got = []
 
@@ -435,6 +440,34 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(b"".join(received), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok<EOF>")
         client.close()  # (the front sent its close_notify: it waits for the client's close)
         self.until(lambda: not self.front.clients, "the session forgotten")
+
+    def test_clientThatNeverClosesIsCut(self) -> None:
+        """The pair's close sends the front's close_notify; a client that neither answers it nor closes
+        is cut C{tls_handshake_timeout} later, and a session still relaying is not."""
+        import time
+
+        from okws_twisted.config import parse
+
+        kept, _kept_end = self.session()
+        rude, end = self.session()
+        # (after the handshakes: the front reads the bound when it begins closing)
+        self.front.update_config(
+            parse("[okws]\ntls_handshake_timeout = 1\n[service:a]\nresource = a:B\npaths = /a\n", "site.ini", self.dir)
+        )
+        end.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        closing = time.monotonic()
+        end.close()
+        received = []
+        self.until(lambda: received.append(self.read(rude)) or b"".join(received).endswith(b"<EOF>"), "close_notify")
+        self.assertEqual(b"".join(received), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok<EOF>")
+        self.assertEqual(len(self.front.clients), 2)
+        deadline = closing + 10
+        while len(self.front.clients) > 1:  # the reactor turned, bounded; the deadline is real time
+            self.assertLess(time.monotonic(), deadline, "the client that never closed was not cut")
+            self.reactor.iterate(0.05)
+        self.assertGreater(time.monotonic() - closing, 0.9)
+        self.assertEqual(self.front.close_timeouts, 1)
+        self.assertEqual([c.transport.getPeer().port for c in self.front.clients], [kept.getsockname()[1]])
 
     def test_stopClosesTheListener(self) -> None:
         import socket
