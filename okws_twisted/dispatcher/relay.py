@@ -257,7 +257,7 @@ class RelayedConnection:
         self.framer.set_body_limit(self.max_body)
         self.head = head
         self._sent(head, bool(head.chunked or head.content_length))
-        self.pair.write(event.raw)
+        self.pair.send_now(event.raw)
 
     def _sent(self, head: RequestHead, in_body: bool) -> None:
         """A request (its head, perhaps some body) is on its way to the instance."""
@@ -280,13 +280,13 @@ class RelayedConnection:
             return
         if not pieces:
             return
-        # One write for all of a read's pieces (a head and its body: one send to the client).
+        # One send, now, for all of a read's pieces (a head and its body: one send to the client).
         # Only the last piece can end the response: the framer refuses bytes after an end.
         last = pieces[-1]
         out = last.data if len(pieces) == 1 else b"".join([piece.data for piece in pieces])
         if out:
             self.response_started = True
-            self.transport.write(out)
+            self.transport.send_now(out)
         if last.end:
             self._response_done(last.close)
 

@@ -418,6 +418,25 @@ class SocketTransport:
             return
         self._send(data)
 
+    def send_now(self, data: bytes) -> None:
+        """Send C{data} now, after anything batched, instead of at the end of the reactor's turn.
+
+        For a relay that forwards what it just read (L{okws_twisted.dispatcher.relay}): one
+        C{send} per forwarded read, without the flusher's C{callLater(0)} and batch.  What
+        L{write} batched goes first, in the same C{send}; otherwise as L{write} (ignored when
+        closing or detached; buffered behind unsent bytes or a file; the high-water mark).
+        """
+        if not data or not self.connected or self.disconnecting or self.detached:
+            return
+        batch = self._batch
+        if batch:
+            batch.append(data)
+            data = b"".join(batch)
+            # Inside a read the batch stays open for what the protocol writes next.
+            self._batch = [] if self._delivering else None
+            self._batch_bytes = 0
+        self._send(data)
+
     def _send(self, data: bytes) -> None:
         if not self.connected or self.detached:
             return
