@@ -905,6 +905,11 @@ def _chunk_line_error(line: bytes) -> HTTPError:
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9]) [\t \x21-\x7e\x80-\xff]*\r\n")
 _RESPONSE_FIELD = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*(" + _FIELD_CHAR + rb"*)\r\n")
 _RESPONSE_CHUNK = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\r\n")
+#: A whole response head at once (L{ResponseFramer}'s fast path): the status line and the field
+#: lines L{_RESPONSE_FIELD} reads one at a time, in one match.
+_WHOLE_RESPONSE_HEAD = re.compile(
+    _STATUS_LINE.pattern + rb"((?:" + _TCHAR + rb"+:" + _FIELD_CHAR + rb"*\r\n)*)\r\n"
+)
 #: The largest response head (and trailer section) the dispatcher buffers.
 MAX_RESPONSE_HEAD = 65536
 
@@ -978,6 +983,10 @@ class ResponseFramer:
             if data:
                 raise ResponseError("bytes with no request outstanding")
             return []
+        if state is _RState.HEAD and not self._buf:
+            whole = self._whole(data)
+            if whole is not None:
+                return whole
         if state is _RState.BODY and not self._buf:
             # The common case: Content-Length body bytes pass through uncopied.
             take = min(self._remaining, len(data))
@@ -1007,6 +1016,50 @@ class ResponseFramer:
         if self._state is not _RState.IDLE or self._buf:
             raise ResponseError("the service closed in the middle of a response")
         return []
+
+    def _whole(self, data: bytes) -> list[Piece] | None:
+        """The common case in one step: C{data} is one whole response, a head and its
+        C{Content-Length} body, and nothing more; passed on as read, uncopied.
+
+        C{None} for anything else (a head or body cut, a chunked, bodiless or interim
+        response, anything L{_head} would refuse): the general path frames it, and must
+        give the same bytes, ends and errors (tests/wire/test_httpframe.py checks both).
+        """
+        if self._head_only:
+            return None
+        end = data.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD)
+        if end < 0:
+            return None
+        size = end + 4
+        m = _WHOLE_RESPONSE_HEAD.fullmatch(data, 0, size)
+        if m is None:
+            return None
+        status = int(m[2])
+        if status < 200 or status == 204 or status == 304:
+            return None
+        close = m[1] == b"0"
+        length = None
+        for line in m[3].split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name == b"content-length":
+                if length is not None:
+                    return None
+                length = value.strip(b" \t")
+            elif name == b"transfer-encoding":
+                return None
+            elif name == b"connection":
+                close = close or b"close" in _tokens([value])
+        if (
+            length is None
+            or not length.isdigit()
+            or len(length.lstrip(b"0")) > _MAX_LENGTH_DIGITS
+            or int(length) != len(data) - size
+        ):
+            return None
+        self._close = close
+        self._state = _RState.IDLE
+        return [Piece(data, True, close)]
 
     def _step(self) -> Piece | None:
         buf = self._buf

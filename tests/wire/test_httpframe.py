@@ -23,6 +23,7 @@ from okws_twisted.wire.httpframe import (
     HeadReader,
     HTTPError,
     Limits,
+    MAX_RESPONSE_HEAD,
     Piece,
     RequestFramer,
     RequestHead,
@@ -1269,3 +1270,164 @@ class TakeEndTests(SynchronousTestCase):
         self.assertIsInstance(framer.next_event(), Head)
         self.assertTrue(framer.take_end())
         self.assertIsNone(framer.next_event())
+
+
+def response_outcome(exchanges: Sequence[tuple[bytes, Sequence[bytes]]]) -> tuple:
+    """What one L{ResponseFramer} makes of (method, response fed in these pieces), in turn: the
+    bytes passed on, where responses end (offset, close), and the error or whether it is idle."""
+    framer = ResponseFramer()
+    out = bytearray()
+    ends: list[tuple[int, bool]] = []
+    try:
+        for method, pieces in exchanges:
+            framer.expect(method)
+            for data in pieces:
+                for piece in framer.feed(data):
+                    out += piece.data
+                    if piece.end:
+                        ends.append((len(out), piece.close))
+    except (ResponseError, RuntimeError) as e:
+        return bytes(out), ends, repr(e)
+    return bytes(out), ends, framer.idle
+
+
+def as_response(request: bytes, status: int) -> bytes:
+    """A request turned into a response: its request line replaced by a status line, its fields
+    and body kept (the corpus's field and framing cases, read by the response side)."""
+    _, crlf, rest = request.partition(b"\r\n")
+    return b"HTTP/1.1 %d X\r\n" % status + rest if crlf else request
+
+
+def sized(response: bytes) -> bytes:
+    """C{response} with a C{Content-Length} field (first) for what follows its head."""
+    end = response.find(b"\r\n\r\n")
+    line = response.find(b"\r\n")
+    if end < 0:
+        return response
+    length = b"Content-Length: %d\r\n" % (len(response) - end - 4)
+    return response[: line + 2] + length + response[line + 2 :]
+
+
+def responses_of(case: http_corpus.Case, framed: bool) -> list[tuple[bytes, bytes]]:
+    """(method, response) for each of a corpus case's exchanges (C{framed}: L{sized})."""
+    out = []
+    for e in case.exchanges:
+        response = as_response(e.request, e.status)
+        out.append((e.request.split(b" ", 1)[0], sized(response) if framed else response))
+    return out
+
+
+#: Responses like the services' (twisted.web's), and the framing cases around them.
+_BODY = b"<p>Hello, world!</p>\n"
+RESPONSES = [
+    ResponseFramerTests.OK,
+    ResponseFramerTests.CHUNKED,
+    b"HTTP/1.1 200 OK\r\nX-Okws-Pid: 1\r\nDate: x\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+    b"Server: TwistedWeb/24.11.0\r\n\r\n%s" % (len(_BODY), _BODY),
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0005\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length:\t 5 \t\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\ncontent-LENGTH: 5\r\nConnection: keep-alive, CLOSE\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nConnection: x\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.0 200 OK\r\n\r\nhello",
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nhello",
+    b"HTTP/1.1 100 Continue\r\n\r\n" + ResponseFramerTests.OK,
+    b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 199 X\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456789\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 00000000000000000000005\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xd9\xa5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\n Content-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nX: \x00\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 \r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.2 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhell",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello!",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + ResponseFramerTests.OK,
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * MAX_RESPONSE_HEAD + b"\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * (MAX_RESPONSE_HEAD - 50) + b"\r\nContent-Length: 1\r\n\r\nx",
+]
+
+
+class ResponseFastPathTests(SynchronousTestCase):
+    """L{ResponseFramer}'s fast path (a whole C{Content-Length} response in one read, passed on
+    as read) gives the same bytes, ends, errors and state as the general path, which frames
+    the same bytes when the first read holds less than the whole head."""
+
+    def agree(self, exchanges: list[tuple[bytes, bytes]], name: object) -> bool:
+        """Whole (fast path where it applies) against one byte first (general path), and against
+        small reads; whether the fast path passed a whole response on as read."""
+        whole = response_outcome([(m, [r]) for m, r in exchanges])
+        general = response_outcome([(m, [r[:1], r[1:]]) for m, r in exchanges])
+        self.assertEqual(whole, general, name)
+        for size in (2, 7):
+            small = response_outcome([(m, split(r, range(0, len(r), size))) for m, r in exchanges])
+            if isinstance(general[2], bool):
+                self.assertEqual(small, general, (name, size))
+            else:
+                self.assertIsInstance(small[2], str, (name, size))
+        method, first = exchanges[0]
+        framer = ResponseFramer()
+        framer.expect(method)
+        try:
+            pieces = framer.feed(first)
+        except ResponseError:
+            return False
+        return len(pieces) == 1 and pieces[0].data is first
+
+    def test_corpus(self) -> None:
+        """The request corpus read as responses (its field lines and framing under a status
+        line, each exchange's status and method), one case's responses after another."""
+        fast = 0
+        for case in http_corpus.CORPUS:
+            for framed in (False, True):
+                fast += self.agree(responses_of(case, framed), case.name)
+            fast += self.agree([(b"GET", sized(as_response(case.raw, 200)))], case.name)
+        self.assertGreater(fast, 200)
+
+    def test_responses(self) -> None:
+        fast = 0
+        for response in RESPONSES:
+            for method in (b"GET", b"HEAD"):
+                fast += self.agree([(method, response)], response[:80])
+                fast += self.agree([(method, response), (b"GET", ResponseFramerTests.OK)], response[:80])
+        self.assertGreater(fast, 15)
+
+    def test_wholeResponseUncopied(self) -> None:
+        framer = ResponseFramer()
+        for response, close in ((RESPONSES[2], False), (RESPONSES[6], True), (RESPONSES[8], True)):
+            framer.expect(b"GET")
+            (piece,) = framer.feed(response)
+            self.assertIs(piece.data, response)
+            self.assertEqual((piece.end, piece.close), (True, close))
+            self.assertTrue(framer.idle)
+
+    @PROPERTY
+    @given(st.sampled_from(RESPONSES[:12]), st.sampled_from([b"GET", b"HEAD"]), st.data())
+    def test_mutated(self, response: bytes, method: bytes, data: st.DataObject) -> None:
+        for _ in range(data.draw(st.integers(1, 3))):
+            at = data.draw(st.integers(0, len(response)))
+            op = data.draw(st.sampled_from(["insert", "replace", "delete"]))
+            if op == "delete":
+                response = response[:at] + response[at + data.draw(st.integers(1, 4)) :]
+            else:
+                piece = data.draw(_INTERESTING | st.binary(min_size=1, max_size=3))
+                response = response[:at] + piece + response[at + (len(piece) if op == "replace" else 0) :]
+        self.agree([(method, response)], response)
