@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
-from tests.e2e import E2ETestCase, Site, free_port, read_response, request_bytes
+from tests.e2e import E2ETestCase, Site, free_port, read_response, request_bytes, wait_until
 
 SERVICES = """
 [service:echo]
@@ -214,6 +214,36 @@ class PythonClientTests(E2ETestCase):
         self.assertGreater(got, body)
         self.assertLess(got, body + 4096)
 
+    def test_close_deadline(self) -> None:
+        """
+        A client that gets its response and the front's close_notify, then neither answers it nor
+        closes its socket, is cut by the front tls_handshake_timeout (2 s here) later: its
+        descriptor leaves the TLS front's fd table.  A kept-alive connection open meanwhile is
+        unaffected, and a client that answers the close_notify is closed cleanly.
+        """
+        front = self.site.pids()["tls"]
+        with self.connect() as kept, self.connect() as rude, self.connect() as polite:
+            kept.sendall(request_bytes("GET", "/echo"))
+            self.assertEqual(read_response(kept).status, 200)
+            kept_fd = front_socket(self.port, kept)
+            rude_fd = front_socket(self.port, rude)
+            polite_fd = front_socket(self.port, polite)
+            rude.sendall(request_bytes("GET", "/echo", {"Connection": "close"}))
+            self.assertEqual(read_response(rude).status, 200)
+            self.assertEqual(rude.recv(100), b"")  # the front's close_notify
+            notified = time.monotonic()
+            self.assertTrue(holds(front, rude_fd), "the front closed before its close_notify was answered")
+            polite.sendall(request_bytes("GET", "/echo", {"Connection": "close"}))
+            self.assertEqual(read_response(polite).status, 200)
+            polite.settimeout(10)
+            polite.unwrap()  # the client's close_notify: the front closes its side at once
+            wait_until(lambda: not holds(front, rude_fd), 15, "the TLS front to cut the client that never closed")
+            self.assertGreater(time.monotonic() - notified, 1.5)
+            self.assertFalse(holds(front, polite_fd), "the client that answered the close_notify is still held")
+            self.assertTrue(holds(front, kept_fd), "the kept-alive connection was closed too")
+            kept.sendall(request_bytes("GET", "/echo"))
+            self.assertEqual(read_response(kept).status, 200)
+
     def test_handshake_deadline(self) -> None:
         """A client that connects and never completes the handshake is cut after tls_handshake_timeout."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
@@ -227,6 +257,28 @@ class PythonClientTests(E2ETestCase):
         self.assertEqual(data, b"")
         self.assertGreater(elapsed, 1.5)
         self.assertLess(elapsed, 8)
+
+
+def front_socket(port: int, client: socket.socket) -> str:
+    """The C{socket:[INODE]} of the TLS front's end of C{client}'s connection to C{port}, from /proc/net/tcp."""
+    want_local, want_remote = f"0100007F:{port:04X}", f"0100007F:{client.getsockname()[1]:04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == want_local and fields[2] == want_remote:
+                return f"socket:[{fields[9]}]"
+    raise AssertionError(f"no socket from port {port} to {want_remote} in /proc/net/tcp")
+
+
+def holds(pid: int, target: str) -> bool:
+    """Whether process C{pid} has a descriptor on C{target} (a C{socket:[INODE]})."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
+        except OSError:  # closed meanwhile
+            pass
+    return False
 
 
 def rss(pid: int) -> int:

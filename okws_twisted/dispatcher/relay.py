@@ -120,9 +120,9 @@ class _InstanceSide:
         self.transport = transport
 
     def dataReceived(self, data: bytes) -> None:
-        splice = self.relayed.splice
-        if splice is not None and splice.b is self.transport:
-            splice.from_b(data)
+        relayed = self.relayed
+        if relayed.pair is self.transport:  # (not a pair this visit already closed)
+            relayed._from_instance(data)
 
     def connectionLost(self, reason: Failure) -> None:
         self.relayed.instance_lost(self.transport)
@@ -144,6 +144,7 @@ class RelayedConnection:
     def __init__(self, dispatcher: "Dispatcher", conn: "HeadConnection", link: "InstanceLink", conn_id: int) -> None:
         assert conn.relay is not None and conn.route is not None
         self.dispatcher = dispatcher
+        self.reactor = dispatcher.reactor
         self.link = link
         self.conn_id = conn_id
         self.route: Route = conn.route
@@ -174,6 +175,9 @@ class RelayedConnection:
         #: The client is not being read (the front door paused it after the head).
         self._held = True
         self._wait: IDelayedCall | None = None
+        #: When the timer fires, and when the current deadline is due (at or after it).
+        self._wait_at = 0.0
+        self._wait_due = 0.0
         self._waiting_for = ""
         self._body: BodyTimer | None = None
 
@@ -203,9 +207,7 @@ class RelayedConnection:
     # -- requests: client -> instance
 
     def _from_client(self, data: bytes) -> None:
-        if self._waiting_for == "idle":
-            # The next request has begun: its head gets head_timeout, from now.
-            self._wait_for("head", self.dispatcher.config.head_timeout)
+        # A next head that is not complete gets head_timeout from now (L{_settle}).
         self.framer.feed(data)
         self._pump()
 
@@ -276,15 +278,17 @@ class RelayedConnection:
         except ResponseError as e:
             self._misbehaved(str(e))
             return
-        client = self.transport
-        for piece in pieces:
-            if piece.data:
-                self.response_started = True
-                client.write(piece.data)
-            if piece.end:
-                self._response_done(piece.close)
-                if self.done:
-                    return
+        if not pieces:
+            return
+        # One write for all of a read's pieces (a head and its body: one send to the client).
+        # Only the last piece can end the response: the framer refuses bytes after an end.
+        last = pieces[-1]
+        out = last.data if len(pieces) == 1 else b"".join([piece.data for piece in pieces])
+        if out:
+            self.response_started = True
+            self.transport.write(out)
+        if last.end:
+            self._response_done(last.close)
 
     def _response_done(self, close: bool) -> None:
         self.outstanding = False
@@ -328,12 +332,8 @@ class RelayedConnection:
             self._close()
         return True
 
-    def dataReceived(self, data: bytes) -> None:
-        # The splice forwards (the client transport's protocol is this object).
-        if self.splice is not None and self.splice.joined:
-            self.splice.from_a(data)
-        else:
-            self._from_client(data)
+    #: The client's bytes (this object is the client transport's protocol, joined or not).
+    dataReceived = _from_client
 
     def makeConnection(self, transport: SocketTransport) -> None:
         self.transport = transport
@@ -382,13 +382,22 @@ class RelayedConnection:
             self.transport.resumeProducing()
 
     def _wait_for(self, what: str, seconds: float) -> None:
-        """Arm the one deadline timer (moved, not replaced: one per connection, not per request)."""
+        """Set the idle or head deadline, C{seconds} from now.
+
+        One timer per connection, not per request, and moved only to fire sooner: a
+        deadline set later than the timer (the idle one, after every response) costs an
+        assignment, and the timer, when it fires early, goes on to the deadline then set.
+        """
         self._waiting_for = what
+        reactor = self.reactor
+        due = self._wait_due = reactor.seconds() + seconds
         wait = self._wait
-        if wait is not None and wait.active():
+        if wait is None:
+            self._wait = reactor.callLater(seconds, self._waited)
+            self._wait_at = due
+        elif due < self._wait_at:
             wait.reset(seconds)
-        else:
-            self._wait = self.dispatcher.reactor.callLater(seconds, self._waited)
+            self._wait_at = due
 
     def _cancel_wait(self) -> None:
         """No deadline now (a request is outstanding); the timer, if it fires meanwhile, does nothing."""
@@ -402,7 +411,16 @@ class RelayedConnection:
 
     def _waited(self) -> None:
         self._wait = None
-        what, self._waiting_for = self._waiting_for, ""
+        what = self._waiting_for
+        if not what:
+            return  # the next deadline set arms a timer again
+        reactor = self.reactor
+        left = self._wait_due - reactor.seconds()
+        if left > 1e-6:  # the deadline moved since the timer was armed
+            self._wait = reactor.callLater(left, self._waited)
+            self._wait_at = self._wait_due
+            return
+        self._waiting_for = ""
         if what == "idle":
             self._close()  # an idle keep-alive connection: closed without an answer
         elif what == "head":

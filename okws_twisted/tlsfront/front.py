@@ -4,8 +4,10 @@ The TLS front (OKWS's okssld): the only process that reads the private keys.
 
 It accepts on the C{ssl:} listening sockets the launcher opened, terminates
 TLS with pyOpenSSL through Twisted (TLS 1.2 or newer, ALPN offering
-C{http/1.1}, no renegotiation, no compression), and cuts a client whose
-handshake is not done within C{tls_handshake_timeout}.  For each connection
+C{http/1.1}, no renegotiation, no compression) over
+L{okws_twisted.wire.transport.SocketTransport} on both sides of the relay, and
+cuts a client whose handshake is not done within C{tls_handshake_timeout} (and one that
+has not closed within as long after the front began closing its session).  For each connection
 whose handshake completed it makes a Unix socket pair, passes one end to the
 dispatcher over the ``tls`` channel (a handoff ``conn`` message with the
 client's address, the listener's address and the session's facts: SNI name,
@@ -37,14 +39,16 @@ chosen for it.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from typing import Any, Callable
 
 from OpenSSL import SSL
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHandshakeListener,
+    IReadDescriptor,
     IOpenSSLContextFactory,
 )
 from twisted.internet.protocol import Factory, Protocol
@@ -58,10 +62,14 @@ from okws_twisted.interfaces import IChildRole
 from okws_twisted.wire import certs, handoff, limits
 from okws_twisted.wire.channel import Message, MessageChannel
 from okws_twisted.wire.logsender import RecordSender
+from okws_twisted.wire.deadlines import Deadline, Deadlines
 from okws_twisted.wire.relay import Splice
+from okws_twisted.wire.transport import SocketTransport, address_of
 
 #: The only application protocol offered: the dispatcher and services speak HTTP/1.1.
 ALPN = [b"http/1.1"]
+#: The address of either end of a socket pair (it has none).
+_PAIR = UNIXAddress(None)
 
 
 class CertificateError(Exception):
@@ -274,13 +282,13 @@ class TLSClient(Protocol):
         self.plain: PlainSide | None = None
         #: The relay between the TLS session (C{a}) and the socket pair (C{b}).
         self.splice: Splice | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None
         self.closed = False
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
         self.front.clients.add(self)
-        self._timer = self.front.reactor.callLater(self.front.config.tls_handshake_timeout, self._handshake_late)
+        # One timer sweep for all handshakes (L{Deadlines}), not a callLater per connection.
+        self._timer = self.front.deadlines.call_later(self.front.config.tls_handshake_timeout, self._handshake_late)
 
     def _handshake_late(self) -> None:
         self._timer = None
@@ -311,22 +319,38 @@ class TLSClient(Protocol):
             mine.close()
             self.transport.abortConnection()
             return
-        try:
-            plain = PlainSide(self)
-            self.plain = plain
-            self.front.reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, _One(plain))
-        finally:
-            mine.close()
-        self.splice = Splice(self.transport, plain.transport)
+        # The front's end on the one transport the dispatcher and the services use too: no
+        # dup of the descriptor, and writes leave at the end of the reactor's iteration with
+        # no epoll registration per write (Twisted's Unix transport adds and removes a writer
+        # for each).
+        plain = PlainSide(self)
+        self.plain = plain
+        transport = SocketTransport(self.front.reactor, mine, plain, _PAIR, _PAIR)
+        transport.start()
+        self.splice = Splice(self.transport, transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.splice is not None:
             self.splice.from_a(data)
 
     def plain_lost(self) -> None:
-        """The dispatcher or a service closed the connection: close the TLS session (after what is buffered)."""
+        """The dispatcher or a service closed the connection: close the TLS session (after what is
+        buffered), and cut it if the client has not closed it within C{tls_handshake_timeout}.
+
+        Twisted's TLS sends the front's close_notify, then waits for the client's (or for its TCP
+        close) with no limit of its own: a client that does neither would keep its descriptor
+        and its memory in the front for ever (and hold up a graceful stop).
+        """
         if not self.closed and self.splice is not None:
             self.splice.lost(self.splice.b)
+            if not self.closed and self._timer is None:
+                # The closing handshake gets the opening handshake's bound, on the same sweep.
+                self._timer = self.front.deadlines.call_later(self.front.config.tls_handshake_timeout, self._close_late)
+
+    def _close_late(self) -> None:
+        self._timer = None
+        self.front.close_timeouts += 1
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closed = True
@@ -339,16 +363,6 @@ class TLSClient(Protocol):
         self.front.client_gone()
 
 
-class _One(Factory):
-    """A factory whose one protocol already exists (for adoptStreamConnection)."""
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: Any) -> Protocol:
-        return self._protocol
-
-
 class _ClientFactory(Factory):
     def __init__(self, front: "TLSFront", listener: int) -> None:
         self.front = front
@@ -356,6 +370,88 @@ class _ClientFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> TLSClient:
         return TLSClient(self.front, self.listener)
+
+
+#: Connections accepted per wakeup of a listening socket (the rest wait for the next one).
+ACCEPTS_PER_WAKEUP = 64
+#: Seconds accepting pauses when the process is out of descriptors or memory.
+ACCEPT_PAUSE = 1.0
+
+
+@implementer(IReadDescriptor)
+class _Listening:
+    """Accepts on one inherited C{ssl:} socket; each TLS session runs on a L{SocketTransport}.
+
+    Twisted's TCP transport sends nothing when it is written to: it registers for writing and
+    sends at the next wakeup, so each of a TLS session's flights (the server's handshake
+    messages, the session tickets, the response, the close) cost an C{epoll_ctl} pair and a
+    wakeup.  On L{SocketTransport} what is written in a reactor iteration leaves at its end.
+    (The dispatcher's accept loop, L{okws_twisted.dispatcher.accept.Acceptor}, is the same
+    loop; the front may not import the dispatcher's package.)
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, sock: socket.socket, factory: TLSMemoryBIOFactory) -> None:
+        sock.setblocking(False)
+        self._reactor = reactor
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._family = sock.family
+        self._host = address_of(sock.getsockname(), sock.family)
+        self._factory = factory
+        self._accepting = False
+        self._closed = False
+
+    def start(self) -> None:
+        if not self._accepting and not self._closed:
+            self._accepting = True
+            self._reactor.addReader(self)
+
+    def _pause(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self._reactor.removeReader(self)
+
+    def stopListening(self) -> None:
+        if not self._closed:
+            self._pause()
+            self._closed = True
+            self._sock.close()
+            self._factory.doStop()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "TLSListener"
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._accepting = False
+
+    def doRead(self) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            if not self._accepting:
+                return
+            try:
+                conn, addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # The socket stays readable: pause instead of spinning.
+                    self.log.warn("accept failed ({error}); pausing accepts for {t}s", error=e, t=ACCEPT_PAUSE)
+                    self._pause()
+                    self._reactor.callLater(ACCEPT_PAUSE, self.start)
+                return
+            if self._family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = address_of(addr, self._family)
+            protocol = self._factory.buildProtocol(peer)
+            if protocol is None:
+                conn.close()
+                continue
+            SocketTransport(self._reactor, conn, protocol, peer, self._host).start()
 
 
 @implementer(IChildRole)
@@ -374,8 +470,11 @@ class TLSFront:
         self.stopping = False
         self.passed_on = 0
         self.handshake_timeouts = 0
+        #: Sessions cut because the client neither answered the front's close_notify nor closed.
+        self.close_timeouts = 0
         self.refused = 0
         self._ids = 0
+        self.deadlines = Deadlines(reactor)
         #: The C{tls:} listeners' directories, by index among the TLS listeners.
         self.directories: dict[int, SNIDirectory] = {}
 
@@ -390,10 +489,10 @@ class TLSFront:
             for i, (l, sock) in enumerate(pairs)
         ]
         for sock, factory in factories:
-            # Twisted's accept loop runs until EAGAIN: an inherited blocking socket would hang it.
-            sock.setblocking(False)
-            self.ports.append(self.reactor.adoptStreamPort(sock.fileno(), sock.family, factory))
-            sock.close()  # adoptStreamPort made its own copy
+            factory.doStart()
+            port = _Listening(self.reactor, sock, factory)
+            port.start()
+            self.ports.append(port)
 
     def context_factory(self, listener: Listener, index: int = 0) -> Any:
         if listener.sni_dir is not None:
@@ -460,6 +559,7 @@ class TLSFront:
             "connections": len(self.clients),
             "passed_on": self.passed_on,
             "handshake_timeouts": self.handshake_timeouts,
+            "close_timeouts": self.close_timeouts,
             "refused": self.refused,
         }
 

@@ -220,6 +220,20 @@ class RelayTests(DispatcherTestCase):
         self.assertEqual(self.written(client), b"<EOF>")
         self.assertEqual(self.instance_reads(end), b"<EOF>")
 
+    def test_idleTimeoutFromTheLastResponse(self) -> None:
+        """The idle deadline counts from the last response, though its one timer was armed at the first."""
+        client, end, relayed = self.relayed()
+        self.answer(relayed, end)
+        self.reactor.advance(15)
+        self.client_sends(relayed, client, req("/a/2"))
+        self.assertEqual(self.instance_reads(end), req("/a/2"))
+        self.answer(relayed, end)
+        self.reactor.advance(19.9)  # past the first response's deadline, not the second's
+        self.assertEqual(self.written(client), OK * 2)
+        self.assertTrue(relayed.transport.connected)
+        self.reactor.advance(0.2)
+        self.assertEqual(self.written(client), b"<EOF>")
+
     def test_headDeadline(self) -> None:
         """A next head that drips gets head_timeout from its first byte, not from each byte."""
         client, end, relayed = self.relayed()

@@ -309,3 +309,170 @@ class CertificateTableTests(_PemDirectory):
         conn = read_one_blocking(theirs, 2, limits.TLS_DISPATCHER)
         conn.close_fds()
         self.assertEqual((conn.meta["listener"], conn.meta["cert"]), (0, table.names["a.example"]))
+
+
+class SessionTests(SynchronousTestCase):
+    """The front in process, on its own epoll reactor driven by hand: a real TLS client on loopback,
+    the dispatcher's side played by the ``tls`` channel's other end."""
+
+    def setUp(self) -> None:
+        import socket
+
+        from twisted.internet.epollreactor import EPollReactor
+
+        from okws_twisted.config import parse
+        from okws_twisted.tlsfront.front import TLSFront
+        from okws_twisted.wire import channel
+
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        pem = make_pem(self.dir, "site.pem", "example.test", ["example.test"])
+        self.reactor = EPollReactor()
+        site = parse("[okws]\n[service:a]\nresource = a:B\npaths = /a\n", "site.ini", self.dir)
+        self.front = TLSFront(self.reactor, site)
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(16)
+        self.addr = lsock.getsockname()
+        self.front.listen([(Listener(kind="tcp", port=self.addr[1], private_key=pem, cert_key=pem), lsock)])
+        self.ours, theirs = channel.socketpair()
+        self.addCleanup(self.ours.close)
+        self.front.peer("tls", {}, theirs)
+        self.addCleanup(self._stop)
+
+    def _stop(self) -> None:
+        self.front.stop()
+        if self.front.dispatcher is not None:
+            self.front.dispatcher.close()
+        for _ in range(20):
+            self.reactor.iterate(0)
+
+    def until(self, done, what: str):  # type: ignore[no-untyped-def]
+        """Turn the front's reactor until C{done()} is true (bounded)."""
+        for _ in range(5000):
+            self.reactor.iterate(0)
+            result = done()
+            if result:
+                return result
+        self.fail(f"no {what}")
+
+    def tls_client(self):  # type: ignore[no-untyped-def]
+        import socket
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        raw = socket.create_connection(self.addr, timeout=10)
+        raw.setblocking(False)
+        client = ctx.wrap_socket(raw, do_handshake_on_connect=False, server_hostname="example.test")
+        self.addCleanup(client.close)
+
+        def handshake() -> bool:
+            try:
+                client.do_handshake()
+                return True
+            except ssl.SSLWantReadError:
+                return False
+
+        self.until(handshake, "handshake")
+        return client
+
+    def read(self, client) -> bytes:  # type: ignore[no-untyped-def]
+        import ssl
+
+        out = b""
+        while True:
+            try:
+                data = client.recv(65536)
+            except ssl.SSLWantReadError:
+                return out
+            except ssl.SSLEOFError:
+                return out + b"<EOF>"
+            if not data:
+                return out + b"<EOF>"
+            out += data
+
+    def session(self):  # type: ignore[no-untyped-def]
+        """A TLS client whose handshake completed, and the dispatcher's end of its socket pair."""
+        import socket
+
+        from okws_twisted.wire import channel, handoff, limits
+
+        client = self.tls_client()
+        assembler = channel._Assembler(limits.handoff(16384))
+        self.ours.setblocking(False)
+
+        def conn():  # type: ignore[no-untyped-def]
+            try:
+                data, anc, _flags, _ = self.ours.recvmsg(channel._RECV_SIZE, channel._ANC_SIZE)
+            except BlockingIOError:
+                return None
+            return assembler.add(data, channel._fds_from(anc))
+
+        msg = self.until(conn, "conn message")
+        self.assertEqual(msg.kind, handoff.CONN)
+        self.assertEqual(handoff.parse_connection(msg).tls["sni"], "example.test")
+        end = socket.socket(fileno=msg.fds[0])
+        self.addCleanup(end.close)
+        end.setblocking(False)
+        return client, end
+
+    def test_relayBothWaysThenClose(self) -> None:
+        """The plaintext reaches the dispatcher's end of the pair and back; the pair's close ends the session."""
+        client, end = self.session()
+        client.sendall(b"GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        got = []
+
+        def request() -> bool:
+            try:
+                got.append(end.recv(65536))
+            except BlockingIOError:
+                pass
+            return b"".join(got).endswith(b"\r\n\r\n")
+
+        self.until(request, "request on the pair")
+        self.assertEqual(b"".join(got), b"GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        end.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        end.close()
+        received = []
+        self.until(lambda: received.append(self.read(client)) or b"".join(received).endswith(b"<EOF>"), "end of the session")
+        self.assertEqual(b"".join(received), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok<EOF>")
+        client.close()  # (the front sent its close_notify: it waits for the client's close)
+        self.until(lambda: not self.front.clients, "the session forgotten")
+
+    def test_clientThatNeverClosesIsCut(self) -> None:
+        """The pair's close sends the front's close_notify; a client that neither answers it nor closes
+        is cut C{tls_handshake_timeout} later, and a session still relaying is not."""
+        import time
+
+        from okws_twisted.config import parse
+
+        kept, _kept_end = self.session()
+        rude, end = self.session()
+        # (after the handshakes: the front reads the bound when it begins closing)
+        self.front.update_config(
+            parse("[okws]\ntls_handshake_timeout = 1\n[service:a]\nresource = a:B\npaths = /a\n", "site.ini", self.dir)
+        )
+        end.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        closing = time.monotonic()
+        end.close()
+        received = []
+        self.until(lambda: received.append(self.read(rude)) or b"".join(received).endswith(b"<EOF>"), "close_notify")
+        self.assertEqual(b"".join(received), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok<EOF>")
+        self.assertEqual(len(self.front.clients), 2)
+        deadline = closing + 10
+        while len(self.front.clients) > 1:  # the reactor turned, bounded; the deadline is real time
+            self.assertLess(time.monotonic(), deadline, "the client that never closed was not cut")
+            self.reactor.iterate(0.05)
+        self.assertGreater(time.monotonic() - closing, 0.9)
+        self.assertEqual(self.front.close_timeouts, 1)
+        self.assertEqual([c.transport.getPeer().port for c in self.front.clients], [kept.getsockname()[1]])
+
+    def test_stopClosesTheListener(self) -> None:
+        import socket
+
+        self.front.stop()
+        self.reactor.iterate(0)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(self.addr, timeout=5).close()
