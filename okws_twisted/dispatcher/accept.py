@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
 from twisted.logger import Logger
@@ -46,12 +47,27 @@ class Acceptor:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, sock: socket.socket, accepted: Callable[[socket.socket, Any], None]):
+    def __init__(
+        self,
+        reactor: Any,
+        sock: socket.socket,
+        accepted: Callable[[socket.socket, Any, Any], None],
+        wakeup: Callable[[], ContextManager[object]] = nullcontext,
+    ):
         sock.setblocking(False)
         self._reactor = reactor
         self._sock = sock
         self._fd = sock.fileno()
         self._family = sock.family
+        #: What one wakeup's accepts run inside (the dispatcher's: the handoffs they start
+        #: leave together at its end).
+        self._wakeup = wakeup
+        tcp = self._family != socket.AF_UNIX
+        #: The listener has C{TCP_NODELAY}, which its accepted sockets inherit (L{_set_nodelay}).
+        self._nodelay_inherited = tcp and self._set_nodelay(sock)
+        #: Each accepted socket still needs its own C{setsockopt}: until the queue of
+        #: connections made before the listener had the option is drained.
+        self._nodelay_each = tcp
         # What socket.accept() reads from properties (each an enum conversion) on every call.
         self._kind = (int(sock.family), int(sock.type), sock.proto)
         self._host = address_of(sock.getsockname(), sock.family)
@@ -80,7 +96,27 @@ class Acceptor:
     def logPrefix(self) -> str:
         return "Acceptor"
 
+    @staticmethod
+    def _set_nodelay(sock: socket.socket) -> bool:
+        """C{TCP_NODELAY} on the listening socket, which Linux copies to every socket it accepts
+        from then on: one C{setsockopt} per listener instead of one per connection.
+
+        Connections whose handshake completed before it are already in the accept queue without
+        it: each accepted socket gets its own C{setsockopt} until an accept finds the queue empty
+        (L{doRead}); every connection after that was made from the listener with the option.
+        Returns whether the listener took it.
+        """
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            return False
+        return True
+
     def doRead(self) -> None:
+        with self._wakeup():
+            self._accept_some()
+
+    def _accept_some(self) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
             if not self.accepting:
                 # The previous accept reached the high-water mark (or stop()
@@ -89,7 +125,12 @@ class Acceptor:
             try:
                 # socket.accept() without its per-call property reads: the same C accept4 (close-on-exec).
                 fd, addr = self._sock._accept()  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
+                # The queue is empty: every later connection inherits the listener's TCP_NODELAY.
+                if self._nodelay_inherited:
+                    self._nodelay_each = False
+                return
+            except InterruptedError:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
@@ -100,7 +141,7 @@ class Acceptor:
                     self._reactor.callLater(ACCEPT_PAUSE, self._resume)
                 return
             conn = socket.socket(*self._kind, fd)
-            if self._family != socket.AF_UNIX:
+            if self._nodelay_each:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._accepted(conn, address_of(addr, self._family), self._host)
 

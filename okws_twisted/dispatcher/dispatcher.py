@@ -33,7 +33,7 @@ from okws_twisted.config import SiteConfig, is_trusted, trusted_networks
 from okws_twisted.dispatcher.accept import Acceptor, HeadConnection
 from okws_twisted.dispatcher.admin import AdminListener, exposition, health
 from okws_twisted.dispatcher.metrics import ProcessMetrics, ServiceTotals, process_samples
-from okws_twisted.dispatcher.pool import InstanceLink, ServicePool
+from okws_twisted.dispatcher.pool import HeldHandoffs, InstanceLink, ServicePool
 from okws_twisted.dispatcher.records import ConnectionLedger
 from okws_twisted.dispatcher.relay import RelayedConnection, first_request
 from okws_twisted.interfaces import IChildRole
@@ -87,6 +87,8 @@ class Dispatcher:
         }
         #: Every connection handed to an instance and not yet back or ended.
         self.ledger = ConnectionLedger()
+        #: Handoffs started at one wakeup of an acceptor leave together, one message per instance.
+        self.held_handoffs = HeldHandoffs()
         self.acceptors: list[Acceptor] = []
         self.reading: set[HeadConnection] = set()
         #: Client connections whose requests the dispatcher relays (C{isolation = request}).
@@ -126,7 +128,7 @@ class Dispatcher:
                 accepted = self._accepted_proxied
             else:
                 accepted = self._accepted
-            acceptor = Acceptor(self.reactor, sock, accepted)
+            acceptor = Acceptor(self.reactor, sock, accepted, self.held_handoffs)
             self.acceptors.append(acceptor)
             acceptor.start()
 
@@ -311,16 +313,25 @@ class Dispatcher:
                 conn.open_pair()
             link.hand(conn_id, conn)
         except Exception:
-            # A lost channel does not raise (link_lost re-queues what the link
-            # held): this message cannot be sent at all, and trying again, here
-            # or on another instance, would fail the same way.
-            self.handoff_failures += 1
-            self.log.failure("handoff to {link} failed", link=link.name)
-            link.forget(conn_id)
-            conn.answer(500, "The connection could not be passed on.")
+            self.handoff_failed(link, conn_id, conn)
             return
         self.handed_off += 1
         self.pools[link.service].handed_off += 1
+
+    def handoff_failed(self, link: InstanceLink, conn_id: int, conn: HeadConnection, counted: bool = False) -> None:
+        """The message handing C{conn} to C{link} could not be sent: answer C{500}.
+
+        A lost channel does not get here (link_lost re-queues what the link held): this message
+        cannot be sent at all, and trying again, here or on another instance, would fail the same way.
+        C{counted}: the handoff was counted as done when it was held (L{InstanceLink.send_held}).
+        """
+        if counted:
+            self.handed_off -= 1
+            self.pools[link.service].handed_off -= 1
+        self.handoff_failures += 1
+        self.log.failure("handoff to {link} failed", link=link.name)
+        link.forget(conn_id)
+        conn.answer(500, "The connection could not be passed on.")
 
     def start_relay(self, conn: HeadConnection, link: InstanceLink, conn_id: int, mine: socket.socket) -> None:
         """C{link}'s instance acknowledged its end of C{conn}'s pair: relay over C{mine}."""

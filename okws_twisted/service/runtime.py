@@ -31,6 +31,7 @@ holds them, answers C{503}.  The handoff channel is never reset for that.
 from __future__ import annotations
 
 import base64
+import os
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -218,6 +219,24 @@ class ServiceRuntime:
                         self.log.warn("refused connection {id}: {cap} connections is this instance's cap", id=conn_id, cap=self.fds.conn_cap)
                         continue
                     incoming.append(conn)
+                elif msg.kind == handoff.CONNS:
+                    ids = handoff.batch_ids(msg)
+                    try:
+                        conns = handoff.parse_batch(msg)
+                    except ChannelError as e:
+                        # None of them touched: the dispatcher answers them all.
+                        msg.close_fds()
+                        refused.extend(ids)
+                        why = "out of descriptors: the kernel dropped fds" if msg.fds_lost else str(e)
+                        self.log.warn("refused connections {ids}: {why}", ids=ids, why=why)
+                        continue
+                    for conn in conns:
+                        if self._full(len(incoming)):
+                            os.close(conn.fd)
+                            refused.append(conn.id)
+                            self.log.warn("refused connection {id}: {cap} connections is this instance's cap", id=conn.id, cap=self.fds.conn_cap)
+                        else:
+                            incoming.append(conn)
                 elif msg.kind == handoff.BACKACK:
                     handoff.check_shape(msg)
                     taken, turned_down = handoff.parse_ids(msg), handoff.parse_ids(msg, "refused")
