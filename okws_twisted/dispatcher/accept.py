@@ -204,6 +204,15 @@ class HeadConnection:
         """Every byte of the current request read from the client so far."""
         return self._reader.buffered
 
+    def handoff_facts(self) -> tuple[socket.socket, Any, Any, dict[str, str] | None, Any]:
+        """What a handoff says of this connection: its socket, peer, host, TLS facts, certificate."""
+        transport = self.transport
+        return transport.socket, transport.getPeer(), transport.getHost(), transport.tls, transport.cert
+
+    def full(self) -> "HeadConnection":
+        """This connection as a L{HeadConnection}: itself (see L{RoutedAtAccept.full})."""
+        return self
+
     def makeConnection(self, transport: SocketTransport) -> None:
         self.transport = transport
 
@@ -409,3 +418,74 @@ class HeadConnection:
             self.done = True
             self._dispatcher.lost(self)
         self._dispatcher.closed()
+
+
+class RoutedAtAccept:
+    """A connection whose whole head came with it and was routed at accept (the usual case).
+
+    The dispatcher's fast path (L{okws_twisted.dispatcher.dispatcher.Dispatcher._accepted}):
+    nothing but the socket, its addresses, the bytes read and the routed head, from the handoff to
+    the instance's ack, which closes the socket here.  No transport is made and the socket is never
+    registered with the reactor.  Whatever else may happen to a connection in transit (the instance
+    refuses it, the handoff fails, the instance goes away and it must wait for another) happens to a
+    L{HeadConnection} made from it then (L{full}), in the state the ordinary path would have it in.
+    """
+
+    __slots__ = ("_dispatcher", "socket", "peer", "host", "head", "route", "service", "started", "_reader", "done")
+
+    #: Never a relayed connection (C{isolation = request} takes the ordinary path), never TLS.
+    pair = None
+    relay = None
+
+    def __init__(
+        self, dispatcher: "Dispatcher", sock: socket.socket, peer: Any, host: Any, reader: HeadReader,
+        head: RequestHead, route: Route,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self.socket = sock
+        self.peer = peer
+        self.host = host
+        self._reader = reader
+        self.head = head
+        self.route = route
+        self.service = route.service
+        self.started = dispatcher.reactor.seconds()
+        self.done = False
+
+    @property
+    def data(self) -> bytes:
+        """Every byte read from the client: the head and whatever came with it."""
+        return self._reader.buffered
+
+    def handoff_facts(self) -> tuple[socket.socket, Any, Any, None, None]:
+        """As L{HeadConnection.handoff_facts}: no TLS facts, no certificate."""
+        return self.socket, self.peer, self.host, None, None
+
+    def release(self, link: "InstanceLink", conn_id: int) -> None:
+        """The instance holds the connection: close our copy (no shutdown)."""
+        self.done = True
+        self.socket.close()
+        self._dispatcher.closed()
+
+    def full(self) -> HeadConnection:
+        """A L{HeadConnection} in this one's place: the head read and routed, not reading more.
+
+        It is read from again only after an answer that keeps the connection, as on the ordinary path.
+        """
+        dispatcher = self._dispatcher
+        conn = HeadConnection(dispatcher, dispatcher.limits, dispatcher.config.head_timeout)
+        conn._reader = self._reader
+        conn.head, conn.route, conn.service, conn.started = self.head, self.route, self.service, self.started
+        transport = SocketTransport(dispatcher.reactor, self.socket, conn, self.peer, self.host)
+        conn.makeConnection(transport)
+        transport.pauseProducing()
+        dispatcher.reading.add(conn)
+        self.done = True
+        return conn
+
+    def answer(self, status: int, message: str = "", retry_after: int | None = None) -> None:
+        """Answer as the ordinary path does (L{HeadConnection.answer})."""
+        self.full().answer(status, message, retry_after)
+
+    def drop_pair(self) -> None:
+        """Nothing to drop: never relayed."""

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from okws_twisted.dispatcher.accept import HeadConnection
+from okws_twisted.dispatcher.accept import HeadConnection, RoutedAtAccept
 from okws_twisted.dispatcher.records import CLIENT, RELAY, ConnectionRecord, HandbackRefused, socket_identity
 from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
@@ -67,7 +67,7 @@ class InstanceLink:
         self.retiring = False
         self.misbehaviour = 0
         self.refusing = False
-        self.pending: dict[int, HeadConnection] = {}
+        self.pending: dict[int, HeadConnection | RoutedAtAccept] = {}
         #: Connections handed to this instance at the current wakeup, not sent yet (L{send_held}):
         #: (id, peer, host, unread bytes, fd).
         self._held: list[tuple[int, IAddress, IAddress, bytes, int]] = []
@@ -90,24 +90,21 @@ class InstanceLink:
         """Connections this instance has (sent, held): what its cap counts."""
         return self.dispatcher.ledger.count(self)
 
-    def hand(self, conn_id: int, conn: HeadConnection) -> None:
+    def hand(self, conn_id: int, conn: HeadConnection | RoutedAtAccept) -> None:
         """Send C{conn} to the instance under C{conn_id}, and record what it is.
 
         Relayed (C{conn.pair}): the instance gets its end of the pair and only the first request.
         """
-        transport = conn.transport
+        client, peer, host, tls, cert = conn.handoff_facts()
         if conn.pair is not None:
             assert conn.relay is not None
             sock, payload, kind = conn.pair[1], conn.relay.payload, RELAY
         else:
-            sock, payload, kind = transport.socket, conn.data, CLIENT
+            sock, payload, kind = client, conn.data, CLIENT
         fd = sock.fileno()
         self.pending[conn_id] = conn
         # The cookie is read now: the dispatcher closes its copy at the ack.
-        record = ConnectionRecord(
-            conn_id, socket_identity(sock), transport.getPeer(), transport.getHost(), transport.tls, self,
-            transport.cert, kind,
-        )
+        record = ConnectionRecord(conn_id, socket_identity(sock), peer, host, tls, self, cert, kind)
         self.dispatcher.ledger.handed(record)
         held = self.dispatcher.held_handoffs
         if held.depth and kind == CLIENT and record.tls is None and record.peer.__class__ in _TCP and record.host.__class__ in _TCP:

@@ -1,7 +1,8 @@
 """
-Tests for the dispatcher's side of a wakeup's connections: the C{conns} message that carries several
-to one instance (L{okws_twisted.dispatcher.pool.HeldHandoffs}), and C{TCP_NODELAY} inherited from the
-listener (L{okws_twisted.dispatcher.accept.Acceptor}).
+Tests for the dispatcher's accept wakeup: the C{conns} message that carries several connections to
+one instance (L{okws_twisted.dispatcher.pool.HeldHandoffs}), the connections routed at accept
+(L{okws_twisted.dispatcher.accept.RoutedAtAccept}) and what becomes of them when a handoff does not
+go as usual, and C{TCP_NODELAY} inherited from the listener (L{okws_twisted.dispatcher.accept.Acceptor}).
 
 Real loopback TCP listeners and clients; the instance's end of the channel is a real socket the
 test reads.  The reactor is a L{MemoryReactorClock}: the tests run the acceptor's wakeup by hand.
@@ -22,8 +23,8 @@ from okws_twisted.wire.channel import MAX_META, encode
 from tests.dispatcher.test_dispatcher import DispatcherTestCase, request
 
 
-class WakeupBatchTests(DispatcherTestCase):
-    """Connections accepted at one wakeup for one instance leave in one message."""
+class _Accepting(DispatcherTestCase):
+    """A real loopback listener, and clients whose heads are queued before the wakeup."""
 
     def listen(self) -> tuple[socket.socket, Acceptor]:
         listener = socket.socket()
@@ -50,6 +51,10 @@ class WakeupBatchTests(DispatcherTestCase):
         before = self.dispatcher.open_connections
         acceptor.doRead()
         self.assertEqual(self.dispatcher.open_connections - before, count, "not all accepted at one wakeup")
+
+
+class WakeupBatchTests(_Accepting):
+    """Connections accepted at one wakeup for one instance leave in one message."""
 
     def test_oneMessageForTheWakeup(self) -> None:
         """
@@ -137,6 +142,103 @@ class WakeupBatchTests(DispatcherTestCase):
         far = IPv6Address("TCP", "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255%interfacename15", 65535)
         entries = [handoff.batch_entry(2**63, far, far, 2**20) for _ in range(handoff.MAX_BATCH)]
         self.assertLess(len(encode(handoff.batch_meta(entries))[0]), MAX_META)
+
+
+class RoutedAtAcceptTests(_Accepting):
+    """
+    A head that came whole with its connection is routed at accept (no transport, never read by
+    the reactor); whatever else happens to it in transit gets the ordinary path's answer.
+    """
+
+    def handed_at_accept(self, head: bytes = b"") -> tuple[socket.socket, int, socket.socket]:
+        """A client whose connection was handed to C{self.theirs} at accept: client, id, the instance's socket."""
+        listener, acceptor = self.listen()
+        [client] = self.clients(listener, [head or request()])
+        self.wakeup(acceptor, 1)
+        self.assertEqual(self.dispatcher.reading, set(), "not routed at accept")
+        msg = self.receive(self.theirs)
+        self.assertEqual(msg.kind, handoff.CONN)
+        served = socket.socket(fileno=os.dup(msg.fds[0]))
+        self.addCleanup(served.close)
+        self.assertEqual(served.getpeername(), client.getsockname())
+        return client, msg.meta["id"], served
+
+    def test_ackClosesOurCopyOnly(self) -> None:
+        """At the ack the dispatcher closes its copy without shutting the connection down."""
+        link, self.theirs = self.instance()
+        client, conn_id, served = self.handed_at_accept()
+        self.assertEqual((self.dispatcher.open_connections, link.active), (1, 1))
+        self.assertEqual(set(self.reactor.getReaders()), {*self.dispatcher.acceptors, link.channel})
+        ours = link.pending[conn_id].socket
+        self.ack(link, self.theirs, [conn_id])
+        self.assertEqual((self.dispatcher.open_connections, link.pending), (0, {}))
+        self.assertEqual(ours.fileno(), -1, "the dispatcher's copy is still open")
+        served.sendall(b"HTTP/1.1 200 OK\r\n")
+        client.settimeout(2)
+        self.assertEqual(client.recv(100), b"HTTP/1.1 200 OK\r\n")
+        client.sendall(b"more")
+        served.settimeout(2)
+        self.assertEqual(served.recv(100), b"more")
+
+    def test_refusedAnsweredHere(self) -> None:
+        """The instance refuses it (at its cap): the dispatcher answers 503 and logs it."""
+        link, self.theirs = self.instance()
+        client, conn_id, _served = self.handed_at_accept()
+        _served.close()
+        self.ack(link, self.theirs, [], refused=[conn_id])
+        headers, _ = self.assertAnswered(client, 503)
+        self.assertEqual(headers["retry-after"], "7")
+        self.assertEqual((link.active, link.pending), (0, {}))
+        self.assertEqual(self.dispatcher.own_counts[("hello", "*")].to_json()["status"], {"503": 1})
+
+    def test_instanceGoneBeforeAck(self) -> None:
+        """Never acknowledged, never touched: it waits for the next instance, which gets the same bytes."""
+        link, self.theirs = self.instance(index=0)
+        client, _conn_id, served = self.handed_at_accept()
+        served.close()
+        self.theirs.close()
+        self.read(link.channel)
+        [queued] = self.dispatcher.pools["hello"].queue
+        self.assertIn(queued, self.dispatcher.reading)
+        self.assertNotIn(queued.transport, self.reactor.getReaders())  # not read while it waits
+        _, other = self.instance(index=1)
+        msg = self.receive(other)
+        self.assertEqual(msg.payload, request())
+        again = socket.socket(fileno=os.dup(msg.fds[0]))
+        self.addCleanup(again.close)
+        self.assertEqual(again.getpeername(), client.getsockname())
+        self.assertEqual(self.dispatcher.reading, set())
+
+    def test_queuedWhenNoInstanceIsReady(self) -> None:
+        """No ready instance: the ordinary path queues it, and it times out with a 503."""
+        listener, acceptor = self.listen()
+        [client] = self.clients(listener, [request()])
+        self.wakeup(acceptor, 1)
+        [queued] = self.dispatcher.pools["hello"].queue
+        self.reactor.advance(self.dispatcher.config.queue_timeout)
+        self.assertAnswered(client, 503)
+
+    def test_ownAnswersTakeTheOrdinaryPath(self) -> None:
+        """No route, or a head that is not whole: read and answered as before (404 keeps the connection)."""
+        self.instance()
+        listener, acceptor = self.listen()
+        nowhere, partial = self.clients(listener, [request("/nowhere"), b"GET /hello HTTP/1.1\r\n"])
+        self.wakeup(acceptor, 2)
+        self.assertAnsweredKept(nowhere, 404)
+        self.assertEqual(len(self.dispatcher.reading), 2)
+        self.reactor.advance(self.dispatcher.config.head_timeout)
+        self.assertAnswered(partial, 408)
+
+    def test_stopWaitsForTheAck(self) -> None:
+        """A stopping dispatcher waits for the ack of a connection routed at accept."""
+        stopped = []
+        self.dispatcher._stopped = lambda: stopped.append(True)
+        link, self.theirs = self.instance()
+        _client, conn_id, _served = self.handed_at_accept()
+        self.dispatcher.stop()
+        self.assertEqual(stopped, [])
+        self.ack(link, self.theirs, [conn_id])
+        self.assertEqual(stopped, [True])
 
 
 class HostileBatchTests(DispatcherTestCase):
