@@ -20,7 +20,7 @@ from twisted.internet.address import IPv4Address
 from okws_twisted.dispatcher.accept import Acceptor
 from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import MAX_META, encode
-from tests.dispatcher.test_dispatcher import DispatcherTestCase, request
+from tests.dispatcher.test_dispatcher import DispatcherTestCase, parse_response, request
 
 
 class _Accepting(DispatcherTestCase):
@@ -228,6 +228,19 @@ class RoutedAtAcceptTests(_Accepting):
         self.assertEqual(len(self.dispatcher.reading), 2)
         self.reactor.advance(self.dispatcher.config.head_timeout)
         self.assertAnswered(partial, 408)
+
+    def test_checksOfTheOrdinaryPathHold(self) -> None:
+        """A body over the service's limit (413) and C{OPTIONS *} (answered here) are answered as
+        on the ordinary path, never handed off."""
+        self.instance()
+        listener, acceptor = self.listen()
+        big, options = self.clients(listener, [
+            request(method="POST", extra="Content-Length: 101\r\n"), b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ])
+        self.wakeup(acceptor, 2)
+        self.assertAnswered(big, 413)
+        self.assertEqual(parse_response(self.written(options) or b"")[0], 200)
+        self.assertEqual(self.dispatcher.handed_off, 0)
 
     def test_stopWaitsForTheAck(self) -> None:
         """A stopping dispatcher waits for the ack of a connection routed at accept."""
