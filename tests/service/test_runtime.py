@@ -334,6 +334,40 @@ class BatchTests(_HandoffSide):
             self.assertClosedForClient(client)
 
 
+class AdoptedSocketTests(_HandoffSide):
+    """The socket object the instance makes for a handed-over fd says what the kernel says of it,
+    whether its family came from the connection's address (TCP) or from the kernel (a Unix pair
+    from the TLS front, whose addresses are the client's TCP ones)."""
+
+    def adopted(self, server: socket.socket, tls: dict[str, str] | None = None) -> socket.socket:
+        meta = handoff.connection_meta(handoff.CONN, 1, PEER, HOST, tls)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))]
+        self.dispatcher.sendmsg([encode(meta, b"")[0]], anc)
+        server.close()
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [1])
+        (conn,) = self.runtime.connections
+        return conn.transport.socket
+
+    def test_tcp(self) -> None:
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname(), timeout=2)
+        self.addCleanup(client.close)
+        server, _ = listener.accept()
+        sock = self.adopted(server)
+        self.assertEqual((sock.family, sock.type, sock.proto), (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP))
+        self.assertEqual(sock.getpeername(), client.getsockname())
+
+    def test_unixPairFromTheTLSFront(self) -> None:
+        client, server = socket.socketpair()
+        self.addCleanup(client.close)
+        sock = self.adopted(server, {"sni": "", "cipher": "TLS_AES_128_GCM_SHA256", "version": "TLSv1.3", "alpn": ""})
+        self.assertEqual((sock.family, sock.type), (socket.AF_UNIX, socket.SOCK_STREAM))
+
+
 class HostChangeTests(_HandoffSide):
     """A connection keeps to its first request's host: another host goes back to the dispatcher."""
 
