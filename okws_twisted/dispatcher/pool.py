@@ -78,7 +78,8 @@ class InstanceLink:
             dispatcher.reactor, sock, self._received, self._lost, name=f"handoff:{service}.{index}",
             limits=limits.handoff(dispatcher.config.max_head),
         )
-        #: The most unread bytes one C{conns} message carries: as much as one C{conn} message.
+        #: The most unread bytes one C{conns} message carries: as much as one C{conn} message, by
+        #: the limits the channel started with (a reload raises the instance's limit after ours).
         self._batch_payload = limits.handoff_payload(dispatcher.config.max_head)
 
     @property
@@ -111,7 +112,7 @@ class InstanceLink:
             # Accepted at the same wakeup as others: they leave together (L{send_held}).
             if len(self._held) >= handoff.MAX_BATCH or self._held_bytes + len(payload) > self._batch_payload:
                 self.send_held()
-            if not self._held:
+            if self not in held.links:
                 held.links.append(self)
             self._held.append((conn_id, record.peer, record.host, payload, fd))
             self._held_bytes += len(payload)
