@@ -133,14 +133,24 @@ def _instance(n: int, log: bool, profile, batch: int = 1) -> float:  # type: ign
         timer.total = 0.0
         for _ in range(n // batch):
             clients = []
+            held = []
             for _ in range(batch):
                 clients.append(_client(addr))
                 server, peer = lsock.accept()
                 data = server.recv(65536)
                 conn_id += 1
-                meta = handoff.connection_meta(handoff.CONN, conn_id, IPv4Address("TCP", *peer), host)
-                [dgram] = channel.encode(meta, data)
-                ours.sendmsg([dgram], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))])
+                held.append((conn_id, IPv4Address("TCP", *peer), data, server))
+            # As the dispatcher sends them: a wakeup's connections in one message where it can.
+            for part in _messages(handoff, held):
+                if len(part) == 1:
+                    conn_id, peer, data, server = part[0]
+                    [dgram] = channel.encode(handoff.connection_meta(handoff.CONN, conn_id, peer, host), data)
+                else:
+                    meta = handoff.batch_meta([handoff.batch_entry(i, p, host, len(d)) for i, p, d, _s in part])
+                    [dgram] = channel.encode(meta, b"".join(d for _i, _p, d, _s in part))
+                fds = array.array("i", [s.fileno() for *_, s in part])
+                ours.sendmsg([dgram], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            for *_, server in held:
                 server.close()  # the fd in flight holds the socket
             _serve_until_closed(clients, timer)
             try:
@@ -155,6 +165,13 @@ def _instance(n: int, log: bool, profile, batch: int = 1) -> float:  # type: ign
     if runtime.connections:
         raise SystemExit(f"{len(runtime.connections)} connections left open")
     return best / (n // batch * batch)
+
+
+def _messages(handoff, held: list) -> list[list]:  # type: ignore[no-untyped-def]
+    """C{held} split as the dispatcher sends it: one message each, or (where the tree has a
+    C{conns} message) up to C{MAX_BATCH} in one."""
+    size = getattr(handoff, "MAX_BATCH", 1)
+    return [held[i : i + size] for i in range(0, len(held), size)]
 
 
 def _dispatcher(n: int, profile, batch: int = 1) -> float:  # type: ignore[no-untyped-def]
@@ -182,7 +199,8 @@ def _dispatcher(n: int, profile, batch: int = 1) -> float:  # type: ignore[no-un
         timer.total = 0.0
         for _ in range(n // batch):
             clients = [_client(addr) for _ in range(batch)]
-            msgs: list = []
+            ids: list[int] = []
+            fds: list[int] = []
             for _ in range(10000):
                 timer.tick()
                 while True:
@@ -192,18 +210,21 @@ def _dispatcher(n: int, profile, batch: int = 1) -> float:  # type: ignore[no-un
                         break
                     msg = assembler.add(data, channel._fds_from(anc))
                     if msg is not None and msg.kind == handoff.CONN:
-                        msgs.append(msg)
-                if len(msgs) == batch:
+                        ids.append(handoff.message_id(msg))
+                        fds.extend(msg.fds)
+                    elif msg is not None and msg.kind == "conns":
+                        ids.extend(handoff.batch_ids(msg))
+                        fds.extend(msg.fds)
+                if len(ids) == batch:
                     break
             else:
                 raise SystemExit("the dispatcher handed nothing off")
-            ids = [handoff.message_id(msg) for msg in msgs]
             # The instance's side (untimed): hold the sockets, acknowledge the batch (with the
             # ones that ended since the last ack, as an instance reports them), close them.
             [dgram] = channel.encode({"k": handoff.ACK, "ids": ids, "closed": closed})
             ours.send(dgram)
-            for msg in msgs:
-                os.close(msg.fds[0])
+            for fd in fds:
+                os.close(fd)
             closed = ids
             before = dispatcher.open_connections
             for _ in range(10000):

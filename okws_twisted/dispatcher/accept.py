@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import errno
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, Callable, ContextManager
 
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
 from twisted.logger import Logger
@@ -46,12 +47,27 @@ class Acceptor:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, sock: socket.socket, accepted: Callable[[socket.socket, Any], None]):
+    def __init__(
+        self,
+        reactor: Any,
+        sock: socket.socket,
+        accepted: Callable[[socket.socket, Any, Any], None],
+        wakeup: Callable[[], ContextManager[object]] = nullcontext,
+    ):
         sock.setblocking(False)
         self._reactor = reactor
         self._sock = sock
         self._fd = sock.fileno()
         self._family = sock.family
+        #: What one wakeup's accepts run inside (the dispatcher's: the handoffs they start
+        #: leave together at its end).
+        self._wakeup = wakeup
+        tcp = self._family != socket.AF_UNIX
+        #: The listener has C{TCP_NODELAY}, which its accepted sockets inherit (L{_set_nodelay}).
+        self._nodelay_inherited = tcp and self._set_nodelay(sock)
+        #: Each accepted socket still needs its own C{setsockopt}: until the queue of
+        #: connections made before the listener had the option is drained.
+        self._nodelay_each = tcp
         # What socket.accept() reads from properties (each an enum conversion) on every call.
         self._kind = (int(sock.family), int(sock.type), sock.proto)
         self._host = address_of(sock.getsockname(), sock.family)
@@ -80,7 +96,27 @@ class Acceptor:
     def logPrefix(self) -> str:
         return "Acceptor"
 
+    @staticmethod
+    def _set_nodelay(sock: socket.socket) -> bool:
+        """C{TCP_NODELAY} on the listening socket, which Linux copies to every socket it accepts
+        from then on: one C{setsockopt} per listener instead of one per connection.
+
+        Connections whose handshake completed before it are already in the accept queue without
+        it: each accepted socket gets its own C{setsockopt} until an accept finds the queue empty
+        (L{doRead}); every connection after that was made from the listener with the option.
+        Returns whether the listener took it.
+        """
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            return False
+        return True
+
     def doRead(self) -> None:
+        with self._wakeup():
+            self._accept_some()
+
+    def _accept_some(self) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
             if not self.accepting:
                 # The previous accept reached the high-water mark (or stop()
@@ -89,7 +125,12 @@ class Acceptor:
             try:
                 # socket.accept() without its per-call property reads: the same C accept4 (close-on-exec).
                 fd, addr = self._sock._accept()  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError):
+            except BlockingIOError:
+                # The queue is empty: every later connection inherits the listener's TCP_NODELAY.
+                if self._nodelay_inherited:
+                    self._nodelay_each = False
+                return
+            except InterruptedError:
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
@@ -100,7 +141,7 @@ class Acceptor:
                     self._reactor.callLater(ACCEPT_PAUSE, self._resume)
                 return
             conn = socket.socket(*self._kind, fd)
-            if self._family != socket.AF_UNIX:
+            if self._nodelay_each:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._accepted(conn, address_of(addr, self._family), self._host)
 
@@ -162,6 +203,15 @@ class HeadConnection:
     def data(self) -> bytes:
         """Every byte of the current request read from the client so far."""
         return self._reader.buffered
+
+    def handoff_facts(self) -> tuple[socket.socket, Any, Any, dict[str, str] | None, Any]:
+        """What a handoff says of this connection: its socket, peer, host, TLS facts, certificate."""
+        transport = self.transport
+        return transport.socket, transport.getPeer(), transport.getHost(), transport.tls, transport.cert
+
+    def full(self) -> "HeadConnection":
+        """This connection as a L{HeadConnection}: itself (see L{RoutedAtAccept.full})."""
+        return self
 
     def makeConnection(self, transport: SocketTransport) -> None:
         self.transport = transport
@@ -368,3 +418,74 @@ class HeadConnection:
             self.done = True
             self._dispatcher.lost(self)
         self._dispatcher.closed()
+
+
+class RoutedAtAccept:
+    """A connection whose whole head came with it and was routed at accept (the usual case).
+
+    The dispatcher's fast path (L{okws_twisted.dispatcher.dispatcher.Dispatcher._accepted}):
+    nothing but the socket, its addresses, the bytes read and the routed head, from the handoff to
+    the instance's ack, which closes the socket here.  No transport is made and the socket is never
+    registered with the reactor.  Whatever else may happen to a connection in transit (the instance
+    refuses it, the handoff fails, the instance goes away and it must wait for another) happens to a
+    L{HeadConnection} made from it then (L{full}), in the state the ordinary path would have it in.
+    """
+
+    __slots__ = ("_dispatcher", "socket", "peer", "host", "head", "route", "service", "started", "_reader", "done")
+
+    #: Never a relayed connection (C{isolation = request} takes the ordinary path), never TLS.
+    pair = None
+    relay = None
+
+    def __init__(
+        self, dispatcher: "Dispatcher", sock: socket.socket, peer: Any, host: Any, reader: HeadReader,
+        head: RequestHead, route: Route,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self.socket = sock
+        self.peer = peer
+        self.host = host
+        self._reader = reader
+        self.head = head
+        self.route = route
+        self.service = route.service
+        self.started = dispatcher.reactor.seconds()
+        self.done = False
+
+    @property
+    def data(self) -> bytes:
+        """Every byte read from the client: the head and whatever came with it."""
+        return self._reader.buffered
+
+    def handoff_facts(self) -> tuple[socket.socket, Any, Any, None, None]:
+        """As L{HeadConnection.handoff_facts}: no TLS facts, no certificate."""
+        return self.socket, self.peer, self.host, None, None
+
+    def release(self, link: "InstanceLink", conn_id: int) -> None:
+        """The instance holds the connection: close our copy (no shutdown)."""
+        self.done = True
+        self.socket.close()
+        self._dispatcher.closed()
+
+    def full(self) -> HeadConnection:
+        """A L{HeadConnection} in this one's place: the head read and routed, not reading more.
+
+        It is read from again only after an answer that keeps the connection, as on the ordinary path.
+        """
+        dispatcher = self._dispatcher
+        conn = HeadConnection(dispatcher, dispatcher.limits, dispatcher.config.head_timeout)
+        conn._reader = self._reader
+        conn.head, conn.route, conn.service, conn.started = self.head, self.route, self.service, self.started
+        transport = SocketTransport(dispatcher.reactor, self.socket, conn, self.peer, self.host)
+        conn.makeConnection(transport)
+        transport.pauseProducing()
+        dispatcher.reading.add(conn)
+        self.done = True
+        return conn
+
+    def answer(self, status: int, message: str = "", retry_after: int | None = None) -> None:
+        """Answer as the ordinary path does (L{HeadConnection.answer})."""
+        self.full().answer(status, message, retry_after)
+
+    def drop_pair(self) -> None:
+        """Nothing to drop: never relayed."""

@@ -30,10 +30,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from okws_twisted.config import SiteConfig, is_trusted, trusted_networks
-from okws_twisted.dispatcher.accept import Acceptor, HeadConnection
+from okws_twisted.dispatcher.accept import Acceptor, HeadConnection, RoutedAtAccept
 from okws_twisted.dispatcher.admin import AdminListener, exposition, health
 from okws_twisted.dispatcher.metrics import ProcessMetrics, ServiceTotals, process_samples
-from okws_twisted.dispatcher.pool import InstanceLink, ServicePool
+from okws_twisted.dispatcher.pool import HeldHandoffs, InstanceLink, ServicePool
 from okws_twisted.dispatcher.records import ConnectionLedger
 from okws_twisted.dispatcher.relay import RelayedConnection, first_request
 from okws_twisted.interfaces import IChildRole
@@ -42,7 +42,7 @@ from okws_twisted.wire.channel import ChannelError, ChannelViolation, Message, M
 from okws_twisted.wire.counts import RequestCounts
 from okws_twisted.wire.deadlines import Deadlines
 from okws_twisted.wire.errorpage import NO_PAGES, ErrorPages
-from okws_twisted.wire.httpframe import HTTPError, Limits
+from okws_twisted.wire.httpframe import HeadReader, HTTPError, Limits
 from okws_twisted.wire.logsender import RecordSender, RequestIds
 from okws_twisted.wire.routing import ANY_HOST, RouteTable, host_key
 from okws_twisted.wire.stamp import ResponseStamp
@@ -87,6 +87,8 @@ class Dispatcher:
         }
         #: Every connection handed to an instance and not yet back or ended.
         self.ledger = ConnectionLedger()
+        #: Handoffs started at one wakeup of an acceptor leave together, one message per instance.
+        self.held_handoffs = HeldHandoffs()
         self.acceptors: list[Acceptor] = []
         self.reading: set[HeadConnection] = set()
         #: Client connections whose requests the dispatcher relays (C{isolation = request}).
@@ -126,7 +128,7 @@ class Dispatcher:
                 accepted = self._accepted_proxied
             else:
                 accepted = self._accepted
-            acceptor = Acceptor(self.reactor, sock, accepted)
+            acceptor = Acceptor(self.reactor, sock, accepted, self.held_handoffs)
             self.acceptors.append(acceptor)
             acceptor.start()
 
@@ -139,7 +141,37 @@ class Dispatcher:
             data = sock.recv(READ_SIZE, socket.MSG_DONTWAIT)
         except OSError:
             data = b""
-        self._start(sock, peer, host, data)
+        if not data or not self._routed_at_accept(sock, peer, host, data):
+            self._start(sock, peer, host, data)
+
+    def _routed_at_accept(self, sock: socket.socket, peer: Any, host: Any, data: bytes) -> bool:
+        """Hand off a connection whose head came whole with it, if nothing about it is unusual.
+
+        The usual case (a complete head for a service that takes whole connections, an instance
+        ready for it) without a transport or a L{HeadConnection} (L{RoutedAtAccept}).  Anything
+        else (an incomplete or bad head, no route, C{OPTIONS *}, a body over the limit, relaying,
+        no ready instance, the dispatcher stopping) returns C{False} before anything was done:
+        the ordinary path (L{_start}) reads the same bytes again and answers, queues or waits.
+        """
+        reader = HeadReader(self.limits)
+        try:
+            head = reader.feed(data)
+        except HTTPError:
+            return False
+        if head is None or head.path == b"*" or self.draining:
+            return False
+        route = self.routes.route_key(host_key(head.host), head.path)
+        if route is None:
+            return False
+        pool = self.pools[route.service]
+        if pool.isolation != "connection" or (head.content_length is not None and head.content_length > pool.max_body):
+            return False
+        link = pool.pick()
+        if link is None:
+            return False
+        self._opened()
+        self.hand(link, RoutedAtAccept(self, sock, peer, host, reader, head, route))
+        return True
 
     def _accepted_proxied(self, sock: socket.socket, peer: Any, host: Any) -> None:
         # A Unix listener's peers are whoever its file permissions let in.
@@ -239,6 +271,14 @@ class Dispatcher:
     ) -> None:
         conn = HeadConnection(self, self.limits, self.config.head_timeout, proxy)
         self.reading.add(conn)
+        self._opened()
+        transport = transport_for(self.reactor, sock, conn, peer, host, tls)
+        transport.cert = cert
+        transport.start(data)
+        conn.start_deadline()
+
+    def _opened(self) -> None:
+        """A connection came to the dispatcher (accepted, handed back, or from the TLS front)."""
         self.open_connections += 1
         if self.open_connections >= self.config.max_connections and not self.accepting_paused:
             # OKWS's fd high-water mark: leave new connections in the kernel's
@@ -247,10 +287,6 @@ class Dispatcher:
             self.log.warn("{n} open connections: not accepting until {low}", n=self.open_connections, low=self.config.resume_connections)
             for acceptor in self.acceptors:
                 acceptor.stop()
-        transport = transport_for(self.reactor, sock, conn, peer, host, tls)
-        transport.cert = cert
-        transport.start(data)
-        conn.start_deadline()
 
     def closed(self) -> None:
         """A connection left the dispatcher (answered, handed off, or lost)."""
@@ -303,7 +339,7 @@ class Dispatcher:
                 return
         pool.assign(conn)
 
-    def hand(self, link: InstanceLink, conn: HeadConnection) -> None:
+    def hand(self, link: InstanceLink, conn: HeadConnection | RoutedAtAccept) -> None:
         self.reading.discard(conn)
         conn_id = next(self._ids)
         try:
@@ -311,16 +347,27 @@ class Dispatcher:
                 conn.open_pair()
             link.hand(conn_id, conn)
         except Exception:
-            # A lost channel does not raise (link_lost re-queues what the link
-            # held): this message cannot be sent at all, and trying again, here
-            # or on another instance, would fail the same way.
-            self.handoff_failures += 1
-            self.log.failure("handoff to {link} failed", link=link.name)
-            link.forget(conn_id)
-            conn.answer(500, "The connection could not be passed on.")
+            self.handoff_failed(link, conn_id, conn)
             return
         self.handed_off += 1
         self.pools[link.service].handed_off += 1
+
+    def handoff_failed(
+        self, link: InstanceLink, conn_id: int, conn: HeadConnection | RoutedAtAccept, counted: bool = False
+    ) -> None:
+        """The message handing C{conn} to C{link} could not be sent: answer C{500}.
+
+        A lost channel does not get here (link_lost re-queues what the link held): this message
+        cannot be sent at all, and trying again, here or on another instance, would fail the same way.
+        C{counted}: the handoff was counted as done when it was held (L{InstanceLink.send_held}).
+        """
+        if counted:
+            self.handed_off -= 1
+            self.pools[link.service].handed_off -= 1
+        self.handoff_failures += 1
+        self.log.failure("handoff to {link} failed", link=link.name)
+        link.forget(conn_id)
+        conn.answer(500, "The connection could not be passed on.")
 
     def start_relay(self, conn: HeadConnection, link: InstanceLink, conn_id: int, mine: socket.socket) -> None:
         """C{link}'s instance acknowledged its end of C{conn}'s pair: relay over C{mine}."""
@@ -439,7 +486,7 @@ class Dispatcher:
             # Never acknowledged, so never touched: another instance may take it.
             if not conn.done:
                 conn.drop_pair()
-                pool.assign(conn)
+                pool.assign(conn.full())
         self._maybe_stopped()
 
     def update_config(self, site: SiteConfig) -> None:

@@ -22,10 +22,12 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from okws_twisted.dispatcher.accept import HeadConnection
+from okws_twisted.dispatcher.accept import HeadConnection, RoutedAtAccept
 from okws_twisted.dispatcher.records import CLIENT, RELAY, ConnectionRecord, HandbackRefused, socket_identity
 from okws_twisted.wire import handoff, limits
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
@@ -34,6 +36,9 @@ from okws_twisted.wire.counts import counts_by_host
 if TYPE_CHECKING:
     from okws_twisted.dispatcher.dispatcher import Dispatcher
     from okws_twisted.dispatcher.relay import RelayedConnection
+
+#: The addresses a C{conns} message carries (bounded text, so a full batch's metadata fits a datagram).
+_TCP = (IPv4Address, IPv6Address)
 
 #: Refused messages after which an instance's channel is closed (and the instance relaunched).
 MISBEHAVIOUR_LIMIT = 100
@@ -62,13 +67,20 @@ class InstanceLink:
         self.retiring = False
         self.misbehaviour = 0
         self.refusing = False
-        self.pending: dict[int, HeadConnection] = {}
+        self.pending: dict[int, HeadConnection | RoutedAtAccept] = {}
+        #: Connections handed to this instance at the current wakeup, not sent yet (L{send_held}):
+        #: (id, peer, host, unread bytes, fd).
+        self._held: list[tuple[int, IAddress, IAddress, bytes, int]] = []
+        self._held_bytes = 0
         #: The client connections relayed to this instance now (C{isolation = request}).
         self.visits: set["RelayedConnection"] = set()
         self.channel = MessageChannel(
             dispatcher.reactor, sock, self._received, self._lost, name=f"handoff:{service}.{index}",
             limits=limits.handoff(dispatcher.config.max_head),
         )
+        #: The most unread bytes one C{conns} message carries: as much as one C{conn} message, by
+        #: the limits the channel started with (a reload raises the instance's limit after ours).
+        self._batch_payload = limits.handoff_payload(dispatcher.config.max_head)
 
     @property
     def name(self) -> str:
@@ -79,27 +91,57 @@ class InstanceLink:
         """Connections this instance has (sent, held): what its cap counts."""
         return self.dispatcher.ledger.count(self)
 
-    def hand(self, conn_id: int, conn: HeadConnection) -> None:
+    def hand(self, conn_id: int, conn: HeadConnection | RoutedAtAccept) -> None:
         """Send C{conn} to the instance under C{conn_id}, and record what it is.
 
         Relayed (C{conn.pair}): the instance gets its end of the pair and only the first request.
         """
-        transport = conn.transport
+        client, peer, host, tls, cert = conn.handoff_facts()
         if conn.pair is not None:
             assert conn.relay is not None
             sock, payload, kind = conn.pair[1], conn.relay.payload, RELAY
         else:
-            sock, payload, kind = transport.socket, conn.data, CLIENT
+            sock, payload, kind = client, conn.data, CLIENT
         fd = sock.fileno()
         self.pending[conn_id] = conn
         # The cookie is read now: the dispatcher closes its copy at the ack.
-        record = ConnectionRecord(
-            conn_id, socket_identity(sock), transport.getPeer(), transport.getHost(), transport.tls, self,
-            transport.cert, kind,
-        )
+        record = ConnectionRecord(conn_id, socket_identity(sock), peer, host, tls, self, cert, kind)
         self.dispatcher.ledger.handed(record)
+        held = self.dispatcher.held_handoffs
+        if held.depth and kind == CLIENT and record.tls is None and record.peer.__class__ in _TCP and record.host.__class__ in _TCP:
+            # Accepted at the same wakeup as others: they leave together (L{send_held}).
+            if len(self._held) >= handoff.MAX_BATCH or self._held_bytes + len(payload) > self._batch_payload:
+                self.send_held()
+            if self not in held.links:
+                held.links.append(self)
+            self._held.append((conn_id, record.peer, record.host, payload, fd))
+            self._held_bytes += len(payload)
+            return
         meta = handoff.connection_meta(handoff.CONN, conn_id, record.peer, record.host, record.tls, kind == RELAY)
         self.channel.send(meta, payload, [fd])
+
+    def send_held(self) -> None:
+        """Send the connections held since the wakeup began: one C{conn} message, or one C{conns}
+        message for several (the instance takes them at one wakeup and acknowledges them in one
+        C{ack}).  A failure answers each of them C{500}, as L{Dispatcher.hand} does for one."""
+        held, self._held, self._held_bytes = self._held, [], 0
+        if not held or not self.channel.connected:
+            # Lost meanwhile: L{Dispatcher.link_lost} gave what this link held to another instance.
+            return
+        try:
+            if len(held) == 1:
+                conn_id, peer, host, payload, fd = held[0]
+                self.channel.send(handoff.connection_meta(handoff.CONN, conn_id, peer, host), payload, [fd])
+            else:
+                entries = [handoff.batch_entry(conn_id, peer, host, len(data)) for conn_id, peer, host, data, _fd in held]
+                self.channel.send(
+                    handoff.batch_meta(entries), b"".join([data for *_, data, _fd in held]), [fd for *_, fd in held]
+                )
+        except Exception:
+            for conn_id, *_ in held:
+                conn = self.pending.get(conn_id)
+                if conn is not None:
+                    self.dispatcher.handoff_failed(self, conn_id, conn, counted=True)
 
     def forget(self, conn_id: int) -> None:
         """The handoff of C{conn_id} failed: it is not the instance's."""
@@ -202,7 +244,40 @@ class InstanceLink:
         return bool(taken)
 
     def _lost(self, reason: Failure) -> None:
+        # What it held unsent is in L{pending}: link_lost gives it to another instance.
+        self._held, self._held_bytes = [], 0
         self.dispatcher.link_lost(self, reason)
+
+
+class HeldHandoffs:
+    """While inside C{with}, connections handed to instances wait; at its end each instance gets
+    its own as one message (L{InstanceLink.send_held}).
+
+    The dispatcher's acceptor accepts inside it: a wakeup that accepts several connections for
+    one instance sends one message with their fds (one C{sendmsg}, one C{recvmsg} on the other
+    side) instead of one each.
+    """
+
+    __slots__ = ("depth", "links")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        #: The links holding connections, each once.
+        self.links: list[InstanceLink] = []
+
+    def __call__(self) -> "HeldHandoffs":
+        return self
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        links, self.links = self.links, []
+        for link in links:
+            link.send_held()
 
 
 class ServicePool:

@@ -31,10 +31,12 @@ holds them, answers C{503}.  The handoff channel is never reset for that.
 from __future__ import annotations
 
 import base64
+import os
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import error
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -66,6 +68,8 @@ if TYPE_CHECKING:
     from okws_twisted.service.dbclient import DatabaseClient
 
 STATS_INTERVAL = 1.0
+#: The socket family of a handed-off client connection, by the class of its local address.
+_FAMILIES = {IPv4Address: socket.AF_INET, IPv6Address: socket.AF_INET6}
 DONE_REPORT_DELAY = 0.05
 
 
@@ -218,6 +222,24 @@ class ServiceRuntime:
                         self.log.warn("refused connection {id}: {cap} connections is this instance's cap", id=conn_id, cap=self.fds.conn_cap)
                         continue
                     incoming.append(conn)
+                elif msg.kind == handoff.CONNS:
+                    try:
+                        conns = handoff.parse_batch(msg)
+                    except ChannelError as e:
+                        # None of them touched: the dispatcher answers them all (if it named them).
+                        ids = handoff.batch_ids(msg)
+                        msg.close_fds()
+                        refused.extend(ids)
+                        why = "out of descriptors: the kernel dropped fds" if msg.fds_lost else str(e)
+                        self.log.warn("refused connections {ids}: {why}", ids=ids, why=why)
+                        continue
+                    for conn in conns:
+                        if self._full(len(incoming)):
+                            os.close(conn.fd)
+                            refused.append(conn.id)
+                            self.log.warn("refused connection {id}: {cap} connections is this instance's cap", id=conn.id, cap=self.fds.conn_cap)
+                        else:
+                            incoming.append(conn)
                 elif msg.kind == handoff.BACKACK:
                     handoff.check_shape(msg)
                     taken, turned_down = handoff.parse_ids(msg), handoff.parse_ids(msg, "refused")
@@ -308,7 +330,14 @@ class ServiceRuntime:
 
     def adopt(self, conn: handoff.Connection, origin: MessageChannel | None = None) -> None:
         """Serve a connection the dispatcher handed over (on channel C{origin})."""
-        sock = socket.socket(fileno=conn.fd)
+        # The family from the address the dispatcher read from the socket: no getsockopt to ask
+        # the kernel.  Not for a relay's or the TLS front's socket: a Unix pair, whatever the
+        # client's address.
+        family = None if conn.relay or conn.tls is not None else _FAMILIES.get(conn.host.__class__)
+        if family is None:
+            sock = socket.socket(fileno=conn.fd)
+        else:
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, conn.fd)
         if self.draining and not (conn.relay and self.handing_back):
             # (A relayed request is served: the dispatcher, told we retire, ends that visit
             # after its response.)

@@ -18,6 +18,14 @@ L{okws_twisted.wire.channel.MessageChannel}.  Message kinds:
     read); C{peer}, C{host} and C{tls} are still the client's.  Such a
     connection is never handed back: it ends when the dispatcher closes its
     end.
+``conns`` (dispatcher -> service), with 2 to L{MAX_BATCH} fds
+    Several client connections accepted at one wakeup of the dispatcher, for
+    the same instance: C{c}, one entry C{[id, peer, host, size]} per fd, in
+    the fds' order, and as payload their unread bytes one after another
+    (C{size} bytes each; together no more than one C{conn} message's
+    payload).  Only plain TCP connections (no TLS facts, not relayed) ride in
+    one; each is then what a C{conn} message would have said.  If any fd
+    failed to arrive, the service refuses them all.
 ``ack`` (service -> dispatcher)
     C{ids}: connections the service now holds (the dispatcher closes its
     copies); C{refused}: connections it will not take (it is at its
@@ -48,29 +56,32 @@ L{okws_twisted.wire.channel.MessageChannel}.  Message kinds:
     descriptor limit).  Sent at once on a new channel, then at most once a
     second, and only when something changed.
 
-Only ``conn`` and ``back`` carry a descriptor (L{FDS}) and a payload; any
-other message carrying either is refused (its descriptors closed).  Sizes: see
+Only ``conn``, ``conns`` and ``back`` carry descriptors (L{FDS}) and a
+payload; any other message carrying either is refused (its descriptors
+closed).  Sizes: see
 L{okws_twisted.wire.limits.handoff}.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IAddress
 
-from okws_twisted.wire.channel import ChannelError, Message
+from okws_twisted.wire.channel import MAX_FDS, ChannelError, Message
 from okws_twisted.wire.transport import address_from_wire, address_to_wire
 
 CONN = "conn"
+CONNS = "conns"
 ACK = "ack"
 BACK = "back"
 BACKACK = "backack"
 STATS = "stats"
 
-#: How many fds each kind carries; any other count is refused.
-FDS = {CONN: 1, BACK: 1, ACK: 0, BACKACK: 0, STATS: 0}
+#: The most connections one C{conns} message carries: as many fds as a channel message takes.
+MAX_BATCH = MAX_FDS
+#: How many fds each kind carries (the fewest, the most); any other count is refused.
+FDS = {CONN: (1, 1), CONNS: (2, MAX_BATCH), BACK: (1, 1), ACK: (0, 0), BACKACK: (0, 0), STATS: (0, 0)}
 
 #: The TLS facts a connection from the TLS front carries (L{Connection.tls}):
 #: the SNI name the client asked for ("" if none), the cipher suite, the
@@ -78,9 +89,12 @@ FDS = {CONN: 1, BACK: 1, ACK: 0, BACKACK: 0, STATS: 0}
 TLS_FACTS = ("sni", "cipher", "version", "alpn")
 
 
-@dataclass(frozen=True)
-class Connection:
-    """A client connection in transit: its fd, addresses and unread bytes."""
+class Connection(NamedTuple):
+    """A client connection in transit: its fd, addresses and unread bytes.
+
+    A named tuple: one is made per connection an instance adopts (a frozen dataclass costs four
+    times as much to build).
+    """
 
     id: int
     fd: int
@@ -132,9 +146,10 @@ def check_shape(msg: Message) -> None:
     want = FDS.get(msg.kind)
     if want is None:
         raise ChannelError(f"unexpected {msg.kind!r} message")
-    if len(msg.fds) != want or msg.fds_lost:
+    fewest, most = want
+    if not fewest <= len(msg.fds) <= most or msg.fds_lost:
         raise ChannelError(f"{msg.kind} message with {len(msg.fds)} fds{' (some lost)' if msg.fds_lost else ''}")
-    if msg.payload and not want:
+    if msg.payload and not most:
         raise ChannelError(f"{msg.kind} message with a {len(msg.payload)}-byte payload")
 
 
@@ -172,6 +187,57 @@ def parse_connection(msg: Message) -> Connection:
     return Connection(
         conn_id, msg.fds[0], peer, host, msg.payload, parse_tls(msg.meta.get("tls")), msg.meta.get("relay") is True
     )
+
+
+def batch_meta(entries: list[list[Any]]) -> dict[str, Any]:
+    """The metadata of a C{conns} message: C{entries} from L{batch_entry}, in the fds' order."""
+    return {"k": CONNS, "c": entries}
+
+
+def batch_entry(conn_id: int, peer: IAddress, host: IAddress, size: int) -> list[Any]:
+    """One connection of a C{conns} message, whose unread bytes are C{size} bytes of its payload."""
+    return [conn_id, address_to_wire(peer), address_to_wire(host), size]
+
+
+def batch_ids(msg: Message) -> list[int]:
+    """The ids of a C{conns} message's connections; raise L{ChannelError} if its entries are not
+    a list of up to L{MAX_BATCH} entries that each start with a valid id."""
+    entries = msg.meta.get("c")
+    if not isinstance(entries, list) or not 2 <= len(entries) <= MAX_BATCH:
+        raise ChannelError("conns message without a valid list of connections")
+    ids = []
+    for entry in entries:
+        conn_id = entry[0] if isinstance(entry, list) and entry else None
+        if not isinstance(conn_id, int) or isinstance(conn_id, bool) or conn_id < 0:
+            raise ChannelError("conns message with an entry without a valid id")
+        ids.append(conn_id)
+    return ids
+
+
+def parse_batch(msg: Message) -> list[Connection]:
+    """Validate a C{conns} message: its connections, in order; raise L{ChannelError} if malformed.
+
+    On error the caller still owns (and must close) C{msg.fds}.
+    """
+    check_shape(msg)
+    ids = batch_ids(msg)
+    if len(ids) != len(msg.fds):
+        raise ChannelError(f"conns message with {len(ids)} connections and {len(msg.fds)} fds")
+    payload = msg.payload
+    out = []
+    start = 0
+    try:
+        for conn_id, fd, (_id, peer, host, size) in zip(ids, msg.fds, msg.meta["c"]):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ValueError(f"size {size!r}")
+            end = start + size
+            out.append(Connection(conn_id, fd, address_from_wire(peer), address_from_wire(host), payload[start:end]))
+            start = end
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ChannelError(f"bad conns message: {e!r}") from None
+    if start != len(payload):
+        raise ChannelError(f"conns message whose sizes add up to {start}, not its {len(payload)}-byte payload")
+    return out
 
 
 def parse_ids(msg: Message, key: str = "ids") -> list[int]:

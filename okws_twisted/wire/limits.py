@@ -16,7 +16,8 @@ less, or an honest peer would be cut off:
 channel    end (receives from)       largest payload accepted
 =========  =======================  ===============================================
 handoff    dispatcher (service),     C{max_head} + L{PIPELINE_MAX}: the bytes read
-           service (dispatcher)      past a request head are at most one read
+           service (dispatcher)      past a request head are at most one read (a
+                                     C{conns} message's connections together no more)
 templates  publisher (any peer)      none: a C{get} names its template in metadata
 templates  service, dispatcher       L{PUBLISHED_MAX}: a template (at most
            (publisher)               L{MAX_TEMPLATE_BYTES}), the error pages, a

@@ -268,6 +268,106 @@ class HandoffSideTests(_HandoffSide):
         self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]
 
 
+class BatchTests(_HandoffSide):
+    """A C{conns} message: several connections in one, acknowledged together, each served with its
+    own bytes; refused whole when its fds do not match its entries."""
+
+    def hand_batch(self, datas: list[bytes], entries: list[list] | None = None, fds: int | None = None) -> list[socket.socket]:
+        """The dispatcher hands over one client connection per item of C{datas} in one message
+        (C{entries} replaces the message's list, C{fds} sends only that many fds)."""
+        pairs = [socket.socketpair() for _ in datas]
+        for client, _server in pairs:
+            self.addCleanup(client.close)
+        if entries is None:
+            entries = [handoff.batch_entry(i + 1, PEER, HOST, len(data)) for i, data in enumerate(datas)]
+        sent = [server.fileno() for _c, server in pairs][: len(pairs) if fds is None else fds]
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", sent))]
+        self.dispatcher.sendmsg([encode(handoff.batch_meta(entries), b"".join(datas))[0]], anc)
+        for _client, server in pairs:
+            server.close()  # the dispatcher's copies
+        return [client for client, _server in pairs]
+
+    def answer(self, client: socket.socket) -> bytes:
+        client.setblocking(False)
+        return client.recv(65536)
+
+    def test_eachServedWithItsOwnBytes(self) -> None:
+        good = b"GET /nowhere HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+        clients = self.hand_batch([good, b"NOT HTTP\r\n\r\n"])
+        self.read()
+        ack = self.receive()
+        self.assertEqual((ack.kind, ack.meta["ids"], ack.meta.get("refused")), (handoff.ACK, [1, 2], None))
+        self.assertTrue(self.answer(clients[0]).startswith(b"HTTP/1.1 404 "))
+        self.assertTrue(self.answer(clients[1]).startswith(b"HTTP/1.1 400 "))
+        self.nothing()
+
+    def test_pastTheCapRefusedOneByOne(self) -> None:
+        """The cap counts each connection of a batch: the third of three is refused, the others served."""
+        clients = self.hand_batch([b"", b"", b""])
+        self.read()
+        ack = self.receive()
+        self.assertEqual((ack.meta["ids"], ack.meta["refused"]), ([1, 2], [3]))
+        self.assertEqual(len(self.runtime.connections), 2)
+        self.assertClosedForClient(clients[2])
+        self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]
+
+    def test_fewerFdsRefusedWhole(self) -> None:
+        """Fewer fds than entries (the kernel dropped some: out of descriptors): every connection of
+        the message is refused (the dispatcher, which still holds them, answers them) and the fds
+        that came are closed; the channel stays."""
+        clients = self.hand_batch([b"", b"", b""], fds=2)
+        self.read()
+        ack = self.receive()
+        self.assertEqual((ack.meta["ids"], ack.meta["refused"]), ([], [1, 2, 3]))
+        self.assertEqual(self.runtime.connections, set())
+        self.assertClosedForClient(clients[0])
+        self.assertTrue(self.runtime.link.connected)  # type: ignore[union-attr]
+
+    def test_sizesMustAddUp(self) -> None:
+        """Entries whose sizes do not cover the payload exactly: refused whole, fds closed."""
+        entries = [handoff.batch_entry(1, PEER, HOST, 1), handoff.batch_entry(2, PEER, HOST, 1)]
+        clients = self.hand_batch([b"abc", b""], entries=entries)
+        self.read()
+        ack = self.receive()
+        self.assertEqual((ack.meta["ids"], ack.meta["refused"]), ([], [1, 2]))
+        for client in clients:
+            self.assertClosedForClient(client)
+
+
+class AdoptedSocketTests(_HandoffSide):
+    """The socket object the instance makes for a handed-over fd says what the kernel says of it,
+    whether its family came from the connection's address (TCP) or from the kernel (a Unix pair
+    from the TLS front, whose addresses are the client's TCP ones)."""
+
+    def adopted(self, server: socket.socket, tls: dict[str, str] | None = None) -> socket.socket:
+        meta = handoff.connection_meta(handoff.CONN, 1, PEER, HOST, tls)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [server.fileno()]))]
+        self.dispatcher.sendmsg([encode(meta, b"")[0]], anc)
+        server.close()
+        self.read()
+        self.assertEqual(self.receive().meta["ids"], [1])
+        (conn,) = self.runtime.connections
+        return conn.transport.socket
+
+    def test_tcp(self) -> None:
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname(), timeout=2)
+        self.addCleanup(client.close)
+        server, _ = listener.accept()
+        sock = self.adopted(server)
+        self.assertEqual((sock.family, sock.type, sock.proto), (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP))
+        self.assertEqual(sock.getpeername(), client.getsockname())
+
+    def test_unixPairFromTheTLSFront(self) -> None:
+        client, server = socket.socketpair()
+        self.addCleanup(client.close)
+        sock = self.adopted(server, {"sni": "", "cipher": "TLS_AES_128_GCM_SHA256", "version": "TLSv1.3", "alpn": ""})
+        self.assertEqual((sock.family, sock.type), (socket.AF_UNIX, socket.SOCK_STREAM))
+
+
 class HostChangeTests(_HandoffSide):
     """A connection keeps to its first request's host: another host goes back to the dispatcher."""
 
