@@ -20,6 +20,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Mapping, NamedTuple
 
 from okws_twisted.config import COMBINED
@@ -53,9 +54,14 @@ class Sender:
     service: str | None = None
     index: int | None = None
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.run}/{self.name}/{self.launch}/{self.pid}"
+
+    @cached_property
+    def service_field(self) -> str:
+        """The C{service} field of a service process's access lines (its launcher-given name)."""
+        return escape_bare(self.service or "")
 
     @property
     def source(self) -> str:
@@ -158,6 +164,8 @@ def check(record: object, sender: Sender) -> tuple[Checked | None, list[str]]:
 
 #: Per role that may send access records, the fields it may fill in.
 _ACCESS_NAMES = {role: frozenset(ACCESS_RECORD) - _NOT_FROM.get(role, frozenset()) for role in _ACCESS_ROLES}
+#: The access record's whole-number fields (the others are text).
+_ACCESS_INTS = frozenset(name for name, want in ACCESS_RECORD.items() if want is int)
 
 
 def _access_as_sent(record: dict[Any, Any], role: str) -> bool:
@@ -169,7 +177,7 @@ def _access_as_sent(record: dict[Any, Any], role: str) -> bool:
     if names is None or record.get("kind") != "access" or "status" not in record or not record.keys() <= names:
         return False
     for name, value in record.items():
-        if ACCESS_RECORD[name] is int:
+        if name in _ACCESS_INTS:
             if type(value) is not int or not -MAX_INT <= value <= MAX_INT:  # (a bool is not an int here)
                 return False
         elif type(value) is not str or len(value) > MAX_TEXT:
@@ -282,7 +290,7 @@ def _quoted(fields: Mapping[str, Any], name: str) -> str:
 
 def _service(fields: Mapping[str, Any], sender: Sender) -> str:
     if sender.role == "service":
-        return escape_bare(sender.service or "")
+        return sender.service_field
     return _bare(fields, "service")
 
 
