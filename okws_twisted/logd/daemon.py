@@ -64,6 +64,7 @@ from okws_twisted.logd.format import (
     plain_strings,
     problem_line,
     status_line,
+    usual_access,
 )
 from okws_twisted.logd.journal import Entry, Journal, Recovery, Write
 from okws_twisted.wire import control, limits, logchannel
@@ -173,23 +174,27 @@ class LogWriter:
         bad: list[tuple[int, list[str]]] = []
         write_access, write_json = ACCESS_LOG in self.files, ACCESS_JSON in self.files
         chosen, times = self.config.access_log_fields, self.times
+        role = sender.role
         for seq, record in enumerate(records[skip:] if skip else records, start):
-            checked, problems = check(record, sender)
-            if problems:
-                bad.append((seq, problems))
-            if checked is None:
-                continue
-            fields = checked.fields
+            if type(record) is dict and usual_access(record, role):
+                kind, fields = "access", record  # what check() would return, without the copy
+            else:
+                checked, problems = check(record, sender)
+                if problems:
+                    bad.append((seq, problems))
+                if checked is None:
+                    continue
+                kind, fields = checked
             if "time" not in fields:
                 fields["time"] = self._now()  # a record without a time is stamped on arrival
-            if checked.kind == "access":
+            if kind == "access":
                 if write_access:
                     access.append(access_line(fields, sender, chosen, times, plain))
                 if write_json:
                     json_lines.append(access_json(fields, sender, times))
                 if fields["status"] >= 400:
                     errors.append(status_line(fields, sender, times))  # type: ignore[arg-type]
-            elif checked.kind == "event":
+            elif kind == "event":
                 errors.append(event_lines(fields, sender, times))
             else:
                 errors.append(dropped_line(fields, sender, times))

@@ -117,7 +117,7 @@ def check(record: object, sender: Sender) -> tuple[Checked | None, list[str]]:
     """
     if not isinstance(record, dict):
         return None, [f"not a record but {type(record).__name__}"]
-    if _access_as_sent(record, sender.role):
+    if usual_access(record, sender.role):
         return Checked("access", record), []
     kind = record.get("kind")
     schema = RECORD_FIELDS.get(kind) if isinstance(kind, str) else None
@@ -168,7 +168,7 @@ _ACCESS_NAMES = {role: frozenset(ACCESS_RECORD) - _NOT_FROM.get(role, frozenset(
 _ACCESS_INTS = frozenset(name for name, want in ACCESS_RECORD.items() if want is int)
 
 
-def _access_as_sent(record: dict[Any, Any], role: str) -> bool:
+def usual_access(record: dict[Any, Any], role: str) -> bool:
     """Whether C{record} is a well-formed access record from a process of C{role}: every field
     known and allowed, of its type, within its limit, a status present.  That is every record a
     service or the dispatcher sends, so L{check} takes it as it is, without copying it field by
