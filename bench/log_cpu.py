@@ -41,6 +41,9 @@ import types
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from okws_twisted.wire.routing import host_key  # noqa: E402
+
 ROUND = 5120
 REQUEST = b"GET /hello?name=Ada HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk/4.2.0\r\nReferer: http://example.com/\r\n\r\n"
 PEER = IPv4Address("TCP", "127.0.0.1", 40001)
@@ -50,8 +53,6 @@ HOST = IPv4Address("TCP", "127.0.0.1", 8080)
 def log_by_values(self, request) -> None:  # type: ignore[no-untyped-def]
     """C{ServiceSite.log} as it would read queueing the record's raw values (C{--values}):
     the same inputs as today's, handed to L{RecordSender.access} instead of built into text."""
-    from okws_twisted.wire.routing import host_key
-
     records = self.records
     code = request.code
     if records is None or (code < 400 and not self.access_records):
