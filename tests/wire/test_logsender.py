@@ -329,6 +329,8 @@ class ProtocolTests(SynchronousTestCase):
             ({"first": 1}, b"{}"),
             ({"first": 1}, b"[1,"),
             ({"first": 1}, b"\xff"),
+            # A raw control character in a string (strict JSON): the daemon's plain batches rely on it.
+            ({"first": 1}, b'[{"kind":"access","request":"a\nb"}]'),
         ):
             msg = Message("records", {"k": "records", **meta}, payload)
             self.assertRaises(ChannelError, logchannel.parse_records, msg)
