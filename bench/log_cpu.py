@@ -43,6 +43,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from okws_twisted.wire.handoff import tls_summary  # noqa: E402
 from okws_twisted.wire.routing import host_key  # noqa: E402
 
 ROUND = 5120
@@ -76,7 +77,7 @@ def log_by_values(self, request) -> None:  # type: ignore[no-untyped-def]
         getattr(request, "request_id", "-"),
         headers.getRawHeaders(b"referer"),
         headers.getRawHeaders(b"user-agent"),
-        tls,
+        tls_summary(tls) if tls is not None else None,
         conn.host if conn is not None else host_key(request.getHeader(b"host")),
     )
 

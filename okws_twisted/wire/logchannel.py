@@ -29,7 +29,6 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Sequence, Tuple, Union
 
 from okws_twisted.wire.channel import ChannelError, Message
-from okws_twisted.wire.handoff import tls_summary
 
 RECORDS = "records"
 ACK = "ack"
@@ -47,7 +46,7 @@ _RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 #: C{(started, now, client, method, uri, proto, status, sent, request_id, referer, agent, tls, host)}.
 AccessValues = Tuple[
     float, float, str, bytes, bytes, bytes, int, int, str,
-    Union[Sequence[bytes], None], Union[Sequence[bytes], None], Union[dict, None], Union[bytes, None],
+    Union[Sequence[bytes], None], Union[Sequence[bytes], None], Union[str, None], Union[bytes, None],
 ]
 #: What a sender queues: a record (a dict), its JSON text, or an access record's raw values.
 Record = Union[dict, str, AccessValues]
@@ -65,7 +64,7 @@ def access_text(
     request_id: str,
     referer: Sequence[bytes] | None,
     agent: Sequence[bytes] | None,
-    tls: dict[str, str] | None,
+    tls: str | None,
     host: bytes | None,
 ) -> str:
     """A service's access record as JSON text (see L{okws_twisted.wire.logrecord.ACCESS_RECORD}).
@@ -73,7 +72,8 @@ def access_text(
     C{started}, C{now}: the reactor's seconds when the request arrived and when its response
     ended; C{method}, C{uri}, C{proto}: the request line's parts as received; C{referer},
     C{agent}: the raw values of those headers (as C{Headers.getRawHeaders} returns them; the
-    first is logged) or L{None}; C{tls}: the connection's TLS facts or L{None}; C{host}: the
+    first is logged) or L{None}; C{tls}: the connection's L{okws_twisted.wire.handoff.tls_summary}
+    or L{None}; C{host}: the
     routing host or L{None}.  Bytes are taken as latin-1 (every byte one character, as the
     daemon expects); C{encode_basestring} is json's own escaping, in C.
     """
@@ -85,7 +85,7 @@ def access_text(
         f'"response_time":{max(0, int((now - started) * 1_000_000))}'
         + (f',"referer":{quote(referer[0].decode("latin-1"))}' if referer else "")
         + (f',"user_agent":{quote(agent[0].decode("latin-1"))}' if agent else "")
-        + (f',"tls":{quote(tls_summary(tls))}' if tls is not None else "")
+        + (f',"tls":{quote(tls)}' if tls is not None else "")
         + (f',"host":{quote(host.decode("latin-1"))}' if host is not None else "")
         + "}"
     )

@@ -160,7 +160,7 @@ class RecordSender:
         request_id: str,
         referer: Sequence[bytes] | None,
         agent: Sequence[bytes] | None,
-        tls: dict[str, str] | None,
+        tls: str | None,
         host: bytes | None,
     ) -> None:
         """Queue a service's access record as its raw values (see L{logchannel.access_text} for

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.wire import limits, logchannel
+from okws_twisted.wire.handoff import tls_summary
 from okws_twisted.wire.channel import (
     ChannelError,
     Message,
@@ -385,7 +386,7 @@ class AccessValuesTests(SynchronousTestCase):
                 1_700_000_000.25, 1_700_000_000.250125, "192.168.1.1", b"GET", uri, b"HTTP/1.1", 200, 12, "p-1",
                 [headers[b"referer"]] if b"referer" in headers else None,
                 [headers[b"user-agent"]] if b"user-agent" in headers else None,
-                tls,
+                tls_summary(tls) if tls is not None else None,
                 host if host is not None else (b"example.com" if b"host" in headers else None),
             )
             self.assertEqual(logchannel.access_text(*values), text)
