@@ -73,9 +73,8 @@ def access_text(
     ended; C{method}, C{uri}, C{proto}: the request line's parts as received; C{referer},
     C{agent}: the raw values of those headers (as C{Headers.getRawHeaders} returns them; the
     first is logged) or L{None}; C{tls}: the connection's L{okws_twisted.wire.handoff.tls_summary}
-    or L{None}; C{host}: the
-    routing host or L{None}.  Bytes are taken as latin-1 (every byte one character, as the
-    daemon expects); C{encode_basestring} is json's own escaping, in C.
+    or L{None}; C{host}: the routing host or L{None}.  Bytes are taken as latin-1 (every byte
+    one character, as the daemon expects); C{encode_basestring} is json's own escaping, in C.
     """
     quote = encode_basestring
     line = (method + b" " + uri + b" " + proto).decode("latin-1")
