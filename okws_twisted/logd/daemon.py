@@ -53,7 +53,6 @@ from okws_twisted.config import SiteConfig
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.logd.files import LogFile
 from okws_twisted.logd.format import (
-    Checked,
     Sender,
     TimeFormats,
     access_json,
@@ -62,8 +61,10 @@ from okws_twisted.logd.format import (
     dropped_line,
     event_lines,
     own_line,
+    plain_strings,
     problem_line,
     status_line,
+    usual_access,
 )
 from okws_twisted.logd.journal import Entry, Journal, Recovery, Write
 from okws_twisted.wire import control, limits, logchannel
@@ -154,9 +155,13 @@ class LogWriter:
         """Write a line about the daemon itself to error.log (not journalled: never resent)."""
         self.files[ERROR_LOG].append(own_line(self._now(), level, self.me, text, self.times).encode("ascii"))
 
-    def write_batch(self, sender: Sender, first: int, records: list[Any]) -> int:
+    def write_batch(self, sender: Sender, first: int, records: list[Any], plain: bool = False) -> int:
         """Check, format and write C{records} (numbered from C{first}); return the
-        sender's watermark (the highest sequence number now in the files)."""
+        sender's watermark (the highest sequence number now in the files).
+
+        C{plain}: every string in the batch is plain printable ASCII
+        (L{okws_twisted.logd.format.plain_strings} of its payload), so access lines need no escaping.
+        """
         key = sender.key
         mark = self.watermarks.get(key, 0)
         skip = max(0, mark - first + 1)
@@ -167,12 +172,32 @@ class LogWriter:
         errors: list[str] = []
         json_lines: list[str] = []
         bad: list[tuple[int, list[str]]] = []
-        for seq, record in enumerate(records[skip:], start):
-            checked, problems = check(record, sender)
-            if problems:
-                bad.append((seq, problems))
-            if checked is not None:
-                self._format(checked, sender, access, errors, json_lines)
+        write_access, write_json = ACCESS_LOG in self.files, ACCESS_JSON in self.files
+        chosen, times = self.config.access_log_fields, self.times
+        role = sender.role
+        for seq, record in enumerate(records[skip:] if skip else records, start):
+            if type(record) is dict and usual_access(record, role):
+                kind, fields = "access", record  # what check() would return, without the copy
+            else:
+                checked, problems = check(record, sender)
+                if problems:
+                    bad.append((seq, problems))
+                if checked is None:
+                    continue
+                kind, fields = checked
+            if "time" not in fields:
+                fields["time"] = self._now()  # a record without a time is stamped on arrival
+            if kind == "access":
+                if write_access:
+                    access.append(access_line(fields, sender, chosen, times, plain))
+                if write_json:
+                    json_lines.append(access_json(fields, sender, times))
+                if fields["status"] >= 400:
+                    errors.append(status_line(fields, sender, times))  # type: ignore[arg-type]
+            elif kind == "event":
+                errors.append(event_lines(fields, sender, times))
+            else:
+                errors.append(dropped_line(fields, sender, times))
         if bad:
             self.bad_records += len(bad)
             seq, problems = bad[0]
@@ -181,23 +206,6 @@ class LogWriter:
         self._commit(key, start, last, {ACCESS_LOG: access, ERROR_LOG: errors, ACCESS_JSON: json_lines})
         self.watermarks[key] = last
         return last
-
-    def _format(self, checked: Checked, sender: Sender, access: list[str], errors: list[str], json_lines: list[str]) -> None:
-        fields, times = checked.fields, self.times
-        if "time" not in fields:
-            fields["time"] = self._now()  # a record without a time is stamped on arrival
-        if checked.kind == "access":
-            if ACCESS_LOG in self.files:
-                access.append(access_line(fields, sender, self.config.access_log_fields, times))
-            if ACCESS_JSON in self.files:
-                json_lines.append(access_json(fields, sender, times))
-            line = status_line(fields, sender, times)
-            if line is not None:
-                errors.append(line)
-        elif checked.kind == "event":
-            errors.append(event_lines(fields, sender, times))
-        else:
-            errors.append(dropped_line(fields, sender, times))
 
     def _commit(self, key: str, first: int, last: int, lines: dict[str, list[str]]) -> None:
         chunks = [(self.files[name], "".join(text).encode("ascii")) for name, text in lines.items() if text]
@@ -258,7 +266,7 @@ class LogDaemon:
             try:
                 if msg.kind == logchannel.RECORDS:
                     first, records = logchannel.parse_records(msg)
-                    mark = self._guarded(self.writer.write_batch, link.sender, first, records)
+                    mark = self._guarded(self.writer.write_batch, link.sender, first, records, plain_strings(msg.payload))
                 elif msg.kind == logchannel.REOPEN and link.sender.role == "launcher":
                     self._guarded(self.writer.reopen)
                 else:

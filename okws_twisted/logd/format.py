@@ -20,10 +20,12 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Mapping, NamedTuple
 
 from okws_twisted.config import COMBINED
 from okws_twisted.wire.logrecord import (
+    ACCESS_RECORD,
     LEVELS,
     MAX_INT,
     MAX_TEXT,
@@ -52,9 +54,14 @@ class Sender:
     service: str | None = None
     index: int | None = None
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.run}/{self.name}/{self.launch}/{self.pid}"
+
+    @cached_property
+    def service_field(self) -> str:
+        """The C{service} field of a service process's access lines (its launcher-given name)."""
+        return escape_bare(self.service or "")
 
     @property
     def source(self) -> str:
@@ -110,6 +117,8 @@ def check(record: object, sender: Sender) -> tuple[Checked | None, list[str]]:
     """
     if not isinstance(record, dict):
         return None, [f"not a record but {type(record).__name__}"]
+    if usual_access(record, sender.role):
+        return Checked("access", record), []
     kind = record.get("kind")
     schema = RECORD_FIELDS.get(kind) if isinstance(kind, str) else None
     if schema is None:
@@ -151,6 +160,29 @@ def check(record: object, sender: Sender) -> tuple[Checked | None, list[str]]:
         problems.append("a dropped report without a count")
         return None, problems
     return Checked(kind, fields), problems
+
+
+#: Per role that may send access records, the fields it may fill in.
+_ACCESS_NAMES = {role: frozenset(ACCESS_RECORD) - _NOT_FROM.get(role, frozenset()) for role in _ACCESS_ROLES}
+#: The access record's whole-number fields (the others are text).
+_ACCESS_INTS = frozenset(name for name, want in ACCESS_RECORD.items() if want is int)
+
+
+def usual_access(record: dict[Any, Any], role: str) -> bool:
+    """Whether C{record} is a well-formed access record from a process of C{role}: every field
+    known and allowed, of its type, within its limit, a status present.  That is every record a
+    service or the dispatcher sends, so L{check} takes it as it is, without copying it field by
+    field; anything else goes the long way, which names the problems."""
+    names = _ACCESS_NAMES.get(role)
+    if names is None or record.get("kind") != "access" or "status" not in record or not record.keys() <= names:
+        return False
+    for name, value in record.items():
+        if name in _ACCESS_INTS:
+            if type(value) is not int or not -MAX_INT <= value <= MAX_INT:  # (a bool is not an int here)
+                return False
+        elif type(value) is not str or len(value) > MAX_TEXT:
+            return False
+    return True
 
 
 def _shown(value: object) -> str:
@@ -258,7 +290,7 @@ def _quoted(fields: Mapping[str, Any], name: str) -> str:
 
 def _service(fields: Mapping[str, Any], sender: Sender) -> str:
     if sender.role == "service":
-        return escape_bare(sender.service or "")
+        return sender.service_field
     return _bare(fields, "service")
 
 
@@ -292,8 +324,35 @@ _RENDER: dict[str, Callable[[Mapping[str, Any], Sender, TimeFormats], str]] = {
 }
 
 
-def access_line(fields: Mapping[str, Any], sender: Sender, chosen: tuple[str, ...], times: TimeFormats) -> str:
-    """One access.log line (with its newline) for a checked access record."""
+def plain_strings(payload: bytes) -> bool:
+    """Whether every string in this JSON text (a C{records} payload) is printable ASCII without
+    C{"} or C{\\}, so that quoted fields need no escaping: the text is ASCII without a backslash
+    (no escape sequence) and without DEL, and strict JSON (C{json.loads}'s default) refuses
+    raw control characters in strings.  A few C scans of the batch instead of several checks
+    per field of every record."""
+    return payload.isascii() and b"\\" not in payload and b"\x7f" not in payload
+
+
+def access_line(
+    fields: Mapping[str, Any], sender: Sender, chosen: tuple[str, ...], times: TimeFormats, plain: bool = False
+) -> str:
+    """One access.log line (with its newline) for a checked access record.
+
+    C{plain}: the record came in a batch whose strings are all plain (L{plain_strings}): only an
+    unquoted field's spaces can need escaping.
+    """
+    if chosen == COMBINED and plain:  # the default, for a usual batch: no escaping to do
+        get = fields.get
+        client = get("client") or "-"
+        if " " in client:
+            client = escape_bare(client)
+        time_ = f"[{times.clf(fields['time'])}]" if "time" in fields else "[-]"
+        response_time = get("response_time")
+        return (
+            f'{client} - - {time_} "{get("request") or "-"}" {fields["status"]} {get("bytes") or "-"} '
+            f'"{get("referer") or "-"}" "{get("user_agent") or "-"}" {_service(fields, sender)} '
+            f'{"-" if response_time is None else response_time}\n'
+        )
     if chosen == COMBINED:  # the default, once per response: one f-string
         time_ = f"[{times.clf(fields['time'])}]" if "time" in fields else "[-]"
         return (

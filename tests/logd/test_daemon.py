@@ -273,6 +273,27 @@ class LogDaemonTests(WriterTestCase):
         self.assertEqual(peer.records(1, [hit(1), hit(2)]), 2)
         self.assertEqual(len(self.lines("access.log")), 2)
 
+    def test_batchesEscapedWhateverTheirShape(self) -> None:
+        """Through the channel, a batch with a quote, a backslash, a newline or non-ASCII in a
+        field is escaped, and so is a space in an unquoted field of an otherwise plain batch;
+        a well-formed record from the service never names its own service."""
+        peer = Peer(self.daemon(), self.meta(SERVICE))
+        forged = '"\n127.0.0.1 - - [forged] "GET /admin HTTP/1.1" 200 1 "-" "-" hello 1'
+        self.assertEqual(peer.records(1, [hit(1, user_agent="ok" + forged)]), 1)
+        self.assertEqual(peer.records(2, [hit(2, referer="a\\b"), hit(3, user_agent="caf\u00e9")]), 3)
+        self.assertEqual(peer.records(4, [hit(4, client="6.6.6.6 - -", request_id="a b")]), 4)
+        self.assertEqual(peer.records(5, [hit(5, user_agent="del\x7f")]), 5)
+        lines = self.lines("access.log")
+        self.assertEqual(len(lines), 5)
+        self.assertIn('"ok\\"\\x0a127.0.0.1 - - [forged] \\"GET /admin HTTP/1.1\\" 200 1 \\"-\\" \\"-\\" hello 1"', lines[0])
+        self.assertIn('"a\\\\b"', lines[1])
+        self.assertIn('"caf\\xe9"', lines[2])
+        self.assertTrue(lines[3].startswith("6.6.6.6\\x20-\\x20- - - ["), lines[3])
+        self.assertIn('"del\\x7f"', lines[4])
+        for line in lines:
+            self.assertTrue(all(0x20 <= ord(c) < 0x7F for c in line), line)
+            self.assertIn(" hello ", line)
+
     def test_identityFromLauncherNotRecord(self) -> None:
         """The service name in the files is the one the launcher gave the channel."""
         peer = Peer(self.daemon(), self.meta(SERVICE))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import calendar
 import json
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.config import ACCESS_FIELDS, COMBINED, parse_access_fields
@@ -21,9 +23,13 @@ from okws_twisted.logd.format import (
     escape_bare,
     escape_text,
     event_lines,
+    plain_strings,
     problem_line,
     status_line,
+    usual_access,
 )
+from okws_twisted.wire import logchannel
+from okws_twisted.wire.logrecord import ACCESS_RECORD, MAX_TEXT
 
 SERVICE = Sender(name="hello.0", role="service", pid=1234, run="r1", launch=2, service="hello", index=0)
 DISPATCHER = Sender(name="dispatcher", role="dispatcher", pid=99, run="r1")
@@ -324,3 +330,82 @@ class TimeFormatsTests(SynchronousTestCase):
     def test_outOfRange(self) -> None:
         self.assertEqual(TimeFormats().clf(2**62), "-")
         self.assertEqual(TimeFormats().iso(-(2**62)), "-")
+
+
+#: Values of every shape a JSON record can carry, including the ones check() refuses or cuts.
+_VALUES = st.one_of(
+    st.text(max_size=40),
+    st.integers(min_value=-(2**63), max_value=2**63),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=2),
+    st.just("x" * (MAX_TEXT + 1)),
+)
+_NAMES = st.sampled_from(sorted(ACCESS_RECORD) + ["evil", "count", "level"])
+
+
+class FastPathTests(SynchronousTestCase):
+    """The daemon's fast paths (L{usual_access}, C{access_line(plain=True)}) agree with the long way."""
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.dictionaries(_NAMES, _VALUES, max_size=8), st.sampled_from([SERVICE, DISPATCHER, LAUNCHER]))
+    def test_usualAccessOnlyWhenCheckFindsNothing(self, extra: dict[str, object], sender: Sender) -> None:
+        """A record taken as it is would have passed check() unchanged, with no problem."""
+        record = access(**extra) if "kind" not in extra else {**access(), **extra}
+        if usual_access(record, sender.role):
+            result, problems = check(dict(record), sender)
+            self.assertEqual(problems, [])
+            assert result is not None
+            self.assertEqual((result.kind, result.fields), ("access", record))
+
+    def test_usualAccessRefuses(self) -> None:
+        """Each thing check() would report sends the record the long way."""
+        self.assertTrue(usual_access(access(), "service"))
+        self.assertTrue(usual_access(access(service="hello"), "dispatcher"))
+        for record, role in [
+            (access(service="hello"), "service"),  # a service may not name its service
+            (access(), "launcher"),  # only serving processes send access records
+            (access(evil="x"), "service"),
+            (access(status=True), "service"),
+            (access(status="200"), "service"),
+            (access(bytes=2**62 + 1), "service"),
+            (access(referer=None), "service"),
+            (access(user_agent="x" * (MAX_TEXT + 1)), "service"),
+            ({k: v for k, v in access().items() if k != "status"}, "service"),
+            (access(kind="event"), "service"),
+        ]:
+            self.assertFalse(usual_access(record, role), (record, role))
+
+    def test_plainStrings(self) -> None:
+        """A batch is plain only if no string in it can need escaping in a quoted field."""
+        self.assertTrue(logchannel_payload([access()]) and plain_strings(logchannel_payload([access()])))
+        for value in ['say "hi"', "back\\slash", "new\nline", "tab\t", "del\x7f", "caf\u00e9", "\u2028", "nul\x00"]:
+            payload = logchannel_payload([access(user_agent=value)])
+            self.assertFalse(plain_strings(payload), value)
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(st.text(st.sampled_from(" -/?=.:[]'%+~aZ09"), max_size=20), min_size=6, max_size=6))
+    def test_plainLineIsTheEscapedLine(self, texts: list[str]) -> None:
+        """In a plain batch the line without escaping is the line with it, byte for byte
+        (spaces and empty values included: unquoted fields still escape their spaces)."""
+        client, request, referer, agent, request_id, service = texts
+        record = access(client=client, request=request, referer=referer, user_agent=agent, request_id=request_id)
+        payload = logchannel_payload([record, access(service=service)])
+        self.assertTrue(plain_strings(payload))
+        for decoded, sender in zip(json.loads(payload), (SERVICE, DISPATCHER)):
+            fields = checked(decoded, sender)
+            slow = access_line(dict(fields), sender, COMBINED, TimeFormats())
+            fast = access_line(dict(fields), sender, COMBINED, TimeFormats(), plain=True)
+            self.assertEqual(fast, slow)
+
+    def test_plainLineMissingFields(self) -> None:
+        record = {"kind": "access", "status": 200, "time": T, "client": "", "bytes": 0}
+        slow = access_line(checked(record), SERVICE, COMBINED, TimeFormats())
+        self.assertEqual(access_line(checked(record), SERVICE, COMBINED, TimeFormats(), plain=True), slow)
+        self.assertEqual(slow, '- - - [10/Oct/2000:13:55:36 +0000] "-" 200 - "-" "-" hello -\n')
+
+
+def logchannel_payload(records: list[object]) -> bytes:
+    """A C{records} payload as a sender encodes it."""
+    return logchannel.encode_records(records)  # type: ignore[arg-type]

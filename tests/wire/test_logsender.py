@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.wire import limits, logchannel
+from okws_twisted.wire.handoff import tls_summary
 from okws_twisted.wire.channel import (
     ChannelError,
     Message,
@@ -329,6 +330,8 @@ class ProtocolTests(SynchronousTestCase):
             ({"first": 1}, b"{}"),
             ({"first": 1}, b"[1,"),
             ({"first": 1}, b"\xff"),
+            # A raw control character in a string (strict JSON): the daemon's plain batches rely on it.
+            ({"first": 1}, b'[{"kind":"access","request":"a\nb"}]'),
         ):
             msg = Message("records", {"k": "records", **meta}, payload)
             self.assertRaises(ChannelError, logchannel.parse_records, msg)
@@ -337,3 +340,75 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(logchannel.parse_ack(Message("ack", logchannel.ack_meta(7))), 7)
         for seq in (-1, "7", None, False):
             self.assertRaises(ChannelError, logchannel.parse_ack, Message("ack", {"k": "ack", "seq": seq}))
+
+
+class AccessValuesTests(SynchronousTestCase):
+    """L{RecordSender.access}: an access record queued as raw values is the same record as the
+    JSON text C{ServiceSite.log} builds from the same request."""
+
+    def served(self, uri: bytes, headers: dict[bytes, bytes], tls: dict[str, str] | None, host: bytes | None) -> object:
+        """What C{ServiceSite.log} queues for a finished request (text, or raw values)."""
+        from twisted.web.resource import Resource
+        from twisted.web.test.requesthelper import DummyChannel
+
+        from okws_twisted.service.web import ServiceRequest, ServiceSite
+
+        clock = MemoryReactorClock()
+        clock.advance(1_700_000_000.25)
+        site = ServiceSite(Resource(), reactor=clock)
+        site.records = RecordSender(clock, 10)
+        site.request_ids = RequestIds("p")
+        channel = DummyChannel()
+        channel.factory = site
+        channel.transport.tls = tls
+        if host is not None:
+            channel.okws_connection = type("Conn", (), {"host": host})()
+        request = ServiceRequest(channel)
+        request.method, request.uri, request.clientproto = b"GET", uri, b"HTTP/1.1"
+        request.code, request.sentLength = 200, 12
+        for name, value in headers.items():
+            request.requestHeaders.addRawHeader(name, value)
+        clock.advance(0.000125)
+        site.log(request)
+        [queued] = site.records.buffer.pending
+        return queued
+
+    def test_sameRecordAsTheText(self) -> None:
+        cases = [
+            (b"/hello?name=Ada", {b"user-agent": b"wrk/4.2.0", b"referer": b"http://example.com/"}, None, b"127.0.0.1"),
+            (b"/caf\xc3\xa9?q=\"x\"\\", {b"user-agent": b"a\x01b\xff"}, {"version": "TLSv1.3", "cipher": "TLS_AES_128_GCM_SHA256"}, None),
+            (b"/", {b"host": b"Example.COM:8443"}, None, None),
+        ]
+        for uri, headers, tls, host in cases:
+            queued = self.served(uri, headers, tls, host)
+            text = queued if isinstance(queued, str) else logchannel.access_text(*queued)  # type: ignore[misc]
+            values = (
+                1_700_000_000.25, 1_700_000_000.250125, "192.168.1.1", b"GET", uri, b"HTTP/1.1", 200, 12, "p-1",
+                [headers[b"referer"]] if b"referer" in headers else None,
+                [headers[b"user-agent"]] if b"user-agent" in headers else None,
+                tls_summary(tls) if tls is not None else None,
+                host if host is not None else (b"example.com" if b"host" in headers else None),
+            )
+            self.assertEqual(logchannel.access_text(*values), text)
+
+    def test_encodedWithItsBatch(self) -> None:
+        """Queued values go out as JSON objects, in order with other records, and count
+        against the buffer like any record."""
+        clock = MemoryReactorClock()
+        sender = RecordSender(clock, 3)
+        values = (1.5, 1.75, "10.0.0.1", b"POST", b"/x", b"HTTP/1.0", 404, 0, "r-1", None, [b"ua"], None, b"h.example")
+        sender.access(*values)
+        sender.emit({"kind": "event", "level": "info", "text": "between"})
+        sender.emit('{"kind":"access","status":200}')
+        sender.access(*values)
+        self.assertEqual(sender.held, 3)
+        self.assertEqual(sender.buffer.dropped, 1)
+        batch = sender.buffer.seal()
+        assert batch is not None
+        records = json.loads(batch.payload)
+        self.assertEqual(
+            records[0],
+            {"kind": "access", "time": 1_500_000, "client": "10.0.0.1", "request": "POST /x HTTP/1.0", "status": 404,
+             "bytes": 0, "request_id": "r-1", "response_time": 250_000, "user_agent": "ua", "host": "h.example"},
+        )
+        self.assertEqual([r["kind"] for r in records], ["access", "event", "access"])
