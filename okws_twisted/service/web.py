@@ -11,7 +11,6 @@ author's test runs what production runs.
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
 from urllib.parse import unquote_to_bytes
@@ -517,10 +516,9 @@ class ServiceSite(server.Site):
     def log(self, request: server.Request) -> None:
         """Send an access record to the log daemon (instead of twisted.web's own log).
 
-        Called by twisted.web as the response finishes, so it is built as JSON
-        text at once (C{encode_basestring} is json's own escaping, in C; bytes
-        as latin-1, every byte one character, as the daemon expects): one
-        format, no dict, no encoding later.  The daemon checks it
+        Called by twisted.web as the response finishes: only the record's raw values are
+        gathered here (L{RecordSender.access}); they become JSON text when the batch is sealed,
+        all of a batch in one loop, which costs the request path less.  The daemon checks it
         as any record (L{okws_twisted.logd.format}).
         """
         records = self.records
@@ -528,26 +526,23 @@ class ServiceSite(server.Site):
         if records is None or (code < 400 and not self.access_records):
             return
         now = self.reactor.seconds()
-        started = getattr(request, "okws_started", 0.0) or now
-        client = getattr(request.getClientAddress(), "host", None) or "-"
-        quote = encode_basestring
         headers = request.requestHeaders
-        referer = headers.getRawHeaders(b"referer")
-        agent = headers.getRawHeaders(b"user-agent")
         tls = getattr(request.channel.transport, "tls", None) if request.channel is not None else None
         conn = getattr(request.channel, "okws_connection", None)
-        host = conn.host if conn is not None else host_key(request.getHeader(b"host"))
-        line = (request.method + b" " + request.uri + b" " + request.clientproto).decode("latin-1")
-        text = (
-            f'{{"kind":"access","time":{int(started * 1_000_000)},"client":{quote(client)},"request":{quote(line)},'
-            f'"status":{code},"bytes":{request.sentLength},"request_id":{quote(getattr(request, "request_id", "-"))},'
-            f'"response_time":{max(0, int((now - started) * 1_000_000))}'
-            + (f',"referer":{quote(referer[0].decode("latin-1"))}' if referer else "")
-            + (f',"user_agent":{quote(agent[0].decode("latin-1"))}' if agent else "")
-            + (f',"tls":{quote(tls_summary(tls))}' if tls is not None else "")
-            + (f',"host":{quote(host.decode("latin-1"))}' if host is not None else "")
-            + "}"
+        records.access(
+            getattr(request, "okws_started", 0.0) or now,
+            now,
+            getattr(request.getClientAddress(), "host", None) or "-",
+            request.method,
+            request.uri,
+            request.clientproto,
+            code,
+            request.sentLength,
+            getattr(request, "request_id", "-"),
+            headers.getRawHeaders(b"referer"),
+            headers.getRawHeaders(b"user-agent"),
+            tls_summary(tls) if tls is not None else None,
+            conn.host if conn is not None else host_key(request.getHeader(b"host")),
         )
-        records.emit(text)
 
 
