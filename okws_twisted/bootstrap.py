@@ -26,6 +26,7 @@ memory limit is relaunched whole rather than left half-working.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import signal
@@ -288,6 +289,10 @@ def main(argv: list[str]) -> NoReturn:
     if hasattr(child, "to_launcher"):
         child.to_launcher = lambda meta: ctl.send(meta) if ctl.connected else None
     ctl.send({"k": control.READY, "pid": first.meta.get("pid", os.getpid())})
+    # Everything made at start-up (modules, configuration, the role's objects) lives as long as
+    # the process: out of the collector's generations, a full collection under load scans only
+    # what requests made, a shorter pause in the latency tail.
+    gc.freeze()
     reactor.run(installSignalHandlers=False)
     sys.stdout.flush()
     sys.stderr.flush()
