@@ -17,12 +17,10 @@ Each side's work is timed apart with C{time.process_time}:
 Best of 7 rounds of 5,120 requests (20 batches).  C{--no-log}: the same instance without a
 sender (the instance's cost of the log is the difference); C{--profile [SORT]}: a cProfile of
 the daemon's timed part (C{--profile-instance}: of the instance's; C{--filter REGEX}: only
-those functions); C{--values}: the service queues each access record's raw values
-(L{RecordSender.access}), as L{log_by_values} shows C{ServiceSite.log} doing, instead of
-building its JSON text on the request path; C{--no-daemon}: the sender has no channel and its
+those functions); C{--no-daemon}: the sender has no channel and its
 batches are taken as acknowledged when sealed (no daemon's work in this process's caches).
 
-    .venv/bin/python bench/log_cpu.py [--no-log | --values] [--no-daemon] [--profile [tottime]]
+    .venv/bin/python bench/log_cpu.py [--no-log] [--no-daemon] [--profile [tottime]]
     PYTHONPATH=/tmp/snap .venv/bin/python bench/log_cpu.py   # another tree's code
 """
 
@@ -37,49 +35,16 @@ import socket
 import sys
 import tempfile
 import time
-import types
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from okws_twisted.wire.handoff import tls_summary  # noqa: E402
-from okws_twisted.wire.routing import host_key  # noqa: E402
 
 ROUND = 5120
 REQUEST = b"GET /hello?name=Ada HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk/4.2.0\r\nReferer: http://example.com/\r\n\r\n"
 PEER = IPv4Address("TCP", "127.0.0.1", 40001)
 HOST = IPv4Address("TCP", "127.0.0.1", 8080)
-
-
-def log_by_values(self, request) -> None:  # type: ignore[no-untyped-def]
-    """C{ServiceSite.log} as it would read queueing the record's raw values (C{--values}):
-    the same inputs as today's, handed to L{RecordSender.access} instead of built into text."""
-    records = self.records
-    code = request.code
-    if records is None or (code < 400 and not self.access_records):
-        return
-    now = self.reactor.seconds()
-    started = getattr(request, "okws_started", 0.0) or now
-    headers = request.requestHeaders
-    channel = request.channel
-    tls = getattr(channel.transport, "tls", None) if channel is not None else None
-    conn = getattr(channel, "okws_connection", None)
-    records.access(
-        started,
-        now,
-        getattr(request.getClientAddress(), "host", None) or "-",
-        request.method,
-        request.uri,
-        request.clientproto,
-        code,
-        request.sentLength,
-        getattr(request, "request_id", "-"),
-        headers.getRawHeaders(b"referer"),
-        headers.getRawHeaders(b"user-agent"),
-        tls_summary(tls) if tls is not None else None,
-        conn.host if conn is not None else host_key(request.getHeader(b"host")),
-    )
 
 
 def main() -> None:
@@ -120,8 +85,6 @@ def main() -> None:
     server.close()
     [conn] = runtime.connections
     client.setblocking(False)
-    if "--values" in sys.argv:
-        runtime.site.log = types.MethodType(log_by_values, runtime.site)
 
     daemon = None
     if records is not None and "--no-daemon" not in sys.argv:
@@ -189,7 +152,7 @@ def main() -> None:
             raise SystemExit(f"the daemon wrote {records_written} lines ({written} bytes), expected ~{7 * ROUND}")
     shutil.rmtree(log_dir, ignore_errors=True)
     print(
-        f"instance{(' (access log' + (', raw values' if '--values' in sys.argv else '') + ')') if log else ''}: {best_instance / ROUND * 1e6:.1f} us CPU per keep-alive request"
+        f"instance{' (access log)' if log else ''}: {best_instance / ROUND * 1e6:.1f} us CPU per keep-alive request"
         + (f"; log daemon: {best_logd / ROUND * 1e6:.2f} us per record" if daemon is not None else "")
         + f" (best of 7 x {ROUND}, client included)"
     )
