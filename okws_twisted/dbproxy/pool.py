@@ -4,9 +4,9 @@ One database as its proxy opens it: the connection pool, the schema, each engine
 
 SQLite comes with Python (the default: nothing to install); PostgreSQL goes
 through psycopg 3, imported only for a C{postgresql:} url (it costs about
-10 MiB).  Either way the blocking driver runs in the proxy's pool threads
-(L{okws_twisted.dbproxy.workers}: one connection per thread, as many as
-C{pool}), never on the reactor.
+10 MiB: see bench/README.md).  Either way the blocking driver runs in the
+proxy's pool threads (L{okws_twisted.dbproxy.workers}: C{pool} connections,
+shared by C{pool + 1} threads), never on the reactor.
 
 L{Database.prepare} runs before the proxy says it is ready: the SQLite file's
 directory is made (0700) and the file created 0600 (the proxy's umask is
@@ -161,8 +161,8 @@ class Database:
         return _psycopg().connect(self.config.url, **self._pg_kwargs())
 
     def open_pool(self, reactor: Any) -> Workers:
-        """The pool: C{pool} threads, each opening its connection when it first runs a call
-        (L{engine.execute} replaces a dead one before anything was committed)."""
+        """The pool: C{pool} connections, each opened when a call first needs it, for C{pool + 1}
+        threads (L{engine.execute} replaces a dead one before anything was committed)."""
         if self.engine == "sqlite":
             engine.register_sqlite_types()
         return Workers(reactor, self.config.pool, self.connect, name=f"db.{self.config.name}")

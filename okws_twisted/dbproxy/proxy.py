@@ -26,12 +26,16 @@ service sends can change that.  On each channel the proxy:
 Everything is checked before it is buffered: the channel refuses a message
 over its limit when the first datagram declares it.
 
-Threads: the reactor thread reads every channel, checks and queues the calls;
-the pool's threads take them and, when they can, send each reply themselves
-(L{_Link.send_now}: one datagram, under the link's lock, only while nothing
-waits in the channel's queue), so a call wakes one thread of the proxy, not
-three.  Everything else (grants, refusals, replies that are too large or meet a
-full socket, timeouts) is the reactor thread's.
+Threads: the pool's threads (L{okws_twisted.dbproxy.workers}) read the
+channels themselves, one thread per channel at a time (L{_Link.read_ready}:
+the same limits, checked before buffering, as L{MessageChannel}'s reader),
+check and queue the calls, take them, run them and send each reply when they
+can (L{_Link.send_now}: one datagram, under the link's lock, only while nothing
+waits in the channel's queue).  A lone call is read, run and answered by one
+thread: the reactor thread does not wake for it at all.  The reactor thread
+sends the grants, the replies that are too large or meet a full socket,
+answers the deadlines (one timer for all calls, armed once while calls keep
+coming), logs, and closes channels.
 """
 
 from __future__ import annotations
@@ -40,11 +44,10 @@ import itertools
 import os
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IWriteDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -57,16 +60,67 @@ from okws_twisted.dbproxy.scheduler import CallQueue, Waiting
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.sqlqueries import NamedQuery, QueriesError, parse
 from okws_twisted.wire import dbchannel, dbvalues
-from okws_twisted.wire.channel import CHUNK, ChannelError, ChannelLimits, Message, MessageChannel, encode
+# The channel's own reader parts (its private names): the pool's threads read a db channel as
+# MessageChannel.doRead does, with the same buffer sizes, assembler and limits.
+from okws_twisted.wire.channel import (
+    _ANC_SIZE,
+    _RECV_SIZE,
+    CHUNK,
+    ChannelError,
+    ChannelLimits,
+    Message,
+    MessageChannel,
+    _Assembler,
+    _close_fds,
+    _fds_from,
+    encode,
+)
 from okws_twisted.wire.dbchannel import FAILED, OK, REFUSED, UNAVAILABLE, Grant
 
-#: A peer that leaves this many reply datagrams unread is given up on (its channel closed).
-MAX_BACKLOG = 512
+#: A peer that reads none of its replies for this many seconds while some wait is given up on (its
+#: channel closed).  A service's reactor reads at every turn: only a stuck or hostile one waits so long.
+UNREAD_TIMEOUT = 10.0
+#: Bytes of replies the proxy keeps for a peer that does not read them (at least two of its largest
+#: replies); more closes its channel (L{unread_bytes}).
+MAX_UNREAD = 64 * 1024 * 1024
 #: Refusals logged one by one per channel in each L{REFUSAL_WINDOW}; the rest are counted.
 REFUSALS_LOGGED = 20
 REFUSAL_WINDOW = 10.0
 #: A stopping proxy serves at least this long: calls sent just before the services moved on.
 STOP_GRACE = 0.2
+#: Datagrams a pool thread reads from one channel before it lets another thread have a turn
+#: (as L{MessageChannel} reads at most so many per wake-up).
+MAX_READ = 256
+
+
+def unread_bytes(max_result_bytes: int) -> int:
+    """The bytes of replies a channel may hold for a peer that is behind, for a database's
+    C{max_result_bytes}: L{MAX_UNREAD}, or room for two of its largest replies."""
+    return max(MAX_UNREAD, 2 * dbchannel.service_limit(max_result_bytes))
+
+
+@implementer(IWriteDescriptor)
+class _Drain:
+    """The reactor's watch on a db channel's socket while its peer is behind: writable means the
+    peer read something (progress), and once the channel's queue is empty, the replies held for
+    it leave (L{_Link._drained})."""
+
+    def __init__(self, link: "_Link", fd: int) -> None:
+        self.link = link
+        self.fd = fd
+        self.watching = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doWrite(self) -> None:
+        self.link._drained()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.watching = False
+
+    def logPrefix(self) -> str:
+        return f"db:{self.link.name}:drain"
 
 
 @dataclass(eq=False)
@@ -99,10 +153,21 @@ class _Link:
         self._suppressed = 0
         config = proxy.config
         self.reply_limit = dbchannel.service_limit(config.max_result_bytes)
-        self.channel = MessageChannel(
-            proxy.reactor, sock, self._received, self._lost, name=f"db:{name}",
-            limits=ChannelLimits(max_payload=dbchannel.proxy_limit(config.max_call_bytes)),
-        )
+        limits = ChannelLimits(max_payload=dbchannel.proxy_limit(config.max_call_bytes),
+                               max_queued=unread_bytes(config.max_result_bytes))
+        self.channel = MessageChannel(proxy.reactor, sock, self._received, self._lost, name=f"db:{name}", limits=limits)
+        # The channel sends (and queues for a peer that does not read); the pool's threads read
+        # it (L{read_ready}), through their own descriptor, with the same limits.
+        proxy.reactor.removeReader(self.channel)
+        self._limits = limits
+        self._assembler = _Assembler(limits)
+        self._reader: socket.socket | None = sock.dup()
+        self._reader.setblocking(False)
+        self._reader_fd = self._reader.fileno()
+        #: Guards L{_reading} and L{_reader_dead}: the reader is closed by whoever uses it last.
+        self._reader_guard = threading.Lock()
+        self._reading = False
+        self._reader_dead = False
         #: Every send on this channel holds it: the reactor thread's (through the channel) and the
         #: pool threads' (L{send_now}, on L{_direct}).  Reentrant: a failing send closes the channel,
         #: and L{_lost} takes it again.
@@ -111,6 +176,11 @@ class _Link:
         #: closed under L{lock} when the channel is lost, so a thread never writes to a closed (or
         #: reused) descriptor.
         self._direct: socket.socket | None = sock.dup()
+        #: Watches the socket for room while the peer is behind (L{_behind}).
+        self._drain = _Drain(self, self._direct.fileno())
+        #: When the peer last made room for its replies (while behind), by the reactor's clock.
+        self._progress = 0.0
+        self._give_up: IDelayedCall | None = None
 
     @property
     def connected(self) -> bool:
@@ -125,16 +195,128 @@ class _Link:
         table = {name: Grant(q.suffix, q.params) for name, q in grants.items()}
         with self.lock:
             self.channel.send(*dbchannel.grants(table))
+        if self.channel.backlog:
+            self._behind()
 
-    def send_now(self, entry: bytes) -> bool:
-        """In a pool thread: send one reply entry as its own message, at once; C{False} if it must
-        go the reactor thread's way (L{answer}) instead.
+    def start_reading(self) -> None:
+        self.proxy.pool.watch(self._reader_fd, self.read_ready)
+
+    def read_ready(self) -> None:
+        """In a pool thread (one at a time per channel): read what the service sent and hand the
+        calls to the proxy.
+
+        What L{MessageChannel} checks, checked the same way and before anything is kept (the
+        same assembler and limits): a datagram too long, a payload over C{max_call_bytes}
+        (declared by a split message's first datagram), anything malformed closes this channel.
+        """
+        with self._reader_guard:
+            sock = self._reader
+            if sock is None or self._reader_dead:
+                return
+            self._reading = True
+        try:
+            self._read(sock)
+        finally:
+            with self._reader_guard:
+                self._reading = False
+                if self._reader_dead:
+                    self._close_reader()
+            if self.proxy.stopping:
+                # It was busy while this thread read: now the calls read are queued (or refused).
+                self.proxy.reactor.callFromThread(self.proxy._maybe_stopped)
+
+    def quiet(self) -> bool:
+        """No pool thread reads this channel, nor will: none is reading, and nothing waits unread
+        in the socket (a thread may be on its way to it), or the channel is read no more."""
+        with self._reader_guard:
+            if self._reading:
+                return False
+            sock = self._reader
+            if sock is None or self._reader_dead:
+                return True
+            try:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                return True  # nothing waits (EAGAIN), or the socket is gone
+            return False
+
+    def _read(self, sock: socket.socket) -> None:
+        batch: list[Message] = []
+        size = 0
+        problem: str | None = None
+        gone = False
+        for _ in range(MAX_READ):
+            if size >= self._limits.max_batch:
+                break
+            try:
+                data, anc, flags, _addr = sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError:
+                gone = True
+                break
+            fds = _fds_from(anc) if anc else ()
+            if not data and not fds:
+                gone = True
+                break
+            if flags & socket.MSG_TRUNC:
+                _close_fds(fds)
+                problem = "a datagram longer than any valid message"
+                break
+            try:
+                msg = self._assembler.add(data, fds, bool(flags & socket.MSG_CTRUNC))
+            except ChannelError as e:
+                _close_fds(fds)
+                problem = str(e)
+                break
+            if msg is not None:
+                batch.append(msg)
+                size += len(msg.payload)
+        if batch and not self.proxy.received(self, batch):
+            gone = True
+        if problem is not None or gone:
+            self.stop_reading()
+            reactor = self.proxy.reactor
+            if problem is not None:
+                reactor.callFromThread(self.channel.refuse, problem)
+            else:
+                reactor.callFromThread(self.close)
+
+    def stop_reading(self) -> None:
+        """Read no more (any thread): the reader's descriptor closes once no thread uses it."""
+        self.proxy.pool.unwatch(self._reader_fd)
+        with self._reader_guard:
+            self._reader_dead = True
+            if not self._reading:
+                self._close_reader()
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._assembler.discard()
+
+    def reply(self, entries: list[bytes]) -> None:
+        """In a pool thread: send reply entries now, as one message, if they fit one datagram,
+        else through the reactor thread (L{answer}: as few messages as the limits allow)."""
+        if entries and not self.send_now(*entries):
+            self.proxy.reactor.callFromThread(self._answer_all, entries)
+
+    def _answer_all(self, entries: list[bytes]) -> None:
+        for entry in entries:
+            self.answer(entry)
+
+    def send_now(self, *entries: bytes) -> bool:
+        """In a pool thread: send reply entries as one message, at once; C{False} if they must go
+        the reactor thread's way (L{answer}) instead.
 
         Only when nothing waits in the channel's queue (a split message's continuations must follow
-        it unbroken, and a peer that does not read is the reactor thread's to judge) and the message
-        is one datagram, which the kernel delivers whole whichever thread sends it.
+        it unbroken, and a peer that is behind gets its replies in full datagrams, L{flush}) and the
+        message is one datagram, which the kernel delivers whole whichever thread sends it.
         """
-        meta, payload = dbchannel.replies([entry])
+        meta, payload = dbchannel.replies(entries)
         if len(payload) > CHUNK:
             return False
         [datagram] = encode(meta, payload)
@@ -149,32 +331,89 @@ class _Link:
         return True
 
     def answer(self, entry: bytes) -> None:
-        """Queue one reply entry: the proxy flushes after each batch it handles (else the next reactor
-        turn does), so everything answered together leaves as one message."""
+        """Queue one reply entry (in the reactor thread): the proxy flushes after each batch it
+        handles (else the next reactor turn does), so everything answered together leaves as one
+        message."""
         if not self.connected:
             return
         if self._out and (self._out_size + len(entry) + 1 > self.reply_limit or len(self._out) >= dbchannel.MAX_BATCH):
-            self.flush()
+            self._send_out()  # a full message: it leaves in full datagrams, behind or not
         self._out.append(entry)
         self._out_size += len(entry) + 1
         if self._flush is None:
             self._flush = self.proxy.reactor.callLater(0, self.flush)
 
     def flush(self) -> None:
+        """Send the replies waiting here, unless the peer is behind: then they wait until it has
+        read what the channel holds (L{_drained}), and leave together, in full datagrams (one
+        reply per datagram would make a flood's answers thousands of datagrams)."""
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush = None
-        out, self._out, self._out_size = self._out, [], 0
-        if not out or not self.connected:
+        if not self._out or not self.connected:
             return
+        if self.channel.backlog:
+            self._behind()
+        else:
+            self._send_out()
+
+    def _send_out(self) -> None:
+        out, self._out, self._out_size = self._out, [], 0
         with self.lock:
             self.channel.send(*dbchannel.replies(out))
-        if self.channel.backlog > MAX_BACKLOG:
-            self.proxy.log.error(
-                "closing the db channel of {instance}: it leaves its replies unread ({count} messages queued)",
-                instance=self.name, count=self.channel.backlog, service=self.service,
-            )
-            self.channel.close()
+        if not self.connected:
+            # Over the channel's byte bound (the peer reads nothing), or the peer is gone.
+            self.proxy.log.error("closing the db channel of {instance}: it leaves its replies unread ({bytes} bytes)",
+                                 instance=self.name, bytes=self._limits.max_queued, service=self.service)
+        elif self.channel.backlog:
+            self._behind()
+
+    @property
+    def behind(self) -> bool:
+        """Replies wait for the peer to read (in the channel's queue, or held here)."""
+        return self._drain.watching
+
+    def _behind(self) -> None:
+        """The peer has not read everything sent: watch the socket for it to make room (each time
+        it does is progress), and give up on it after L{DatabaseProxy.unread_timeout} without any."""
+        reactor = self.proxy.reactor
+        if not self._drain.watching:
+            self._drain.watching = True
+            self._progress = reactor.seconds()
+            reactor.addWriter(self._drain)
+        if self._give_up is None:
+            self._give_up = reactor.callLater(self.proxy.unread_timeout, self._judge)
+
+    def _drained(self) -> None:
+        """The socket has room (the reactor, through L{_Drain}): the peer read something."""
+        self._progress = self.proxy.reactor.seconds()
+        if self.channel.backlog and self.connected:
+            return  # the channel sends its own queue first
+        self._drain.watching = False
+        self.proxy.reactor.removeWriter(self._drain)
+        if self.connected and self._out:
+            self.flush()
+        if not self._drain.watching:
+            if self._give_up is not None and self._give_up.active():
+                self._give_up.cancel()
+            self._give_up = None
+            if self.proxy.stopping:
+                self.proxy._maybe_stopped()
+
+    def _judge(self) -> None:
+        self._give_up = None
+        if not self.connected or not self.behind:
+            return
+        now = self.proxy.reactor.seconds()
+        timeout = self.proxy.unread_timeout
+        if now - self._progress < timeout:
+            self._give_up = self.proxy.reactor.callLater(self._progress + timeout - now, self._judge)
+            return
+        self.proxy.log.error(
+            "closing the db channel of {instance}: it read none of its replies for {timeout:g}s ({count} messages queued)",
+            instance=self.name, timeout=timeout, count=self.channel.backlog + bool(self._out), service=self.service,
+        )
+        self.channel.close()
 
     def close(self) -> None:
         self.channel.close()
@@ -191,9 +430,18 @@ class _Link:
         return False, 0
 
     def _received(self, batch: list[Message]) -> None:
-        self.proxy.received(self, batch)
+        # Never called: the channel is not in the reactor's readers (L{read_ready} reads it).
+        for msg in batch:
+            msg.close_fds()
 
     def _lost(self, reason: Failure) -> None:
+        self.stop_reading()
+        if self._drain.watching:
+            self._drain.watching = False
+            self.proxy.reactor.removeWriter(self._drain)
+        if self._give_up is not None and self._give_up.active():
+            self._give_up.cancel()
+        self._give_up = None
         with self.lock:
             if self._direct is not None:
                 self._direct.close()
@@ -210,6 +458,8 @@ class DatabaseProxy:
     """One database's proxy: its links to the services, its queue, its pool."""
 
     log = Logger()
+    #: Seconds a peer may leave its replies unread (L{UNREAD_TIMEOUT}; tests shorten it).
+    unread_timeout = UNREAD_TIMEOUT
 
     def __init__(
         self,
@@ -232,6 +482,7 @@ class DatabaseProxy:
         self._sql = {name: database.sql(q) for name, q in queries.items()}
         self.pool = database.open_pool(reactor)
         self.pool.take = self._take
+        self.pool.more = self._more
         self.pool.release = self._release
         self.pool.finish = self._finish
         self.pool.completed = self._done
@@ -242,25 +493,30 @@ class DatabaseProxy:
         self._keys = itertools.count(1)
         self._deadlines: dict[int, _Pending] = {}
         self._sweep_call: IDelayedCall | None = None
+        #: The deadlines' timer is armed, or being armed (under pool.lock: the threads admit calls).
+        self._sweep_armed = False
         self._stopped = stopped
         self.stopping = False
         self._finished = False
         self._grace_passed = False
         self.counts = {"calls": 0, OK: 0, REFUSED: 0, UNAVAILABLE: 0, FAILED: 0}
-        self._grants: dict[str, dict[str, NamedQuery]] = {}
+        #: The site the grants come from, and the grants computed from it (replaced whole on a reload:
+        #: the pool's threads read it).
+        self._grant_state: tuple[SiteConfig, dict[str, dict[str, NamedQuery]]] = (site, {})
 
     # -- grants
 
     def grants_for(self, service: str) -> Mapping[str, NamedQuery]:
         """The queries C{service} may run here, from the site's current configuration."""
-        grants = self._grants.get(service)
+        site, table = self._grant_state
+        grants = table.get(service)
         if grants is None:
             names: tuple[str, ...] = ()
-            for s in self.site.services:
+            for s in site.services:
                 if s.name == service and s.db == self.config.name:
                     names = s.queries
             grants = {n: self.queries[n] for n in names if n in self.queries and not self.queries[n].script}
-            self._grants[service] = grants
+            table[service] = grants
         return grants
 
     # -- links (IChildRole.peer)
@@ -275,6 +531,7 @@ class DatabaseProxy:
         self.links.add(link)
         grants = self.grants_for(service)
         link.send_grants(grants)
+        link.start_reading()
         self.log.info("{instance} (pid {pid}) connected; it may run {count} queries", instance=link.name,
                       pid=link.pid, count=len(grants), service=service)
 
@@ -291,26 +548,27 @@ class DatabaseProxy:
 
     # -- calls
 
-    def received(self, link: _Link, batch: list[Message]) -> None:
-        for msg in batch:
-            try:
-                calls = dbchannel.parse_calls(msg)
-            except ChannelError as e:
-                msg.close_fds()
-                self.log.error("bad message from {instance}: {error}; closing its db channel",
-                               instance=link.name, error=e, service=link.service)
-                link.close()
-                return
-            admitted = 0
-            for call in calls:
-                self.counts["calls"] += 1
-                admitted += self._accept(link, call)
-            if admitted:
-                self.pool.wake(admitted)
-                # Hand the GIL over now: the woken thread would otherwise wait for it until this
-                # reactor turn ends (about 20 us of a round trip, measured).
-                time.sleep(0)
-        self._flush_links()
+    def received(self, link: _Link, batch: list[Message]) -> bool:
+        """In the pool thread reading C{link}: queue or answer its calls; C{False} if it broke the
+        protocol (its channel is then closed).  The calls answered at once (refused, queue full)
+        are answered together, after the batch."""
+        answers: list[bytes] = []
+        try:
+            for msg in batch:
+                try:
+                    calls = dbchannel.parse_calls(msg)
+                except ChannelError as e:
+                    msg.close_fds()
+                    self.reactor.callFromThread(self.log.error, "bad message from {instance}: {error}; closing its db channel",
+                                                instance=link.name, error=e, service=link.service)
+                    return False
+                with self.pool.lock:
+                    self.counts["calls"] += len(calls)
+                for call in calls:
+                    self._accept(link, call, answers)
+        finally:
+            link.reply(answers)
+        return True
 
     def _flush_links(self) -> None:
         """Send every reply waiting on any channel, one message per channel (per limit)."""
@@ -318,21 +576,21 @@ class DatabaseProxy:
             if link.pending:
                 link.flush()
 
-    def _accept(self, link: _Link, call: dbchannel.Call) -> bool:
-        """Queue C{call} (C{True}), or answer it at once (C{False})."""
+    def _accept(self, link: _Link, call: dbchannel.Call, answers: list[bytes]) -> bool:
+        """Queue C{call} (C{True}), or answer it at once (C{False}).  In the pool thread reading C{link}."""
         if call.id <= link.last_id:
-            self._refuse(link, call, f"call id {call.id} is not above the previous one ({link.last_id})")
+            self._refuse(link, call, f"call id {call.id} is not above the previous one ({link.last_id})", answers)
             return False
         link.last_id = call.id
         query = self.grants_for(link.service).get(call.name)
         if query is None:
             self._refuse(link, call, f"{call.name[:dbchannel.MAX_NAME]!r} is not a query service {link.service} "
-                                     f"was granted on [db:{self.config.name}]")
+                                     f"was granted on [db:{self.config.name}]", answers)
             return False
         try:
             params = self._params(query, call.params)
         except ValueError as e:
-            self._refuse(link, call, str(e))
+            self._refuse(link, call, str(e), answers)
             return False
         pending = _Pending(link, call.id, query, params, next(self._keys), self.reactor.seconds() + self.config.query_timeout)
         # Watched first: a pool thread may take the call, and even finish it, as soon as it is admitted.
@@ -341,14 +599,17 @@ class DatabaseProxy:
             pending.waiting = self.queue.admit(link.service, pending)
         if pending.waiting is None:
             self._cancel_timer(pending)
-            self._answer_error(link, call.id, UNAVAILABLE, f"queue full: service {link.service} already has "
-                               f"queue_max ({self.config.queue_max}) calls waiting or running")
+            self._count(UNAVAILABLE)
+            answers.append(dbchannel.reply_error(call.id, UNAVAILABLE, f"queue full: service {link.service} already "
+                                                 f"has queue_max ({self.config.queue_max}) calls waiting or running"))
             now = self.reactor.seconds()
             log_it, suppressed = link.note_refusal(now)
             if log_it:
-                self.log.warn("queue full for {service}: {query} from {instance} not run{more}",
-                              service=link.service, query=call.name, instance=link.name,
-                              more=f" ({suppressed} more refusals not logged)" if suppressed else "")
+                self.reactor.callFromThread(
+                    self.log.warn, "queue full for {service}: {query} from {instance} not run{more}",
+                    service=link.service, query=call.name, instance=link.name,
+                    more=f" ({suppressed} more refusals not logged)" if suppressed else "",
+                )
             return False
         return True
 
@@ -368,11 +629,13 @@ class DatabaseProxy:
             return [one(item) for item in raw]
         return one(raw)
 
-    def _refuse(self, link: _Link, call: dbchannel.Call, reason: str) -> None:
-        self._answer_error(link, call.id, REFUSED, reason)
+    def _refuse(self, link: _Link, call: dbchannel.Call, reason: str, answers: list[bytes]) -> None:
+        self._count(REFUSED)
+        answers.append(dbchannel.reply_error(call.id, REFUSED, reason))
         log_it, suppressed = link.note_refusal(self.reactor.seconds())
         if log_it:
-            self.log.warn(
+            self.reactor.callFromThread(
+                self.log.warn,
                 "refused {query} to {instance}: {reason}{more}",
                 query=call.name[: dbchannel.MAX_NAME], instance=link.name, service=link.service, reason=reason,
                 more=f" ({suppressed} more refusals not logged)" if suppressed else "",
@@ -383,6 +646,7 @@ class DatabaseProxy:
             self.counts[status] += 1
 
     def _answer_error(self, link: _Link, call_id: int, status: str, message: str) -> None:
+        """In the reactor thread."""
         self._count(status)
         link.answer(dbchannel.reply_error(call_id, status, message))
 
@@ -402,6 +666,11 @@ class DatabaseProxy:
             self.config.query_timeout, max(0.0, pending.deadline - self.reactor.seconds()),
         )
 
+    def _more(self) -> bool:
+        """Another call waits for a free connection (in a pool thread, under pool.lock)."""
+        queue = self.queue
+        return queue.running < queue.slots and queue.queued > 0
+
     def _release(self, pending: _Pending) -> None:
         """A call's statement is over: its connection and its place in its service's quota are free,
         and it needs no stopping at its deadline."""
@@ -419,7 +688,7 @@ class DatabaseProxy:
             entry = dbchannel.reply_ok(pending.call_id, value)
         else:
             entry = dbchannel.reply_error(pending.call_id, status, str(value))
-        if not pending.link.send_now(entry):
+        if not pending.link.send_now(entry):  # one datagram: the usual case
             return False
         self._count(status)
         return True
@@ -443,12 +712,20 @@ class DatabaseProxy:
         self._maybe_stopped()
 
     def _watch(self, pending: _Pending) -> None:
-        """Stop C{pending} at its deadline.  One timer for all: C{_deadlines} is in arrival order,
-        and every call gets the same C{query_timeout}, so the oldest is due first."""
+        """Stop C{pending} at its deadline (in a pool thread).  One timer for all: C{_deadlines} is
+        in arrival order, and every call gets the same C{query_timeout}, so the oldest is due
+        first.  The timer stays armed while calls keep coming (it moves to the next deadline when
+        it fires): only the first call after an idle C{query_timeout} wakes the reactor thread."""
         with self.pool.lock:
             self._deadlines[pending.key] = pending
-        if self._sweep_call is None:
-            self._sweep_call = self.reactor.callLater(max(0.0, pending.deadline - self.reactor.seconds()), self._sweep)
+            arm = not self._sweep_armed
+            self._sweep_armed = True
+        if arm:
+            self.reactor.callFromThread(self._arm_sweep)
+
+    def _arm_sweep(self) -> None:
+        if self._sweep_call is None and not self._finished:
+            self._sweep_call = self.reactor.callLater(0, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_call = None
@@ -456,6 +733,7 @@ class DatabaseProxy:
         while True:
             with self.pool.lock:
                 if not self._deadlines:
+                    self._sweep_armed = False
                     return
                 pending = next(iter(self._deadlines.values()))
             if pending.deadline > now:
@@ -483,15 +761,10 @@ class DatabaseProxy:
             self.database.cancel(self.reactor, self.running, pending.key)
 
     def _cancel_timer(self, pending: _Pending) -> None:
-        """C{pending} needs no stopping any more (answered, dropped, or being stopped).  (A call the
-        pool answered leaves L{_deadlines} in its thread: the timer, left armed, finds it gone.)"""
+        """C{pending} needs no stopping any more (answered, dropped, or being stopped).  (The timer,
+        left armed, finds it gone.)"""
         with self.pool.lock:
             self._deadlines.pop(pending.key, None)
-            empty = not self._deadlines
-        if empty and self._sweep_call is not None:
-            if self._sweep_call.active():
-                self._sweep_call.cancel()
-            self._sweep_call = None
 
     # -- IChildRole
 
@@ -512,7 +785,7 @@ class DatabaseProxy:
     def update_config(self, site: SiteConfig) -> None:
         """Reloaded: grants follow the services' new C{queries} (a changed database relaunches this proxy)."""
         self.site = site
-        self._grants = {}
+        self._grant_state = (site, {})
 
     def control(self, kind: str, meta: dict[str, Any]) -> None:
         self.log.warn("unexpected control message {kind}", kind=kind)
@@ -536,22 +809,35 @@ class DatabaseProxy:
         self._maybe_stopped()
 
     def _maybe_stopped(self) -> None:
+        """Exit once idle: nothing queued, running or being answered, no thread reading a channel
+        or about to (a datagram unread in one), no replies waiting for their peer to read them
+        (it reads, or is given up on within L{unread_timeout})."""
         if not self._grace_passed or self._finished:
             return
-        with self.pool.lock:
-            busy = self.queue.running or self.queue.queued or self.pool.pending
-        if busy:
+        self._flush_links()
+        if self._busy():
+            return
+        # No thread starts reading from now on; one already past its wake-up may still be reading
+        # (it calls back when it is done).
+        for link in self.links:
+            link.stop_reading()
+        if self._busy():
             return
         self._finished = True
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
         self._sweep_call = None
         for link in list(self.links):
-            link.flush()
             link.close()
         self.pool.stop()
         stopped, self._stopped = self._stopped, lambda: None
         stopped()
+
+    def _busy(self) -> bool:
+        with self.pool.lock:
+            if self.queue.running or self.queue.queued or self.pool.pending:
+                return True
+        return any(link.behind or not link.quiet() for link in self.links)
 
 
 def start_role(

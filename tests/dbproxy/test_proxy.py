@@ -6,8 +6,10 @@ file and pool, over real seqpacket socket pairs; the test plays the services, we
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import tempfile
+import threading
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -17,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.config.databases import DatabaseConfig
 from okws_twisted.dbproxy.pool import Database
-from okws_twisted.dbproxy.proxy import DatabaseProxy
+from okws_twisted.dbproxy.proxy import DatabaseProxy, unread_bytes
 from okws_twisted.sqlqueries import parse
 from okws_twisted.wire import channel, dbchannel
 from okws_twisted.wire.channel import ChannelLimits, Message, MessageChannel
@@ -277,4 +279,176 @@ class ProxyTests(TestCase):
         b = Peer(proxy, "b", "b.0")
         self.assertEqual((await b.call("count_names", {})).status, "ok")
 
+    async def wait_until(self, condition: Any, seconds: float, what: str) -> None:
+        """Poll C{condition} every 10 ms (the reactor keeps running); fail after C{seconds}."""
+        for _ in range(int(seconds * 100)):
+            if condition():
+                return
+            await deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"not within {seconds}s: {what}")
 
+    def big_rows(self) -> None:
+        with sqlite3.connect(self.path) as conn:
+            conn.executemany("INSERT INTO names (name) VALUES (?)", [(c * 20_000,) for c in "wxyz"])  # all_names: ~80 KB
+
+    async def test_backlogged_replies_leave_in_full_datagrams(self) -> None:
+        """While a peer is behind, the replies that keep coming wait in the proxy and leave together
+        when it has read the rest, in as few datagrams as their bytes need: not one datagram per
+        reply (4,000 small replies to a service that reads nothing while it floods)."""
+        proxy = self.make(pool=2, queue_max=100_000)
+        a = Peer(proxy, "a", "a.0")
+        await a.answered(0)
+        await self.wait_until(lambda: a.messages, 5, "the grants")
+        [link] = proxy.links
+        reactor.removeReader(a.channel)
+        ids = a.send(*[("count_names", {})] * 4000)
+        await self.wait_until(lambda: proxy.counts["ok"] == 4000, 30, "every call run")
+        self.assertTrue(link.behind, "the proxy never had to hold a reply")
+        self.assertLessEqual(link.channel.backlog, 2, "replies queued one datagram each while the peer was behind")
+        reactor.addReader(a.channel)
+        await a.answered(4000)
+        self.assertEqual(sorted(a.replies), ids, "every call answered once")
+        self.assertEqual({r.status for r in a.replies.values()}, {"ok"})
+        messages = [m for m in a.messages if m.kind == dbchannel.REPLIES]
+        # The kernel took a few hundred one-reply datagrams from the pool's threads before the
+        # socket was full (its send buffer counts each small datagram as about 1 KB); the rest came
+        # together.
+        self.assertLess(len(messages), 1000, f"{len(messages)} reply messages for 4,000 replies")
+        await self.wait_until(lambda: not link.behind, 5, "the proxy no longer waiting for the peer")
+
+    async def test_peer_reading_slowly_is_not_given_up(self) -> None:
+        """Give up on a peer by time without progress, not by how much waits: one that reads a
+        datagram every 50 ms keeps its channel for many times C{unread_timeout}."""
+        proxy = self.make(pool=2, queue_max=10_000)
+        proxy.unread_timeout = 0.5
+        self.big_rows()
+        d = Peer(proxy, "d", "d.0")
+        await self.wait_until(lambda: d.messages, 5, "the grants")
+        [link] = proxy.links
+        reactor.removeReader(d.channel)
+        d.send(*[("all_names", {})] * 100)  # 8 MB of replies
+        await self.wait_until(lambda: proxy.counts["ok"] == 100, 30, "every call run")
+        read = 0
+        for _ in range(60):  # 3 s: six times unread_timeout
+            try:
+                d.sock.recv(1 << 17, socket.MSG_DONTWAIT)
+                read += 1
+            except BlockingIOError:
+                pass
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertIn(link, proxy.links, f"given up on a peer that read {read} datagrams in 3 s")
+        self.assertTrue(link.connected)
+        self.assertGreater(read, 30)
+
+    async def test_peer_over_the_byte_bound_is_given_up(self) -> None:
+        """Give up on a peer that does not read as soon as the replies waiting for it pass
+        L{proxy.unread_bytes}, whatever the time."""
+        proxy = self.make(pool=2, queue_max=10_000)
+        proxy.unread_timeout = 600.0
+        self.big_rows()
+        d = Peer(proxy, "d", "d.0")
+        await self.wait_until(lambda: d.messages, 5, "the grants")
+        reactor.removeReader(d.channel)
+        calls = unread_bytes(proxy.config.max_result_bytes) // 80_000 + 100
+        d.send(*[("all_names", {})] * calls)
+        await self.wait_until(lambda: not proxy.links, 60, f"the proxy giving up ({calls} replies of ~80 KB unread)")
+        b = Peer(proxy, "b", "b.0")
+        self.assertEqual((await b.call("count_names", {})).status, "ok")
+
+    async def stop_while(self, method: str) -> None:
+        """Stop the proxy while a pool thread holds in C{pool.METHOD} (past its wake-up for a
+        channel, before or while it reads), then let the thread go: every call is answered, once."""
+        proxy = self.make(pool=2)
+        a = Peer(proxy, "a", "a.0")
+        await self.wait_until(lambda: a.messages, 5, "the grants")
+        held, release = threading.Event(), threading.Event()
+        owner = proxy.pool if method == "_ready" else proxy
+        original = getattr(owner, method)
+
+        def holding(*args: Any) -> Any:
+            held.set()
+            if not release.wait(10):
+                raise AssertionError("never released")
+            return original(*args)
+
+        setattr(owner, method, holding)
+        ids = a.send(*[("add_name", {"name": f"n{i}"}) for i in range(20)])
+        await self.wait_until(held.is_set, 5, "a pool thread woken for the channel")
+        proxy.stop()
+        await deferLater(reactor, 0.5, lambda: None)  # over STOP_GRACE: the proxy would have stopped
+        self.assertFalse(self.stopped.called, "stopped while a thread was about to read calls")
+        release.set()
+        await self.stopped
+        await a.answered(20)
+        self.assertEqual({a.replies[i].status for i in ids}, {"ok"})
+        self.assertEqual(sorted(self.names()), sorted(f"n{i}" for i in range(20)), "each call run once")
+
+    async def test_stop_while_a_thread_wakes_for_a_channel(self) -> None:
+        await self.stop_while("_ready")
+
+    async def test_stop_while_a_thread_reads_a_channel(self) -> None:
+        await self.stop_while("received")
+
+
+
+
+class BusyPoolTests(TestCase):
+    """The pool's threads read the channels themselves: one more thread than connections."""
+
+    timeout = 60
+
+    make = ProxyTests.make
+    shutdown = ProxyTests.shutdown
+
+    async def test_read_while_every_connection_is_busy(self) -> None:
+        """Both connections run slow calls: a flood is still read and refused past queue_max at once,
+        and another service's call is read and queued (answered when a connection frees), not left
+        in the kernel until then."""
+        proxy = self.make(pool=2, queue_max=3, query_timeout=3.0)
+        a, b = Peer(proxy, "a", "a.0"), Peer(proxy, "b", "b.0")
+        await deferLater(reactor, 0.05, lambda: None)
+        slow = a.send(("slow", {"n": 10**12}), ("slow", {"n": 10**12}))
+        for _ in range(200):
+            if proxy.stats()["running"] == 2:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(proxy.stats()["running"], 2, "both connections busy")
+        flood = a.send(*[("count_names", {})] * 6)
+        await a.answered(5)
+        refused = [a.replies[i] for i in flood if i in a.replies]
+        self.assertEqual(len(refused), 5, "queue_max (3: 2 running, 1 queued) held while the pool was busy")
+        self.assertTrue(all("queue full" in r.value for r in refused), refused)
+        self.assertNotIn(slow[0], a.replies, "answered while the slow calls still ran")
+        # b's query_timeout must end well after the slow calls' (which free the connections when
+        # they are interrupted): a margin, not a synchronisation; the queue is checked below.
+        await deferLater(reactor, 1.0, lambda: None)
+        self.assertEqual(proxy.stats()["running"], 2, "both connections still busy")
+        [other] = b.send(("count_names", {}))
+        for _ in range(200):
+            if proxy.stats()["queued"] == 2:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(proxy.stats()["queued"], 2, "b's call was read and queued while the pool was busy")
+        await b.answered(1)
+        self.assertEqual(b.replies[other].status, "ok")
+
+    async def test_at_most_pool_connections(self) -> None:
+        """The threads share the pool's connections: never more open than C{pool}."""
+        proxy = self.make(pool=2, queue_max=10_000)
+        opened = []
+        connect = proxy.pool._connect
+
+        def counted() -> Any:
+            conn = connect()
+            opened.append(conn)
+            return conn
+
+        proxy.pool._connect = counted  # type: ignore[method-assign]
+        peers = [Peer(proxy, "a", f"a.{i}") for i in range(3)]
+        await deferLater(reactor, 0.05, lambda: None)
+        for peer in peers:
+            peer.send(*[("count_names", {})] * 300)
+        for peer in peers:
+            await peer.answered(300)
+            self.assertEqual({r.status for r in peer.replies.values()}, {"ok"})
+        self.assertLessEqual(len(opened), 2)
