@@ -351,7 +351,7 @@ class ProxyTests(TestCase):
         reactor.removeReader(d.channel)
         calls = unread_bytes(proxy.config.max_result_bytes) // 80_000 + 100
         d.send(*[("all_names", {})] * calls)
-        await self.wait_until(lambda: not proxy.links, 60, f"the proxy giving up ({calls} replies of ~80 KB unread)")
+        await self.wait_until(lambda: not proxy.links, 30, f"the proxy giving up ({calls} replies of ~80 KB unread)")
         b = Peer(proxy, "b", "b.0")
         self.assertEqual((await b.call("count_names", {})).status, "ok")
 
@@ -376,7 +376,7 @@ class ProxyTests(TestCase):
         await self.wait_until(held.is_set, 5, "a pool thread woken for the channel")
         proxy.stop()
         await deferLater(reactor, 0.5, lambda: None)  # over STOP_GRACE: the proxy would have stopped
-        self.assertFalse(self.stopped.called, "stopped while a thread was about to read calls")
+        self.assertFalse(self.stopped.called, "stopped while a thread was about to read calls, or reading them")
         release.set()
         await self.stopped
         await a.answered(20)
