@@ -60,10 +60,10 @@ from okws_twisted.dbproxy.scheduler import CallQueue, Waiting
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.sqlqueries import NamedQuery, QueriesError, parse
 from okws_twisted.wire import dbchannel, dbvalues
-# The channel's own reader parts (its private names): the pool's threads read a db channel as
-# MessageChannel.doRead does, with the same buffer sizes, assembler and limits.
+# The channel's own reader parts (its private names, pinned by tests/dbproxy/test_proxy.py
+# ChannelPartsTests): the pool's threads read a db channel as MessageChannel.doRead does, with the
+# same datagram size, assembler and limits.
 from okws_twisted.wire.channel import (
-    _ANC_SIZE,
     _RECV_SIZE,
     CHUNK,
     ChannelError,
@@ -71,8 +71,6 @@ from okws_twisted.wire.channel import (
     Message,
     MessageChannel,
     _Assembler,
-    _close_fds,
-    _fds_from,
     encode,
 )
 from okws_twisted.wire.dbchannel import FAILED, OK, REFUSED, UNAVAILABLE, Grant
@@ -88,9 +86,14 @@ REFUSALS_LOGGED = 20
 REFUSAL_WINDOW = 10.0
 #: A stopping proxy serves at least this long: calls sent just before the services moved on.
 STOP_GRACE = 0.2
-#: Datagrams a pool thread reads from one channel before it lets another thread have a turn
-#: (as L{MessageChannel} reads at most so many per wake-up).
+#: The datagrams of one message a pool thread reads at most at one wake-up (a split message's
+#: parts come together; the rest of it waits for the next).
 MAX_READ = 256
+#: A one-datagram C{replies} message is this header followed by its payload (the channel's wire
+#: format: version, metadata length, metadata, payload).
+_REPLIES_HEAD = encode({"k": dbchannel.REPLIES})[0]
+#: What a pool thread asks C{recv} for: one byte more than the longest valid datagram.
+_DATAGRAM_OVER = _RECV_SIZE + 1
 
 
 def unread_bytes(max_result_bytes: int) -> int:
@@ -123,7 +126,7 @@ class _Drain:
         return f"db:{self.link.name}:drain"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Pending:
     """One accepted call, from its arrival to its reply."""
 
@@ -241,15 +244,20 @@ class _Link:
             return False
 
     def _read(self, sock: socket.socket) -> None:
-        batch: list[Message] = []
-        size = 0
+        """One message (all its datagrams, if split), then the channel is armed again: a lone call
+        costs one C{recv}, and a message that follows wakes a thread of its own.
+
+        A plain C{recv}: no fd may ride on a C{calls} message, and the kernel discards (closes) any
+        a receiver gives no room for, so none ever reaches this process.  One byte more than the
+        longest valid datagram tells a longer one.
+        """
         problem: str | None = None
         gone = False
+        msg: Message | None = None
+        add = self._assembler.add
         for _ in range(MAX_READ):
-            if size >= self._limits.max_batch:
-                break
             try:
-                data, anc, flags, _addr = sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+                data = sock.recv(_DATAGRAM_OVER)
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -257,24 +265,20 @@ class _Link:
             except OSError:
                 gone = True
                 break
-            fds = _fds_from(anc) if anc else ()
-            if not data and not fds:
+            if not data:
                 gone = True
                 break
-            if flags & socket.MSG_TRUNC:
-                _close_fds(fds)
+            if len(data) == _DATAGRAM_OVER:
                 problem = "a datagram longer than any valid message"
                 break
             try:
-                msg = self._assembler.add(data, fds, bool(flags & socket.MSG_CTRUNC))
+                msg = add(data, ())
             except ChannelError as e:
-                _close_fds(fds)
                 problem = str(e)
                 break
             if msg is not None:
-                batch.append(msg)
-                size += len(msg.payload)
-        if batch and not self.proxy.received(self, batch):
+                break
+        if msg is not None and not self.proxy.received(self, msg):
             gone = True
         if problem is not None or gone:
             self.stop_reading()
@@ -316,10 +320,10 @@ class _Link:
         it unbroken, and a peer that is behind gets its replies in full datagrams, L{flush}) and the
         message is one datagram, which the kernel delivers whole whichever thread sends it.
         """
-        meta, payload = dbchannel.replies(entries)
+        payload = b"[" + b",".join(entries) + b"]"  # dbchannel.replies' payload
         if len(payload) > CHUNK:
             return False
-        [datagram] = encode(meta, payload)
+        datagram = _REPLIES_HEAD + payload
         with self.lock:
             direct = self._direct
             if direct is None or self.channel.backlog:
@@ -480,6 +484,7 @@ class DatabaseProxy:
         #: under L{pool}.lock, as are L{_deadlines} and L{counts}.
         self.queue: CallQueue[_Pending] = CallQueue(config.pool, config.queue_max)
         self._sql = {name: database.sql(q) for name, q in queries.items()}
+        self._param_names = {name: frozenset(q.params) for name, q in queries.items()}
         self.pool = database.open_pool(reactor)
         self.pool.take = self._take
         self.pool.more = self._more
@@ -548,26 +553,24 @@ class DatabaseProxy:
 
     # -- calls
 
-    def received(self, link: _Link, batch: list[Message]) -> bool:
-        """In the pool thread reading C{link}: queue or answer its calls; C{False} if it broke the
-        protocol (its channel is then closed).  The calls answered at once (refused, queue full)
-        are answered together, after the batch."""
+    def received(self, link: _Link, msg: Message) -> bool:
+        """In the pool thread reading C{link}: queue or answer the calls of one message; C{False} if
+        it broke the protocol (its channel is then closed).  The calls answered at once (refused,
+        queue full) are answered together, after the message."""
+        try:
+            calls = dbchannel.parse_calls(msg)
+        except ChannelError as e:
+            msg.close_fds()
+            self.reactor.callFromThread(self.log.error, "bad message from {instance}: {error}; closing its db channel",
+                                        instance=link.name, error=e, service=link.service)
+            return False
         answers: list[bytes] = []
         try:
-            for msg in batch:
-                try:
-                    calls = dbchannel.parse_calls(msg)
-                except ChannelError as e:
-                    msg.close_fds()
-                    self.reactor.callFromThread(self.log.error, "bad message from {instance}: {error}; closing its db channel",
-                                                instance=link.name, error=e, service=link.service)
-                    return False
-                with self.pool.lock:
-                    self.counts["calls"] += len(calls)
-                for call in calls:
-                    self._accept(link, call, answers)
+            for call in calls:
+                self._accept(link, call, answers)
         finally:
-            link.reply(answers)
+            if answers:
+                link.reply(answers)
         return True
 
     def _flush_links(self) -> None:
@@ -592,45 +595,57 @@ class DatabaseProxy:
         except ValueError as e:
             self._refuse(link, call, str(e), answers)
             return False
-        pending = _Pending(link, call.id, query, params, next(self._keys), self.reactor.seconds() + self.config.query_timeout)
-        # Watched first: a pool thread may take the call, and even finish it, as soon as it is admitted.
-        self._watch(pending)
+        key = next(self._keys)
+        pending = _Pending(link, call.id, query, params, key, self.reactor.seconds() + self.config.query_timeout)
+        counts = self.counts
         with self.pool.lock:
-            pending.waiting = self.queue.admit(link.service, pending)
-        if pending.waiting is None:
-            self._cancel_timer(pending)
-            self._count(UNAVAILABLE)
-            answers.append(dbchannel.reply_error(call.id, UNAVAILABLE, f"queue full: service {link.service} already "
-                                                 f"has queue_max ({self.config.queue_max}) calls waiting or running"))
-            now = self.reactor.seconds()
-            log_it, suppressed = link.note_refusal(now)
-            if log_it:
-                self.reactor.callFromThread(
-                    self.log.warn, "queue full for {service}: {query} from {instance} not run{more}",
-                    service=link.service, query=call.name, instance=link.name,
-                    more=f" ({suppressed} more refusals not logged)" if suppressed else "",
-                )
-            return False
-        return True
+            counts["calls"] += 1
+            # Admitted and watched at once: a pool thread may take the call (and even finish it)
+            # as soon as the lock is released, and a deadline must find it.
+            waiting = pending.waiting = self.queue.admit(link.service, pending)
+            if waiting is not None:
+                self._deadlines[key] = pending
+                arm = not self._sweep_armed
+                self._sweep_armed = True
+            else:
+                counts[UNAVAILABLE] += 1
+        if waiting is not None:
+            if arm:
+                # The deadlines' one timer: only the first call after an idle query_timeout arms it.
+                self.reactor.callFromThread(self._arm_sweep)
+            return True
+        answers.append(dbchannel.reply_error(call.id, UNAVAILABLE, f"queue full: service {link.service} already "
+                                             f"has queue_max ({self.config.queue_max}) calls waiting or running"))
+        now = self.reactor.seconds()
+        log_it, suppressed = link.note_refusal(now)
+        if log_it:
+            self.reactor.callFromThread(
+                self.log.warn, "queue full for {service}: {query} from {instance} not run{more}",
+                service=link.service, query=call.name, instance=link.name,
+                more=f" ({suppressed} more refusals not logged)" if suppressed else "",
+            )
+        return False
 
     def _params(self, query: NamedQuery, raw: object) -> Any:
         """The call's parameters, decoded, if they are exactly the query's; raise C{ValueError}."""
-        def one(value: object) -> dict[str, Any]:
-            if type(value) is not dict:
-                raise ValueError(f"{query.name}: parameters are not an object")
-            if set(value) != set(query.params):
-                raise ValueError(f"{query.name} takes exactly ({', '.join(query.params)}), "
-                                 f"not ({', '.join(sorted(str(k)[:50] for k in value)[:20])})")
-            return dbvalues.decode_params(value)
-
         if query.many:
             if type(raw) is not list:
                 raise ValueError(f"{query.name} (*!) takes a list of parameter sets")
-            return [one(item) for item in raw]
-        return one(raw)
+            return [self._param_set(query, item) for item in raw]
+        return self._param_set(query, raw)
+
+    def _param_set(self, query: NamedQuery, value: object) -> dict[str, Any]:
+        if type(value) is not dict:
+            raise ValueError(f"{query.name}: parameters are not an object")
+        if value.keys() != self._param_names[query.name]:
+            raise ValueError(f"{query.name} takes exactly ({', '.join(query.params)}), "
+                             f"not ({', '.join(sorted(str(k)[:50] for k in value)[:20])})")
+        return dbvalues.decode_params(value)
 
     def _refuse(self, link: _Link, call: dbchannel.Call, reason: str, answers: list[bytes]) -> None:
-        self._count(REFUSED)
+        with self.pool.lock:
+            self.counts["calls"] += 1
+            self.counts[REFUSED] += 1
         answers.append(dbchannel.reply_error(call.id, REFUSED, reason))
         log_it, suppressed = link.note_refusal(self.reactor.seconds())
         if log_it:
@@ -711,19 +726,11 @@ class DatabaseProxy:
         self._flush_links()
         self._maybe_stopped()
 
-    def _watch(self, pending: _Pending) -> None:
-        """Stop C{pending} at its deadline (in a pool thread).  One timer for all: C{_deadlines} is
-        in arrival order, and every call gets the same C{query_timeout}, so the oldest is due
-        first.  The timer stays armed while calls keep coming (it moves to the next deadline when
-        it fires): only the first call after an idle C{query_timeout} wakes the reactor thread."""
-        with self.pool.lock:
-            self._deadlines[pending.key] = pending
-            arm = not self._sweep_armed
-            self._sweep_armed = True
-        if arm:
-            self.reactor.callFromThread(self._arm_sweep)
-
     def _arm_sweep(self) -> None:
+        """Stop each call at its deadline.  One timer for all: C{_deadlines} is in arrival order,
+        and every call gets the same C{query_timeout}, so the oldest is due first.  The timer stays
+        armed while calls keep coming (it moves to the next deadline when it fires): only the first
+        call after an idle C{query_timeout} wakes the reactor thread (L{_accept})."""
         if self._sweep_call is None and not self._finished:
             self._sweep_call = self.reactor.callLater(0, self._sweep)
 

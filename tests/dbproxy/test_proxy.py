@@ -6,6 +6,7 @@ file and pool, over real seqpacket socket pairs; the test plays the services, we
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sqlite3
 import tempfile
@@ -355,6 +356,24 @@ class ProxyTests(TestCase):
         b = Peer(proxy, "b", "b.0")
         self.assertEqual((await b.call("count_names", {})).status, "ok")
 
+    async def test_fds_riding_on_calls_never_reach_the_proxy(self) -> None:
+        """The proxy's threads read with a plain C{recv}: the kernel discards (closes) the fds a
+        service sends along, so none reaches the proxy (the pipe's write end, closed here, has no
+        holder left: its read end sees end of file), and the call itself is served."""
+        proxy = self.make()
+        a = Peer(proxy, "a", "a.0")
+        await self.wait_until(lambda: a.messages, 5, "the grants")
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        [datagram] = channel.encode(*dbchannel.calls([dbchannel.call_entry(1, "count_names", {})]))
+        socket.send_fds(a.sock, [datagram], [w, w, w])
+        os.close(w)
+        await a.answered(1)
+        self.assertEqual(a.replies[1].status, "ok")
+        readable, _, _ = select.select([r], [], [], 5)
+        self.assertEqual(readable, [r], "the pipe's write end is still open somewhere: the proxy kept the fds")
+        self.assertEqual(os.read(r, 1), b"")
+
     async def stop_while(self, method: str) -> None:
         """Stop the proxy while a pool thread holds in C{pool.METHOD} (past its wake-up for a
         channel, before or while it reads), then let the thread go: every call is answered, once."""
@@ -452,3 +471,41 @@ class BusyPoolTests(TestCase):
             await peer.answered(300)
             self.assertEqual({r.status for r in peer.replies.values()}, {"ok"})
         self.assertLessEqual(len(opened), 2)
+
+
+class ChannelPartsTests(TestCase):
+    """The channel's private parts the proxy's threads read with (L{okws_twisted.dbproxy.proxy}
+    imports them): fail here if a change to L{okws_twisted.wire.channel} moves them."""
+
+    def test_longest_datagram(self) -> None:
+        """C{_RECV_SIZE} is the longest datagram the channel's reader takes: the most metadata and a
+        full chunk."""
+        from okws_twisted.wire.channel import _RECV_SIZE
+
+        [longest] = channel.encode({"k": "x", "p": "y" * (channel.MAX_META - 20)}, b"z" * channel.CHUNK)
+        self.assertLessEqual(len(longest), _RECV_SIZE)
+        self.assertEqual(_RECV_SIZE, 3 + channel.MAX_META + channel.CHUNK)
+
+    def test_assembler(self) -> None:
+        """C{_Assembler(limits).add(datagram, fds)} gives the L{Message} a datagram completes (else
+        None), and raises L{ChannelError} over the limits."""
+        from okws_twisted.wire.channel import _Assembler
+
+        assembler = _Assembler(ChannelLimits(max_payload=100_000))
+        [one] = channel.encode({"k": "calls"}, b"[]")
+        msg = assembler.add(one, ())
+        self.assertEqual((msg.kind, msg.payload, msg.fds), ("calls", b"[]", ()))
+        first, second = channel.encode({"k": "calls"}, b"x" * (channel.CHUNK + 10))
+        self.assertIsNone(assembler.add(first, ()))
+        self.assertEqual(assembler.add(second, ()).payload, b"x" * (channel.CHUNK + 10))
+        with self.assertRaises(channel.ChannelError):
+            _Assembler(ChannelLimits(max_payload=10)).add(first, ())
+        assembler.discard()
+
+    def test_replies_head(self) -> None:
+        """A one-datagram C{replies} message is the proxy's C{_REPLIES_HEAD} and its payload."""
+        from okws_twisted.dbproxy.proxy import _REPLIES_HEAD
+
+        entries = [dbchannel.reply_ok(7, b"1"), dbchannel.reply_error(8, "refused", "no")]
+        meta, payload = dbchannel.replies(entries)
+        self.assertEqual(channel.encode(meta, payload), [_REPLIES_HEAD + payload])
