@@ -74,13 +74,6 @@ class _Lent:
             self._conn = None
         _close(conn)
 
-    def give_back(self) -> None:
-        """The job is over: its connection (if any) goes back to the pool."""
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            with self._workers.lock:
-                self._workers._idle_conns.append(conn)
-
 
 def _close(conn: Any) -> None:
     try:
@@ -149,6 +142,7 @@ class Workers:
         #: Written when a job waits for an idle thread (armed one-shot: wakes one).
         self._work = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._poll.register(self._work, _ONESHOT)
+        self._work_source = _Source(self._work, lambda: None)
         #: Written once to stop: level-triggered, it wakes every thread.
         self._stop = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._poll.register(self._stop, select.EPOLLIN)
@@ -223,62 +217,68 @@ class Workers:
         return job
 
     def _run(self) -> None:
+        lent = _Lent(self)  # this thread's view of the pool's connections, for every job it runs
+        poll = self._poll.poll
+        work = self._work
+        #: The source this thread was woken for (its descriptor, or the work eventfd's): armed again
+        #: as soon as it is read, at this thread's next lock.
+        rearm: _Source | None = None
         while True:
             with self.lock:
+                if rearm is not None:
+                    self._rearm(rearm)
+                    rearm = None
                 if self._stopping:
                     return
                 job = self._next()
                 if job is None:
                     self._waiting += 1
             if job is not None:
-                self._run_job(job)
+                self._run_job(job, lent)
                 continue
             try:
                 # One source per wake-up: the others' stay for the other idle threads.
-                events = self._poll.poll(-1, 1)
+                events = poll(-1, 1)
             except InterruptedError:
                 events = []
             with self.lock:
                 self._waiting -= 1
-            for fd, _ in events:
-                if fd == self._work:
-                    try:
-                        os.eventfd_read(self._work)
-                    except BlockingIOError:
-                        pass
-                    self._rearm(self._work, None)
-                elif fd != self._stop:
-                    self._ready(fd)
+                if not events:
+                    continue
+                fd = events[0][0]
+                source = self._sources.get(fd)
+            if fd == work:
+                try:
+                    os.eventfd_read(work)
+                except BlockingIOError:
+                    pass
+                rearm = self._work_source
+            elif source is not None:
+                try:
+                    source.on_ready()
+                except Exception:
+                    self.reactor.callFromThread(self.log.failure, "reading a database channel failed", Failure())
+                rearm = source
 
-    def _ready(self, fd: int) -> None:
-        with self.lock:
-            source = self._sources.get(fd)
-        if source is None:
-            return
-        try:
-            source.on_ready()
-        except Exception:
-            self.reactor.callFromThread(self.log.failure, "reading a database channel failed", Failure())
-        self._rearm(fd, source)
-
-    def _rearm(self, fd: int, source: _Source | None) -> None:
-        with self.lock:
-            if source is not None and self._sources.get(fd) is not source:
-                return  # unwatched meanwhile (its descriptor may even be another's now)
+    def _rearm(self, source: _Source) -> None:
+        """Arm C{source} again (lock held) if it is still watched: unwatched meanwhile, its
+        descriptor may even be another's now."""
+        if source is self._work_source or self._sources.get(source.fd) is source:
             try:
-                self._poll.modify(fd, _ONESHOT)
+                self._poll.modify(source.fd, _ONESHOT)
             except OSError:
                 pass
 
-    def _run_job(self, job: Job) -> None:
+    def _run_job(self, job: Job, lent: _Lent) -> None:
         token, fn, args = job
-        connections = _Lent(self)
         try:
-            result: Any = fn(connections, *args)
+            result: Any = fn(lent, *args)
         except BaseException:
             result = Failure()
-        connections.give_back()
+        conn, lent._conn = lent._conn, None
         with self.lock:
+            if conn is not None:
+                self._idle_conns.append(conn)  # the job is over: its connection goes back to the pool
             try:
                 self.release(token)
             except Exception:

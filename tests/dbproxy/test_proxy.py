@@ -375,13 +375,15 @@ class ProxyTests(TestCase):
         self.assertEqual(os.read(r, 1), b"")
 
     async def stop_while(self, method: str) -> None:
-        """Stop the proxy while a pool thread holds in C{pool.METHOD} (past its wake-up for a
-        channel, before or while it reads), then let the thread go: every call is answered, once."""
+        """Stop the proxy while a pool thread holds in C{METHOD} (past its wake-up for a channel,
+        before it reads: the pool's C{on_ready}; or while it reads: the proxy's C{received}), then
+        let the thread go: every call is answered, once."""
         proxy = self.make(pool=2)
         a = Peer(proxy, "a", "a.0")
         await self.wait_until(lambda: a.messages, 5, "the grants")
         held, release = threading.Event(), threading.Event()
-        owner = proxy.pool if method == "_ready" else proxy
+        # The pool's source for the channel (what a woken thread calls), or the proxy.
+        owner = next(iter(proxy.pool._sources.values())) if method == "on_ready" else proxy
         original = getattr(owner, method)
 
         def holding(*args: Any) -> Any:
@@ -403,7 +405,7 @@ class ProxyTests(TestCase):
         self.assertEqual(sorted(self.names()), sorted(f"n{i}" for i in range(20)), "each call run once")
 
     async def test_stop_while_a_thread_wakes_for_a_channel(self) -> None:
-        await self.stop_while("_ready")
+        await self.stop_while("on_ready")
 
     async def test_stop_while_a_thread_reads_a_channel(self) -> None:
         await self.stop_while("received")
