@@ -683,8 +683,7 @@ class DatabaseProxy:
 
     def _more(self) -> bool:
         """Another call waits for a free connection (in a pool thread, under pool.lock)."""
-        queue = self.queue
-        return queue.running < queue.slots and queue.queued > 0
+        return self.queue.ready
 
     def _release(self, pending: _Pending) -> None:
         """A call's statement is over: its connection and its place in its service's quota are free,

@@ -100,6 +100,11 @@ class CallQueue(Generic[T]):
         return self._held.get(service, 0)
 
     @property
+    def ready(self) -> bool:
+        """A call waits and a slot is free: L{take} would give one (whatever the number of services)."""
+        return self.running < self.slots and bool(self._queues)
+
+    @property
     def queued(self) -> int:
         return sum(self._held.values()) - self.running
 

@@ -28,10 +28,16 @@ class CallQueueTests(SynchronousTestCase):
         taken = [queue.take() for _ in range(6)]
         self.assertEqual([w.item if w else None for w in taken], [0, 1, 2, 3, None, None])
         self.assertEqual((queue.running, queue.queued), (4, 6))
+        self.assertFalse(queue.ready, "no slot free")
         assert taken[0] is not None
         queue.finished(taken[0])
+        self.assertTrue(queue.ready)
         nxt = queue.take()
         self.assertEqual(nxt.item if nxt else None, 4)
+        for waiting in list(queue.queued_items()):
+            queue.drop(waiting)
+        queue.finished(nxt)
+        self.assertFalse(queue.ready, "nothing queued")
 
     def test_round_robin(self) -> None:
         """A's 10,000 queued calls do not stand in front of B's one: B's runs next."""
