@@ -20,18 +20,20 @@ service sends can change that.  On each channel the proxy:
       serves the services in turn (L{okws_twisted.dbproxy.scheduler});
     - stops a call in the database at C{query_timeout} after it arrived;
     - closes a channel whose peer breaks the protocol (a malformed message,
-      one over C{max_call_bytes}, a kind a service may not send) or stops
-      reading its replies, and only that channel.
+      one over C{max_call_bytes}, a kind a service may not send) or leaves its
+      replies unread (L{UNREAD_TIMEOUT} without reading any, or more than
+      L{unread_bytes} waiting), and only that channel.  While a peer is
+      behind, its replies wait here and leave together, in full datagrams.
 
 Everything is checked before it is buffered: the channel refuses a message
 over its limit when the first datagram declares it.
 
 Threads: the pool's threads (L{okws_twisted.dbproxy.workers}) read the
 channels themselves, one thread per channel at a time (L{_Link.read_ready}:
-the same limits, checked before buffering, as L{MessageChannel}'s reader),
-check and queue the calls, take them, run them and send each reply when they
-can (L{_Link.send_now}: one datagram, under the link's lock, only while nothing
-waits in the channel's queue).  A lone call is read, run and answered by one
+the same limits, checked before buffering, as L{MessageChannel}'s reader; one
+message per wake-up), check and queue the calls, take them, run them and send
+each reply when they can (L{_Link.send_now}: one datagram, under the link's
+lock, only while nothing waits in the channel's queue).  A lone call is read, run and answered by one
 thread: the reactor thread does not wake for it at all.  The reactor thread
 sends the grants, the replies that are too large or meet a full socket,
 answers the deadlines (one timer for all calls, armed once while calls keep

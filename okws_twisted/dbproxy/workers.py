@@ -14,9 +14,9 @@ So the threads do everything a call needs, and the reactor thread nothing:
 
     - A thread with nothing to run waits in C{epoll_wait} on the sources the proxy
       L{watch}es (each service's db channel).  Each source is armed one-shot: the one
-      thread woken for it reads it (the proxy's C{on_ready}: every check, then the calls
-      queued), and arms it again when done, so a channel is read by one thread at a time,
-      in order.
+      thread woken for it reads it (the proxy's C{on_ready}: one message, every check, then
+      the calls queued), and arms it again when done, so a channel is read by one thread at
+      a time, in order.
     - Then the same thread takes the next call itself (C{take}, under L{Workers.lock},
       which also guards the caller's queue), runs it and answers it (L{Workers.finish}):
       a lone call is read, run and answered by one thread, with no hand-over at all.
