@@ -33,8 +33,8 @@ channels themselves, one thread per channel at a time (L{_Link.read_ready}:
 the same limits, checked before buffering, as L{MessageChannel}'s reader; one
 message per wake-up), check and queue the calls, take them, run them and send
 each reply when they can (L{_Link.send_now}: one datagram, under the link's
-lock, only while nothing waits in the channel's queue).  A lone call is read, run and answered by one
-thread: the reactor thread does not wake for it at all.  The reactor thread
+lock, only while nothing waits in the channel's queue).  A lone call is read,
+run and answered by one thread: the reactor thread does not wake for it at all.  The reactor thread
 sends the grants, the replies that are too large or meet a full socket,
 answers the deadlines (one timer for all calls, armed once while calls keep
 coming), logs, and closes channels.
@@ -322,7 +322,7 @@ class _Link:
         it unbroken, and a peer that is behind gets its replies in full datagrams, L{flush}) and the
         message is one datagram, which the kernel delivers whole whichever thread sends it.
         """
-        payload = b"[" + b",".join(entries) + b"]"  # dbchannel.replies' payload
+        payload = dbchannel.replies(entries)[1]
         if len(payload) > CHUNK:
             return False
         datagram = _REPLIES_HEAD + payload
@@ -416,7 +416,8 @@ class _Link:
             self._give_up = self.proxy.reactor.callLater(self._progress + timeout - now, self._judge)
             return
         self.proxy.log.error(
-            "closing the db channel of {instance}: it read none of its replies for {timeout:g}s ({count} messages queued)",
+            "closing the db channel of {instance}: it read none of its replies for {timeout:g}s "
+            "({count} messages queued)",
             instance=self.name, timeout=timeout, count=self.channel.backlog + bool(self._out), service=self.service,
         )
         self.channel.close()
