@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from okws_twisted.wire import dbvalues
-from okws_twisted.wire.channel import ChannelError, Message
+from okws_twisted.wire.channel import ChannelError, Message, register_kinds
 
 #: The kind of channel in the launcher's C{peer} message.
 CHANNEL = "db"
@@ -52,6 +52,9 @@ CHANNEL = "db"
 GRANTS = "grants"
 CALLS = "calls"
 REPLIES = "replies"
+
+# A call's and a reply's message carries nothing but its kind: its header skips JSON both ways.
+register_kinds(GRANTS, CALLS, REPLIES)
 
 OK = "ok"
 #: Not granted, unknown, wrong parameters: L{QueryRefused} for the author.
