@@ -229,6 +229,17 @@ class ClientTests(TestCase):
         second.reply(dbchannel.reply_ok(calls[0].id, b"1"))
         self.assertEqual(await later, 1)
 
+    async def test_send_that_fails_fails_the_call_at_once(self) -> None:
+        """The proxy's end is gone before the client has read its end of file: the send fails
+        (EPIPE), and the call fails at once (never resent), not after query_timeout."""
+        proxy = await self.ready()
+        proxy.close()
+        lost = self.db.add(text="x")
+        e = self.failureResultOf(lost, DatabaseUnavailable).value
+        self.assertIn("may or may not have run", e.message)
+        self.assertEqual(self.client.stats(), {"waiting": 0, "sent": 0})
+        self.assertFalse(self.client.ready)
+
     async def test_graceful_switch(self) -> None:
         """A new proxy while calls are in flight on the old one: they are answered there; new ones go to the new."""
         old = await self.ready()
