@@ -216,7 +216,13 @@ class DatabaseClient:
             self._sweep_call = self.reactor.callLater(max(0.0, oldest.deadline - self.reactor.seconds()), self._sweep)
 
     def _unarm_sweep(self) -> None:
-        """Nothing sent waits: no timer left behind."""
+        """Nothing sent waits: no timer left behind, when a channel closes or a call is given up.
+
+        Not when the last call in flight is answered: at a call at a time, arming and cancelling
+        a timer for each cost as much as the rest of a call's bookkeeping.  The sweep then fires
+        once, at most C{query_timeout} + L{BACKSTOP} after the last call left, finds nothing
+        due and is not armed again.
+        """
         if not self._sent and self._sweep_call is not None:
             if self._sweep_call.active():
                 self._sweep_call.cancel()
@@ -345,9 +351,7 @@ class DatabaseClient:
         call = sent.get(reply.id)
         if call is None or call.channel is not channel:
             return  # its caller gave up, or a forged id: nothing waits for it
-        del sent[reply.id]
-        if not sent:
-            self._unarm_sweep()
+        del sent[reply.id]  # the sweep stays armed, even with nothing left in flight (L{_unarm_sweep})
         if reply.status == OK:
             assert call.grant is not None
             try:
