@@ -167,19 +167,22 @@ def compact_encoder(encoder: json.JSONEncoder, sample: Any) -> Callable[[Any], s
     return encoder.encode  # pragma: no cover
 
 
-def fast_decoder(decoder: json.JSONDecoder) -> Callable[[str], Any]:
-    """C{decoder.decode}, minus its Python wrapper for text that is one JSON value exactly.
+def fast_decoder(decoder: json.JSONDecoder) -> Callable[[bytes], Any]:
+    """C{decoder.decode(data.decode("utf-8"))}, minus C{decode}'s Python wrapper for text that is
+    one JSON value exactly.
 
     C{JSONDecoder.decode} skips whitespace around the value with two regular expressions and
     wraps C{raw_decode}: more than the scan of a short object.  The scan is tried at offset 0
     first; text it does not take whole (leading or trailing whitespace, or no value at all)
-    goes to C{decoder.decode}, which raises its usual errors.  Same values, same exceptions.
+    goes to C{decoder.decode}, which raises its usual errors.  Same values, same exceptions
+    (bytes that are not UTF-8: C{UnicodeDecodeError}, a C{ValueError}).
     (C{JSONDecoder.scan_once} is undocumented: C{FastJSONTests} pins it.)
     """
     scan = decoder.scan_once
     decode = decoder.decode
 
-    def loads(text: str) -> Any:
+    def loads(data: bytes) -> Any:
+        text = data.decode("utf-8")
         try:
             value, end = scan(text, 0)
         except StopIteration:
@@ -255,7 +258,7 @@ def decode(datagram: bytes, max_meta: int = MAX_META) -> tuple[dict[str, Any], b
     if kind is not None:
         return {"k": kind}, datagram[end:]
     try:
-        meta = _decode_meta(head.decode("utf-8"))
+        meta = _decode_meta(head)
     except (ValueError, RecursionError) as e:
         # RecursionError: JSON nested deeper than the parser goes.
         raise ChannelError(f"bad metadata: {e}") from None

@@ -34,7 +34,7 @@ import datetime
 import decimal
 import json
 import math
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from okws_twisted.wire.channel import compact_encoder, fast_decoder
 
@@ -147,7 +147,6 @@ def _no_constants(name: str) -> object:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 _encode = compact_encoder(_ENCODER, [7, "caf\u00e9 \"q\" \\ \n \u2028", {"b": {"b": "AA=="}, "n": None}, True, 1.5, -3])
-_decode = fast_decoder(_DECODER)
 
 
 def dumps(obj: object) -> bytes:
@@ -155,6 +154,6 @@ def dumps(obj: object) -> bytes:
     return _encode(obj).encode("utf-8")
 
 
-def loads(data: bytes) -> Any:
-    """JSON from a peer (UTF-8); bare NaN/Infinity are refused, duplicates keep the last."""
-    return _decode(data.decode("utf-8"))
+#: C{loads(data: bytes) -> Any}: JSON from a peer (UTF-8); bare NaN/Infinity are refused,
+#: duplicates keep the last.  (The helper itself, not a function calling it: one call fewer.)
+loads: Callable[[bytes], Any] = fast_decoder(_DECODER)

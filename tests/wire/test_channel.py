@@ -179,10 +179,11 @@ class FastJSONTests(SynchronousTestCase):
                 except (ValueError, RecursionError) as e:
                     expected = (type(e), str(e))
                 try:
-                    got: object = ("value", fast(text))
+                    got: object = ("value", fast(text.encode("utf-8")))
                 except (ValueError, RecursionError) as e:
                     got = (type(e), str(e))
                 self.assertEqual(got, expected, text[:40])
+            self.assertRaises(UnicodeDecodeError, fast, b'"\xff"')
 
     def test_scannerIsTheCScanner(self) -> None:
         c_scanner = getattr(json.scanner, "c_make_scanner", None)
