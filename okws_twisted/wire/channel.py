@@ -143,8 +143,9 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _DECODER = json.JSONDecoder()
 
 
-def compact_encoder(encoder: json.JSONEncoder, sample: Any) -> Callable[[Any], str]:
-    """C{encoder.encode}, without the C encoder it builds afresh for every call.
+def compact_encoder(encoder: json.JSONEncoder, sample: Any, encoding: str) -> Callable[[Any], bytes]:
+    """C{encoder.encode(obj).encode(encoding)}, without the C encoder C{encode} builds afresh for
+    every call.
 
     C{JSONEncoder.encode} makes a new C encoder object per call, about half of what encoding
     a small object costs (a handoff's metadata, a database call).  Where the standard library
@@ -161,10 +162,10 @@ def compact_encoder(encoder: json.JSONEncoder, sample: Any) -> Callable[[Any], s
             one = make(None, encoder.default, quote, None, encoder.key_separator, encoder.item_separator,
                        False, False, encoder.allow_nan)
             if "".join(one(sample, 0)) == encoder.encode(sample):
-                return lambda obj: "".join(one(obj, 0))
+                return lambda obj: "".join(one(obj, 0)).encode(encoding)
         except Exception:  # pragma: no cover - another Python's json module
             pass
-    return encoder.encode  # pragma: no cover
+    return lambda obj: encoder.encode(obj).encode(encoding)  # pragma: no cover
 
 
 def fast_decoder(decoder: json.JSONDecoder) -> Callable[[bytes], Any]:
@@ -195,7 +196,8 @@ def fast_decoder(decoder: json.JSONDecoder) -> Callable[[bytes], Any]:
 
 
 _encode_meta = compact_encoder(
-    _ENCODER, {"k": "conn", "id": 7, "peer": ["tcp", "127.0.0.1", 1], "x": [True, None, 1.5, "\u00e9\n\""], "e": {}}
+    _ENCODER, {"k": "conn", "id": 7, "peer": ["tcp", "127.0.0.1", 1], "x": [True, None, 1.5, "\u00e9\n\""], "e": {}},
+    "ascii",
 )
 _decode_meta = fast_decoder(_DECODER)
 
@@ -213,7 +215,7 @@ def register_kinds(*kinds: str) -> None:
     refused.  For a protocol's hot message kinds (the database channel's).
     """
     for kind in kinds:
-        head = _encode_meta({"k": kind}).encode("ascii")
+        head = _encode_meta({"k": kind})
         _KIND_HEADS[kind] = _HEADER.pack(VERSION, len(head)) + head
         _HEAD_KINDS[head] = kind
 
@@ -231,7 +233,7 @@ def encode(meta: dict[str, Any], payload: bytes = b"") -> list[bytes]:
         first, rest = payload[:CHUNK], payload[CHUNK:]
     else:
         first, rest = payload, b""
-    head = _encode_meta(meta).encode("ascii")
+    head = _encode_meta(meta)
     if len(head) > _MAX_META:
         raise ValueError("message metadata too large")
     out = [_HEADER.pack(VERSION, len(head)) + head + first]

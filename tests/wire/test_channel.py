@@ -155,10 +155,15 @@ class FastJSONTests(SynchronousTestCase):
     ]
 
     def test_encodersAreTheReusedCEncoder(self) -> None:
-        for fast, standard in ((channel._encode_meta, channel._ENCODER), (dbvalues._encode, dbvalues._ENCODER)):
-            self.assertNotEqual(fast, standard.encode, "the fast path fell back to JSONEncoder.encode")
+        c_encoder = json.encoder.c_make_encoder
+        self.assertIsNotNone(c_encoder)
+        for fast, standard, encoding in ((channel._encode_meta, channel._ENCODER, "ascii"),
+                                         (dbvalues.dumps, dbvalues._ENCODER, "utf-8")):
+            cells = [c.cell_contents for c in fast.__closure__ or ()]
+            self.assertTrue(any(isinstance(c, c_encoder) for c in cells),  # type: ignore[arg-type]
+                            "the fast path fell back to JSONEncoder.encode")
             for value in self.VALUES:
-                self.assertEqual(fast(value), standard.encode(value))
+                self.assertEqual(fast(value), standard.encode(value).encode(encoding))
 
     def test_encoderErrors(self) -> None:
         self.assertRaises(TypeError, dbvalues.dumps, {"x": object()})
