@@ -21,7 +21,13 @@ them, so callers never see the split.
 The reader drains the queued messages at each wakeup (``recvmsg`` until
 ``EAGAIN``, or until the batch holds L{ChannelLimits.max_batch} bytes) and
 hands the whole batch to the receiver at once, so a receiver can acknowledge
-a batch with one message.
+a batch with one message.  (When the first datagram leaves nothing queued,
+by the kernel's count, ``FIONREAD``, the reader stops there: most wakeups
+bring one message, and an ``EAGAIN`` is an exception.)
+
+Metadata is compact JSON.  A protocol's frequent kinds whose metadata is the
+kind alone are registered (L{register_kinds}): their header is written and
+read without JSON, as the same bytes.
 
 Every end has L{ChannelLimits}, checked before anything is kept: the peer is
 another process, and every message from a less privileged one is an
