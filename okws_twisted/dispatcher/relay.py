@@ -55,7 +55,7 @@ from okws_twisted.wire.httpframe import (
 )
 from okws_twisted.wire.relay import Splice
 from okws_twisted.wire.routing import Route, host_key
-from okws_twisted.wire.transport import SocketTransport
+from okws_twisted.wire.transport import SocketTransport, descriptor_group
 
 if TYPE_CHECKING:
     import socket
@@ -192,7 +192,11 @@ class RelayedConnection:
         relayed = cls(dispatcher, conn, link, conn_id)
         client = conn.transport
         client.protocol = relayed  # the client's socket stays, its reader changes
+        # Both ends polled as one group: no Twisted per-event wrapper per relayed read.
+        group = descriptor_group(dispatcher.reactor)
+        client.join_group(group)
         pair = SocketTransport(dispatcher.reactor, mine, _InstanceSide(relayed), UNIXAddress(None), UNIXAddress(None))
+        pair.join_group(group)
         relayed.pair = pair
         relayed.splice = Splice(client, pair, a_to_b=relayed._from_client, b_to_a=relayed._from_instance)
         relayed.splice.hold(client)  # as the front door left it, until the first request is settled

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from okws_twisted.wire import transport as transport_module
 from okws_twisted.wire.transport import (
+    DescriptorGroup,
     held_sends,
     WRITE_HIGH_WATER,
     SocketTransport,
@@ -1098,4 +1099,115 @@ class SendFileTests(TransportTestCase):
         self.assertEqual(await sent, size)
         self.assertEqual(flushed, [True])
         self.assertEqual(hashlib.sha256(p.data).digest(), hashlib.sha256(data).digest())
+        self.assertFalse(t.connected)
+
+
+class Exploding(Recorder):
+    """A protocol whose C{dataReceived} fails."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        raise RuntimeError("the protocol failed")
+
+
+class DescriptorGroupTests(TransportTestCase):
+    """L{DescriptorGroup}: transports polled by an epoll of their own, one reader in the reactor."""
+
+    def group(self) -> DescriptorGroup:
+        group = DescriptorGroup(reactor)
+        self.addCleanup(self._leave, group)
+        return group
+
+    def _leave(self, group: DescriptorGroup) -> None:
+        members = group.getReaders() + group.getWriters()
+        self.assertEqual(members, [], "a test left members in its group")
+        self.assertNotIn(group, reactor.getReaders(), "an empty group is not in the reactor")
+
+    async def test_readsAndWritesThroughTheGroup(self) -> None:
+        """A member is read and written by the group, never by the reactor; the group is in the
+        reactor only while it has members."""
+        group = self.group()
+        a, b = self.unix_pair()
+        t, proto = self.transport(a)
+        t.join_group(group)
+        self.assertNotIn(group, reactor.getReaders())
+        t.start()
+        self.assertIn(group, reactor.getReaders())
+        self.assertEqual(group.getReaders(), [t])
+        self.assertNotIn(t, reactor.getReaders())
+        peer = self.peer(b)
+        b.send(b"hello")
+        await proto.wait_bytes(5)
+        self.assertEqual(proto.received, b"hello")
+        # More than the socket takes: the rest waits for the group's write events.
+        data = os.urandom(4 * 1024 * 1024)
+        t.write(data)
+        await self.spin(0)
+        self.assertEqual(group.getWriters(), [t])
+        self.assertNotIn(t, reactor.getWriters())
+        await peer.wait(len(data))
+        self.assertEqual(bytes(peer.data), data)
+        self.assertEqual(group.getWriters(), [])
+        t.loseConnection()
+        await proto.wait_lost()
+        self.assertNotIn(group, reactor.getReaders())
+
+    async def test_joinMovesTheRegistration(self) -> None:
+        """A transport already read and written by the reactor moves to the group as it is."""
+        group = self.group()
+        a, b = self.unix_pair()
+        t, proto = self.transport(a)
+        t.start()
+        data = os.urandom(4 * 1024 * 1024)
+        t.write(data)
+        await self.spin(0)
+        self.assertIn(t, reactor.getWriters())
+        t.join_group(group)
+        self.assertNotIn(t, reactor.getReaders())
+        self.assertNotIn(t, reactor.getWriters())
+        self.assertEqual((group.getReaders(), group.getWriters()), ([t], [t]))
+        peer = self.peer(b)
+        await peer.wait(len(data))
+        b.send(b"after")
+        await proto.wait_bytes(5)
+        t.abortConnection()
+        self.assertEqual(group.getReaders() + group.getWriters(), [])
+
+    async def test_endOfFileAndFailuresAreEachMembersOwn(self) -> None:
+        """The peer's close loses that member (done); a protocol that fails loses its own
+        transport, logged; the other members are read on."""
+        group = self.group()
+        a1, b1 = self.unix_pair()
+        a2, b2 = self.unix_pair()
+        a3, b3 = self.unix_pair()
+        t1, p1 = self.transport(a1)
+        t2, p2 = self.transport(a2, Exploding())
+        t3, p3 = self.transport(a3)
+        for t in (t1, t2, t3):
+            t.join_group(group)
+            t.start()
+        b1.close()
+        b2.send(b"boom")
+        await p1.wait_lost()
+        await p2.wait_lost()
+        self.assertTrue(p1.reason.check(error.ConnectionDone))
+        self.assertTrue(p2.reason.check(RuntimeError))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(group.getReaders(), [t3])
+        self.assertIn(group, reactor.getReaders())
+        b3.send(b"still")
+        await p3.wait_bytes(5)
+        t3.loseConnection()
+        await p3.wait_lost()
+
+    def test_reactorDropsTheGroup(self) -> None:
+        """The reactor losing the group (it stops) loses every member, as it would have them."""
+        group = self.group()
+        a, b = self.unix_pair()
+        t, proto = self.transport(a)
+        t.join_group(group)
+        t.start()
+        reactor.removeReader(group)
+        group.connectionLost(Failure(error.ConnectionLost("the reactor stopped")))
+        self.assertTrue(proto.reason.check(error.ConnectionLost))
         self.assertFalse(t.connected)
