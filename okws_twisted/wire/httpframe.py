@@ -1144,18 +1144,19 @@ class ResponseFramer:
         if status < 200 or status == 204 or status == 304:
             return None
         close = m[1] == b"0"
-        length = None
-        for line in m[3].split(b"\r\n")[:-1]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name == b"content-length":
-                if length is not None:
-                    return None
-                length = value.strip(b" \t")
-            elif name == b"transfer-encoding":
-                return None
-            elif name == b"connection":
-                close = close or b"close" in _tokens([value])
+        # The match proved every line a field line (no CR or LF in a value), so a name is
+        # exactly what follows a CRLF up to the colon: the head lowered once, searched in C.
+        low = data[:size].lower()
+        if b"\r\ntransfer-encoding:" in low:
+            return None
+        at = low.find(b"\r\ncontent-length:")
+        if at < 0 or low.find(b"\r\ncontent-length:", at + 17) >= 0:
+            return None
+        length = low[at + 17 : low.index(b"\r\n", at + 17)].strip(b" \t")
+        at = low.find(b"\r\nconnection:")
+        while at >= 0 and not close:
+            close = b"close" in _tokens([low[at + 13 : low.index(b"\r\n", at + 13)]])
+            at = low.find(b"\r\nconnection:", at + 13)
         if (
             length is None
             or not length.isdigit()
