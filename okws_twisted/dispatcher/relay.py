@@ -54,7 +54,7 @@ from okws_twisted.wire.httpframe import (
     ResponseFramer,
 )
 from okws_twisted.wire.relay import Splice
-from okws_twisted.wire.routing import Route, host_key
+from okws_twisted.wire.routing import Route, RouteTable, host_key
 from okws_twisted.wire.transport import SocketTransport, descriptor_group
 
 if TYPE_CHECKING:
@@ -180,6 +180,8 @@ class RelayedConnection:
         self._wait_due = 0.0
         self._waiting_for = ""
         self._body: BodyTimer | None = None
+        #: L{_routed_here}'s last answer: (route table, raw host, path, whether here).
+        self._seen: tuple[RouteTable, bytes | None, bytes, bool] | None = None
 
     # -- the start of the visit (the instance acknowledged the pair)
 
@@ -244,24 +246,39 @@ class RelayedConnection:
 
     def _next(self, event: Head) -> None:
         """A whole next request head: relay it on this visit, or send the connection round again."""
-        self._cancel_wait()
+        self._waiting_for = ""  # (no deadline while a request is outstanding: L{_cancel_wait})
         head = event.head
-        self.started = self.dispatcher.reactor.seconds()
-        if self.dispatcher.draining:
-            self._refuse(503, "The server is shutting down.", retry_after=self.dispatcher.config.retry_after, head=head)
+        dispatcher = self.dispatcher
+        self.started = self.reactor.seconds()
+        if dispatcher.draining:
+            self._refuse(503, "The server is shutting down.", retry_after=dispatcher.config.retry_after, head=head)
             return
-        key = host_key(head.host)
-        route = self.dispatcher.routes.route_key(key, head.path) if key == self.host else None
-        if self.pair is None or self.retiring or route is None or route.service != self.service:
+        pair = self.pair
+        if pair is None or self.retiring or not self._routed_here(head, dispatcher.routes):
             self._route_again(event.raw)
             return
-        if head.content_length is not None and head.content_length > self.max_body:
+        in_body = head.chunked or bool(head.content_length)
+        if in_body and head.content_length is not None and head.content_length > self.max_body:
             self._refuse(413, "The request body is too large.", head=head)
             return
+        pair.send_now(event.raw)  # first: the instance starts on it while the rest is noted
         self.framer.set_body_limit(self.max_body)
+        if not in_body:
+            self.framer.take_end()  # its End, as the next event would give it
         self.head = head
-        self._sent(head, bool(head.chunked or head.content_length))
-        self.pair.send_now(event.raw)
+        self._sent(head, in_body)
+
+    def _routed_here(self, head: RequestHead, routes: RouteTable) -> bool:
+        """Whether C{head} is this visit's: its host and service.  The last answer is kept for
+        the same host, path and route table (a keep-alive client repeats them)."""
+        seen = self._seen
+        if seen is not None and seen[0] is routes and seen[1] == head.host and seen[2] == head.path:
+            return seen[3]
+        key = host_key(head.host)
+        route = routes.route_key(key, head.path) if key == self.host else None
+        here = route is not None and route.service == self.service
+        self._seen = (routes, head.host, head.path, here)
+        return here
 
     def _sent(self, head: RequestHead, in_body: bool) -> None:
         """A request (its head, perhaps some body) is on its way to the instance."""

@@ -179,6 +179,23 @@ class RelayTests(DispatcherTestCase):
         self.assertNotIn(relayed, self.dispatcher.relayed)
         self.assertIsNone(self.dispatcher.ledger.get(self.first.meta["id"]))
 
+    def test_reloadedRoutesDecideTheNextRequest(self) -> None:
+        """The same request again after a reload that gives its path to another service goes
+        to that service (the visit's remembered routing is the old table's only)."""
+        b, b_theirs = self.instance("b")
+        client, end, relayed = self.relayed(req("/a/1"))
+        self.answer(relayed, end)
+        self.client_sends(relayed, client, req("/a/1"))
+        self.assertEqual(self.instance_reads(end), req("/a/1"))
+        self.answer(relayed, end)
+        self.dispatcher.update_config(parse(textwrap.dedent(SITE).replace("paths = /b", "paths = /b /a/1"), "site.ini", "/srv/site"))
+        self.client_sends(relayed, client, req("/a/1"))
+        self.assertEqual(self.instance_reads(end), b"<EOF>")
+        msg = self.receive(b_theirs)
+        self.assertFalse(msg.meta.get("relay"))
+        self.assertEqual(msg.payload, req("/a/1"))
+        socket.socket(fileno=msg.fds[0]).close()
+
     def test_anotherHostIsAnotherVisit(self) -> None:
         client, end, relayed = self.relayed(req("/a/1") + req("/a/2", host="other.example"))
         self.answer(relayed, end)
