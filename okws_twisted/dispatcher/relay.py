@@ -13,7 +13,10 @@ requests to the pair, one at a time; it frames the instance's responses
 (L{okws_twisted.wire.httpframe.ResponseFramer}) and writes them to the client, so it knows
 where each ends, sees a response cut short (the client's connection is then cut, never given a
 stitched response) and refuses a second, unrequested one.  Bytes flow through
-L{okws_twisted.wire.relay.Splice}, the TLS front's relay, with back-pressure both ways.
+L{okws_twisted.wire.relay.Splice}, the TLS front's relay, with back-pressure both ways.  A relayed
+connection's two transports are read by one L{okws_twisted.wire.transport.DescriptorGroup} for
+the whole dispatcher (no Twisted wrapper per read), and what a wakeup forwards leaves at its end,
+so an instance is handed a wakeup's requests together, as a client's own burst would reach it.
 
 A request for another service or another host ends the visit: once the responses so far are
 flushed, the client's socket goes back through the dispatcher's front door with the unread
@@ -261,7 +264,7 @@ class RelayedConnection:
         if in_body and head.content_length is not None and head.content_length > self.max_body:
             self._refuse(413, "The request body is too large.", head=head)
             return
-        pair.send_now(event.raw)  # first: the instance starts on it while the rest is noted
+        pair.write(event.raw)
         self.framer.set_body_limit(self.max_body)
         if not in_body:
             self.framer.take_end()  # its End, as the next event would give it
@@ -301,13 +304,14 @@ class RelayedConnection:
             return
         if not pieces:
             return
-        # One send, now, for all of a read's pieces (a head and its body: one send to the client).
+        # One write for all of a read's pieces (a head and its body: one send to the client, at the
+        # end of the wakeup with what the group's other members wrote: L{DescriptorGroup}).
         # Only the last piece can end the response: the framer refuses bytes after an end.
         last = pieces[-1]
         out = last.data if len(pieces) == 1 else b"".join([piece.data for piece in pieces])
         if out:
             self.response_started = True
-            self.transport.send_now(out)
+            self.transport.write(out)
         if last.end:
             self._response_done(last.close)
 

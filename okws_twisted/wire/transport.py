@@ -419,25 +419,6 @@ class SocketTransport:
             return
         self._send(data)
 
-    def send_now(self, data: bytes) -> None:
-        """Send C{data} now, after anything batched, instead of at the end of the reactor's turn.
-
-        For a relay that forwards what it just read (L{okws_twisted.dispatcher.relay}): one
-        C{send} per forwarded read, without the flusher's C{callLater(0)} and batch.  What
-        L{write} batched goes first, in the same C{send}; otherwise as L{write} (ignored when
-        closing or detached; buffered behind unsent bytes or a file; the high-water mark).
-        """
-        if not data or not self.connected or self.disconnecting or self.detached:
-            return
-        batch = self._batch
-        if batch:
-            batch.append(data)
-            data = b"".join(batch)
-            # Inside a read the batch stays open for what the protocol writes next.
-            self._batch = [] if self._delivering else None
-            self._batch_bytes = 0
-        self._send(data)
-
     def _send(self, data: bytes) -> None:
         if not self.connected or self.detached:
             return
@@ -765,7 +746,9 @@ class DescriptorGroup:
     (disconnection, a failed call: the descriptor is removed and told C{connectionLost}).  The
     group is in the reactor only while it holds a descriptor (an empty one leaves it clean).
     It provides what L{SocketTransport} calls of C{IReactorFDSet}: add and remove, readers and
-    writers.  Level-triggered, like the reactor: a descriptor not drained is ready again.
+    writers.  Level-triggered, like the reactor: a descriptor not drained is ready again.  What
+    members write while the group serves them leaves when it is done (L{held_sends}): one send
+    per transport, in that wakeup, without the flusher's zero-delay timer.
     """
 
     log = Logger()
@@ -793,6 +776,15 @@ class DescriptorGroup:
             selectable.connectionLost(reason)  # type: ignore[attr-defined]
 
     def doRead(self) -> None:
+        # What members write meanwhile leaves together when the batch is done (L{held_sends}).
+        flusher = _flusher(self.reactor)
+        flusher.hold()
+        try:
+            self._dispatch()
+        finally:
+            flusher.release()
+
+    def _dispatch(self) -> None:
         fds = self._fds
         masks = self._masks
         for fd, event in self._poll.poll(0, len(fds) or 1):

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import select
 import socket
 import struct
 import time
@@ -424,89 +425,6 @@ class BatchFailureTests(TransportTestCase):
         self.assertFalse(bad.connected)
         self.assertEqual(d.recv(10), b"two")
         self.assertTrue(good.connected)
-
-
-class SendNowTests(TransportTestCase):
-    """C{send_now}: sent at once, never ahead of what was written before it."""
-
-    def clocked(self, protocol: Protocol | None = None) -> tuple[SocketTransport, socket.socket, MemoryReactorClock]:
-        """A started transport on a clock reactor (nothing batched leaves until the clock turns)."""
-        clock = MemoryReactorClock()
-        a, b = self.unix_pair()
-        b.setblocking(False)
-        t = SocketTransport(clock, a, protocol or Recorder(), UNIXAddress(None), UNIXAddress(None))
-        self.addCleanup(self._discard, t)
-        t.start()
-        return t, b, clock
-
-    def test_sentAtOnce(self) -> None:
-        t, b, clock = self.clocked()
-        t.send_now(b"now")
-        self.assertEqual(b.recv(100), b"now")
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_afterWhatWasBatched(self) -> None:
-        """Bytes batched by C{write} go first, in the same send; later writes follow."""
-        t, b, clock = self.clocked()
-        t.write(b"one,")
-        t.send_now(b"two,")
-        self.assertEqual(b.recv(100), b"one,two,")
-        t.write(b"three")
-        self.assertRaises(BlockingIOError, b.recv, 100)
-        clock.advance(0)
-        self.assertEqual(b.recv(100), b"three")
-
-    def test_insideARead(self) -> None:
-        """Within a read the batch stays open: written, sent now, written again, in order."""
-
-        class Relay(Recorder):
-            def dataReceived(self, data: bytes) -> None:
-                self.transport.write(b"a")
-                self.transport.send_now(b"b")
-                self.transport.write(b"c")
-
-        t, b, clock = self.clocked(Relay())
-        b.send(b"go")
-        t.doRead()
-        self.assertEqual(b.recv(100), b"ab")
-        clock.advance(0)
-        self.assertEqual(b.recv(100), b"c")
-
-    def test_behindUnsentBytes(self) -> None:
-        """Behind bytes the socket did not take, and counted against the high-water mark."""
-        t, b, clock = self.clocked()
-        producer = Producer(t)
-        t.registerProducer(producer, True)
-        full = bytearray()
-        try:
-            while True:
-                full += b"f" * t.socket.send(b"f" * 65536)
-        except BlockingIOError:
-            pass  # the socket takes no more: what the transport sends now waits
-        t.write(b"batched,")
-        big = os.urandom(WRITE_HIGH_WATER)
-        t.send_now(big)
-        self.assertEqual(t.write_buffer_size, len(b"batched,") + len(big))
-        self.assertEqual([c for c, _ in producer.calls], ["pause"])
-        t.send_now(b"end")
-        want = bytes(full) + b"batched," + big + b"end"
-        got = bytearray()
-        while len(got) < len(want):
-            try:
-                got += b.recv(1 << 20)
-            except BlockingIOError:
-                t.doWrite()
-        self.assertEqual(bytes(got), want)
-        self.assertEqual(producer.calls[1:], [("resume", 0)])
-
-    def test_ignoredWhenClosing(self) -> None:
-        t, b, clock = self.clocked()
-        t.write(b"last")
-        t.loseConnection()
-        t.send_now(b"late")
-        clock.advance(0)
-        self.assertEqual(b.recv(100), b"last")
-        self.assertEqual(b.recv(100), b"")
 
 
 class WriteTests(TransportTestCase):
@@ -1110,6 +1028,14 @@ class Exploding(Recorder):
         raise RuntimeError("the protocol failed")
 
 
+class Echo(Recorder):
+    """Writes back what it receives."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.write(data)
+
+
 class DescriptorGroupTests(TransportTestCase):
     """L{DescriptorGroup}: transports polled by an epoll of their own, one reader in the reactor."""
 
@@ -1199,6 +1125,29 @@ class DescriptorGroupTests(TransportTestCase):
         await p3.wait_bytes(5)
         t3.loseConnection()
         await p3.wait_lost()
+
+    def test_whatMembersWriteLeavesAtTheEndOfTheBatch(self) -> None:
+        """Writes made while the group serves its ready members are sent when it is done with
+        them, in that wakeup: no zero-delay flush timer left for a later iteration."""
+        group = self.group()
+        pairs = [self.unix_pair() for _ in range(3)]
+        transports = []
+        for a, b in pairs:
+            t, proto = self.transport(a, Echo())
+            t.join_group(group)
+            t.start()
+            transports.append(t)
+            b.send(b"ping")
+        self.assertEqual(select.select([group], [], [], 5)[0], [group])
+        flusher = transport_module._flusher(reactor)
+        self.assertIsNone(flusher.call)
+        group.doRead()
+        self.assertIsNone(flusher.call, "a flush was left for a later iteration")
+        for a, b in pairs:
+            b.settimeout(5)
+            self.assertEqual(b.recv(100), b"ping")
+        for t in transports:
+            t.abortConnection()
 
     def test_reactorDropsTheGroup(self) -> None:
         """The reactor losing the group (it stops) loses every member, as it would have them."""
