@@ -222,11 +222,15 @@ class RelayedConnection:
 
     def _pump(self) -> None:
         """Frame what the client sent: relay the current body, then take the next request."""
+        framer = self.framer
         while not (self.switching or self.closing or self.done):
-            if self.outstanding and not self.in_body:
-                break  # one request at a time: the next waits for this response
+            if not self.in_body and (self.outstanding or not framer.buffered):
+                # One request at a time: the next waits for this response.  (Between requests
+                # with nothing buffered the framer has no event, the client's end of file
+                # included: it refuses only a head or body cut short.)
+                break
             try:
-                event = self.framer.next_event()
+                event = framer.next_event()
             except HTTPError as e:
                 self._refuse(e.status, e.reason)
                 return
