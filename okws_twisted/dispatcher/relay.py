@@ -253,7 +253,7 @@ class RelayedConnection:
 
     def _next(self, event: Head) -> None:
         """A whole next request head: relay it on this visit, or send the connection round again."""
-        self._waiting_for = ""  # (no deadline while a request is outstanding: L{_cancel_wait})
+        self._cancel_wait()
         head = event.head
         dispatcher = self.dispatcher
         self.started = self.reactor.seconds()

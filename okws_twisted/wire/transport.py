@@ -738,8 +738,8 @@ _GONE = select.EPOLLHUP | select.EPOLLERR
 class DescriptorGroup:
     """Descriptors polled by an epoll object of their own, which the reactor polls as one reader.
 
-    Twisted's reactor calls each ready descriptor through C{log.callWithLogger} and a context
-    switch (about 1.5 us a call): for the dispatcher's relay, two of them per relayed request.
+    Twisted's reactor calls each ready descriptor through C{log.callWithLogger} and
+    C{context.call} (about 1.5 us a call): for the dispatcher's relay, two of them per relayed request.
     Its transports join a group (L{SocketTransport.join_group}); when any is ready the group's
     epoll descriptor is, the reactor calls the group once, and the group calls every ready
     descriptor's C{doRead}/C{doWrite} directly, as the reactor's C{_doReadOrWrite} would
@@ -772,6 +772,8 @@ class DescriptorGroup:
         """The reactor dropped the group (it stopped, or removeAll): so are its members."""
         self._in_reactor = False
         for selectable in list(self._fds.values()):
+            if selectable not in self._fd_of:
+                continue  # (an earlier member's loss took it already)
             self._drop(selectable)
             selectable.connectionLost(reason)  # type: ignore[attr-defined]
 

@@ -1150,13 +1150,24 @@ class DescriptorGroupTests(TransportTestCase):
             t.abortConnection()
 
     def test_reactorDropsTheGroup(self) -> None:
-        """The reactor losing the group (it stops) loses every member, as it would have them."""
+        """The reactor losing the group (it stops) loses every member, as it would have them,
+        also one that another member's loss closed first (as a relay closes its pair)."""
         group = self.group()
         a, b = self.unix_pair()
-        t, proto = self.transport(a)
-        t.join_group(group)
-        t.start()
+        c, d = self.unix_pair()
+        second, second_proto = self.transport(c)
+
+        class ClosesTheOther(Recorder):
+            def connectionLost(self, reason: Failure) -> None:
+                super().connectionLost(reason)
+                second.abortConnection()
+
+        first, first_proto = self.transport(a, ClosesTheOther())
+        for t in (first, second):
+            t.join_group(group)
+            t.start()
         reactor.removeReader(group)
         group.connectionLost(Failure(error.ConnectionLost("the reactor stopped")))
-        self.assertTrue(proto.reason.check(error.ConnectionLost))
-        self.assertFalse(t.connected)
+        self.assertTrue(first_proto.reason.check(error.ConnectionLost))
+        self.assertIsNotNone(second_proto.reason)
+        self.assertFalse(first.connected or second.connected)
