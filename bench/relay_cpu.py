@@ -20,6 +20,15 @@ C{epoll_wait}, as under C{wrk -c50}.
 
     .venv/bin/python bench/relay_cpu.py [--n 3000] [--conns 1]
     .venv/bin/python bench/relay_cpu.py --profile [tottime|cumtime]   # cProfile of the timed part
+
+C{--instance}: the other side, a service instance's CPU per relayed request
+(L{okws_twisted.service.runtime.ServiceRuntime} serving the hello page on its own uninstalled
+epoll reactor, timed the same way), over C{--conns} relay pairs, each sent a request per round,
+so C{--conns} requests reach it per wakeup; C{--tcp}: the same over loopback TCP connections, as
+C{isolation = connection} serves them.  Where the instance's time goes when the dispatcher hands
+it requests one at a time rather than together.
+
+    .venv/bin/python bench/relay_cpu.py --instance [--tcp] [--conns 1]
 """
 
 from __future__ import annotations
@@ -177,6 +186,76 @@ def run(n: int, conns: int, profile) -> float:  # type: ignore[no-untyped-def]
     return best / (rounds * conns)
 
 
+def run_instance(n: int, conns: int, tcp: bool, profile) -> float:  # type: ignore[no-untyped-def]
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.epollreactor import EPollReactor
+
+    from okws_twisted.config import parse
+    from okws_twisted.service.runtime import ServiceRuntime
+    from okws_twisted.wire import handoff
+    from services.plain import Hello
+
+    reactor = EPollReactor()
+    config = parse(
+        "[okws]\nmax_requests_per_connection = 1000000000\n"
+        "[service:hello]\nresource = services.plain:Hello\npaths = /hello\n",
+        "site.ini",
+        "/srv",
+    )
+    runtime = ServiceRuntime(reactor, config, config.services[0], 0, Hello(), records=None)
+    peer, host = IPv4Address("TCP", "127.0.0.1", 40001), IPv4Address("TCP", "127.0.0.1", 8080)
+    clients = []
+    for i in range(conns):
+        if tcp:
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            client = socket.create_connection(listener.getsockname())
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            server, _ = listener.accept()
+            listener.close()
+        else:
+            client, server = socket.socketpair()
+        runtime.adopt(handoff.Connection(i + 1, os.dup(server.fileno()), peer, host, b"", relay=not tcp))
+        server.close()
+        client.setblocking(False)
+        clients.append(client)
+    timer = Timer(reactor)
+    timer.profile = profile
+    best = float("inf")
+    rounds = max(1, n // conns)
+    for _ in range(ROUNDS):
+        timer.total = 0.0
+        for _ in range(rounds):
+            for client in clients:
+                client.send(REQUEST)
+            _until_answered(timer, clients)
+        best = min(best, timer.total)
+    for client in clients:
+        client.close()
+    return best / (rounds * conns)
+
+
+def _until_answered(timer: Timer, socks: list[socket.socket]) -> None:
+    """Tick the instance until each of C{socks} has a whole response (its length from its head)."""
+    got = {s: b"" for s in socks}
+    waiting = set(socks)
+    for _ in range(SPINS):
+        timer.tick()
+        for s in list(waiting):
+            got[s] += _drain(s)
+            head, sep, body = got[s].partition(b"\r\n\r\n")
+            if sep:
+                if not head.startswith(b"HTTP/1.1 200 "):
+                    raise SystemExit(f"the instance answered {head[:60]!r}")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    waiting.discard(s)
+        if not waiting:
+            return
+    raise SystemExit(f"the instance answered nothing after {SPINS} iterations")
+
+
 def main() -> None:
     args = sys.argv[1:]
     n = int(args[args.index("--n") + 1]) if "--n" in args else 3000
@@ -186,11 +265,20 @@ def main() -> None:
         import cProfile
 
         profile = cProfile.Profile()
-    us = run(n, conns, profile)
-    print(
-        f"okws dispatcher relay: {us * 1e6:.1f} us CPU per keep-alive request "
-        f"(best of {ROUNDS} x {n}, {conns} connection(s), dispatcher only)"
-    )
+    if "--instance" in args:
+        tcp = "--tcp" in args
+        us = run_instance(n, conns, tcp, profile)
+        print(
+            f"okws instance: {us * 1e6:.1f} us CPU per keep-alive request over "
+            f"{'TCP (isolation = connection)' if tcp else 'relay pairs (isolation = request)'} "
+            f"(best of {ROUNDS} x {n}, {conns} request(s) per wakeup, instance only)"
+        )
+    else:
+        us = run(n, conns, profile)
+        print(
+            f"okws dispatcher relay: {us * 1e6:.1f} us CPU per keep-alive request "
+            f"(best of {ROUNDS} x {n}, {conns} connection(s), dispatcher only)"
+        )
     if profile is not None:
         import pstats
 

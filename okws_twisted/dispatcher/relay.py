@@ -13,7 +13,10 @@ requests to the pair, one at a time; it frames the instance's responses
 (L{okws_twisted.wire.httpframe.ResponseFramer}) and writes them to the client, so it knows
 where each ends, sees a response cut short (the client's connection is then cut, never given a
 stitched response) and refuses a second, unrequested one.  Bytes flow through
-L{okws_twisted.wire.relay.Splice}, the TLS front's relay, with back-pressure both ways.
+L{okws_twisted.wire.relay.Splice}, the TLS front's relay, with back-pressure both ways.  A relayed
+connection's two transports are read by one L{okws_twisted.wire.transport.DescriptorGroup} for
+the whole dispatcher (no Twisted wrapper per read), and what a wakeup forwards leaves at its end,
+so an instance is handed a wakeup's requests together, as a client's own burst would reach it.
 
 A request for another service or another host ends the visit: once the responses so far are
 flushed, the client's socket goes back through the dispatcher's front door with the unread
@@ -54,8 +57,8 @@ from okws_twisted.wire.httpframe import (
     ResponseFramer,
 )
 from okws_twisted.wire.relay import Splice
-from okws_twisted.wire.routing import Route, host_key
-from okws_twisted.wire.transport import SocketTransport
+from okws_twisted.wire.routing import Route, RouteTable, host_key
+from okws_twisted.wire.transport import SocketTransport, descriptor_group
 
 if TYPE_CHECKING:
     import socket
@@ -180,6 +183,8 @@ class RelayedConnection:
         self._wait_due = 0.0
         self._waiting_for = ""
         self._body: BodyTimer | None = None
+        #: L{_routed_here}'s last answer: (route table, raw host, path, whether here).
+        self._seen: tuple[RouteTable, bytes | None, bytes, bool] | None = None
 
     # -- the start of the visit (the instance acknowledged the pair)
 
@@ -192,7 +197,11 @@ class RelayedConnection:
         relayed = cls(dispatcher, conn, link, conn_id)
         client = conn.transport
         client.protocol = relayed  # the client's socket stays, its reader changes
+        # Both ends polled as one group: no Twisted per-event wrapper per relayed read.
+        group = descriptor_group(dispatcher.reactor)
+        client.join_group(group)
         pair = SocketTransport(dispatcher.reactor, mine, _InstanceSide(relayed), UNIXAddress(None), UNIXAddress(None))
+        pair.join_group(group)
         relayed.pair = pair
         relayed.splice = Splice(client, pair, a_to_b=relayed._from_client, b_to_a=relayed._from_instance)
         relayed.splice.hold(client)  # as the front door left it, until the first request is settled
@@ -213,11 +222,15 @@ class RelayedConnection:
 
     def _pump(self) -> None:
         """Frame what the client sent: relay the current body, then take the next request."""
+        framer = self.framer
         while not (self.switching or self.closing or self.done):
-            if self.outstanding and not self.in_body:
-                break  # one request at a time: the next waits for this response
+            if not self.in_body and (self.outstanding or not framer.buffered):
+                # One request at a time: the next waits for this response.  (Between requests
+                # with nothing buffered the framer has no event, the client's end of file
+                # included: it refuses only a head or body cut short.)
+                break
             try:
-                event = self.framer.next_event()
+                event = framer.next_event()
             except HTTPError as e:
                 self._refuse(e.status, e.reason)
                 return
@@ -242,22 +255,37 @@ class RelayedConnection:
         """A whole next request head: relay it on this visit, or send the connection round again."""
         self._cancel_wait()
         head = event.head
-        self.started = self.dispatcher.reactor.seconds()
-        if self.dispatcher.draining:
-            self._refuse(503, "The server is shutting down.", retry_after=self.dispatcher.config.retry_after, head=head)
+        dispatcher = self.dispatcher
+        self.started = self.reactor.seconds()
+        if dispatcher.draining:
+            self._refuse(503, "The server is shutting down.", retry_after=dispatcher.config.retry_after, head=head)
             return
-        key = host_key(head.host)
-        route = self.dispatcher.routes.route_key(key, head.path) if key == self.host else None
-        if self.pair is None or self.retiring or route is None or route.service != self.service:
+        pair = self.pair
+        if pair is None or self.retiring or not self._routed_here(head, dispatcher.routes):
             self._route_again(event.raw)
             return
-        if head.content_length is not None and head.content_length > self.max_body:
+        in_body = head.chunked or bool(head.content_length)
+        if in_body and head.content_length is not None and head.content_length > self.max_body:
             self._refuse(413, "The request body is too large.", head=head)
             return
+        pair.write(event.raw)
         self.framer.set_body_limit(self.max_body)
+        if not in_body:
+            self.framer.take_end()  # its End, as the next event would give it
         self.head = head
-        self._sent(head, bool(head.chunked or head.content_length))
-        self.pair.send_now(event.raw)
+        self._sent(head, in_body)
+
+    def _routed_here(self, head: RequestHead, routes: RouteTable) -> bool:
+        """Whether C{head} is this visit's: its host and service.  The last answer is kept for
+        the same host, path and route table (a keep-alive client repeats them)."""
+        seen = self._seen
+        if seen is not None and seen[0] is routes and seen[1] == head.host and seen[2] == head.path:
+            return seen[3]
+        key = host_key(head.host)
+        route = routes.route_key(key, head.path) if key == self.host else None
+        here = route is not None and route.service == self.service
+        self._seen = (routes, head.host, head.path, here)
+        return here
 
     def _sent(self, head: RequestHead, in_body: bool) -> None:
         """A request (its head, perhaps some body) is on its way to the instance."""
@@ -280,13 +308,14 @@ class RelayedConnection:
             return
         if not pieces:
             return
-        # One send, now, for all of a read's pieces (a head and its body: one send to the client).
+        # One write for all of a read's pieces (a head and its body: one send to the client, at the
+        # end of the wakeup with what the group's other members wrote: L{DescriptorGroup}).
         # Only the last piece can end the response: the framer refuses bytes after an end.
         last = pieces[-1]
         out = last.data if len(pieces) == 1 else b"".join([piece.data for piece in pieces])
         if out:
             self.response_started = True
-            self.transport.send_now(out)
+            self.transport.write(out)
         if last.end:
             self._response_done(last.close)
 

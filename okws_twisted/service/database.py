@@ -91,6 +91,8 @@ def decode_result(suffix: str, wire: object) -> Any:
     C{!} and C{*!}: the number of rows affected; C{<!}: the returned value (the new
     id) or row (a dict), or None.
     """
+    if suffix == "$":
+        return dbvalues.from_wire(wire)
     if suffix == "":
         return dbvalues.decode_rows(wire)
     if suffix == "^":
@@ -104,10 +106,10 @@ def decode_result(suffix: str, wire: object) -> Any:
         if type(wire) is not int:
             raise ValueError("a row count is an int")
         return wire
-    if suffix == "<!" and type(wire) is dict and set(wire) == {"c", "r"}:  # type: ignore[arg-type]
-        rows = dbvalues.decode_rows(wire)
-        return rows[0] if rows else None
-    if suffix in ("$", "<!"):
+    if suffix == "<!":
+        if type(wire) is dict and set(wire) == {"c", "r"}:  # type: ignore[arg-type]
+            rows = dbvalues.decode_rows(wire)
+            return rows[0] if rows else None
         return dbvalues.from_wire(wire)
     raise ValueError(f"unknown suffix {suffix!r}")
 
@@ -119,8 +121,8 @@ def check_call(grant: Grant, name: str, args: tuple[Any, ...], kwargs: Mapping[s
     query exactly its declared parameters, as keywords.  Every value must be of
     a type the database channel carries (L{okws_twisted.wire.dbvalues}).
     """
-    expected = ", ".join(grant.params)
     if grant.suffix == "*!":
+        expected = ", ".join(grant.params)
         if kwargs or len(args) != 1 or not isinstance(args[0], (list, tuple)):
             raise TypeError(f"{name}() (a *! query) takes one list of parameter dicts, each with ({expected})")
         out = []
@@ -135,15 +137,17 @@ def check_call(grant: Grant, name: str, args: tuple[Any, ...], kwargs: Mapping[s
 
 
 def _check_names(grant: Grant, name: str, params: Mapping[str, Any]) -> dict[str, object]:
-    missing = [p for p in grant.params if p not in params]
-    extra = sorted(str(p) for p in params if p not in grant.params)
-    if missing or extra:
+    if params.keys() != set(grant.params):
+        missing = [p for p in grant.params if p not in params]
+        extra = sorted(str(p) for p in params if p not in grant.params)
         problems = []
         if missing:
             problems.append("missing " + ", ".join(missing))
         if extra:
             problems.append("unexpected " + ", ".join(extra))
         raise TypeError(f"{name}() takes ({', '.join(grant.params)}): {'; '.join(problems)}")
+    if not params:
+        return {}
     try:
         return dbvalues.check_params(params)
     except dbvalues.ValueRefused as e:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from twisted.internet import error
@@ -53,19 +52,24 @@ from okws_twisted.wire.dbchannel import OK, UNAVAILABLE, Grant
 BACKSTOP = 2.0
 
 
-@dataclass(eq=False)
 class _Call:
-    id: int
-    name: str
-    args: tuple[Any, ...]
-    kwargs: Mapping[str, Any]
-    answer: Deferred[Any]
-    timer: IDelayedCall | None = None
-    grant: Grant | None = None
-    entry: bytes = b""
-    channel: MessageChannel | None = None
-    #: When a sent call is given up on (the sweep's, not a timer per call).
-    deadline: float = 0.0
+    """One call, from its making to its answer (a class with slots: one is built per call)."""
+
+    __slots__ = ("id", "name", "args", "kwargs", "answer", "timer", "grant", "entry", "channel", "deadline")
+
+    def __init__(self, client: DatabaseClient, call_id: int, name: str, args: tuple[Any, ...],
+                 kwargs: Mapping[str, Any]) -> None:
+        self.id = call_id
+        self.name = name
+        self.args = args
+        self.kwargs = kwargs
+        self.answer: Deferred[Any] = Deferred(lambda d: client._cancelled(self))
+        self.timer: IDelayedCall | None = None
+        self.grant: Grant | None = None
+        self.entry = b""
+        self.channel: MessageChannel | None = None
+        #: When a sent call is given up on (the sweep's, not a timer per call).
+        self.deadline = 0.0
 
 
 @implementer(IDatabase)
@@ -107,22 +111,20 @@ class DatabaseClient:
     # -- IDatabase
 
     def call(self, query: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Deferred[Any]:
-        grant = None
-        if self._grants is not None:
-            grant = self._grants.get(query)
-            if grant is None:
-                return fail(self._not_granted(query))
-            params = check_call(grant, query, args, kwargs)
-        else:
+        grants = self._grants
+        if grants is None:
             check_values(args, kwargs)
-        call = _Call(next(self._ids), query, args, kwargs, Deferred(lambda d: self._cancelled(call)))
-        if grant is not None and not self._encode(call, grant, params):
-            return call.answer
-        if self.ready:
-            self._queue(call)  # its timer starts when it is sent, in this reactor turn
-        else:
+            call = _Call(self, next(self._ids), query, args, kwargs)
             call.timer = self.reactor.callLater(self.timeout, self._expire, call)
             self._waiting[call.id] = call
+            return call.answer
+        grant = grants.get(query)
+        if grant is None:
+            return fail(self._not_granted(query))
+        params = check_call(grant, query, args, kwargs)
+        call = _Call(self, next(self._ids), query, args, kwargs)
+        if self._encode(call, grant, params):
+            self._queue(call)  # its timer starts when it is sent, in this reactor turn
         return call.answer
 
     def _not_granted(self, query: str) -> QueryRefused:
@@ -141,15 +143,18 @@ class DatabaseClient:
         return True
 
     def _queue(self, call: _Call) -> None:
-        self._outbox.append(call)
+        """Send C{call} in this reactor turn (grants known: C{_grants} set, the channel open)."""
         if self._flush_call is None:
-            if not self._sent and self.ready:
+            if not self._sent and not self._outbox:
                 # Nothing in flight: nothing to batch with yet, so no reason to wait for the end of
                 # the turn (a reactor iteration, 20-30 us).  The calls that follow in this turn,
                 # with this one in flight, leave together.
-                self.flush()
-                return
+                channel = self._channel
+                if channel is not None and channel.connected:
+                    self._send(channel, [call])
+                    return
             self._flush_call = self.reactor.callLater(0, self.flush)
+        self._outbox.append(call)
 
     def flush(self) -> None:
         """Send every queued call: as few C{calls} messages as the limits allow."""
@@ -176,24 +181,32 @@ class DatabaseClient:
             self._send(channel, batch)
 
     def _send(self, channel: MessageChannel, batch: list[_Call]) -> None:
+        # The bookkeeping first: the peer may run, and answer, before C{send} returns (a woken
+        # process often takes the sender's core), and what runs after it waits for that.
+        deadline = self.reactor.seconds() + self.timeout + BACKSTOP
+        sent = self._sent
+        for call in batch:
+            call.channel = channel
+            call.deadline = deadline
+            sent[call.id] = call
+        if self._sweep_call is None:
+            self._arm_sweep()
         try:
             channel.send(*dbchannel.calls([c.entry for c in batch]))
         except error.ConnectionDone:
             for call in batch:  # never left: wait for the next channel
+                del sent[call.id]
+                call.channel = None
                 if call.timer is None:
                     call.timer = self.reactor.callLater(self.timeout, self._expire, call)
                 self._waiting[call.id] = call
+            self._unarm_sweep()
             return
-        deadline = self.reactor.seconds() + self.timeout + BACKSTOP
         for call in batch:
             if call.timer is not None:  # it waited for a proxy: that wait is over
                 if call.timer.active():
                     call.timer.cancel()
                 call.timer = None
-            call.channel = channel
-            call.deadline = deadline
-            self._sent[call.id] = call
-        self._arm_sweep()
 
     def _arm_sweep(self) -> None:
         """One timer for every sent call: at the deadline of the oldest (C{_sent} is in sending
@@ -203,7 +216,13 @@ class DatabaseClient:
             self._sweep_call = self.reactor.callLater(max(0.0, oldest.deadline - self.reactor.seconds()), self._sweep)
 
     def _unarm_sweep(self) -> None:
-        """Nothing sent waits: no timer left behind."""
+        """Nothing sent waits: no timer left behind, when a channel closes or a call is given up.
+
+        Not when the last call in flight is answered: at a call at a time, arming and cancelling
+        a timer for each cost as much as the rest of a call's bookkeeping.  The sweep then fires
+        once, at most C{query_timeout} + L{BACKSTOP} after the last call left, finds nothing
+        due and is not armed again.
+        """
         if not self._sent and self._sweep_call is not None:
             if self._sweep_call.active():
                 self._sweep_call.cancel()
@@ -283,11 +302,11 @@ class DatabaseClient:
     def _received(self, channel: MessageChannel, batch: list[Message]) -> None:
         for msg in batch:
             try:
-                if msg.kind == dbchannel.GRANTS and channel is self._channel and self._grants is None:
-                    self._granted(dbchannel.parse_grants(msg))
-                elif msg.kind == dbchannel.REPLIES:
+                if msg.kind == dbchannel.REPLIES:
                     for reply in dbchannel.parse_replies(msg):
                         self._answered(channel, reply)
+                elif msg.kind == dbchannel.GRANTS and channel is self._channel and self._grants is None:
+                    self._granted(dbchannel.parse_grants(msg))
                 else:
                     raise ChannelError(f"unexpected {msg.kind!r} message")
             except ChannelError as e:
@@ -295,7 +314,7 @@ class DatabaseClient:
                 self.log.error("bad message from the database proxy of [db:{db}]: {error}", db=self.name, error=e)
                 channel.close()
                 return
-        if channel in self._old and not any(c.channel is channel for c in self._sent.values()):
+        if self._old and channel in self._old and not any(c.channel is channel for c in self._sent.values()):
             self._old.discard(channel)
             channel.close()
 
@@ -328,12 +347,11 @@ class DatabaseClient:
             call.answer.errback(reason)
 
     def _answered(self, channel: MessageChannel, reply: dbchannel.Reply) -> None:
-        call = self._sent.get(reply.id)
+        sent = self._sent
+        call = sent.get(reply.id)
         if call is None or call.channel is not channel:
             return  # its caller gave up, or a forged id: nothing waits for it
-        del self._sent[reply.id]
-        if not self._sent:
-            self._unarm_sweep()
+        del sent[reply.id]  # the sweep stays armed, even with nothing left in flight (L{_unarm_sweep})
         if reply.status == OK:
             assert call.grant is not None
             try:

@@ -21,7 +21,13 @@ them, so callers never see the split.
 The reader drains the queued messages at each wakeup (``recvmsg`` until
 ``EAGAIN``, or until the batch holds L{ChannelLimits.max_batch} bytes) and
 hands the whole batch to the receiver at once, so a receiver can acknowledge
-a batch with one message.
+a batch with one message.  (When the first datagram leaves nothing queued,
+by the kernel's count, ``FIONREAD``, the reader stops there: most wakeups
+bring one message, and an ``EAGAIN`` is an exception.)
+
+Metadata is compact JSON.  A protocol's frequent kinds whose metadata is the
+kind alone are registered (L{register_kinds}): their header is written and
+read without JSON, as the same bytes.
 
 Every end has L{ChannelLimits}, checked before anything is kept: the peer is
 another process, and every message from a less privileged one is an
@@ -36,10 +42,12 @@ L{okws_twisted.wire.limits}.
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import os
 import socket
 import struct
+import termios
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -60,6 +68,12 @@ _MAX_META = _RECV_SIZE - _HEADER.size - CHUNK
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 _MAX_MESSAGES_PER_WAKEUP = 256
 _CONT = b'{"k":"+"}'
+# Plain ints: socket's are IntFlag members, and C{int & IntFlag} runs enum's Python C{__rand__}
+# (about a microsecond per test, on every datagram read).
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_FIONREAD = termios.FIONREAD
+_NOTHING_QUEUED = bytes(array.array("i", [0]).itemsize)
 #: The most metadata any okws process sends in one datagram (L{encode} refuses more).
 MAX_META = _MAX_META
 
@@ -107,11 +121,13 @@ class ChannelLimits:
                 raise ValueError(f"{name} must be a non-negative integer, not {value!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Message:
     """One received message: its kind, metadata, payload and passed fds.
 
-    The receiver owns C{fds}: it must close each one (or hand it on).
+    The receiver owns C{fds}: it must close each one (or hand it on).  Treat it as read-only
+    (it is not frozen only because a frozen dataclass costs four times as much to build, and
+    one is built for every message).
     """
 
     kind: str
@@ -133,40 +149,97 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 _DECODER = json.JSONDecoder()
 
 
-def _compact_encoder() -> Callable[[Any], str]:
-    """C{_ENCODER.encode}, without the C encoder it builds afresh for every message.
+def compact_encoder(encoder: json.JSONEncoder, sample: Any, encoding: str) -> Callable[[Any], bytes]:
+    """C{encoder.encode(obj).encode(encoding)}, without the C encoder C{encode} builds afresh for
+    every call.
 
-    C{JSONEncoder.encode} makes a new C encoder object per call, about half of what encoding a
-    handoff's metadata costs (one per connection, on the dispatcher's hot path).  Where the
-    standard library has that C encoder (CPython), one is made here with C{_ENCODER}'s own
-    settings, checked against C{_ENCODER} on a sample, and reused; otherwise C{_ENCODER.encode}.
-    No circular-reference check: metadata is built by okws itself, never from a peer's input.
+    C{JSONEncoder.encode} makes a new C encoder object per call, about half of what encoding
+    a small object costs (a handoff's metadata, a database call).  Where the standard library
+    has that C encoder (CPython), one is made here with C{encoder}'s own settings, checked
+    against C{encoder.encode} on C{sample}, and reused; otherwise C{encoder.encode}.  No
+    circular-reference check: only for objects okws builds itself, never a peer's input.
+    (C{json.encoder.c_make_encoder} is CPython's private name: tests/wire/test_channel.py
+    C{FastJSONTests} fails if the fast path is lost.)
     """
     make = getattr(json.encoder, "c_make_encoder", None)
-    sample = {"k": "conn", "id": 7, "peer": ["tcp", "127.0.0.1", 1], "x": [True, None, 1.5, "\u00e9\n\""], "e": {}}
-    if make is not None:
+    if make is not None and encoder.indent is None and not encoder.sort_keys and not encoder.skipkeys:
+        quote = json.encoder.encode_basestring_ascii if encoder.ensure_ascii else json.encoder.encode_basestring
         try:
-            one = make(
-                None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
-            )
-            if "".join(one(sample, 0)) == _ENCODER.encode(sample):
-                return lambda meta: "".join(one(meta, 0))
+            one = make(None, encoder.default, quote, None, encoder.key_separator, encoder.item_separator,
+                       False, False, encoder.allow_nan)
+            if "".join(one(sample, 0)) == encoder.encode(sample):
+                return lambda obj: "".join(one(obj, 0)).encode(encoding)
         except Exception:  # pragma: no cover - another Python's json module
             pass
-    return _ENCODER.encode  # pragma: no cover
+    return lambda obj: encoder.encode(obj).encode(encoding)  # pragma: no cover
 
 
-_encode_meta = _compact_encoder()
+def fast_decoder(decoder: json.JSONDecoder) -> Callable[[bytes], Any]:
+    """C{decoder.decode(data.decode("utf-8"))}, minus C{decode}'s Python wrapper for text that is
+    one JSON value exactly.
+
+    C{JSONDecoder.decode} skips whitespace around the value with two regular expressions and
+    wraps C{raw_decode}: more than the scan of a short object.  The scan is tried at offset 0
+    first; text it does not take whole (leading or trailing whitespace, or no value at all)
+    goes to C{decoder.decode}, which raises its usual errors.  Same values, same exceptions
+    (bytes that are not UTF-8: C{UnicodeDecodeError}, a C{ValueError}).
+    (C{JSONDecoder.scan_once} is undocumented: C{FastJSONTests} pins it.)
+    """
+    scan = decoder.scan_once
+    decode = decoder.decode
+
+    def loads(data: bytes) -> Any:
+        text = data.decode("utf-8")
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            return decode(text)
+        if end != len(text):
+            return decode(text)
+        return value
+
+    return loads
+
+
+_encode_meta = compact_encoder(
+    _ENCODER, {"k": "conn", "id": 7, "peer": ["tcp", "127.0.0.1", 1], "x": [True, None, 1.5, "\u00e9\n\""], "e": {}},
+    "ascii",
+)
+_decode_meta = fast_decoder(_DECODER)
+
+#: Kinds often sent with no other metadata: C{{"k": kind}}'s datagram header and the kind, both ways
+#: (L{register_kinds}).
+_KIND_HEADS: dict[str, bytes] = {}
+_HEAD_KINDS: dict[bytes, str] = {}
+
+
+def register_kinds(*kinds: str) -> None:
+    """Messages of these kinds whose metadata is the kind alone skip JSON both ways.
+
+    The header is encoded once here by the encoder every message uses, so the bytes are the
+    ones L{encode} would write and L{decode} would read: the same messages are accepted and
+    refused.  For a protocol's hot message kinds (the database channel's).
+    """
+    for kind in kinds:
+        head = _encode_meta({"k": kind})
+        _KIND_HEADS[kind] = _HEADER.pack(VERSION, len(head)) + head
+        _HEAD_KINDS[head] = kind
 
 
 def encode(meta: dict[str, Any], payload: bytes = b"") -> list[bytes]:
     """Encode one logical message into the datagrams that carry it."""
+    if len(payload) <= CHUNK and len(meta) == 1:
+        kind = meta.get("k")
+        if type(kind) is str:
+            header = _KIND_HEADS.get(kind)
+            if header is not None:
+                return [header + payload]
     if len(payload) > CHUNK:
         meta = dict(meta, more=len(payload))
         first, rest = payload[:CHUNK], payload[CHUNK:]
     else:
         first, rest = payload, b""
-    head = _encode_meta(meta).encode("ascii")
+    head = _encode_meta(meta)
     if len(head) > _MAX_META:
         raise ValueError("message metadata too large")
     out = [_HEADER.pack(VERSION, len(head)) + head + first]
@@ -188,8 +261,12 @@ def decode(datagram: bytes, max_meta: int = MAX_META) -> tuple[dict[str, Any], b
     end = _HEADER.size + length
     if end > len(datagram):
         raise ChannelError("truncated metadata")
+    head = datagram[_HEADER.size : end]
+    kind = _HEAD_KINDS.get(head)
+    if kind is not None:
+        return {"k": kind}, datagram[end:]
     try:
-        meta = _DECODER.decode(datagram[_HEADER.size : end].decode("utf-8"))
+        meta = _decode_meta(head)
     except (ValueError, RecursionError) as e:
         # RecursionError: JSON nested deeper than the parser goes.
         raise ChannelError(f"bad metadata: {e}") from None
@@ -309,6 +386,7 @@ class MessageChannel:
         self._queued = 0
         self.limits = limits
         self._assembler = _Assembler(limits)
+        self._inq = bytearray(_NOTHING_QUEUED)
         self.connected = True
         self.closed_here = False
         reactor.addReader(self)
@@ -331,6 +409,9 @@ class MessageChannel:
         if limit is not None and len(payload) > limit:
             raise ValueError(f"{self._name}: a {len(payload)}-byte payload is over the peer's limit of {limit}")
         datagrams = encode(meta, payload)
+        if not fds and len(datagrams) == 1:
+            self._send_one(datagrams[0], ())
+            return
         fdt = tuple(fds)
         for i, dgram in enumerate(datagrams):
             self._send_one(dgram, fdt if i == 0 else ())
@@ -338,7 +419,10 @@ class MessageChannel:
     def _send_one(self, dgram: bytes, fds: tuple[int, ...]) -> None:
         if not self._outq:
             try:
-                self._sendmsg(dgram, fds)
+                if fds:
+                    self._sendmsg(dgram, fds)
+                else:
+                    self._sock.send(dgram)
                 return
             except BlockingIOError:
                 pass
@@ -381,11 +465,15 @@ class MessageChannel:
         batch: list[Message] = []
         size = 0
         result: object = None
-        for _ in range(_MAX_MESSAGES_PER_WAKEUP):
-            if size >= self.limits.max_batch:
+        max_batch = self.limits.max_batch
+        recvmsg = self._sock.recvmsg
+        for i in range(_MAX_MESSAGES_PER_WAKEUP):
+            if size >= max_batch:
                 break  # the rest waits in the kernel: other descriptors get their turn
+            if i == 1 and not self._more_queued():
+                break
             try:
-                data, anc, flags, _addr = self._sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+                data, anc, flags, _addr = recvmsg(_RECV_SIZE, _ANC_SIZE)
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -393,11 +481,11 @@ class MessageChannel:
             except OSError as e:
                 result = error.ConnectionLost(f"{self._name}: {e}")
                 break
-            fds = _fds_from(anc)
+            fds = _fds_from(anc) if anc else ()
             if not data and not fds:
                 result = error.ConnectionDone(f"{self._name}: peer closed")
                 break
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 _close_fds(fds)
                 result = ChannelViolation(f"{self._name}: a datagram longer than any valid message")
                 break
@@ -406,7 +494,7 @@ class MessageChannel:
                 # dropped some that rode on the message.  The message itself is
                 # whole: its receiver decides (a service refuses that one
                 # connection), so the channel stays open.
-                msg = self._assembler.add(data, fds, bool(flags & socket.MSG_CTRUNC))
+                msg = self._assembler.add(data, fds, bool(flags & _MSG_CTRUNC))
             except ChannelError as e:
                 _close_fds(fds)
                 result = ChannelViolation(f"{self._name}: {e}")
@@ -423,6 +511,20 @@ class MessageChannel:
             # reason with a generic one: the receiver's C{lost} gets the real one.
             self._lose(result)  # type: ignore[arg-type]
         return None
+
+    def _more_queued(self) -> bool:
+        """Whether another datagram may wait, after the first of a wakeup was read.
+
+        Most wakeups bring one message: the kernel's count of queued bytes (C{FIONREAD}, one
+        C{ioctl}) says so for a third of what reading on to C{EAGAIN} costs (an exception).  A
+        batch still drains to C{EAGAIN}.  A zero-length datagram counts no bytes: it is read at
+        the next wakeup (the reactor polls level-triggered), as is anything that arrives after.
+        """
+        try:
+            fcntl.ioctl(self._fd, _FIONREAD, self._inq, True)
+        except OSError:
+            return True  # the next read tells
+        return self._inq != _NOTHING_QUEUED
 
     # -- lifecycle
 

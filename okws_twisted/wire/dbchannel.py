@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
 from okws_twisted.wire import dbvalues
-from okws_twisted.wire.channel import ChannelError, Message
+from okws_twisted.wire.channel import ChannelError, Message, register_kinds
 
 #: The kind of channel in the launcher's C{peer} message.
 CHANNEL = "db"
@@ -52,6 +52,9 @@ CHANNEL = "db"
 GRANTS = "grants"
 CALLS = "calls"
 REPLIES = "replies"
+
+# A call's and a reply's message carries nothing but its kind: its header skips JSON both ways.
+register_kinds(GRANTS, CALLS, REPLIES)
 
 OK = "ok"
 #: Not granted, unknown, wrong parameters: L{QueryRefused} for the author.
@@ -160,12 +163,6 @@ def _list_payload(msg: Message) -> list[Any]:
     return body
 
 
-def _id(value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise ChannelError("an entry without a valid id")
-    return value  # type: ignore[return-value]
-
-
 def parse_calls(msg: Message) -> list[Call]:
     """The calls in a C{calls} message (the proxy's side).
 
@@ -181,7 +178,9 @@ def parse_calls(msg: Message) -> list[Call]:
         call_id, name, params = entry
         if type(name) is not str or not name or len(name) > MAX_NAME:
             raise ChannelError("a call without a valid query name")
-        out.append(Call(_id(call_id), name, params))
+        if type(call_id) is not int or call_id < 0:
+            raise ChannelError("an entry without a valid id")
+        out.append(Call(call_id, name, params))
     return out
 
 
@@ -193,9 +192,12 @@ def parse_replies(msg: Message) -> list[Reply]:
     for entry in _list_payload(msg):
         if type(entry) is not list or len(entry) != 3 or entry[1] not in _STATUSES:
             raise ChannelError("a reply is not [id, status, value]")
-        if entry[1] != OK and type(entry[2]) is not str:
+        call_id, status, value = entry
+        if status != OK and type(value) is not str:
             raise ChannelError("an error reply without a message")
-        out.append(Reply(_id(entry[0]), entry[1], entry[2]))
+        if type(call_id) is not int or call_id < 0:
+            raise ChannelError("an entry without a valid id")
+        out.append(Reply(call_id, status, value))
     return out
 
 

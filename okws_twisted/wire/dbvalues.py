@@ -22,7 +22,8 @@ name, for the same reason and because it is smaller.
 An aware datetime comes back aware with the same UTC offset (a C{ZoneInfo}
 becomes a fixed C{timezone}; they compare equal).  Anything else (a list, a
 dict, a set, a C{time}, a subclass the author made) is refused with
-C{TypeError} on the sending side, before anything is sent.  Pure: no I/O.
+C{TypeError} on the sending side, before anything is sent.  Pure: no I/O (the JSON helpers it
+shares with L{okws_twisted.wire.channel} are too).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ import datetime
 import decimal
 import json
 import math
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+
+from okws_twisted.wire.channel import compact_encoder, fast_decoder
 
 #: What may cross; exact types only (a bool is checked before int: it is one).
 Value = Union[None, bool, int, float, str, bytes, decimal.Decimal, datetime.date, datetime.datetime]
@@ -139,16 +142,15 @@ def _no_constants(name: str) -> object:
 
 
 # Built once: json.dumps/json.loads with any option build a new encoder or decoder per call,
-# which cost more than the encoding of a small call itself.
+# which cost more than the encoding of a small call itself; and used without their Python
+# wrappers (the channel's helpers: same output, same errors).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
-
-
-def dumps(obj: object) -> bytes:
-    """Compact JSON; NaN/Infinity never appear bare (L{to_wire} tags them)."""
-    return _ENCODER.encode(obj).encode("utf-8")
-
-
-def loads(data: bytes) -> Any:
-    """JSON from a peer (UTF-8); bare NaN/Infinity are refused, duplicates keep the last."""
-    return _DECODER.decode(data.decode("utf-8"))
+#: C{dumps(obj) -> bytes}: compact JSON (UTF-8); NaN/Infinity never appear bare (L{to_wire} tags
+#: them).  (The helper itself, not a function calling it: one call fewer.)
+dumps: Callable[[object], bytes] = compact_encoder(
+    _ENCODER, [7, "caf\u00e9 \"q\" \\ \n \u2028", {"b": {"b": "AA=="}, "n": None}, True, 1.5, -3], "utf-8"
+)
+#: C{loads(data: bytes) -> Any}: JSON from a peer (UTF-8); bare NaN/Infinity are refused,
+#: duplicates keep the last.  (The helper itself, not a function calling it: one call fewer.)
+loads: Callable[[bytes], Any] = fast_decoder(_DECODER)

@@ -203,6 +203,13 @@ _WHOLE_HEAD = re.compile(
     rb"((?:" + _TCHAR + rb"+:" + _FIELD_CHAR + rb"*\r\n)*)\r\n"
 )
 
+# The commonest valid head (L{_parse_common}): HTTP/1.0 or 1.1, an origin-form target whose path
+# has no "%" (nor "#", nor "?"), its query without "#".
+_COMMON_HEAD = re.compile(
+    rb"(?:\r\n)?(" + _TCHAR + rb"+) (/[\x21\x22\x24\x26-\x3e\x40-\x7e]*)(?:\?([\x21\x22\x24-\x7e]*))? HTTP/1\.([01])\r\n"
+    rb"((?:" + _TCHAR + rb"+:" + _FIELD_CHAR + rb"*\r\n)*)\r\n"
+)
+
 # uri-host [ ":" port ] (RFC 3986): an IP literal, or a reg-name / IPv4 address.
 _HOST = re.compile(
     rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+)(?::([0-9]{1,5}))?"
@@ -332,8 +339,23 @@ def _parse_request_line(line: bytes) -> _RequestLine:
 
 
 def _valid_host(value: bytes) -> bool:
+    known = _HOSTS_SEEN.get(value)
+    if known is not None:
+        return known
     m = _HOST.fullmatch(value)
-    return m is not None and (m.group(1) is None or int(m.group(1)) <= 65535)
+    valid = m is not None and (m.group(1) is None or int(m.group(1)) <= 65535)
+    if len(value) <= _HOST_MEMO_SIZE:
+        if len(_HOSTS_SEEN) >= _HOST_MEMO_ENTRIES:
+            _HOSTS_SEEN.clear()
+        _HOSTS_SEEN[value] = valid
+    return valid
+
+
+#: L{_valid_host}'s answers for the hosts seen lately (a keep-alive client names the same host
+#: in every request): a pure function's memo, bounded in entries and in the length of a value.
+_HOSTS_SEEN: dict[bytes, bool] = {}
+_HOST_MEMO_ENTRIES = 256
+_HOST_MEMO_SIZE = 270
 
 
 # -- field lines ---------------------------------------------------------------
@@ -469,12 +491,96 @@ def _check_codings(codings: list[bytes]) -> None:
     raise _bad("transfer codings other than chunked are not supported")
 
 
+def _parse_common(head: bytes, limits: Limits) -> RequestHead | None:
+    """
+    The commonest head in one step: HTTP/1.x, an origin-form target whose path has no C{%}
+    and no dot-segment, at most one each of C{Host}, C{Content-Length} and C{Connection}, no
+    C{Transfer-Encoding}, and nothing L{_finish} would refuse.  L{None} for anything else
+    (L{_parse_whole} then parses it the general way): it must give exactly what L{_finish}
+    gives (tests/wire/test_httpframe.py checks it against the line-by-line scan).
+    """
+    m = _COMMON_HEAD.fullmatch(head)
+    if m is None or m.end(4) - m.start(1) > limits.max_request_line:
+        return None
+    method, path, query, minor, block = m.groups()
+    if method == b"CONNECT" or (b"/." in path and _DOT_SEGMENT.search(path) is not None):
+        return None
+    fields = []
+    host = length = connection = None
+    expect = False
+    if block:
+        for field in block[:-2].split(b"\r\n"):
+            name, _, value = field.partition(b":")
+            name = name.lower()
+            value = value.strip(b" \t")
+            fields.append((name, value))
+            if name in _WATCHED:
+                if name == b"host":
+                    if host is not None:
+                        return None
+                    host = value
+                elif name == b"content-length":
+                    if length is not None:
+                        return None
+                    length = value
+                elif name == b"connection":
+                    if connection is not None:
+                        return None
+                    connection = value
+                elif name == b"transfer-encoding":
+                    return None
+                elif value.lower() == b"100-continue":
+                    expect = True
+        if len(fields) > limits.max_headers:
+            return None
+    http11 = minor == b"1"
+    if host is None:
+        if http11:
+            return None
+    elif not _valid_host(host):
+        return None
+    content_length = None
+    if length is not None:
+        if not length.isdigit() or len(length) > _MAX_LENGTH_DIGITS:
+            return None
+        content_length = int(length)
+        if limits.max_body is not None and content_length > limits.max_body:
+            return None
+    if connection is None:
+        keep_alive = http11
+    else:
+        tokens = _tokens([connection])
+        keep_alive = b"close" not in tokens and (http11 or b"keep-alive" in tokens)
+    if query is None:
+        query = b""
+        target = path
+    else:
+        target = head[m.start(2) : m.end(3)]
+    return RequestHead(
+        method,
+        target,
+        path,
+        query,
+        _HTTP_11 if http11 else _HTTP_10,
+        tuple(fields),
+        host,
+        content_length,
+        False,
+        keep_alive,
+        expect and http11,
+        len(head),
+    )
+
+
 def _parse_whole(head: bytes, limits: Limits) -> RequestHead | None:
     """
     The fast path: C{head} ends with its blank line; if all of it is valid
     syntax within the limits, parse it with a few C-level scans.  L{None} sends
     the caller to the line-by-line scan, which finds the first error.
     """
+    common = _parse_common(head, limits)
+    if common is not None:
+        return common
     m = _WHOLE_HEAD.fullmatch(head)
     if m is None or m.end(4) - m.start(1) > limits.max_request_line:
         return None
@@ -1038,18 +1144,19 @@ class ResponseFramer:
         if status < 200 or status == 204 or status == 304:
             return None
         close = m[1] == b"0"
-        length = None
-        for line in m[3].split(b"\r\n")[:-1]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name == b"content-length":
-                if length is not None:
-                    return None
-                length = value.strip(b" \t")
-            elif name == b"transfer-encoding":
-                return None
-            elif name == b"connection":
-                close = close or b"close" in _tokens([value])
+        # The match proved every line a field line (no CR or LF in a value), so a name is
+        # exactly what follows a CRLF up to the colon: the head lowered once, searched in C.
+        low = data[:size].lower()
+        if b"\r\ntransfer-encoding:" in low:
+            return None
+        at = low.find(b"\r\ncontent-length:")
+        if at < 0 or low.find(b"\r\ncontent-length:", at + 17) >= 0:
+            return None
+        length = low[at + 17 : low.index(b"\r\n", at + 17)].strip(b" \t")
+        at = low.find(b"\r\nconnection:")
+        while at >= 0 and not close:
+            close = b"close" in _tokens([low[at + 13 : low.index(b"\r\n", at + 13)]])
+            at = low.find(b"\r\nconnection:", at + 13)
         if (
             length is None
             or not length.isdigit()

@@ -19,8 +19,10 @@ from okws_twisted.config import parse
 from okws_twisted.dispatcher.dispatcher import Dispatcher
 from okws_twisted.dispatcher.records import HandbackRefused, socket_identity
 from okws_twisted.dispatcher.relay import RelayedConnection, first_request
-from okws_twisted.wire import handoff
+from okws_twisted.wire import handoff, limits
+from okws_twisted.wire.channel import Message, read_one_blocking
 from okws_twisted.wire.httpframe import HTTPError, Limits
+from okws_twisted.wire.transport import SocketTransport, descriptor_group
 from tests.dispatcher.test_dispatcher import DispatcherTestCase, parse_response
 
 SITE = """
@@ -75,6 +77,12 @@ class RelayTests(DispatcherTestCase):
         self.dispatcher = Dispatcher(self.reactor, parse(textwrap.dedent(SITE), "site.ini", "/srv/site"))
         self.link, self.theirs = self.instance("a")
 
+    def receive(self, theirs: socket.socket) -> Message:
+        """The next message to an instance.  Every test here wraps each fd received in a socket
+        it closes (or a cleanup does): none is closed again by number at cleanup, when the
+        number may be a later socket's (the dispatcher's end of a pair)."""
+        return read_one_blocking(theirs, 2, limits.handoff(16384))
+
     def relayed(self, data: bytes = b"") -> tuple[socket.socket, socket.socket, RelayedConnection]:
         """A client whose first request (in C{data}) was relayed: the client, the instance's end, the relay."""
         client, conn = self.connect(data or req())
@@ -103,9 +111,15 @@ class RelayTests(DispatcherTestCase):
 
     def client_sends(self, relayed: RelayedConnection, client: socket.socket, data: bytes) -> None:
         client.sendall(data)
-        self.assertIn(relayed.transport, self.reactor.getReaders(), "the dispatcher is not reading the client")
+        self.assertTrue(self.reading(relayed.transport), "the dispatcher is not reading the client")
         self.read(relayed.transport)
         self.reactor.advance(0)
+
+    def reading(self, transport: SocketTransport) -> bool:
+        """The dispatcher reads C{transport}: in the relay's descriptor group, which the reactor reads."""
+        group = descriptor_group(self.reactor)
+        self.assertNotIn(transport, self.reactor.getReaders(), "a relayed transport is the group's")
+        return transport in group.getReaders() and group in self.reactor.getReaders()
 
     def instance_reads(self, end: socket.socket) -> bytes:
         end.setblocking(False)
@@ -141,7 +155,7 @@ class RelayTests(DispatcherTestCase):
     def test_oneRequestAtATime(self) -> None:
         """Pipelined requests for the same visit go to the instance one by one, after each response."""
         client, end, relayed = self.relayed(req("/a/1") + req("/a/2") + req("/a/3"))
-        self.assertNotIn(relayed.transport, self.reactor.getReaders())  # not read while a response is due
+        self.assertFalse(self.reading(relayed.transport))  # not read while a response is due
         self.assertEqual(self.instance_reads(end), b"")
         self.answer(relayed, end)
         self.assertEqual(self.instance_reads(end), req("/a/2"))
@@ -164,6 +178,23 @@ class RelayTests(DispatcherTestCase):
         self.assertEqual(handed.getpeername(), client.getsockname())  # the client's own socket now
         self.assertNotIn(relayed, self.dispatcher.relayed)
         self.assertIsNone(self.dispatcher.ledger.get(self.first.meta["id"]))
+
+    def test_reloadedRoutesDecideTheNextRequest(self) -> None:
+        """The same request again after a reload that gives its path to another service goes
+        to that service (the visit's remembered routing is the old table's only)."""
+        b, b_theirs = self.instance("b")
+        client, end, relayed = self.relayed(req("/a/1"))
+        self.answer(relayed, end)
+        self.client_sends(relayed, client, req("/a/1"))
+        self.assertEqual(self.instance_reads(end), req("/a/1"))
+        self.answer(relayed, end)
+        self.dispatcher.update_config(parse(textwrap.dedent(SITE).replace("paths = /b", "paths = /b /a/1"), "site.ini", "/srv/site"))
+        self.client_sends(relayed, client, req("/a/1"))
+        self.assertEqual(self.instance_reads(end), b"<EOF>")
+        msg = self.receive(b_theirs)
+        self.assertFalse(msg.meta.get("relay"))
+        self.assertEqual(msg.payload, req("/a/1"))
+        socket.socket(fileno=msg.fds[0]).close()
 
     def test_anotherHostIsAnotherVisit(self) -> None:
         client, end, relayed = self.relayed(req("/a/1") + req("/a/2", host="other.example"))

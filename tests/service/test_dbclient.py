@@ -11,12 +11,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from okws_twisted import DatabaseUnavailable, QueryFailed, QueryRefused
 from okws_twisted.config.databases import DatabaseConfig
 from okws_twisted.service.database import Queries, decode_result
-from okws_twisted.service.dbclient import DatabaseClient
+from okws_twisted.service.dbclient import BACKSTOP, DatabaseClient
 from okws_twisted.wire import channel, dbchannel, dbvalues
 from okws_twisted.wire.channel import Message
 from okws_twisted.wire.dbchannel import Grant
@@ -229,6 +230,17 @@ class ClientTests(TestCase):
         second.reply(dbchannel.reply_ok(calls[0].id, b"1"))
         self.assertEqual(await later, 1)
 
+    async def test_send_that_fails_fails_the_call_at_once(self) -> None:
+        """The proxy's end is gone before the client has read its end of file: the send fails
+        (EPIPE), and the call fails at once (never resent), not after query_timeout."""
+        proxy = await self.ready()
+        proxy.close()
+        lost = self.db.add(text="x")
+        e = self.failureResultOf(lost, DatabaseUnavailable).value
+        self.assertIn("may or may not have run", e.message)
+        self.assertEqual(self.client.stats(), {"waiting": 0, "sent": 0})
+        self.assertFalse(self.client.ready)
+
     async def test_graceful_switch(self) -> None:
         """A new proxy while calls are in flight on the old one: they are answered there; new ones go to the new."""
         old = await self.ready()
@@ -268,6 +280,62 @@ class ClientTests(TestCase):
         proxy.reply(dbchannel.reply_ok(call2.id, b"1"))
         self.assertEqual(await after, 1)
         self.assertEqual(self.client.stats(), {"waiting": 0, "sent": 0})
+
+
+class SweepTests(SynchronousTestCase):
+    """A sent call the proxy never answers fails at C{query_timeout} + BACKSTOP after it left, by
+    one timer for every call in flight.  On a clock; the channel is real, its reads the test's."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.client = DatabaseClient(self.reactor, config(timeout=5))
+        self.db = Queries(self.client)
+        self.proxy = FakeProxy(self.client)
+        self.addCleanup(self.proxy.close)
+        self.proxy.grant()
+        self.read()
+        self.assertTrue(self.client.ready)
+
+    def read(self) -> None:
+        channel = self.client._channel
+        assert channel is not None
+        channel.doRead()
+
+    def answer(self, d: Any) -> None:
+        [call] = self.proxy.calls()
+        self.proxy.reply(dbchannel.reply_ok(call.id, b"1"))
+        self.read()
+        self.assertEqual(self.successResultOf(d), 1)
+
+    def test_given_up_at_its_own_deadline(self) -> None:
+        """The sweep armed for an answered call fires at that call's deadline: a later call
+        is given up at its own, not before."""
+        self.answer(self.db.add(text="a"))
+        self.reactor.advance(3)
+        second = self.db.add(text="b")
+        self.reactor.advance(5 + BACKSTOP - 3)
+        self.assertNoResult(second)
+        self.reactor.advance(3)
+        e = self.failureResultOf(second, DatabaseUnavailable).value
+        self.assertIn("no reply from the database proxy in time", e.message)
+        self.assertEqual(self.client.stats(), {"waiting": 0, "sent": 0})
+        self.assertEqual(self.reactor.getDelayedCalls(), [], "nothing in flight: the sweep is not armed again")
+
+    def test_idle_sweep_fires_once(self) -> None:
+        """After the last answer the sweep stays armed (cheaper than a timer per call), fires once
+        with nothing due, and leaves no timer."""
+        self.answer(self.db.add(text="a"))
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.advance(5 + BACKSTOP)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.answer(self.db.add(text="b"))
+
+    def test_channel_closed_leaves_no_timer(self) -> None:
+        self.answer(self.db.add(text="a"))
+        self.proxy.close()
+        self.read()
+        self.assertFalse(self.client.ready)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
 
 class DecodeTests(SynchronousTestCase):

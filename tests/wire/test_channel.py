@@ -11,11 +11,13 @@ closed descriptors by the end of file seen on the other end of a pipe.
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import os
 import socket
 import resource
 import struct
+import termios
 import threading
 import time
 
@@ -26,7 +28,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from okws_twisted.wire import channel
+from okws_twisted.wire import channel, dbchannel, dbvalues
 from okws_twisted.wire.channel import (
     CHUNK,
     MAX_FDS,
@@ -135,6 +137,161 @@ class MetaEncodingTests(SynchronousTestCase):
         raw = b"\xff\xfe{}"
         with self.assertRaises(ChannelError):
             decode(struct.pack("!BH", 1, len(raw)) + raw)
+
+
+class FastJSONTests(SynchronousTestCase):
+    """
+    The JSON helpers every channel uses (L{channel.compact_encoder}, L{channel.fast_decoder})
+    write and read exactly what C{json}'s own encoder and decoder do, errors included, and
+    their fast paths are in use: they rest on CPython's private C{json.encoder.c_make_encoder}
+    and undocumented C{JSONDecoder.scan_once}, so an upgrade that changes either fails here.
+    """
+
+    VALUES = [
+        {"k": "conn", "id": 1, "peer": ["tcp", "127.0.0.1", 40001]},
+        [7, "recent", {"limit": 3, "b": {"b": "AA=="}}],
+        "caf\u00e9 \"q\" \\ \n \u2028 \U0001f600", 0.1, -3, 10**30, True, None, [], {},
+        {"c": ["id", "when"], "r": [[1, {"D": "2024-01-02"}], [2, None]]},
+    ]
+
+    def test_encodersAreTheReusedCEncoder(self) -> None:
+        c_encoder = json.encoder.c_make_encoder
+        self.assertIsNotNone(c_encoder)
+        for fast, standard, encoding in ((channel._encode_meta, channel._ENCODER, "ascii"),
+                                         (dbvalues.dumps, dbvalues._ENCODER, "utf-8")):
+            cells = [c.cell_contents for c in fast.__closure__ or ()]
+            self.assertTrue(any(isinstance(c, c_encoder) for c in cells),  # type: ignore[arg-type]
+                            "the fast path fell back to JSONEncoder.encode")
+            for value in self.VALUES:
+                self.assertEqual(fast(value), standard.encode(value).encode(encoding))
+
+    def test_encoderErrors(self) -> None:
+        self.assertRaises(TypeError, dbvalues.dumps, {"x": object()})
+        self.assertRaises(ValueError, dbvalues.dumps, [float("nan")])
+
+    def test_decoderSameValuesAndErrors(self) -> None:
+        texts = [json.dumps(v) for v in self.VALUES] + [
+            dbvalues._ENCODER.encode(v) for v in self.VALUES
+        ] + [
+            " [1]", "[1] ", "\n{}\t", "", " ", "[1] [2]", "[1,]", '{"a":1,}', "{{{", "[" * 50000, "NaN",
+            "[Infinity]", '"unterminated', '{"k":"x"}x', "1.5e400", '"\\ud800"', "tru", "[1, 2",
+        ]
+        for decoder in (channel._DECODER, dbvalues._DECODER):
+            fast = channel.fast_decoder(decoder)
+            for text in texts:
+                try:
+                    expected: object = ("value", decoder.decode(text))
+                except (ValueError, RecursionError) as e:
+                    expected = (type(e), str(e))
+                try:
+                    got: object = ("value", fast(text.encode("utf-8")))
+                except (ValueError, RecursionError) as e:
+                    got = (type(e), str(e))
+                self.assertEqual(got, expected, text[:40])
+            self.assertRaises(UnicodeDecodeError, fast, b'"\xff"')
+
+    def test_scannerIsTheCScanner(self) -> None:
+        c_scanner = getattr(json.scanner, "c_make_scanner", None)
+        self.assertIsNotNone(c_scanner)
+        self.assertIsInstance(channel._DECODER.scan_once, c_scanner)  # type: ignore[arg-type]
+
+
+class KindHeaderTests(SynchronousTestCase):
+    """
+    A registered kind's metadata-only header (the database channel's C{calls}, C{replies},
+    C{grants}) skips JSON both ways, yet the bytes written are the JSON path's and the same
+    datagrams are accepted and refused.
+    """
+
+    def test_sameBytesAsTheJSONPath(self) -> None:
+        for kind in (dbchannel.CALLS, dbchannel.REPLIES, dbchannel.GRANTS):
+            self.assertIn(kind, channel._KIND_HEADS)
+            self.assertEqual(encode({"k": kind}, b"[1]"), [raw({"k": kind}, b"[1]")])
+            self.assertEqual(encode({"k": kind, "id": 1}), [raw({"k": kind, "id": 1})])
+            payload = b"x" * (CHUNK + 1)
+            self.assertEqual(encode({"k": kind}, payload)[0], raw({"k": kind, "more": CHUNK + 1}, payload[:CHUNK]))
+
+    def test_decodedFreshEachTime(self) -> None:
+        datagram = encode({"k": dbchannel.CALLS}, b"[]")[0]
+        meta, payload = decode(datagram)
+        self.assertEqual((meta, payload), ({"k": "calls"}, b"[]"))
+        meta["more"] = 5
+        self.assertEqual(decode(datagram)[0], {"k": "calls"})
+
+    def test_stillRefusedAsBefore(self) -> None:
+        head = b'{"k":"calls"}'
+        for datagram, text in (
+            (HEADER.pack(2, len(head)) + head, "unsupported channel version 2"),
+            (HEADER.pack(VERSION, len(head) + 1) + head, "truncated metadata"),
+            (HEADER.pack(VERSION, len(head) - 1) + head, "bad metadata"),
+        ):
+            e = self.assertRaises(ChannelError, decode, datagram)
+            self.assertIn(text, str(e))
+        e = self.assertRaises(ChannelError, decode, HEADER.pack(VERSION, len(head)) + head, 5)
+        self.assertIn("over this channel's limit of 5", str(e))
+
+    def test_otherSpellingsStillDecode(self) -> None:
+        for head in (b'{ "k":"calls"}', b'{"k":"calls"} ', b'{"k":"calls","x":1}'):
+            self.assertEqual(decode(HEADER.pack(VERSION, len(head)) + head)[0]["k"], "calls")
+
+
+class QueuedBytesTests(SynchronousTestCase):
+    """
+    After the first datagram of a wakeup, L{MessageChannel.doRead} asks the kernel how many bytes
+    wait (C{FIONREAD}) instead of reading on to C{EAGAIN}: a lone message costs no exception, a
+    batch still drains whole.  Driven by hand on a L{MemoryReactorClock}.
+    """
+
+    def setUp(self) -> None:
+        self.batches: list[list[Message]] = []
+        self.lost: list[Failure] = []
+        ours, self.theirs = socketpair()
+        self.addCleanup(self.theirs.close)
+        self.ch = MessageChannel(MemoryReactorClock(), ours, self.batches.append, self.lost.append, name="t",
+                                 limits=ANY_SIZE)
+        self.addCleanup(self.ch.close)
+
+    def test_kernelCountsEveryQueuedDatagram(self) -> None:
+        """What doRead relies on: a seqpacket socket's FIONREAD is non-zero while a datagram with
+        bytes waits, and zero once none does."""
+        a, b = socketpair()
+        with a, b:
+            def queued() -> int:
+                return struct.unpack("i", fcntl.ioctl(a.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+            self.assertEqual(queued(), 0)
+            b.send(b"one")
+            b.send(b"two!")
+            a.recv(100)
+            self.assertGreater(queued(), 0)
+            a.recv(100)
+            self.assertEqual(queued(), 0)
+
+    def test_loneThenBatch(self) -> None:
+        self.theirs.send(raw({"k": "a"}))
+        self.ch.doRead()
+        for i in range(5):
+            self.theirs.send(raw({"k": "b", "i": i}))
+        self.ch.doRead()
+        self.assertEqual([[m.kind for m in b] for b in self.batches], [["a"], ["b"] * 5])
+        self.assertTrue(self.ch.connected)
+
+    def test_splitMessageStillJoinedInOneWakeup(self) -> None:
+        for datagram in encode({"k": "big"}, b"z" * (CHUNK * 2)):
+            self.theirs.send(datagram)
+        self.ch.doRead()
+        self.assertEqual([len(m.payload) for b in self.batches for m in b], [CHUNK * 2])
+
+    def test_emptyDatagramAtTheNextWakeup(self) -> None:
+        """A zero-length datagram counts no bytes: read at the next wakeup (the reactor polls
+        level-triggered), where, as before, it ends the channel."""
+        self.theirs.send(raw({"k": "a"}))
+        self.theirs.send(b"")
+        self.ch.doRead()
+        self.assertEqual(len(self.batches), 1)
+        self.ch.doRead()
+        self.assertFalse(self.ch.connected)
+        self.assertIsInstance(self.lost[0].value, error.ConnectionDone)
 
 
 class DecodeTests(SynchronousTestCase):

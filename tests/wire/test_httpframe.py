@@ -30,6 +30,7 @@ from okws_twisted.wire.httpframe import (
     ResponseError,
     ResponseFramer,
     _HeadScanner,
+    _parse_common,
     parse_head,
 )
 from tests import http_corpus
@@ -1054,6 +1055,80 @@ class PropertyTests(SynchronousTestCase):
                     break
                 seen += 1
         self.assertEqual(event.raw + framer.unread(), b"".join(h + b for h, b in reqs[stop:]))
+
+
+_COMMON_FIELD = st.sampled_from(
+    [
+        b"Host: example.com",
+        b"host:EXAMPLE.com:8080 ",
+        b"Host: ex%41mple.com",
+        b"Host: [::1]:99999",
+        b"Host: bad host",
+        b"Connection: close",
+        b"Connection: keep-alive",
+        b"Connection: Keep-Alive, Upgrade",
+        b"connection:\tfoo,CLOSE",
+        b"Expect: 100-continue",
+        b"Expect: 100-Continue ",
+        b"Content-Length: 5",
+        b"Content-Length: 0",
+        b"Content-Length: 000000000000000000000007",
+        b"Content-Length: 9999999999999999999",
+        b"Content-Length: 1000",
+        b"Content-Length: -1",
+        b"Content-Length: 5 5",
+        b"Transfer-Encoding: chunked",
+        b"Cookie: session=abc; x=y",
+        b"User-Agent: wrk",
+        b"X-Empty:",
+    ]
+)
+_COMMON_TARGET = st.sampled_from(
+    [b"/", b"/hello", b"/a/b.c", b"/a/./b", b"/a/..", b"/.well-known/x", b"/a?", b"/a?b=c&d=%2e", b"/a??x", b"/%41",
+     b"/a#f", b"/a?b#f", b"*", b"http://example.com/a", b"/a?/../x", b"/" + b"a" * 50, b"/b?" + b"q" * 48]
+)
+
+
+@st.composite
+def common_heads(draw: st.DrawFn) -> bytes:
+    """Heads near the commonest shape (L{_parse_common}'s), valid or not."""
+    method = draw(st.sampled_from([b"GET", b"GET", b"HEAD", b"POST", b"CONNECT", b"OPTIONS"]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0"]))
+    fields = [b"Host: example.com"] if draw(st.booleans()) else []
+    fields += draw(st.lists(_COMMON_FIELD, max_size=4))
+    lead = draw(st.sampled_from([b"", b"\r\n"]))
+    return lead + head(method + b" " + draw(_COMMON_TARGET) + b" " + version, *fields)
+
+
+class CommonPathTests(SynchronousTestCase):
+    """L{_parse_common}, the one-step parse of the commonest heads, agrees with the line scan."""
+
+    def scanned(self, data: bytes, limits: Limits) -> tuple:
+        try:
+            return ("ok", _HeadScanner(limits)._scan(data))
+        except HTTPError as e:
+            return ("error", e.status, e.reason)
+
+    @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(common_heads(), st.sampled_from([Limits(), Limits(), SMALL, Limits(max_body=5, max_headers=3)]))
+    def test_agrees_with_line_scan(self, data: bytes, limits: Limits) -> None:
+        common = _parse_common(data, limits)
+        if common is not None:
+            self.assertEqual(("ok", common), self.scanned(data, limits))
+
+    def test_taken(self) -> None:
+        """The commonest heads do take it (and give what the line scan gives)."""
+        for data in [
+            get(),
+            get(b"User-Agent: wrk", target=b"/hello"),
+            get(b"Connection: close", b"Cookie: a=b", target=b"/a/b.css?x=1&y=%2e"),
+            get(b"Content-Length: 5", b"Expect: 100-continue", target=b"/a?"),
+            b"\r\n" + head(b"GET /x HTTP/1.0", b"Connection: keep-alive"),
+            head(b"GET / HTTP/1.0"),
+        ]:
+            common = _parse_common(data, Limits())
+            self.assertIsNotNone(common, data)
+            self.assertEqual(("ok", common), self.scanned(data, Limits()))
 
 
 class BodyLimitTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import select
 import socket
 import struct
 import time
@@ -29,6 +30,7 @@ from zope.interface import implementer
 
 from okws_twisted.wire import transport as transport_module
 from okws_twisted.wire.transport import (
+    DescriptorGroup,
     held_sends,
     WRITE_HIGH_WATER,
     SocketTransport,
@@ -423,89 +425,6 @@ class BatchFailureTests(TransportTestCase):
         self.assertFalse(bad.connected)
         self.assertEqual(d.recv(10), b"two")
         self.assertTrue(good.connected)
-
-
-class SendNowTests(TransportTestCase):
-    """C{send_now}: sent at once, never ahead of what was written before it."""
-
-    def clocked(self, protocol: Protocol | None = None) -> tuple[SocketTransport, socket.socket, MemoryReactorClock]:
-        """A started transport on a clock reactor (nothing batched leaves until the clock turns)."""
-        clock = MemoryReactorClock()
-        a, b = self.unix_pair()
-        b.setblocking(False)
-        t = SocketTransport(clock, a, protocol or Recorder(), UNIXAddress(None), UNIXAddress(None))
-        self.addCleanup(self._discard, t)
-        t.start()
-        return t, b, clock
-
-    def test_sentAtOnce(self) -> None:
-        t, b, clock = self.clocked()
-        t.send_now(b"now")
-        self.assertEqual(b.recv(100), b"now")
-        self.assertEqual(clock.getDelayedCalls(), [])
-
-    def test_afterWhatWasBatched(self) -> None:
-        """Bytes batched by C{write} go first, in the same send; later writes follow."""
-        t, b, clock = self.clocked()
-        t.write(b"one,")
-        t.send_now(b"two,")
-        self.assertEqual(b.recv(100), b"one,two,")
-        t.write(b"three")
-        self.assertRaises(BlockingIOError, b.recv, 100)
-        clock.advance(0)
-        self.assertEqual(b.recv(100), b"three")
-
-    def test_insideARead(self) -> None:
-        """Within a read the batch stays open: written, sent now, written again, in order."""
-
-        class Relay(Recorder):
-            def dataReceived(self, data: bytes) -> None:
-                self.transport.write(b"a")
-                self.transport.send_now(b"b")
-                self.transport.write(b"c")
-
-        t, b, clock = self.clocked(Relay())
-        b.send(b"go")
-        t.doRead()
-        self.assertEqual(b.recv(100), b"ab")
-        clock.advance(0)
-        self.assertEqual(b.recv(100), b"c")
-
-    def test_behindUnsentBytes(self) -> None:
-        """Behind bytes the socket did not take, and counted against the high-water mark."""
-        t, b, clock = self.clocked()
-        producer = Producer(t)
-        t.registerProducer(producer, True)
-        full = bytearray()
-        try:
-            while True:
-                full += b"f" * t.socket.send(b"f" * 65536)
-        except BlockingIOError:
-            pass  # the socket takes no more: what the transport sends now waits
-        t.write(b"batched,")
-        big = os.urandom(WRITE_HIGH_WATER)
-        t.send_now(big)
-        self.assertEqual(t.write_buffer_size, len(b"batched,") + len(big))
-        self.assertEqual([c for c, _ in producer.calls], ["pause"])
-        t.send_now(b"end")
-        want = bytes(full) + b"batched," + big + b"end"
-        got = bytearray()
-        while len(got) < len(want):
-            try:
-                got += b.recv(1 << 20)
-            except BlockingIOError:
-                t.doWrite()
-        self.assertEqual(bytes(got), want)
-        self.assertEqual(producer.calls[1:], [("resume", 0)])
-
-    def test_ignoredWhenClosing(self) -> None:
-        t, b, clock = self.clocked()
-        t.write(b"last")
-        t.loseConnection()
-        t.send_now(b"late")
-        clock.advance(0)
-        self.assertEqual(b.recv(100), b"last")
-        self.assertEqual(b.recv(100), b"")
 
 
 class WriteTests(TransportTestCase):
@@ -1099,3 +1018,156 @@ class SendFileTests(TransportTestCase):
         self.assertEqual(flushed, [True])
         self.assertEqual(hashlib.sha256(p.data).digest(), hashlib.sha256(data).digest())
         self.assertFalse(t.connected)
+
+
+class Exploding(Recorder):
+    """A protocol whose C{dataReceived} fails."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        raise RuntimeError("the protocol failed")
+
+
+class Echo(Recorder):
+    """Writes back what it receives."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self.transport.write(data)
+
+
+class DescriptorGroupTests(TransportTestCase):
+    """L{DescriptorGroup}: transports polled by an epoll of their own, one reader in the reactor."""
+
+    def group(self) -> DescriptorGroup:
+        group = DescriptorGroup(reactor)
+        self.addCleanup(self._leave, group)
+        return group
+
+    def _leave(self, group: DescriptorGroup) -> None:
+        members = group.getReaders() + group.getWriters()
+        self.assertEqual(members, [], "a test left members in its group")
+        self.assertNotIn(group, reactor.getReaders(), "an empty group is not in the reactor")
+
+    async def test_readsAndWritesThroughTheGroup(self) -> None:
+        """A member is read and written by the group, never by the reactor; the group is in the
+        reactor only while it has members."""
+        group = self.group()
+        a, b = self.unix_pair()
+        t, proto = self.transport(a)
+        t.join_group(group)
+        self.assertNotIn(group, reactor.getReaders())
+        t.start()
+        self.assertIn(group, reactor.getReaders())
+        self.assertEqual(group.getReaders(), [t])
+        self.assertNotIn(t, reactor.getReaders())
+        peer = self.peer(b)
+        b.send(b"hello")
+        await proto.wait_bytes(5)
+        self.assertEqual(proto.received, b"hello")
+        # More than the socket takes: the rest waits for the group's write events.
+        data = os.urandom(4 * 1024 * 1024)
+        t.write(data)
+        await self.spin(0)
+        self.assertEqual(group.getWriters(), [t])
+        self.assertNotIn(t, reactor.getWriters())
+        await peer.wait(len(data))
+        self.assertEqual(bytes(peer.data), data)
+        self.assertEqual(group.getWriters(), [])
+        t.loseConnection()
+        await proto.wait_lost()
+        self.assertNotIn(group, reactor.getReaders())
+
+    async def test_joinMovesTheRegistration(self) -> None:
+        """A transport already read and written by the reactor moves to the group as it is."""
+        group = self.group()
+        a, b = self.unix_pair()
+        t, proto = self.transport(a)
+        t.start()
+        data = os.urandom(4 * 1024 * 1024)
+        t.write(data)
+        await self.spin(0)
+        self.assertIn(t, reactor.getWriters())
+        t.join_group(group)
+        self.assertNotIn(t, reactor.getReaders())
+        self.assertNotIn(t, reactor.getWriters())
+        self.assertEqual((group.getReaders(), group.getWriters()), ([t], [t]))
+        peer = self.peer(b)
+        await peer.wait(len(data))
+        b.send(b"after")
+        await proto.wait_bytes(5)
+        t.abortConnection()
+        self.assertEqual(group.getReaders() + group.getWriters(), [])
+
+    async def test_endOfFileAndFailuresAreEachMembersOwn(self) -> None:
+        """The peer's close loses that member (done); a protocol that fails loses its own
+        transport, logged; the other members are read on."""
+        group = self.group()
+        a1, b1 = self.unix_pair()
+        a2, b2 = self.unix_pair()
+        a3, b3 = self.unix_pair()
+        t1, p1 = self.transport(a1)
+        t2, p2 = self.transport(a2, Exploding())
+        t3, p3 = self.transport(a3)
+        for t in (t1, t2, t3):
+            t.join_group(group)
+            t.start()
+        b1.close()
+        b2.send(b"boom")
+        await p1.wait_lost()
+        await p2.wait_lost()
+        self.assertTrue(p1.reason.check(error.ConnectionDone))
+        self.assertTrue(p2.reason.check(RuntimeError))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(group.getReaders(), [t3])
+        self.assertIn(group, reactor.getReaders())
+        b3.send(b"still")
+        await p3.wait_bytes(5)
+        t3.loseConnection()
+        await p3.wait_lost()
+
+    def test_whatMembersWriteLeavesAtTheEndOfTheBatch(self) -> None:
+        """Writes made while the group serves its ready members are sent when it is done with
+        them, in that wakeup: no zero-delay flush timer left for a later iteration."""
+        group = self.group()
+        pairs = [self.unix_pair() for _ in range(3)]
+        transports = []
+        for a, b in pairs:
+            t, proto = self.transport(a, Echo())
+            t.join_group(group)
+            t.start()
+            transports.append(t)
+            b.send(b"ping")
+        self.assertEqual(select.select([group], [], [], 5)[0], [group])
+        flusher = transport_module._flusher(reactor)
+        self.assertIsNone(flusher.call)
+        group.doRead()
+        self.assertIsNone(flusher.call, "a flush was left for a later iteration")
+        for a, b in pairs:
+            b.settimeout(5)
+            self.assertEqual(b.recv(100), b"ping")
+        for t in transports:
+            t.abortConnection()
+
+    def test_reactorDropsTheGroup(self) -> None:
+        """The reactor losing the group (it stops) loses every member, as it would have them,
+        also one that another member's loss closed first (as a relay closes its pair)."""
+        group = self.group()
+        a, b = self.unix_pair()
+        c, d = self.unix_pair()
+        second, second_proto = self.transport(c)
+
+        class ClosesTheOther(Recorder):
+            def connectionLost(self, reason: Failure) -> None:
+                super().connectionLost(reason)
+                second.abortConnection()
+
+        first, first_proto = self.transport(a, ClosesTheOther())
+        for t in (first, second):
+            t.join_group(group)
+            t.start()
+        reactor.removeReader(group)
+        group.connectionLost(Failure(error.ConnectionLost("the reactor stopped")))
+        self.assertTrue(first_proto.reason.check(error.ConnectionLost))
+        self.assertIsNotNone(second_proto.reason)
+        self.assertFalse(first.connected or second.connected)
