@@ -27,6 +27,7 @@ from okws_twisted.service.web import ServiceRequest, ServiceSite
 from okws_twisted.wire import channel, handoff, limits, logchannel
 from okws_twisted.wire.channel import Message, encode, read_one_blocking
 from okws_twisted.wire.logsender import RecordSender, RequestIds
+from okws_twisted.wire.transport import descriptor_group
 
 
 class AccessRecordTests(SynchronousTestCase):
@@ -390,6 +391,7 @@ class HostChangeTests(_HandoffSide):
         self.reactor.advance(0)
         (conn,) = self.runtime.connections
         self.assertEqual((conn.host, conn.pattern), (b"a.example", "*"))
+        self.assertIn(conn.transport, self.reactor.getReaders())  # a client's socket: not a relay group's
         # Same host, another spelling: still this connection's.
         self.serve(client, b"GET /hello HTTP/1.1\r\nHost: A.EXAMPLE:80\r\n\r\n")
         self.assertEqual(conn.fed, 2)
@@ -430,6 +432,28 @@ class RelayPairTests(_HandoffSide):
         self.reactor.advance(0)
         self.assertEqual((conn.fed, conn.handback), (2, None))
         self.nothing()
+
+    def test_pairsPolledAsAGroup(self) -> None:
+        """A pair is read through the reactor's L{DescriptorGroup} (one reader for all pairs), and
+        what one group wakeup answers leaves at its end, with no timer."""
+        ours = self.relay(13, b"GET /hello HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        ours.settimeout(2)
+        self.assertIn(b"HTTP/1.1 ", ours.recv(65536))
+        (conn,) = self.runtime.connections
+        group = descriptor_group(self.reactor)
+        self.assertIn(conn.transport, group.getReaders())
+        self.assertNotIn(conn.transport, self.reactor.getReaders())
+        self.assertIn(group, self.reactor.getReaders())
+        ours.sendall(b"GET /other HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        group.doRead()
+        ours.setblocking(False)
+        self.assertIn(b"HTTP/1.1 ", ours.recv(65536))  # sent as the wakeup ended (no advance)
+        self.assertEqual(conn.fed, 2)
+        ours.close()
+        group.doRead()  # EOF: the pair leaves the group, and the empty group the reactor
+        self.reactor.advance(1)
+        self.assertEqual(self.runtime.connections, set())
+        self.assertNotIn(group, self.reactor.getReaders())
 
     def test_drainWaitsForTheDispatcher(self) -> None:
         """Retiring (hand back), the instance neither hands back nor closes a pair: the dispatcher does."""
