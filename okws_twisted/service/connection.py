@@ -159,16 +159,16 @@ class ServiceConnection:
                 return
             if isinstance(event, Head):
                 head = event.head
-                key = host_key(head.host)
                 if self.owned_next:
                     # Routed here by the dispatcher: this connection's host from now on.
                     self.owned_next = False
-                    self.host = key
+                    key = self.host = host_key(head.host)
                     route = self.runtime.route(key, head.path)
                     self.pattern = route.hosts if route is not None else ANY_HOST
                     owned = True
                 else:
-                    owned = self.relay or (key == self.host and self.runtime.owns(key, head.path))
+                    # (A relay pair's requests are all routed here: no host to compare.)
+                    owned = self.relay or (host_key(head.host) == self.host and self.runtime.owns(self.host, head.path))
                 if owned:
                     self.fed += 1
                     self.in_body = True
