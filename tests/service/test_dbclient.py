@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import datetime
 import decimal
-from typing import Any
+from typing import Any, Mapping
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
-from okws_twisted import DatabaseUnavailable, QueryFailed, QueryRefused
+from okws_twisted import DatabaseUnavailable, QueryFailed, QueryRefused, ServiceResource
 from okws_twisted.config.databases import DatabaseConfig
-from okws_twisted.service.database import Queries, decode_result
+from okws_twisted.interfaces import IDatabase
+from okws_twisted.service.database import CACHED, Queries, decode_result
 from okws_twisted.service.dbclient import BACKSTOP, DatabaseClient
+from okws_twisted.testing import render
 from okws_twisted.wire import channel, dbchannel, dbvalues
 from okws_twisted.wire.channel import Message
 from okws_twisted.wire.dbchannel import Grant
@@ -358,3 +362,50 @@ class DecodeTests(SynchronousTestCase):
         with self.assertRaises(AttributeError):
             Queries(None)._private  # noqa: B018
 
+
+
+@implementer(IDatabase)
+class NamedDatabase:
+    """A database answering each call with its own name and the call: which one a page reached."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def call(self, query: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Deferred[Any]:
+        return succeed((self.name, query, kwargs))
+
+
+class QueriesKeptTests(SynchronousTestCase):
+    """C{self.db} is built once per database, and its query methods once per name (a page's calls build
+    nothing but the call), yet always reach the database of the site rendering now."""
+
+    def test_methods_kept(self) -> None:
+        db = Queries(NamedDatabase("a"))
+        self.assertIs(db.one, db.one)
+        self.assertEqual(self.successResultOf(db.one(id=1)), ("a", "one", {"id": 1}))
+        self.assertEqual(self.successResultOf(db.count()), ("a", "count", {}))
+
+    def test_kept_names_bounded(self) -> None:
+        db = Queries(NamedDatabase("a"))
+        for i in range(CACHED * 2):
+            self.assertEqual(self.successResultOf(getattr(db, f"q{i}")()), ("a", f"q{i}", {}))
+        self.assertLessEqual(len(vars(db)), CACHED)
+        self.assertEqual(self.successResultOf(getattr(db, f"q{CACHED * 2 - 1}")()), ("a", f"q{CACHED * 2 - 1}", {}))
+
+    def test_one_per_database(self) -> None:
+        class Page(ServiceResource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> Any:
+                seen.append(self.db)
+                return self.db.one(id=1).addCallback(lambda answer: answer[0].encode())
+
+        seen: list[Queries] = []
+        page = Page()
+        a, b = NamedDatabase("a"), NamedDatabase("b")
+        self.assertEqual(self.successResultOf(render(page, db=a)).body, b"a")
+        self.assertEqual(self.successResultOf(render(page, db=a)).body, b"a")
+        self.assertIs(seen[0], seen[1])
+        self.assertEqual(self.successResultOf(render(page, db=b)).body, b"b")  # another site's: a new one
+        self.assertIsNot(seen[2], seen[0])
+        self.assertEqual(self.successResultOf(render(page, db=a)).body, b"a")
