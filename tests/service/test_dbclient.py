@@ -10,7 +10,7 @@ import decimal
 from typing import Any, Mapping
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -20,6 +20,7 @@ from okws_twisted import DatabaseUnavailable, QueryFailed, QueryRefused, Service
 from okws_twisted.config.databases import DatabaseConfig
 from okws_twisted.interfaces import IDatabase
 from okws_twisted.service.database import CACHED, Queries, decode_result
+from okws_twisted.service import dbclient
 from okws_twisted.service.dbclient import BACKSTOP, DatabaseClient
 from okws_twisted.testing import render
 from okws_twisted.wire import channel, dbchannel, dbvalues
@@ -147,6 +148,29 @@ class ClientTests(TestCase):
         self.assertEqual(str(await calls[101]), "1.10")
         self.assertIsInstance(await calls[101], decimal.Decimal)
         self.assertEqual(await calls[102], 2)
+
+    async def test_a_lone_call_yields_after_its_send(self) -> None:
+        """Only a lone call (nothing in flight) gives the core to the proxy it woke, and only once
+        it left: the calls batched behind it do not yield (under load nothing does)."""
+        proxy = await self.ready()
+        yields: list[int] = []
+        self.patch(dbclient, "_yield", lambda: yields.append(len(proxy.messages())))
+        first = self.db.count()
+        self.assertEqual(yields, [1], "the lone call yielded right after its send")
+        others = [self.db.count() for _ in range(3)]
+        await turn()
+        self.assertEqual(yields, [1], "the calls behind it (in flight: batched) did not yield")
+        sent = proxy.calls()
+        self.assertEqual(len(sent), 3)
+        proxy.reply(*(dbchannel.reply_ok(c.id, b"1") for c in sent))
+        await gatherResults(others)
+        # first's reply never came: answer it; then nothing is in flight, and the next call yields.
+        proxy.reply(dbchannel.reply_ok(sent[0].id - 1, b"1"))
+        self.assertEqual(await first, 1)
+        last = self.db.count()
+        self.assertEqual(yields, [1, 1])
+        proxy.reply(dbchannel.reply_ok(sent[-1].id + 1, b"1"))
+        self.assertEqual(await last, 1)
 
     async def test_errors(self) -> None:
         proxy = await self.ready()
