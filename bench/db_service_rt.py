@@ -15,6 +15,10 @@ as ``db_roundtrip.py --stamps`` does, in the service's process only) and prints
 each step's median: what the service's own Python costs, against the time from
 the call's send to the reply's read (the proxy and both wake-ups).
 
+``--wrk S`` then loads ``GET /row?id=N`` (one SELECT through the proxy per request) with wrk
+for S seconds (``--connections``, 2 threads) and prints requests/s and latency: the same
+page as ``run.py --db``'s throughput part, for a quick look (not a quiet machine's figure).
+
     .venv/bin/python bench/db_service_rt.py --repeat 5
 """
 
@@ -86,6 +90,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--stamps", action="store_true", help="timestamp the service's hops (see above)")
+    parser.add_argument("--wrk", type=int, default=0, metavar="S", help="then S seconds of wrk on GET /row")
+    parser.add_argument("--connections", type=int, default=50)
     args = parser.parse_args()
     sys.path.insert(0, HERE)
     import run
@@ -110,6 +116,12 @@ def main() -> None:
                   f"p90 {rt['p90_us']:.0f} us, p99 {rt['p99_us']:.0f} us; load {os.getloadavg()[0]:.2f}", flush=True)
             for step, median in rt.get("steps", {}).items():
                 print(f"  {step:28} p50 {median:7.1f} us")
+        if args.wrk:
+            run.run_wrk(site.url, 1, args.connections, 2, False)  # warm-up
+            w = run.run_wrk(site.url, args.wrk, args.connections, 2, False)
+            print(f"wrk GET /row, {args.connections} connections, {args.wrk} s: {w.rps:.0f} requests/s, "
+                  f"p50 {w.p50_ms:.2f} ms, p99 {w.p99_ms:.2f} ms, errors {w.error_count}; "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
     finally:
         site.stop()
 
