@@ -7,8 +7,9 @@ ends here.  It checks each call before anything is sent (a value of a type
 the channel does not carry, or a wrong parameter name, is a C{TypeError}; a
 query this service was not granted is L{QueryRefused}), batches the calls
 made in one reactor turn into one C{calls} message (but for a call made while
-none is in flight, which leaves at once), and fires each call's Deferred with
-its reply, read by the query's suffix.
+none is in flight, which leaves at once and yields this core to the proxy
+thread it woke), and fires each call's Deferred with its reply, read by the
+query's suffix.
 
 The proxy may be away (crashed, being relaunched, reloaded): a call made then
 waits for the next channel and its grants, at most C{query_timeout} seconds,
