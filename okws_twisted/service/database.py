@@ -163,6 +163,10 @@ def check_values(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         dbvalues.check_params(params)
 
 
+#: The query methods a L{Queries} keeps, at most (its two own attributes included).
+CACHED = 258
+
+
 class Queries:
     """C{self.db}: each granted query by name, as a method answering a L{Deferred}.
 
@@ -177,6 +181,10 @@ class Queries:
         self._service = service
 
     def __getattr__(self, name: str) -> Callable[..., Deferred[Any]]:
+        # Called for a name not yet in the instance's dict only: the method made here is kept
+        # there (C{self.db} is one L{Queries} per database), so a page's calls build nothing but
+        # the call itself.  At most L{CACHED} names are kept: names come from the author's code,
+        # but getattr with a request's value would otherwise grow it without bound.
         if name.startswith("_"):
             raise AttributeError(name)
         database = self._database
@@ -188,6 +196,8 @@ class Queries:
             return database.call(name, args, kwargs)
 
         call.__name__ = name
+        if len(self.__dict__) < CACHED:
+            self.__dict__[name] = call
         return call
 
     def __repr__(self) -> str:

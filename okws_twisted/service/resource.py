@@ -126,6 +126,8 @@ class ServiceResource(Resource):
     _okwsTemplates: ITemplates | None = None
     # The same for the site's database.
     _okwsDatabase: IDatabase | None = None
+    # What self.db answered last (one Queries per database, built once: see the db property).
+    _okwsQueries: Queries | None = None
 
     @property
     def db(self) -> Queries:
@@ -148,7 +150,12 @@ class ServiceResource(Resource):
         database's own error; uncaught: 500). No SQL, credential or database
         file ever reaches the service.
         """
-        return Queries(_servingDatabase.get() or self._okwsDatabase)
+        database = _servingDatabase.get() or self._okwsDatabase
+        queries = self._okwsQueries
+        if queries is None or queries._database is not database:
+            # Kept: a page calls self.db.NAME(...) per call, and its methods are kept in it.
+            queries = self._okwsQueries = Queries(database)
+        return queries
 
     def render_template(self, template: str, /, **context: Any) -> Deferred[str]:
         """

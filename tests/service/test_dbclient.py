@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import datetime
 import decimal
-from typing import Any
+from typing import Any, Mapping
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
-from okws_twisted import DatabaseUnavailable, QueryFailed, QueryRefused
+from okws_twisted import DatabaseUnavailable, QueryFailed, QueryRefused, ServiceResource
 from okws_twisted.config.databases import DatabaseConfig
-from okws_twisted.service.database import Queries, decode_result
+from okws_twisted.interfaces import IDatabase
+from okws_twisted.service.database import CACHED, Queries, decode_result
+from okws_twisted.service import dbclient
 from okws_twisted.service.dbclient import BACKSTOP, DatabaseClient
+from okws_twisted.testing import render
 from okws_twisted.wire import channel, dbchannel, dbvalues
 from okws_twisted.wire.channel import Message
 from okws_twisted.wire.dbchannel import Grant
@@ -143,6 +148,29 @@ class ClientTests(TestCase):
         self.assertEqual(str(await calls[101]), "1.10")
         self.assertIsInstance(await calls[101], decimal.Decimal)
         self.assertEqual(await calls[102], 2)
+
+    async def test_a_lone_call_yields_after_its_send(self) -> None:
+        """Only a lone call (nothing in flight) gives the core to the proxy it woke, and only once
+        it left: the calls batched behind it do not yield (under load nothing does)."""
+        proxy = await self.ready()
+        yields: list[int] = []
+        self.patch(dbclient, "_yield", lambda: yields.append(len(proxy.messages())))
+        first = self.db.count()
+        self.assertEqual(yields, [1], "the lone call yielded right after its send")
+        others = [self.db.count() for _ in range(3)]
+        await turn()
+        self.assertEqual(yields, [1], "the calls behind it (in flight: batched) did not yield")
+        sent = proxy.calls()
+        self.assertEqual(len(sent), 3)
+        proxy.reply(*(dbchannel.reply_ok(c.id, b"1") for c in sent))
+        await gatherResults(others)
+        # first's reply never came: answer it; then nothing is in flight, and the next call yields.
+        proxy.reply(dbchannel.reply_ok(sent[0].id - 1, b"1"))
+        self.assertEqual(await first, 1)
+        last = self.db.count()
+        self.assertEqual(yields, [1, 1])
+        proxy.reply(dbchannel.reply_ok(sent[-1].id + 1, b"1"))
+        self.assertEqual(await last, 1)
 
     async def test_errors(self) -> None:
         proxy = await self.ready()
@@ -358,3 +386,50 @@ class DecodeTests(SynchronousTestCase):
         with self.assertRaises(AttributeError):
             Queries(None)._private  # noqa: B018
 
+
+
+@implementer(IDatabase)
+class NamedDatabase:
+    """A database answering each call with its own name and the call: which one a page reached."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def call(self, query: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Deferred[Any]:
+        return succeed((self.name, query, kwargs))
+
+
+class QueriesKeptTests(SynchronousTestCase):
+    """C{self.db} is built once per database, and its query methods once per name (a page's calls build
+    nothing but the call), yet always reach the database of the site rendering now."""
+
+    def test_methods_kept(self) -> None:
+        db = Queries(NamedDatabase("a"))
+        self.assertIs(db.one, db.one)
+        self.assertEqual(self.successResultOf(db.one(id=1)), ("a", "one", {"id": 1}))
+        self.assertEqual(self.successResultOf(db.count()), ("a", "count", {}))
+
+    def test_kept_names_bounded(self) -> None:
+        db = Queries(NamedDatabase("a"))
+        for i in range(CACHED * 2):
+            self.assertEqual(self.successResultOf(getattr(db, f"q{i}")()), ("a", f"q{i}", {}))
+        self.assertLessEqual(len(vars(db)), CACHED)
+        self.assertEqual(self.successResultOf(getattr(db, f"q{CACHED * 2 - 1}")()), ("a", f"q{CACHED * 2 - 1}", {}))
+
+    def test_one_per_database(self) -> None:
+        class Page(ServiceResource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> Any:
+                seen.append(self.db)
+                return self.db.one(id=1).addCallback(lambda answer: answer[0].encode())
+
+        seen: list[Queries] = []
+        page = Page()
+        a, b = NamedDatabase("a"), NamedDatabase("b")
+        self.assertEqual(self.successResultOf(render(page, db=a)).body, b"a")
+        self.assertEqual(self.successResultOf(render(page, db=a)).body, b"a")
+        self.assertIs(seen[0], seen[1])
+        self.assertEqual(self.successResultOf(render(page, db=b)).body, b"b")  # another site's: a new one
+        self.assertIsNot(seen[2], seen[0])
+        self.assertEqual(self.successResultOf(render(page, db=a)).body, b"a")
