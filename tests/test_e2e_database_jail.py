@@ -17,13 +17,14 @@ in error.log with the service, the instance and the query.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import threading
 from typing import Any
 
 
-from tests.e2e import E2ETestCase, Site, process_exists
+from tests.e2e import E2ETestCase, Site, process_exists, wait_until
 from tests.pgcluster import Conninfo, PostgresCluster
 from tests.sites.database import write_database_files
 from tests.test_e2e_database import post
@@ -210,11 +211,33 @@ class CompromisedServiceTests(E2ETestCase):
             thread.join(60)
         self.assertEqual(flood["answered"], 100_000, flood)
         self.assertEqual(set(flood["statuses"]) - {"ok", "unavailable"}, set(), flood)
-        self.assertGreater(flood["statuses"]["unavailable"], 90_000, flood)
+        # queue_max holds at every instant: the proxy never held more than 50 of one service's calls
+        # (its peak, from a heartbeat after the flood), and what came past them was refused at once.
+        # How many the pool ran meanwhile depends on how the machine shares its two cores (5-18% of
+        # the flood in runs at load 0.7-7): that count is not a property, so it is not asserted.
+        self.assertGreater(flood["statuses"].get("unavailable", 0), 0, flood)
+        stats = self.proxy_stats_after(flood["statuses"]["unavailable"])
+        self.assertEqual(stats["peak_held"], 50, stats)
         self.assertTrue(all(re.match(r"queue full: service evil already has queue_max \(50\)", m)
                             for m in flood["messages"]), flood)
         self.assertTrue(b_answers and all("result" in a for a in b_answers), b_answers[-3:])
         self.assertProxyUnharmed(pid)
+
+    def proxy_stats_after(self, unavailable: int) -> dict[str, Any]:
+        """The proxy's counters from a heartbeat that counts at least C{unavailable} refusals."""
+        from tests.test_e2e_operations import ctl
+
+        stats: dict[str, Any] = {}
+
+        def counted() -> bool:
+            p = ctl(self.site(), "--json", "status")
+            [row] = [c for c in json.loads(p.stdout)["result"]["children"] if c["name"] == "db.main"]
+            stats.clear()
+            stats.update(row["stats"] or {})
+            return stats.get("unavailable", 0) >= unavailable
+
+        wait_until(counted, 30, f"a heartbeat of the proxy counting {unavailable} refusals", interval=0.5)
+        return stats
 
     def assertChannelClosedAlone(self, attack: str, log: str) -> dict[str, Any]:
         self.fresh_evil_channel()

@@ -779,15 +779,17 @@ class DatabaseProxy:
 
     def stats(self) -> dict[str, Any]:
         """For okws-ctl status: its channels (CONNS), calls queued or running (IN-FLIGHT), calls answered
-        with a result (SERVED), and every count by outcome."""
+        with a result (SERVED), every count by outcome, and the most calls one service has held at once
+        (C{peak_held}: C{queue_max} at most)."""
         with self.pool.lock:
-            running, queued = self.queue.running, self.queue.queued
+            running, queued, peak = self.queue.running, self.queue.queued, self.queue.peak_held
         return {
             "connections": len(self.links),
             "in_flight": running + queued,
             "served": self.counts[OK],
             "running": running,
             "queued": queued,
+            "peak_held": peak,
             **self.counts,
         }
 

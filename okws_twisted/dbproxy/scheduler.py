@@ -42,6 +42,8 @@ class CallQueue(Generic[T]):
     slots: int
     queue_max: int
     running: int = 0
+    #: The most calls one service has held at once since the start (C{queue_max} at most).
+    peak_held: int = 0
     _queues: "OrderedDict[str, deque[Waiting[T]]]" = field(default_factory=OrderedDict)
     _held: dict[str, int] = field(default_factory=dict)
     _last: str | None = None
@@ -52,7 +54,9 @@ class CallQueue(Generic[T]):
             return None
         waiting = Waiting(service, item)
         self._queues.setdefault(service, deque()).append(waiting)
-        self._held[service] = self._held.get(service, 0) + 1
+        held = self._held[service] = self._held.get(service, 0) + 1
+        if held > self.peak_held:
+            self.peak_held = held
         return waiting
 
     def take(self) -> Waiting[T] | None:

@@ -20,6 +20,7 @@ class CallQueueTests(SynchronousTestCase):
         queue.finished(running)
         self.assertIsNotNone(queue.admit("a", "a6"))
         self.assertEqual(queue.held("a"), 3)
+        self.assertEqual(queue.peak_held, 3, "the most one service held at once")
 
     def test_at_most_slots_running(self) -> None:
         queue: CallQueue[int] = CallQueue(slots=4, queue_max=100)
