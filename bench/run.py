@@ -1993,10 +1993,13 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
          "pass": rt["p99_us"] < DB_TARGETS["round_trip_p99_us"]},
         {"target": "idle proxy RSS < 40 MiB", "value": round(rss_mib, 1), "pass": rss_mib < DB_TARGETS["idle_proxy_rss_mib"]},
     ]
+    # Beyond issue 13's targets (they are this benchmark's, whose proxy is SQLite's): the same bound
+    # for a PostgreSQL proxy, reported beside them (psycopg's import alone is ~9.6 MiB).
+    also = []
     if pg_memory:
         pg_mib = max(pg_memory.values()) / 1024
-        goals.append({"target": "idle PostgreSQL proxy RSS < 40 MiB", "value": round(pg_mib, 1),
-                      "pass": pg_mib < DB_TARGETS["idle_proxy_rss_mib"]})
+        also.append({"target": "idle PostgreSQL proxy RSS < 40 MiB", "value": round(pg_mib, 1),
+                     "pass": pg_mib < DB_TARGETS["idle_proxy_rss_mib"]})
     lines = [
         "okws database proxy vs twisted.web with adbapi in process (bench/run.py --db)",
         f"machine: {info.get('nproc')} cores, {info.get('cpu')}, load {info.get('loadavg_at_start')}; code {info.get('okws_code')}",
@@ -2012,12 +2015,14 @@ def run_db(opts: Options, info: dict[str, Any], workdir: str) -> int:
         "idle proxy RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in {**memory, **pg_memory}.items()),
         "targets:",
         *(f"  {'PASS' if g['pass'] else 'MISS'}  {g['target']}: {g['value']}" for g in goals),
+        *(["also measured (not one of issue 13's targets, which are this benchmark's SQLite proxy):"] if also else []),
+        *(f"  {'under' if g['pass'] else 'OVER '}  {g['target']}: {g['value']}" for g in also),
     ]
     report = "\n".join(lines)
     if opts.json_path:
         with open(opts.json_path, "w") as f:
             json.dump({"machine": info, "runs": runs, "round_trips": rt, "memory_kib": {**memory, **pg_memory}, "ratio": ratio,
-                       "targets": goals}, f, indent=2)
+                       "targets": goals, "also_measured": also}, f, indent=2)
             f.write("\n")
     print(report, flush=True)
     return 0
