@@ -174,9 +174,11 @@ class DatabaseBenchTests(WrkTestCase):
         self.assertGreater(doc["memory_kib"]["idle proxy at start"], 0)
         from tests.pgcluster import PostgresCluster
 
-        if PostgresCluster.available():  # the PostgreSQL proxy's idle memory is a fifth target
+        if PostgresCluster.available():  # the PostgreSQL proxy's idle memory, reported beside the targets
             self.assertGreater(doc["memory_kib"]["idle PostgreSQL proxy at start"], 0)
-        self.assertEqual(len(doc["targets"]), 5 if PostgresCluster.available() else 4)
+            self.assertIn("also measured", stdout)
+        self.assertEqual(len(doc["targets"]), 4)
+        self.assertEqual(len(doc["also_measured"]), 1 if PostgresCluster.available() else 0)
         self.assertIn("proxy round trip p50", stdout)
 
 
