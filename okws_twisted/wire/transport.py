@@ -739,9 +739,10 @@ class DescriptorGroup:
     """Descriptors polled by an epoll object of their own, which the reactor polls as one reader.
 
     Twisted's reactor calls each ready descriptor through C{log.callWithLogger} and
-    C{context.call} (about 1.5 us a call): for the dispatcher's relay, two of them per relayed request,
-    and one in the service instance (its relay pairs).  Their transports join a group (L{SocketTransport.join_group}); when any is ready the group's
-    epoll descriptor is, the reactor calls the group once, and the group calls every ready
+    C{context.call} (about 1.5 us a call): for the dispatcher's relay, two of them per relayed
+    request, and one in the service instance (its relay pairs).  Their transports join a group
+    (L{SocketTransport.join_group}); when any is ready the group's epoll descriptor is, the
+    reactor calls the group once, and the group calls every ready
     descriptor's C{doRead}/C{doWrite} directly, as the reactor's C{_doReadOrWrite} would
     (disconnection, a failed call: the descriptor is removed and told C{connectionLost}).  The
     group is in the reactor only while it holds a descriptor (an empty one leaves it clean).
