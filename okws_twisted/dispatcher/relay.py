@@ -216,8 +216,16 @@ class RelayedConnection:
     # -- requests: client -> instance
 
     def _from_client(self, data: bytes) -> None:
+        framer = self.framer
+        if not (self.outstanding or self.in_body or self.switching or self.closing or self.done):
+            # A keep-alive client's next request, whole in one read: what L{_pump} would do with it.
+            event = framer.lone_head(data)
+            if event is not None:
+                self._next(event)
+                self._settle()
+                return
         # A next head that is not complete gets head_timeout from now (L{_settle}).
-        self.framer.feed(data)
+        framer.feed(data)
         self._pump()
 
     def _pump(self) -> None:

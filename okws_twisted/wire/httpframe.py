@@ -842,6 +842,29 @@ class RequestFramer:
             raise
         return event
 
+    def lone_head(self, data: bytes) -> Head | None:
+        """C{data} taken whole when it is exactly one bodiless request in the commonest form
+        (L{_parse_common}) and nothing is buffered: the L{Head} that L{feed} then L{next_event}
+        would give, its L{End} already taken (as L{take_end} would).  L{None} for anything
+        else, with nothing consumed: L{feed} it then.  A keep-alive client's next request
+        usually arrives so, and the relay skips the buffer and the scan for it.
+        """
+        limits = self._limits
+        if (
+            self._state is not _HEAD
+            or self._buf
+            or self._error is not None
+            or len(data) > limits.max_head
+            or not data.endswith(b"\r\n\r\n")
+        ):
+            return None
+        # The match leaves no other blank line in data: it holds exactly this head.
+        head = _parse_common(data, limits)
+        if head is None or head.content_length:
+            return None
+        self._body_limit = limits.max_body
+        return Head(head, data)
+
     def take_end(self) -> bool:
         """Take the L{End} that L{next_event} would return next, if it would (the
         message was its head alone): a service skips a call per bodiless request."""

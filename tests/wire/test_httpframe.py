@@ -1441,6 +1441,107 @@ RESPONSES = [
 ]
 
 
+class LoneHeadTests(SynchronousTestCase):
+    """L{RequestFramer.lone_head} (the relay's shortcut for a read that is one whole bodiless
+    request) frames exactly as L{RequestFramer.feed} and L{RequestFramer.next_event} do, and
+    takes nothing it declines."""
+
+    @staticmethod
+    def framed(pieces: Sequence[bytes], limits: Limits = Limits()) -> tuple[list[tuple], tuple | None, int]:
+        """Each piece offered to lone_head first, as the relay does; the events, the error,
+        and how many pieces it took."""
+        framer = RequestFramer(limits)
+        events: list[Head | Body | End] = []
+        taken = 0
+        try:
+            for piece in pieces:
+                event = framer.lone_head(piece)
+                if event is not None:
+                    events += [event, End()]
+                    taken += 1
+                    continue
+                framer.feed(piece)
+                while (event := framer.next_event()) is not None:
+                    events.append(event)
+            framer.eof()
+            while (event := framer.next_event()) is not None:
+                events.append(event)
+        except HTTPError as e:
+            return normalise(events), (e.status, e.reason), taken
+        return normalise(events), None, taken
+
+    def agree(self, pieces: Sequence[bytes], limits: Limits = Limits()) -> int:
+        events, error, taken = self.framed(pieces, limits)
+        self.assertEqual((events, error), frame(pieces, limits), pieces)
+        return taken
+
+    def test_corpus(self) -> None:
+        taken = 0
+        for case in http_corpus.CORPUS:
+            taken += self.agree([case.raw])
+            taken += self.agree(split(case.raw, range(0, len(case.raw), 7)))
+        self.assertGreater(taken, 10)
+
+    def test_keep_alive_requests(self) -> None:
+        """A keep-alive client's requests, one per read: every one taken."""
+        reads = [get(b"User-Agent: wrk", target=b"/hello"), get(b"Connection: close"), head(b"GET / HTTP/1.0")]
+        self.assertEqual(self.agree(reads * 3), 9)
+
+    def test_declined(self) -> None:
+        """Anything but one whole bodiless common head, or with bytes buffered: L{None}, nothing taken."""
+        post = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n"
+        for data in [
+            get() + get(),  # pipelined
+            post,  # a body follows
+            post + b"ab",
+            get()[:-1],  # not whole
+            get(b"Transfer-Encoding: chunked"),
+            b"\r\n\r\n" + get(),  # empty lines first: the line scan decides
+            get(target=b"/a/../b"),  # not the common form
+            b"GET /x HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n",  # refused: the general path says why
+            b"",
+        ]:
+            framer = RequestFramer()
+            self.assertIsNone(framer.lone_head(data), data)
+            self.assertEqual(framer.buffered, 0)
+        framer = RequestFramer(SMALL)
+        self.assertIsNone(framer.lone_head(get(b"X: " + b"a" * 400)))  # past max_head
+        framer = RequestFramer()
+        framer.feed(b"G")
+        self.assertIsNone(framer.lone_head(get()))  # something buffered
+        self.assertEqual(framer.buffered, 1)
+        framer = RequestFramer()
+        framer.feed(post)
+        framer.next_event()
+        self.assertIsNone(framer.lone_head(get()))  # in a body
+        framer = RequestFramer()
+        framer.feed(b"BAD\r\n\r\n")
+        self.assertRaises(HTTPError, framer.next_event)
+        self.assertIsNone(framer.lone_head(get()))  # dead after an error
+
+    def test_body_limit_reset(self) -> None:
+        """The head's body limit is the framer's own again (a relay then sets the service's)."""
+        framer = RequestFramer(Limits(max_body=100))
+        framer.set_body_limit(5)
+        self.assertIsInstance(framer.lone_head(get()), Head)
+        self.assertEqual(framer._body_limit, 100)
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(mutated(), st.booleans(), st.lists(st.integers(0, 10_000), max_size=6))
+    def test_mutated_streams(self, data: bytes, small: bool, cuts: list[int]) -> None:
+        self.agree(split(data, cuts), SMALL if small else Limits())
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(streams)
+    def test_one_request_per_read(self, reqs: list[tuple[bytes, bytes]]) -> None:
+        self.agree([h + b for h, b in reqs])
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(common_heads(), st.sampled_from([Limits(), SMALL, Limits(max_body=5, max_headers=3)]))
+    def test_common_heads(self, data: bytes, limits: Limits) -> None:
+        self.agree([data, data], limits)
+
+
 class ResponseFastPathTests(SynchronousTestCase):
     """L{ResponseFramer}'s fast path (a whole C{Content-Length} response in one read, passed on
     as read) gives the same bytes, ends, errors and state as the general path, which frames
