@@ -12,7 +12,9 @@ Every other process sends it structured records over a log channel the
 launcher made (L{okws_twisted.wire.logchannel}); the launcher tells the daemon who
 is at the other end.  For each batch the daemon checks every record, formats
 it, notes the batch in the journal, appends it to the files and acknowledges
-the highest sequence number written.  Records it has already written (a
+the highest sequence number written.  (A service's usual batch is read with
+one regular expression instead of json, L{LogWriter.write_service_access}:
+the same checks and lines, less work.)  Records it has already written (a
 sender resending after the daemon was relaunched) are skipped, so each
 record is written once even if the daemon is killed between writing and
 acknowledging.
@@ -110,7 +112,9 @@ class LogWriter:
             self.files[name] = LogFile(config.log_dir, name, config.log_max_size, config.log_keep)
         #: Whether a service's usual batch may be read and written without json (L{write_service_access}):
         #: the default access.log fields, and no access.json (its lines need every field).
-        self.service_fast = config.access_log_fields == COMBINED and ACCESS_LOG in self.files and ACCESS_JSON not in self.files
+        self.service_fast = (
+            config.access_log_fields == COMBINED and ACCESS_LOG in self.files and ACCESS_JSON not in self.files
+        )
         self.watermarks: dict[str, int] = {}
         self.bad_records = 0
         self.recovery: Recovery | None = None
@@ -206,7 +210,8 @@ class LogWriter:
             self.bad_records += len(bad)
             seq, problems = bad[0]
             errors.append(problem_line(self._now(), self.me, sender, seq, problems, len(bad) - 1, self.times))
-        return self._commit(key, start, first + len(records) - 1, {ACCESS_LOG: access, ERROR_LOG: errors, ACCESS_JSON: json_lines})
+        lines = {ACCESS_LOG: access, ERROR_LOG: errors, ACCESS_JSON: json_lines}
+        return self._commit(key, start, first + len(records) - 1, lines)
 
     def write_service_access(self, sender: Sender, first: int, payload: bytes) -> int | None:
         """L{write_batch} for a service's usual batch (the C{records} payload as sent), read
@@ -295,9 +300,12 @@ class LogDaemon:
                 if msg.kind == logchannel.RECORDS:
                     first = logchannel.records_first(msg)
                     plain = plain_strings(msg.payload)
-                    written = self._guarded(self.writer.write_service_access, link.sender, first, msg.payload) if plain else None
+                    written = None
+                    if plain:
+                        written = self._guarded(self.writer.write_service_access, link.sender, first, msg.payload)
                     if written is None:  # not a service's usual batch: decode and check each record
-                        written = self._guarded(self.writer.write_batch, link.sender, first, logchannel.records_list(msg), plain)
+                        records = logchannel.records_list(msg)
+                        written = self._guarded(self.writer.write_batch, link.sender, first, records, plain)
                     mark = written
                 elif msg.kind == logchannel.REOPEN and link.sender.role == "launcher":
                     self._guarded(self.writer.reopen)
