@@ -12,7 +12,9 @@ Every other process sends it structured records over a log channel the
 launcher made (L{okws_twisted.wire.logchannel}); the launcher tells the daemon who
 is at the other end.  For each batch the daemon checks every record, formats
 it, notes the batch in the journal, appends it to the files and acknowledges
-the highest sequence number written.  Records it has already written (a
+the highest sequence number written.  (A service's usual batch is read with
+one regular expression instead of json, L{LogWriter.write_service_access}:
+the same checks and lines, less work.)  Records it has already written (a
 sender resending after the daemon was relaunched) are skipped, so each
 record is written once even if the daemon is killed between writing and
 acknowledging.
@@ -49,7 +51,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from okws_twisted.config import SiteConfig
+from okws_twisted.config import COMBINED, SiteConfig
 from okws_twisted.interfaces import IChildRole
 from okws_twisted.logd.files import LogFile
 from okws_twisted.logd.format import (
@@ -63,6 +65,8 @@ from okws_twisted.logd.format import (
     own_line,
     plain_strings,
     problem_line,
+    service_access_lines,
+    service_access_records,
     status_line,
     usual_access,
 )
@@ -106,6 +110,11 @@ class LogWriter:
             names.append(ACCESS_JSON)
         for name in names:
             self.files[name] = LogFile(config.log_dir, name, config.log_max_size, config.log_keep)
+        #: Whether a service's usual batch may be read and written without json (L{write_service_access}):
+        #: the default access.log fields, and no access.json (its lines need every field).
+        self.service_fast = (
+            config.access_log_fields == COMBINED and ACCESS_LOG in self.files and ACCESS_JSON not in self.files
+        )
         self.watermarks: dict[str, int] = {}
         self.bad_records = 0
         self.recovery: Recovery | None = None
@@ -163,10 +172,9 @@ class LogWriter:
         (L{okws_twisted.logd.format.plain_strings} of its payload), so access lines need no escaping.
         """
         key = sender.key
-        mark = self.watermarks.get(key, 0)
-        skip = max(0, mark - first + 1)
+        skip = self._written_before(key, first)
         if skip >= len(records):
-            return mark
+            return self.watermarks.get(key, 0)
         start = first + skip
         access: list[str] = []
         errors: list[str] = []
@@ -202,15 +210,38 @@ class LogWriter:
             self.bad_records += len(bad)
             seq, problems = bad[0]
             errors.append(problem_line(self._now(), self.me, sender, seq, problems, len(bad) - 1, self.times))
-        last = first + len(records) - 1
-        self._commit(key, start, last, {ACCESS_LOG: access, ERROR_LOG: errors, ACCESS_JSON: json_lines})
-        self.watermarks[key] = last
-        return last
+        lines = {ACCESS_LOG: access, ERROR_LOG: errors, ACCESS_JSON: json_lines}
+        return self._commit(key, start, first + len(records) - 1, lines)
 
-    def _commit(self, key: str, first: int, last: int, lines: dict[str, list[str]]) -> None:
+    def write_service_access(self, sender: Sender, first: int, payload: bytes) -> int | None:
+        """L{write_batch} for a service's usual batch (the C{records} payload as sent), read
+        without json: the same lines, journal and watermark; or L{None}, having done nothing,
+        if the batch or the settings are not the usual ones
+        (L{okws_twisted.logd.format.service_access_records}) and the batch must go the long way.
+        """
+        if not self.service_fast or sender.role != "service":
+            return None
+        records = service_access_records(payload.decode("latin-1"))  # (the records admit ASCII only)
+        if records is None:
+            return None
+        key = sender.key
+        skip = self._written_before(key, first)
+        if skip >= len(records):
+            return self.watermarks.get(key, 0)
+        access, errors = service_access_lines(records[skip:] if skip else records, sender, self.times)
+        return self._commit(key, first + skip, first + len(records) - 1, {ACCESS_LOG: access, ERROR_LOG: errors})
+
+    def _written_before(self, key: str, first: int) -> int:
+        """How many records of a batch from C{first} the files already hold (a batch resent after
+        a reconnect or a relaunch)."""
+        return max(0, self.watermarks.get(key, 0) - first + 1)
+
+    def _commit(self, key: str, first: int, last: int, lines: dict[str, list[str]]) -> int:
+        """Journal and append records C{first}..C{last}'s lines; the sender's watermark is C{last}."""
         chunks = [(self.files[name], "".join(text).encode("ascii")) for name, text in lines.items() if text]
         if not chunks:
-            return
+            self.watermarks[key] = last
+            return last
         writes = tuple(Write(f.name, f.dev, f.ino, f.size, len(data)) for f, data in chunks)
         self.journal.record(Entry(key, first, last, writes))
         for f, data in chunks:
@@ -220,6 +251,8 @@ class LogWriter:
                 f.rotate()
         if self.journal.large:
             self.journal.rewrite(self.watermarks | {key: last}, self._keep)
+        self.watermarks[key] = last
+        return last
 
 
 @implementer(IChildRole)
@@ -265,8 +298,15 @@ class LogDaemon:
             msg.close_fds()
             try:
                 if msg.kind == logchannel.RECORDS:
-                    first, records = logchannel.parse_records(msg)
-                    mark = self._guarded(self.writer.write_batch, link.sender, first, records, plain_strings(msg.payload))
+                    first = logchannel.records_first(msg)
+                    plain = plain_strings(msg.payload)
+                    written = None
+                    if plain:
+                        written = self._guarded(self.writer.write_service_access, link.sender, first, msg.payload)
+                    if written is None:  # not a service's usual batch: decode and check each record
+                        records = logchannel.records_list(msg)
+                        written = self._guarded(self.writer.write_batch, link.sender, first, records, plain)
+                    mark = written
                 elif msg.kind == logchannel.REOPEN and link.sender.role == "launcher":
                     self._guarded(self.writer.reopen)
                 else:

@@ -363,6 +363,78 @@ def access_line(
     return " ".join([_RENDER[name](fields, sender, times) for name in chosen]) + "\n"
 
 
+#: A string of a plain batch: printable ASCII without C{"} or C{\} (so no escape sequence),
+#: within L{MAX_TEXT}; C{_KEPT} captures it.
+_TEXT = r'"[\x20\x21\x23-\x5b\x5d-\x7e]{0,%d}"' % MAX_TEXT
+_KEPT = r'"([\x20\x21\x23-\x5b\x5d-\x7e]{0,%d})"' % MAX_TEXT
+#: A whole number as JSON writes one, non-negative, below 10**18 (so within L{MAX_INT}).
+_WHOLE = r"(0|[1-9][0-9]{0,17})"
+assert 10**18 <= MAX_INT
+#: One access record exactly as L{okws_twisted.wire.logchannel.access_text} writes it, and what
+#: follows it in the batch (C{,} or the closing C{]}).  Groups: time, client, request, status,
+#: bytes, response_time, referer, user_agent (request_id, tls and host are checked, not kept:
+#: the combined line does not show them).
+_SERVICE_ACCESS = re.compile(
+    rf'\{{"kind":"access","time":{_WHOLE},"client":{_KEPT},"request":{_KEPT},"status":{_WHOLE},'
+    rf'"bytes":{_WHOLE},"request_id":{_TEXT},"response_time":{_WHOLE}'
+    rf'(?:,"referer":{_KEPT})?(?:,"user_agent":{_KEPT})?(?:,"tls":{_TEXT})?(?:,"host":{_TEXT})?\}}[,\]]'
+)
+
+
+def service_access_records(text: str) -> list[re.Match[str]] | None:
+    """A service's usual batch read without decoding its JSON: one match per record, or L{None}
+    unless the whole text is C{[record,record,...]} with every record byte for byte in
+    L{okws_twisted.wire.logchannel.access_text}'s shape, every string plain (see
+    L{plain_strings}) and every number a non-negative whole number below 10**18.
+
+    Every batch this accepts C{json.loads} reads as the same records, each a usual access
+    record (L{usual_access}) from a service; anything else (another field order, whitespace,
+    a duplicate or unknown field, a negative or large number, any escaping) is L{None}, and the
+    caller takes the long way.
+    """
+    if text[:1] != "[":
+        return None
+    match = _SERVICE_ACCESS.match
+    records = []
+    end, pos = len(text), 1
+    while True:
+        record = match(text, pos)
+        if record is None:
+            return None
+        records.append(record)
+        pos = record.end()
+        if text[pos - 1] == "]":
+            return records if pos == end else None
+
+
+def service_access_lines(
+    records: list[re.Match[str]], sender: Sender, times: TimeFormats
+) -> tuple[list[str], list[str]]:
+    """The combined access.log lines and the error.log lines of records read by
+    L{service_access_records} from C{sender} (a service): what L{access_line} (C{plain}) and
+    L{status_line} write for the records C{json.loads} would give."""
+    service = sender.service_field
+    clf = times.clf
+    second, stamp = None, ""
+    access: list[str] = []
+    errors: list[str] = []
+    for record in records:
+        micros, client, request, status, sent, response_time, referer, agent = record.groups()
+        if micros[:-6] != second:  # the whole seconds, as text (whole numbers have no leading zero)
+            second, stamp = micros[:-6], clf(int(micros))
+        if not client:
+            client = "-"
+        elif " " in client:
+            client = escape_bare(client)
+        access.append(
+            f'{client} - - [{stamp}] "{request or "-"}" {status} {"-" if sent == "0" else sent} '
+            f'"{referer or "-"}" "{agent or "-"}" {service} {response_time}\n'
+        )
+        if status >= "400" if len(status) == 3 else len(status) > 3:  # rare: the usual way, from the record as JSON reads it
+            errors.append(status_line(json.loads(record.group()[:-1]), sender, times))  # type: ignore[arg-type]
+    return access, errors
+
+
 def access_json(fields: Mapping[str, Any], sender: Sender, times: TimeFormats) -> str:
     """One access.json line: every field, C{null} where unknown; ASCII-only JSON."""
     service: str | None

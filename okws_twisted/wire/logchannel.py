@@ -111,16 +111,26 @@ def records_meta(first: int) -> dict[str, Any]:
 
 def parse_records(msg: Message) -> tuple[int, list[Any]]:
     """The first sequence number and the (unchecked) records of a C{records} message."""
+    return records_first(msg), records_list(msg)
+
+
+def records_first(msg: Message) -> int:
+    """The first sequence number of a C{records} message (every way of reading its records checks it here)."""
     first = msg.meta.get("first")
     if not isinstance(first, int) or isinstance(first, bool) or first < 1:
         raise ChannelError(f"records message with a bad first sequence number {first!r}")
+    return first
+
+
+def records_list(msg: Message) -> list[Any]:
+    """The (unchecked) records of a C{records} message, decoded as JSON."""
     try:
         records = json.loads(msg.payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ChannelError(f"records message that is not a JSON array: {e}") from None
     if not isinstance(records, list):
         raise ChannelError("records message that is not a JSON array")
-    return first, records
+    return records
 
 
 def ack_meta(seq: int) -> dict[str, Any]:

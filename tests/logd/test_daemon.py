@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from okws_twisted.config import ServiceConfig, SiteConfig
 from okws_twisted.logd.daemon import LogDaemon, LogWriter, OwnEvents, start_role
 from okws_twisted.logd.files import LogFile
-from okws_twisted.logd.format import Sender
+from okws_twisted.logd.format import Sender, service_access_records
 from okws_twisted.logd.journal import JOURNAL_NAME, parse
 from okws_twisted.wire import limits, logchannel
 from okws_twisted.wire.channel import encode, read_one_blocking, socketpair
@@ -293,6 +293,33 @@ class LogDaemonTests(WriterTestCase):
         for line in lines:
             self.assertTrue(all(0x20 <= ord(c) < 0x7F for c in line), line)
             self.assertIn(" hello ", line)
+
+    def test_servicesUsualBatches(self) -> None:
+        """A service's usual batches, as its sender encodes them, through the channel (the fast
+        path): the combined lines and the error line, a resent record skipped, and a batch of
+        another shape after them (the long way)."""
+        peer = Peer(self.daemon(), self.meta(SERVICE))
+        t = 971186136.25  # 10 Oct 2000 13:55:36.25 UTC
+
+        def values(n: int, status: int = 200, sent: int = 10, client: str = "127.0.0.1", agent: Any = None) -> Any:
+            return (t + n, t + n + 0.5, client, b"GET", f"/hello?id={n}".encode(), b"HTTP/1.1", status, sent, f"r-{n}",
+                    None, agent, None, b"example.com")
+
+        first = [values(1), values(2, status=404, sent=0, client="a b", agent=[b"curl/8"])]
+        self.assertIsNotNone(service_access_records(logchannel.encode_records(first).decode()))  # the fast path's shape
+        self.assertEqual(peer.records(1, first), 2)
+        self.assertEqual(peer.records(2, [values(2, status=404, sent=0, client="a b", agent=[b"curl/8"]), values(3)]), 3)
+        self.assertEqual(peer.records(4, [hit(4)]), 4)
+        self.assertEqual(self.lines("access.log"), [
+            '127.0.0.1 - - [10/Oct/2000:13:55:37 +0000] "GET /hello?id=1 HTTP/1.1" 200 10 "-" "-" hello 500000',
+            'a\\x20b - - [10/Oct/2000:13:55:38 +0000] "GET /hello?id=2 HTTP/1.1" 404 - "-" "curl/8" hello 500000',
+            '127.0.0.1 - - [10/Oct/2000:13:55:39 +0000] "GET /hello?id=3 HTTP/1.1" 200 10 "-" "-" hello 500000',
+            '127.0.0.1 - - [01/Jan/1970:00:00:04 +0000] "GET /hello?id=4 HTTP/1.1" 200 10 "-" "-" hello -',
+        ])
+        self.assertEqual(self.lines("error.log"), [
+            '[2000-10-10T13:55:38.250000Z] [warn] [hello.0 pid 1234] 404 "GET /hello?id=2 HTTP/1.1" from a\\x20b'
+            " service hello request_id r-2",
+        ])
 
     def test_identityFromLauncherNotRecord(self) -> None:
         """The service name in the files is the one the launcher gave the channel."""
