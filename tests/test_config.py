@@ -1094,23 +1094,3 @@ class IsolationConfigTests(SynchronousTestCase, ErrorMixin):
                                "site.ini: [okws] isolation: expected one of connection, request, got 'process'")
         self.assertConfigError("[okws]\n" + SERVICE + "isolation = none\n",
                                "site.ini: [service:hello] isolation: expected one of connection, request, got 'none'")
-
-
-class DispatcherSliceConfigTests(ErrorMixin, SynchronousTestCase):
-    """C{[okws] dispatcher_slice_us} (L{okws_twisted.launcher.timeslice})."""
-
-    def test_default(self) -> None:
-        self.assertEqual(site().dispatcher_slice_us, 100)
-
-    def test_values(self) -> None:
-        self.assertEqual(site("dispatcher_slice_us = 0\n").dispatcher_slice_us, 0)
-        self.assertEqual(site("dispatcher_slice_us = 100000\n").dispatcher_slice_us, 100000)
-        config = site("dispatcher_slice_us = 250\n")
-        self.assertEqual(SiteConfig.from_json(config.to_json()).dispatcher_slice_us, 250)
-
-    def test_errors(self) -> None:
-        for value in ("-1", "100001", "0.5", "fast"):
-            self.assertConfigError(
-                f"[okws]\ndispatcher_slice_us = {value}\n" + SERVICE,
-                f"site.ini: [okws] dispatcher_slice_us: expected a whole number of microseconds from 0 to 100000, got '{value}'",
-            )

@@ -90,7 +90,6 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "log_max_size": _Number(int, 0, "bytes"),
     "log_keep": _Number(int, 1, "files", maximum=1000),
     "tls_handshake_timeout": _SECONDS_POSITIVE,
-    "dispatcher_slice_us": _Number(int, 0, "microseconds", maximum=100_000),
 }
 
 #: The yes/no [okws] keys.
@@ -499,8 +498,6 @@ class SiteConfig:
     access_log_fields: tuple[str, ...] = COMBINED
     proxy_trusted: tuple[str, ...] = DEFAULT_PROXY_TRUSTED
     tls_handshake_timeout: float = 10.0
-    #: The dispatcher's CPU time slice (L{okws_twisted.launcher.timeslice}); 0: the kernel's.
-    dispatcher_slice_us: int = 100
     server_header: str = DEFAULT_SERVER_HEADER
     health: str = "all"
     #: The host whose services answer requests for hosts no service names (L{None}: a 404).

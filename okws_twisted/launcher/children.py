@@ -39,7 +39,6 @@ from okws_twisted.launcher.jailplan import STATIC_ROOT
 from okws_twisted.launcher.output import LINE_MAX, RATE, OutputLimiter
 from okws_twisted.launcher.pidns import PidNamespaceError
 from okws_twisted.launcher.supervision import Backoff, CrashBudget, Heartbeat
-from okws_twisted.launcher.timeslice import set_time_slice
 from okws_twisted.wire import control
 from okws_twisted.wire.channel import ChannelViolation, Message, MessageChannel, socketpair
 from okws_twisted.wire.limits import CONTROL_LAUNCHER
@@ -441,12 +440,6 @@ class ChildSlot:
                               child=self.name, pid=proc.pid, error=e.strerror or e)
                 proc.killed_because = "it could not be put in its cgroup"
                 proc.signal(signal.SIGKILL)
-        if self.role == "dispatcher" and launcher.config.dispatcher_slice_us:
-            try:
-                set_time_slice(proc.pid, launcher.config.dispatcher_slice_us)
-            except OSError as e:
-                launcher.note(LogLevel.warn, "cannot give the dispatcher a {us} us time slice ({error}): it keeps the kernel's",
-                              us=launcher.config.dispatcher_slice_us, error=e.strerror or e)
         proc.ctl = MessageChannel(reactor, parent, proc.control_received, proc.control_lost, name=f"control:{self.name}", limits=CONTROL_LAUNCHER)
         # Only a database's proxy is sent that database's SQL.
         proc.ctl.send(meta, launcher.config.to_json(sql_for=self.db).encode("utf-8"))
