@@ -37,6 +37,7 @@ import os
 import socket
 import sys
 import time
+from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -96,21 +97,42 @@ def _drain(sock: socket.socket) -> bytes:
         out += data
 
 
-def _until(timer: Timer, socks: list[socket.socket], want: bytes, what: str) -> None:
-    """Tick the dispatcher until each of C{socks} has received exactly C{want}."""
+def _until(timer: Timer, socks: list[socket.socket], complete: Callable[[bytes], bool], what: str) -> None:
+    """Tick the side under test until what each of C{socks} received is C{complete}."""
     got = {s: b"" for s in socks}
     waiting = set(socks)
     for _ in range(SPINS):
         timer.tick()
         for s in list(waiting):
             got[s] += _drain(s)
-            if len(got[s]) >= len(want):
-                if got[s] != want:
-                    raise SystemExit(f"{what}: unexpected {got[s][:120]!r}")
+            if complete(got[s]):
                 waiting.discard(s)
         if not waiting:
             return
     raise SystemExit(f"{what}: nothing after {SPINS} iterations")
+
+
+def _exactly(want: bytes, what: str) -> Callable[[bytes], bool]:
+    """Complete once C{want} arrived, and nothing else."""
+
+    def complete(got: bytes) -> bool:
+        if len(got) < len(want):
+            return False
+        if got != want:
+            raise SystemExit(f"{what}: unexpected {got[:120]!r}")
+        return True
+
+    return complete
+
+
+def _whole_response(got: bytes) -> bool:
+    """Complete once a whole 200 response arrived (its length from its head)."""
+    head, sep, body = got.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    if not head.startswith(b"HTTP/1.1 200 "):
+        raise SystemExit(f"the instance answered {head[:60]!r}")
+    return len(body) >= int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
 
 
 def run(n: int, conns: int, profile) -> float:  # type: ignore[no-untyped-def]
@@ -169,21 +191,19 @@ def run(n: int, conns: int, profile) -> float:  # type: ignore[no-untyped-def]
     # canned exchange is the same for all, so which end is which does not matter.
 
     timer.profile = profile
-    best = float("inf")
-    rounds = max(1, n // conns)
-    for _ in range(ROUNDS):
-        timer.total = 0.0
-        for _ in range(rounds):
-            for end in ends:
-                end.send(RESPONSE)
-            _until(timer, clients, RESPONSE, "the client")
-            for client in clients:
-                client.send(REQUEST)
-            _until(timer, ends, REQUEST, "the instance")
-        best = min(best, timer.total)
+
+    def exchange() -> None:
+        for end in ends:
+            end.send(RESPONSE)
+        _until(timer, clients, _exactly(RESPONSE, "the client"), "the client")
+        for client in clients:
+            client.send(REQUEST)
+        _until(timer, ends, _exactly(REQUEST, "the instance"), "the instance")
+
+    per_request = _best_per_request(timer, n, conns, exchange)
     for s in clients + ends:
         s.close()
-    return best / (rounds * conns)
+    return per_request
 
 
 def run_instance(n: int, conns: int, tcp: bool, profile, log: bool = False) -> float:  # type: ignore[no-untyped-def]
@@ -229,38 +249,29 @@ def run_instance(n: int, conns: int, tcp: bool, profile, log: bool = False) -> f
         clients.append(client)
     timer = Timer(reactor)
     timer.profile = profile
+
+    def exchange() -> None:
+        for client in clients:
+            client.send(REQUEST)
+        _until(timer, clients, _whole_response, "the instance")
+
+    per_request = _best_per_request(timer, n, conns, exchange)
+    for client in clients:
+        client.close()
+    return per_request
+
+
+def _best_per_request(timer: Timer, n: int, conns: int, exchange: Callable[[], None]) -> float:
+    """Seconds of timed CPU per request: C{exchange} (one request on each of C{conns}
+    connections) repeated for about C{n} requests, the best of L{ROUNDS} such runs."""
     best = float("inf")
     rounds = max(1, n // conns)
     for _ in range(ROUNDS):
         timer.total = 0.0
         for _ in range(rounds):
-            for client in clients:
-                client.send(REQUEST)
-            _until_answered(timer, clients)
+            exchange()
         best = min(best, timer.total)
-    for client in clients:
-        client.close()
     return best / (rounds * conns)
-
-
-def _until_answered(timer: Timer, socks: list[socket.socket]) -> None:
-    """Tick the instance until each of C{socks} has a whole response (its length from its head)."""
-    got = {s: b"" for s in socks}
-    waiting = set(socks)
-    for _ in range(SPINS):
-        timer.tick()
-        for s in list(waiting):
-            got[s] += _drain(s)
-            head, sep, body = got[s].partition(b"\r\n\r\n")
-            if sep:
-                if not head.startswith(b"HTTP/1.1 200 "):
-                    raise SystemExit(f"the instance answered {head[:60]!r}")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                if len(body) >= length:
-                    waiting.discard(s)
-        if not waiting:
-            return
-    raise SystemExit(f"the instance answered nothing after {SPINS} iterations")
 
 
 def main() -> None:
