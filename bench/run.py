@@ -32,7 +32,8 @@ and new connection; logging on (each writes its access log) unless
 With --isolation request a third server runs in each pairing: the same okws
 site with C{isolation = request} (the dispatcher relays every request), and the
 report adds its ratios against C{connection} mode (the default site) and plain
-twisted.web, with the p99 difference.
+twisted.web, with the p99 difference: the median of the repeats' differences (5
+repeats by default with this option), which one outlier run cannot decide.
 
 Everything is bounded in time and every process it starts is killed (by
 process group) on exit, on an error and on Ctrl-C.  See bench/README.md.
@@ -53,6 +54,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -897,23 +899,32 @@ def isolation_entry(bench: Bench, workload: str, entry: dict[str, Any], runs: li
     """isolation = request against connection mode (the default site) and twisted.web, one workload."""
     relayed, conn, peer = entry[RELAYED], entry[OKWS], entry[PEER_NAME]
     per_repeat = []
+    p99_per_repeat = []
     for r in range(bench.opts.repeat):
         a = [x for x in runs if x["workload"] == workload and x["repeat"] == r and x["server"] == RELAYED]
         b = [x for x in runs if x["workload"] == workload and x["repeat"] == r and x["server"] == OKWS]
         if a and b and b[0]["rps"]:
             per_repeat.append(round(a[0]["rps"] / b[0]["rps"], 3))
+        if a and b:
+            p99_per_repeat.append(round(a[0]["p99_ms"] - b[0]["p99_ms"], 3))
     vs_conn = relayed["rps"] / conn["rps"] if conn["rps"] else 0.0
     vs_peer = relayed["rps"] / peer["rps"] if peer["rps"] else 0.0
-    p99_delta = relayed["p99_ms"] - conn["p99_ms"]
+    # The p99 difference judged is the median of each repeat's (the two sites measured in the same
+    # repeat, order alternating): one 10 s run's p99 on a shared 2-core machine has outliers of
+    # several ms on either side, which a difference of means hands to whichever site had one.
+    p99_delta = statistics.median(p99_per_repeat) if p99_per_repeat else relayed["p99_ms"] - conn["p99_ms"]
     errors = bool(relayed["errors"] or conn["errors"])
-    passed = p99_delta <= TARGETS["isolation_p99_ms"] and not errors
+    passed = not errors
     if workload == "keepalive":
-        passed = passed and vs_conn >= TARGETS["isolation_keepalive"]
+        # The issue's targets are keep-alive's (new-connection figures are reported).
+        passed = passed and vs_conn >= TARGETS["isolation_keepalive"] and p99_delta <= TARGETS["isolation_p99_ms"]
     return {
         "vs_connection": round(vs_conn, 3),
         "vs_twisted_web": round(vs_peer, 3),
         "vs_connection_per_repeat": per_repeat,
         "p99_delta_ms": round(p99_delta, 3),
+        "p99_delta_per_repeat_ms": p99_per_repeat,
+        "p99_delta_of_means_ms": round(relayed["p99_ms"] - conn["p99_ms"], 3),
         "errors_invalidate": errors,
         "pass": passed,
     }
@@ -983,12 +994,13 @@ def targets(bench: Bench, results: dict[str, Any]) -> list[dict[str, Any]]:
             )
             out.append(
                 {
-                    "name": f"{label} p99 isolation=request minus connection, {pairing}",
+                    "name": f"{label} p99 isolation=request minus connection (median of repeats), {pairing}",
                     "pairing": pairing,
                     "value": iso["p99_delta_ms"],
                     "shown": f"{iso['p99_delta_ms']:+.2f} ms{bad}",
-                    "target": f"<= +{TARGETS['isolation_p99_ms']:.0f} ms",
-                    "pass": iso["p99_delta_ms"] <= TARGETS["isolation_p99_ms"] and not iso["errors_invalidate"],
+                    "target": f"<= +{TARGETS['isolation_p99_ms']:.0f} ms" if workload == "keepalive" else "(reported)",
+                    "pass": not iso["errors_invalidate"]
+                    and (workload != "keepalive" or iso["p99_delta_ms"] <= TARGETS["isolation_p99_ms"]),
                 }
             )
     instance_rss = {
@@ -1142,10 +1154,18 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
             if iso is not None:
                 per_iso = ""
                 if len(iso["vs_connection_per_repeat"]) > 1:
-                    per_iso = "   (per repeat: " + " ".join(f"{x:.2f}x" for x in iso["vs_connection_per_repeat"]) + ")"
+                    per_iso = (
+                        "   (per repeat: "
+                        + " ".join(
+                            f"{x:.2f}x {d:+.2f} ms"
+                            for x, d in zip(iso["vs_connection_per_repeat"], iso["p99_delta_per_repeat_ms"])
+                        )
+                        + ")"
+                    )
                 add(
                     f"{'':<12} {pairing}: isolation = request is {iso['vs_connection']:.2f}x connection mode, "
-                    f"{iso['vs_twisted_web']:.2f}x twisted.web, p99 {iso['p99_delta_ms']:+.2f} ms{per_iso}"
+                    f"{iso['vs_twisted_web']:.2f}x twisted.web, p99 {iso['p99_delta_ms']:+.2f} ms "
+                    f"(median of the repeats' differences; of the means {iso['p99_delta_of_means_ms']:+.2f} ms){per_iso}"
                 )
     for pairing in o.pairings:
         for workload in o.workloads:
@@ -1626,7 +1646,11 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     p.add_argument("--instances", type=int, default=1, help="okws hello instances (default 1)")
-    p.add_argument("--repeat", type=int, help="measured runs per server and workload, order alternating (default 2; 1 with --quick)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="measured runs per server and workload, order alternating (default 2; 5 with --isolation request; 1 with --quick)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 2 s runs, 1 s warm-up, 1 repeat, handoff 5000")
     p.add_argument("--only", choices=WORKLOADS, help="run one workload only")
     p.add_argument(
@@ -1718,7 +1742,8 @@ def parse_args(argv: list[str] | None) -> Options:
         p.error("--static and --db are separate benchmarks; give one")
     if a.isolation == "request" and (a.static or a.db):
         p.error("--isolation request measures the hello service; leave out --static and --db")
-    repeat = a.repeat if a.repeat is not None else (1 if a.quick else 2)
+    # Five repeats for --isolation request: its p99 difference is a median of the repeats' differences.
+    repeat = a.repeat if a.repeat is not None else (1 if a.quick else 5 if a.isolation == "request" else 2)
     if repeat < 1:
         p.error("--repeat must be at least 1")
     handoff = a.handoff_growth if a.handoff_growth is not None else (5000 if a.quick else 100_000)
