@@ -1264,7 +1264,9 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
     add("")
     add("targets (reported, not enforced)")
     for g in goals:
-        add(f"  {g['name']:<58} {g['shown']:<12} target {g['target']:<9} {'PASS' if g['pass'] else 'MISS'}")
+        # A row without a target is judged only on errors: it has nothing to pass.
+        verdict = ("PASS" if g["pass"] else "MISS") if g["target"] != "(reported)" else ("" if g["pass"] else "ERRORS")
+        add(f"  {g['name']:<58} {g['shown']:<12} target {g['target']:<9} {verdict}".rstrip())
     for problem in bench.problems:
         add("")
         add(f"PROBLEM: {problem}")

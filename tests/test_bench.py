@@ -153,6 +153,11 @@ class BenchHarnessTests(WrkTestCase):
             self.assertEqual(row["target"] == "(reported)", name.startswith("new-connection"), row)
         self.assertIn("isolation = request is", stdout)
         self.assertIn("median of the repeats' differences", stdout)
+        # A row reported without a target says neither PASS nor MISS.
+        reported = [line for line in stdout.splitlines() if "target (reported)" in line]
+        self.assertEqual(len(reported), 2, stdout)
+        for line in reported:
+            self.assertNotIn("PASS", line)
         for pid in doc["processes"]["logging off"]["okws-request"].values():
             self.assertFalse(_alive(pid, b"okws"), f"okws process {pid} outlived the harness")
 
