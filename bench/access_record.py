@@ -1,22 +1,18 @@
 """
 What one access record costs a service instance (issue 14's target: at most 3 us).
 
-Times L{okws_twisted.service.web.ServiceSite.log} (the record built as JSON text and queued by
-L{okws_twisted.wire.logsender.RecordSender}) and the encoding of the batch it is sent in, in
-this process, best of 7 rounds; then the same with the record queued as its raw values
-(L{RecordSender.access}, as bench/log_cpu.py's C{log_by_values} calls it), encoded with the batch.
-A tight loop keeps every cache warm: on the request path (bench/log_cpu.py) each record costs
-more, and the text built per request more than the raw values.
+Times L{okws_twisted.service.web.ServiceSite.log} (the record's raw values queued by
+L{okws_twisted.wire.logsender.RecordSender.access}) and the encoding of the batch they are sent
+in (JSON text for every record of the batch, in one loop, when it is sealed), in this process,
+best of 7 rounds.  A tight loop keeps every cache warm: on the request path (bench/log_cpu.py)
+each record costs more.
 
     .venv/bin/python bench/access_record.py
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import time
-import types
 
 from twisted.internet.task import Clock
 from twisted.web.resource import Resource
@@ -53,26 +49,6 @@ def main() -> None:
         rounds.append((t2 - t0, t1 - t0, t2 - t1))
     total, log, seal = (x / ROUND * 1e6 for x in min(rounds))
     print(f"access record: {total:.2f} us (ServiceSite.log + emit {log:.2f} us, batch encoding {seal:.2f} us), best of 7 x {ROUND}")
-    if not hasattr(site.records, "access"):
-        return  # an older tree
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from log_cpu import log_by_values
-
-    site.log = types.MethodType(log_by_values, site)  # type: ignore[method-assign]
-    request.channel = channel
-    rounds = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(ROUND):
-            site.log(request)
-        t1 = time.perf_counter()
-        buffer.seal()
-        t2 = time.perf_counter()
-        buffer.ack(buffer.next_seq)
-        rounds.append((t2 - t0, t1 - t0, t2 - t1))
-    total, log, seal = (x / ROUND * 1e6 for x in min(rounds))
-    print(f"access record as raw values: {total:.2f} us (queued {log:.2f} us, batch encoding {seal:.2f} us), best of 7 x {ROUND}")
-
 
 if __name__ == "__main__":
     main()

@@ -242,3 +242,30 @@ class IdleRssTests(SynchronousTestCase):
         detail = f"\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
         self.assertEqual(proc.returncode, 0, detail)
         self.assertRegex(proc.stdout.decode(), r"^hello\.0 VmRSS: \d+\.\d MiB at start, \d+\.\d MiB after 3 requests", detail)
+
+
+class InProcessToolTests(SynchronousTestCase):
+    """The in-process CPU tools of bench/ (no wrk) run against this tree and print their figure.
+
+    They are how changes on the request path are judged between quiet runs; one that no longer
+    runs (an import of something since removed) goes unnoticed until it is needed.
+    """
+
+    TOOLS = (
+        (["relay_cpu.py", "--n", "100"], r"^okws dispatcher relay: \d+\.\d us CPU per keep-alive request"),
+        (["relay_cpu.py", "--instance", "--n", "100"], r"^okws instance: \d+\.\d us CPU per keep-alive request over relay pairs"),
+        (["relay_cpu.py", "--instance", "--tcp", "--n", "100"], r"^okws instance: \d+\.\d us CPU per keep-alive request over TCP"),
+        (["log_cpu.py"], r"^instance \(access log\): \d+\.\d us CPU per keep-alive request; log daemon: \d+\.\d+ us per record"),
+        (["instance_cpu.py"], r"^okws instance: \d+\.\d us CPU per keep-alive request"),
+        (["instance_cpu.py", "--peer"], r"^twisted\.web Site: \d+\.\d us CPU per keep-alive request"),
+        (["access_record.py"], r"^access record: \d+\.\d+ us \(ServiceSite\.log \+ emit"),
+        (["db_client_cpu.py"], r"us per call .*client \d+\.\d+, all \d+\.\d+"),
+    )
+
+    def test_each_tool_runs(self) -> None:
+        for argv, pattern in self.TOOLS:
+            script = os.path.join(REPO, "bench", argv[0])
+            proc = subprocess.run([sys.executable, script, *argv[1:]], cwd=REPO, capture_output=True, timeout=TIMEOUT)
+            detail = f"{' '.join(argv)}\nstdout:\n{proc.stdout.decode()}\nstderr:\n{proc.stderr.decode()}"
+            self.assertEqual(proc.returncode, 0, detail)
+            self.assertRegex(proc.stdout.decode(), re.compile(pattern, re.M), detail)
