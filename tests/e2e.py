@@ -108,11 +108,24 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
+#: Every port L{free_port} has handed out in this process.
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port that was free a moment ago, and not one handed out before.
+
+    The kernel may offer a port it just gave again once its socket is closed: two calls in a
+    row (a site's admin port, then its own) could otherwise get the same one.
+    """
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise AssertionError("no loopback port that free_port() had not handed out already, in 100 tries")
 
 
 #: Every site not yet closed; whatever a test left open is closed when the run ends.

@@ -28,11 +28,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+
+from tests.e2e import free_port
 
 _PASSWORD = "okws-test-" + os.urandom(8).hex()
 
@@ -44,13 +45,6 @@ def _bindir() -> str | None:
         key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
     )
     return os.path.dirname(found[-1]) if found else None
-
-
-def _free_port() -> int:
-    """A port nothing listens on right now (postgres needs a fixed number)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -143,7 +137,7 @@ class PostgresCluster:
             "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
         )
         for _attempt in range(5):
-            self.port = _free_port()
+            self.port = free_port()  # (postgres needs a fixed number)
             try:
                 self._pg_ctl_start()
                 break

@@ -111,3 +111,11 @@ class SiteCleanupTests(E2ETestCase):
         self.assertFalse(os.path.exists(site.dir))
         for pid in pids:
             self.assertFalse(process_exists(pid), pid)
+
+
+class FreePortTests(E2ETestCase):
+    def test_noPortTwice(self) -> None:
+        """L{e2e.free_port} never hands out a port twice in one process: a site given an admin
+        port and then its own port once failed to start with the two the same (CI, session 7)."""
+        ports = [e2e.free_port() for _ in range(2000)]
+        self.assertEqual(len(set(ports)), len(ports))
