@@ -1093,7 +1093,35 @@ def machine_info() -> dict[str, Any]:
         "twisted": twisted.__version__,
         "wrk": wrk_v.split(" [")[0].replace("wrk ", ""),
         "loadavg_at_start": loadavg(),
+        "wakeup": wakeup_round_trip(),
     }
+
+
+def wakeup_round_trip() -> dict[str, Any]:
+    """bench/wakeup_rtt.py's figures: what one hop between two sleeping processes costs here."""
+    argv = [PYTHON, os.path.join(HERE, "wakeup_rtt.py"), "--json", "--n", "2000"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        return {"error": str(e)}
+
+
+def wakeup_line(info: dict[str, Any]) -> str:
+    """The header line that says what a process hop costs on this machine (an isolation result's context)."""
+    sys.path.insert(0, HERE)
+    import wakeup_rtt
+
+    sys.path.remove(HERE)
+    w = info["wakeup"]
+    if "error" in w:
+        return f"cross-CPU wake-up round trip: not measured ({w['error']})"
+    return (
+        f"cross-CPU wake-up round trip (bench/wakeup_rtt.py): {wakeup_rtt.describe_round_trip(w)}; "
+        f"{wakeup_rtt.describe_idle(w)}"
+    )
 
 
 def fmt_ms(v: float) -> str:
@@ -1110,6 +1138,7 @@ def render(bench: Bench, info: dict[str, Any], results: dict[str, Any], goals: l
         f"Python {info['python']}, Twisted {info['twisted']}, wrk {info['wrk']}"
     )
     add(f"load average at start: {info['loadavg_at_start']}")
+    add(wakeup_line(info))
     add(
         "NOTE: absolute numbers on a shared machine mean little; the ratios matter "
         "(both servers measured back to back, same client, same resource)."
@@ -1484,6 +1513,7 @@ class StaticBench:
             f"machine: nproc {info['nproc']} ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}, "
             f"Twisted {info['twisted']}, wrk {info['wrk']}, {info.get('nginx', 'no nginx')}",
             f"load average at start: {info['loadavg_at_start']}",
+            wakeup_line(info),
             "NOTE: absolute numbers on a shared machine mean little; the ratios matter (servers measured back to back, "
             "order rotating, same client, same files).",
             f"settings: {o.duration}s runs after a {o.warmup}s warm-up, {o.repeat} repeat(s), wrk -t{o.threads} -c{o.connections}; "

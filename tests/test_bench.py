@@ -64,6 +64,9 @@ class BenchHarnessTests(WrkTestCase):
         self.assertEqual(proc.returncode, 0, detail)
         with open(out) as f:
             doc = json.load(f)
+        # The header says what a hop between two processes costs on this machine.
+        self.assertGreater(doc["machine"]["wakeup"]["blocking_us"], 0, detail)
+        self.assertRegex(stdout.decode(), r"(?m)^cross-CPU wake-up round trip \(bench/wakeup_rtt\.py\): blocking \d", detail)
 
         pairings = ("logging on", "logging off")
         self.assertEqual(doc["settings"]["pairings"], list(pairings))
@@ -260,6 +263,7 @@ class InProcessToolTests(SynchronousTestCase):
         (["instance_cpu.py", "--peer"], r"^twisted\.web Site: \d+\.\d us CPU per keep-alive request"),
         (["access_record.py"], r"^access record: \d+\.\d+ us \(ServiceSite\.log \+ emit"),
         (["db_client_cpu.py"], r"us per call .*client \d+\.\d+, all \d+\.\d+"),
+        (["wakeup_rtt.py", "--n", "200"], r"^cross-CPU wake-up round trip: blocking \d+\.\d us"),
     )
 
     def test_each_tool_runs(self) -> None:
