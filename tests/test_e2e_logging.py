@@ -18,7 +18,9 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 
+from okws_twisted.launcher.niceness import may_lower
 from okws_twisted.logd.daemon import PAUSE_BEFORE_ACK
 from tests.e2e import E2ETestCase, LogdProcess, Site, read_response, request_bytes
 
@@ -352,6 +354,61 @@ class ProcessEventTests(E2ETestCase):
         for name in ("crash.0", "dispatcher"):
             self.assertRegex(errors, prefix + rf"{re.escape(name)} pid {pids[name]} exited: exit code 0\n")
         self.assertRegex(errors, prefix + r"stopping: draining for up to 10\.0s\n")
+
+
+def nices(pid: int) -> set[int]:
+    """The nice values of the threads of C{pid}, as the kernel reports them (/proc/PID/task/TID/stat)."""
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            found.add(int(f.read().rsplit(")", 1)[1].split()[16]))
+    return found
+
+
+class PriorityTests(E2ETestCase):
+    """The log daemon runs at [okws] logd_nice, and at nice 0 while it falls behind (docs/logging.md)."""
+
+    def site(self, extra: str = "") -> Site:
+        site = Site("[service:hello]\nresource = services.hello:Hello\npaths = /hello\n", FAST + extra).start()
+        self.addCleanup(site.close)
+        return site
+
+    def test_low_then_normal_while_late_then_low(self) -> None:
+        if not may_lower():
+            raise self.skipTest("needs a launcher with CAP_SYS_NICE (root, as in CI)")
+        site = self.site()
+        pids = site.pids()
+        logd = pids["logd"]
+        self.assertEqual(nices(logd), {19})
+        for name in ("dispatcher", "hello.0", "pubd"):
+            self.assertEqual(nices(pids[name]), {0}, name)
+        mark = site.mark()
+        # The machine starves the daemon (here: stopped for 0.6 s, the stimulus, not a wait):
+        # its timer fires late, it asks, and the launcher gives it normal priority.
+        os.kill(logd, signal.SIGSTOP)
+        try:
+            with site.connect() as s:  # records made meanwhile are kept and written later
+                for n in range(20):
+                    s.sendall(request_bytes("GET", f"/hello?while-stopped={n}"))
+                    self.assertEqual(read_response(s).status, 200)
+            time.sleep(0.6)
+        finally:
+            os.kill(logd, signal.SIGCONT)
+        site.wait_for(rf"logd pid {logd} runs late at nice 19 \(the machine is busy\): nice 0 until it keeps up", after=mark)
+        self.assertEqual(nices(logd), {0})
+        # On time for 5 s: lowered again.
+        site.wait_for(rf"logd pid {logd} keeps up again: back to nice 19", 20, after=mark)
+        self.assertEqual(nices(logd), {19})
+        text = site.wait_for_log("access.log", lambda t: t.count("while-stopped=") == 20)
+        for n in range(20):
+            self.assertEqual(text.count(f"while-stopped={n} "), 1, n)
+
+    def test_logd_nice_0(self) -> None:
+        """logd_nice = 0: the daemon runs at normal priority like every other child, and asks nothing."""
+        site = self.site("logd_nice = 0\n")
+        logd = site.pids()["logd"]
+        self.assertEqual(nices(logd), {0})
+        self.assertNotIn("nice", site.log_text())
 
 
 class RotationTests(E2ETestCase):

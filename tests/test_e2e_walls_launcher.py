@@ -336,7 +336,9 @@ class ControlRoleTests(RootOnly):
         site.wait_for(rf"refused lost from nofork\.0 pid {pid}: a service may not send it", after=mark)
         self.assertNotRegex("\n".join(site.lines[mark:]), r"started lazy\.0")
         self.assertEqual(site.get("/hello").header("x-okws-pid"), str(hello))
-        self.assertGreaterEqual(child_status(site, "nofork.0")["refused"], 2)
+        get_json(site, "/nofork/control?kind=priority&normal=true")
+        site.wait_for(rf"refused priority from nofork\.0 pid {pid}: a service may not send it", after=mark)
+        self.assertGreaterEqual(child_status(site, "nofork.0")["refused"], 3)
         # The dispatcher may: the first request for the lazy service starts it.
         self.assertEqual(site.get("/lazy", timeout=60).status, 200)
         site.wait_for(r"starting lazy\.0: the first request for lazy service lazy", after=mark)

@@ -84,6 +84,7 @@ _OKWS_NUMBERS: dict[str, _Number] = {
     "heartbeat_timeout": _SECONDS_POSITIVE,
     "dispatcher_uid": _Number(int, 0, "uid", maximum=2**31 - 2),
     "logd_uid": _Number(int, 0, "uid", maximum=2**31 - 2),
+    "logd_nice": _Number(int, 0, "nice levels", maximum=19),
     "pubd_uid": _Number(int, 0, "uid", maximum=2**31 - 2),
     "template_timeout": _SECONDS_POSITIVE,
     "log_buffer": _Number(int, 1, "records"),
@@ -486,6 +487,8 @@ class SiteConfig:
     jail_root: str = "/var/lib/okws/jails"
     dispatcher_uid: int = 0
     logd_uid: int = 0
+    #: The log daemon's nice value while it keeps up (okws_twisted.logd.priority); 0: normal.
+    logd_nice: int = 19
     pubd_uid: int = 0
     uid_range: tuple[int, int] = (51000, 52000)
     template_timeout: float = 5.0

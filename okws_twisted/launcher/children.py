@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 import okws_twisted
 from okws_twisted.config import ServiceConfig
-from okws_twisted.launcher import limits
+from okws_twisted.launcher import limits, niceness
 from okws_twisted.launcher.cgroups import InstanceCgroup
 from okws_twisted.launcher.jailplan import STATIC_ROOT
 from okws_twisted.launcher.output import LINE_MAX, RATE, OutputLimiter
@@ -117,6 +117,9 @@ class ChildProcess(ProcessProtocol):
         #: Control messages refused (a kind its role may not send, or a malformed one).
         self.refused = 0
         self.cgroup: InstanceCgroup | None = None
+        #: The nice value the launcher started it at (the log daemon's logd_nice), and now.
+        self.resting_nice = 0
+        self.nice = 0
 
     # -- ProcessProtocol
 
@@ -226,6 +229,35 @@ class ChildProcess(ProcessProtocol):
                 self.slot.launcher.want(msg.meta)
             elif msg.kind == control.LOST:
                 self.slot.launcher.lost(self.slot, self, msg.meta)
+            elif msg.kind == control.PRIORITY:
+                self.priority_asked(msg.meta)
+
+    def priority_asked(self, meta: dict[str, Any]) -> None:
+        """The log daemon asks for normal priority (it falls behind) or its low one again."""
+        normal = meta.get("normal")
+        if not isinstance(normal, bool):
+            self.refuse(control.PRIORITY, "its normal is not true or false")
+            return
+        if not self.resting_nice:
+            return  # not lowered (logd_nice = 0, or no CAP_SYS_NICE): nothing to give back
+        value = 0 if normal else self.resting_nice
+        if value == self.nice or self.pid is None:
+            return
+        try:
+            niceness.renice(self.pid, value)
+        except OSError as e:
+            self.slot.launcher.note(LogLevel.warn, "cannot set {child} pid {pid} to nice {nice}: {error}",
+                                    child=self.name, pid=self.pid, nice=value, error=e.strerror or e)
+            return
+        self.nice = value
+        self.slot.launcher.note(
+            LogLevel.warn if normal else LogLevel.info,
+            "{child} pid {pid} " + (
+                "runs late at nice {resting} (the machine is busy): nice 0 until it keeps up"
+                if normal else "keeps up again: back to nice {resting}"
+            ),
+            child=self.name, pid=self.pid, resting=self.resting_nice,
+        )
 
     def refuse(self, kind: str, why: str) -> None:
         """Count a control message the launcher will not act on; log the first few."""
@@ -428,6 +460,8 @@ class ChildSlot:
             child.close()
         proc.pid = proc.transport.pid
         meta["pid"] = proc.pid
+        if self.role == "logd" and launcher.config.logd_nice:
+            self._lower(proc, meta, launcher.config.logd_nice)
         if launcher.pid_namespaces is not None and launcher.pid_namespaces.broken:
             launcher.fatal(launcher.pid_namespaces.broken)
         if proc.cgroup is not None:
@@ -455,6 +489,24 @@ class ChildSlot:
                 LogLevel.info, "started {child} as pid {pid} (relaunch {n})", child=self.name, pid=proc.pid, n=self.launches - 1
             )
         return proc
+
+    def _lower(self, proc: ChildProcess, meta: dict[str, Any], nice: int) -> None:
+        """Start the log daemon at C{nice} if the launcher can give it normal priority back."""
+        launcher = self.launcher
+        if not niceness.may_lower():
+            if self.launches == 0:
+                launcher.note(LogLevel.info, "{child} runs at normal priority: logd_nice needs a launcher with "
+                              "CAP_SYS_NICE, to give it normal priority back when it falls behind", child=self.name)
+            return
+        try:
+            niceness.renice(proc.pid, nice)  # type: ignore[arg-type]
+        except OSError as e:
+            launcher.note(LogLevel.warn, "cannot set {child} pid {pid} to nice {nice}: {error}",
+                          child=self.name, pid=proc.pid, nice=nice, error=e.strerror or e)
+            return
+        proc.resting_nice = proc.nice = nice
+        # The daemon watches itself and asks for normal priority when it falls behind.
+        meta["nice"] = nice
 
     def _resources(self) -> tuple[InstanceCgroup | None, limits.ResourcePlan | None]:
         """A service instance's cgroups (where the launcher has them) and limits; none for a helper."""

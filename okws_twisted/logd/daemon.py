@@ -70,6 +70,7 @@ from okws_twisted.logd.format import (
     status_line,
     usual_access,
 )
+from okws_twisted.logd import priority
 from okws_twisted.logd.journal import Entry, Journal, Recovery, Write
 from okws_twisted.wire import control, limits, logchannel
 from okws_twisted.wire.channel import ChannelError, Message, MessageChannel
@@ -273,6 +274,8 @@ class LogDaemon:
         self.observer: OwnEvents | None = None
         #: The sender named by the L{PAUSE_BEFORE_ACK} test hook, if any.
         self.pause_before_ack: str | None = None
+        #: Returns the daemon to normal priority while it runs late (L{priority}); None at nice 0.
+        self.lag_watch: priority.LagWatch | None = None
 
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
         if channel != logchannel.CHANNEL:
@@ -351,6 +354,8 @@ class LogDaemon:
         if self.stopping:
             return
         self.stopping = True
+        if self.lag_watch is not None:
+            self.lag_watch.stop()
         for link in list(self.links.values()):
             link.channel.close()
         self.writer.close()
@@ -423,4 +428,13 @@ def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Ca
         pass
     daemon.observer = OwnEvents(daemon)
     globalLogPublisher.addObserver(daemon.observer)
+    resting = meta.get("nice")
+    if isinstance(resting, int) and resting > 0:
+        # The launcher started us low ([okws] logd_nice): ask it for normal priority whenever
+        # the machine starves us, so that no record is dropped for want of CPU.
+        def ask(normal: bool) -> None:
+            daemon.to_launcher({"k": control.PRIORITY, "normal": normal})
+
+        daemon.lag_watch = priority.LagWatch(reactor, resting, ask)
+        daemon.lag_watch.start()
     return daemon

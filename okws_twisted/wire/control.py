@@ -47,6 +47,11 @@ fd L{CONTROL_FD}.  Message kinds:
     relaunches it; about a process already leaving (retiring, exited) it is
     no news.  Any other pid is refused.
 
+``priority`` (log daemon -> launcher)
+    C{normal}: C{true}, "I am falling behind at my low priority ([okws]
+    logd_nice): run me at nice 0"; C{false}, "I keep up again: lower me"
+    (L{okws_twisted.logd.priority}).  About the sender itself only; the
+    launcher changes nothing when it did not lower the daemon.
 The launcher trusts no child: it accepts from each only the kinds its role
 may send (L{FROM_CHILD}); any other is refused, logged with the sender and
 counted.  The config's C{pid} is the child's pid as the launcher sees it: a
@@ -79,10 +84,11 @@ WANT = "want"
 CONFIG_UPDATE = "config-update"
 DRAIN = "drain"
 LOST = "lost"
+PRIORITY = "priority"
 
 #: The kinds each role may send the launcher; the launcher refuses the rest.
 FROM_CHILD: dict[str, frozenset[str]] = {
-    "logd": frozenset({READY, PONG, LOST}),
+    "logd": frozenset({READY, PONG, LOST, PRIORITY}),
     "dispatcher": frozenset({READY, PONG, WANT, LOST}),
     "service": frozenset({READY, PONG}),
     "pubd": frozenset({READY, PONG, LOST}),

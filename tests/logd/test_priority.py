@@ -1,0 +1,79 @@
+"""
+Tests of L{okws_twisted.logd.priority.LagWatch}: when the log daemon asks for normal priority.
+
+Pure logic on a L{Clock}; the launcher's side (the kernel's nice value of the real daemon) is in
+L{tests.test_e2e_logging.PriorityTests}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from okws_twisted.logd import priority
+from okws_twisted.logd.priority import CALM_TICKS, LATE, TICK, LagWatch
+
+
+class LagWatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.asked: list[bool] = []
+        self.watch = LagWatch(self.clock, 19, self.asked.append)
+        self.watch.start()
+
+    def on_time(self, ticks: int) -> None:
+        for _ in range(ticks):
+            self.clock.advance(TICK)
+
+    def late(self, by: float) -> None:
+        """The daemon was not run for a while: its next tick fires C{by} seconds late."""
+        self.clock.advance(TICK + by)
+
+    def test_on_time_asks_nothing(self) -> None:
+        self.on_time(200)
+        self.assertEqual(self.asked, [])
+        self.assertFalse(self.watch.raised)
+
+    def test_a_little_late_asks_nothing(self) -> None:
+        for _ in range(20):
+            self.late(LATE * 0.9)
+        self.assertEqual(self.asked, [])
+
+    def test_late_asks_for_normal_priority_once(self) -> None:
+        self.on_time(3)
+        self.late(LATE * 2)
+        self.assertEqual(self.asked, [True])
+        self.assertTrue(self.watch.raised)
+        self.late(LATE * 2)  # still behind: asked already
+        self.assertEqual(self.asked, [True])
+        self.assertEqual(self.watch.raised_total, 1)
+
+    def test_back_to_low_after_a_calm_stretch(self) -> None:
+        self.late(1.0)
+        self.on_time(CALM_TICKS - 1)
+        self.assertEqual(self.asked, [True])
+        self.on_time(1)
+        self.assertEqual(self.asked, [True, False])
+        self.assertFalse(self.watch.raised)
+
+    def test_a_late_tick_restarts_the_calm_stretch(self) -> None:
+        self.late(1.0)
+        self.on_time(CALM_TICKS - 1)
+        self.late(priority.ON_TIME * 2)  # not late enough to ask, too late to count as calm
+        self.on_time(CALM_TICKS - 1)
+        self.assertEqual(self.asked, [True])
+        self.on_time(1)
+        self.assertEqual(self.asked, [True, False])
+
+    def test_again_after_lowered(self) -> None:
+        self.late(1.0)
+        self.on_time(CALM_TICKS)
+        self.late(1.0)
+        self.assertEqual(self.asked, [True, False, True])
+        self.assertEqual(self.watch.raised_total, 2)
+
+    def test_stop_cancels_the_timer(self) -> None:
+        self.watch.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.late(5.0)
+        self.assertEqual(self.asked, [])
