@@ -117,9 +117,11 @@ class ChildProcess(ProcessProtocol):
         #: Control messages refused (a kind its role may not send, or a malformed one).
         self.refused = 0
         self.cgroup: InstanceCgroup | None = None
-        #: The nice value the launcher started it at (the log daemon's logd_nice), and now.
+        #: The nice value it runs at while it keeps up (the log daemon's logd_nice, if the
+        #: launcher can give it normal priority back; else 0), and the one it has now.
         self.resting_nice = 0
         self.nice = 0
+        self.lowered = False
 
     # -- ProcessProtocol
 
@@ -250,14 +252,15 @@ class ChildProcess(ProcessProtocol):
                                     child=self.name, pid=self.pid, nice=value, error=e.strerror or e)
             return
         self.nice = value
-        self.slot.launcher.note(
-            LogLevel.warn if normal else LogLevel.info,
-            "{child} pid {pid} " + (
-                "runs late at nice {resting} (the machine is busy): nice 0 until it keeps up"
-                if normal else "keeps up again: back to nice {resting}"
-            ),
-            child=self.name, pid=self.pid, resting=self.resting_nice,
-        )
+        if normal:
+            said = "runs late at nice {resting} (the machine is busy): nice 0 until it keeps up"
+        elif self.lowered:
+            said = "keeps up again: back to nice {resting}"
+        else:
+            said = "keeps up: nice {resting} from now on while it does (logd_nice)"
+        self.lowered = True
+        self.slot.launcher.note(LogLevel.warn if normal else LogLevel.info, "{child} pid {pid} " + said,
+                                child=self.name, pid=self.pid, resting=self.resting_nice)
 
     def refuse(self, kind: str, why: str) -> None:
         """Count a control message the launcher will not act on; log the first few."""
@@ -491,21 +494,17 @@ class ChildSlot:
         return proc
 
     def _lower(self, proc: ChildProcess, meta: dict[str, Any], nice: int) -> None:
-        """Start the log daemon at C{nice} if the launcher can give it normal priority back."""
-        launcher = self.launcher
+        """Let the log daemon run at C{nice} while it keeps up, if the launcher can give it normal priority back.
+
+        It starts at normal priority and asks to be lowered once it is on time
+        (L{okws_twisted.logd.priority.LagWatch}).
+        """
         if not niceness.may_lower():
             if self.launches == 0:
-                launcher.note(LogLevel.info, "{child} runs at normal priority: logd_nice needs a launcher with "
-                              "CAP_SYS_NICE, to give it normal priority back when it falls behind", child=self.name)
+                self.launcher.note(LogLevel.info, "{child} runs at normal priority: logd_nice needs a launcher with "
+                                   "CAP_SYS_NICE, to give it normal priority back when it falls behind", child=self.name)
             return
-        try:
-            niceness.renice(proc.pid, nice)  # type: ignore[arg-type]
-        except OSError as e:
-            launcher.note(LogLevel.warn, "cannot set {child} pid {pid} to nice {nice}: {error}",
-                          child=self.name, pid=proc.pid, nice=nice, error=e.strerror or e)
-            return
-        proc.resting_nice = proc.nice = nice
-        # The daemon watches itself and asks for normal priority when it falls behind.
+        proc.resting_nice = nice
         meta["nice"] = nice
 
     def _resources(self) -> tuple[InstanceCgroup | None, limits.ResourcePlan | None]:

@@ -8,14 +8,16 @@ priority such a burst preempts a service instance or the dispatcher in the middl
 batch, and the requests waiting on them wait for it.  On a busy machine that is the tail of
 ``isolation = request`` (bench/README.md, session 8: the log daemon at nice 19 took 0.6-0.8 ms
 off the relayed site's keep-alive p99, 8 rounds of 8 out of 8).  Records may wait; requests
-should not.  So the launcher starts the daemon at ``[okws] logd_nice`` (default 19): it gets
-the CPU time nobody else wants, which on a machine that is not saturated is plenty.
+should not.  So the daemon runs at ``[okws] logd_nice`` (default 19): it gets the CPU time
+nobody else wants, which on a machine that is not saturated is plenty.
 
 A low priority must not cost records: on a machine that stays busy the daemon would get too
 little CPU to keep up, its senders' buffers (``log_buffer``) would fill, and records would be
 dropped.  L{LagWatch} notices (a timer of the daemon's own firing late means it was runnable and
 not run, or busy with a backlog) and asks the launcher for normal priority (nice 0), then for
-the low one again once it has been on time for a while.  Only the launcher changes the
+the low one again once it has been on time for a while.  It starts at normal priority and asks
+for the low one only after its first 5 s on time: a relaunched daemon's recovery (the journal,
+every sender's resent batches) is when senders' buffers are fullest.  Only the launcher changes the
 daemon's priority: it takes back a lowered priority with C{CAP_SYS_NICE}, which a jailed child
 never has, and it lowers the daemon only if it holds that capability (a launcher that is not
 root runs the daemon at normal priority).  The daemon's request is a plain yes or no about
@@ -30,13 +32,13 @@ from typing import Any, Callable
 TICK = 0.1
 #: A tick this much later than due means the daemon is being starved: ask for normal priority.
 LATE = 0.1
-#: Ticks in a row on time (each less than L{ON_TIME} late) before asking to be lowered again.
+#: Ticks in a row on time (each less than L{ON_TIME} late) before asking to be lowered (again).
 CALM_TICKS = 50
 ON_TIME = 0.02
 
 
 class LagWatch:
-    """Asks for normal priority while the daemon's timer fires late, and for the low one after.
+    """Asks for the low priority once the daemon keeps up, and for normal priority while it runs late.
 
     C{ask} is called with C{True} (normal priority, please) or C{False} (lower me again): in
     the daemon it sends the launcher a ``priority`` message, and the launcher, which makes the
@@ -53,8 +55,10 @@ class LagWatch:
         self.clock = clock
         self.resting = resting
         self.ask = ask
-        #: Whether the daemon asked for (and runs at) normal priority now.
-        self.raised = False
+        #: Whether the daemon runs at normal priority now: it starts so (its start-up, a
+        #: relaunch's recovery and resent batches go at full speed) and asks to be lowered once
+        #: it has been on time for a while.
+        self.raised = True
         self.raised_total = 0
         self._calm = 0
         self._due = 0.0

@@ -20,6 +20,13 @@ class LagWatchTests(SynchronousTestCase):
         self.asked: list[bool] = []
         self.watch = LagWatch(self.clock, 19, self.asked.append)
         self.watch.start()
+        # It starts at normal priority and asks to be lowered after its first calm stretch.
+        self.assertTrue(self.watch.raised)
+        self.on_time(CALM_TICKS - 1)
+        self.assertEqual(self.asked, [])
+        self.on_time(1)
+        self.assertEqual(self.asked, [False])
+        del self.asked[:]
 
     def on_time(self, ticks: int) -> None:
         for _ in range(ticks):
@@ -71,6 +78,19 @@ class LagWatchTests(SynchronousTestCase):
         self.late(1.0)
         self.assertEqual(self.asked, [True, False, True])
         self.assertEqual(self.watch.raised_total, 2)
+
+    def test_late_at_start_waits_longer(self) -> None:
+        """A slow start (a relaunch's recovery) keeps normal priority until it is on time."""
+        watch = LagWatch(Clock(), 19, self.asked.append)
+        watch.start()
+        for _ in range(CALM_TICKS - 1):
+            watch.clock.advance(TICK)
+        watch.clock.advance(TICK + LATE * 2)
+        for _ in range(CALM_TICKS - 1):
+            watch.clock.advance(TICK)
+        self.assertEqual(self.asked, [])
+        watch.clock.advance(TICK)
+        self.assertEqual(self.asked, [False])
 
     def test_stop_cancels_the_timer(self) -> None:
         self.watch.stop()
