@@ -464,7 +464,7 @@ class ChildSlot:
         proc.pid = proc.transport.pid
         meta["pid"] = proc.pid
         if self.role == "logd" and launcher.config.logd_nice:
-            self._lower(proc, meta, launcher.config.logd_nice)
+            self._allow_low_priority(proc, meta, launcher.config.logd_nice)
         if launcher.pid_namespaces is not None and launcher.pid_namespaces.broken:
             launcher.fatal(launcher.pid_namespaces.broken)
         if proc.cgroup is not None:
@@ -493,7 +493,7 @@ class ChildSlot:
             )
         return proc
 
-    def _lower(self, proc: ChildProcess, meta: dict[str, Any], nice: int) -> None:
+    def _allow_low_priority(self, proc: ChildProcess, meta: dict[str, Any], nice: int) -> None:
         """Let the log daemon run at C{nice} while it keeps up, if the launcher can give it normal priority back.
 
         It starts at normal priority and asks to be lowered once it is on time

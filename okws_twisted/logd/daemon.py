@@ -274,7 +274,7 @@ class LogDaemon:
         self.observer: OwnEvents | None = None
         #: The sender named by the L{PAUSE_BEFORE_ACK} test hook, if any.
         self.pause_before_ack: str | None = None
-        #: Returns the daemon to normal priority while it runs late (L{priority}); None at nice 0.
+        #: Asks for the low priority while on time, normal while late (L{priority}); None if not lowered.
         self.lag_watch: priority.LagWatch | None = None
 
     def peer(self, channel: str, meta: dict[str, Any], sock: socket.socket) -> None:
@@ -430,8 +430,9 @@ def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Ca
     globalLogPublisher.addObserver(daemon.observer)
     resting = meta.get("nice")
     if isinstance(resting, int) and resting > 0:
-        # The launcher started us low ([okws] logd_nice): ask it for normal priority whenever
-        # the machine starves us, so that no record is dropped for want of CPU.
+        # The launcher lets us run low ([okws] logd_nice) while we keep up: ask it to lower us
+        # once we are on time, and for normal priority whenever the machine starves us, so
+        # that no record is dropped for want of CPU.
         def ask(normal: bool) -> None:
             daemon.to_launcher({"k": control.PRIORITY, "normal": normal})
 

@@ -46,12 +46,7 @@ class LagWatch:
     up at its low priority).
     """
 
-    def __init__(
-        self,
-        clock: Any,
-        resting: int,
-        ask: Callable[[bool], None],
-    ) -> None:
+    def __init__(self, clock: Any, resting: int, ask: Callable[[bool], None]) -> None:
         self.clock = clock
         self.resting = resting
         self.ask = ask

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from typing import Any, Callable
 
 from twisted.internet import error
@@ -19,6 +21,7 @@ from okws_twisted.config import ServiceConfig, SiteConfig
 from twisted.python.failure import Failure
 
 from okws_twisted.launcher.children import ChildProcess, ChildSlot, exit_status
+from okws_twisted.launcher.niceness import may_lower
 from okws_twisted.launcher.site import LOST_GRACE, Launcher
 from okws_twisted.wire import control, limits, logchannel
 from okws_twisted.wire.channel import Message, read_one_blocking, socketpair
@@ -290,6 +293,32 @@ class ControlRoleTests(SynchronousTestCase):
         self.assertEqual(self.dispatcher.state, "ready")
         self.assertEqual(self.hello.refused, 3)
         self.assertEqual(self.launch.status()["children"][3]["refused"], 3)
+
+    def test_priority_from_the_log_daemon_only_and_only_undoing_logd_nice(self) -> None:
+        """The daemon's priority message moves a real process between its logd_nice and 0, nothing else."""
+        from tests.launcher.test_niceness import thread_nices
+
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        self.addCleanup(child.wait, 10)
+        self.addCleanup(child.stdin.close)  # type: ignore[union-attr]
+        logd = running(self.launch.logd, child.pid)
+        # Not lowered (logd_nice = 0, or no CAP_SYS_NICE): the message changes nothing.
+        logd.control_received([message("priority", normal=False)])
+        self.assertEqual(set(thread_nices(child.pid)), {0})
+        logd.resting_nice = 19  # as spawn sets it when the launcher may lower
+        logd.control_received([message("priority", normal=False)])
+        self.assertEqual(set(thread_nices(child.pid)), {19})
+        if may_lower():
+            logd.control_received([message("priority", normal=True)])
+            self.assertEqual(set(thread_nices(child.pid)), {0})
+        # Malformed: refused, nothing changes.
+        before = set(thread_nices(child.pid))
+        logd.control_received([message("priority", normal="yes"), message("priority"), message("priority", normal=1)])
+        self.assertEqual(logd.refused, 3)
+        self.assertEqual(set(thread_nices(child.pid)), before)
+        # From a service: refused by role, whatever it says.
+        self.hello.control_received([message("priority", normal=True)])
+        self.assertEqual(self.hello.refused, 1)
 
     def test_ready_once_and_bounded_stats(self) -> None:
         self.hello.control_received([message("ready")])
