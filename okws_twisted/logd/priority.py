@@ -35,6 +35,11 @@ LATE = 0.1
 #: Ticks in a row on time (each less than L{ON_TIME} late) before asking to be lowered (again).
 CALM_TICKS = 50
 ON_TIME = 0.02
+#: Late again within this many seconds of being lowered: the machine is busy for good, so the
+#: next calm stretch asked for is twice as long (up to L{MAX_CALM_TICKS}, 5 minutes), rather
+#: than see-sawing (and logging each change) every few seconds.
+RELAPSE = 60.0
+MAX_CALM_TICKS = 3000
 
 
 class LagWatch:
@@ -55,6 +60,9 @@ class LagWatch:
         #: it has been on time for a while.
         self.raised = True
         self.raised_total = 0
+        #: Ticks on time in a row needed before asking to be lowered (grows on relapses).
+        self.calm_needed = CALM_TICKS
+        self._lowered_at: float | None = None
         self._calm = 0
         self._due = 0.0
         self._call: Any = None
@@ -79,12 +87,17 @@ class LagWatch:
                 self.raised = True
                 self.raised_total += 1
                 self._calm = 0
+                if self._lowered_at is not None and self.clock.seconds() - self._lowered_at < RELAPSE:
+                    self.calm_needed = min(self.calm_needed * 2, MAX_CALM_TICKS)
+                else:
+                    self.calm_needed = CALM_TICKS
                 self.ask(True)
             return
         if late < ON_TIME:
             self._calm += 1
-            if self._calm >= CALM_TICKS:
+            if self._calm >= self.calm_needed:
                 self.raised = False
+                self._lowered_at = self.clock.seconds()
                 self.ask(False)
         else:
             self._calm = 0

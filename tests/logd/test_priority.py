@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from okws_twisted.logd import priority
-from okws_twisted.logd.priority import CALM_TICKS, LATE, TICK, LagWatch
+from okws_twisted.logd.priority import CALM_TICKS, LATE, MAX_CALM_TICKS, RELAPSE, TICK, LagWatch
 
 
 class LagWatchTests(SynchronousTestCase):
@@ -55,7 +55,12 @@ class LagWatchTests(SynchronousTestCase):
         self.assertEqual(self.asked, [True])
         self.assertEqual(self.watch.raised_total, 1)
 
+    def settled(self) -> None:
+        """Long enough after the start's lowering that being late is no relapse."""
+        self.on_time(int(RELAPSE / TICK) + 1)
+
     def test_back_to_low_after_a_calm_stretch(self) -> None:
+        self.settled()
         self.late(1.0)
         self.on_time(CALM_TICKS - 1)
         self.assertEqual(self.asked, [True])
@@ -64,6 +69,7 @@ class LagWatchTests(SynchronousTestCase):
         self.assertFalse(self.watch.raised)
 
     def test_a_late_tick_restarts_the_calm_stretch(self) -> None:
+        self.settled()
         self.late(1.0)
         self.on_time(CALM_TICKS - 1)
         self.late(priority.ON_TIME * 2)  # not late enough to ask, too late to count as calm
@@ -73,11 +79,34 @@ class LagWatchTests(SynchronousTestCase):
         self.assertEqual(self.asked, [True, False])
 
     def test_again_after_lowered(self) -> None:
+        self.settled()
         self.late(1.0)
         self.on_time(CALM_TICKS)
+        self.assertEqual(self.asked, [True, False])
+        self.settled()
         self.late(1.0)
         self.assertEqual(self.asked, [True, False, True])
         self.assertEqual(self.watch.raised_total, 2)
+        self.assertEqual(self.watch.calm_needed, CALM_TICKS)
+
+    def test_relapses_lengthen_the_calm_stretch(self) -> None:
+        """Late again soon after being lowered: the machine is busy for good; no see-saw every 5 s."""
+        self.late(1.0)  # soon after the start's lowering
+        self.assertEqual(self.watch.calm_needed, 2 * CALM_TICKS)
+        self.on_time(2 * CALM_TICKS - 1)
+        self.assertEqual(self.asked, [True])
+        self.on_time(1)
+        self.assertEqual(self.asked, [True, False])
+        self.late(1.0)
+        self.assertEqual(self.watch.calm_needed, 4 * CALM_TICKS)
+        for _ in range(10):
+            self.on_time(self.watch.calm_needed)
+            self.late(1.0)
+        self.assertEqual(self.watch.calm_needed, MAX_CALM_TICKS)
+        # Quiet for longer than RELAPSE after a lowering: back to the short stretch.
+        self.on_time(MAX_CALM_TICKS + int(RELAPSE / TICK) + 1)
+        self.late(1.0)
+        self.assertEqual(self.watch.calm_needed, CALM_TICKS)
 
     def test_late_at_start_waits_longer(self) -> None:
         """A slow start (a relaunch's recovery) keeps normal priority until it is on time."""
