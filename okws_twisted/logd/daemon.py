@@ -436,6 +436,6 @@ def start_role(reactor: Any, site: SiteConfig, meta: dict[str, Any], stopped: Ca
         def ask(normal: bool) -> None:
             daemon.to_launcher({"k": control.PRIORITY, "normal": normal})
 
-        daemon.lag_watch = priority.LagWatch(reactor, resting, ask)
+        daemon.lag_watch = priority.LagWatch(reactor, ask)
         daemon.lag_watch.start()
     return daemon

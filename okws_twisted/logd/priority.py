@@ -51,9 +51,8 @@ class LagWatch:
     up at its low priority).
     """
 
-    def __init__(self, clock: Any, resting: int, ask: Callable[[bool], None]) -> None:
+    def __init__(self, clock: Any, ask: Callable[[bool], None]) -> None:
         self.clock = clock
-        self.resting = resting
         self.ask = ask
         #: Whether the daemon runs at normal priority now: it starts so (its start-up, a
         #: relaunch's recovery and resent batches go at full speed) and asks to be lowered once

@@ -18,7 +18,7 @@ class LagWatchTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.asked: list[bool] = []
-        self.watch = LagWatch(self.clock, 19, self.asked.append)
+        self.watch = LagWatch(self.clock, self.asked.append)
         self.watch.start()
         # It starts at normal priority and asks to be lowered after its first calm stretch.
         self.assertTrue(self.watch.raised)
@@ -110,7 +110,7 @@ class LagWatchTests(SynchronousTestCase):
 
     def test_late_at_start_waits_longer(self) -> None:
         """A slow start (a relaunch's recovery) keeps normal priority until it is on time."""
-        watch = LagWatch(Clock(), 19, self.asked.append)
+        watch = LagWatch(Clock(), self.asked.append)
         watch.start()
         for _ in range(CALM_TICKS - 1):
             watch.clock.advance(TICK)
